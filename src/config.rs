@@ -1,0 +1,236 @@
+//! Command-line flags and their environment variables.
+//!
+//! Every flag also reads an environment variable (12-factor), so `fly secrets set` and a
+//! `.env` file configure the relay as well as the command line does. The doc comments on
+//! the fields are the `--help` text.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::state::Settings;
+
+/// PostgreSQL as a real-time message broker for browsers.
+#[derive(Debug, Parser)]
+#[command(name = "pgrelay", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, env = "PGRELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// What pgrelay should do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve(ServeArgs),
+    /// Apply the SQL in sql/ to DATABASE_URL (idempotent; safe from many instances at once).
+    Migrate(MigrateArgs),
+    /// Print a token signed with the secret.
+    Token(TokenArgs),
+    /// Subscribe as a participant and print each event's data as one JSON line.
+    Tail(TailArgs),
+    /// Zero-configuration start: a throwaway PostgreSQL, migrated, with the relay serving it.
+    Demo(DemoArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Connection for queries and the pool; may point at a pooler (PgBouncer transaction mode).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Direct session connection used for LISTEN [default: --database-url]. Poolers in
+    /// transaction mode cannot LISTEN.
+    #[arg(long, env = "LISTEN_DATABASE_URL", hide_env_values = true)]
+    pub listen_database_url: Option<String>,
+}
+
+/// Settings of a running relay, shared by `serve` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// HTTP address [default: 0.0.0.0:$PORT when PORT is set, else 127.0.0.1:8080].
+    #[arg(long, env = "PGRELAY_BIND")]
+    pub bind: Option<SocketAddr>,
+
+    /// NOTIFY channel the outbox trigger wakes relays on.
+    #[arg(long, env = "PGRELAY_CHANNEL", default_value = "pgrelay")]
+    pub channel: String,
+
+    /// Interval of the SSE comment ping that keeps proxies from closing idle streams.
+    #[arg(long, env = "PGRELAY_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub keepalive: Duration,
+
+    /// How long messages stay available for catch-up.
+    #[arg(long, env = "PGRELAY_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+
+    /// Origins allowed to use the API from a browser: comma-separated, or `*`.
+    #[arg(long, env = "PGRELAY_ALLOW_ORIGIN", default_value = "*")]
+    pub allow_origin: String,
+
+    /// Largest accepted message payload, in bytes of JSON.
+    #[arg(long, env = "PGRELAY_MAX_PAYLOAD", default_value_t = 64 * 1024)]
+    pub max_payload: usize,
+
+    /// Most participants one message may name.
+    #[arg(long, env = "PGRELAY_MAX_PARTICIPANTS", default_value_t = 1000)]
+    pub max_participants: usize,
+
+    /// How long shutdown waits for open work before exiting.
+    #[arg(long, env = "PGRELAY_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+
+    /// Size of the query connection pool.
+    #[arg(long, env = "PGRELAY_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+}
+
+impl RelayArgs {
+    /// The running relay's settings; errors name the flag that is wrong.
+    pub fn settings(&self) -> Result<Settings, String> {
+        validate_channel(&self.channel)?;
+        if self.keepalive.is_zero() {
+            return Err("--keepalive must be longer than zero".into());
+        }
+        let allow_origins = if self.allow_origin.trim() == "*" {
+            Vec::new()
+        } else {
+            self.allow_origin
+                .split(',')
+                .map(|origin| origin.trim().trim_end_matches('/').to_owned())
+                .filter(|origin| !origin.is_empty())
+                .collect()
+        };
+        Ok(Settings {
+            channel: self.channel.clone(),
+            keepalive: self.keepalive,
+            retention: self.retention,
+            max_payload: self.max_payload,
+            max_participants: self.max_participants,
+            allow_origins,
+            grace: self.grace,
+        })
+    }
+
+    /// The HTTP address: `--bind`, else `0.0.0.0:$PORT` (fly.io, Heroku), else loopback:8080.
+    pub fn bind_addr(&self) -> Result<SocketAddr, String> {
+        if let Some(addr) = self.bind {
+            return Ok(addr);
+        }
+        match std::env::var("PORT") {
+            Ok(port) => port
+                .parse::<u16>()
+                .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
+                .map_err(|_| format!("PORT={port:?} is not a port number")),
+            Err(_) => Ok(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        }
+    }
+}
+
+/// `pgrelay serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub relay: RelayArgs,
+
+    /// HS256 key(s), comma-separated: the first signs, any one verifies (rotation).
+    #[arg(long, env = "PGRELAY_SECRET", hide_env_values = true)]
+    pub secret: String,
+}
+
+/// `pgrelay migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Database to migrate.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// NOTIFY channel the outbox trigger should use.
+    #[arg(long, env = "PGRELAY_CHANNEL", default_value = "pgrelay")]
+    pub channel: String,
+}
+
+/// `pgrelay token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The participant the token speaks for.
+    #[arg(long)]
+    pub sub: String,
+
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+
+    /// Scopes to grant, e.g. `publish` (repeatable).
+    #[arg(long)]
+    pub scope: Vec<String>,
+
+    /// HS256 key(s); the first one signs.
+    #[arg(long, env = "PGRELAY_SECRET", hide_env_values = true)]
+    pub secret: String,
+}
+
+/// `pgrelay tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// The participant to subscribe as.
+    #[arg(long)]
+    pub sub: String,
+
+    /// Resume after this message id (0 = all retained history) instead of starting live.
+    #[arg(long)]
+    pub since_id: Option<i64>,
+
+    /// The relay's base URL.
+    #[arg(long, env = "PGRELAY_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+
+    /// HS256 key(s) to mint the subscription token with; the first one signs.
+    #[arg(long, env = "PGRELAY_SECRET", hide_env_values = true)]
+    pub secret: String,
+}
+
+/// `pgrelay demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Use this database instead of a throwaway cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    #[command(flatten)]
+    pub relay: RelayArgs,
+
+    /// HS256 key(s) [default: a random key for this run].
+    #[arg(long, env = "PGRELAY_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+}
+
+/// Channel names are identifiers: the SQL quotes them, but a plain name keeps
+/// `LISTEN`/`NOTIFY` from psql simple too.
+pub fn validate_channel(channel: &str) -> Result<(), String> {
+    let valid = (1..=63).contains(&channel.len())
+        && channel.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("--channel {channel:?} must be 1 to 63 letters, digits or underscores"))
+    }
+}

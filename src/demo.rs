@@ -1,0 +1,105 @@
+//! `pgrelay demo`: the zero-configuration start.
+//!
+//! Without `DATABASE_URL` it runs a private throwaway PostgreSQL (the same code the tests use),
+//! migrates it, serves the relay, and prints commands to try it with from other terminals.
+//! Ctrl-C or SIGTERM stops the relay, then the cluster, and removes the cluster's folder.
+
+use std::io::Read;
+use std::time::Duration;
+
+use crate::auth::Keys;
+use crate::cluster::TempCluster;
+use crate::config::DemoArgs;
+use crate::{migrate, shutdown, RelayConfig};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long the printed tokens stay valid.
+const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs the demo until interrupted.
+pub async fn demo(args: DemoArgs) -> Result<(), BoxError> {
+    let settings = args.relay.settings()?;
+    let secret = match args.secret {
+        Some(secret) => secret,
+        None => random_secret()?,
+    };
+    let keys = Keys::from_secret_list(&secret).map_err(|error| format!("--secret: {error}"))?;
+
+    let cluster = match args.database_url {
+        Some(_) => None,
+        None => {
+            eprintln!("pgrelay demo: starting a throwaway PostgreSQL…");
+            Some(TempCluster::start().await?)
+        }
+    };
+    let database_url = match (&args.database_url, &cluster) {
+        (Some(url), _) => url.clone(),
+        (None, Some(cluster)) => cluster.url("postgres"),
+        (None, None) => unreachable!("a cluster is started when no URL is given"),
+    };
+    migrate::migrate(&database_url, &settings.channel).await?;
+
+    let addr = args.relay.bind_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| format!("cannot listen on {addr}: {error}"))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    print_instructions(&base, &secret, &keys, &database_url);
+
+    let config = RelayConfig {
+        database_url: database_url.clone(),
+        listen_database_url: database_url,
+        pool_size: args.relay.pool_size,
+        keys,
+        settings,
+    };
+    let served = crate::run(config, listener, shutdown::signal()).await;
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await?;
+        eprintln!("pgrelay demo: throwaway PostgreSQL stopped and removed");
+    }
+    served
+}
+
+/// A 256-bit random key, hex-encoded, for this run only.
+fn random_secret() -> Result<String, BoxError> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn print_instructions(base: &str, secret: &str, keys: &Keys, database_url: &str) {
+    let exe = std::env::current_exe()
+        .map(|path| path.display().to_string())
+        .unwrap_or_else(|_| "pgrelay".into());
+    let alice = keys.mint("alice", DEMO_TOKEN_TTL, &["publish"]);
+    let bob = keys.mint("bob", DEMO_TOKEN_TTL, &["publish"]);
+    println!(
+        r#"
+pgrelay demo is running at {base}
+
+Watch bob's messages (in another terminal):
+  PGRELAY_SECRET={secret} {exe} tail --sub bob --url {base}
+
+or with curl:
+  curl -N -H 'Authorization: Bearer {bob}' {base}/v1/stream
+
+Send from psql:
+  psql '{database_url}' -c "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{{alice,bob}}', '{{\"text\":\"hi bob\"}}')"
+
+Send over HTTP as alice:
+  curl -H 'Authorization: Bearer {alice}' -H 'Content-Type: application/json' \
+       -d '{{"participants":["bob"],"payload":{{"text":"hello from alice"}}}}' {base}/v1/messages
+
+Read alice's history:
+  curl -H 'Authorization: Bearer {alice}' '{base}/v1/messages?since_id=0'
+
+Tokens (valid 24 h, scope publish):
+  alice: {alice}
+  bob:   {bob}
+
+Press Ctrl-C to stop; the throwaway database is removed.
+"#
+    );
+}

@@ -1,0 +1,68 @@
+//! One error type for every HTTP answer that is not a success.
+//!
+//! Client mistakes are answered with their status and a JSON body and are not logged (a
+//! hostile client must not be able to fill the logs); internal failures are logged with their
+//! cause and answered with a generic body, so database details never reach a browser.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An HTTP error: a status, a stable machine-readable code and a human sentence.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error answered as-is: `code` is the JSON `error` field, `message` the human text.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 422: well-formed but invalid.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+
+    /// 503 for a failure on our side. The cause is logged here, never shown to the client.
+    pub fn internal(context: &str, cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(%cause, "{context}");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the relay cannot reach its database right now; retry shortly",
+        )
+    }
+
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.code, "message": self.message });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: tell the client which scheme, and which error, without echoing the token.
+            let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.code);
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        response
+    }
+}

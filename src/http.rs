@@ -1,0 +1,365 @@
+//! The HTTP API: `app(shared)` builds the router, one handler per route.
+//!
+//! Every failure is an [`ApiError`], so every error answer is JSON with its status. Request
+//! bodies and query strings are parsed by hand rather than by axum's extractors, because the
+//! extractors' rejections are plain text.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tracing::Instrument;
+
+use crate::auth::{self, Claims};
+use crate::error::ApiError;
+use crate::state::Shared;
+use crate::store::{self, DbError, NewMessage};
+use crate::stream::EventStream;
+
+/// Most messages one `GET /v1/messages` returns.
+const MAX_PAGE: i64 = 1000;
+
+/// Longest participant name, in bytes.
+const MAX_PARTICIPANT_LEN: usize = 256;
+
+/// Builds the relay's router.
+pub fn app(shared: Arc<Shared>) -> Router {
+    let cors = cors_layer(&shared.settings.allow_origins);
+    Router::new()
+        .route("/v1/stream", get(stream))
+        .route("/v1/messages", get(list_messages).post(post_message))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(cors)
+        .layer(middleware::from_fn(request_span))
+        .with_state(shared)
+}
+
+/// Browsers on other origins may call the API; streams need `Access-Control-Allow-Origin`
+/// even without a preflight, POSTs with `Authorization` or JSON get one.
+fn cors_layer(allow_origins: &[String]) -> CorsLayer {
+    let origin = if allow_origins.is_empty() {
+        AllowOrigin::from(Any)
+    } else {
+        AllowOrigin::list(
+            allow_origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::CACHE_CONTROL,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(Duration::from_secs(3600))
+}
+
+/// A span per request naming the method and path only: query strings carry tokens.
+async fn request_span(request: Request, next: Next) -> Response {
+    let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
+    next.run(request).instrument(span).await
+}
+
+/// The query parameters the API knows; unknown ones are ignored.
+#[derive(Deserialize, Default)]
+struct Params {
+    token: Option<String>,
+    since_id: Option<String>,
+    limit: Option<String>,
+}
+
+fn parse_query(query: Option<&str>) -> Result<Params, ApiError> {
+    match query {
+        None => Ok(Params::default()),
+        Some(query) => serde_urlencoded::from_str(query)
+            .map_err(|_| ApiError::bad_request("the query string is malformed")),
+    }
+}
+
+/// The verified claims of the request's token: `Authorization: Bearer …`, else `?token=`.
+fn authenticate(shared: &Shared, headers: &HeaderMap, params: &Params) -> Result<Claims, ApiError> {
+    let token = match headers.get(header::AUTHORIZATION) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("bad_authorization", "use `Authorization: Bearer <token>`"))?,
+        None => params
+            .token
+            .as_deref()
+            .ok_or_else(|| unauthorized("missing_token", "a token is required"))?,
+    };
+    shared
+        .keys
+        .verify(token.trim(), auth::now_unix())
+        .map_err(|error| unauthorized(error.code(), error.to_string()))
+}
+
+fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+/// Parses a message id given by a client (`since_id`, `Last-Event-ID`).
+fn parse_id(name: &str, value: &str) -> Result<i64, ApiError> {
+    match value.trim().parse::<i64>() {
+        Ok(id) if id >= 0 => Ok(id),
+        _ => Err(ApiError::bad_request(format!(
+            "{name} must be a message id (a whole number from 0 to 9223372036854775807)"
+        ))),
+    }
+}
+
+/// `GET /v1/stream`: Server-Sent Events for the token's participant.
+async fn stream(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = parse_query(query.as_deref())?;
+    let claims = authenticate(&shared, &headers, &params)?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|value| value.to_str().unwrap_or("\u{0}"))
+        .filter(|value| !value.is_empty());
+    let resume = match (last_event_id, params.since_id.as_deref()) {
+        (Some(id), _) => Some(parse_id("Last-Event-ID", id)?),
+        (None, Some(id)) => Some(parse_id("since_id", id)?),
+        (None, None) => None,
+    };
+    let expires_in = Duration::from_secs(claims.exp.saturating_sub(auth::now_unix()));
+    let events = EventStream::open(Arc::clone(&shared), claims.sub, resume, expires_in)
+        .await
+        .map_err(|error| ApiError::internal("opening a stream failed", &error))?;
+    let sse = Sse::new(events.into_stream())
+        .keep_alive(KeepAlive::new().interval(shared.settings.keepalive));
+    let headers = [
+        (header::CACHE_CONTROL, "no-cache"),
+        // Tells nginx (and proxies that copy it) not to buffer the stream.
+        (HeaderName::from_static("x-accel-buffering"), "no"),
+    ];
+    Ok((headers, sse).into_response())
+}
+
+/// `GET /v1/messages?since_id=N&limit=M`: the stream's events as a JSON page.
+async fn list_messages(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = parse_query(query.as_deref())?;
+    let claims = authenticate(&shared, &headers, &params)?;
+    let since = match params.since_id.as_deref() {
+        Some(value) => parse_id("since_id", value)?,
+        None => 0,
+    };
+    let limit = match params.limit.as_deref() {
+        None => 100,
+        Some(value) => match value.trim().parse::<i64>() {
+            Ok(limit) if limit >= 1 => limit.min(MAX_PAGE),
+            _ => return Err(ApiError::invalid("limit must be a whole number from 1 to 1000")),
+        },
+    };
+    let messages = store::messages_for(&shared.pool, &claims.sub, since, limit)
+        .await
+        .map_err(|error| ApiError::internal("listing messages failed", &error))?;
+    let next_since_id = messages.last().map_or(since, |message| message.id);
+    let data: Vec<&RawValue> = messages.iter().map(|message| &*message.data).collect();
+    Ok(Json(json!({ "messages": data, "next_since_id": next_since_id })).into_response())
+}
+
+/// The body of `POST /v1/messages`, parsed loosely so each mistake gets its own message.
+#[derive(Deserialize)]
+struct PostBody {
+    participants: Option<Value>,
+    kind: Option<Value>,
+    payload: Option<Box<RawValue>>,
+}
+
+/// `POST /v1/messages` (scope `publish`): stores a message from the token's participant.
+async fn post_message(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let params = parse_query(query.as_deref())?;
+    let claims = authenticate(&shared, &headers, &params)?;
+    if !claims.has_scope("publish") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "publishing needs a token with scope `publish`",
+        ));
+    }
+    require_json(&headers)?;
+    let settings = &shared.settings;
+    // Room for the payload plus the largest participant list and the field names.
+    let body_limit = settings.max_payload + settings.max_participants * (MAX_PARTICIPANT_LEN + 8) + 4096;
+    let bytes = to_bytes(body, body_limit).await.map_err(|_| too_large("the request body is too large"))?;
+    let body: PostBody = serde_json::from_slice(&bytes).map_err(|error| {
+        if error.is_data() {
+            ApiError::invalid("the body must be an object with `participants` and `payload`")
+        } else {
+            ApiError::bad_request(format!("the body is not valid JSON: {error}"))
+        }
+    })?;
+
+    let participants = validate_participants(body.participants, &claims.sub, settings.max_participants)?;
+    let kind = match body.kind {
+        None => "message".to_owned(),
+        Some(Value::String(kind)) if crate::valid_kind(&kind) => kind,
+        Some(_) => return Err(invalid_kind()),
+    };
+    let payload = body.payload.ok_or_else(|| ApiError::invalid("`payload` is required (any JSON value)"))?;
+    if payload.get().len() > settings.max_payload {
+        return Err(too_large(&format!("the payload is larger than {} bytes", settings.max_payload)));
+    }
+    let message = NewMessage {
+        participants: &participants,
+        kind: &kind,
+        sender: &claims.sub,
+        payload: &payload,
+    };
+    let id = store::publish(&shared.pool, &message)
+        .await
+        .map_err(|error| database_error("publishing a message failed", &error))?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as `Content-Type: application/json`",
+        ))
+    }
+}
+
+fn too_large(message: &str) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+}
+
+fn invalid_kind() -> ApiError {
+    ApiError::invalid(
+        "`kind` must match [A-Za-z0-9_.:-]{1,64} and not be presence, reset or token_expired",
+    )
+}
+
+/// The recipients: the given names, deduplicated, with the sender added.
+fn validate_participants(
+    participants: Option<Value>,
+    sender: &str,
+    max: usize,
+) -> Result<Vec<String>, ApiError> {
+    let Some(Value::Array(values)) = participants else {
+        return Err(ApiError::invalid("`participants` must be an array of names"));
+    };
+    if values.is_empty() {
+        return Err(ApiError::invalid("`participants` must name at least one recipient"));
+    }
+    if values.len() > max {
+        return Err(ApiError::invalid(format!("`participants` may name at most {max} recipients")));
+    }
+    let mut names: Vec<String> = Vec::with_capacity(values.len() + 1);
+    for value in values {
+        let Value::String(name) = value else {
+            return Err(ApiError::invalid("every participant must be a string"));
+        };
+        if !valid_participant(&name) {
+            return Err(ApiError::invalid(format!(
+                "participant names must be 1 to {MAX_PARTICIPANT_LEN} bytes with no control characters"
+            )));
+        }
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if !names.iter().any(|name| name == sender) {
+        names.push(sender.to_owned());
+    }
+    Ok(names)
+}
+
+fn valid_participant(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_PARTICIPANT_LEN && !name.chars().any(char::is_control)
+}
+
+/// Maps a database error: data PostgreSQL refuses (SQLSTATE classes 22 and 23, e.g. a
+/// `\u0000` in a payload) is the client's mistake, anything else is ours.
+fn database_error(context: &str, error: &DbError) -> ApiError {
+    let sqlstate = error
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|error| error.code())
+        .map(|code| code.code().to_owned());
+    match sqlstate {
+        Some(code) if code.starts_with("22") || code.starts_with("23") => {
+            ApiError::invalid("the database refused this message's data")
+        }
+        _ => ApiError::internal(context, error),
+    }
+}
+
+/// `GET /healthz`: the process is running.
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 only while the LISTEN connection is up and the database answers.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
+    if !shared.listener_up.load(Ordering::SeqCst) {
+        return Err(not_ready("the LISTEN connection is down"));
+    }
+    if !store::ping(&shared.pool, Duration::from_secs(2)).await {
+        return Err(not_ready("the database does not answer"));
+    }
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+fn not_ready(message: &str) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let body = shared.metrics.render(
+        shared.registry.stream_count(),
+        shared.listener_up.load(Ordering::SeqCst),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+}

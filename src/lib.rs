@@ -1,0 +1,159 @@
+//! pgrelay turns PostgreSQL into a real-time message broker for browsers.
+//!
+//! Applications insert rows into the outbox table `pgrelay.messages` (or attach their own
+//! table to it); each relay instance keeps one `LISTEN` connection and streams every message
+//! to its participants over Server-Sent Events. Ids are assigned in commit order, so a client
+//! that resumes with the last id it saw gets exactly what it missed, from any instance: the
+//! database is the only broker.
+//!
+//! # Layout
+//!
+//! - [`config`]: command-line flags, each with its environment variable.
+//! - [`migrate`]: applies the SQL in `sql/` (outbox table, commit-ordered ids, NOTIFY trigger).
+//! - [`listener`]: the dedicated LISTEN connection: reconnects, gap fills, dispatch.
+//! - [`registry`]: participant → open streams, each with a bounded inbox.
+//! - [`stream`]: one subscriber's SSE stream: catch-up, live, keep-alive, expiry, shutdown.
+//! - [`http`]: the router and its handlers; [`error`] turns failures into JSON answers.
+//! - [`auth`]: HS256 JSON Web Tokens: verify and mint.
+//! - [`store`]: the query pool and every query.
+//! - [`metrics`]: Prometheus counters and the latency histogram.
+//! - [`state`]: what the tasks of a running relay share.
+//! - [`cluster`]: a throwaway PostgreSQL for `pgrelay demo` and the tests.
+//! - [`sse`]: an event-stream parser for `pgrelay tail` and the tests.
+//! - [`tail`], [`demo`]: the `tail` and `demo` subcommands.
+//!
+//! # Data flow
+//!
+//! `INSERT INTO pgrelay.messages` → at COMMIT the deferred trigger draws the id under an
+//! advisory lock and sends `NOTIFY pgrelay, '{"id":…,"participants":[…]}'` (sql/) → the
+//! [`listener`] reads the rows of notified messages that have local subscribers → the
+//! [`registry`] pushes each into the inboxes of its participants' streams → each [`stream`]
+//! drops ids it already sent and writes the rest as SSE events. A stream whose inbox
+//! overflowed, or that may have missed notifications while the listener reconnected, reads
+//! the table from its cursor instead.
+
+pub mod auth;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod migrate;
+pub mod registry;
+pub mod shutdown;
+pub mod sse;
+pub mod state;
+pub mod store;
+pub mod stream;
+pub mod tail;
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::auth::Keys;
+use crate::registry::Registry;
+use crate::state::{Settings, Shared};
+use crate::store::DbError;
+
+/// Everything `run` needs to serve.
+pub struct RelayConfig {
+    /// Connection string for the query pool (may go through a transaction-mode pooler).
+    pub database_url: String,
+    /// Direct session connection for LISTEN.
+    pub listen_database_url: String,
+    /// Size of the query pool.
+    pub pool_size: usize,
+    /// Token keys.
+    pub keys: Keys,
+    /// Behaviour of the running relay.
+    pub settings: Settings,
+}
+
+/// Whether `kind` may name a message or signal: it becomes the SSE `event:` field, so it must
+/// not be able to break the framing, and the relay's own event names are reserved. The SQL
+/// CHECK constraint `pgrelay.valid_kind` is the same rule.
+pub fn valid_kind(kind: &str) -> bool {
+    (1..=64).contains(&kind.len())
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        && !matches!(kind, "presence" | "reset" | "token_expired")
+}
+
+/// Serves the relay on `listener` until `shutdown` resolves, then ends every stream, stops
+/// the listener and returns within the grace period.
+pub async fn run(
+    config: RelayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DbError> {
+    let pool = store::connect_pool(&config.database_url, config.pool_size)?;
+    check_schema(&pool, &config.settings.channel).await?;
+    let grace = config.settings.grace;
+    let shared = Arc::new(Shared {
+        settings: config.settings,
+        pool,
+        registry: Arc::new(Registry::default()),
+        keys: config.keys,
+        listener_up: AtomicBool::new(false),
+        metrics: Default::default(),
+        shutdown: CancellationToken::new(),
+    });
+    let listener_task = tokio::spawn(listener::run(
+        Arc::clone(&shared),
+        config.listen_database_url,
+    ));
+
+    let app = http::app(Arc::clone(&shared));
+    let stopping = shared.shutdown.clone();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopping.cancelled_owned())
+            .await
+    });
+    info!("relay ready");
+    tokio::select! {
+        result = &mut server => {
+            shared.shutdown.cancel();
+            result??;
+        }
+        _ = shutdown => {
+            info!("shutting down");
+            // Streams watch this token and end, which lets axum's graceful shutdown finish.
+            shared.shutdown.cancel();
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(result) => result??,
+                Err(_) => {
+                    warn!(?grace, "grace period over; closing the remaining connections");
+                    server.abort();
+                }
+            }
+        }
+    }
+    let _ = listener_task.await;
+    shared.pool.close();
+    info!("stopped");
+    Ok(())
+}
+
+/// Refuses to start against a database without the schema, or whose trigger notifies on
+/// another channel: either way no message would ever arrive.
+async fn check_schema(pool: &store::DbPool, channel: &str) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    match migrate::installed_channel(&client).await? {
+        None => Err("the pgrelay schema is missing in this database; run `pgrelay migrate` first".into()),
+        Some(installed) if installed != channel => Err(format!(
+            "the outbox trigger notifies on channel {installed:?} but --channel is {channel:?}; \
+             run `pgrelay migrate --channel {channel}` or change --channel"
+        )
+        .into()),
+        Some(_) => Ok(()),
+    }
+}

@@ -1,0 +1,220 @@
+//! The one LISTEN connection per instance, and the dispatch of what it hears.
+//!
+//! A notification is only a wake-up (`{"id":…,"participants":[…]}`, participants left out
+//! when they would not fit NOTIFY's 8000 bytes). The dispatcher skips messages that no local
+//! stream wants, reads the rest from the table in one query per batch, and hands each row to
+//! the registry. Reading the rows keeps messages of any size deliverable, and a forged or
+//! stray notification on the channel can at worst cause a query that finds nothing.
+//!
+//! Two tasks share the work so the socket is always read: the connection driver forwards
+//! notifications into an unbounded channel without ever waiting (a listener that stops
+//! reading fills PostgreSQL's notify queue, and then every notifying commit in the cluster
+//! fails), and the dispatcher does the queries.
+//!
+//! When the connection is lost, notifications committed meanwhile are gone for good. After
+//! reconnecting and LISTENing again, every open stream is told to catch up from its own cursor
+//! before it takes another live message, so the gap is filled from the table exactly.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::state::Shared;
+use crate::store::{self, DbError};
+
+/// Most notifications handled by one fetch query.
+const MAX_BATCH: usize = 1000;
+
+/// The first and the longest wait between reconnect attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// What the outbox trigger sends on the channel.
+#[derive(Deserialize)]
+struct Wakeup {
+    id: i64,
+    /// The commit's wall-clock time in microseconds since the Unix epoch.
+    at: Option<i64>,
+    /// Absent when the list would overflow the NOTIFY payload limit.
+    participants: Option<Vec<String>>,
+}
+
+/// Keeps a LISTEN connection open until shutdown, reconnecting with capped exponential backoff
+/// and jitter, and dispatches every notification to the registry.
+pub async fn run(shared: Arc<Shared>, listen_url: String) {
+    let mut attempt: u32 = 0;
+    loop {
+        let span = tracing::info_span!("listener", channel = %shared.settings.channel);
+        let result = session(&shared, &listen_url, &mut attempt)
+            .instrument(span)
+            .await;
+        shared.listener_up.store(false, Ordering::SeqCst);
+        match result {
+            Ok(()) => return,
+            Err(error) => warn!(%error, "LISTEN connection lost; reconnecting"),
+        }
+        shared.metrics.listener_reconnects.inc();
+        let delay = backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// `BACKOFF_MIN · 2^attempt`, capped, with up to 50% random jitter so that many relays
+/// reconnecting after a database restart do not arrive in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let base = BACKOFF_MIN.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let jitter = base.mul_f64(f64::from(nanos % 1000) / 2000.0);
+    base + jitter
+}
+
+/// One connection's life: connect, LISTEN, fill gaps, dispatch until the connection fails
+/// (`Err`) or shutdown (`Ok`).
+async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result<(), DbError> {
+    let mut config: tokio_postgres::Config = listen_url.parse()?;
+    config.application_name("pgrelay-listen");
+    config.connect_timeout(Duration::from_secs(5));
+    // The default keepalive waits two hours before probing; a dead peer must be found sooner.
+    config.keepalives_idle(Duration::from_secs(15));
+    config.keepalives_interval(Duration::from_secs(5));
+    config.keepalives_retries(3);
+    let (client, mut connection) = config.connect(NoTls).await?;
+
+    let (sender, mut notifications) = mpsc::unbounded_channel::<Notification>();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message? {
+                AsyncMessage::Notification(notification) => {
+                    // The dispatcher only goes away when the session ends.
+                    let _ = sender.send(notification);
+                }
+                AsyncMessage::Notice(notice) => debug!(%notice, "notice on LISTEN connection"),
+                _ => {}
+            }
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    });
+    let _abort_driver = AbortOnDrop(driver.abort_handle());
+
+    client
+        .batch_execute(&format!("LISTEN {}", quote_ident(&shared.settings.channel)))
+        .await?;
+    // Notifications that arrived with the LISTEN reply are already queued behind this point,
+    // so every stream sees the catch-up request before any of them.
+    shared.registry.request_catch_up_all();
+    shared.listener_up.store(true, Ordering::SeqCst);
+    *attempt = 0;
+    info!("listening");
+
+    loop {
+        let first = tokio::select! {
+            notification = notifications.recv() => notification,
+            _ = shared.shutdown.cancelled() => return Ok(()),
+        };
+        let Some(first) = first else {
+            return match driver.await {
+                Ok(Err(error)) => Err(error.into()),
+                _ => Err("the LISTEN connection closed".into()),
+            };
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match notifications.try_recv() {
+                Ok(notification) => batch.push(notification),
+                Err(_) => break,
+            }
+        }
+        dispatch(shared, &batch).await;
+    }
+}
+
+/// Aborts the connection driver when the session ends, closing the socket.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the rows of the notified messages that local streams want and delivers them.
+async fn dispatch(shared: &Shared, batch: &[Notification]) {
+    let mut wanted = Vec::new();
+    let mut committed_at = Vec::new();
+    let mut recipients: Vec<String> = Vec::new();
+    let mut recipients_unknown = false;
+    for notification in batch {
+        shared.metrics.notifications_received.inc();
+        let Ok(wakeup) = serde_json::from_str::<Wakeup>(notification.payload()) else {
+            debug!("ignoring a notification that is not a pgrelay wake-up");
+            continue;
+        };
+        match wakeup.participants {
+            Some(participants) if !shared.registry.has_any(&participants) => continue,
+            Some(participants) => recipients.extend(participants),
+            None => recipients_unknown = true,
+        }
+        wanted.push(wakeup.id);
+        committed_at.push(wakeup.at);
+    }
+    if wanted.is_empty() {
+        return;
+    }
+    match fetch_with_retry(shared, &wanted).await {
+        Ok(messages) => {
+            for message in &messages {
+                shared.registry.deliver(message);
+                // Notifications come in id order, so `wanted` is sorted like `messages`.
+                if let Ok(index) = wanted.binary_search(&message.id) {
+                    if let Some(at) = committed_at[index] {
+                        shared.metrics.commit_to_send.observe_since_unix_micros(at);
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            // The rows are committed; the streams will read them themselves, with retries.
+            warn!(%error, "could not read notified messages; their streams will catch up");
+            if recipients_unknown {
+                shared.registry.request_catch_up_all();
+            } else {
+                shared.registry.request_catch_up_for(&recipients);
+            }
+        }
+    }
+}
+
+async fn fetch_with_retry(
+    shared: &Shared,
+    ids: &[i64],
+) -> Result<Vec<Arc<store::Message>>, DbError> {
+    let mut delay = Duration::from_millis(20);
+    for _ in 0..3 {
+        match store::messages_by_id(&shared.pool, ids).await {
+            Ok(messages) => return Ok(messages),
+            Err(error) => debug!(%error, "fetching notified messages failed; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 4;
+    }
+    store::messages_by_id(&shared.pool, ids).await
+}
+
+/// Quotes a channel name as an SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

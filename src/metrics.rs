@@ -1,0 +1,122 @@
+//! Prometheus metrics, rendered by hand in the text exposition format.
+//!
+//! A handful of atomic counters and one fixed-bucket histogram cover what operators ask of a
+//! relay; a metrics framework would add more code than it saves here.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing count.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    /// Non-cumulative counts per bucket; the last slot is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records the time from `unix_micros` (a wall-clock time from the database) to now.
+    /// Clock skew can make it negative; that counts as zero.
+    pub fn observe_since_unix_micros(&self, unix_micros: i64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let micros = (now - unix_micros).max(0) as u64;
+        let seconds = micros as f64 / 1e6;
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (index, count) in self.buckets.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            match LATENCY_BUCKETS.get(index) {
+                Some(bound) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// Every metric the relay exports.
+#[derive(Default)]
+pub struct Metrics {
+    /// Notifications read from the LISTEN connection.
+    pub notifications_received: Counter,
+    /// Message events written to streams.
+    pub events_delivered: Counter,
+    /// Catch-up queries run by streams (resume, overflow, listener reconnect).
+    pub catch_up_queries: Counter,
+    /// Times the LISTEN connection was lost.
+    pub listener_reconnects: Counter,
+    /// From a writer's commit to handing the message to its streams.
+    pub commit_to_send: Histogram,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of all metrics; `streams` is the open-stream gauge.
+    pub fn render(&self, streams: usize, listener_up: bool) -> String {
+        let mut out = String::new();
+        let gauges = [
+            ("pgrelay_subscribers", "Open SSE streams on this instance.", streams as u64),
+            ("pgrelay_listener_up", "1 while the LISTEN connection is up.", u64::from(listener_up)),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        let counters = [
+            ("pgrelay_notifications_received_total", "Notifications read from the LISTEN connection.", &self.notifications_received),
+            ("pgrelay_events_delivered_total", "Message events written to SSE streams.", &self.events_delivered),
+            ("pgrelay_catch_up_queries_total", "Catch-up queries run for streams.", &self.catch_up_queries),
+            ("pgrelay_listener_reconnects_total", "Times the LISTEN connection was lost.", &self.listener_reconnects),
+        ];
+        for (name, help, counter) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", counter.get());
+        }
+        self.commit_to_send.render(
+            &mut out,
+            "pgrelay_commit_to_send_seconds",
+            "From a writer's commit (database clock) to the relay handing the message to its streams.",
+        );
+        out
+    }
+}

@@ -1,0 +1,110 @@
+//! Applying `sql/` to a database: `pgrelay migrate`, the demo and the tests.
+//!
+//! The SQL files are compiled into the binary, so a deployed relay always carries the
+//! schema it expects. Concurrent runs (many instances starting at once) are serialised by a
+//! session advisory lock; each file runs in its own transaction and records its version, so a
+//! run that dies halfway leaves the database at a clean version boundary.
+
+use tokio_postgres::{Client, NoTls};
+use tracing::info;
+
+use crate::store::DbError;
+
+/// The migrations, in order: (version, file name, SQL).
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "0001_outbox.sql",
+    include_str!("../sql/0001_outbox.sql"),
+)];
+
+/// Serialises migration runs across every process connected to the database.
+const MIGRATE_LOCK_KEY: i64 = 7395514830127704946;
+
+/// Applies every migration not yet recorded, and points the outbox trigger at `channel`.
+/// Returns the versions applied by this run.
+pub async fn migrate(database_url: &str, channel: &str) -> Result<Vec<i32>, DbError> {
+    let (client, connection) = tokio_postgres::connect(database_url, NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let result = migrate_with(&client, channel).await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+async fn migrate_with(client: &Client, channel: &str) -> Result<Vec<i32>, DbError> {
+    client
+        .batch_execute(&format!("SELECT pg_advisory_lock({MIGRATE_LOCK_KEY})"))
+        .await?;
+    let applied = apply_pending(client, channel).await?;
+    // On error the lock goes with the session instead: a failed transaction would refuse this.
+    client
+        .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATE_LOCK_KEY})"))
+        .await?;
+    Ok(applied)
+}
+
+async fn apply_pending(client: &Client, channel: &str) -> Result<Vec<i32>, DbError> {
+    let exists: bool = client
+        .query_typed_one(
+            "SELECT to_regclass('pgrelay.schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let applied: Vec<i32> = if exists {
+        client
+            .query_typed("SELECT version FROM pgrelay.schema_migrations", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut newly_applied = Vec::new();
+    for &(version, name, sql) in MIGRATIONS {
+        if applied.contains(&version) {
+            continue;
+        }
+        info!(migration = name, "applying");
+        client
+            .batch_execute(&format!("BEGIN;\n{sql}\n;COMMIT;"))
+            .await
+            .map_err(|error| format!("{name}: {error}"))?;
+        newly_applied.push(version);
+    }
+    set_channel(client, channel).await?;
+    Ok(newly_applied)
+}
+
+/// Makes `pgrelay.channel()` return `channel`, if it does not already.
+async fn set_channel(client: &Client, channel: &str) -> Result<(), DbError> {
+    let current: String = client
+        .query_typed_one("SELECT pgrelay.channel()", &[])
+        .await?
+        .get(0);
+    if current != channel {
+        let literal = channel.replace('\'', "''");
+        client
+            .batch_execute(&format!(
+                "CREATE OR REPLACE FUNCTION pgrelay.channel() RETURNS text \
+                 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '{literal}'::text $$"
+            ))
+            .await?;
+        info!(channel, "outbox trigger now notifies on this channel");
+    }
+    Ok(())
+}
+
+/// The channel the outbox trigger notifies on, or `None` when the schema is missing.
+pub async fn installed_channel(client: &Client) -> Result<Option<String>, DbError> {
+    let installed: bool = client
+        .query_typed_one("SELECT to_regprocedure('pgrelay.channel()') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !installed {
+        return Ok(None);
+    }
+    let row = client.query_typed_one("SELECT pgrelay.channel()", &[]).await?;
+    Ok(Some(row.get(0)))
+}

@@ -1,0 +1,198 @@
+//! Who is listening: participant → open streams, and each stream's bounded inbox.
+//!
+//! The listener hands every message to [`Registry::deliver`], which looks up only the
+//! message's own participants, so fan-out costs grow with a message's recipients, not with
+//! the number of connected subscribers. Each stream owns an [`Inbox`] of bounded size: when a
+//! reader falls behind and its inbox fills, the inbox drops its queue and asks the stream to
+//! catch up from the database instead. Memory stays bounded and nothing is skipped, because
+//! every dropped message is already committed and the catch-up query will find it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::store::Message;
+
+/// How many live messages a stream may hold before it falls back to the database.
+pub const INBOX_CAPACITY: usize = 256;
+
+/// The streams open on this instance, keyed by participant.
+#[derive(Default)]
+pub struct Registry {
+    /// A std mutex: every critical section is a map lookup or a push, never an await.
+    streams: Mutex<HashMap<String, Vec<Arc<Inbox>>>>,
+    /// Gives every inbox an identity, so a closing stream removes exactly its own.
+    next_id: AtomicU64,
+}
+
+/// What a stream finds when it looks into its inbox.
+pub enum Delivery {
+    /// Live messages, oldest first (they may repeat ids the stream already sent).
+    Messages(Vec<Arc<Message>>),
+    /// The stream must read the database from its cursor: it overflowed, or the listener
+    /// reconnected and live delivery may have a gap.
+    CatchUp,
+    /// Nothing yet: wait on [`Inbox::changed`].
+    Empty,
+}
+
+/// One stream's bounded queue of live messages. The registry pushes, the stream takes.
+pub struct Inbox {
+    id: u64,
+    state: Mutex<InboxState>,
+    /// Wakes the stream; `notify_one` keeps a permit, so a push between `take` and the
+    /// stream's wait is never missed.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct InboxState {
+    queue: VecDeque<Arc<Message>>,
+    needs_catch_up: bool,
+}
+
+impl Inbox {
+    fn push(&self, message: &Arc<Message>) {
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.needs_catch_up {
+                // The catch-up query will read this message from the table.
+                return;
+            }
+            if state.queue.len() >= INBOX_CAPACITY {
+                state.queue.clear();
+                state.needs_catch_up = true;
+            } else {
+                state.queue.push_back(Arc::clone(message));
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Makes the stream re-read the database from its cursor before any further live message.
+    pub fn request_catch_up(&self) {
+        {
+            let mut state = self.state.lock().unwrap();
+            state.queue.clear();
+            state.needs_catch_up = true;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Takes everything waiting. A catch-up request wins over queued messages: the queue is
+    /// cleared, because everything in it was committed before the catch-up query runs.
+    pub fn take(&self) -> Delivery {
+        let mut state = self.state.lock().unwrap();
+        if state.needs_catch_up {
+            state.needs_catch_up = false;
+            state.queue.clear();
+            Delivery::CatchUp
+        } else if state.queue.is_empty() {
+            Delivery::Empty
+        } else {
+            Delivery::Messages(state.queue.drain(..).collect())
+        }
+    }
+
+    /// Resolves when something was pushed or requested since the last `take`.
+    pub async fn changed(&self) {
+        self.wake.notified().await;
+    }
+}
+
+/// A stream's place in the registry; dropping it (the client went away) removes the stream.
+pub struct Subscription {
+    registry: Arc<Registry>,
+    participant: String,
+    inbox: Arc<Inbox>,
+}
+
+impl Subscription {
+    /// The stream's inbox.
+    pub fn inbox(&self) -> &Inbox {
+        &self.inbox
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.registry.remove(&self.participant, self.inbox.id);
+    }
+}
+
+impl Registry {
+    /// Adds a stream for `participant`; it sees every message delivered from now on.
+    pub fn subscribe(self: &Arc<Self>, participant: &str) -> Subscription {
+        let inbox = Arc::new(Inbox {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            state: Mutex::default(),
+            wake: Notify::new(),
+        });
+        self.streams
+            .lock()
+            .unwrap()
+            .entry(participant.to_owned())
+            .or_default()
+            .push(Arc::clone(&inbox));
+        Subscription {
+            registry: Arc::clone(self),
+            participant: participant.to_owned(),
+            inbox,
+        }
+    }
+
+    fn remove(&self, participant: &str, inbox_id: u64) {
+        let mut streams = self.streams.lock().unwrap();
+        if let Some(inboxes) = streams.get_mut(participant) {
+            inboxes.retain(|inbox| inbox.id != inbox_id);
+            if inboxes.is_empty() {
+                streams.remove(participant);
+            }
+        }
+    }
+
+    /// Hands `message` to the open streams of its participants.
+    pub fn deliver(&self, message: &Arc<Message>) {
+        // A participant listed twice must still get the message once.
+        let mut recipients: Vec<&String> = message.participants.iter().collect();
+        recipients.sort_unstable();
+        recipients.dedup();
+        let streams = self.streams.lock().unwrap();
+        for participant in recipients {
+            for inbox in streams.get(participant).into_iter().flatten() {
+                inbox.push(message);
+            }
+        }
+    }
+
+    /// Whether any of `participants` has an open stream here.
+    pub fn has_any(&self, participants: &[String]) -> bool {
+        let streams = self.streams.lock().unwrap();
+        participants.iter().any(|p| streams.contains_key(p))
+    }
+
+    /// Makes the streams of `participants` catch up from the database.
+    pub fn request_catch_up_for(&self, participants: &[String]) {
+        let streams = self.streams.lock().unwrap();
+        for participant in participants {
+            for inbox in streams.get(participant).into_iter().flatten() {
+                inbox.request_catch_up();
+            }
+        }
+    }
+
+    /// Makes every open stream catch up from the database.
+    pub fn request_catch_up_all(&self) {
+        let streams = self.streams.lock().unwrap();
+        for inbox in streams.values().flatten() {
+            inbox.request_catch_up();
+        }
+    }
+
+    /// How many streams are open.
+    pub fn stream_count(&self) -> usize {
+        self.streams.lock().unwrap().values().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,49 @@
+//! The state every task of a running relay shares.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Keys;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::DbPool;
+
+/// What a running relay is configured to do (the parts its handlers and tasks read).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// NOTIFY channel the listener LISTENs on.
+    pub channel: String,
+    /// Interval of the SSE keep-alive comment.
+    pub keepalive: Duration,
+    /// How long messages are kept for catch-up.
+    pub retention: Duration,
+    /// Largest accepted payload, in bytes of JSON.
+    pub max_payload: usize,
+    /// Most participants one message may name.
+    pub max_participants: usize,
+    /// CORS origins allowed from browsers; empty means any.
+    pub allow_origins: Vec<String>,
+    /// How long shutdown waits for open work.
+    pub grace: Duration,
+}
+
+/// Handles shared by the HTTP handlers, the streams and the listener; cheap to clone as `Arc`.
+pub struct Shared {
+    /// Configuration.
+    pub settings: Settings,
+    /// Query connections (never used for LISTEN: pooled connections drop notifications).
+    pub pool: DbPool,
+    /// Open streams by participant; the listener delivers into it.
+    pub registry: Arc<Registry>,
+    /// Token keys.
+    pub keys: Keys,
+    /// True while the LISTEN connection is up; `/readyz` reads it.
+    pub listener_up: AtomicBool,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    /// Cancelled once at shutdown; the listener and every stream watch it.
+    pub shutdown: CancellationToken,
+}

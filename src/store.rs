@@ -1,0 +1,213 @@
+//! The query pool and every query the relay runs against `pgrelay.messages`.
+//!
+//! Queries use `query_typed`, which sends the unnamed statement with explicit parameter types:
+//! named prepared statements break behind PgBouncer in transaction mode, and the unnamed
+//! statement costs no extra round trip.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio_postgres::types::{Json, ToSql, Type};
+use tokio_postgres::{NoTls, Row};
+
+/// The pool of query connections, shared by every request and stream.
+pub type DbPool = Pool;
+
+/// Errors from the pool or a query.
+pub type DbError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One stored message, with its SSE `data` rendered once and shared by every recipient.
+#[derive(Debug)]
+pub struct Message {
+    /// The commit-ordered id: the SSE `id:` field and the resume position.
+    pub id: i64,
+    /// The SSE `event:` name; validated by a CHECK constraint, so it cannot break framing.
+    pub kind: String,
+    /// Who receives it; the registry routes on this.
+    pub participants: Vec<String>,
+    /// The event's JSON, exactly as sent on the stream and in `GET /v1/messages`.
+    pub data: Box<RawValue>,
+}
+
+/// The JSON shape of a message event (the contract's `data:` object).
+#[derive(Serialize)]
+struct MessageData<'a> {
+    id: i64,
+    kind: &'a str,
+    sender: Option<&'a str>,
+    participants: &'a [String],
+    payload: &'a RawValue,
+    created_at: &'a str,
+}
+
+/// Columns every message query selects, in the order `message_from_row` reads them.
+/// `created_at` is formatted in SQL so the answer does not depend on the session's TimeZone.
+const MESSAGE_COLUMNS: &str = "id, kind, sender, participants, payload, \
+     to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+fn message_from_row(row: &Row) -> Result<Arc<Message>, DbError> {
+    let id: i64 = row.try_get(0)?;
+    let kind: String = row.try_get(1)?;
+    let sender: Option<&str> = row.try_get(2)?;
+    let participants: Vec<String> = row.try_get(3)?;
+    let Json(payload): Json<Box<RawValue>> = row.try_get(4)?;
+    let created_at: &str = row.try_get(5)?;
+    let data = serde_json::value::to_raw_value(&MessageData {
+        id,
+        kind: &kind,
+        sender,
+        participants: &participants,
+        payload: &payload,
+        created_at,
+    })?;
+    Ok(Arc::new(Message {
+        id,
+        kind,
+        participants,
+        data,
+    }))
+}
+
+/// Builds the query pool. Connections name themselves `pgrelay` in `pg_stat_activity` unless
+/// the URL already sets an `application_name`.
+pub fn connect_pool(database_url: &str, size: usize) -> Result<DbPool, DbError> {
+    let mut config: tokio_postgres::Config = database_url.parse()?;
+    if config.get_application_name().is_none() {
+        config.application_name("pgrelay");
+    }
+    config.connect_timeout(Duration::from_secs(5));
+    config.keepalives_idle(Duration::from_secs(30));
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        // Fast: a broken connection is found by the query that uses it and then discarded.
+        // (Clean would run `UNLISTEN *` and `DISCARD`, pointless for a pool that never LISTENs.)
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()?)
+}
+
+/// Messages addressed to `participant` with `id > since`, oldest first, at most `limit`.
+pub async fn messages_for(
+    pool: &DbPool,
+    participant: &str,
+    since: i64,
+    limit: i64,
+) -> Result<Vec<Arc<Message>>, DbError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM pgrelay.messages \
+         WHERE participants @> ARRAY[$1::text] AND id > $2 ORDER BY id LIMIT $3"
+    );
+    let rows = client
+        .query_typed(
+            &sql,
+            &[
+                (&participant, Type::TEXT),
+                (&since, Type::INT8),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await?;
+    rows.iter().map(message_from_row).collect()
+}
+
+/// The messages with these ids, oldest first (ids that do not exist are skipped).
+pub async fn messages_by_id(pool: &DbPool, ids: &[i64]) -> Result<Vec<Arc<Message>>, DbError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM pgrelay.messages WHERE id = ANY($1) ORDER BY id"
+    );
+    let rows = client.query_typed(&sql, &[(&ids, Type::INT8_ARRAY)]).await?;
+    rows.iter().map(message_from_row).collect()
+}
+
+/// Every message with `id > since`, whoever it is for, oldest first, at most `limit`: the
+/// listener's gap fill after a reconnect.
+pub async fn messages_after(
+    pool: &DbPool,
+    since: i64,
+    limit: i64,
+) -> Result<Vec<Arc<Message>>, DbError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM pgrelay.messages WHERE id > $1 ORDER BY id LIMIT $2"
+    );
+    let rows = client
+        .query_typed(&sql, &[(&since, Type::INT8), (&limit, Type::INT8)])
+        .await?;
+    rows.iter().map(message_from_row).collect()
+}
+
+/// The newest visible message id (0 when there is none). Because ids are commit-ordered,
+/// every message committed later has a larger id.
+pub async fn newest_id(pool: &DbPool) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_typed_one(
+            "SELECT coalesce(max(id), 0)::int8 FROM pgrelay.messages",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// The highest id removed by retention pruning, and the oldest id still stored (0 if none).
+pub async fn retention_bounds(pool: &DbPool) -> Result<(i64, i64), DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_typed_one(
+            "SELECT pruned_through, coalesce((SELECT min(id) FROM pgrelay.messages WHERE id > 0), 0)::int8 \
+             FROM pgrelay.retention",
+            &[],
+        )
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// A message to publish through `pgrelay.publish`, already validated.
+pub struct NewMessage<'a> {
+    /// Recipients, the sender included.
+    pub participants: &'a [String],
+    /// The SSE event name.
+    pub kind: &'a str,
+    /// The token's subject.
+    pub sender: &'a str,
+    /// Any JSON value.
+    pub payload: &'a RawValue,
+}
+
+/// Stores a message and returns its commit-ordered id.
+pub async fn publish(pool: &DbPool, message: &NewMessage<'_>) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let payload = Json(message.payload);
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&message.participants, Type::TEXT_ARRAY),
+        (&payload, Type::JSONB),
+        (&message.kind, Type::TEXT),
+        (&message.sender, Type::TEXT),
+    ];
+    let row = client
+        .query_typed_one("SELECT pgrelay.publish($1, $2, $3, $4)", &params)
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Whether the database answers a trivial query within `timeout`.
+pub async fn ping(pool: &DbPool, timeout: Duration) -> bool {
+    let check = async {
+        let client = pool.get().await.ok()?;
+        client.query_typed("SELECT 1", &[]).await.ok()
+    };
+    matches!(tokio::time::timeout(timeout, check).await, Ok(Some(_)))
+}

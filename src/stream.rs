@@ -1,0 +1,212 @@
+//! One subscriber's Server-Sent-Events stream: catch-up, live delivery, expiry and shutdown.
+//!
+//! The stream registers in the registry *before* it reads anything from the database, so a
+//! message committed while it catches up is either in the query's result or in its inbox
+//! (often both). The stream's cursor — the last id it sent — makes both paths safe: anything
+//! at or below it is a duplicate and is dropped. Whenever the inbox asks for a catch-up (the
+//! reader fell behind, or the listener reconnected), the stream reads the table from its
+//! cursor in pages before it takes another live message.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::sse::Event;
+use futures::Stream;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::registry::{Delivery, Subscription};
+use crate::state::Shared;
+use crate::store::{self, DbError, Message};
+
+/// Messages read per catch-up query; bounds what a stream holds in memory at once.
+const CATCH_UP_PAGE: i64 = 100;
+
+/// The reconnect delay browsers are told to use.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Longest wait between catch-up attempts while the database is unreachable.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// One open stream.
+pub struct EventStream {
+    shared: Arc<Shared>,
+    /// Keeps the stream registered until it is dropped (the client disconnected).
+    subscription: Subscription,
+    participant: String,
+    /// The id of the last message sent (or the opening position): the resume point.
+    cursor: i64,
+    /// Messages read but not yet sent, oldest first.
+    pending: VecDeque<Arc<Message>>,
+    /// Events to send before anything else: the opening position and maybe `reset`.
+    preamble: VecDeque<Event>,
+    /// When the token expires.
+    expires: Instant,
+    /// Set once `token_expired` has been sent.
+    finished: bool,
+    /// Consecutive failed catch-up queries, for backoff.
+    failures: u32,
+}
+
+/// Why a wait ended early.
+enum Interrupt {
+    Shutdown,
+    Expired,
+}
+
+impl EventStream {
+    /// Registers a stream for `participant`, resuming after `resume` (or live from the newest
+    /// message when `None`), valid until `expires_in` has passed.
+    pub async fn open(
+        shared: Arc<Shared>,
+        participant: String,
+        resume: Option<i64>,
+        expires_in: Duration,
+    ) -> Result<EventStream, DbError> {
+        let subscription = shared.registry.subscribe(&participant);
+        let mut preamble = VecDeque::new();
+        let cursor = match resume {
+            Some(since) => {
+                let (pruned_through, oldest_id) = store::retention_bounds(&shared.pool).await?;
+                preamble.push_back(Event::default().retry(RETRY).id(since.to_string()));
+                if since < pruned_through {
+                    let data = serde_json::json!({"reason": "history_truncated", "oldest_id": oldest_id});
+                    preamble.push_back(Event::default().event("reset").data(data.to_string()));
+                }
+                subscription.inbox().request_catch_up();
+                since
+            }
+            None => {
+                // Read after subscribing: a message committed in between has an id at or
+                // below the position and is dropped from the inbox as "before the stream".
+                let newest = store::newest_id(&shared.pool).await?;
+                preamble.push_back(Event::default().retry(RETRY).id(newest.to_string()));
+                newest
+            }
+        };
+        Ok(EventStream {
+            shared,
+            subscription,
+            participant,
+            cursor,
+            pending: VecDeque::new(),
+            preamble,
+            expires: Instant::now() + expires_in,
+            finished: false,
+            failures: 0,
+        })
+    }
+
+    /// The stream as axum's SSE body wants it. Dropping it (client gone) unregisters.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+        futures::stream::unfold(self, |mut stream| async move {
+            let event = stream.next_event().await?;
+            Some((Ok(event), stream))
+        })
+    }
+
+    /// The next event to send, or `None` when the stream should end.
+    async fn next_event(&mut self) -> Option<Event> {
+        if let Some(event) = self.preamble.pop_front() {
+            return Some(event);
+        }
+        if self.finished {
+            return None;
+        }
+        loop {
+            while let Some(message) = self.pending.pop_front() {
+                if message.id > self.cursor {
+                    self.cursor = message.id;
+                    self.shared.metrics.events_delivered.inc();
+                    return Some(message_event(&message));
+                }
+            }
+            let delivery = self.subscription.inbox().take();
+            let interrupted = match delivery {
+                Delivery::Messages(messages) => {
+                    self.pending.extend(messages);
+                    continue;
+                }
+                Delivery::CatchUp => self.catch_up().await.err(),
+                Delivery::Empty => {
+                    let shared = Arc::clone(&self.shared);
+                    let changed = async { self.subscription.inbox().changed().await };
+                    interruptible(&shared, self.expires, changed).await.err()
+                }
+            };
+            match interrupted {
+                None => {}
+                Some(Interrupt::Shutdown) => return None,
+                Some(Interrupt::Expired) => {
+                    self.finished = true;
+                    let data = r#"{"reason":"token_expired"}"#;
+                    return Some(Event::default().event("token_expired").data(data));
+                }
+            }
+        }
+    }
+
+    /// Reads one page after the cursor into `pending`. On failure it asks for another
+    /// catch-up after a backoff, so a database outage delays messages but never loses them.
+    async fn catch_up(&mut self) -> Result<(), Interrupt> {
+        self.shared.metrics.catch_up_queries.inc();
+        let query = store::messages_for(
+            &self.shared.pool,
+            &self.participant,
+            self.cursor,
+            CATCH_UP_PAGE,
+        );
+        match interruptible(&self.shared, self.expires, query).await? {
+            Ok(page) => {
+                self.failures = 0;
+                if page.len() as i64 == CATCH_UP_PAGE {
+                    // More may follow; read the next page once this one is sent.
+                    self.subscription.inbox().request_catch_up();
+                }
+                self.pending.extend(page);
+                Ok(())
+            }
+            Err(error) => {
+                warn!(%error, participant = %self.participant, "catch-up query failed; retrying");
+                self.subscription.inbox().request_catch_up();
+                let delay = Duration::from_millis(100)
+                    .saturating_mul(1 << self.failures.min(6))
+                    .min(MAX_RETRY_DELAY);
+                self.failures += 1;
+                interruptible(&self.shared, self.expires, tokio::time::sleep(delay)).await
+            }
+        }
+    }
+}
+
+/// Runs `work` unless shutdown or token expiry comes first.
+async fn interruptible<T>(
+    shared: &Shared,
+    expires: Instant,
+    work: impl Future<Output = T>,
+) -> Result<T, Interrupt> {
+    tokio::select! {
+        biased;
+        _ = shared.shutdown.cancelled() => Err(Interrupt::Shutdown),
+        _ = tokio::time::sleep_until(expires) => Err(Interrupt::Expired),
+        value = work => Ok(value),
+    }
+}
+
+/// The SSE event of a stored message.
+fn message_event(message: &Message) -> Event {
+    // The CHECK constraint keeps kinds framing-safe; this guards tables whose constraint an
+    // operator dropped, because axum panics on a line break in an event name.
+    let kind = if crate::valid_kind(&message.kind) {
+        message.kind.as_str()
+    } else {
+        "message"
+    };
+    Event::default()
+        .id(message.id.to_string())
+        .event(kind)
+        .data(message.data.get())
+}
