@@ -1,13 +1,13 @@
 //! Throwaway PostgreSQL clusters for `pgrelay demo` and the integration tests.
 //!
-//! pgrelay is a thin layer over PostgreSQL's own machinery (an outbox table and LISTEN/NOTIFY), so a
-//! mocked database would test nothing worth testing. Instead the demo and the tests each get a
+//! pgrelay is a thin layer over PostgreSQL's own machinery (an outbox table and LISTEN/NOTIFY), so
+//! a mocked database would test nothing worth testing. Instead the demo and the tests each get a
 //! private server: [`TempCluster::start`] runs `initdb` into a fresh temporary folder and launches
 //! `postgres` on a free loopback port, tuned for speed rather than durability, and dropping the
 //! [`TempCluster`] stops the server and deletes the folder.
 //!
 //! Nothing here needs a running system service, a password or a container: only the server
-//! binaries, which [`find_server_bin_dir`] locates even where (as on Debian) they are not on `PATH`.
+//! binaries, which [`find_server_bin_dir`] finds even where (as on Debian) they are not on `PATH`.
 //! `initdb` and `postgres` refuse to run as root, so when we are root they run as the `postgres`
 //! OS user instead.
 //!
@@ -58,8 +58,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The signals that stop the postmaster, each with the time it gets before the next, harsher one:
-/// fast shutdown (disconnect clients, checkpoint), then immediate shutdown (the postmaster kills its
-/// backends itself, so none is orphaned), then SIGKILL as a last resort.
+/// fast shutdown (disconnect clients, checkpoint), then immediate shutdown (the postmaster kills
+/// its backends itself, so none is orphaned), then SIGKILL as a last resort.
 const STOP_SIGNALS: [(libc::c_int, Duration); 3] = [
     (libc::SIGINT, Duration::from_secs(5)),
     (libc::SIGQUIT, Duration::from_secs(5)),
@@ -223,13 +223,21 @@ impl TempCluster {
             // The C locale sorts the same everywhere; --no-sync because the data is disposable.
             .args(["--locale=C", "--no-sync"])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // A Tokio command, so that dropping `start` halfway also ends initdb.
-        let output = tokio::process::Command::from(initdb)
-            .kill_on_drop(true)
-            .output()
+            .stderr(Stdio::piped())
+            // Like the server, out of reach of the terminal's Ctrl-C.
+            .process_group(0);
+        let initdb = tokio::process::Command::from(initdb)
+            .spawn()
+            .map_err(io_error("run initdb"))?;
+        // If `start` is dropped halfway, initdb must die together with the `postgres --single` it
+        // runs, or they would go on writing into the folder that `Drop` is removing.
+        let mut group = KillGroupOnDrop(initdb.id());
+        let output = initdb
+            .wait_with_output()
             .await
             .map_err(io_error("run initdb"))?;
+        // initdb has been reaped, so its pid (and group id) may now belong to someone else.
+        group.0 = None;
         if output.status.success() {
             Ok(())
         } else {
@@ -261,7 +269,8 @@ impl TempCluster {
         let ready = self.wait_until_ready(log_start).await;
         match &ready {
             Ok(()) => {
-                tracing::debug!(port = self.port, dir = %self.dir.display(), "throwaway PostgreSQL is up")
+                let dir = self.dir.display();
+                tracing::debug!(port = self.port, %dir, "throwaway PostgreSQL is up");
             }
             // A server that came up late or lost its port to another process must not linger.
             Err(_) => {
@@ -403,17 +412,30 @@ impl Drop for TempCluster {
                     Ok(Some(_)) => break,
                     Ok(None) => thread::sleep(POLL_INTERVAL),
                     Err(error) => {
-                        tracing::warn!(%error, port = self.port, "could not stop a throwaway PostgreSQL");
+                        let port = self.port;
+                        tracing::warn!(%error, port, "could not stop a throwaway PostgreSQL");
                         break;
                     }
                 }
             }
         }
-        match fs::remove_dir_all(&self.dir) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => {
-                tracing::warn!(%error, dir = %self.dir.display(), "could not remove a throwaway PostgreSQL's folder");
+        // After a cancelled start, processes killed a moment ago may still be adding files, which
+        // makes removal fail with "directory not empty"; they are gone within a few retries.
+        let mut retries = 20;
+        loop {
+            match fs::remove_dir_all(&self.dir) {
+                Err(error) if error.kind() == io::ErrorKind::NotFound => break,
+                Err(_) if retries > 0 => {
+                    retries -= 1;
+                    thread::sleep(POLL_INTERVAL);
+                }
+                Err(error) => {
+                    let dir = self.dir.display();
+                    tracing::warn!(%error, %dir, "could not remove a throwaway cluster's folder");
+                    break;
+                }
+                Ok(()) => break,
             }
-            _ => {}
         }
     }
 }
@@ -459,6 +481,18 @@ impl Shutdown {
             self.deadline = Instant::now() + grace;
         }
         Ok(None)
+    }
+}
+
+/// Kills a process group when dropped, unless its id has been taken out first.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            // SAFETY: kill has no memory-safety preconditions; a negative pid names a group.
+            unsafe { libc::kill(-(group as libc::pid_t), libc::SIGKILL) };
+        }
     }
 }
 

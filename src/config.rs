@@ -227,10 +227,14 @@ pub struct DemoArgs {
 /// `LISTEN`/`NOTIFY` from psql simple too.
 pub fn validate_channel(channel: &str) -> Result<(), String> {
     let valid = (1..=63).contains(&channel.len())
-        && channel.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        && channel
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if valid {
         Ok(())
     } else {
-        Err(format!("--channel {channel:?} must be 1 to 63 letters, digits or underscores"))
+        Err(format!(
+            "--channel {channel:?} must be 1 to 63 letters, digits or underscores"
+        ))
     }
 }

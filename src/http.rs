@@ -16,7 +16,7 @@ use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -76,7 +76,8 @@ fn cors_layer(allow_origins: &[String]) -> CorsLayer {
 
 /// A span per request naming the method and path only: query strings carry tokens.
 async fn request_span(request: Request, next: Next) -> Response {
-    let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
+    let span =
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
     next.run(request).instrument(span).await
 }
 
@@ -103,7 +104,9 @@ fn authenticate(shared: &Shared, headers: &HeaderMap, params: &Params) -> Result
             .to_str()
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| unauthorized("bad_authorization", "use `Authorization: Bearer <token>`"))?,
+            .ok_or_else(|| {
+                unauthorized("bad_authorization", "use `Authorization: Bearer <token>`")
+            })?,
         None => params
             .token
             .as_deref()
@@ -176,15 +179,28 @@ async fn list_messages(
         None => 100,
         Some(value) => match value.trim().parse::<i64>() {
             Ok(limit) if limit >= 1 => limit.min(MAX_PAGE),
-            _ => return Err(ApiError::invalid("limit must be a whole number from 1 to 1000")),
+            _ => {
+                return Err(ApiError::invalid(
+                    "limit must be a whole number from 1 to 1000",
+                ))
+            }
         },
     };
     let messages = store::messages_for(&shared.pool, &claims.sub, since, limit)
         .await
         .map_err(|error| ApiError::internal("listing messages failed", &error))?;
-    let next_since_id = messages.last().map_or(since, |message| message.id);
-    let data: Vec<&RawValue> = messages.iter().map(|message| &*message.data).collect();
-    Ok(Json(json!({ "messages": data, "next_since_id": next_since_id })).into_response())
+    let page = MessagePage {
+        next_since_id: messages.last().map_or(since, |message| message.id),
+        messages: messages.iter().map(|message| &*message.data).collect(),
+    };
+    Ok(Json(page).into_response())
+}
+
+/// A page of `GET /v1/messages`; the events' JSON is copied as stored, not re-encoded.
+#[derive(Serialize)]
+struct MessagePage<'a> {
+    messages: Vec<&'a RawValue>,
+    next_since_id: i64,
 }
 
 /// The body of `POST /v1/messages`, parsed loosely so each mistake gets its own message.
@@ -214,8 +230,11 @@ async fn post_message(
     require_json(&headers)?;
     let settings = &shared.settings;
     // Room for the payload plus the largest participant list and the field names.
-    let body_limit = settings.max_payload + settings.max_participants * (MAX_PARTICIPANT_LEN + 8) + 4096;
-    let bytes = to_bytes(body, body_limit).await.map_err(|_| too_large("the request body is too large"))?;
+    let body_limit =
+        settings.max_payload + settings.max_participants * (MAX_PARTICIPANT_LEN + 8) + 4096;
+    let bytes = to_bytes(body, body_limit)
+        .await
+        .map_err(|_| too_large("the request body is too large"))?;
     let body: PostBody = serde_json::from_slice(&bytes).map_err(|error| {
         if error.is_data() {
             ApiError::invalid("the body must be an object with `participants` and `payload`")
@@ -224,15 +243,21 @@ async fn post_message(
         }
     })?;
 
-    let participants = validate_participants(body.participants, &claims.sub, settings.max_participants)?;
+    let participants =
+        validate_participants(body.participants, &claims.sub, settings.max_participants)?;
     let kind = match body.kind {
         None => "message".to_owned(),
         Some(Value::String(kind)) if crate::valid_kind(&kind) => kind,
         Some(_) => return Err(invalid_kind()),
     };
-    let payload = body.payload.ok_or_else(|| ApiError::invalid("`payload` is required (any JSON value)"))?;
+    let payload = body
+        .payload
+        .ok_or_else(|| ApiError::invalid("`payload` is required (any JSON value)"))?;
     if payload.get().len() > settings.max_payload {
-        return Err(too_large(&format!("the payload is larger than {} bytes", settings.max_payload)));
+        return Err(too_large(&format!(
+            "the payload is larger than {} bytes",
+            settings.max_payload
+        )));
     }
     let message = NewMessage {
         participants: &participants,
@@ -280,13 +305,19 @@ fn validate_participants(
     max: usize,
 ) -> Result<Vec<String>, ApiError> {
     let Some(Value::Array(values)) = participants else {
-        return Err(ApiError::invalid("`participants` must be an array of names"));
+        return Err(ApiError::invalid(
+            "`participants` must be an array of names",
+        ));
     };
     if values.is_empty() {
-        return Err(ApiError::invalid("`participants` must name at least one recipient"));
+        return Err(ApiError::invalid(
+            "`participants` must name at least one recipient",
+        ));
     }
     if values.len() > max {
-        return Err(ApiError::invalid(format!("`participants` may name at most {max} recipients")));
+        return Err(ApiError::invalid(format!(
+            "`participants` may name at most {max} recipients"
+        )));
     }
     let mut names: Vec<String> = Vec::with_capacity(values.len() + 1);
     for value in values {
@@ -361,5 +392,9 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }

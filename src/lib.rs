@@ -148,7 +148,9 @@ pub async fn run(
 async fn check_schema(pool: &store::DbPool, channel: &str) -> Result<(), DbError> {
     let client = pool.get().await?;
     match migrate::installed_channel(&client).await? {
-        None => Err("the pgrelay schema is missing in this database; run `pgrelay migrate` first".into()),
+        None => Err(
+            "the pgrelay schema is missing in this database; run `pgrelay migrate` first".into(),
+        ),
         Some(installed) if installed != channel => Err(format!(
             "the outbox trigger notifies on channel {installed:?} but --channel is {channel:?}; \
              run `pgrelay migrate --channel {channel}` or change --channel"

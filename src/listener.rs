@@ -72,7 +72,9 @@ pub async fn run(shared: Arc<Shared>, listen_url: String) {
 /// `BACKOFF_MIN · 2^attempt`, capped, with up to 50% random jitter so that many relays
 /// reconnecting after a database restart do not arrive in lockstep.
 fn backoff(attempt: u32) -> Duration {
-    let base = BACKOFF_MIN.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+    let base = BACKOFF_MIN
+        .saturating_mul(1 << attempt.min(16))
+        .min(BACKOFF_MAX);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -33,7 +33,8 @@ async fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     let settings = args.relay.settings()?;
-    let keys = Keys::from_secret_list(&args.secret).map_err(|error| format!("--secret: {error}"))?;
+    let keys =
+        Keys::from_secret_list(&args.secret).map_err(|error| format!("--secret: {error}"))?;
     let addr = args.relay.bind_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -60,7 +61,8 @@ async fn migrate_database(args: MigrateArgs) -> Result<(), BoxError> {
 }
 
 fn print_token(args: TokenArgs) -> Result<(), BoxError> {
-    let keys = Keys::from_secret_list(&args.secret).map_err(|error| format!("--secret: {error}"))?;
+    let keys =
+        Keys::from_secret_list(&args.secret).map_err(|error| format!("--secret: {error}"))?;
     let scopes: Vec<&str> = args.scope.iter().map(String::as_str).collect();
     println!("{}", keys.mint(&args.sub, args.ttl, &scopes));
     Ok(())
@@ -68,7 +70,9 @@ fn print_token(args: TokenArgs) -> Result<(), BoxError> {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("PGRELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

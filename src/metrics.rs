@@ -97,20 +97,51 @@ impl Metrics {
     pub fn render(&self, streams: usize, listener_up: bool) -> String {
         let mut out = String::new();
         let gauges = [
-            ("pgrelay_subscribers", "Open SSE streams on this instance.", streams as u64),
-            ("pgrelay_listener_up", "1 while the LISTEN connection is up.", u64::from(listener_up)),
+            (
+                "pgrelay_subscribers",
+                "Open SSE streams on this instance.",
+                streams as u64,
+            ),
+            (
+                "pgrelay_listener_up",
+                "1 while the LISTEN connection is up.",
+                u64::from(listener_up),
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         let counters = [
-            ("pgrelay_notifications_received_total", "Notifications read from the LISTEN connection.", &self.notifications_received),
-            ("pgrelay_events_delivered_total", "Message events written to SSE streams.", &self.events_delivered),
-            ("pgrelay_catch_up_queries_total", "Catch-up queries run for streams.", &self.catch_up_queries),
-            ("pgrelay_listener_reconnects_total", "Times the LISTEN connection was lost.", &self.listener_reconnects),
+            (
+                "pgrelay_notifications_received_total",
+                "Notifications read from the LISTEN connection.",
+                &self.notifications_received,
+            ),
+            (
+                "pgrelay_events_delivered_total",
+                "Message events written to SSE streams.",
+                &self.events_delivered,
+            ),
+            (
+                "pgrelay_catch_up_queries_total",
+                "Catch-up queries run for streams.",
+                &self.catch_up_queries,
+            ),
+            (
+                "pgrelay_listener_reconnects_total",
+                "Times the LISTEN connection was lost.",
+                &self.listener_reconnects,
+            ),
         ];
         for (name, help, counter) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", counter.get());
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.get()
+            );
         }
         self.commit_to_send.render(
             &mut out,

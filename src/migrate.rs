@@ -11,11 +11,8 @@ use tracing::info;
 use crate::store::DbError;
 
 /// The migrations, in order: (version, file name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_outbox.sql",
-    include_str!("../sql/0001_outbox.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "0001_outbox.sql", include_str!("../sql/0001_outbox.sql"))];
 
 /// Serialises migration runs across every process connected to the database.
 const MIGRATE_LOCK_KEY: i64 = 7395514830127704946;
@@ -67,8 +64,11 @@ async fn apply_pending(client: &Client, channel: &str) -> Result<Vec<i32>, DbErr
             continue;
         }
         info!(migration = name, "applying");
+        // client_min_messages: "does not exist, skipping" notices are expected on a first run.
         client
-            .batch_execute(&format!("BEGIN;\n{sql}\n;COMMIT;"))
+            .batch_execute(&format!(
+                "BEGIN;\nSET LOCAL client_min_messages = warning;\n{sql}\n;COMMIT;"
+            ))
             .await
             .map_err(|error| format!("{name}: {error}"))?;
         newly_applied.push(version);
@@ -99,12 +99,17 @@ async fn set_channel(client: &Client, channel: &str) -> Result<(), DbError> {
 /// The channel the outbox trigger notifies on, or `None` when the schema is missing.
 pub async fn installed_channel(client: &Client) -> Result<Option<String>, DbError> {
     let installed: bool = client
-        .query_typed_one("SELECT to_regprocedure('pgrelay.channel()') IS NOT NULL", &[])
+        .query_typed_one(
+            "SELECT to_regprocedure('pgrelay.channel()') IS NOT NULL",
+            &[],
+        )
         .await?
         .get(0);
     if !installed {
         return Ok(None);
     }
-    let row = client.query_typed_one("SELECT pgrelay.channel()", &[]).await?;
+    let row = client
+        .query_typed_one("SELECT pgrelay.channel()", &[])
+        .await?;
     Ok(Some(row.get(0)))
 }

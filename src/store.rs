@@ -125,10 +125,11 @@ pub async fn messages_for(
 /// The messages with these ids, oldest first (ids that do not exist are skipped).
 pub async fn messages_by_id(pool: &DbPool, ids: &[i64]) -> Result<Vec<Arc<Message>>, DbError> {
     let client = pool.get().await?;
-    let sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM pgrelay.messages WHERE id = ANY($1) ORDER BY id"
-    );
-    let rows = client.query_typed(&sql, &[(&ids, Type::INT8_ARRAY)]).await?;
+    let sql =
+        format!("SELECT {MESSAGE_COLUMNS} FROM pgrelay.messages WHERE id = ANY($1) ORDER BY id");
+    let rows = client
+        .query_typed(&sql, &[(&ids, Type::INT8_ARRAY)])
+        .await?;
     rows.iter().map(message_from_row).collect()
 }
 

@@ -73,7 +73,8 @@ impl EventStream {
                 let (pruned_through, oldest_id) = store::retention_bounds(&shared.pool).await?;
                 preamble.push_back(Event::default().retry(RETRY).id(since.to_string()));
                 if since < pruned_through {
-                    let data = serde_json::json!({"reason": "history_truncated", "oldest_id": oldest_id});
+                    let data =
+                        serde_json::json!({"reason": "history_truncated", "oldest_id": oldest_id});
                     preamble.push_back(Event::default().event("reset").data(data.to_string()));
                 }
                 subscription.inbox().request_catch_up();

@@ -28,7 +28,8 @@ enum Ended {
 
 /// Runs until interrupted, resuming from the last id after every disconnect.
 pub async fn tail(args: TailArgs) -> Result<(), BoxError> {
-    let keys = Keys::from_secret_list(&args.secret).map_err(|error| format!("--secret: {error}"))?;
+    let keys =
+        Keys::from_secret_list(&args.secret).map_err(|error| format!("--secret: {error}"))?;
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()?;
@@ -78,7 +79,9 @@ async fn follow(
             Err(error) => return Ok(Ended::Disconnected(error.to_string())),
         };
         for item in parser.feed(&chunk) {
-            let SseItem::Event(event) = item else { continue };
+            let SseItem::Event(event) = item else {
+                continue;
+            };
             if let Some(id) = event.id.as_deref().and_then(|id| id.parse().ok()) {
                 *last_id = Some(id);
             }

@@ -1,0 +1,340 @@
+//! Shared test harness: a real PostgreSQL, a fresh database per test, an in-process relay on
+//! 127.0.0.1:0, and an SSE client.
+//!
+//! The server is `DATABASE_URL` when set (each test still gets its own database in it), else one
+//! throwaway cluster per test binary, stopped when the binary exits.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::StreamExt;
+use pgrelay::auth::Keys;
+use pgrelay::cluster::{self, TempCluster};
+use pgrelay::sse::{SseEvent, SseItem, SseParser};
+use pgrelay::state::Settings;
+use pgrelay::RelayConfig;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+/// The secret every test relay verifies with.
+pub const SECRET: &str = "test-secret-0123456789";
+
+/// How long a test waits for something that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A URL of the test server with `{db}` where the database name goes.
+fn server_url_template() -> &'static str {
+    static TEMPLATE: OnceLock<String> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return with_database(&url, "{db}");
+        }
+        // Started on its own runtime: each #[tokio::test] has a runtime that ends with the test.
+        let cluster = std::thread::spawn(|| {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(TempCluster::start())
+        })
+        .join()
+        .unwrap()
+        .unwrap_or_else(|error| panic!("cannot start a throwaway PostgreSQL: {error}"));
+        let template = cluster.url("{db}");
+        cluster::stop_at_exit(cluster);
+        template
+    })
+}
+
+/// Replaces the database name in a postgres:// URL.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..].find('/').map(|i| scheme_end + i);
+    let host = path_start.map_or(base, |i| &base[..i]);
+    match query {
+        Some(query) => format!("{host}/{database}?{query}"),
+        None => format!("{host}/{database}"),
+    }
+}
+
+/// A fresh, migrated database for one test.
+pub async fn fresh_database() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "pgrelay_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let template = server_url_template();
+    let admin = connect(&template.replace("{db}", "postgres")).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = template.replace("{db}", &name);
+    pgrelay::migrate::migrate(&url, "pgrelay").await.unwrap();
+    url
+}
+
+/// A plain client connection, driven in the background.
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The relay settings tests use unless they say otherwise.
+pub fn test_settings() -> Settings {
+    Settings {
+        channel: "pgrelay".into(),
+        keepalive: Duration::from_secs(15),
+        retention: Duration::from_secs(7 * 24 * 3600),
+        max_payload: 64 * 1024,
+        max_participants: 1000,
+        allow_origins: Vec::new(),
+        grace: Duration::from_secs(5),
+    }
+}
+
+/// A relay running in this process on 127.0.0.1:0; stopped when dropped.
+pub struct Relay {
+    pub base: String,
+    pub database_url: String,
+    pub keys: Keys,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Starts a relay on `database_url` with the test settings.
+    pub async fn start(database_url: &str) -> Relay {
+        Relay::start_with(database_url, test_settings()).await
+    }
+
+    /// Starts a relay with these settings and waits until its listener is up.
+    pub async fn start_with(database_url: &str, settings: Settings) -> Relay {
+        let keys = Keys::from_secret_list(SECRET).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let config = RelayConfig {
+            database_url: database_url.to_owned(),
+            listen_database_url: database_url.to_owned(),
+            pool_size: 8,
+            keys: keys.clone(),
+            settings,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            pgrelay::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the relay failed");
+        });
+        let relay = Relay {
+            base,
+            database_url: database_url.to_owned(),
+            keys,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        relay.wait_ready().await;
+        relay
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(response) = reqwest::get(format!("{}/readyz", self.base)).await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "relay never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A token for `sub` with the given scopes, valid for an hour.
+    pub fn token(&self, sub: &str, scopes: &[&str]) -> String {
+        self.keys.mint(sub, Duration::from_secs(3600), scopes)
+    }
+
+    /// Opens `/v1/stream` as `sub`, with optional extra query (e.g. `since_id=3`) and
+    /// `Last-Event-ID`.
+    pub async fn subscribe(
+        &self,
+        sub: &str,
+        query: &str,
+        last_event_id: Option<i64>,
+    ) -> Subscriber {
+        let token = self.token(sub, &[]);
+        Subscriber::open(&self.base, &token, query, last_event_id).await
+    }
+
+    /// Stops the relay and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An open SSE connection.
+pub struct Subscriber {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    parser: SseParser,
+    buffered: std::collections::VecDeque<SseEvent>,
+    /// Comment lines seen (keep-alives).
+    pub comments: usize,
+}
+
+impl Subscriber {
+    /// Connects and checks the answer is a 200 event stream.
+    pub async fn open(
+        base: &str,
+        token: &str,
+        query: &str,
+        last_event_id: Option<i64>,
+    ) -> Subscriber {
+        let separator = if query.is_empty() { "" } else { "&" };
+        let url = format!("{base}/v1/stream?token={token}{separator}{query}");
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "stream refused: {:?}",
+            response.text().await
+        );
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Subscriber {
+            body: response.bytes_stream().boxed(),
+            parser: SseParser::new(),
+            buffered: Default::default(),
+            comments: 0,
+        }
+    }
+
+    /// The next event block (including id-only blocks), or `None` if none comes within `wait`
+    /// or the stream ended.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .ok()??;
+            for item in self.parser.feed(&chunk.ok()?) {
+                match item {
+                    SseItem::Event(event) => self.buffered.push_back(event),
+                    SseItem::Comment(_) => self.comments += 1,
+                }
+            }
+        }
+    }
+
+    /// The next event, which must come within `PATIENCE`.
+    pub async fn next(&mut self) -> SseEvent {
+        self.next_within(PATIENCE)
+            .await
+            .expect("no event arrived in time")
+    }
+
+    /// The next message event (skipping id-only blocks), as (id, kind, data).
+    pub async fn next_message(&mut self) -> (i64, String, Value) {
+        loop {
+            let event = self.next().await;
+            if let Some(data) = event.data {
+                let id = event
+                    .id
+                    .expect("a message event has an id")
+                    .parse()
+                    .unwrap();
+                return (
+                    id,
+                    event.event.unwrap_or_default(),
+                    serde_json::from_str(&data).unwrap(),
+                );
+            }
+        }
+    }
+
+    /// The opening block's position (`id:` without data).
+    pub async fn opening_position(&mut self) -> i64 {
+        let event = self.next().await;
+        assert!(
+            event.data.is_none(),
+            "the first block must carry no data: {event:?}"
+        );
+        assert!(
+            event.retry.is_some(),
+            "the first block must carry retry: {event:?}"
+        );
+        event
+            .id
+            .expect("the first block carries the position")
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Inserts a message the way an application would from psql; returns nothing, since the id is
+/// assigned at commit.
+pub async fn insert(client: &Client, participants: &[&str], payload: Value) {
+    let participants: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
+    client
+        .execute(
+            "INSERT INTO pgrelay.messages (participants, payload) VALUES ($1, $2)",
+            &[&participants, &payload],
+        )
+        .await
+        .unwrap();
+}
+
+/// Every message id addressed to `participant`, ascending.
+pub async fn ids_for(client: &Client, participant: &str) -> Vec<i64> {
+    client
+        .query(
+            "SELECT id FROM pgrelay.messages WHERE $1 = ANY(participants) ORDER BY id",
+            &[&participant],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
