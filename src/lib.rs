@@ -17,6 +17,7 @@
 //! - [`auth`]: HS256 JSON Web Tokens: verify and mint.
 //! - [`store`]: the query pool and every query.
 //! - [`metrics`]: Prometheus counters and the latency histogram.
+//! - [`retention`]: prunes messages older than the retention period, one instance at a time.
 //! - [`state`]: what the tasks of a running relay share.
 //! - [`cluster`]: a throwaway PostgreSQL for `pgrelay demo` and the tests.
 //! - [`sse`]: an event-stream parser for `pgrelay tail` and the tests.
@@ -42,6 +43,7 @@ pub mod listener;
 pub mod metrics;
 pub mod migrate;
 pub mod registry;
+pub mod retention;
 pub mod shutdown;
 pub mod sse;
 pub mod state;
@@ -111,6 +113,8 @@ pub async fn run(
         config.listen_database_url,
     ));
 
+    let pruner_task = tokio::spawn(retention::run(Arc::clone(&shared)));
+
     let app = http::app(Arc::clone(&shared));
     let stopping = shared.shutdown.clone();
     let mut server = tokio::spawn(async move {
@@ -137,7 +141,7 @@ pub async fn run(
             }
         }
     }
-    let _ = listener_task.await;
+    let _ = tokio::join!(listener_task, pruner_task);
     shared.pool.close();
     info!("stopped");
     Ok(())

@@ -234,3 +234,47 @@ async fn burst_larger_than_inbox_falls_back_to_database() {
         "the overflow should have been served by catch-up queries"
     );
 }
+
+/// Pruning removes messages older than the retention period, and a resume point below the
+/// pruned history gets `reset` (with the oldest retained id) and then the retained messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_below_retained_history_gets_reset() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let client = connect(&db).await;
+    for n in 0..5 {
+        insert(&client, &["alice"], json!({"n": n})).await;
+    }
+    let ids = ids_for(&client, "alice").await;
+    client
+        .execute(
+            "UPDATE pgrelay.messages SET created_at = now() - interval '8 days' WHERE id <= $1",
+            &[&ids[2]],
+        )
+        .await
+        .unwrap();
+    let pool = pgrelay::store::connect_pool(&db, 2).unwrap();
+    // Two instances pruning at once delete each message once between them.
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let (first, second) = tokio::join!(
+        pgrelay::retention::prune(&pool, week),
+        pgrelay::retention::prune(&pool, week)
+    );
+    assert_eq!(first.unwrap() + second.unwrap(), 3);
+    assert_eq!(ids_for(&client, "alice").await, ids[3..]);
+
+    let mut stream = relay.subscribe("alice", "since_id=0", None).await;
+    assert_eq!(stream.opening_position().await, 0);
+    let reset = stream.next().await;
+    assert_eq!(reset.event.as_deref(), Some("reset"));
+    assert!(reset.id.is_none(), "reset must not move Last-Event-ID");
+    let data: serde_json::Value = serde_json::from_str(&reset.data.unwrap()).unwrap();
+    assert_eq!(data, json!({"reason": "history_truncated", "oldest_id": ids[3]}));
+    assert_eq!(stream.next_message().await.0, ids[3]);
+    assert_eq!(stream.next_message().await.0, ids[4]);
+
+    // Resuming at or after the pruned point needs no reset.
+    let mut stream = relay.subscribe("alice", "", Some(ids[2])).await;
+    stream.opening_position().await;
+    assert_eq!(stream.next_message().await.0, ids[3]);
+}

@@ -1,0 +1,90 @@
+//! Retention: old messages are pruned so the outbox does not grow forever.
+//!
+//! Every instance runs the pruner, but each round takes a transaction-scoped advisory lock
+//! with `pg_try_advisory_xact_lock`, so at most one instance prunes at a time and the others
+//! skip the round. Pruning deletes by id, up to the newest message older than the retention
+//! period, and records that id in `pgrelay.retention.pruned_through`: a stream resuming below
+//! it is told with a `reset` event that history was truncated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::types::Type;
+use tracing::{debug, info, warn};
+
+use crate::state::Shared;
+use crate::store::{DbError, DbPool};
+
+/// Serialises pruning across instances.
+const PRUNE_LOCK_KEY: i64 = 7395514830127704947;
+
+/// Rows deleted per transaction, so pruning never holds locks or bloats WAL for long.
+const PRUNE_BATCH: i64 = 5000;
+
+/// Prunes once right away and then at a fraction of the retention period (at most hourly,
+/// at least every ten seconds), until shutdown.
+pub async fn run(shared: Arc<Shared>) {
+    let retention = shared.settings.retention;
+    let interval = (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(3600));
+    loop {
+        match prune(&shared.pool, retention).await {
+            Ok(0) => debug!("nothing to prune"),
+            Ok(deleted) => info!(deleted, "pruned messages older than the retention period"),
+            Err(error) => warn!(%error, "pruning failed; will retry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Deletes messages older than `retention`, in batches; returns how many were deleted.
+/// Does nothing when another instance is pruning.
+pub async fn prune(pool: &DbPool, retention: Duration) -> Result<u64, DbError> {
+    let mut client = pool.get().await?;
+    let retention_seconds = retention.as_secs_f64();
+    let mut deleted = 0;
+    loop {
+        let transaction = client.transaction().await?;
+        let locked: bool = transaction
+            .query_typed_one(
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[(&PRUNE_LOCK_KEY, Type::INT8)],
+            )
+            .await?
+            .get(0);
+        if !locked {
+            return Ok(deleted);
+        }
+        // The boundary is an id, so "everything at or below pruned_through is gone" holds
+        // exactly, even though created_at (taken at insert) is not in commit order.
+        let row = transaction
+            .query_typed_one(
+                "WITH boundary AS ( \
+                     SELECT max(id) AS id FROM pgrelay.messages \
+                     WHERE id > 0 AND created_at < now() - make_interval(secs => $1)), \
+                 doomed AS ( \
+                     SELECT m.id FROM pgrelay.messages m, boundary \
+                     WHERE m.id > 0 AND m.id <= boundary.id ORDER BY m.id LIMIT $2), \
+                 gone AS (DELETE FROM pgrelay.messages WHERE id IN (SELECT id FROM doomed) RETURNING id) \
+                 SELECT count(*)::int8, coalesce(max(id), 0)::int8 FROM gone",
+                &[(&retention_seconds, Type::FLOAT8), (&PRUNE_BATCH, Type::INT8)],
+            )
+            .await?;
+        let (count, highest): (i64, i64) = (row.get(0), row.get(1));
+        if count > 0 {
+            transaction
+                .query_typed(
+                    "UPDATE pgrelay.retention SET pruned_through = greatest(pruned_through, $1)",
+                    &[(&highest, Type::INT8)],
+                )
+                .await?;
+        }
+        transaction.commit().await?;
+        deleted += count as u64;
+        if count < PRUNE_BATCH {
+            return Ok(deleted);
+        }
+    }
+}
