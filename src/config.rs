@@ -91,6 +91,11 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_MAX_PARTICIPANTS", default_value_t = 1000)]
     pub max_participants: usize,
 
+    /// How often the listener checks its LISTEN connection with a NOTIFY to itself; a
+    /// heartbeat that does not come back within the next interval triggers a reconnect.
+    #[arg(long, env = "PGRELAY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
     /// How long shutdown waits for open work before exiting.
     #[arg(long, env = "PGRELAY_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -104,8 +109,8 @@ impl RelayArgs {
     /// The running relay's settings; errors name the flag that is wrong.
     pub fn settings(&self) -> Result<Settings, String> {
         validate_channel(&self.channel)?;
-        if self.keepalive.is_zero() {
-            return Err("--keepalive must be longer than zero".into());
+        if self.keepalive.is_zero() || self.heartbeat.is_zero() {
+            return Err("--keepalive and --heartbeat must be longer than zero".into());
         }
         let allow_origins = if self.allow_origin.trim() == "*" {
             Vec::new()
@@ -123,6 +128,7 @@ impl RelayArgs {
             max_payload: self.max_payload,
             max_participants: self.max_participants,
             allow_origins,
+            heartbeat: self.heartbeat,
             grace: self.grace,
         })
     }

@@ -14,14 +14,21 @@
 //! When the connection is lost, notifications committed meanwhile are gone for good. After
 //! reconnecting and LISTENing again, every open stream is told to catch up from its own cursor
 //! before it takes another live message, so the gap is filled from the table exactly.
+//!
+//! A connection can also fail silently: a half-open TCP connection, a serverless database that
+//! suspended it, or a transaction-mode pooler where LISTEN "succeeds" and nothing ever arrives.
+//! So the listener sends itself a heartbeat NOTIFY on its own connection at every
+//! `--heartbeat` interval, and treats the connection as lost when one has not come back within
+//! the next interval.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
 use tracing::{debug, info, warn, Instrument};
 
@@ -95,14 +102,20 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
     config.keepalives_retries(3);
     let (client, mut connection) = config.connect(NoTls).await?;
 
+    let heartbeat = Arc::new(Heartbeat::new());
     let (sender, mut notifications) = mpsc::unbounded_channel::<Notification>();
+    let driver_heartbeat = Arc::clone(&heartbeat);
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message? {
+                // Heartbeats are recognised here, as soon as they are read, so a busy
+                // dispatcher cannot make a healthy connection look dead.
                 AsyncMessage::Notification(notification) => {
-                    // The dispatcher only goes away when the session ends.
-                    let _ = sender.send(notification);
+                    if !driver_heartbeat.is_heartbeat(notification.payload()) {
+                        // The dispatcher only goes away when the session ends.
+                        let _ = sender.send(notification);
+                    }
                 }
                 AsyncMessage::Notice(notice) => debug!(%notice, "notice on LISTEN connection"),
                 _ => {}
@@ -122,9 +135,15 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
     *attempt = 0;
     info!("listening");
 
+    let mut ticks = tokio::time::interval(shared.settings.heartbeat);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             notification = notifications.recv() => notification,
+            _ = ticks.tick() => {
+                heartbeat.beat(shared, &client).await?;
+                continue;
+            }
             _ = shared.shutdown.cancelled() => return Ok(()),
         };
         let Some(first) = first else {
@@ -141,6 +160,71 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
             }
         }
         dispatch(shared, &batch).await;
+    }
+}
+
+/// The listener's proof that its connection still receives notifications.
+struct Heartbeat {
+    /// `{"heartbeat":"<instance>:` — identifies this session's own heartbeats; other
+    /// instances' heartbeats on the shared channel are dropped unread.
+    prefix: String,
+    /// Number of the last heartbeat sent.
+    sent: AtomicU64,
+    /// Number of the last heartbeat received back, written by the connection driver.
+    received: AtomicU64,
+}
+
+impl Heartbeat {
+    fn new() -> Heartbeat {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Heartbeat {
+            prefix: format!(r#"{{"heartbeat":"{}-{nanos}:"#, std::process::id()),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `payload` is a heartbeat (anyone's); records our own as received.
+    fn is_heartbeat(&self, payload: &str) -> bool {
+        if let Some(rest) = payload.strip_prefix(&self.prefix) {
+            if let Some(number) = rest.strip_suffix(r#""}"#).and_then(|n| n.parse().ok()) {
+                self.received.fetch_max(number, Ordering::SeqCst);
+            }
+            return true;
+        }
+        payload.starts_with(r#"{"heartbeat":"#)
+    }
+
+    /// Fails if the previous heartbeat has not come back; otherwise sends the next one and
+    /// reads the notification queue's fill level for `/metrics`.
+    async fn beat(&self, shared: &Shared, client: &tokio_postgres::Client) -> Result<(), DbError> {
+        let sent = self.sent.load(Ordering::SeqCst);
+        if self.received.load(Ordering::SeqCst) < sent {
+            return Err(format!(
+                "heartbeat {sent} did not come back within {:?}: the connection no longer \
+                 receives notifications (dead connection, or LISTEN through a transaction-mode pooler?)",
+                shared.settings.heartbeat
+            )
+            .into());
+        }
+        let next = sent + 1;
+        self.sent.store(next, Ordering::SeqCst);
+        let payload = format!(r#"{}{next}"}}"#, self.prefix);
+        let params: [(&(dyn ToSql + Sync), Type); 2] = [
+            (&shared.settings.channel, Type::TEXT),
+            (&payload, Type::TEXT),
+        ];
+        let query = client.query_typed_one(
+            "SELECT pg_notify($1, $2)::text, pg_notification_queue_usage()",
+            &params,
+        );
+        let row = tokio::time::timeout(shared.settings.heartbeat, query)
+            .await
+            .map_err(|_| "the heartbeat query timed out: the connection is not answering")??;
+        shared.metrics.set_notify_queue_usage(row.try_get(1)?);
+        Ok(())
     }
 }
 

@@ -90,9 +90,18 @@ pub struct Metrics {
     pub listener_reconnects: Counter,
     /// From a writer's commit to handing the message to its streams.
     pub commit_to_send: Histogram,
+    /// `pg_notification_queue_usage()` as f64 bits, read at every heartbeat: a queue filling
+    /// up means some listener in the cluster stopped reading, and commits will soon fail.
+    notify_queue_usage: AtomicU64,
 }
 
 impl Metrics {
+    /// Records the fraction of the cluster's notification queue in use.
+    pub fn set_notify_queue_usage(&self, fraction: f64) {
+        self.notify_queue_usage
+            .store(fraction.to_bits(), Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition of all metrics; `streams` is the open-stream gauge.
     pub fn render(&self, streams: usize, listener_up: bool) -> String {
         let mut out = String::new();
@@ -143,6 +152,12 @@ impl Metrics {
                 counter.get()
             );
         }
+        let usage = f64::from_bits(self.notify_queue_usage.load(Ordering::Relaxed));
+        let name = "pgrelay_notification_queue_usage_ratio";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Fraction of PostgreSQL's notification queue in use (pg_notification_queue_usage).\n# TYPE {name} gauge\n{name} {usage}"
+        );
         self.commit_to_send.render(
             &mut out,
             "pgrelay_commit_to_send_seconds",

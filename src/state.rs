@@ -26,6 +26,9 @@ pub struct Settings {
     pub max_participants: usize,
     /// CORS origins allowed from browsers; empty means any.
     pub allow_origins: Vec<String>,
+    /// How often the listener proves its connection with a heartbeat NOTIFY to itself; a
+    /// heartbeat that has not come back one interval later means the connection is lost.
+    pub heartbeat: Duration,
     /// How long shutdown waits for open work.
     pub grace: Duration,
 }

@@ -180,11 +180,15 @@ async fn large_payload_and_participant_list_arrive() {
     assert_eq!(data["participants"].as_array().unwrap().len(), 1001);
 }
 
-/// The health, readiness and metrics endpoints answer.
+/// The health, readiness and metrics endpoints answer, and heartbeats keep a healthy
+/// listener connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_metrics() {
     let db = fresh_database().await;
-    let relay = Relay::start(&db).await;
+    let mut settings = test_settings();
+    settings.heartbeat = Duration::from_millis(50);
+    let relay = Relay::start_with(&db, settings).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for path in ["/healthz", "/readyz"] {
         let response = reqwest::get(format!("{}{path}", relay.base)).await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
@@ -202,9 +206,15 @@ async fn health_readiness_metrics() {
         "pgrelay_catch_up_queries_total",
         "pgrelay_listener_reconnects_total",
         "pgrelay_commit_to_send_seconds_bucket",
+        "pgrelay_notification_queue_usage_ratio",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
+    assert!(
+        metrics.contains("pgrelay_listener_reconnects_total 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pgrelay_listener_up 1"), "{metrics}");
 }
 
 /// Shutdown ends open streams instead of waiting for them forever.

@@ -102,6 +102,7 @@ pub fn test_settings() -> Settings {
         max_payload: 64 * 1024,
         max_participants: 1000,
         allow_origins: Vec::new(),
+        heartbeat: Duration::from_secs(5),
         grace: Duration::from_secs(5),
     }
 }
