@@ -111,11 +111,11 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
             match message? {
                 // Heartbeats are recognised here, as soon as they are read, so a busy
                 // dispatcher cannot make a healthy connection look dead.
+                AsyncMessage::Notification(notification)
+                    if driver_heartbeat.is_heartbeat(notification.payload()) => {}
                 AsyncMessage::Notification(notification) => {
-                    if !driver_heartbeat.is_heartbeat(notification.payload()) {
-                        // The dispatcher only goes away when the session ends.
-                        let _ = sender.send(notification);
-                    }
+                    // The dispatcher only goes away when the session ends.
+                    let _ = sender.send(notification);
                 }
                 AsyncMessage::Notice(notice) => debug!(%notice, "notice on LISTEN connection"),
                 _ => {}
