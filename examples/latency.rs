@@ -301,16 +301,7 @@ async fn listen_phase(url: &str, options: &Options) -> Result<Phase, BoxError> {
 
     // The writer cannot learn ids (they are assigned at commit), so map them back to sequence
     // numbers from the table.
-    let by_id: HashMap<i64, i64> = client
-        .query(
-            "SELECT id, (payload->>'seq')::int8 FROM pgrelay.messages \
-             WHERE payload->>'phase' = 'listen'",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+    let by_id = sequence_numbers_by_id(url, "listen").await?;
     let arrived = arrived
         .into_iter()
         .map(|(id, at)| match by_id.get(&id) {
@@ -324,6 +315,18 @@ async fn listen_phase(url: &str, options: &Options) -> Result<Phase, BoxError> {
         latencies_us: latencies(&committed, &arrived)?,
         writer_lag,
     })
+}
+
+/// Every message of `phase`: id → sequence number.
+async fn sequence_numbers_by_id(url: &str, phase: &str) -> Result<HashMap<i64, i64>, BoxError> {
+    let client = connect(url, "pgrelay-latency").await?;
+    let rows = client
+        .query(
+            "SELECT id, (payload->>'seq')::int8 FROM pgrelay.messages WHERE payload->>'phase' = $1",
+            &[&phase],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// The message id in a wake-up notification (`{"id":…,"at":…,"participants":[…]}`).
@@ -344,7 +347,8 @@ async fn relay_phase(url: &str, options: &Options) -> Result<Phase, BoxError> {
         listen_database_url: url.to_owned(),
         pool_size: 8,
         keys: keys.clone(),
-        settings: relay_settings(),
+        settings: Settings::default(),
+        limits: Default::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let relay = tokio::spawn(pgrelay::run(config, listener, async {
@@ -371,19 +375,6 @@ async fn relay_phase(url: &str, options: &Options) -> Result<Phase, BoxError> {
     let _ = stop.send(());
     relay.await??;
     result
-}
-
-/// The relay's settings: the defaults of `pgrelay serve`.
-fn relay_settings() -> Settings {
-    Settings {
-        channel: "pgrelay".into(),
-        keepalive: Duration::from_secs(15),
-        retention: Duration::from_secs(7 * 24 * 3600),
-        max_payload: 64 * 1024,
-        max_participants: 1000,
-        allow_origins: Vec::new(),
-        grace: Duration::from_secs(5),
-    }
 }
 
 /// Waits until the relay's `/readyz` answers 200 (its LISTEN connection is up).

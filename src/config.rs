@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::server::ConnectionLimits;
 use crate::state::Settings;
 
 /// PostgreSQL as a real-time message broker for browsers.
@@ -96,6 +97,22 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
+    /// Most open HTTP connections (streams included); one more is answered 503.
+    #[arg(long, env = "PGRELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Most open streams of one participant (tabs, devices); one more is answered 429.
+    #[arg(
+        long,
+        env = "PGRELAY_MAX_STREAMS_PER_PARTICIPANT",
+        default_value_t = 32
+    )]
+    pub max_streams_per_participant: usize,
+
+    /// How long a client may take to send its request headers (defeats slowloris).
+    #[arg(long, env = "PGRELAY_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
     /// How long shutdown waits for open work before exiting.
     #[arg(long, env = "PGRELAY_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -106,6 +123,14 @@ pub struct RelayArgs {
 }
 
 impl RelayArgs {
+    /// The HTTP server's connection limits.
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections.max(1),
+            header_timeout: self.header_timeout,
+        }
+    }
+
     /// The running relay's settings; errors name the flag that is wrong.
     pub fn settings(&self) -> Result<Settings, String> {
         validate_channel(&self.channel)?;
@@ -129,6 +154,7 @@ impl RelayArgs {
             max_participants: self.max_participants,
             allow_origins,
             heartbeat: self.heartbeat,
+            max_streams_per_participant: self.max_streams_per_participant.max(1),
             grace: self.grace,
         })
     }

@@ -53,6 +53,7 @@ pub async fn demo(args: DemoArgs) -> Result<(), BoxError> {
         pool_size: args.relay.pool_size,
         keys,
         settings,
+        limits: args.relay.limits(),
     };
     let served = crate::run(config, listener, shutdown::signal()).await;
     if let Some(cluster) = cluster {

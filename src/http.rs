@@ -26,7 +26,7 @@ use crate::auth::{self, Claims};
 use crate::error::ApiError;
 use crate::state::Shared;
 use crate::store::{self, DbError, NewMessage};
-use crate::stream::EventStream;
+use crate::stream::{EventStream, OpenError};
 
 /// Most messages one `GET /v1/messages` returns.
 const MAX_PAGE: i64 = 1000;
@@ -152,7 +152,14 @@ async fn stream(
     let expires_in = Duration::from_secs(claims.exp.saturating_sub(auth::now_unix()));
     let events = EventStream::open(Arc::clone(&shared), claims.sub, resume, expires_in)
         .await
-        .map_err(|error| ApiError::internal("opening a stream failed", &error))?;
+        .map_err(|error| match error {
+            OpenError::TooManyStreams => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                "this participant has too many open streams; close one first",
+            ),
+            OpenError::Database(error) => ApiError::internal("opening a stream failed", &error),
+        })?;
     let sse = Sse::new(events.into_stream())
         .keep_alive(KeepAlive::new().interval(shared.settings.keepalive));
     let headers = [

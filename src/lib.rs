@@ -13,6 +13,7 @@
 //! - [`listener`]: the dedicated LISTEN connection: reconnects, gap fills, dispatch.
 //! - [`registry`]: participant → open streams, each with a bounded inbox.
 //! - [`stream`]: one subscriber's SSE stream: catch-up, live, keep-alive, expiry, shutdown.
+//! - [`server`]: the accept loop: connection limit, header timeout, graceful shutdown.
 //! - [`http`]: the router and its handlers; [`error`] turns failures into JSON answers.
 //! - [`auth`]: HS256 JSON Web Tokens: verify and mint.
 //! - [`store`]: the query pool and every query.
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod registry;
 pub mod retention;
+pub mod server;
 pub mod shutdown;
 pub mod sse;
 pub mod state;
@@ -76,6 +78,8 @@ pub struct RelayConfig {
     pub keys: Keys,
     /// Behaviour of the running relay.
     pub settings: Settings,
+    /// Connection limits of the HTTP server.
+    pub limits: server::ConnectionLimits,
 }
 
 /// Whether `kind` may name a message or signal: it becomes the SSE `event:` field, so it must
@@ -117,23 +121,20 @@ pub async fn run(
 
     let app = http::app(Arc::clone(&shared));
     let stopping = shared.shutdown.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopping.cancelled_owned())
-            .await
-    });
+    let limits = config.limits;
+    let mut server = tokio::spawn(server::serve(listener, app, limits, stopping));
     info!("relay ready");
     tokio::select! {
         result = &mut server => {
             shared.shutdown.cancel();
-            result??;
+            result?;
         }
         _ = shutdown => {
             info!("shutting down");
             // Streams watch this token and end, which lets axum's graceful shutdown finish.
             shared.shutdown.cancel();
             match tokio::time::timeout(grace, &mut server).await {
-                Ok(result) => result??,
+                Ok(result) => result?,
                 Err(_) => {
                     warn!(?grace, "grace period over; closing the remaining connections");
                     server.abort();

@@ -49,6 +49,7 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         pool_size: args.relay.pool_size,
         keys,
         settings,
+        limits: args.relay.limits(),
     };
     pgrelay::run(config, listener, shutdown::signal()).await
 }

@@ -123,24 +123,29 @@ impl Drop for Subscription {
 }
 
 impl Registry {
-    /// Adds a stream for `participant`; it sees every message delivered from now on.
-    pub fn subscribe(self: &Arc<Self>, participant: &str) -> Subscription {
+    /// Adds a stream for `participant`, which sees every message delivered from now on;
+    /// `None` when the participant already has `max_streams` open here.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        participant: &str,
+        max_streams: usize,
+    ) -> Option<Subscription> {
         let inbox = Arc::new(Inbox {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             state: Mutex::default(),
             wake: Notify::new(),
         });
-        self.streams
-            .lock()
-            .unwrap()
-            .entry(participant.to_owned())
-            .or_default()
-            .push(Arc::clone(&inbox));
-        Subscription {
+        let mut streams = self.streams.lock().unwrap();
+        let inboxes = streams.entry(participant.to_owned()).or_default();
+        if inboxes.len() >= max_streams {
+            return None;
+        }
+        inboxes.push(Arc::clone(&inbox));
+        Some(Subscription {
             registry: Arc::clone(self),
             participant: participant.to_owned(),
             inbox,
-        }
+        })
     }
 
     fn remove(&self, participant: &str, inbox_id: u64) {

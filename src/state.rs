@@ -24,6 +24,8 @@ pub struct Settings {
     pub max_payload: usize,
     /// Most participants one message may name.
     pub max_participants: usize,
+    /// Most open streams of one participant on this instance.
+    pub max_streams_per_participant: usize,
     /// CORS origins allowed from browsers; empty means any.
     pub allow_origins: Vec<String>,
     /// How often the listener proves its connection with a heartbeat NOTIFY to itself; a
@@ -31,6 +33,23 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// How long shutdown waits for open work.
     pub grace: Duration,
+}
+
+impl Default for Settings {
+    /// The command line's defaults, for embedding the relay as a library.
+    fn default() -> Settings {
+        Settings {
+            channel: "pgrelay".into(),
+            keepalive: Duration::from_secs(15),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_payload: 64 * 1024,
+            max_participants: 1000,
+            max_streams_per_participant: 32,
+            allow_origins: Vec::new(),
+            heartbeat: Duration::from_secs(5),
+            grace: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Handles shared by the HTTP handlers, the streams and the listener; cheap to clone as `Arc`.

@@ -51,6 +51,21 @@ pub struct EventStream {
     failures: u32,
 }
 
+/// Why a stream could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The participant has the maximum number of streams open on this instance.
+    TooManyStreams,
+    /// The opening queries failed.
+    Database(DbError),
+}
+
+impl From<DbError> for OpenError {
+    fn from(error: DbError) -> OpenError {
+        OpenError::Database(error)
+    }
+}
+
 /// Why a wait ended early.
 enum Interrupt {
     Shutdown,
@@ -65,8 +80,12 @@ impl EventStream {
         participant: String,
         resume: Option<i64>,
         expires_in: Duration,
-    ) -> Result<EventStream, DbError> {
-        let subscription = shared.registry.subscribe(&participant);
+    ) -> Result<EventStream, OpenError> {
+        let max_streams = shared.settings.max_streams_per_participant;
+        let subscription = shared
+            .registry
+            .subscribe(&participant, max_streams)
+            .ok_or(OpenError::TooManyStreams)?;
         let mut preamble = VecDeque::new();
         let cursor = match resume {
             Some(since) => {

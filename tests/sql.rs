@@ -168,6 +168,7 @@ async fn channel_mismatch_is_refused() {
         pool_size: 2,
         keys: pgrelay::auth::Keys::from_secret_list(SECRET).unwrap(),
         settings: test_settings(),
+        limits: test_limits(),
     };
     let error = pgrelay::run(config, listener, std::future::pending())
         .await

@@ -93,17 +93,16 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
-/// The relay settings tests use unless they say otherwise.
+/// The relay settings tests use unless they say otherwise: the defaults.
 pub fn test_settings() -> Settings {
-    Settings {
-        channel: "pgrelay".into(),
-        keepalive: Duration::from_secs(15),
-        retention: Duration::from_secs(7 * 24 * 3600),
-        max_payload: 64 * 1024,
-        max_participants: 1000,
-        allow_origins: Vec::new(),
-        heartbeat: Duration::from_secs(5),
-        grace: Duration::from_secs(5),
+    Settings::default()
+}
+
+/// The connection limits tests use unless they say otherwise.
+pub fn test_limits() -> pgrelay::server::ConnectionLimits {
+    pgrelay::server::ConnectionLimits {
+        max_connections: 1000,
+        ..Default::default()
     }
 }
 
@@ -124,7 +123,16 @@ impl Relay {
 
     /// Starts a relay with these settings and waits until its listener is up.
     pub async fn start_with(database_url: &str, settings: Settings) -> Relay {
-        let keys = Keys::from_secret_list(SECRET).unwrap();
+        Relay::start_with_secrets(database_url, SECRET, settings).await
+    }
+
+    /// Starts a relay verifying tokens with this comma-separated secret list.
+    pub async fn start_with_secrets(
+        database_url: &str,
+        secrets: &str,
+        settings: Settings,
+    ) -> Relay {
+        let keys = Keys::from_secret_list(secrets).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let config = RelayConfig {
@@ -133,6 +141,7 @@ impl Relay {
             pool_size: 8,
             keys: keys.clone(),
             settings,
+            limits: test_limits(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
