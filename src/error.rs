@@ -56,17 +56,24 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.code, "message": self.message });
         let mut response = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            // RFC 6750: tell the client which scheme, and which error, without echoing the token.
-            let challenge = format!(
-                "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                self.code
-            );
-            if let Ok(value) = HeaderValue::from_str(&challenge) {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, value);
+        // RFC 6750 §3: the scheme, and why, without echoing the token. A request that sent
+        // no credentials gets no error code.
+        let challenge = match (self.status, self.code) {
+            (StatusCode::UNAUTHORIZED, "missing_token") => {
+                Some(r#"Bearer realm="pgrelay""#.to_owned())
             }
+            (StatusCode::UNAUTHORIZED, code) => Some(format!(
+                r#"Bearer realm="pgrelay", error="invalid_token", error_description="{code}""#
+            )),
+            (StatusCode::FORBIDDEN, "insufficient_scope") => Some(
+                r#"Bearer realm="pgrelay", error="insufficient_scope", scope="publish""#.to_owned(),
+            ),
+            _ => None,
+        };
+        if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
         }
         response
     }

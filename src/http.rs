@@ -4,11 +4,12 @@
 //! bodies and query strings are parsed by hand rather than by axum's extractors, because the
 //! extractors' rejections are plain text.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -16,6 +17,7 @@ use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -103,7 +105,9 @@ fn authenticate(shared: &Shared, headers: &HeaderMap, params: &Params) -> Result
         Some(value) => value
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(|value| value.split_once(' '))
+            // The scheme name is case-insensitive (RFC 7235).
+            .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
             .ok_or_else(|| {
                 unauthorized("bad_authorization", "use `Authorization: Bearer <token>`")
             })?,
@@ -210,12 +214,51 @@ struct MessagePage<'a> {
     next_since_id: i64,
 }
 
-/// The body of `POST /v1/messages`, parsed loosely so each mistake gets its own message.
-#[derive(Deserialize)]
-struct PostBody {
-    participants: Option<Value>,
-    kind: Option<Value>,
-    payload: Option<Box<RawValue>>,
+/// Most bytes of an oversized body read and thrown away before answering 413: closing a
+/// socket with unread data makes the kernel reset it, and the client would see a broken
+/// connection instead of the answer.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes; a larger one is answered 413 after draining.
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut chunks = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut total = 0usize;
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Some(chunk) = chunks.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::bad_request("the request body could not be read"))?;
+        total += chunk.len();
+        if total <= limit {
+            bytes.extend_from_slice(&chunk);
+        } else if total > DRAIN_LIMIT || tokio::time::Instant::now() > drain_deadline {
+            break;
+        }
+    }
+    if total > limit {
+        return Err(too_large("the request body is too large"));
+    }
+    Ok(bytes)
+}
+
+/// Parses a JSON object body into its fields, each left as raw JSON until validated, so every
+/// mistake gets its own message (and an array is not mistaken for a struct).
+fn parse_object(bytes: &[u8]) -> Result<HashMap<String, Box<RawValue>>, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        if error.is_data() {
+            ApiError::invalid("the body must be a JSON object")
+        } else {
+            ApiError::bad_request(format!("the body is not valid JSON: {error}"))
+        }
+    })
+}
+
+/// The optional field `name`, parsed as `T`.
+fn field<T: serde::de::DeserializeOwned>(
+    fields: &HashMap<String, Box<RawValue>>,
+    name: &str,
+) -> Option<Result<T, serde_json::Error>> {
+    fields.get(name).map(|raw| serde_json::from_str(raw.get()))
 }
 
 /// `POST /v1/messages` (scope `publish`): stores a message from the token's participant.
@@ -239,26 +282,20 @@ async fn post_message(
     // Room for the payload plus the largest participant list and the field names.
     let body_limit =
         settings.max_payload + settings.max_participants * (MAX_PARTICIPANT_LEN + 8) + 4096;
-    let bytes = to_bytes(body, body_limit)
-        .await
-        .map_err(|_| too_large("the request body is too large"))?;
-    let body: PostBody = serde_json::from_slice(&bytes).map_err(|error| {
-        if error.is_data() {
-            ApiError::invalid("the body must be an object with `participants` and `payload`")
-        } else {
-            ApiError::bad_request(format!("the body is not valid JSON: {error}"))
-        }
-    })?;
+    let fields = parse_object(&read_body(body, body_limit).await?)?;
 
-    let participants =
-        validate_participants(body.participants, &claims.sub, settings.max_participants)?;
-    let kind = match body.kind {
+    let participants = validate_participants(
+        field(&fields, "participants"),
+        &claims.sub,
+        settings.max_participants,
+    )?;
+    let kind = match field::<String>(&fields, "kind") {
         None => "message".to_owned(),
-        Some(Value::String(kind)) if crate::valid_kind(&kind) => kind,
+        Some(Ok(kind)) if crate::valid_kind(&kind) => kind,
         Some(_) => return Err(invalid_kind()),
     };
-    let payload = body
-        .payload
+    let payload = fields
+        .get("payload")
         .ok_or_else(|| ApiError::invalid("`payload` is required (any JSON value)"))?;
     if payload.get().len() > settings.max_payload {
         return Err(too_large(&format!(
@@ -270,7 +307,7 @@ async fn post_message(
         participants: &participants,
         kind: &kind,
         sender: &claims.sub,
-        payload: &payload,
+        payload,
     };
     let id = store::publish(&shared.pool, &message)
         .await
@@ -307,11 +344,11 @@ fn invalid_kind() -> ApiError {
 
 /// The recipients: the given names, deduplicated, with the sender added.
 fn validate_participants(
-    participants: Option<Value>,
+    participants: Option<Result<Value, serde_json::Error>>,
     sender: &str,
     max: usize,
 ) -> Result<Vec<String>, ApiError> {
-    let Some(Value::Array(values)) = participants else {
+    let Some(Ok(Value::Array(values))) = participants else {
         return Err(ApiError::invalid(
             "`participants` must be an array of names",
         ));
@@ -351,14 +388,19 @@ fn valid_participant(name: &str) -> bool {
 }
 
 /// Maps a database error: data PostgreSQL refuses (SQLSTATE classes 22 and 23, e.g. a
-/// `\u0000` in a payload) is the client's mistake, anything else is ours.
+/// `\u0000` in a payload, and 54, e.g. JSON nested past PostgreSQL's stack depth limit) is
+/// the client's mistake, anything else is ours.
 fn database_error(context: &str, error: &DbError) -> ApiError {
     let sqlstate = error
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(|error| error.code())
         .map(|code| code.code().to_owned());
     match sqlstate {
-        Some(code) if code.starts_with("22") || code.starts_with("23") => {
+        Some(code)
+            if ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class)) =>
+        {
             ApiError::invalid("the database refused this message's data")
         }
         _ => ApiError::internal(context, error),
