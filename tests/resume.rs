@@ -269,7 +269,10 @@ async fn resume_below_retained_history_gets_reset() {
     assert_eq!(reset.event.as_deref(), Some("reset"));
     assert!(reset.id.is_none(), "reset must not move Last-Event-ID");
     let data: serde_json::Value = serde_json::from_str(&reset.data.unwrap()).unwrap();
-    assert_eq!(data, json!({"reason": "history_truncated", "oldest_id": ids[3]}));
+    assert_eq!(
+        data,
+        json!({"reason": "history_truncated", "oldest_id": ids[3]})
+    );
     assert_eq!(stream.next_message().await.0, ids[3]);
     assert_eq!(stream.next_message().await.0, ids[4]);
 
