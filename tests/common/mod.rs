@@ -348,3 +348,102 @@ pub async fn ids_for(client: &Client, participant: &str) -> Vec<i64> {
         .map(|row| row.get(0))
         .collect()
 }
+
+/// A `pgrelay serve` child process, for tests that kill, signal or measure a real process.
+/// Killed (SIGKILL) when dropped.
+pub struct RelayProcess {
+    pub base: String,
+    pub child: std::process::Child,
+}
+
+impl RelayProcess {
+    /// Starts `pgrelay serve` on a free loopback port with the test secret and `extra` flags,
+    /// logging to `log` (or nowhere), and waits until it is ready.
+    pub async fn start(
+        database_url: &str,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> RelayProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let stderr = match log {
+            Some(path) => std::process::Stdio::from(std::fs::File::create(path).unwrap()),
+            None => std::process::Stdio::null(),
+        };
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
+            .arg("serve")
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("DATABASE_URL", database_url)
+            .env("PGRELAY_SECRET", SECRET)
+            .env_remove("LISTEN_DATABASE_URL")
+            .env_remove("PORT")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut process = RelayProcess {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(response) = reqwest::get(format!("{}/readyz", process.base)).await {
+                if response.status() == 200 {
+                    return process;
+                }
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("pgrelay serve exited during start-up: {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pgrelay serve never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A token for `sub`, signed with the test secret.
+    pub fn token(&self, sub: &str, scopes: &[&str]) -> String {
+        Keys::from_secret_list(SECRET)
+            .unwrap()
+            .mint(sub, Duration::from_secs(3600), scopes)
+    }
+
+    /// Opens `/v1/stream` on this process.
+    pub async fn subscribe(
+        &self,
+        sub: &str,
+        query: &str,
+        last_event_id: Option<i64>,
+    ) -> Subscriber {
+        Subscriber::open(&self.base, &self.token(sub, &[]), query, last_event_id).await
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and still own; no memory is involved.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// The process's resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
