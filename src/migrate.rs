@@ -11,8 +11,10 @@ use tracing::info;
 use crate::store::DbError;
 
 /// The migrations, in order: (version, file name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "0001_outbox.sql", include_str!("../sql/0001_outbox.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "0001_outbox.sql", include_str!("../sql/0001_outbox.sql")),
+    (2, "0002_attach.sql", include_str!("../sql/0002_attach.sql")),
+];
 
 /// Serialises migration runs across every process connected to the database.
 const MIGRATE_LOCK_KEY: i64 = 7395514830127704946;

@@ -22,7 +22,7 @@ async fn migrate_twice_applies_once() {
     let db = empty_database().await;
     assert_eq!(
         pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap(),
-        vec![1]
+        vec![1, 2]
     );
     let client = connect(&db).await;
     insert(&client, &["alice"], json!({})).await;
@@ -51,14 +51,15 @@ async fn concurrent_migrations_all_succeed() {
     for run in runs {
         applied.extend(run.await.unwrap());
     }
-    assert_eq!(applied, vec![1], "exactly one run applies version 1");
+    applied.sort();
+    assert_eq!(applied, vec![1, 2], "exactly one run applies each version");
     let client = connect(&db).await;
     let versions: i64 = client
         .query_one("SELECT count(*) FROM pgrelay.schema_migrations", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 2);
 }
 
 /// The SQL file applies with psql -f semantics (twice, even), and `migrate` then knows it.
@@ -66,10 +67,12 @@ async fn concurrent_migrations_all_succeed() {
 async fn sql_file_applies_by_hand_and_is_recorded() {
     let db = empty_database().await;
     let client = connect(&db).await;
-    let sql = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/0001_outbox.sql"))
-        .unwrap();
-    client.batch_execute(&sql).await.unwrap();
-    client.batch_execute(&sql).await.unwrap();
+    for file in ["0001_outbox.sql", "0002_attach.sql"] {
+        let path = format!("{}/sql/{file}", env!("CARGO_MANIFEST_DIR"));
+        let sql = std::fs::read_to_string(path).unwrap();
+        client.batch_execute(&sql).await.unwrap();
+        client.batch_execute(&sql).await.unwrap();
+    }
     assert!(pgrelay::migrate::migrate(&db, "pgrelay")
         .await
         .unwrap()
