@@ -153,6 +153,7 @@ impl RelayArgs {
             max_payload: self.max_payload,
             max_participants: self.max_participants,
             allow_origins,
+            demo_page: false,
             heartbeat: self.heartbeat,
             max_streams_per_participant: self.max_streams_per_participant.max(1),
             grace: self.grace,
@@ -186,6 +187,10 @@ pub struct ServeArgs {
     /// HS256 key(s), comma-separated: the first signs, any one verifies (rotation).
     #[arg(long, env = "PGRELAY_SECRET", hide_env_values = true)]
     pub secret: String,
+
+    /// Also serve the demo chat page at `/`.
+    #[arg(long, env = "PGRELAY_DEMO")]
+    pub demo: bool,
 }
 
 /// `pgrelay migrate`.

@@ -19,7 +19,8 @@ const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs the demo until interrupted.
 pub async fn demo(args: DemoArgs) -> Result<(), BoxError> {
-    let settings = args.relay.settings()?;
+    let mut settings = args.relay.settings()?;
+    settings.demo_page = true;
     let secret = match args.secret {
         Some(secret) => secret,
         None => random_secret()?,

@@ -36,12 +36,23 @@ const MAX_PAGE: i64 = 1000;
 /// Longest participant name, in bytes.
 const MAX_PARTICIPANT_LEN: usize = 256;
 
+/// The browser client module, served at `/v1/client.js`.
+const CLIENT_JS: &str = include_str!("../static/client.js");
+
+/// The demo chat page, served at `/` by `pgrelay demo` and `pgrelay serve --demo`.
+const DEMO_HTML: &str = include_str!("../static/demo.html");
+
 /// Builds the relay's router.
 pub fn app(shared: Arc<Shared>) -> Router {
     let cors = cors_layer(&shared.settings.allow_origins);
-    Router::new()
+    let mut router = Router::new();
+    if shared.settings.demo_page {
+        router = router.route("/", get(demo_page));
+    }
+    router
         .route("/v1/stream", get(stream))
         .route("/v1/messages", get(list_messages).post(post_message))
+        .route("/v1/client.js", get(client_js))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -405,6 +416,24 @@ fn database_error(context: &str, error: &DbError) -> ApiError {
         }
         _ => ApiError::internal(context, error),
     }
+}
+
+/// `GET /v1/client.js`: the browser client, an ES module.
+async fn client_js() -> Response {
+    static_file("text/javascript; charset=utf-8", CLIENT_JS)
+}
+
+/// `GET /`: the demo chat page.
+async fn demo_page() -> Response {
+    static_file("text/html; charset=utf-8", DEMO_HTML)
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    (headers, body).into_response()
 }
 
 /// `GET /healthz`: the process is running.

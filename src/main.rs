@@ -32,7 +32,8 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), BoxError> {
-    let settings = args.relay.settings()?;
+    let mut settings = args.relay.settings()?;
+    settings.demo_page = args.demo;
     let keys =
         Keys::from_secret_list(&args.secret).map_err(|error| format!("--secret: {error}"))?;
     let addr = args.relay.bind_addr()?;

@@ -26,6 +26,8 @@ pub struct Settings {
     pub max_participants: usize,
     /// Most open streams of one participant on this instance.
     pub max_streams_per_participant: usize,
+    /// Whether `GET /` serves the demo chat page.
+    pub demo_page: bool,
     /// CORS origins allowed from browsers; empty means any.
     pub allow_origins: Vec<String>,
     /// How often the listener proves its connection with a heartbeat NOTIFY to itself; a
@@ -46,6 +48,7 @@ impl Default for Settings {
             max_participants: 1000,
             max_streams_per_participant: 32,
             allow_origins: Vec::new(),
+            demo_page: false,
             heartbeat: Duration::from_secs(5),
             grace: Duration::from_secs(5),
         }
