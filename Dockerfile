@@ -1,0 +1,24 @@
+# pgrelay: one static-ish binary on a slim Debian base.
+#   docker build -t pgrelay .
+#   docker run -e DATABASE_URL=… -e PGRELAY_SECRET=… -p 8080:8080 pgrelay
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
+    && cargo build --release --locked && rm -rf src
+COPY src ./src
+COPY sql ./sql
+COPY static ./static
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 pgrelay
+COPY --from=build /src/target/release/pgrelay /usr/local/bin/pgrelay
+USER pgrelay
+ENV PGRELAY_BIND=0.0.0.0:8080
+EXPOSE 8080
+ENTRYPOINT ["pgrelay"]
+CMD ["serve"]
