@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
 use tracing::{debug, info, warn, Instrument};
@@ -128,6 +128,9 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
     client
         .batch_execute(&format!("LISTEN {}", quote_ident(&shared.settings.channel)))
         .await?;
+    // Ready only once a notification has made the round trip: a LISTEN through a
+    // transaction-mode pooler "succeeds" and then never hears anything.
+    heartbeat.round_trip(shared, &client).await?;
     // Notifications that arrived with the LISTEN reply are already queued behind this point,
     // so every stream sees the catch-up request before any of them.
     shared.registry.request_catch_up_all();
@@ -137,6 +140,7 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
 
     let mut ticks = tokio::time::interval(shared.settings.heartbeat);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
     loop {
         let first = tokio::select! {
             notification = notifications.recv() => notification,
@@ -172,6 +176,8 @@ struct Heartbeat {
     sent: AtomicU64,
     /// Number of the last heartbeat received back, written by the connection driver.
     received: AtomicU64,
+    /// Woken by the driver whenever one of ours comes back.
+    arrived: Notify,
 }
 
 impl Heartbeat {
@@ -183,6 +189,7 @@ impl Heartbeat {
             prefix: format!(r#"{{"heartbeat":"{}-{nanos}:"#, std::process::id()),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            arrived: Notify::new(),
         }
     }
 
@@ -191,25 +198,56 @@ impl Heartbeat {
         if let Some(rest) = payload.strip_prefix(&self.prefix) {
             if let Some(number) = rest.strip_suffix(r#""}"#).and_then(|n| n.parse().ok()) {
                 self.received.fetch_max(number, Ordering::SeqCst);
+                self.arrived.notify_waiters();
             }
             return true;
         }
         payload.starts_with(r#"{"heartbeat":"#)
     }
 
-    /// Fails if the previous heartbeat has not come back; otherwise sends the next one and
-    /// reads the notification queue's fill level for `/metrics`.
+    /// Sends a heartbeat and waits (up to one interval) until it comes back.
+    async fn round_trip(
+        &self,
+        shared: &Shared,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), DbError> {
+        let number = self.send(shared, client).await?;
+        let back = async {
+            loop {
+                // Created before the check, so a wake-up in between is not lost.
+                let arrived = self.arrived.notified();
+                if self.received.load(Ordering::SeqCst) >= number {
+                    return;
+                }
+                arrived.await;
+            }
+        };
+        tokio::time::timeout(shared.settings.heartbeat, back)
+            .await
+            .map_err(|_| self.lost(number, shared).into())
+    }
+
+    /// Fails if the previous heartbeat has not come back; otherwise sends the next one.
     async fn beat(&self, shared: &Shared, client: &tokio_postgres::Client) -> Result<(), DbError> {
         let sent = self.sent.load(Ordering::SeqCst);
         if self.received.load(Ordering::SeqCst) < sent {
-            return Err(format!(
-                "heartbeat {sent} did not come back within {:?}: the connection no longer \
-                 receives notifications (dead connection, or LISTEN through a transaction-mode pooler?)",
-                shared.settings.heartbeat
-            )
-            .into());
+            return Err(self.lost(sent, shared).into());
         }
-        let next = sent + 1;
+        self.send(shared, client).await.map(|_| ())
+    }
+
+    fn lost(&self, number: u64, shared: &Shared) -> String {
+        format!(
+            "heartbeat {number} did not come back within {:?}: the connection does not receive \
+             notifications (a dead connection, or LISTEN through a transaction-mode pooler?)",
+            shared.settings.heartbeat
+        )
+    }
+
+    /// Sends the next heartbeat and reads the notification queue's fill level for `/metrics`;
+    /// returns the heartbeat's number.
+    async fn send(&self, shared: &Shared, client: &tokio_postgres::Client) -> Result<u64, DbError> {
+        let next = self.sent.load(Ordering::SeqCst) + 1;
         self.sent.store(next, Ordering::SeqCst);
         let payload = format!(r#"{}{next}"}}"#, self.prefix);
         let params: [(&(dyn ToSql + Sync), Type); 2] = [
@@ -224,7 +262,7 @@ impl Heartbeat {
             .await
             .map_err(|_| "the heartbeat query timed out: the connection is not answering")??;
         shared.metrics.set_notify_queue_usage(row.try_get(1)?);
-        Ok(())
+        Ok(next)
     }
 }
 
