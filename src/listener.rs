@@ -17,9 +17,9 @@
 //!
 //! A connection can also fail silently: a half-open TCP connection, a serverless database that
 //! suspended it, or a transaction-mode pooler where LISTEN "succeeds" and nothing ever arrives.
-//! So the listener sends itself a heartbeat NOTIFY on its own connection at every
-//! `--heartbeat` interval, and treats the connection as lost when one has not come back within
-//! the next interval.
+//! So at every `--heartbeat` interval the relay sends a heartbeat NOTIFY from a pool session
+//! and treats the LISTEN connection as lost when it has not heard it by the next interval. The
+//! relay reports ready only after the first heartbeat has made the round trip.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -250,20 +250,44 @@ impl Heartbeat {
         let next = self.sent.load(Ordering::SeqCst) + 1;
         self.sent.store(next, Ordering::SeqCst);
         let payload = format!(r#"{}{next}"}}"#, self.prefix);
-        let params: [(&(dyn ToSql + Sync), Type); 2] = [
-            (&shared.settings.channel, Type::TEXT),
-            (&payload, Type::TEXT),
-        ];
-        let query = client.query_typed_one(
-            "SELECT pg_notify($1, $2)::text, pg_notification_queue_usage()",
-            &params,
-        );
-        let row = tokio::time::timeout(shared.settings.heartbeat, query)
-            .await
-            .map_err(|_| "the heartbeat query timed out: the connection is not answering")??;
-        shared.metrics.set_notify_queue_usage(row.try_get(1)?);
+        // Sent from a pool session, like an application's NOTIFY: a LISTEN session parked in
+        // a transaction-mode pooler hears its own notifications but never anyone else's. Only
+        // when the pool fails does the LISTEN connection notify itself, which at least proves
+        // that it still answers.
+        let pooled = match shared.pool.get().await {
+            Ok(pooled) => notify(shared, &pooled, &payload).await,
+            Err(error) => Err(error.into()),
+        };
+        let usage = match pooled {
+            Ok(usage) => usage,
+            Err(error) => {
+                debug!(%error, "heartbeat through the pool failed; sending it on the LISTEN connection");
+                notify(shared, client, &payload).await?
+            }
+        };
+        shared.metrics.set_notify_queue_usage(usage);
         Ok(next)
     }
+}
+
+/// Sends `payload` on the channel; returns `pg_notification_queue_usage()`.
+async fn notify(
+    shared: &Shared,
+    client: &tokio_postgres::Client,
+    payload: &str,
+) -> Result<f64, DbError> {
+    let params: [(&(dyn ToSql + Sync), Type); 2] = [
+        (&shared.settings.channel, Type::TEXT),
+        (&payload, Type::TEXT),
+    ];
+    let query = client.query_typed_one(
+        "SELECT pg_notify($1, $2)::text, pg_notification_queue_usage()",
+        &params,
+    );
+    let row = tokio::time::timeout(shared.settings.heartbeat, query)
+        .await
+        .map_err(|_| "the heartbeat query timed out: the connection is not answering")??;
+    Ok(row.try_get(1)?)
 }
 
 /// Aborts the connection driver when the session ends, closing the socket.

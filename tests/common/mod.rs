@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod external;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -446,4 +448,17 @@ impl Drop for RelayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The same database reached through another port on 127.0.0.1 (a pooler or a proxy).
+pub fn via_port(database_url: &str, port: u16) -> String {
+    let config: tokio_postgres::Config = database_url.parse().unwrap();
+    let original = config.get_ports()[0];
+    database_url.replacen(&format!(":{original}/"), &format!(":{port}/"), 1)
+}
+
+/// The TCP port of a postgres:// URL.
+pub fn port_of(database_url: &str) -> u16 {
+    let config: tokio_postgres::Config = database_url.parse().unwrap();
+    config.get_ports()[0]
 }

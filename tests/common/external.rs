@@ -1,0 +1,144 @@
+//! Real PgBouncer and nginx processes for the tests that put them in front of the relay.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Finds `name` on PATH or in /usr/sbin; a missing tool fails the test with what to install.
+pub fn require_binary(name: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file());
+    found.unwrap_or_else(|| {
+        panic!("`{name}` is not installed; install it (Debian: apt-get install {package}) — .ci/run does")
+    })
+}
+
+/// A private folder that the `postgres` OS user can read, removed on drop.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new(label: &str) -> ScratchDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pgrelay-{label}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        ScratchDir(dir)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Daemon {
+    child: Child,
+    pub port: u16,
+    _dir: ScratchDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts TCP connections on `port`.
+async fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited during start-up: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what} never listened on port {port}");
+}
+
+/// PgBouncer in transaction mode in front of the PostgreSQL server on `pg_port`.
+pub async fn pgbouncer(pg_port: u16) -> Daemon {
+    let binary = require_binary("pgbouncer", "pgbouncer");
+    let dir = ScratchDir::new("pgbouncer");
+    let port = free_port();
+    let config = format!(
+        "[databases]\n* = host=127.0.0.1 port={pg_port}\n\
+         [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+         unix_socket_dir =\nauth_type = trust\nauth_file = {dir}/users.txt\n\
+         pool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 10\n\
+         logfile = {dir}/pgbouncer.log\n",
+        dir = dir.0.display()
+    );
+    std::fs::write(dir.0.join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+    std::fs::write(dir.0.join("pgbouncer.ini"), config).unwrap();
+    let mut command = Command::new(binary);
+    // PgBouncer refuses to run as root; -u drops to the postgres user.
+    if unsafe { libc::geteuid() } == 0 {
+        command.args(["-u", "postgres"]);
+    }
+    let mut child = command
+        .arg(dir.0.join("pgbouncer.ini"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child, "pgbouncer").await;
+    Daemon {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+/// nginx proxying to the relay at `relay_port`, configured with deploy/nginx-location.conf.
+pub async fn nginx(relay_port: u16) -> Daemon {
+    let binary = require_binary("nginx", "nginx-light");
+    let dir = ScratchDir::new("nginx");
+    let port = free_port();
+    let location = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx-location.conf");
+    let config = format!(
+        "daemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+           fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+           upstream pgrelay {{ server 127.0.0.1:{relay_port}; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    include {location};\n  }}\n}}\n",
+        dir = dir.0.display()
+    );
+    std::fs::write(dir.0.join("nginx.conf"), config).unwrap();
+    let mut child = Command::new(binary)
+        .args(["-e", &format!("{}/error.log", dir.0.display())])
+        .arg("-c")
+        .arg(dir.0.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child, "nginx").await;
+    Daemon {
+        child,
+        port,
+        _dir: dir,
+    }
+}
