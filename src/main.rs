@@ -72,7 +72,10 @@ fn print_token(args: TokenArgs) -> Result<(), BoxError> {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("PGRELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a terminal: escape codes in a log file or collector are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
+        .with_ansi(ansi)
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
