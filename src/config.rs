@@ -113,6 +113,14 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 
+    /// Signals (`POST /v1/signals`) each sender may send per second, sustained.
+    #[arg(long, env = "PGRELAY_SIGNAL_RATE", default_value_t = 5.0)]
+    pub signal_rate: f64,
+
+    /// Signals each sender may send in a burst.
+    #[arg(long, env = "PGRELAY_SIGNAL_BURST", default_value_t = 10.0)]
+    pub signal_burst: f64,
+
     /// How long shutdown waits for open work before exiting.
     #[arg(long, env = "PGRELAY_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -157,6 +165,8 @@ impl RelayArgs {
             heartbeat: self.heartbeat,
             max_streams_per_participant: self.max_streams_per_participant.max(1),
             grace: self.grace,
+            signal_rate: self.signal_rate,
+            signal_burst: self.signal_burst,
         })
     }
 

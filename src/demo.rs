@@ -81,6 +81,10 @@ fn print_instructions(base: &str, secret: &str, keys: &Keys, database_url: &str)
         r#"
 pgrelay demo is running at {base}
 
+Open the chat in a browser, one window per user:
+  alice: {base}/?token={alice}
+  bob:   {base}/?token={bob}
+
 Watch bob's messages (in another terminal):
   PGRELAY_SECRET={secret} {exe} tail --sub bob --url {base}
 

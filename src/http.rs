@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::middleware::{self, Next};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,9 @@ use crate::stream::{EventStream, OpenError};
 
 /// Most messages one `GET /v1/messages` returns.
 const MAX_PAGE: i64 = 1000;
+
+/// Largest signal payload, in bytes of JSON: signals are small and frequent.
+const MAX_SIGNAL_PAYLOAD: usize = 1024;
 
 /// Longest participant name, in bytes.
 const MAX_PARTICIPANT_LEN: usize = 256;
@@ -52,6 +55,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
     router
         .route("/v1/stream", get(stream))
         .route("/v1/messages", get(list_messages).post(post_message))
+        .route("/v1/signals", post(post_signal))
         .route("/v1/client.js", get(client_js))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -272,15 +276,27 @@ fn field<T: serde::de::DeserializeOwned>(
     fields.get(name).map(|raw| serde_json::from_str(raw.get()))
 }
 
-/// `POST /v1/messages` (scope `publish`): stores a message from the token's participant.
-async fn post_message(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
+/// A validated publish request (message or signal) from the token's participant.
+struct Publication {
+    sender: String,
+    /// Recipients, deduplicated, the sender included.
+    participants: Vec<String>,
+    /// `None` when the body named no kind.
+    kind: Option<String>,
+    payload: Box<RawValue>,
+}
+
+/// Authenticates (scope `publish`) and validates a publish request's body, with payloads of
+/// at most `max_payload` bytes.
+async fn read_publication(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query: Option<&str>,
     body: Body,
-) -> Result<Response, ApiError> {
-    let params = parse_query(query.as_deref())?;
-    let claims = authenticate(&shared, &headers, &params)?;
+    max_payload: usize,
+) -> Result<Publication, ApiError> {
+    let params = parse_query(query)?;
+    let claims = authenticate(shared, headers, &params)?;
     if !claims.has_scope("publish") {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -288,42 +304,97 @@ async fn post_message(
             "publishing needs a token with scope `publish`",
         ));
     }
-    require_json(&headers)?;
-    let settings = &shared.settings;
+    require_json(headers)?;
+    let max_participants = shared.settings.max_participants;
     // Room for the payload plus the largest participant list and the field names.
-    let body_limit =
-        settings.max_payload + settings.max_participants * (MAX_PARTICIPANT_LEN + 8) + 4096;
-    let fields = parse_object(&read_body(body, body_limit).await?)?;
+    let body_limit = max_payload + max_participants * (MAX_PARTICIPANT_LEN + 8) + 4096;
+    let mut fields = parse_object(&read_body(body, body_limit).await?)?;
 
     let participants = validate_participants(
         field(&fields, "participants"),
         &claims.sub,
-        settings.max_participants,
+        max_participants,
     )?;
     let kind = match field::<String>(&fields, "kind") {
-        None => "message".to_owned(),
-        Some(Ok(kind)) if crate::valid_kind(&kind) => kind,
+        None => None,
+        Some(Ok(kind)) if crate::valid_kind(&kind) => Some(kind),
         Some(_) => return Err(invalid_kind()),
     };
     let payload = fields
-        .get("payload")
+        .remove("payload")
         .ok_or_else(|| ApiError::invalid("`payload` is required (any JSON value)"))?;
-    if payload.get().len() > settings.max_payload {
+    if payload.get().len() > max_payload {
         return Err(too_large(&format!(
-            "the payload is larger than {} bytes",
-            settings.max_payload
+            "the payload is larger than {max_payload} bytes"
         )));
     }
-    let message = NewMessage {
-        participants: &participants,
-        kind: &kind,
-        sender: &claims.sub,
+    Ok(Publication {
+        sender: claims.sub,
+        participants,
+        kind,
         payload,
+    })
+}
+
+/// `POST /v1/messages` (scope `publish`): stores a message from the token's participant.
+async fn post_message(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let max_payload = shared.settings.max_payload;
+    let publication =
+        read_publication(&shared, &headers, query.as_deref(), body, max_payload).await?;
+    let message = NewMessage {
+        participants: &publication.participants,
+        kind: publication.kind.as_deref().unwrap_or("message"),
+        sender: &publication.sender,
+        payload: &publication.payload,
     };
     let id = store::publish(&shared.pool, &message)
         .await
         .map_err(|error| database_error("publishing a message failed", &error))?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+}
+
+/// `POST /v1/signals` (scope `publish`): a live-only event to the participants' open streams.
+async fn post_signal(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let publication = read_publication(
+        &shared,
+        &headers,
+        query.as_deref(),
+        body,
+        MAX_SIGNAL_PAYLOAD,
+    )
+    .await?;
+    let Some(kind) = publication.kind.as_deref() else {
+        return Err(ApiError::invalid(
+            "a signal needs a `kind`, such as \"typing\"",
+        ));
+    };
+    if !shared.signal_limiter.allow(&publication.sender) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many signals; slow down",
+        ));
+    }
+    let signal = NewMessage {
+        participants: &publication.participants,
+        kind,
+        sender: &publication.sender,
+        payload: &publication.payload,
+    };
+    store::signal(&shared.pool, &signal)
+        .await
+        .map_err(|error| database_error("sending a signal failed", &error))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {

@@ -12,6 +12,7 @@
 //! - [`migrate`]: applies the SQL in `sql/` (outbox table, commit-ordered ids, NOTIFY trigger).
 //! - [`listener`]: the dedicated LISTEN connection: reconnects, gap fills, dispatch.
 //! - [`registry`]: participant → open streams, each with a bounded inbox.
+//! - [`signal`]: live-only events (typing, presence) and the per-sender rate limit.
 //! - [`stream`]: one subscriber's SSE stream: catch-up, live, keep-alive, expiry, shutdown.
 //! - [`server`]: the accept loop: connection limit, header timeout, graceful shutdown.
 //! - [`http`]: the router and its handlers; [`error`] turns failures into JSON answers.
@@ -47,6 +48,7 @@ pub mod registry;
 pub mod retention;
 pub mod server;
 pub mod shutdown;
+pub mod signal;
 pub mod sse;
 pub mod state;
 pub mod store;
@@ -103,6 +105,8 @@ pub async fn run(
     let pool = store::connect_pool(&config.database_url, config.pool_size)?;
     check_schema(&pool, &config.settings.channel).await?;
     let grace = config.settings.grace;
+    let signal_limiter =
+        signal::RateLimiter::new(config.settings.signal_rate, config.settings.signal_burst);
     let shared = Arc::new(Shared {
         settings: config.settings,
         pool,
@@ -110,6 +114,7 @@ pub async fn run(
         keys: config.keys,
         listener_up: AtomicBool::new(false),
         metrics: Default::default(),
+        signal_limiter,
         shutdown: CancellationToken::new(),
     });
     let listener_task = tokio::spawn(listener::run(

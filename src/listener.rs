@@ -1,6 +1,6 @@
 //! The one LISTEN connection per instance, and the dispatch of what it hears.
 //!
-//! A notification is only a wake-up (`{"id":…,"participants":[…]}`, participants left out
+//! A notification of a message is only a wake-up (`{"id":…,"participants":[…]}`, participants left out
 //! when they would not fit NOTIFY's 8000 bytes). The dispatcher skips messages that no local
 //! stream wants, reads the rest from the table in one query per batch, and hands each row to
 //! the registry. Reading the rows keeps messages of any size deliverable, and a forged or
@@ -32,6 +32,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::registry::Live;
+use crate::signal::Signal;
 use crate::state::Shared;
 use crate::store::{self, DbError};
 
@@ -307,6 +309,10 @@ async fn dispatch(shared: &Shared, batch: &[Notification]) {
     let mut recipients_unknown = false;
     for notification in batch {
         shared.metrics.notifications_received.inc();
+        if notification.payload().starts_with(r#"{"signal""#) {
+            deliver_signal(shared, notification.payload());
+            continue;
+        }
         let Ok(wakeup) = serde_json::from_str::<Wakeup>(notification.payload()) else {
             debug!("ignoring a notification that is not a pgrelay wake-up");
             continue;
@@ -325,7 +331,7 @@ async fn dispatch(shared: &Shared, batch: &[Notification]) {
     match fetch_with_retry(shared, &wanted).await {
         Ok(messages) => {
             for message in &messages {
-                shared.registry.deliver(message);
+                shared.registry.deliver(&Live::Message(Arc::clone(message)));
                 // Notifications come in id order, so `wanted` is sorted like `messages`.
                 if let Ok(index) = wanted.binary_search(&message.id) {
                     if let Some(at) = committed_at[index] {
@@ -343,6 +349,14 @@ async fn dispatch(shared: &Shared, batch: &[Notification]) {
                 shared.registry.request_catch_up_for(&recipients);
             }
         }
+    }
+}
+
+/// Signals carry their whole event in the notification: nothing to read.
+fn deliver_signal(shared: &Shared, payload: &str) {
+    match Signal::from_notification(payload) {
+        Some(signal) => shared.registry.deliver(&Live::Signal(Arc::new(signal))),
+        None => debug!("ignoring a malformed signal"),
     }
 }
 

@@ -14,6 +14,11 @@ use crate::store::DbError;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_outbox.sql", include_str!("../sql/0001_outbox.sql")),
     (2, "0002_attach.sql", include_str!("../sql/0002_attach.sql")),
+    (
+        3,
+        "0003_signals.sql",
+        include_str!("../sql/0003_signals.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

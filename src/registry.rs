@@ -6,6 +6,7 @@
 //! reader falls behind and its inbox fills, the inbox drops its queue and asks the stream to
 //! catch up from the database instead. Memory stays bounded and nothing is skipped, because
 //! every dropped message is already committed and the catch-up query will find it.
+//! (Signals are live-only: an overflowing inbox drops them, as it would for an offline client.)
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::signal::Signal;
 use crate::store::Message;
 
 /// How many live messages a stream may hold before it falls back to the database.
@@ -27,10 +29,19 @@ pub struct Registry {
     next_id: AtomicU64,
 }
 
+/// A live event for a stream: a stored message or a signal.
+#[derive(Clone)]
+pub enum Live {
+    /// A stored message (it may repeat an id the stream already sent).
+    Message(Arc<Message>),
+    /// A live-only signal.
+    Signal(Arc<Signal>),
+}
+
 /// What a stream finds when it looks into its inbox.
 pub enum Delivery {
-    /// Live messages, oldest first (they may repeat ids the stream already sent).
-    Messages(Vec<Arc<Message>>),
+    /// Live events, oldest first.
+    Events(Vec<Live>),
     /// The stream must read the database from its cursor: it overflowed, or the listener
     /// reconnected and live delivery may have a gap.
     CatchUp,
@@ -49,23 +60,23 @@ pub struct Inbox {
 
 #[derive(Default)]
 struct InboxState {
-    queue: VecDeque<Arc<Message>>,
+    queue: VecDeque<Live>,
     needs_catch_up: bool,
 }
 
 impl Inbox {
-    fn push(&self, message: &Arc<Message>) {
+    fn push(&self, event: &Live) {
         {
             let mut state = self.state.lock().unwrap();
             if state.needs_catch_up {
-                // The catch-up query will read this message from the table.
+                // The catch-up query will read a message from the table; a signal is dropped.
                 return;
             }
             if state.queue.len() >= INBOX_CAPACITY {
                 state.queue.clear();
                 state.needs_catch_up = true;
             } else {
-                state.queue.push_back(Arc::clone(message));
+                state.queue.push_back(event.clone());
             }
         }
         self.wake.notify_one();
@@ -92,7 +103,7 @@ impl Inbox {
         } else if state.queue.is_empty() {
             Delivery::Empty
         } else {
-            Delivery::Messages(state.queue.drain(..).collect())
+            Delivery::Events(state.queue.drain(..).collect())
         }
     }
 
@@ -158,16 +169,20 @@ impl Registry {
         }
     }
 
-    /// Hands `message` to the open streams of its participants.
-    pub fn deliver(&self, message: &Arc<Message>) {
-        // A participant listed twice must still get the message once.
-        let mut recipients: Vec<&String> = message.participants.iter().collect();
+    /// Hands a message or signal to the open streams of its participants.
+    pub fn deliver(&self, event: &Live) {
+        let participants = match event {
+            Live::Message(message) => &message.participants,
+            Live::Signal(signal) => &signal.participants,
+        };
+        // A participant listed twice must still get the event once.
+        let mut recipients: Vec<&String> = participants.iter().collect();
         recipients.sort_unstable();
         recipients.dedup();
         let streams = self.streams.lock().unwrap();
         for participant in recipients {
             for inbox in streams.get(participant).into_iter().flatten() {
-                inbox.push(message);
+                inbox.push(event);
             }
         }
     }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Keys;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::signal::RateLimiter;
 use crate::store::DbPool;
 
 /// What a running relay is configured to do (the parts its handlers and tasks read).
@@ -35,6 +36,10 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// How long shutdown waits for open work.
     pub grace: Duration,
+    /// Signals each sender may send per second (sustained).
+    pub signal_rate: f64,
+    /// Signals each sender may send in a burst.
+    pub signal_burst: f64,
 }
 
 impl Default for Settings {
@@ -51,6 +56,8 @@ impl Default for Settings {
             demo_page: false,
             heartbeat: Duration::from_secs(5),
             grace: Duration::from_secs(5),
+            signal_rate: 5.0,
+            signal_burst: 10.0,
         }
     }
 }
@@ -69,6 +76,8 @@ pub struct Shared {
     pub listener_up: AtomicBool,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Per-sender rate limit of `POST /v1/signals`.
+    pub signal_limiter: RateLimiter,
     /// Cancelled once at shutdown; the listener and every stream watch it.
     pub shutdown: CancellationToken,
 }

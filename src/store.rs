@@ -176,7 +176,7 @@ pub async fn retention_bounds(pool: &DbPool) -> Result<(i64, i64), DbError> {
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
-/// A message to publish through `pgrelay.publish`, already validated.
+/// A message to publish (or a signal to send), already validated.
 pub struct NewMessage<'a> {
     /// Recipients, the sender included.
     pub participants: &'a [String],
@@ -202,6 +202,22 @@ pub async fn publish(pool: &DbPool, message: &NewMessage<'_>) -> Result<i64, DbE
         .query_typed_one("SELECT pgrelay.publish($1, $2, $3, $4)", &params)
         .await?;
     Ok(row.try_get(0)?)
+}
+
+/// Sends a signal (a message that is never stored) through `pgrelay.signal`.
+pub async fn signal(pool: &DbPool, signal: &NewMessage<'_>) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    let payload = Json(signal.payload);
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&signal.participants, Type::TEXT_ARRAY),
+        (&signal.kind, Type::TEXT),
+        (&payload, Type::JSONB),
+        (&signal.sender, Type::TEXT),
+    ];
+    client
+        .query_typed("SELECT pgrelay.signal($1, $2, $3, $4)::text", &params)
+        .await?;
+    Ok(())
 }
 
 /// Whether the database answers a trivial query within `timeout`.

@@ -18,7 +18,8 @@ use futures::Stream;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::registry::{Delivery, Subscription};
+use crate::registry::{Delivery, Live, Subscription};
+use crate::signal::Signal;
 use crate::state::Shared;
 use crate::store::{self, DbError, Message};
 
@@ -39,8 +40,8 @@ pub struct EventStream {
     participant: String,
     /// The id of the last message sent (or the opening position): the resume point.
     cursor: i64,
-    /// Messages read but not yet sent, oldest first.
-    pending: VecDeque<Arc<Message>>,
+    /// Events read but not yet sent, oldest first.
+    pending: VecDeque<Live>,
     /// Events to send before anything else: the opening position and maybe `reset`.
     preamble: VecDeque<Event>,
     /// When the token expires.
@@ -137,17 +138,21 @@ impl EventStream {
             return None;
         }
         loop {
-            while let Some(message) = self.pending.pop_front() {
-                if message.id > self.cursor {
-                    self.cursor = message.id;
-                    self.shared.metrics.events_delivered.inc();
-                    return Some(message_event(&message));
+            while let Some(event) = self.pending.pop_front() {
+                match event {
+                    Live::Message(message) if message.id > self.cursor => {
+                        self.cursor = message.id;
+                        self.shared.metrics.events_delivered.inc();
+                        return Some(message_event(&message));
+                    }
+                    Live::Message(_) => {} // already sent
+                    Live::Signal(signal) => return Some(signal_event(&signal)),
                 }
             }
             let delivery = self.subscription.inbox().take();
             let interrupted = match delivery {
-                Delivery::Messages(messages) => {
-                    self.pending.extend(messages);
+                Delivery::Events(events) => {
+                    self.pending.extend(events);
                     continue;
                 }
                 Delivery::CatchUp => self.catch_up().await.err(),
@@ -186,7 +191,7 @@ impl EventStream {
                     // More may follow; read the next page once this one is sent.
                     self.subscription.inbox().request_catch_up();
                 }
-                self.pending.extend(page);
+                self.pending.extend(page.into_iter().map(Live::Message));
                 Ok(())
             }
             Err(error) => {
@@ -214,6 +219,11 @@ async fn interruptible<T>(
         _ = tokio::time::sleep_until(expires) => Err(Interrupt::Expired),
         value = work => Ok(value),
     }
+}
+
+/// The SSE event of a signal: no `id:`, so it never moves the client's resume position.
+fn signal_event(signal: &Signal) -> Event {
+    Event::default().event(&signal.kind).data(signal.data.get())
 }
 
 /// The SSE event of a stored message.

@@ -5,6 +5,30 @@ mod common;
 use common::*;
 use serde_json::json;
 
+/// The migration files in sql/, in order.
+fn sql_files() -> Vec<std::path::PathBuf> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The versions of the files in sql/ (their number prefixes).
+fn all_versions() -> Vec<i32> {
+    sql_files()
+        .iter()
+        .map(|path| {
+            path.file_name().unwrap().to_str().unwrap()[..4]
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// A fresh database name on the test server, without the migration `fresh_database` applies.
 async fn empty_database() -> String {
     let migrated = fresh_database().await;
@@ -22,7 +46,7 @@ async fn migrate_twice_applies_once() {
     let db = empty_database().await;
     assert_eq!(
         pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap(),
-        vec![1, 2]
+        all_versions()
     );
     let client = connect(&db).await;
     insert(&client, &["alice"], json!({})).await;
@@ -52,14 +76,18 @@ async fn concurrent_migrations_all_succeed() {
         applied.extend(run.await.unwrap());
     }
     applied.sort();
-    assert_eq!(applied, vec![1, 2], "exactly one run applies each version");
+    assert_eq!(
+        applied,
+        all_versions(),
+        "exactly one run applies each version"
+    );
     let client = connect(&db).await;
     let versions: i64 = client
         .query_one("SELECT count(*) FROM pgrelay.schema_migrations", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 2);
+    assert_eq!(versions as usize, all_versions().len());
 }
 
 /// The SQL file applies with psql -f semantics (twice, even), and `migrate` then knows it.
@@ -67,8 +95,7 @@ async fn concurrent_migrations_all_succeed() {
 async fn sql_file_applies_by_hand_and_is_recorded() {
     let db = empty_database().await;
     let client = connect(&db).await;
-    for file in ["0001_outbox.sql", "0002_attach.sql"] {
-        let path = format!("{}/sql/{file}", env!("CARGO_MANIFEST_DIR"));
+    for path in sql_files() {
         let sql = std::fs::read_to_string(path).unwrap();
         client.batch_execute(&sql).await.unwrap();
         client.batch_execute(&sql).await.unwrap();
