@@ -113,6 +113,16 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 
+    /// How long a relay's presence rows outlive its last heartbeat: participants of a crashed
+    /// instance go offline after this.
+    #[arg(long, env = "PGRELAY_PRESENCE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub presence_ttl: Duration,
+
+    /// How long a participant's last stream must stay closed before they count as offline
+    /// (absorbs tab reloads and flaky mobile networks).
+    #[arg(long, env = "PGRELAY_PRESENCE_DEBOUNCE", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub presence_debounce: Duration,
+
     /// Signals (`POST /v1/signals`) each sender may send per second, sustained.
     #[arg(long, env = "PGRELAY_SIGNAL_RATE", default_value_t = 5.0)]
     pub signal_rate: f64,
@@ -165,6 +175,8 @@ impl RelayArgs {
             heartbeat: self.heartbeat,
             max_streams_per_participant: self.max_streams_per_participant.max(1),
             grace: self.grace,
+            presence_ttl: self.presence_ttl.max(Duration::from_secs(1)),
+            presence_debounce: self.presence_debounce,
             signal_rate: self.signal_rate,
             signal_burst: self.signal_burst,
         })

@@ -19,6 +19,7 @@
 //! - [`auth`]: HS256 JSON Web Tokens: verify and mint.
 //! - [`store`]: the query pool and every query.
 //! - [`metrics`]: Prometheus counters and the latency histogram.
+//! - [`presence`]: who is online across instances, announced to each participant's audience.
 //! - [`retention`]: prunes messages older than the retention period, one instance at a time.
 //! - [`state`]: what the tasks of a running relay share.
 //! - [`cluster`]: a throwaway PostgreSQL for `pgrelay demo` and the tests.
@@ -44,6 +45,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod migrate;
+pub mod presence;
 pub mod registry;
 pub mod retention;
 pub mod server;
@@ -115,6 +117,7 @@ pub async fn run(
         listener_up: AtomicBool::new(false),
         metrics: Default::default(),
         signal_limiter,
+        instance: instance_name(),
         shutdown: CancellationToken::new(),
     });
     let listener_task = tokio::spawn(listener::run(
@@ -123,6 +126,7 @@ pub async fn run(
     ));
 
     let pruner_task = tokio::spawn(retention::run(Arc::clone(&shared)));
+    let presence_task = tokio::spawn(presence::run(Arc::clone(&shared)));
 
     let app = http::app(Arc::clone(&shared));
     let stopping = shared.shutdown.clone();
@@ -147,10 +151,21 @@ pub async fn run(
             }
         }
     }
-    let _ = tokio::join!(listener_task, pruner_task);
+    let _ = tokio::join!(listener_task, pruner_task, presence_task);
     shared.pool.close();
     info!("stopped");
     Ok(())
+}
+
+/// A name for this process, unique per start: host, pid and start time.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{host}:{}:{started}", std::process::id())
 }
 
 /// Refuses to start against a database without the schema, or whose trigger notifies on

@@ -92,9 +92,25 @@ fn backoff(attempt: u32) -> Duration {
     base + jitter
 }
 
-/// One connection's life: connect, LISTEN, fill gaps, dispatch until the connection fails
-/// (`Err`) or shutdown (`Ok`).
-async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result<(), DbError> {
+/// How long connecting, LISTEN and the first heartbeat round trip may take together. The
+/// connect timeout covers only TCP; a server (or proxy) that stalls later must not leave the
+/// listener waiting forever.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An established LISTEN connection.
+struct ListenConnection {
+    client: tokio_postgres::Client,
+    /// Reads the socket; ends when the connection does.
+    driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    /// Aborts the driver (closing the socket) when the connection is dropped.
+    _abort_driver: AbortOnDrop,
+    /// Notifications other than heartbeats, in arrival order.
+    notifications: mpsc::UnboundedReceiver<Notification>,
+    heartbeat: Arc<Heartbeat>,
+}
+
+/// Connects, LISTENs and proves with a heartbeat that notifications arrive.
+async fn open(shared: &Shared, listen_url: &str) -> Result<ListenConnection, DbError> {
     let mut config: tokio_postgres::Config = listen_url.parse()?;
     config.application_name("pgrelay-listen");
     config.connect_timeout(Duration::from_secs(5));
@@ -105,7 +121,7 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
     let (client, mut connection) = config.connect(NoTls).await?;
 
     let heartbeat = Arc::new(Heartbeat::new());
-    let (sender, mut notifications) = mpsc::unbounded_channel::<Notification>();
+    let (sender, notifications) = mpsc::unbounded_channel::<Notification>();
     let driver_heartbeat = Arc::clone(&heartbeat);
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
@@ -125,7 +141,7 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
         }
         Ok::<(), tokio_postgres::Error>(())
     });
-    let _abort_driver = AbortOnDrop(driver.abort_handle());
+    let abort_driver = AbortOnDrop(driver.abort_handle());
 
     client
         .batch_execute(&format!("LISTEN {}", quote_ident(&shared.settings.channel)))
@@ -133,6 +149,24 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
     // Ready only once a notification has made the round trip: a LISTEN through a
     // transaction-mode pooler "succeeds" and then never hears anything.
     heartbeat.round_trip(shared, &client).await?;
+    Ok(ListenConnection {
+        client,
+        driver,
+        _abort_driver: abort_driver,
+        notifications,
+        heartbeat,
+    })
+}
+
+/// One connection's life: connect, LISTEN, fill gaps, dispatch until the connection fails
+/// (`Err`) or shutdown (`Ok`).
+async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result<(), DbError> {
+    let setup = tokio::select! {
+        setup = tokio::time::timeout(SETUP_TIMEOUT, open(shared, listen_url)) => setup,
+        _ = shared.shutdown.cancelled() => return Ok(()),
+    };
+    let mut connection = setup
+        .map_err(|_| format!("connecting and LISTENing took longer than {SETUP_TIMEOUT:?}"))??;
     // Notifications that arrived with the LISTEN reply are already queued behind this point,
     // so every stream sees the catch-up request before any of them.
     shared.registry.request_catch_up_all();
@@ -145,22 +179,22 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
     ticks.tick().await;
     loop {
         let first = tokio::select! {
-            notification = notifications.recv() => notification,
+            notification = connection.notifications.recv() => notification,
             _ = ticks.tick() => {
-                heartbeat.beat(shared, &client).await?;
+                connection.heartbeat.beat(shared, &connection.client).await?;
                 continue;
             }
             _ = shared.shutdown.cancelled() => return Ok(()),
         };
         let Some(first) = first else {
-            return match driver.await {
+            return match (&mut connection.driver).await {
                 Ok(Err(error)) => Err(error.into()),
                 _ => Err("the LISTEN connection closed".into()),
             };
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match notifications.try_recv() {
+            match connection.notifications.try_recv() {
                 Ok(notification) => batch.push(notification),
                 Err(_) => break,
             }

@@ -211,6 +211,11 @@ impl Registry {
         }
     }
 
+    /// The participants with at least one open stream here.
+    pub fn participants(&self) -> std::collections::HashSet<String> {
+        self.streams.lock().unwrap().keys().cloned().collect()
+    }
+
     /// How many streams are open.
     pub fn stream_count(&self) -> usize {
         self.streams.lock().unwrap().values().map(Vec::len).sum()

@@ -2,19 +2,26 @@
 //!
 //! axum's `serve` has no connection limit and no header timeout, and a relay holds long-lived
 //! connections by design, so it gets its own loop over hyper: a semaphore caps open
-//! connections (one over the cap is answered 503 and closed), the header read timeout drops
-//! clients that trickle their request in (slowloris), and hyper's graceful shutdown closes
-//! idle keep-alive connections while the open streams end on the shared shutdown token.
+//! connections (one over the cap is answered 503 JSON and closed), the header read timeout
+//! drops clients that trickle their request in (slowloris) or send nothing at all, and hyper's
+//! graceful shutdown closes idle keep-alive connections while the open streams end on the
+//! shared shutdown token.
+//!
+//! The relay speaks HTTP/1.1 only. Browsers should reach it through an HTTP/2 front (Fly's
+//! edge, nginx, a CDN), which is what lifts HTTP/1.1's six-streams-per-origin limit; cleartext
+//! HTTP/2 to the relay itself would add nothing but connections that no header timeout covers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::{header, Response, StatusCode};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -39,11 +46,6 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// The answer to a connection over the limit: written raw, since no request was read.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\nconnection: close\r\nretry-after: 5\r\ncontent-length: 78\r\n\r\n\
-{\"error\":\"over_capacity\",\"message\":\"too many connections; retry in a moment\"}";
-
 /// Serves `app` on `listener` until `shutdown` is cancelled, then waits for open connections
 /// to finish (the caller bounds that wait).
 pub async fn serve(
@@ -54,12 +56,12 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(limits.header_timeout)
+        // Request heads beyond 64 KiB are refused (431); tokens are at most 8 KiB.
+        .max_buf_size(64 * 1024);
 
     loop {
         let (socket, peer) = tokio::select! {
@@ -74,15 +76,15 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        let _ = socket.set_nodelay(true);
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             debug!(%peer, "connection refused: over the connection limit");
-            tokio::spawn(refuse(socket));
+            tokio::spawn(refuse(builder.clone(), socket));
             continue;
         };
-        let _ = socket.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(socket), service);
-        let connection = graceful.watch(connection.into_owned());
+        let connection = builder.serve_connection(TokioIo::new(socket), service);
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 debug!(%peer, %error, "connection ended with an error");
@@ -94,7 +96,21 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-async fn refuse(mut socket: TcpStream) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(OVER_CAPACITY)).await;
-    let _ = socket.shutdown().await;
+/// Answers one request on a connection over the limit with 503 JSON, then closes it. The
+/// request is read first: clients (hyper, browsers) reject an answer to a request they have
+/// not sent yet.
+async fn refuse(mut builder: http1::Builder, socket: TcpStream) {
+    let service = service_fn(|_request| async {
+        let body =
+            r#"{"error":"over_capacity","message":"too many connections; retry in a moment"}"#;
+        Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::RETRY_AFTER, "5")
+            .body(Body::from(body))
+    });
+    let connection = builder
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(socket), service);
+    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
 }

@@ -21,7 +21,8 @@ pub struct Signal {
     pub kind: String,
     /// Who receives it.
     pub participants: Vec<String>,
-    /// `{"kind":…,"sender":…,"participants":[…],"payload":…}`.
+    /// `{"kind":…,"sender":…,"participants":[…],"payload":…}`; for the relay's own
+    /// `presence` signals, just the payload `{"participant":…,"online":…,"at":…}`.
     pub data: Box<RawValue>,
 }
 
@@ -32,9 +33,11 @@ struct Wire<'a> {
 }
 
 #[derive(Deserialize)]
-struct Head {
+struct Head<'a> {
     kind: String,
     participants: Vec<String>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
 }
 
 impl Signal {
@@ -46,10 +49,15 @@ impl Signal {
         if !(crate::valid_kind(&head.kind) || head.kind == "presence") {
             return None;
         }
+        let data = match (head.kind.as_str(), head.payload) {
+            ("presence", Some(payload)) => payload.to_owned(),
+            ("presence", None) => return None,
+            _ => wire.signal.to_owned(),
+        };
         Some(Signal {
             kind: head.kind,
             participants: head.participants,
-            data: wire.signal.to_owned(),
+            data,
         })
     }
 }

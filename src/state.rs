@@ -36,6 +36,11 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// How long shutdown waits for open work.
     pub grace: Duration,
+    /// How long a presence row lives without a refresh: a crashed instance's participants go
+    /// offline this long after its last heartbeat.
+    pub presence_ttl: Duration,
+    /// How long a participant's last stream must stay closed before they count as offline.
+    pub presence_debounce: Duration,
     /// Signals each sender may send per second (sustained).
     pub signal_rate: f64,
     /// Signals each sender may send in a burst.
@@ -56,6 +61,8 @@ impl Default for Settings {
             demo_page: false,
             heartbeat: Duration::from_secs(5),
             grace: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(30),
+            presence_debounce: Duration::from_secs(3),
             signal_rate: 5.0,
             signal_burst: 10.0,
         }
@@ -76,6 +83,8 @@ pub struct Shared {
     pub listener_up: AtomicBool,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// This process's name in `pgrelay.presence`, unique per start.
+    pub instance: String,
     /// Per-sender rate limit of `POST /v1/signals`.
     pub signal_limiter: RateLimiter,
     /// Cancelled once at shutdown; the listener and every stream watch it.

@@ -196,12 +196,21 @@ impl EventStream {
             }
             Err(error) => {
                 warn!(%error, participant = %self.participant, "catch-up query failed; retrying");
-                self.subscription.inbox().request_catch_up();
                 let delay = Duration::from_millis(100)
                     .saturating_mul(1 << self.failures.min(6))
                     .min(MAX_RETRY_DELAY);
                 self.failures += 1;
-                interruptible(&self.shared, self.expires, tokio::time::sleep(delay)).await
+                // Anything new in the inbox (say, the listener reconnected because the database
+                // is back) ends the wait early.
+                let wait = async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.subscription.inbox().changed() => {}
+                    }
+                };
+                let waited = interruptible(&self.shared, self.expires, wait).await;
+                self.subscription.inbox().request_catch_up();
+                waited
             }
         }
     }

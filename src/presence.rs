@@ -1,0 +1,213 @@
+//! Presence: who is online, across every instance, with the database as the only broker.
+//!
+//! Every quarter second this task compares the participants with open streams here against
+//! those it has announced, and sends the differences to `pgrelay.presence_update` in one call:
+//! the SQL decides whether a change flips the participant's state across all instances and, if
+//! so, signals it to their audience. Flapping is absorbed twice: a reconnect inside one tick is
+//! never seen, and a participant whose last stream closed counts as gone only after the
+//! debounce period. Rows are refreshed every third of the TTL; a crashed instance's rows just
+//! age out, and `pgrelay.presence_expire` (one instance at a time) announces those departures.
+//!
+//! On shutdown the rows are left to age out rather than deleted: clients reconnect to another
+//! instance within seconds, so a rolling restart flips nobody offline and costs no audience
+//! queries at all.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_postgres::types::{ToSql, Type};
+use tracing::warn;
+
+use crate::state::Shared;
+use crate::store::DbError;
+
+/// How often the open streams are compared with what was announced.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Most participants sent per `presence_update` call, so a mass reconnect is spread over
+/// several ticks instead of one huge statement.
+const MAX_CHANGES_PER_TICK: usize = 500;
+
+/// Tracks and announces this instance's participants until shutdown.
+pub async fn run(shared: Arc<Shared>) {
+    let mut tracker = Tracker::default();
+    let refresh_every = shared.settings.presence_ttl / 3;
+    let mut last_refresh = Instant::now();
+    let mut ticks = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        let now = Instant::now();
+        let changes = tracker.changes(
+            shared.registry.participants(),
+            now,
+            shared.settings.presence_debounce,
+        );
+        if !changes.is_empty() {
+            match update(&shared, &changes.joined, &changes.left).await {
+                Ok(()) => tracker.confirm(changes),
+                Err(error) => {
+                    warn!(%error, "presence update failed; retrying");
+                    tracker.retry(changes, now);
+                }
+            }
+        }
+        if last_refresh.elapsed() >= refresh_every {
+            last_refresh = Instant::now();
+            if let Err(error) = refresh(&shared, &tracker.announced).await {
+                warn!(%error, "presence refresh failed; retrying");
+            }
+        }
+    }
+}
+
+/// This instance's view: what it announced, and who is debouncing towards offline.
+#[derive(Default)]
+struct Tracker {
+    /// Participants with a row for this instance.
+    announced: HashSet<String>,
+    /// Announced participants with no stream here any more, since when.
+    absent_since: HashMap<String, Instant>,
+}
+
+/// One batch for `pgrelay.presence_update`.
+struct Changes {
+    joined: Vec<String>,
+    left: Vec<String>,
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        self.joined.is_empty() && self.left.is_empty()
+    }
+}
+
+impl Tracker {
+    /// The joins and (debounced) departures since the last confirmed batch.
+    fn changes(&mut self, current: HashSet<String>, now: Instant, debounce: Duration) -> Changes {
+        for participant in &self.announced {
+            if !current.contains(participant) {
+                self.absent_since.entry(participant.clone()).or_insert(now);
+            }
+        }
+        self.absent_since
+            .retain(|participant, _| !current.contains(participant));
+        let joined: Vec<String> = current
+            .into_iter()
+            .filter(|participant| !self.announced.contains(participant))
+            .take(MAX_CHANGES_PER_TICK)
+            .collect();
+        let left: Vec<String> = self
+            .absent_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= debounce)
+            .map(|(participant, _)| participant.clone())
+            .take(MAX_CHANGES_PER_TICK)
+            .collect();
+        for participant in &left {
+            self.absent_since.remove(participant);
+        }
+        Changes { joined, left }
+    }
+
+    fn confirm(&mut self, changes: Changes) {
+        self.announced.extend(changes.joined);
+        for participant in &changes.left {
+            self.announced.remove(participant);
+        }
+    }
+
+    /// Puts the departures back so the next tick sends them again (joins recompute anyway).
+    fn retry(&mut self, changes: Changes, now: Instant) {
+        for participant in changes.left {
+            self.absent_since.insert(participant, now);
+        }
+    }
+}
+
+async fn update(shared: &Shared, joined: &[String], left: &[String]) -> Result<(), DbError> {
+    let client = shared.pool.get().await?;
+    let ttl = shared.settings.presence_ttl.as_secs_f64();
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&shared.instance, Type::TEXT),
+        (&joined, Type::TEXT_ARRAY),
+        (&left, Type::TEXT_ARRAY),
+        (&ttl, Type::FLOAT8),
+    ];
+    client
+        .query_typed(
+            "SELECT pgrelay.presence_update($1, $2, $3, make_interval(secs => $4))::text",
+            &params,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Keeps this instance's rows alive, re-creates them if they aged out (the instance was
+/// paused longer than the TTL), and expires dead instances' rows.
+async fn refresh(shared: &Shared, announced: &HashSet<String>) -> Result<(), DbError> {
+    let client = shared.pool.get().await?;
+    let refreshed = client
+        .query_typed(
+            "UPDATE pgrelay.presence SET heartbeat_at = now() WHERE instance = $1 RETURNING 1",
+            &[(&shared.instance, Type::TEXT)],
+        )
+        .await?
+        .len();
+    if refreshed < announced.len() {
+        let all: Vec<String> = announced.iter().cloned().collect();
+        drop(client);
+        update(shared, &all, &[]).await?;
+    }
+    let ttl = shared.settings.presence_ttl.as_secs_f64();
+    shared
+        .pool
+        .get()
+        .await?
+        .query_typed(
+            "SELECT pgrelay.presence_expire(make_interval(secs => $1))",
+            &[(&ttl, Type::FLOAT8)],
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn departures_wait_for_the_debounce_and_returns_cancel_them() {
+        let debounce = Duration::from_secs(3);
+        let start = Instant::now();
+        let mut tracker = Tracker::default();
+        let changes = tracker.changes(set(&["alice", "bob"]), start, debounce);
+        assert_eq!(changes.joined.len(), 2);
+        tracker.confirm(changes);
+
+        // alice closes her tab: nothing yet.
+        let changes = tracker.changes(set(&["bob"]), start + Duration::from_secs(1), debounce);
+        assert!(changes.is_empty());
+        // …and reopens it within the debounce: still nothing, and nothing later either.
+        let changes = tracker.changes(
+            set(&["alice", "bob"]),
+            start + Duration::from_secs(2),
+            debounce,
+        );
+        assert!(changes.is_empty());
+        let changes = tracker.changes(set(&["bob"]), start + Duration::from_secs(5), debounce);
+        assert!(changes.is_empty(), "the absence clock restarted");
+        let changes = tracker.changes(set(&["bob"]), start + Duration::from_secs(8), debounce);
+        assert_eq!(changes.left, ["alice"]);
+        tracker.confirm(changes);
+        assert_eq!(tracker.announced, set(&["bob"]));
+    }
+}
