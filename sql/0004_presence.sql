@@ -89,7 +89,7 @@ $$;
 -- participant's state across all instances; a per-participant lock makes two instances
 -- joining at once announce it once.
 CREATE OR REPLACE FUNCTION pgrelay.presence_update(
-    instance text, joined text[], left_ text[], ttl interval)
+    relay_instance text, joined text[], left_ text[], ttl interval)
     RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -102,14 +102,14 @@ BEGIN
     END LOOP;
     FOR who IN SELECT DISTINCT p FROM unnest(joined) AS p LOOP
         was_online := pgrelay.presence_online(who, ttl);
-        INSERT INTO pgrelay.presence AS p (participant, instance) VALUES (who, instance)
+        INSERT INTO pgrelay.presence AS p (participant, instance) VALUES (who, relay_instance)
             ON CONFLICT (participant, instance) DO UPDATE SET heartbeat_at = now();
         IF NOT was_online THEN
             PERFORM pgrelay.announce_presence(who, true);
         END IF;
     END LOOP;
     FOR who IN SELECT DISTINCT p FROM unnest(left_) AS p LOOP
-        DELETE FROM pgrelay.presence p WHERE p.participant = who AND p.instance = presence_update.instance;
+        DELETE FROM pgrelay.presence p WHERE p.participant = who AND p.instance = relay_instance;
         IF NOT pgrelay.presence_online(who, ttl) THEN
             INSERT INTO pgrelay.presence_last_seen VALUES (who, now())
                 ON CONFLICT (participant) DO UPDATE SET last_seen = excluded.last_seen;

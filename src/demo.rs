@@ -45,7 +45,12 @@ pub async fn demo(args: DemoArgs) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|error| format!("cannot listen on {addr}: {error}"))?;
-    let base = format!("http://{}", listener.local_addr()?);
+    // Links must be clickable: a wildcard bind address is reached through loopback.
+    let mut local = listener.local_addr()?;
+    if local.ip().is_unspecified() {
+        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let base = format!("http://{local}");
     print_instructions(&base, &secret, &keys, &database_url);
 
     let config = RelayConfig {

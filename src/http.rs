@@ -56,6 +56,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/v1/stream", get(stream))
         .route("/v1/messages", get(list_messages).post(post_message))
         .route("/v1/signals", post(post_signal))
+        .route("/v1/presence", get(presence))
         .route("/v1/client.js", get(client_js))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -104,6 +105,7 @@ struct Params {
     token: Option<String>,
     since_id: Option<String>,
     limit: Option<String>,
+    participants: Option<String>,
 }
 
 fn parse_query(query: Option<&str>) -> Result<Params, ApiError> {
@@ -487,6 +489,70 @@ fn database_error(context: &str, error: &DbError) -> ApiError {
         }
         _ => ApiError::internal(context, error),
     }
+}
+
+/// Most participants one `GET /v1/presence` may ask about.
+const MAX_PRESENCE_QUERY: usize = 100;
+
+/// `GET /v1/presence?participants=a,b`: who is online, for participants the caller may see.
+async fn presence(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = parse_query(query.as_deref())?;
+    let claims = authenticate(&shared, &headers, &params)?;
+    let mut asked: Vec<String> = Vec::new();
+    for name in params.participants.as_deref().unwrap_or("").split(',') {
+        let name = name.trim();
+        if !valid_participant(name) {
+            return Err(ApiError::invalid(
+                "`participants` must be a comma-separated list of participant names",
+            ));
+        }
+        if !asked.iter().any(|known| known == name) {
+            asked.push(name.to_owned());
+        }
+    }
+    if asked.len() > MAX_PRESENCE_QUERY {
+        return Err(ApiError::invalid(format!(
+            "ask about at most {MAX_PRESENCE_QUERY} participants at once"
+        )));
+    }
+    let states = store::presence(
+        &shared.pool,
+        &claims.sub,
+        &asked,
+        shared.settings.presence_ttl,
+    )
+    .await
+    .map_err(|error| ApiError::internal("reading presence failed", &error))?;
+    let hidden: Vec<&str> = states
+        .iter()
+        .filter(|state| !state.visible)
+        .map(|state| state.participant.as_str())
+        .collect();
+    if !hidden.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_in_audience",
+            format!(
+                "you are not in the presence audience of: {}",
+                hidden.join(", ")
+            ),
+        ));
+    }
+    let presence: serde_json::Map<String, Value> = states
+        .into_iter()
+        .map(|state| {
+            let entry = match state.since {
+                Some(since) => json!({ "online": true, "since": since }),
+                None => json!({ "online": false, "last_seen": state.last_seen }),
+            };
+            (state.participant, entry)
+        })
+        .collect();
+    Ok(Json(json!({ "presence": presence })).into_response())
 }
 
 /// `GET /v1/client.js`: the browser client, an ES module.

@@ -19,6 +19,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_signals.sql",
         include_str!("../sql/0003_signals.sql"),
     ),
+    (
+        4,
+        "0004_presence.sql",
+        include_str!("../sql/0004_presence.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

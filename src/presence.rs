@@ -51,7 +51,7 @@ pub async fn run(shared: Arc<Shared>) {
             match update(&shared, &changes.joined, &changes.left).await {
                 Ok(()) => tracker.confirm(changes),
                 Err(error) => {
-                    warn!(%error, "presence update failed; retrying");
+                    warn!(error = ?error, "presence update failed; retrying");
                     tracker.retry(changes, now);
                 }
             }
@@ -59,7 +59,7 @@ pub async fn run(shared: Arc<Shared>) {
         if last_refresh.elapsed() >= refresh_every {
             last_refresh = Instant::now();
             if let Err(error) = refresh(&shared, &tracker.announced).await {
-                warn!(%error, "presence refresh failed; retrying");
+                warn!(error = ?error, "presence refresh failed; retrying");
             }
         }
     }

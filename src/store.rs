@@ -220,6 +220,58 @@ pub async fn signal(pool: &DbPool, signal: &NewMessage<'_>) -> Result<(), DbErro
     Ok(())
 }
 
+/// What `GET /v1/presence` reports about one participant.
+pub struct PresenceState {
+    /// The participant asked about.
+    pub participant: String,
+    /// Whether the caller may see this participant (in their audience, or themselves).
+    pub visible: bool,
+    /// Online since (RFC 3339), when online.
+    pub since: Option<String>,
+    /// Last seen (RFC 3339), when offline and ever seen.
+    pub last_seen: Option<String>,
+}
+
+/// The presence of `participants` as seen by `caller`, in the order asked.
+pub async fn presence(
+    pool: &DbPool,
+    caller: &str,
+    participants: &[String],
+    ttl: Duration,
+) -> Result<Vec<PresenceState>, DbError> {
+    let client = pool.get().await?;
+    let ttl = ttl.as_secs_f64();
+    let params: [(&(dyn ToSql + Sync), Type); 3] = [
+        (&participants, Type::TEXT_ARRAY),
+        (&caller, Type::TEXT),
+        (&ttl, Type::FLOAT8),
+    ];
+    let rows = client
+        .query_typed(
+            "SELECT p, \
+                    p = $2 OR $2 = ANY(coalesce(pgrelay.presence_audience(p), '{}')), \
+                    to_char((SELECT min(since) FROM pgrelay.presence x \
+                              WHERE x.participant = p \
+                                AND x.heartbeat_at > now() - make_interval(secs => $3)) \
+                            AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                    to_char((SELECT last_seen FROM pgrelay.presence_last_seen l WHERE l.participant = p) \
+                            AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM unnest($1::text[]) WITH ORDINALITY AS asked(p, n) ORDER BY n",
+            &params,
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(PresenceState {
+                participant: row.try_get(0)?,
+                visible: row.try_get(1)?,
+                since: row.try_get(2)?,
+                last_seen: row.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
 /// Whether the database answers a trivial query within `timeout`.
 pub async fn ping(pool: &DbPool, timeout: Duration) -> bool {
     let check = async {

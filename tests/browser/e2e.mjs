@@ -1,0 +1,353 @@
+// End-to-end test of the demo page and /v1/client.js in headless Chromium.
+//
+// Driven by tests/browser.rs, which starts the relay and a second-origin static server and
+// passes everything in the environment:
+//   RELAY_URL         the relay, serving the demo page at /
+//   OTHER_ORIGIN_URL  another origin serving the same page bytes
+//   ALICE_TOKEN, BOB_TOKEN  tokens with scope publish
+//   CHROMIUM_PATH     the browser binary (default /usr/bin/chromium)
+//   SCREENSHOT_PATH   where to save bob's page at the end
+//   TOKEN_SECRET      the relay's HS256 secret, to mint short-lived tokens (scenario d)
+//
+// Control channel (the relay is a process of the Rust test, not of this script): this script
+// prints `RESTART_RELAY <json>` on stdout, the Rust side stops the relay, inserts the json's
+// messages with SQL while it is down, starts it again on the same port and answers
+// `RELAY_RESTARTED` on stdin.
+//
+// Exit status 0 means every scenario passed.
+
+import { createHmac } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const RELAY = required('RELAY_URL');
+const OTHER = required('OTHER_ORIGIN_URL');
+const ALICE = required('ALICE_TOKEN');
+const BOB = required('BOB_TOKEN');
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const SCREENSHOT = process.env.SCREENSHOT_PATH || 'browser-screenshot.png';
+const SECRET = required('TOKEN_SECRET');
+
+/** The whole script must finish within this, whatever hangs. */
+const WATCHDOG_MS = 50_000;
+/** How long one expected change on a page may take. */
+const PATIENCE_MS = 10_000;
+/** The promise the brief makes about live delivery between two pages. */
+const LATENCY_BUDGET_MS = 1_000;
+
+const watchdog = setTimeout(() => fail(`the e2e script did not finish within ${WATCHDOG_MS} ms`), WATCHDOG_MS);
+
+function required(name) {
+  const value = process.env[name];
+  if (!value) fail(`${name} is not set (run this through \`cargo test --test browser\`)`);
+  return value;
+}
+
+function log(...parts) {
+  console.log('[e2e]', ...parts);
+}
+
+function fail(message) {
+  console.log(`[e2e] FAIL: ${message}`);
+  process.exit(1);
+}
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+// stdin lines from the Rust side, consumed in order.
+const stdinLines = [];
+let stdinWaiter = null;
+createInterface({ input: process.stdin }).on('line', (line) => {
+  stdinLines.push(line.trim());
+  stdinWaiter?.();
+});
+
+async function nextStdinLine(timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (stdinLines.length === 0) {
+    const left = deadline - Date.now();
+    check(left > 0, `no answer on stdin within ${timeoutMs} ms`);
+    await new Promise((resolve) => {
+      stdinWaiter = resolve;
+      setTimeout(resolve, left);
+    });
+  }
+  return stdinLines.shift();
+}
+
+/** Opens a page in its own browser context (own connection pool, like a separate device). */
+async function openPage(browser, name, url) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
+  const page = await context.newPage();
+  page.on('pageerror', (error) => {
+    pageErrors.push(`${name}: ${error.message}`);
+  });
+  page.on('console', (message) => {
+    if (message.type() === 'error') log(`${name} console: ${message.text()}`); // a 401 in (d) is expected
+  });
+  await page.goto(url, { waitUntil: 'domcontentloaded' });
+  return page;
+}
+const pageErrors = [];
+
+async function waitForStatus(page, status, name) {
+  await page.waitForSelector(`[data-testid="status"][data-state="${status}"]`, { timeout: PATIENCE_MS })
+    .catch(async () => {
+      const state = await page.getAttribute('[data-testid="status"]', 'data-state');
+      throw new Error(`${name}'s status stayed ${state}, expected ${status}`);
+    });
+}
+
+/** Texts of the bubbles on the page, in order. */
+function bubbleTexts(page) {
+  return page.$$eval('[data-testid="message"] [data-testid="message-text"]', (nodes) => nodes.map((n) => n.textContent));
+}
+
+/** The bubble whose text is exactly `text`, once it is there. */
+async function waitForBubble(page, text, name) {
+  const locator = page.locator('[data-testid="message"]', {
+    has: page.locator('[data-testid="message-text"]', { hasText: new RegExp(`^${escapeRegExp(text)}$`) }),
+  });
+  await locator.first().waitFor({ timeout: PATIENCE_MS }).catch(async () => {
+    throw new Error(`${name}'s page never showed "${text}"; it shows ${JSON.stringify(await bubbleTexts(page))}`);
+  });
+  return locator;
+}
+
+function escapeRegExp(text) {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+/** An HS256 token minted here, as any backend's JWT code would: the relay must accept it. */
+function mint(sub, ttlSeconds) {
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const now = Math.floor(Date.now() / 1000);
+  const input = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode({ sub, iat: now, exp: now + ttlSeconds, scope: 'publish' })}`;
+  return `${input}.${createHmac('sha256', SECRET).update(input).digest('base64url')}`;
+}
+
+/** POSTs a message as alice from Node (no browser involved); returns its id. */
+async function postAsAlice(participants, text) {
+  const response = await fetch(`${RELAY}/v1/messages`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${ALICE}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ participants, payload: { text } }),
+  });
+  check(response.status === 201, `POST /v1/messages answered ${response.status}`);
+  return (await response.json()).id;
+}
+
+/** Polls `predicate` in the page until it is true. */
+async function waitInPage(page, predicate, what) {
+  await page.waitForFunction(predicate, null, { timeout: PATIENCE_MS, polling: 50 }).catch(async () => {
+    const test = await page.evaluate(() => JSON.stringify({ ...window.clientTest, client: undefined }));
+    throw new Error(`timed out waiting for ${what}; client state ${test}`);
+  });
+}
+
+async function send(page, text) {
+  await page.fill('[data-testid="message-input"]', text);
+  await page.click('[data-testid="send"]');
+}
+
+async function main() {
+  const userDataDir = mkdtempSync(join(tmpdir(), 'pgrelay-chromium-'));
+  // Removed on every exit, fail() and the watchdog included.
+  process.on('exit', () => rmSync(userDataDir, { recursive: true, force: true }));
+  // Playwright gives each launch a fresh profile of its own; userDataDir only keeps Chromium's
+  // crash and cache files out of $HOME.
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: 20_000,
+    env: { ...process.env, HOME: userDataDir, XDG_CONFIG_HOME: userDataDir, XDG_CACHE_HOME: userDataDir },
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  try {
+    await scenarios(browser);
+  } finally {
+    await browser.close().catch(() => {});
+  }
+}
+
+async function scenarios(browser) {
+  // (a) Two users on the relay's own origin.
+  const alice = await openPage(browser, 'alice', `${RELAY}/?token=${ALICE}`);
+  const bob = await openPage(browser, 'bob', `${RELAY}/?token=${BOB}`);
+  await waitForStatus(alice, 'live', 'alice');
+  await waitForStatus(bob, 'live', 'bob');
+  check((await alice.textContent('[data-testid="whoami"]')).includes('alice'), 'alice\'s page does not say "signed in as alice"');
+  check((await bob.textContent('[data-testid="whoami"]')).includes('bob'), 'bob\'s page does not say "signed in as bob"');
+  log('(a) alice and bob are live');
+
+  await alice.fill('[data-testid="new-conversation"]', 'bob');
+  await alice.click('[data-testid="start-conversation"]');
+  // Timed from the form's submit event in alice's page to the stream event's arrival in bob's
+  // page (both pages stamp Date.now(), one machine, one clock): POST, commit, NOTIFY, SSE.
+  await alice.evaluate(() => {
+    document.querySelector('[data-testid="composer"]').addEventListener('submit', () => {
+      window.submittedAt = Date.now();
+    }, { capture: true, once: true });
+  });
+  const clickedAt = Date.now();
+  await send(alice, 'hello bob');
+  const atBob = await waitForBubble(bob, 'hello bob', 'bob');
+  const receivedAt = Number(await atBob.first().getAttribute('data-received-at'));
+  const latency = receivedAt - (await alice.evaluate(() => window.submittedAt));
+  log(`LATENCY alice->bob ${latency} ms from alice's submit to the event in bob's page ` +
+    `(${receivedAt - clickedAt} ms including Playwright's fill and click)`);
+  check(latency < LATENCY_BUDGET_MS, `alice->bob took ${latency} ms, more than ${LATENCY_BUDGET_MS} ms`);
+  check((await atBob.first().getAttribute('data-sender')) === 'alice', 'bob sees "hello bob" from someone other than alice');
+  check((await atBob.first().getAttribute('data-own')) === 'false', 'bob\'s page renders alice\'s message as his own');
+
+  const atAlice = await waitForBubble(alice, 'hello bob', 'alice');
+  check((await atAlice.first().getAttribute('data-own')) === 'true', 'alice\'s own message is not marked as hers');
+  await alice.waitForTimeout(500); // room for a duplicate to show up, if there were one
+  const aliceCount = await atAlice.count();
+  check(aliceCount === 1, `alice's page shows "hello bob" ${aliceCount} times`);
+  log('(a) passed: delivered live, one bubble on the sender\'s page');
+
+  // (b) The relay restarts; messages inserted while it is down arrive without a reload.
+  const downtimeTexts = ['sent while the relay was down (1)', 'sent while the relay was down (2)'];
+  console.log(`RESTART_RELAY ${JSON.stringify({ participants: ['alice', 'bob'], sender: 'alice', texts: downtimeTexts })}`);
+  const answer = await nextStdinLine(30_000);
+  check(answer === 'RELAY_RESTARTED', `the Rust side answered ${JSON.stringify(answer)}`);
+  log('(b) relay restarted');
+  for (const text of downtimeTexts) await waitForBubble(bob, text, 'bob');
+  await waitForStatus(bob, 'live', 'bob');
+  const bobTexts = await bubbleTexts(bob);
+  check(
+    JSON.stringify(bobTexts) === JSON.stringify(['hello bob', ...downtimeTexts]),
+    `bob's conversation reads ${JSON.stringify(bobTexts)}`,
+  );
+  const statuses = await bob.evaluate(() => window.pgrelayDemo.statuses);
+  const firstLive = statuses.indexOf('live');
+  const reconnecting = statuses.indexOf('reconnecting', firstLive);
+  check(
+    firstLive >= 0 && reconnecting > firstLive && statuses.indexOf('live', reconnecting) > reconnecting,
+    `bob's status went ${statuses.join(' → ')}, expected live → reconnecting → live`,
+  );
+  log(`(b) bob's status: ${statuses.join(' → ')}`);
+  await waitForStatus(alice, 'live', 'alice');
+  for (const text of downtimeTexts) await waitForBubble(alice, text, 'alice');
+  const aliceTexts = await bubbleTexts(alice);
+  check(
+    JSON.stringify(aliceTexts) === JSON.stringify(['hello bob', ...downtimeTexts]),
+    `alice's conversation reads ${JSON.stringify(aliceTexts)}`,
+  );
+  log('(b) passed: missed messages arrived in order, no reload, no duplicates');
+
+  // (c) Bob on another origin: the stream, the history and the POST (with its preflight) are
+  // all cross-origin requests to the relay.
+  const crossUrl = `${OTHER}/?relay=${encodeURIComponent(RELAY)}&token=${BOB}`;
+  const bobElsewhere = await openPage(browser, 'bob@other-origin', crossUrl);
+  await waitForStatus(bobElsewhere, 'live', 'bob@other-origin');
+  check(new URL(bobElsewhere.url()).origin !== new URL(RELAY).origin, 'the third page is not on another origin');
+  // History came from the relay across origins, so the earlier messages are there.
+  await waitForBubble(bobElsewhere, downtimeTexts[1], 'bob@other-origin');
+
+  await send(alice, 'hello bob on the other origin');
+  await waitForBubble(bobElsewhere, 'hello bob on the other origin', 'bob@other-origin');
+  log('(c) the cross-origin page streams');
+
+  const posted = bobElsewhere.waitForResponse(
+    (response) => response.request().method() === 'POST' && response.url().startsWith(`${RELAY}/v1/messages`),
+    { timeout: PATIENCE_MS },
+  );
+  await send(bobElsewhere, 'hi alice, from another origin');
+  const postResponse = await posted;
+  // allHeaders(): Origin is added by the network stack, so headers() lacks it.
+  const postOrigin = (await postResponse.request().allHeaders()).origin;
+  check(postResponse.status() === 201, `the cross-origin POST answered ${postResponse.status()}`);
+  check(postOrigin === new URL(OTHER).origin, `the POST carried Origin ${postOrigin}`);
+  const reply = await waitForBubble(alice, 'hi alice, from another origin', 'alice');
+  check((await reply.first().getAttribute('data-sender')) === 'bob', 'alice sees the reply from someone other than bob');
+  // Chromium does not show preflights to Playwright; ask the relay the same question directly.
+  const preflight = await fetch(`${RELAY}/v1/messages`, {
+    method: 'OPTIONS',
+    headers: {
+      Origin: new URL(OTHER).origin,
+      'Access-Control-Request-Method': 'POST',
+      'Access-Control-Request-Headers': 'authorization,content-type',
+    },
+  });
+  const allowed = (preflight.headers.get('access-control-allow-headers') ?? '').toLowerCase();
+  check(
+    preflight.ok && preflight.headers.has('access-control-allow-origin') &&
+      allowed.includes('authorization') && allowed.includes('content-type'),
+    `the relay's preflight answer is ${preflight.status} ${JSON.stringify([...preflight.headers])}`,
+  );
+  // Bob's first page sees his own message from the other tab, on his side of the chat.
+  const ownElsewhere = await waitForBubble(bob, 'hi alice, from another origin', 'bob');
+  check((await ownElsewhere.first().getAttribute('data-own')) === 'true', 'bob\'s own reply is not on his side');
+  log('(c) passed: cross-origin page streams and sends (preflighted POST answered 201)');
+
+  // (d) client.js on its own, in bob's page: a refused token (401, after which EventSource
+  // gives up for good) and an expiring token (the relay's token_expired) must each lead to a
+  // new stream with a fresh token from the callback, resuming at lastId: nothing lost, nothing
+  // repeated.
+  const shortLived = mint('bob', 4); // exp is in whole seconds: valid for 3 to 4 s
+  await bob.evaluate(async (tokens) => {
+    const { PgRelayClient } = await import('/v1/client.js');
+    const test = { received: [], statuses: [], tokensUsed: 0 };
+    window.clientTest = test;
+    test.client = new PgRelayClient({
+      token: async () => tokens[Math.min(test.tokensUsed++, tokens.length - 1)],
+      sinceId: window.pgrelayDemo.client.lastId,
+      onMessage: (message) => test.received.push(`${message.id}:${message.payload.text}`),
+      onStatus: (status) => test.statuses.push(status),
+    });
+    test.client.start();
+  }, ['not-a-token', shortLived, mint('bob', 600)]);
+  await waitInPage(bob, () => window.clientTest.tokensUsed === 2 && window.clientTest.client.status === 'live',
+    'the client to recover from a refused token');
+  const group = ['bob', 'carol'];
+  const before = await postAsAlice(group, 'before the token expired');
+  await waitInPage(bob, () => window.clientTest.received.length === 1, 'the first message');
+  await waitInPage(bob, () => window.clientTest.tokensUsed === 3, 'the reconnect after token_expired');
+  const after = await postAsAlice(group, 'after the token expired');
+  await waitInPage(bob, () => window.clientTest.received.length >= 2 && window.clientTest.client.status === 'live',
+    'the second message');
+  await bob.waitForTimeout(300); // room for a duplicate to show up, if there were one
+  const test = await bob.evaluate(() => {
+    const { received, statuses, tokensUsed, client } = window.clientTest;
+    client.close();
+    return { received, statuses, tokensUsed, lastId: client.lastId };
+  });
+  const expected = [`${before}:before the token expired`, `${after}:after the token expired`];
+  check(JSON.stringify(test.received) === JSON.stringify(expected), `the client received ${JSON.stringify(test.received)}`);
+  check(test.lastId === after, `client.lastId is ${test.lastId}, expected ${after}`);
+  check(
+    test.statuses.join(' ') === 'connecting reconnecting live reconnecting live closed',
+    `the client's statuses were ${test.statuses.join(' → ')}`,
+  );
+  log(`(d) passed: client statuses ${test.statuses.join(' → ')}, ${test.tokensUsed} tokens, no loss, no duplicates`);
+  // The demo page's own client put the group messages in a second conversation, unread.
+  await bob.waitForSelector('[data-testid="conversation"][data-key="alice,bob,carol"] .badge', { timeout: PATIENCE_MS });
+
+  check(pageErrors.length === 0, `uncaught errors in pages: ${pageErrors.join('; ')}`);
+  await bob.screenshot({ path: SCREENSHOT });
+  log(`screenshot of bob's page: ${SCREENSHOT}`);
+}
+
+main().then(
+  () => {
+    clearTimeout(watchdog);
+    log('all scenarios passed');
+    process.exit(0);
+  },
+  (error) => fail(error?.stack ?? String(error)),
+);
