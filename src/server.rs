@@ -60,8 +60,9 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        // Request heads beyond 64 KiB are refused (431); tokens are at most 8 KiB.
-        .max_buf_size(64 * 1024);
+        // Request heads beyond 128 KiB are refused (431, by hyper, without a JSON body).
+        // Below that the relay answers everything itself, even a 100 KB token (401 JSON).
+        .max_buf_size(128 * 1024);
 
     loop {
         let (socket, peer) = tokio::select! {

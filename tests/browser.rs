@@ -38,6 +38,15 @@ const READY_BUDGET: Duration = Duration::from_secs(15);
 /// How long a SIGTERM'd relay may take to exit before it is killed.
 const STOP_BUDGET: Duration = Duration::from_secs(10);
 
+/// The relay's `--presence-debounce`: short, so the e2e script sees bob go offline quickly.
+const PRESENCE_DEBOUNCE: &str = "500ms";
+
+/// The relay's `--presence-ttl`. A stopped relay leaves its presence rows to age out (so a
+/// rolling restart flips nobody offline); until they do, bob counts as online whatever the
+/// restarted relay sees, so the default 30 s would outlast the script's offline checks.
+#[allow(dead_code)]
+const PRESENCE_TTL: &str = "4s";
+
 /// First `npm ci` (only when `node_modules` is missing).
 const NPM_BUDGET: Duration = Duration::from_secs(120);
 
@@ -91,6 +100,13 @@ async fn demo_page_in_a_real_browser() {
         .env("CHROMIUM_PATH", &chromium)
         .env("SCREENSHOT_PATH", &screenshot)
         .env("TOKEN_SECRET", SECRET)
+        .env(
+            "PRESENCE_DEBOUNCE_MS",
+            humantime::parse_duration(PRESENCE_DEBOUNCE)
+                .unwrap()
+                .as_millis()
+                .to_string(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -259,6 +275,8 @@ impl RelayChild {
             .arg("serve")
             .arg("--demo")
             .args(["--allow-origin", "*"])
+            .args(["--presence-debounce", PRESENCE_DEBOUNCE])
+            // .args(["--presence-ttl", PRESENCE_TTL])
             .args(["--bind", &format!("127.0.0.1:{}", self.port)])
             .env("DATABASE_URL", &self.database_url)
             .env("PGRELAY_SECRET", SECRET)

@@ -14,11 +14,10 @@ use common::*;
 use pgrelay::auth::Keys;
 use pgrelay::cluster::TempCluster;
 use pgrelay::state::Settings;
-use pgrelay::RelayConfig;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
@@ -471,42 +470,14 @@ async fn proxy_connection(
     }
 }
 
-/// An in-process relay whose LISTEN connection uses `listen_url`; stopped when dropped.
-struct SplitRelay {
-    base: String,
-    keys: Keys,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start_split_relay(database_url: &str, listen_url: &str, settings: Settings) -> SplitRelay {
-    let keys = Keys::from_secret_list(SECRET).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let config = RelayConfig {
-        database_url: database_url.to_owned(),
-        listen_database_url: listen_url.to_owned(),
-        pool_size: 8,
-        keys: keys.clone(),
+/// An in-process relay whose LISTEN connection uses `listen_url`.
+async fn start_split_relay(database_url: &str, listen_url: &str, settings: Settings) -> Relay {
+    Relay::launch(RelayOptions {
+        listen_database_url: Some(listen_url.to_owned()),
         settings,
-        limits: test_limits(),
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        pgrelay::run(config, listener, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("the relay failed");
-    });
-    assert!(
-        wait_readyz(&base, 200, PATIENCE).await.is_some(),
-        "relay never became ready"
-    );
-    SplitRelay {
-        base,
-        keys,
-        _stop: stop,
-    }
+        ..RelayOptions::new(database_url)
+    })
+    .await
 }
 
 /// A half-open LISTEN connection (a proxy that silently stops forwarding) is found by the

@@ -8,81 +8,19 @@ use std::time::Duration;
 use common::*;
 use pgrelay::server::ConnectionLimits;
 use pgrelay::state::Settings;
-use pgrelay::RelayConfig;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// A relay with its own connection limits (the harness's `Relay` always uses `test_limits()`);
-/// stopped when dropped.
-struct LimitedRelay {
-    base: String,
-    keys: pgrelay::auth::Keys,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl LimitedRelay {
-    /// Starts a relay on `database_url` with these settings and limits; waits until it is ready.
-    async fn start(database_url: &str, settings: Settings, limits: ConnectionLimits) -> Self {
-        let keys = pgrelay::auth::Keys::from_secret_list(SECRET).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let config = RelayConfig {
-            database_url: database_url.to_owned(),
-            listen_database_url: database_url.to_owned(),
-            pool_size: 8,
-            keys: keys.clone(),
-            settings,
-            limits,
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            pgrelay::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the relay failed");
-        });
-        let relay = LimitedRelay {
-            base,
-            keys,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(response) = reqwest::get(format!("{}/readyz", relay.base)).await {
-                if response.status() == 200 {
-                    return relay;
-                }
-            }
-            assert!(Instant::now() < deadline, "relay never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// A token for `sub`, valid for an hour.
-    fn token(&self, sub: &str) -> String {
-        self.keys.mint(sub, Duration::from_secs(3600), &[])
-    }
-
-    /// Stops the relay and checks it ended without an error or a panic.
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-    }
-}
-
-impl Drop for LimitedRelay {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+/// A relay with these connection limits.
+async fn limited_relay(database_url: &str, limits: ConnectionLimits) -> Relay {
+    Relay::launch(RelayOptions {
+        limits,
+        ..RelayOptions::new(database_url)
+    })
+    .await
 }
 
 /// `host:port` of a base URL.
@@ -259,10 +197,10 @@ async fn connections_over_the_limit_get_503() {
         max_connections: 5,
         header_timeout: Duration::from_secs(10),
     };
-    let relay = LimitedRelay::start(&db, test_settings(), limits).await;
+    let relay = limited_relay(&db, limits).await;
     let mut streams = Vec::new();
     for n in 0..5 {
-        let token = relay.token(&format!("user{n}"));
+        let token = relay.token(&format!("user{n}"), &[]);
         streams.push(open_stream_when_a_slot_is_free(&relay.base, &token).await);
     }
 
@@ -296,7 +234,7 @@ async fn connections_over_the_limit_get_503() {
         assert!(Instant::now() < deadline, "the freed slot was never reused");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let token = relay.token("user4");
+    let token = relay.token("user4", &[]);
     let stream = open_stream_when_a_slot_is_free(&relay.base, &token).await;
     assert_eq!(
         stream.headers()["content-type"].to_str().unwrap(),
@@ -315,8 +253,8 @@ async fn over_capacity_answer_reaches_http_clients() {
         max_connections: 1,
         header_timeout: Duration::from_secs(10),
     };
-    let relay = LimitedRelay::start(&db, test_settings(), limits).await;
-    let stream = open_stream_when_a_slot_is_free(&relay.base, &relay.token("alice")).await;
+    let relay = limited_relay(&db, limits).await;
+    let stream = open_stream_when_a_slot_is_free(&relay.base, &relay.token("alice", &[])).await;
     for _ in 0..10 {
         let response = reqwest::get(format!("{}/healthz", relay.base))
             .await
@@ -372,7 +310,7 @@ async fn trickle_until_closed(addr: String, head: &'static [u8]) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off() {
     let db = fresh_database().await;
-    let relay = LimitedRelay::start(&db, test_settings(), short_header_timeout()).await;
+    let relay = limited_relay(&db, short_header_timeout()).await;
     let addr = addr_of(&relay.base).to_owned();
     let mut tricklers = JoinSet::new();
     for _ in 0..20 {
@@ -420,7 +358,7 @@ async fn silent_connections_are_cut_off() {
         max_connections: 5,
         ..short_header_timeout()
     };
-    let relay = LimitedRelay::start(&db, test_settings(), limits).await;
+    let relay = limited_relay(&db, limits).await;
     let addr = addr_of(&relay.base).to_owned();
     // Let the start-up check's connection close, then take every slot without a word.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -444,7 +382,7 @@ async fn silent_connections_are_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_connections_without_a_request_are_cut_off() {
     let db = fresh_database().await;
-    let relay = LimitedRelay::start(&db, test_settings(), short_header_timeout()).await;
+    let relay = limited_relay(&db, short_header_timeout()).await;
     let addr = addr_of(&relay.base).to_owned();
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
@@ -473,7 +411,7 @@ async fn http2_connections_without_a_request_are_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_cut_off() {
     let db = fresh_database().await;
-    let relay = LimitedRelay::start(&db, test_settings(), short_header_timeout()).await;
+    let relay = limited_relay(&db, short_header_timeout()).await;
     let mut socket = TcpStream::connect(addr_of(&relay.base)).await.unwrap();
     socket
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -50,6 +50,7 @@ async fn online_and_offline_reach_the_audience() {
     insert(&connect(&db).await, &["alice", "bob"], json!({"hi": 1})).await;
     let relay = Relay::start_with(&db, quick_presence()).await;
     let mut bob = relay.subscribe("bob", "", None).await;
+    bob.keep_presence = true;
     bob.opening_position().await;
 
     let mut alice = relay.subscribe("alice", "", None).await;
@@ -87,8 +88,12 @@ async fn online_and_offline_reach_the_audience() {
 async fn flapping_is_absorbed() {
     let db = fresh_database().await;
     insert(&connect(&db).await, &["alice", "bob"], json!({})).await;
-    let relay = Relay::start_with(&db, quick_presence()).await;
+    // A debounce well above the reload gap, even on a loaded machine.
+    let mut settings = quick_presence();
+    settings.presence_debounce = Duration::from_millis(1500);
+    let relay = Relay::start_with(&db, settings).await;
     let mut bob = relay.subscribe("bob", "", None).await;
+    bob.keep_presence = true;
     bob.opening_position().await;
     let mut alice = relay.subscribe("alice", "", None).await;
     alice.opening_position().await;
@@ -103,7 +108,7 @@ async fn flapping_is_absorbed() {
     }
     drop(alice);
     let mut seen = Vec::new();
-    while let Some(change) = next_presence(&mut bob, Duration::from_millis(1500)).await {
+    while let Some(change) = next_presence(&mut bob, Duration::from_secs(3)).await {
         seen.push(change["online"].clone());
     }
     assert_eq!(seen, [json!(true), json!(false)], "one online, one offline");
@@ -126,6 +131,8 @@ async fn custom_audience_is_honoured() {
     let relay = Relay::start_with(&db, quick_presence()).await;
     let mut bob = relay.subscribe("bob", "", None).await;
     let mut carol = relay.subscribe("carol", "", None).await;
+    bob.keep_presence = true;
+    carol.keep_presence = true;
     bob.opening_position().await;
     carol.opening_position().await;
     let mut alice = relay.subscribe("alice", "", None).await;
@@ -173,6 +180,7 @@ async fn presence_across_instances_survives_sigkill() {
     let b = RelayProcess::start(&db, QUICK_FLAGS, None).await;
     let c = RelayProcess::start(&db, QUICK_FLAGS, None).await;
     let mut bob = b.subscribe("bob", "", None).await;
+    bob.keep_presence = true;
     bob.opening_position().await;
 
     let mut alice_on_a = a.subscribe("alice", "", None).await;

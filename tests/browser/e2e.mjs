@@ -6,8 +6,9 @@
 //   OTHER_ORIGIN_URL  another origin serving the same page bytes
 //   ALICE_TOKEN, BOB_TOKEN  tokens with scope publish
 //   CHROMIUM_PATH     the browser binary (default /usr/bin/chromium)
-//   SCREENSHOT_PATH   where to save bob's page at the end
+//   SCREENSHOT_PATH   where to save alice's page (bob online and typing) in scenario (e)
 //   TOKEN_SECRET      the relay's HS256 secret, to mint short-lived tokens (scenario d)
+//   PRESENCE_DEBOUNCE_MS  the relay's --presence-debounce (scenario e), default 3000
 //
 // Control channel (the relay is a process of the Rust test, not of this script): this script
 // prints `RESTART_RELAY <json>` on stdout, the Rust side stops the relay, inserts the json's
@@ -30,6 +31,7 @@ const BOB = required('BOB_TOKEN');
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const SCREENSHOT = process.env.SCREENSHOT_PATH || 'browser-screenshot.png';
 const SECRET = required('TOKEN_SECRET');
+const DEBOUNCE_MS = Number(process.env.PRESENCE_DEBOUNCE_MS || 3_000);
 
 /** The whole script must finish within this, whatever hangs. */
 const WATCHDOG_MS = 50_000;
@@ -37,6 +39,10 @@ const WATCHDOG_MS = 50_000;
 const PATIENCE_MS = 10_000;
 /** The promise the brief makes about live delivery between two pages. */
 const LATENCY_BUDGET_MS = 1_000;
+/** From a page opening to the others seeing its participant online ("within a few seconds"). */
+const ONLINE_BUDGET_MS = 3_000;
+/** How long the demo page shows "… is typing" without a new typing signal. */
+const TYPING_SHOWN_MS = 3_000;
 
 const watchdog = setTimeout(() => fail(`the e2e script did not finish within ${WATCHDOG_MS} ms`), WATCHDOG_MS);
 
@@ -88,7 +94,9 @@ async function openPage(browser, name, url) {
     pageErrors.push(`${name}: ${error.message}`);
   });
   page.on('console', (message) => {
-    if (message.type() === 'error') log(`${name} console: ${message.text()}`); // a 401 in (d) is expected
+    // Expected: a 403 in (a) (alice asks for bob's presence before they share a message, the
+    // page ignores it) and a 401 in (d).
+    if (message.type() === 'error') log(`${name} console: ${message.text()}`);
   });
   await page.goto(url, { waitUntil: 'domcontentloaded' });
   return page;
@@ -148,6 +156,15 @@ async function waitInPage(page, predicate, what) {
     const test = await page.evaluate(() => JSON.stringify({ ...window.clientTest, client: undefined }));
     throw new Error(`timed out waiting for ${what}; client state ${test}`);
   });
+}
+
+/** Waits until `name`'s presence chip in the page's conversation header says `online`. */
+async function waitForPresence(page, name, online, who) {
+  await page.waitForSelector(`[data-testid="presence-${name}"][data-online="${online}"]`, { timeout: PATIENCE_MS })
+    .catch(async () => {
+      const shown = await page.getAttribute(`[data-testid="presence-${name}"]`, 'data-online', { timeout: 1_000 }).catch(() => 'no chip');
+      throw new Error(`${who}'s page shows ${name} online=${shown}, expected ${online}`);
+    });
 }
 
 async function send(page, text) {
@@ -338,9 +355,85 @@ async function scenarios(browser) {
   // The demo page's own client put the group messages in a second conversation, unread.
   await bob.waitForSelector('[data-testid="conversation"][data-key="alice,bob,carol"] .badge', { timeout: PATIENCE_MS });
 
+  // (e) Presence and typing. Alice's page learnt bob's presence once they shared a message
+  // (GET /v1/presence) and kept it across the restart; her selected conversation is with bob.
+  await waitForPresence(alice, 'bob', true, 'alice');
+  // Signals (presence, typing) carry no id: they must not move the client's resume position.
+  const aliceLastId = await alice.evaluate(() => window.pgrelayDemo.client.lastId);
+  // Bob leaves (both his pages): offline, but only after the relay's debounce.
+  let closedAt = Date.now();
+  await Promise.all([bob.context().close(), bobElsewhere.context().close()]);
+  await waitForPresence(alice, 'bob', false, 'alice');
+  let offlineAfter = Date.now() - closedAt;
+  log(`PRESENCE bob offline on alice's page ${offlineAfter} ms after his pages closed (debounce ${DEBOUNCE_MS} ms)`);
+  check(offlineAfter >= DEBOUNCE_MS, `bob went offline after ${offlineAfter} ms, within the ${DEBOUNCE_MS} ms debounce`);
+
+  // Bob comes back: alice sees him online; his page shows alice online (from GET /v1/presence)
+  // and carol, who never connected, offline.
+  const openedAt = Date.now();
+  const bobAgain = await openPage(browser, 'bob (again)', `${RELAY}/?token=${BOB}`);
+  await waitForPresence(alice, 'bob', true, 'alice');
+  const onlineAfter = Date.now() - openedAt;
+  log(`PRESENCE bob online on alice's page ${onlineAfter} ms after his page started loading`);
+  check(onlineAfter < ONLINE_BUDGET_MS, `bob showed online after ${onlineAfter} ms, more than ${ONLINE_BUDGET_MS} ms`);
+  await waitForStatus(bobAgain, 'live', 'bob (again)');
+  await bobAgain.click('[data-testid="conversation"][data-key="alice,bob,carol"]');
+  await waitForPresence(bobAgain, 'alice', true, 'bob (again)');
+  await waitForPresence(bobAgain, 'carol', false, 'bob (again)');
+  await bobAgain.click('[data-testid="conversation"][data-key="alice,bob"]');
+  await waitForPresence(bobAgain, 'alice', true, 'bob (again)');
+
+  // Bob types: alice's page says so under their conversation, within the live budget.
+  await bobAgain.evaluate(() => {
+    document.querySelector('[data-testid="message-input"]').addEventListener('input', () => {
+      window.typedAt = Date.now();
+    }, { capture: true, once: true });
+  });
+  const indicator = alice.locator('[data-testid="typing-indicator"]');
+  check(!(await indicator.isVisible()), 'alice\'s page shows a typing indicator before anyone typed');
+  await bobAgain.fill('[data-testid="message-input"]', 'back again, alice');
+  await indicator.filter({ hasText: /^bob is typing…$/ }).waitFor({ timeout: PATIENCE_MS }).catch(async () => {
+    throw new Error(`alice's page never showed "bob is typing…"; the indicator reads ${JSON.stringify(await indicator.textContent())}`);
+  });
+  const typingLatency = Number(await indicator.getAttribute('data-shown-at')) - (await bobAgain.evaluate(() => window.typedAt));
+  log(`TYPING bob->alice ${typingLatency} ms from bob's input event to "bob is typing…" on alice's page`);
+  check(typingLatency < LATENCY_BUDGET_MS, `the typing indicator took ${typingLatency} ms, more than ${LATENCY_BUDGET_MS} ms`);
+  check(!(await bobAgain.locator('[data-testid="typing-indicator"]').isVisible()), 'bob\'s page shows his own typing');
+  const lastIdNow = await alice.evaluate(() => window.pgrelayDemo.client.lastId);
+  check(lastIdNow === aliceLastId, `presence and typing signals moved alice's lastId from ${aliceLastId} to ${lastIdNow}`);
   check(pageErrors.length === 0, `uncaught errors in pages: ${pageErrors.join('; ')}`);
-  await bob.screenshot({ path: SCREENSHOT });
-  log(`screenshot of bob's page: ${SCREENSHOT}`);
+  await alice.screenshot({ path: SCREENSHOT });
+  log(`screenshot of alice's page (bob online and typing): ${SCREENSHOT}`);
+
+  // His message replaces the indicator at once (same task that renders the bubble).
+  await bobAgain.click('[data-testid="send"]');
+  await waitForBubble(alice, 'back again, alice', 'alice');
+  check(!(await indicator.isVisible()), 'alice\'s page still shows "bob is typing…" next to his message');
+  // Sending reset the client's typing throttle: typing again signals at once, and the
+  // indicator goes away by itself when no new signal follows.
+  await bobAgain.waitForFunction(() => document.querySelector('[data-testid="message-input"]').value === '', null, { timeout: PATIENCE_MS });
+  await bobAgain.fill('[data-testid="message-input"]', 'one more');
+  await indicator.filter({ hasText: /^bob is typing…$/ }).waitFor({ timeout: LATENCY_BUDGET_MS * 2 }).catch(() => {
+    throw new Error('typing right after sending did not show on alice\'s page: the throttle was not reset');
+  });
+  const shownAt = Number(await indicator.getAttribute('data-shown-at'));
+  await indicator.waitFor({ state: 'hidden', timeout: TYPING_SHOWN_MS + PATIENCE_MS });
+  const shownFor = Date.now() - shownAt;
+  log(`TYPING indicator hid itself after ${shownFor} ms without a new signal`);
+  check(shownFor >= TYPING_SHOWN_MS - 100 && shownFor < TYPING_SHOWN_MS + 1_500, `the typing indicator stayed ${shownFor} ms`);
+
+  // Bob leaves again: offline after the debounce.
+  closedAt = Date.now();
+  await bobAgain.context().close();
+  await waitForPresence(alice, 'bob', false, 'alice');
+  offlineAfter = Date.now() - closedAt;
+  log(`PRESENCE bob offline on alice's page ${offlineAfter} ms after his page closed`);
+  check(offlineAfter >= DEBOUNCE_MS, `bob went offline after ${offlineAfter} ms, within the ${DEBOUNCE_MS} ms debounce`);
+  const dots = await alice.$$eval('[data-testid="conversation-presence"]', (nodes) => nodes.map((n) => n.dataset.online));
+  check(dots.every((online) => online === 'false'), `alice's conversation list still shows someone online: ${dots}`);
+  log('(e) passed: presence online/offline, typing indicator shown, replaced by the message, timed out');
+
+  check(pageErrors.length === 0, `uncaught errors in pages: ${pageErrors.join('; ')}`);
 }
 
 main().then(

@@ -117,15 +117,42 @@ pub struct Relay {
     task: Option<JoinHandle<()>>,
 }
 
+/// How to start a test relay; `RelayOptions::new(db)` gives the defaults.
+pub struct RelayOptions {
+    pub database_url: String,
+    /// The LISTEN connection's URL (a proxy, say); the database URL when `None`.
+    pub listen_database_url: Option<String>,
+    /// Comma-separated token secrets.
+    pub secrets: String,
+    pub settings: Settings,
+    pub limits: pgrelay::server::ConnectionLimits,
+}
+
+impl RelayOptions {
+    pub fn new(database_url: &str) -> RelayOptions {
+        RelayOptions {
+            database_url: database_url.to_owned(),
+            listen_database_url: None,
+            secrets: SECRET.to_owned(),
+            settings: test_settings(),
+            limits: test_limits(),
+        }
+    }
+}
+
 impl Relay {
     /// Starts a relay on `database_url` with the test settings.
     pub async fn start(database_url: &str) -> Relay {
-        Relay::start_with(database_url, test_settings()).await
+        Relay::launch(RelayOptions::new(database_url)).await
     }
 
     /// Starts a relay with these settings and waits until its listener is up.
     pub async fn start_with(database_url: &str, settings: Settings) -> Relay {
-        Relay::start_with_secrets(database_url, SECRET, settings).await
+        Relay::launch(RelayOptions {
+            settings,
+            ..RelayOptions::new(database_url)
+        })
+        .await
     }
 
     /// Starts a relay verifying tokens with this comma-separated secret list.
@@ -134,16 +161,28 @@ impl Relay {
         secrets: &str,
         settings: Settings,
     ) -> Relay {
-        let keys = Keys::from_secret_list(secrets).unwrap();
+        Relay::launch(RelayOptions {
+            secrets: secrets.to_owned(),
+            settings,
+            ..RelayOptions::new(database_url)
+        })
+        .await
+    }
+
+    /// Starts a relay as `options` say and waits until it is ready.
+    pub async fn launch(options: RelayOptions) -> Relay {
+        let keys = Keys::from_secret_list(&options.secrets).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let config = RelayConfig {
-            database_url: database_url.to_owned(),
-            listen_database_url: database_url.to_owned(),
+            listen_database_url: options
+                .listen_database_url
+                .unwrap_or_else(|| options.database_url.clone()),
+            database_url: options.database_url.clone(),
             pool_size: 8,
             keys: keys.clone(),
-            settings,
-            limits: test_limits(),
+            settings: options.settings,
+            limits: options.limits,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -155,7 +194,7 @@ impl Relay {
         });
         let relay = Relay {
             base,
-            database_url: database_url.to_owned(),
+            database_url: options.database_url,
             keys,
             stop: Some(stop),
             task: Some(task),
@@ -224,6 +263,9 @@ pub struct Subscriber {
     buffered: std::collections::VecDeque<SseEvent>,
     /// Comment lines seen (keep-alives).
     pub comments: usize,
+    /// Whether `presence` events are returned; off by default, because any test whose
+    /// participants share messages would otherwise see them arrive at unpredictable moments.
+    pub keep_presence: bool,
 }
 
 impl Subscriber {
@@ -256,6 +298,7 @@ impl Subscriber {
             parser: SseParser::new(),
             buffered: Default::default(),
             comments: 0,
+            keep_presence: false,
         }
     }
 
@@ -272,6 +315,8 @@ impl Subscriber {
                 .ok()??;
             for item in self.parser.feed(&chunk.ok()?) {
                 match item {
+                    SseItem::Event(event)
+                        if event.event.as_deref() == Some("presence") && !self.keep_presence => {}
                     SseItem::Event(event) => self.buffered.push_back(event),
                     SseItem::Comment(_) => self.comments += 1,
                 }
