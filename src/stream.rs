@@ -157,9 +157,8 @@ impl EventStream {
                 }
                 Delivery::CatchUp => self.catch_up().await.err(),
                 Delivery::Empty => {
-                    let shared = Arc::clone(&self.shared);
-                    let changed = async { self.subscription.inbox().changed().await };
-                    interruptible(&shared, self.expires, changed).await.err()
+                    let changed = self.subscription.inbox().changed();
+                    interruptible(&self.shared, self.expires, changed).await.err()
                 }
             };
             match interrupted {

@@ -4,16 +4,21 @@
  * Served by every relay at `/v1/client.js`. It wraps `EventSource` with what a page needs
  * to neither lose nor repeat a message:
  *
- * - **Resume from the last id.** Every dispatched event's `lastEventId` (which includes the
- *   stream's opening, id-only position) and every message id advance `lastId`. On a network
- *   error the browser's own reconnect sends `Last-Event-ID`; when the client has to open a new
- *   `EventSource` itself it asks for `since_id=lastId`.
+ * - **Resume from the last id.** Every message id, and the `lastEventId` of the relay's own
+ *   `reset` and `token_expired` events (which includes the stream's opening, id-only
+ *   position), advance `lastId`; signals never do. On a network error the browser's own
+ *   reconnect sends `Last-Event-ID`; when the client has to open a new `EventSource` itself
+ *   it asks for `since_id=lastId`.
  * - **Fresh tokens.** `EventSource` cannot set headers, so the token travels in the URL. The
- *   `token` callback is called for every (re)connect and every `send`, so a page can mint a
+ *   `token` callback is called for every (re)connect and every request, so a page can mint a
  *   new one. When the relay sends `token_expired`, or answers a reconnect with a non-200
  *   status (401, 429, 503: the browser gives up for good), the client closes the stream and
  *   reopens it after a capped, jittered backoff with a fresh token.
  * - **Duplicate suppression.** A message whose id is at or below `lastId` is dropped.
+ * - **Signals and presence.** Events without an id (typing indicators, the relay's `presence`
+ *   changes) are live-only: they go to `onSignal` (and `presence` also to `onPresence`), are
+ *   never deduplicated and never touch `lastId`. `typing()` sends a throttled typing signal;
+ *   `presence()` asks who is online.
  * - **Status.** `onStatus` reports `'connecting'` (first connect), `'live'` (stream open),
  *   `'reconnecting'` (lost; the browser or the client is retrying) and `'closed'`.
  *
@@ -27,13 +32,16 @@
  *   url: 'https://relay.example.com',            // '' = the page's own origin
  *   token: async () => (await fetch('/my-app/relay-token')).text(),
  *   sinceId: lastRenderedId,                     // omit for live-from-now
- *   kinds: ['message', 'typing'],
  *   onMessage: (data, kind) => render(data),
+ *   onSignal: (kind, data) => kind === 'typing' && showTyping(data.sender, data.participants),
+ *   onPresence: ({ participant, online }) => setDot(participant, online),
  *   onStatus: (status) => (statusDot.className = status),
  *   onReset: ({ oldest_id }) => reloadHistoryFrom(oldest_id),
  * });
  * relay.start();
  * const id = await relay.send({ participants: ['bob'], payload: { text: 'hi' } });
+ * input.oninput = () => relay.typing(['bob']);
+ * const { bob } = await relay.presence(['bob']); // {online: true, since: '…'}
  */
 
 /** Longest wait between two attempts to open a stream the browser gave up on. */
@@ -42,14 +50,22 @@ const MAX_BACKOFF_MS = 30_000;
 /** First wait after the browser gave up on a stream; doubles per failed attempt. */
 const FIRST_BACKOFF_MS = 1_000;
 
+/** `typing()` sends at most one signal per participant set per this interval. */
+const TYPING_INTERVAL_MS = 2_000;
+
 export class PgRelayClient {
   #url;
   #token;
   #sinceId;
   #kinds;
+  #signalKinds;
   #onMessage;
+  #onSignal;
+  #onPresence;
   #onStatus;
   #onReset;
+  /** Participant-set key → when `typing()` last sent for it. */
+  #typingSentAt = new Map();
 
   /** @type {EventSource | null} */
   #source = null;
@@ -68,11 +84,19 @@ export class PgRelayClient {
    * @param {object} options
    * @param {string} [options.url] relay base URL without trailing slash; '' = same origin
    * @param {(() => Promise<string> | string) | string} options.token returns a token for the
-   *   current user; called for each (re)connect and each send
+   *   current user; called for each (re)connect and each request
    * @param {number} [options.sinceId] resume after this id; omit to start live from now
-   * @param {string[]} [options.kinds] event names to listen for (EventSource dispatches only
+   * @param {string[]} [options.kinds] message kinds to listen for (EventSource dispatches only
    *   named events someone subscribed to); default `['message']`
-   * @param {(data: any, kind: string) => void} [options.onMessage] a message or signal
+   * @param {string[]} [options.signalKinds] signal kinds to listen for; default `['typing']`.
+   *   `presence` is always listened for.
+   * @param {(data: any, kind: string) => void} [options.onMessage] a stored message (it has an
+   *   id), once, in id order
+   * @param {(kind: string, data: any) => void} [options.onSignal] a live-only event (no id):
+   *   `{kind, sender, participants, payload}` for signals, `{participant, online, at}` for
+   *   `presence`
+   * @param {(data: {participant: string, online: boolean, at: string}) => void}
+   *   [options.onPresence] a presence change of someone whose audience this participant is in
    * @param {(status: 'connecting'|'live'|'reconnecting'|'closed') => void} [options.onStatus]
    * @param {(data: {reason: string, oldest_id: number}) => void} [options.onReset] the resume
    *   point was older than retained history; messages in between are gone
@@ -82,7 +106,10 @@ export class PgRelayClient {
     token,
     sinceId,
     kinds = ['message'],
+    signalKinds = ['typing'],
     onMessage = () => {},
+    onSignal = () => {},
+    onPresence = () => {},
     onStatus = () => {},
     onReset = () => {},
   } = {}) {
@@ -92,7 +119,10 @@ export class PgRelayClient {
     this.#sinceId = Number.isSafeInteger(sinceId) ? sinceId : null;
     this.#lastId = this.#sinceId;
     this.#kinds = [...new Set(kinds)];
+    this.#signalKinds = [...new Set([...signalKinds, 'presence'])];
     this.#onMessage = onMessage;
+    this.#onSignal = onSignal;
+    this.#onPresence = onPresence;
     this.#onStatus = onStatus;
     this.#onReset = onReset;
   }
@@ -136,11 +166,61 @@ export class PgRelayClient {
   async send({ participants, payload, kind } = {}) {
     const body = { participants, payload };
     if (kind !== undefined) body.kind = kind;
+    const answer = await this.#request('POST', '/v1/messages', body);
+    // A message usually ends a typing burst: let the next keystroke signal again at once.
+    this.#typingSentAt.delete(setKey(participants));
+    return answer.id;
+  }
+
+  /**
+   * Tells `participants` that this participant is typing: a `typing` signal, sent at most once
+   * every 2 s per participant set however often it is called (so call it on every input
+   * event); the relay's rate limit (429) is ignored, typing indicators being forgettable.
+   *
+   * @param {string[]} participants the recipients (the relay adds the sender)
+   * @returns {Promise<boolean>} whether a signal was sent; rejects on other errors (a token
+   *   without scope `publish`, a network failure)
+   */
+  async typing(participants) {
+    const key = setKey(participants);
+    const now = Date.now();
+    if (now - (this.#typingSentAt.get(key) ?? -Infinity) < TYPING_INTERVAL_MS) return false;
+    for (const [other, at] of this.#typingSentAt) {
+      if (now - at >= TYPING_INTERVAL_MS) this.#typingSentAt.delete(other); // stays small
+    }
+    this.#typingSentAt.set(key, now);
+    try {
+      await this.#request('POST', '/v1/signals', { participants, kind: 'typing', payload: null });
+      return true;
+    } catch (error) {
+      if (error.status === 429) return false;
+      throw error;
+    }
+  }
+
+  /**
+   * Who of `participants` is online (`GET /v1/presence`). The caller must be in each one's
+   * presence audience (by default: shares a retained message with them), else it rejects with
+   * `error.status === 403`.
+   *
+   * @param {string[]} participants at most 100 names
+   * @returns {Promise<Record<string, {online: true, since: string} |
+   *   {online: false, last_seen: string | null}>>} the answer's `presence` object, by name
+   */
+  async presence(participants) {
+    const query = new URLSearchParams({ participants: participants.join(',') });
+    return (await this.#request('GET', `/v1/presence?${query}`)).presence;
+  }
+
+  /** One JSON request with a fresh token; a non-2xx answer throws with `status` and `code`. */
+  async #request(method, path, body) {
     const token = await this.#token();
-    const response = await fetch(`${this.#url}/v1/messages`, {
-      method: 'POST',
-      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
-      body: JSON.stringify(body),
+    const headers = { Authorization: `Bearer ${token}` };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const response = await fetch(`${this.#url}${path}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
     });
     let answer = null;
     try {
@@ -154,7 +234,7 @@ export class PgRelayClient {
       error.code = answer?.error;
       throw error;
     }
-    return answer.id;
+    return answer;
   }
 
   async #connect() {
@@ -191,7 +271,7 @@ export class PgRelayClient {
         this.#setStatus('reconnecting');
       }
     };
-    for (const kind of this.#kinds) {
+    for (const kind of new Set([...this.#kinds, ...this.#signalKinds])) {
       source.addEventListener(kind, (event) => this.#dispatch(event, kind));
     }
     source.addEventListener('reset', (event) => {
@@ -210,13 +290,15 @@ export class PgRelayClient {
     const id = data !== null && typeof data === 'object' && Number.isSafeInteger(data.id)
       ? data.id
       : null;
-    if (id !== null) {
-      if (this.#lastId !== null && id <= this.#lastId) return; // already delivered
-      this.#lastId = id;
-    } else {
-      // A signal: no id of its own, but lastEventId still tells the stream's position.
-      this.#advance(event.lastEventId);
+    if (id === null) {
+      // A signal: live-only, no id, so neither deduplicated nor moving lastId (the browser's
+      // own Last-Event-ID is unaffected too: the relay sends signals without an `id:` line).
+      this.#onSignal(kind, data);
+      if (kind === 'presence') this.#onPresence(data);
+      return;
     }
+    if (this.#lastId !== null && id <= this.#lastId) return; // already delivered
+    this.#lastId = id;
     this.#onMessage(data, kind);
   }
 
@@ -251,6 +333,11 @@ export class PgRelayClient {
     this.#status = status;
     this.#onStatus(status);
   }
+}
+
+/** The same key for the same set of names, whatever their order or repetitions. */
+function setKey(participants) {
+  return JSON.stringify([...new Set(participants)].sort());
 }
 
 function parse(text) {

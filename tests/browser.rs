@@ -44,7 +44,6 @@ const PRESENCE_DEBOUNCE: &str = "500ms";
 /// The relay's `--presence-ttl`. A stopped relay leaves its presence rows to age out (so a
 /// rolling restart flips nobody offline); until they do, bob counts as online whatever the
 /// restarted relay sees, so the default 30 s would outlast the script's offline checks.
-#[allow(dead_code)]
 const PRESENCE_TTL: &str = "4s";
 
 /// First `npm ci` (only when `node_modules` is missing).
@@ -276,7 +275,7 @@ impl RelayChild {
             .arg("--demo")
             .args(["--allow-origin", "*"])
             .args(["--presence-debounce", PRESENCE_DEBOUNCE])
-            // .args(["--presence-ttl", PRESENCE_TTL])
+            .args(["--presence-ttl", PRESENCE_TTL])
             .args(["--bind", &format!("127.0.0.1:{}", self.port)])
             .env("DATABASE_URL", &self.database_url)
             .env("PGRELAY_SECRET", SECRET)
