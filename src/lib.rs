@@ -17,7 +17,7 @@
 //! - [`server`]: the accept loop: connection limit, header timeout, graceful shutdown.
 //! - [`http`]: the router and its handlers; [`error`] turns failures into JSON answers.
 //! - [`auth`]: HS256 JSON Web Tokens: verify and mint.
-//! - [`store`]: the query pool and every query.
+//! - [`store`]: the query pool and every query; [`tls`]: `sslmode` as libpq means it.
 //! - [`metrics`]: Prometheus counters and the latency histogram.
 //! - [`presence`]: who is online across instances, announced to each participant's audience.
 //! - [`retention`]: prunes messages older than the retention period, one instance at a time.
@@ -56,6 +56,7 @@ pub mod state;
 pub mod store;
 pub mod stream;
 pub mod tail;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;

@@ -29,13 +29,14 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Notification};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::registry::Live;
 use crate::signal::Signal;
 use crate::state::Shared;
 use crate::store::{self, DbError};
+use crate::tls;
 
 /// Most notifications handled by one fetch query.
 const MAX_BATCH: usize = 1000;
@@ -111,14 +112,14 @@ struct ListenConnection {
 
 /// Connects, LISTENs and proves with a heartbeat that notifications arrive.
 async fn open(shared: &Shared, listen_url: &str) -> Result<ListenConnection, DbError> {
-    let mut config: tokio_postgres::Config = listen_url.parse()?;
+    let (mut config, tls) = tls::connect_config(listen_url)?;
     config.application_name("pgrelay-listen");
     config.connect_timeout(Duration::from_secs(5));
     // The default keepalive waits two hours before probing; a dead peer must be found sooner.
     config.keepalives_idle(Duration::from_secs(15));
     config.keepalives_interval(Duration::from_secs(5));
     config.keepalives_retries(3);
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
 
     let heartbeat = Arc::new(Heartbeat::new());
     let (sender, notifications) = mpsc::unbounded_channel::<Notification>();

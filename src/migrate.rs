@@ -5,10 +5,11 @@
 //! session advisory lock; each file runs in its own transaction and records its version, so a
 //! run that dies halfway leaves the database at a clean version boundary.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::info;
 
 use crate::store::DbError;
+use crate::tls;
 
 /// The migrations, in order: (version, file name, SQL).
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -32,7 +33,8 @@ const MIGRATE_LOCK_KEY: i64 = 7395514830127704946;
 /// Applies every migration not yet recorded, and points the outbox trigger at `channel`.
 /// Returns the versions applied by this run.
 pub async fn migrate(database_url: &str, channel: &str) -> Result<Vec<i32>, DbError> {
-    let (client, connection) = tokio_postgres::connect(database_url, NoTls).await?;
+    let (config, tls) = tls::connect_config(database_url)?;
+    let (client, connection) = config.connect(tls).await?;
     let driver = tokio::spawn(connection);
     let result = migrate_with(&client, channel).await;
     drop(client);

@@ -11,7 +11,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::types::{Json, ToSql, Type};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
+
+use crate::tls;
 
 /// The pool of query connections, shared by every request and stream.
 pub type DbPool = Pool;
@@ -74,7 +76,7 @@ fn message_from_row(row: &Row) -> Result<Arc<Message>, DbError> {
 /// Builds the query pool. Connections name themselves `pgrelay` in `pg_stat_activity` unless
 /// the URL already sets an `application_name`.
 pub fn connect_pool(database_url: &str, size: usize) -> Result<DbPool, DbError> {
-    let mut config: tokio_postgres::Config = database_url.parse()?;
+    let (mut config, tls) = tls::connect_config(database_url)?;
     if config.get_application_name().is_none() {
         config.application_name("pgrelay");
     }
@@ -82,7 +84,7 @@ pub fn connect_pool(database_url: &str, size: usize) -> Result<DbPool, DbError> 
     config.keepalives_idle(Duration::from_secs(30));
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls,
         // Fast: a broken connection is found by the query that uses it and then discarded.
         // (Clean would run `UNLISTEN *` and `DISCARD`, pointless for a pool that never LISTENs.)
         ManagerConfig {

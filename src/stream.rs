@@ -158,7 +158,9 @@ impl EventStream {
                 Delivery::CatchUp => self.catch_up().await.err(),
                 Delivery::Empty => {
                     let changed = self.subscription.inbox().changed();
-                    interruptible(&self.shared, self.expires, changed).await.err()
+                    interruptible(&self.shared, self.expires, changed)
+                        .await
+                        .err()
                 }
             };
             match interrupted {
