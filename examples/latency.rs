@@ -454,10 +454,12 @@ impl SseStream {
     }
 
     /// Sends each message's sequence number and parse time to `arrivals` until the stream or
-    /// the receiving side ends; a problem with the stream is sent as an error.
+    /// the receiving side ends; a problem with the stream is sent as an error. Events without
+    /// an `id:` are signals (such as presence), not messages, and are skipped.
     async fn forward_messages(&mut self, arrivals: mpsc::UnboundedSender<Arrival>) {
         loop {
             let arrival = match self.next_event().await {
+                Ok(Some((event, _))) if event.id.is_none() => continue,
                 Ok(Some((event, at))) => self.sequence_number(&event).map(|seq| (seq, at)),
                 Ok(None) => Err("the stream ended".into()),
                 Err(error) => Err(error),
