@@ -641,7 +641,7 @@ fn print_report(options: &Options, server: &str, version: &str, floor: &Phase, r
     let rows: [(&str, &[f64]); 3] = [
         ("LISTEN/NOTIFY (floor)", &floor_p),
         ("pgrelay SSE", &relay_p),
-        ("relay cost over floor", &difference),
+        ("difference", &difference),
     ];
     for (label, values) in rows {
         println!(
