@@ -178,4 +178,11 @@ BEGIN
     RETURN new_id;
 END $$;
 
+-- The trigger functions run with their owner's rights, so an application role needs only
+-- INSERT on pgrelay.messages (not the sequences, nor UPDATE). A trigger function cannot be
+-- called directly, so this grants nothing else; search_path is pinned against hijacking.
+ALTER FUNCTION pgrelay.before_insert() SECURITY DEFINER SET search_path = pg_catalog, pgrelay;
+ALTER FUNCTION pgrelay.assign_id() SECURITY DEFINER SET search_path = pg_catalog, pgrelay;
+ALTER FUNCTION pgrelay.forbid_id_change() SECURITY DEFINER SET search_path = pg_catalog, pgrelay;
+
 INSERT INTO pgrelay.schema_migrations (version) VALUES (1) ON CONFLICT DO NOTHING;

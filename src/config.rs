@@ -92,8 +92,8 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_MAX_PARTICIPANTS", default_value_t = 1000)]
     pub max_participants: usize,
 
-    /// How often the listener checks its LISTEN connection with a NOTIFY to itself; a
-    /// heartbeat that does not come back within the next interval triggers a reconnect.
+    /// How often the relay proves its LISTEN connection with a heartbeat NOTIFY sent from a
+    /// pool session; one not heard by the next interval triggers a reconnect.
     #[arg(long, env = "PGRELAY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 

@@ -84,7 +84,10 @@ async fn apply_pending(client: &Client, channel: &str) -> Result<Vec<i32>, DbErr
                 "BEGIN;\nSET LOCAL client_min_messages = warning;\n{sql}\n;COMMIT;"
             ))
             .await
-            .map_err(|error| format!("{name}: {error}"))?;
+            .map_err(|error| match error.as_db_error() {
+                Some(db) => format!("{name}: {}: {}", db.severity(), db.message()),
+                None => format!("{name}: {error}"),
+            })?;
         newly_applied.push(version);
     }
     set_channel(client, channel).await?;

@@ -165,17 +165,38 @@ pub async fn newest_id(pool: &DbPool) -> Result<i64, DbError> {
     Ok(row.try_get(0)?)
 }
 
-/// The highest id removed by retention pruning, and the oldest id still stored (0 if none).
-pub async fn retention_bounds(pool: &DbPool) -> Result<(i64, i64), DbError> {
+/// What a resuming stream checks its position against.
+pub struct RetentionBounds {
+    /// The highest id removed by retention pruning.
+    pub pruned_through: i64,
+    /// The oldest id still stored (0 if none).
+    pub oldest_id: i64,
+    /// The newest visible id (0 if none).
+    pub newest_id: i64,
+    /// The highest id ever drawn (committed or not): no client can have seen a larger one.
+    pub highest_issued: i64,
+}
+
+/// The retention bounds, in one round trip.
+pub async fn retention_bounds(pool: &DbPool) -> Result<RetentionBounds, DbError> {
     let client = pool.get().await?;
     let row = client
         .query_typed_one(
-            "SELECT pruned_through, coalesce((SELECT min(id) FROM pgrelay.messages WHERE id > 0), 0)::int8 \
+            "SELECT pruned_through, \
+                    coalesce((SELECT min(id) FROM pgrelay.messages WHERE id > 0), 0)::int8, \
+                    coalesce((SELECT max(id) FROM pgrelay.messages), 0)::int8, \
+                    (SELECT CASE WHEN is_called THEN last_value ELSE 0 END \
+                       FROM pgrelay.message_id_seq)::int8 \
              FROM pgrelay.retention",
             &[],
         )
         .await?;
-    Ok((row.try_get(0)?, row.try_get(1)?))
+    Ok(RetentionBounds {
+        pruned_through: row.try_get(0)?,
+        oldest_id: row.try_get(1)?,
+        newest_id: row.try_get(2)?,
+        highest_issued: row.try_get(3)?,
+    })
 }
 
 /// A message to publish (or a signal to send), already validated.

@@ -90,15 +90,14 @@ impl EventStream {
         let mut preamble = VecDeque::new();
         let cursor = match resume {
             Some(since) => {
-                let (pruned_through, oldest_id) = store::retention_bounds(&shared.pool).await?;
-                preamble.push_back(Event::default().retry(RETRY).id(since.to_string()));
-                if since < pruned_through {
-                    let data =
-                        serde_json::json!({"reason": "history_truncated", "oldest_id": oldest_id});
-                    preamble.push_back(Event::default().event("reset").data(data.to_string()));
+                let bounds = store::retention_bounds(&shared.pool).await?;
+                let (cursor, reset) = resume_point(since, &bounds);
+                preamble.push_back(Event::default().retry(RETRY).id(cursor.to_string()));
+                if let Some(reset) = reset {
+                    preamble.push_back(Event::default().event("reset").data(reset.to_string()));
                 }
                 subscription.inbox().request_catch_up();
-                since
+                cursor
             }
             None => {
                 // Read after subscribing: a message committed in between has an id at or
@@ -214,6 +213,28 @@ impl EventStream {
                 waited
             }
         }
+    }
+}
+
+/// Where a stream resuming after `since` starts, and the `reset` to send first, if any.
+///
+/// - Below pruned history: the stream continues from `since` (everything retained follows),
+///   after `history_truncated`. `since = 0` asks for "all retained history", so it is never
+///   truncated.
+/// - Above every id ever issued (a position from another database, say one recreated since):
+///   nothing could be delivered until ids caught up, so the stream starts at the newest
+///   message instead, after `unknown_position`, and the client learns the new position.
+fn resume_point(since: i64, bounds: &store::RetentionBounds) -> (i64, Option<serde_json::Value>) {
+    if since > bounds.highest_issued {
+        let reset =
+            serde_json::json!({"reason": "unknown_position", "newest_id": bounds.newest_id});
+        (bounds.newest_id, Some(reset))
+    } else if since > 0 && since < bounds.pruned_through {
+        let reset =
+            serde_json::json!({"reason": "history_truncated", "oldest_id": bounds.oldest_id});
+        (since, Some(reset))
+    } else {
+        (since, None)
     }
 }
 

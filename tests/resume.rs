@@ -263,8 +263,10 @@ async fn resume_below_retained_history_gets_reset() {
     assert_eq!(first.unwrap() + second.unwrap(), 3);
     assert_eq!(ids_for(&client, "alice").await, ids[3..]);
 
-    let mut stream = relay.subscribe("alice", "since_id=0", None).await;
-    assert_eq!(stream.opening_position().await, 0);
+    let mut stream = relay
+        .subscribe("alice", &format!("since_id={}", ids[0]), None)
+        .await;
+    assert_eq!(stream.opening_position().await, ids[0]);
     let reset = stream.next().await;
     assert_eq!(reset.event.as_deref(), Some("reset"));
     assert!(reset.id.is_none(), "reset must not move Last-Event-ID");
@@ -276,8 +278,40 @@ async fn resume_below_retained_history_gets_reset() {
     assert_eq!(stream.next_message().await.0, ids[3]);
     assert_eq!(stream.next_message().await.0, ids[4]);
 
+    // since_id=0 asks for all retained history: nothing is missing, so no reset.
+    let mut stream = relay.subscribe("alice", "since_id=0", None).await;
+    stream.opening_position().await;
+    let first = stream.next().await;
+    assert_eq!(first.id, Some(ids[3].to_string()), "{first:?}");
+
     // Resuming at or after the pruned point needs no reset.
     let mut stream = relay.subscribe("alice", "", Some(ids[2])).await;
     stream.opening_position().await;
     assert_eq!(stream.next_message().await.0, ids[3]);
+}
+
+/// A resume point above every id ever issued (from a database since recreated, say) gets
+/// `unknown_position` and continues from the newest message instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_point_from_elsewhere_gets_reset_to_newest() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let client = connect(&db).await;
+    insert(&client, &["alice"], json!({"n": 1})).await;
+    let newest = ids_for(&client, "alice").await[0];
+    let mut stream = relay.subscribe("alice", "", Some(90_000)).await;
+    assert_eq!(
+        stream.opening_position().await,
+        newest,
+        "the stream restarts at the newest id"
+    );
+    let reset = stream.next().await;
+    assert_eq!(reset.event.as_deref(), Some("reset"));
+    let data: serde_json::Value = serde_json::from_str(&reset.data.unwrap()).unwrap();
+    assert_eq!(
+        data,
+        json!({"reason": "unknown_position", "newest_id": newest})
+    );
+    insert(&client, &["alice"], json!({"n": 2})).await;
+    assert_eq!(stream.next_message().await.2["payload"]["n"], 2);
 }

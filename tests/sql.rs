@@ -221,3 +221,45 @@ async fn channel_mismatch_is_refused() {
         "other_channel"
     );
 }
+
+/// An application role needs only INSERT on the outbox: the trigger functions do the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_privilege_is_enough_to_publish() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let owner = connect(&db).await;
+    let role = format!("app_writer_{}", std::process::id());
+    owner
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA pgrelay TO {role};
+             GRANT INSERT ON pgrelay.messages TO {role};"
+        ))
+        .await
+        .unwrap();
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let writer_url = db.replacen("postgres@", &format!("{role}@"), 1);
+    let writer = connect(&writer_url).await;
+    writer
+        .batch_execute("INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', '{\"by\":\"app\"}')")
+        .await
+        .unwrap();
+    assert_eq!(alice.next_message().await.2["payload"]["by"], "app");
+    // Only INSERT: reading or changing the outbox stays refused.
+    assert!(writer
+        .batch_execute("SELECT * FROM pgrelay.messages")
+        .await
+        .is_err());
+    assert!(writer
+        .batch_execute("DELETE FROM pgrelay.messages")
+        .await
+        .is_err());
+    drop(writer);
+    drop(alice);
+    relay.stop().await;
+    owner
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
