@@ -75,6 +75,17 @@ impl Keys {
 
     /// Signs a token for `sub` valid for `ttl` from now, with `iat` and, if non-empty, `scope`.
     ///
+    /// ```
+    /// use pgrelay::auth::{now_unix, Keys};
+    /// use std::time::Duration;
+    ///
+    /// let keys = Keys::from_secret_list("new-secret, old-secret").unwrap();
+    /// let token = keys.mint("alice", Duration::from_secs(60), &["publish"]);
+    /// let claims = keys.verify(&token, now_unix()).unwrap();
+    /// assert_eq!(claims.sub, "alice");
+    /// assert!(claims.has_scope("publish"));
+    /// ```
+    ///
     /// `ttl` is rounded down to whole seconds, as JWT times are. Minting does
     /// not validate `sub`: an empty or over-long one yields a token that
     /// `verify` refuses.

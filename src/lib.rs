@@ -90,6 +90,13 @@ pub struct RelayConfig {
 /// Whether `kind` may name a message or signal: it becomes the SSE `event:` field, so it must
 /// not be able to break the framing, and the relay's own event names are reserved. The SQL
 /// CHECK constraint `pgrelay.valid_kind` is the same rule.
+///
+/// ```
+/// assert!(pgrelay::valid_kind("chat.edit"));
+/// assert!(!pgrelay::valid_kind("two words"));
+/// assert!(!pgrelay::valid_kind("line\nbreak"));
+/// assert!(!pgrelay::valid_kind("presence")); // reserved for the relay
+/// ```
 pub fn valid_kind(kind: &str) -> bool {
     (1..=64).contains(&kind.len())
         && kind
