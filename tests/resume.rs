@@ -206,13 +206,17 @@ async fn burst_larger_than_inbox_falls_back_to_database() {
     let client = connect(&db).await;
     let mut stream = relay.subscribe("alice", "", None).await;
     stream.opening_position().await;
+    // 3000 × 4 KB is more than the sockets buffer, and this reader does not read until all
+    // are committed, so the relay's writes block and its inbox for this stream overflows.
     client
         .batch_execute(
             "INSERT INTO pgrelay.messages (participants, payload) \
-             SELECT '{alice}', jsonb_build_object('n', n) FROM generate_series(1, 3000) AS n",
+             SELECT '{alice}', jsonb_build_object('n', n, 'pad', repeat('x', 4000)) \
+             FROM generate_series(1, 3000) AS n",
         )
         .await
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for n in 1..=3000 {
         let (_, _, data) = stream.next_message().await;
         assert_eq!(data["payload"]["n"], n);
