@@ -24,7 +24,7 @@
 //! - [`state`]: what the tasks of a running relay share.
 //! - [`cluster`]: a throwaway PostgreSQL for `pgrelay demo` and the tests.
 //! - [`sse`]: an event-stream parser for `pgrelay tail` and the tests.
-//! - [`tail`], [`demo`]: the `tail` and `demo` subcommands.
+//! - [`tail`], [`demo`]: the `tail` and `demo` subcommands; [`shutdown`]: Ctrl-C and SIGTERM.
 //!
 //! # Data flow
 //!

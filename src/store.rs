@@ -135,23 +135,6 @@ pub async fn messages_by_id(pool: &DbPool, ids: &[i64]) -> Result<Vec<Arc<Messag
     rows.iter().map(message_from_row).collect()
 }
 
-/// Every message with `id > since`, whoever it is for, oldest first, at most `limit`: the
-/// listener's gap fill after a reconnect.
-pub async fn messages_after(
-    pool: &DbPool,
-    since: i64,
-    limit: i64,
-) -> Result<Vec<Arc<Message>>, DbError> {
-    let client = pool.get().await?;
-    let sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM pgrelay.messages WHERE id > $1 ORDER BY id LIMIT $2"
-    );
-    let rows = client
-        .query_typed(&sql, &[(&since, Type::INT8), (&limit, Type::INT8)])
-        .await?;
-    rows.iter().map(message_from_row).collect()
-}
-
 /// The newest visible message id (0 when there is none). Because ids are commit-ordered,
 /// every message committed later has a larger id.
 pub async fn newest_id(pool: &DbPool) -> Result<i64, DbError> {
