@@ -36,23 +36,38 @@ pub async fn run(shared: Arc<Shared>) {
     let refresh_every = shared.settings.presence_ttl / 3;
     let mut last_refresh = Instant::now();
     let mut ticks = tokio::time::interval(TICK);
+    // The registry generation the last comparison saw; `None` forces one.
+    let mut compared: Option<u64> = None;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = shared.shutdown.cancelled() => return,
         }
         let now = Instant::now();
-        let changes = tracker.changes(
-            shared.registry.participants(),
-            now,
-            shared.settings.presence_debounce,
-        );
+        let generation = shared.registry.generation();
+        // Nothing opened or closed and nobody is waiting out the debounce: nothing to compare.
+        let idle = compared == Some(generation) && tracker.absent_since.is_empty();
+        compared = Some(generation);
+        let changes = if idle {
+            Changes::default()
+        } else {
+            let debounce = shared.settings.presence_debounce;
+            let changes = tracker.changes(shared.registry.participants(), now, debounce);
+            if changes.joined.len() == MAX_CHANGES_PER_TICK
+                || changes.left.len() == MAX_CHANGES_PER_TICK
+            {
+                // The batch was capped: compare again next tick for the rest.
+                compared = None;
+            }
+            changes
+        };
         if !changes.is_empty() {
             match update(&shared, &changes.joined, &changes.left).await {
                 Ok(()) => tracker.confirm(changes),
                 Err(error) => {
                     warn!(error = ?error, "presence update failed; retrying");
                     tracker.retry(changes, now);
+                    compared = None;
                 }
             }
         }
@@ -75,6 +90,7 @@ struct Tracker {
 }
 
 /// One batch for `pgrelay.presence_update`.
+#[derive(Default)]
 struct Changes {
     joined: Vec<String>,
     left: Vec<String>,
