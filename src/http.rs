@@ -116,8 +116,20 @@ fn parse_query(query: Option<&str>) -> Result<Params, ApiError> {
     }
 }
 
+/// Parses the query string and verifies the request's token (`Authorization: Bearer …`, else
+/// `?token=`): every authenticated route starts here.
+fn authenticate(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(Params, Claims), ApiError> {
+    let params = parse_query(query)?;
+    let claims = verify_token(shared, headers, &params)?;
+    Ok((params, claims))
+}
+
 /// The verified claims of the request's token: `Authorization: Bearer …`, else `?token=`.
-fn authenticate(shared: &Shared, headers: &HeaderMap, params: &Params) -> Result<Claims, ApiError> {
+fn verify_token(shared: &Shared, headers: &HeaderMap, params: &Params) -> Result<Claims, ApiError> {
     let token = match headers.get(header::AUTHORIZATION) {
         Some(value) => value
             .to_str()
@@ -159,8 +171,7 @@ async fn stream(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = parse_query(query.as_deref())?;
-    let claims = authenticate(&shared, &headers, &params)?;
+    let (params, claims) = authenticate(&shared, &headers, query.as_deref())?;
     let last_event_id = headers
         .get("last-event-id")
         .map(|value| value.to_str().unwrap_or("\u{0}"))
@@ -197,8 +208,7 @@ async fn list_messages(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = parse_query(query.as_deref())?;
-    let claims = authenticate(&shared, &headers, &params)?;
+    let (params, claims) = authenticate(&shared, &headers, query.as_deref())?;
     let since = match params.since_id.as_deref() {
         Some(value) => parse_id("since_id", value)?,
         None => 0,
@@ -297,8 +307,7 @@ async fn read_publication(
     body: Body,
     max_payload: usize,
 ) -> Result<Publication, ApiError> {
-    let params = parse_query(query)?;
-    let claims = authenticate(shared, headers, &params)?;
+    let (_, claims) = authenticate(shared, headers, query)?;
     if !claims.has_scope("publish") {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -500,8 +509,7 @@ async fn presence(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = parse_query(query.as_deref())?;
-    let claims = authenticate(&shared, &headers, &params)?;
+    let (params, claims) = authenticate(&shared, &headers, query.as_deref())?;
     let mut asked: Vec<String> = Vec::new();
     for name in params.participants.as_deref().unwrap_or("").split(',') {
         let name = name.trim();
