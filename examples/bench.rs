@@ -108,9 +108,12 @@ const OPEN_CONCURRENCY: usize = 200;
 const WANTED_FILES: libc::rlim_t = 65_536;
 const NEEDED_FILES: libc::rlim_t = MANY as libc::rlim_t + 1_000;
 
-const USAGE: &str = "usage: cargo run --release --example bench [-- --quick] [-- --no-build]
+const USAGE: &str =
+    "usage: cargo run --release --example bench [-- --quick] [-- --throughput] [-- --no-build]
 
   --quick      short smoke run (under 2 minutes): shorter phases, fewer throughput steps
+  --throughput only the ceilings and the throughput ladders (with 1,000 subscribers), for
+               trying a change to the hot path in about two minutes
   --no-build   do not run `cargo build --release --bin pgrelay` first
 
 Starts its own throwaway PostgreSQL and its own `target/release/pgrelay serve` processes on
@@ -119,6 +122,8 @@ Starts its own throwaway PostgreSQL and its own `target/release/pgrelay serve` p
 /// How long each phase runs.
 struct Profile {
     quick: bool,
+    /// Only the ceilings and the throughput ladders (`--throughput`).
+    throughput_only: bool,
     floor: Duration,
     latency: Duration,
     ceiling: Duration,
@@ -137,6 +142,7 @@ impl Profile {
     fn full() -> Profile {
         Profile {
             quick: false,
+            throughput_only: false,
             floor: Duration::from_secs(20),
             latency: Duration::from_secs(30),
             ceiling: Duration::from_secs(5),
@@ -155,6 +161,7 @@ impl Profile {
     fn quick() -> Profile {
         Profile {
             quick: true,
+            throughput_only: false,
             floor: Duration::from_secs(3),
             latency: Duration::from_secs(3),
             ceiling: Duration::from_millis(1500),
@@ -182,9 +189,11 @@ impl Options {
             profile: Profile::full(),
             build: true,
         };
+        let mut throughput_only = false;
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => options.profile = Profile::quick(),
+                "--throughput" => throughput_only = true,
                 "--no-build" => options.build = false,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -193,6 +202,7 @@ impl Options {
                 other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
             }
         }
+        options.profile.throughput_only = throughput_only;
         Ok(options)
     }
 }
@@ -291,8 +301,22 @@ async fn phases(
     let names: Names = Arc::new((0..MANY).map(|i| format!("p{i:05}")).collect());
     let keys = Keys::from_secret_list(SECRET)?;
 
-    // Cold start first, against a fresh, small database, with nothing else running.
     let main = create_database(cluster, &admin, "bench_main").await?;
+    if profile.throughput_only {
+        let ceiling_db = create_database(cluster, &admin, "bench_ceiling").await?;
+        return relay_phases(
+            &main,
+            &ceiling_db,
+            relay_bin,
+            profile,
+            logs,
+            &names,
+            &keys,
+            report,
+        )
+        .await;
+    }
+    // Cold start first, against a fresh, small database, with nothing else running.
     progress(format!("cold start: {} starts…", profile.cold_starts));
     report.cold_starts = cold_starts(relay_bin, &main, logs, profile.cold_starts).await?;
 
@@ -365,73 +389,30 @@ async fn relay_phases(
     let hub = Arc::new(Hub::new(arrivals));
     let mut subscribers = Subscribers::default();
 
-    progress(format!("memory: opening {MANY} idle streams…"));
-    let opening = subscribers
-        .open(relay.addr, keys, names, 0..MANY, &hub)
-        .await?;
-    progress(format!(
-        "  opened in {:.2} s ({:.0} streams/s)",
-        opening.as_secs_f64(),
-        f64::from(MANY) / opening.as_secs_f64()
-    ));
-    let settled = presence_settled(&db, i64::from(MANY), Duration::from_secs(60)).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = relay.rss_kib()?;
-    progress(format!(
-        "  RSS {rss_before} KiB -> {rss_after} KiB ({:.2} KiB per stream); presence announced {:.1} s after the last open",
-        (rss_after as f64 - rss_before as f64) / f64::from(MANY),
-        settled.as_secs_f64()
-    ));
-    let idle = measure_idle(&relay, profile.idle).await?;
-    progress(format!(
-        "  idle with {MANY} streams: relay {:.1}% of a core",
-        idle.relay_cores * 100.0
-    ));
-    report.memory = Some(Memory {
-        streams: MANY,
-        rss_before,
-        rss_after,
-        opening,
-        presence_settled: settled,
-        idle,
-    });
-
     let ctx = RelayCtx {
         url,
         relay: &relay,
         names,
         db: &db,
     };
-    progress(format!(
-        "latency: 1,000 messages/s x 3 recipients, {MANY} subscribers…"
-    ));
-    let plan = Plan::new(LATENCY_RATE, profile.latency, 1, MANY);
-    let step = relay_step(&ctx, &mut heard, plan).await?;
-    progress(format!("  {}", step.one_line()));
-    report.check_step("latency with 10,000 subscribers", &step);
-    report.latency_many = Some(step);
-
-    progress("presence costs with 10,000 participants on one instance…");
-    report.presence = Some(presence_costs(&db).await?);
-
-    progress(format!("closing {} streams…", MANY - FEW));
-    subscribers.close_from(FEW);
-    presence_settled(&db, i64::from(FEW), Duration::from_secs(60)).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    progress(format!(
-        "latency: 1,000 messages/s x 3 recipients, {FEW} subscribers…"
-    ));
-    let plan = Plan::new(LATENCY_RATE, profile.latency, 1, FEW);
-    let step = relay_step(&ctx, &mut heard, plan).await?;
-    progress(format!("  {}", step.one_line()));
-    report.check_step("latency with 1,000 subscribers", &step);
-    report.latency_few = Some(step);
-
-    progress("fan-out: messages for participants with no stream on this instance…");
-    report.skip = Some(skip_cost(&ctx, &db, profile).await?);
-    progress("dispatch fetch query cost…");
-    report.fetch = fetch_cost(url, profile.fetch_calls).await?;
+    if profile.throughput_only {
+        subscribers
+            .open(relay.addr, keys, names, 0..FEW, &hub)
+            .await?;
+        presence_settled(&db, i64::from(FEW), Duration::from_secs(60)).await?;
+    } else {
+        latency_phases(
+            &ctx,
+            &mut subscribers,
+            &hub,
+            &mut heard,
+            keys,
+            profile,
+            rss_before,
+            report,
+        )
+        .await?;
+    }
 
     for rows in [1, 100] {
         // The ceiling varies from run to run on a shared machine: measure it again (the relay
@@ -475,6 +456,84 @@ async fn relay_phases(
     report.signals = hub.signals.load(Ordering::Relaxed);
     drop(subscribers);
     relay.stop();
+    Ok(())
+}
+
+/// Memory at 10,000 idle streams, latency with 10,000 and then 1,000 subscribers, and the
+/// costs the scaling model uses. Leaves 1,000 subscribers open.
+#[allow(clippy::too_many_arguments)]
+async fn latency_phases(
+    ctx: &RelayCtx<'_>,
+    subscribers: &mut Subscribers,
+    hub: &Arc<Hub>,
+    heard: &mut mpsc::UnboundedReceiver<Arrival>,
+    keys: &Keys,
+    profile: &Profile,
+    rss_before: u64,
+    report: &mut Report,
+) -> Res<()> {
+    let (url, relay, names, db) = (ctx.url, ctx.relay, ctx.names, ctx.db);
+    progress(format!("memory: opening {MANY} idle streams…"));
+    let opening = subscribers
+        .open(relay.addr, keys, names, 0..MANY, hub)
+        .await?;
+    progress(format!(
+        "  opened in {:.2} s ({:.0} streams/s)",
+        opening.as_secs_f64(),
+        f64::from(MANY) / opening.as_secs_f64()
+    ));
+    let settled = presence_settled(db, i64::from(MANY), Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = relay.rss_kib()?;
+    progress(format!(
+        "  RSS {rss_before} KiB -> {rss_after} KiB ({:.2} KiB per stream); presence announced {:.1} s after the last open",
+        (rss_after as f64 - rss_before as f64) / f64::from(MANY),
+        settled.as_secs_f64()
+    ));
+    let idle = measure_idle(relay, profile.idle).await?;
+    progress(format!(
+        "  idle with {MANY} streams: relay {:.1}% of a core",
+        idle.relay_cores * 100.0
+    ));
+    report.memory = Some(Memory {
+        streams: MANY,
+        rss_before,
+        rss_after,
+        opening,
+        presence_settled: settled,
+        idle,
+    });
+
+    progress(format!(
+        "latency: 1,000 messages/s x 3 recipients, {MANY} subscribers…"
+    ));
+    let plan = Plan::new(LATENCY_RATE, profile.latency, 1, MANY);
+    let step = relay_step(ctx, heard, plan).await?;
+    progress(format!("  {}", step.one_line()));
+    report.check_step("latency with 10,000 subscribers", &step);
+    report.latency_many = Some(step);
+
+    progress("presence costs with 10,000 participants on one instance…");
+    report.presence = Some(presence_costs(db).await?);
+
+    progress(format!("closing {} streams…", MANY - FEW));
+    subscribers.close_from(FEW);
+    presence_settled(db, i64::from(FEW), Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    progress(format!(
+        "latency: 1,000 messages/s x 3 recipients, {FEW} subscribers…"
+    ));
+    let plan = Plan::new(LATENCY_RATE, profile.latency, 1, FEW);
+    let step = relay_step(ctx, heard, plan).await?;
+    progress(format!("  {}", step.one_line()));
+    report.check_step("latency with 1,000 subscribers", &step);
+    report.latency_few = Some(step);
+
+    progress("fan-out: messages for participants with no stream on this instance…");
+    report.skip = Some(skip_cost(ctx, db, profile).await?);
+    progress("dispatch fetch query cost…");
+    report.fetch = fetch_cost(url, profile.fetch_calls).await?;
     Ok(())
 }
 
