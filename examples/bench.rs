@@ -1933,8 +1933,8 @@ struct Step {
     /// Messages sent per second: the writers' pace, from the first due time to the last send.
     achieved: f64,
     cpu: CpuUse,
-    /// Database CPU seconds: the writers' backends, the relay's pool backends (fetches,
-    /// presence) and its LISTEN backend.
+    /// Database CPU seconds: the writers' backends, the relay's pool backends (catch-ups,
+    /// presence) and its LISTEN backend (notifications and the dispatcher's fetches).
     db_writers: f64,
     db_pool: f64,
     db_listen: f64,
@@ -1981,7 +1981,7 @@ impl Step {
         format!(
             "{:.0} msg/s x {} rows/tx: p50/p90/p99/max {}; {}/{} delivered; writers {:.0} msg/s, \
              lag p99 {} max {}; relay {:.0}% ({:.0}% sys) bench {:.0}% machine {:.0}%; \
-             per message: relay {:.0} µs, DB writers {:.0} µs, relay pool {:.0} µs, LISTEN {:.0} µs",
+             per message: relay {:.0} µs, DB writers {:.0} µs, relay pool {:.0} µs, LISTEN (with fetches) {:.0} µs",
             self.rate,
             self.rows,
             self.latencies.describe(),
@@ -2272,10 +2272,10 @@ async fn skip_cost(ctx: &RelayCtx<'_>, db: &Client, profile: &Profile) -> Res<Sk
 }
 
 /// Round trip of the dispatcher's fetch query (`store::messages_by_id`, the relay's own
-/// code), by batch size, in microseconds.
+/// code, prepared once as on the relay's LISTEN connection), by batch size, in microseconds.
 async fn fetch_cost(url: &str, calls: usize) -> Res<Vec<(usize, f64)>> {
-    let pool = pgrelay::store::connect_pool(url, 1)?;
     let client = connect(url, "pgrelay-bench").await?;
+    let fetch = pgrelay::store::prepare_messages_by_id(&client).await?;
     let ids: Vec<i64> = client
         .query(
             "SELECT id FROM pgrelay.messages ORDER BY id DESC LIMIT 100",
@@ -2290,11 +2290,11 @@ async fn fetch_cost(url: &str, calls: usize) -> Res<Vec<(usize, f64)>> {
     for size in [1usize, 10, 100] {
         let batch = &ids[ids.len().saturating_sub(size)..];
         for _ in 0..20 {
-            pgrelay::store::messages_by_id(&pool, batch).await?;
+            pgrelay::store::messages_by_id(&client, &fetch, batch).await?;
         }
         let started = Instant::now();
         for _ in 0..calls {
-            let messages = pgrelay::store::messages_by_id(&pool, batch).await?;
+            let messages = pgrelay::store::messages_by_id(&client, &fetch, batch).await?;
             if messages.len() != batch.len() {
                 return Err("the fetch query lost rows".into());
             }
@@ -2949,7 +2949,7 @@ impl Report {
                 println!(
                     "- Latency, {label} subscribers: {} messages, {} deliveries; writers lag p99 {} max {}; \
                      relay {:.1}% of a core ({:.0}% of it in the kernel), this process {:.0}%, machine {:.0}% busy. \
-                     CPU per message: relay {:.0} µs; database: writer {:.0} µs, relay pool (fetch) {:.0} µs, relay LISTEN backend {:.0} µs. \
+                     CPU per message: relay {:.0} µs; database: writer {:.0} µs, relay pool {:.0} µs, relay LISTEN backend (notifications and fetches) {:.0} µs. \
                      Relay system calls per message: {:.1} writes; context switches {:.1}.",
                     step.messages,
                     step.received,
@@ -3019,7 +3019,7 @@ impl Report {
             println!();
             println!("Throughput ladder, {rows} row(s) per transaction, 3 recipients, 1,000 subscribers:");
             println!();
-            println!("| Offered msg/s | Sent msg/s | Delivered | p50 / p90 / p99 / max | Writer lag max | Relay CPU (sys) | DB CPU/msg: writer, pool, LISTEN | Machine busy | Pass |");
+            println!("| Offered msg/s | Sent msg/s | Delivered | p50 / p90 / p99 / max | Writer lag max | Relay CPU (sys) | DB CPU/msg: writer, relay pool, relay LISTEN + fetch | Machine busy | Pass |");
             println!("|---|---|---|---|---|---|---|---|---|");
             for step in steps {
                 println!(

@@ -6,6 +6,11 @@
 //! the registry. Reading the rows keeps messages of any size deliverable, and a forged or
 //! stray notification on the channel can at worst cause a query that finds nothing.
 //!
+//! The fetch is a statement prepared on the LISTEN connection itself: the connection is a
+//! session of its own, so the statement survives, and the database neither parses and plans
+//! the query for every batch nor wakes a second backend. A fetch that fails ends the session
+//! like any other connection failure, and the reconnect's catch-up fills the gap.
+//!
 //! Two tasks share the work so the socket is always read: the connection driver forwards
 //! notifications into an unbounded channel without ever waiting (a listener that stops
 //! reading fills PostgreSQL's notify queue, and then every notifying commit in the cluster
@@ -101,6 +106,8 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// An established LISTEN connection.
 struct ListenConnection {
     client: tokio_postgres::Client,
+    /// The dispatcher's fetch, prepared on `client`.
+    fetch: tokio_postgres::Statement,
     /// Reads the socket; ends when the connection does.
     driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
     /// Aborts the driver (closing the socket) when the connection is dropped.
@@ -147,11 +154,13 @@ async fn open(shared: &Shared, listen_url: &str) -> Result<ListenConnection, DbE
     client
         .batch_execute(&format!("LISTEN {}", quote_ident(&shared.settings.channel)))
         .await?;
+    let fetch = store::prepare_messages_by_id(&client).await?;
     // Ready only once a notification has made the round trip: a LISTEN through a
     // transaction-mode pooler "succeeds" and then never hears anything.
     heartbeat.round_trip(shared, &client).await?;
     Ok(ListenConnection {
         client,
+        fetch,
         driver,
         _abort_driver: abort_driver,
         notifications,
@@ -200,7 +209,7 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
                 Err(_) => break,
             }
         }
-        dispatch(shared, &batch).await;
+        dispatch(shared, &connection, &batch).await?;
     }
 }
 
@@ -337,11 +346,13 @@ impl Drop for AbortOnDrop {
 }
 
 /// Reads the rows of the notified messages that local streams want and delivers them.
-async fn dispatch(shared: &Shared, batch: &[Notification]) {
+async fn dispatch(
+    shared: &Shared,
+    connection: &ListenConnection,
+    batch: &[Notification],
+) -> Result<(), DbError> {
     let mut wanted = Vec::new();
     let mut committed_at = Vec::new();
-    let mut recipients: Vec<String> = Vec::new();
-    let mut recipients_unknown = false;
     for notification in batch {
         shared.metrics.notifications_received.inc();
         if notification.payload().starts_with(r#"{"signal""#) {
@@ -352,39 +363,35 @@ async fn dispatch(shared: &Shared, batch: &[Notification]) {
             debug!("ignoring a notification that is not a pgrelay wake-up");
             continue;
         };
-        match wakeup.participants {
-            Some(participants) if !shared.registry.has_any(&participants) => continue,
-            Some(participants) => recipients.extend(participants),
-            None => recipients_unknown = true,
+        if let Some(participants) = &wakeup.participants {
+            if !shared.registry.has_any(participants) {
+                continue;
+            }
         }
         wanted.push(wakeup.id);
         committed_at.push(wakeup.at);
     }
     if wanted.is_empty() {
-        return;
+        return Ok(());
     }
-    match fetch_with_retry(shared, &wanted).await {
-        Ok(messages) => {
-            for message in &messages {
-                shared.registry.deliver(&Live::Message(Arc::clone(message)));
-                // Notifications come in id order, so `wanted` is sorted like `messages`.
-                if let Ok(index) = wanted.binary_search(&message.id) {
-                    if let Some(at) = committed_at[index] {
-                        shared.metrics.commit_to_send.observe_since_unix_micros(at);
-                    }
-                }
-            }
-        }
-        Err(error) => {
-            // The rows are committed; the streams will read them themselves, with retries.
-            warn!(%error, "could not read notified messages; their streams will catch up");
-            if recipients_unknown {
-                shared.registry.request_catch_up_all();
-            } else {
-                shared.registry.request_catch_up_for(&recipients);
+    // While the fetch runs no heartbeat is checked, so it gets the heartbeat's own patience
+    // (sent at one tick, missed at the next): a half-open connection is found as quickly.
+    let patience = 2 * shared.settings.heartbeat;
+    let fetch = store::messages_by_id(&connection.client, &connection.fetch, &wanted);
+    let messages = tokio::time::timeout(patience, fetch)
+        .await
+        .map_err(|_| format!("reading notified messages took longer than {patience:?}"))?
+        .map_err(|error| format!("reading notified messages failed: {error}"))?;
+    for message in &messages {
+        shared.registry.deliver(&Live::Message(Arc::clone(message)));
+        // Notifications come in id order, so `wanted` is sorted like `messages`.
+        if let Ok(index) = wanted.binary_search(&message.id) {
+            if let Some(at) = committed_at[index] {
+                shared.metrics.commit_to_send.observe_since_unix_micros(at);
             }
         }
     }
+    Ok(())
 }
 
 /// Signals carry their whole event in the notification: nothing to read.
@@ -393,22 +400,6 @@ fn deliver_signal(shared: &Shared, payload: &str) {
         Some(signal) => shared.registry.deliver(&Live::Signal(Arc::new(signal))),
         None => debug!("ignoring a malformed signal"),
     }
-}
-
-async fn fetch_with_retry(
-    shared: &Shared,
-    ids: &[i64],
-) -> Result<Vec<Arc<store::Message>>, DbError> {
-    let mut delay = Duration::from_millis(20);
-    for _ in 0..3 {
-        match store::messages_by_id(&shared.pool, ids).await {
-            Ok(messages) => return Ok(messages),
-            Err(error) => debug!(%error, "fetching notified messages failed; retrying"),
-        }
-        tokio::time::sleep(delay).await;
-        delay *= 4;
-    }
-    store::messages_by_id(&shared.pool, ids).await
 }
 
 /// Quotes a channel name as an SQL identifier.

@@ -199,16 +199,6 @@ impl Registry {
         participants.iter().any(|p| streams.contains_key(p))
     }
 
-    /// Makes the streams of `participants` catch up from the database.
-    pub fn request_catch_up_for(&self, participants: &[String]) {
-        let streams = self.streams.lock().unwrap();
-        for participant in participants {
-            for inbox in streams.get(participant).into_iter().flatten() {
-                inbox.request_catch_up();
-            }
-        }
-    }
-
     /// Makes every open stream catch up from the database.
     pub fn request_catch_up_all(&self) {
         let streams = self.streams.lock().unwrap();

@@ -1,8 +1,12 @@
 //! The query pool and every query the relay runs against `pgrelay.messages`.
 //!
-//! Queries use `query_typed`, which sends the unnamed statement with explicit parameter types:
-//! named prepared statements break behind PgBouncer in transaction mode, and the unnamed
-//! statement costs no extra round trip.
+//! Pool queries use `query_typed`, which sends the unnamed statement with explicit parameter
+//! types: named prepared statements break behind PgBouncer in transaction mode, and the
+//! unnamed statement costs no extra round trip. The one prepared statement is the
+//! dispatcher's fetch ([`prepare_messages_by_id`]), which runs on the LISTEN connection: that
+//! is always a session of its own (LISTEN does not work through a transaction-mode pooler),
+//! and the fetch runs for every notified batch, where parsing and planning each time cost the
+//! database more than executing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +15,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::types::{Json, ToSql, Type};
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row, Statement};
 
 use crate::tls;
 
@@ -124,14 +128,21 @@ pub async fn messages_for(
     rows.iter().map(message_from_row).collect()
 }
 
-/// The messages with these ids, oldest first (ids that do not exist are skipped).
-pub async fn messages_by_id(pool: &DbPool, ids: &[i64]) -> Result<Vec<Arc<Message>>, DbError> {
-    let client = pool.get().await?;
+/// Prepares the dispatcher's fetch, "the messages with these ids", on `client`.
+pub async fn prepare_messages_by_id(client: &Client) -> Result<Statement, DbError> {
     let sql =
         format!("SELECT {MESSAGE_COLUMNS} FROM pgrelay.messages WHERE id = ANY($1) ORDER BY id");
-    let rows = client
-        .query_typed(&sql, &[(&ids, Type::INT8_ARRAY)])
-        .await?;
+    Ok(client.prepare_typed(&sql, &[Type::INT8_ARRAY]).await?)
+}
+
+/// The messages with these ids, oldest first (ids that do not exist are skipped), with the
+/// statement from [`prepare_messages_by_id`] on the same `client`.
+pub async fn messages_by_id(
+    client: &Client,
+    statement: &Statement,
+    ids: &[i64],
+) -> Result<Vec<Arc<Message>>, DbError> {
+    let rows = client.query(statement, &[&ids]).await?;
     rows.iter().map(message_from_row).collect()
 }
 

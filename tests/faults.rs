@@ -552,9 +552,10 @@ async fn half_open_listen_connection() {
 }
 
 /// Killing the relay's pool connections over and over while a writer inserts loses and
-/// doubles nothing: failed fetches fall back to catch-up, failed catch-ups retry.
+/// doubles nothing: catch-ups that fail retry, and live delivery (fetched on the LISTEN
+/// connection) goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pool_connections_terminated_during_dispatch() {
+async fn pool_connections_terminated_while_delivering() {
     // Often enough that queries and retries die too, not only idle connections.
     const KILL_EVERY: Duration = Duration::from_millis(5);
     let (cluster, db) = migrated_cluster().await;
@@ -589,7 +590,7 @@ async fn pool_connections_terminated_during_dispatch() {
         .await;
     let catch_ups = metric(&relay.base, "pgrelay_catch_up_queries_total").await - catch_ups_before;
     eprintln!(
-        "pool_connections_terminated_during_dispatch: {killed} pool sessions killed in \
+        "pool_connections_terminated_while_delivering: {killed} pool sessions killed in \
          {rounds} rounds; {catch_ups} catch-up queries"
     );
     drop((alice, bob));
