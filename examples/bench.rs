@@ -428,11 +428,22 @@ async fn relay_phases(
         let Some(ceiling) = report.ceiling(rows, 1) else {
             continue;
         };
+        let ceiling = ceiling.rows_per_second();
+        let floor_rate = (0.95 * ceiling / 100.0).ceil() * 100.0;
         progress(format!(
-            "throughput: {rows} row(s) per transaction, ceiling {:.0} rows/s…",
-            ceiling.rows_per_second()
+            "socket floor: {floor_rate:.0} msg/s x 3 events, {rows} row(s) per transaction, no relay…"
         ));
-        let steps = ladder(&ctx, &mut heard, rows, ceiling.rows_per_second(), profile).await?;
+        let floor = socket_floor(floor_rate, rows, profile.step).await?;
+        progress(format!(
+            "  {:.1} µs CPU per event, {:.0}% of a core",
+            floor.us_per_event(),
+            floor.cpu.bench_cores * 100.0
+        ));
+        report.socket_floors.push(floor);
+        progress(format!(
+            "throughput: {rows} row(s) per transaction, ceiling {ceiling:.0} rows/s…"
+        ));
+        let steps = ladder(&ctx, &mut heard, rows, ceiling, profile).await?;
         for step in &steps {
             if !step.complete() {
                 report.problems.push(format!(
@@ -2271,6 +2282,99 @@ async fn skip_cost(ctx: &RelayCtx<'_>, db: &Client, profile: &Profile) -> Res<Sk
     Ok(cost)
 }
 
+/// Bytes of one delivered event as the relay writes it (chunk header, `id:`, `event:` and
+/// `data:` lines of a message with 3 recipients and a 100-byte payload, chunk trailer).
+const SOCKET_FLOOR_FRAME: usize = 300;
+
+/// The socket floor: what the kernel and the subscribers alone cost to carry events over
+/// loopback TCP, with no relay, HTTP or database. One thread writes frames of
+/// [`SOCKET_FLOOR_FRAME`] bytes to `FEW` connections, `3 × rows` of them (to random
+/// connections) for each transaction of the same schedule as a throughput step at `rate`
+/// messages/s; tokio tasks on this process's runtime read them, as the subscribers do.
+struct SocketFloor {
+    rate: f64,
+    rows: usize,
+    events: u64,
+    cpu: CpuUse,
+}
+
+impl SocketFloor {
+    /// CPU (this process: writer and readers, user and kernel) per event, in microseconds.
+    fn us_per_event(&self) -> f64 {
+        self.cpu.bench_cores * self.cpu.seconds * 1e6 / self.events as f64
+    }
+}
+
+async fn socket_floor(rate: f64, rows: usize, duration: Duration) -> Res<SocketFloor> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..FEW {
+        let reader = TcpStream::connect(addr).await?;
+        let (writer, _) = listener.accept()?;
+        writer.set_nodelay(true)?;
+        writers.push(writer);
+        let received = Arc::clone(&received);
+        readers.push(tokio::spawn(async move {
+            let mut reader = reader;
+            let mut buffer = vec![0u8; 4096];
+            while let Ok(read @ 1..) = reader.read(&mut buffer).await {
+                received.fetch_add(read as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    let transactions = (rate * duration.as_secs_f64() / rows as f64).round() as u64;
+    let events = transactions * rows as u64 * 3;
+    let before = CpuSnapshot::take(None);
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let frame = [b'x'; SOCKET_FLOOR_FRAME];
+        let interval = Duration::from_secs_f64(rows as f64 / rate);
+        let started = Instant::now();
+        let mut next = 0u64;
+        for transaction in 0..transactions {
+            if let Some(wait) =
+                (started + interval * transaction as u32).checked_duration_since(Instant::now())
+            {
+                std::thread::sleep(wait);
+            }
+            for _ in 0..rows * 3 {
+                // A cheap, evenly spread choice of connection (an LCG step).
+                next = next
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let index = (next >> 33) as usize % writers.len();
+                writers[index].write_all(&frame)?;
+            }
+        }
+        Ok(())
+    });
+    let written = tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| "the socket floor writer panicked")?;
+    written?;
+    let expected = events * SOCKET_FLOOR_FRAME as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let cpu = before.until(&CpuSnapshot::take(None));
+    for reader in readers {
+        reader.abort();
+    }
+    if received.load(Ordering::Relaxed) < expected {
+        return Err("the socket floor's readers did not receive every frame".into());
+    }
+    Ok(SocketFloor {
+        rate,
+        rows,
+        events,
+        cpu,
+    })
+}
+
 /// Round trip of the dispatcher's fetch query (`store::messages_by_id`, the relay's own
 /// code, prepared once as on the relay's LISTEN connection), by batch size, in microseconds.
 async fn fetch_cost(url: &str, calls: usize) -> Res<Vec<(usize, f64)>> {
@@ -2702,6 +2806,7 @@ struct Report {
     skip: Option<SkipCost>,
     fetch: Vec<(usize, f64)>,
     ladders: Vec<(usize, Vec<Step>)>,
+    socket_floors: Vec<SocketFloor>,
     catch_up: Option<CatchUp>,
     signals: u64,
     problems: Vec<String>,
@@ -2838,6 +2943,22 @@ impl Report {
                 ),
                 "≥ 95% of ceiling (the higher reading)",
                 verdict(share >= 0.95),
+            );
+        }
+        for floor in &self.socket_floors {
+            row(
+                &format!(
+                    "Socket floor: {:.0} msg/s × 3 events ({} row(s)/tx schedule) over 1,000 loopback TCP connections, no relay",
+                    floor.rate, floor.rows
+                ),
+                format!(
+                    "{:.1} µs CPU per event = {:.0}% of a core (machine {:.0}% busy)",
+                    floor.us_per_event(),
+                    floor.cpu.bench_cores * 100.0,
+                    floor.cpu.machine_busy * 100.0
+                ),
+                "(reference)",
+                "",
             );
         }
         if let Some(memory) = &self.memory {
