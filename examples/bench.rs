@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example bench              # full run, about 5 minutes
 //! cargo run --release --example bench -- --quick   # smoke run for CI, under 2 minutes
+//! cargo run --release --example bench -- --throughput  # ceilings and ladders only, ~2 minutes
 //! ```
 //!
 //! The example first runs `cargo build --release --bin pgrelay` (a no-op when the binary is
@@ -23,6 +24,9 @@
 //! - **Sustained throughput**: the message rate is stepped up (1 and 100 rows per transaction);
 //!   the highest rate at which every delivery arrives, p99 stays under 50 ms and the writers
 //!   keep their schedule, against the ceiling.
+//! - **Socket floor**: the CPU that carrying the same events over loopback TCP takes with no
+//!   relay at all (one thread writing frames, tokio tasks reading them), at 95% of the ceiling:
+//!   the part of a throughput step no relay can avoid.
 //! - **Memory**: relay RSS before and after opening 10,000 idle streams.
 //! - **Catch-up**: 1,000 missed messages of one participant out of 1,000,000 rows, served by a
 //!   stream opened with `since_id` and by `GET /v1/messages?limit=1000`.
