@@ -341,12 +341,12 @@ async fn phases(
         let ceiling = ceiling_phase(&ceiling_db, writers, rows, listeners, profile, &names).await?;
         progress(format!(
             "  {:.0} rows/s, {:.0} commits/s; DB CPU {:.0} µs per commit in the writers' backends, \
-             {:.1} µs per notification per listener; machine {:.0}% busy",
+             {:.1} µs per notification per listener; machine {}",
             ceiling.rows_per_second(),
             ceiling.commits_per_second(),
             ceiling.commit_us(),
             ceiling.listener_us(),
-            ceiling.cpu.machine_busy * 100.0
+            ceiling.cpu.machine()
         ));
         report.ceilings.push(ceiling);
     }
@@ -772,8 +772,9 @@ fn process_switches(pid: u32) -> (u64, u64) {
     (writes, switches)
 }
 
-/// Busy and total jiffies of the whole machine, from /proc/stat.
-fn machine_jiffies() -> Option<(u64, u64)> {
+/// Busy, stolen and total jiffies of the whole machine, from /proc/stat. Steal is time the
+/// hypervisor gave this virtual machine's cores to other guests; it counts as busy.
+fn machine_jiffies() -> Option<(u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let values: Vec<u64> = line
@@ -781,9 +782,10 @@ fn machine_jiffies() -> Option<(u64, u64)> {
         .filter_map(|v| v.parse().ok())
         .collect();
     let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
+    let steal = values.get(7).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal (guest time is already in user)
     let total: u64 = values.iter().take(8).sum();
-    Some((total - idle, total))
+    Some((total - idle, steal, total))
 }
 
 fn load_average() -> String {
@@ -803,7 +805,7 @@ struct CpuSnapshot {
     relay: (f64, f64),
     relay_switches: (u64, u64),
     bench: (f64, f64),
-    machine: (u64, u64),
+    machine: (u64, u64, u64),
 }
 
 /// What was busy between two snapshots, in cores (1.0 = one core all the time).
@@ -815,10 +817,24 @@ struct CpuUse {
     relay_system_cores: f64,
     bench_cores: f64,
     machine_busy: f64,
+    /// The part of `machine_busy` stolen by the hypervisor for other guests.
+    machine_steal: f64,
     /// The relay's write system calls and context switches (threads that exited during the
     /// interval are not counted).
     relay_writes: u64,
     relay_context_switches: u64,
+}
+
+impl CpuUse {
+    /// "61% busy (2% stolen)": how busy the machine was, and how much of that other guests of
+    /// the host took.
+    fn machine(&self) -> String {
+        format!(
+            "{:.0}% busy ({:.0}% stolen)",
+            self.machine_busy * 100.0,
+            self.machine_steal * 100.0
+        )
+    }
 }
 
 impl CpuSnapshot {
@@ -830,20 +846,22 @@ impl CpuSnapshot {
                 .unwrap_or((0.0, 0.0)),
             relay_switches: relay.map_or((0, 0), |relay| process_switches(relay.pid())),
             bench: process_cpu_seconds("self").unwrap_or((0.0, 0.0)),
-            machine: machine_jiffies().unwrap_or((0, 0)),
+            machine: machine_jiffies().unwrap_or((0, 0, 0)),
         }
     }
 
     fn until(&self, later: &CpuSnapshot) -> CpuUse {
         let seconds = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
         let busy = later.machine.0.saturating_sub(self.machine.0) as f64;
-        let total = later.machine.1.saturating_sub(self.machine.1) as f64;
+        let steal = later.machine.1.saturating_sub(self.machine.1) as f64;
+        let total = later.machine.2.saturating_sub(self.machine.2) as f64;
         CpuUse {
             seconds,
             relay_cores: (later.relay.0 + later.relay.1 - self.relay.0 - self.relay.1) / seconds,
             relay_system_cores: (later.relay.1 - self.relay.1) / seconds,
             bench_cores: (later.bench.0 + later.bench.1 - self.bench.0 - self.bench.1) / seconds,
             machine_busy: if total > 0.0 { busy / total } else { 0.0 },
+            machine_steal: if total > 0.0 { steal / total } else { 0.0 },
             relay_writes: later.relay_switches.0.saturating_sub(self.relay_switches.0),
             relay_context_switches: later.relay_switches.1.saturating_sub(self.relay_switches.1),
         }
@@ -1995,7 +2013,7 @@ impl Step {
     fn one_line(&self) -> String {
         format!(
             "{:.0} msg/s x {} rows/tx: p50/p90/p99/max {}; {}/{} delivered; writers {:.0} msg/s, \
-             lag p99 {} max {}; relay {:.0}% ({:.0}% sys) bench {:.0}% machine {:.0}%; \
+             lag p99 {} max {}; relay {:.0}% ({:.0}% sys) bench {:.0}% machine {}; \
              per message: relay {:.0} µs, DB writers {:.0} µs, relay pool {:.0} µs, LISTEN (with fetches) {:.0} µs",
             self.rate,
             self.rows,
@@ -2008,7 +2026,7 @@ impl Step {
             self.cpu.relay_cores * 100.0,
             self.cpu.relay_system_cores * 100.0,
             self.cpu.bench_cores * 100.0,
-            self.cpu.machine_busy * 100.0,
+            self.cpu.machine(),
             self.per_message_us(self.cpu.relay_cores * self.cpu.seconds),
             self.per_message_us(self.db_writers),
             self.per_message_us(self.db_pool),
@@ -2956,10 +2974,10 @@ impl Report {
                     floor.rate, floor.rows
                 ),
                 format!(
-                    "{:.1} µs CPU per event = {:.0}% of a core (machine {:.0}% busy)",
+                    "{:.1} µs CPU per event = {:.0}% of a core (machine {})",
                     floor.us_per_event(),
                     floor.cpu.bench_cores * 100.0,
-                    floor.cpu.machine_busy * 100.0
+                    floor.cpu.machine()
                 ),
                 "(reference)",
                 "",
@@ -3055,7 +3073,7 @@ impl Report {
         }
         for ceiling in &self.ceilings {
             println!(
-                "- Ceiling, {} writer(s), {} row(s)/tx, {} listener(s){}: {} rows in {:.2} s; machine {:.0}% busy, this process {:.0}% of a core; \
+                "- Ceiling, {} writer(s), {} row(s)/tx, {} listener(s){}: {} rows in {:.2} s; machine {}, this process {:.0}% of a core; \
                  database CPU {:.0} µs per commit in the writers' backends, {:.1} µs per notification in each listener's backend.",
                 ceiling.writers,
                 ceiling.rows_per_tx,
@@ -3063,7 +3081,7 @@ impl Report {
                 if ceiling.repeat { " (again)" } else { "" },
                 ceiling.rows,
                 ceiling.seconds,
-                ceiling.cpu.machine_busy * 100.0,
+                ceiling.cpu.machine(),
                 ceiling.cpu.bench_cores * 100.0,
                 ceiling.commit_us(),
                 ceiling.listener_us()
@@ -3073,7 +3091,7 @@ impl Report {
             if let Some(step) = step {
                 println!(
                     "- Latency, {label} subscribers: {} messages, {} deliveries; writers lag p99 {} max {}; \
-                     relay {:.1}% of a core ({:.0}% of it in the kernel), this process {:.0}%, machine {:.0}% busy. \
+                     relay {:.1}% of a core ({:.0}% of it in the kernel), this process {:.0}%, machine {}. \
                      CPU per message: relay {:.0} µs; database: writer {:.0} µs, relay pool {:.0} µs, relay LISTEN backend (notifications and fetches) {:.0} µs. \
                      Relay system calls per message: {:.1} writes; context switches {:.1}.",
                     step.messages,
@@ -3083,7 +3101,7 @@ impl Report {
                     step.cpu.relay_cores * 100.0,
                     100.0 * step.cpu.relay_system_cores / step.cpu.relay_cores.max(1e-9),
                     step.cpu.bench_cores * 100.0,
-                    step.cpu.machine_busy * 100.0,
+                    step.cpu.machine(),
                     step.per_message_us(step.cpu.relay_cores * step.cpu.seconds),
                     step.per_message_us(step.db_writers),
                     step.per_message_us(step.db_pool),
@@ -3144,11 +3162,11 @@ impl Report {
             println!();
             println!("Throughput ladder, {rows} row(s) per transaction, 3 recipients, 1,000 subscribers:");
             println!();
-            println!("| Offered msg/s | Sent msg/s | Delivered | p50 / p90 / p99 / max | Writer lag max | Relay CPU (sys) | DB CPU/msg: writer, relay pool, relay LISTEN + fetch | Machine busy | Pass |");
+            println!("| Offered msg/s | Sent msg/s | Delivered | p50 / p90 / p99 / max | Writer lag max | Relay CPU (sys) | DB CPU/msg: writer, relay pool, relay LISTEN + fetch | Machine busy (stolen) | Pass |");
             println!("|---|---|---|---|---|---|---|---|---|");
             for step in steps {
                 println!(
-                    "| {:.0} | {:.0} | {}/{} | {} | {} | {:.0}% ({:.0}%) | {:.0}, {:.0}, {:.0} µs | {:.0}% | {} |",
+                    "| {:.0} | {:.0} | {}/{} | {} | {} | {:.0}% ({:.0}%) | {:.0}, {:.0}, {:.0} µs | {:.0}% ({:.0}%) | {} |",
                     step.rate,
                     step.achieved,
                     step.received,
@@ -3161,6 +3179,7 @@ impl Report {
                     step.per_message_us(step.db_pool),
                     step.per_message_us(step.db_listen),
                     step.cpu.machine_busy * 100.0,
+                    step.cpu.machine_steal * 100.0,
                     if step.passes() { "yes".to_owned() } else { format!("no: {}", step.why()) }
                 );
             }
