@@ -30,9 +30,10 @@
 //!
 //! `INSERT INTO pgrelay.messages` → at COMMIT the deferred trigger draws the id under an
 //! advisory lock and sends `NOTIFY pgrelay, '{"id":…,"participants":[…]}'` (sql/) → the
-//! [`listener`] reads the rows of notified messages that have local subscribers → the
-//! [`registry`] pushes each into the inboxes of its participants' streams → each [`stream`]
-//! drops ids it already sent and writes the rest as SSE events. A stream whose inbox
+//! [`listener`] reads the rows of notified messages that have local subscribers (one prepared
+//! query per batch, on the LISTEN connection itself) → the [`registry`] pushes each into the
+//! inboxes of its participants' streams → each [`stream`] drops ids it already sent and writes
+//! the rest as SSE events. A stream whose inbox
 //! overflowed, or that may have missed notifications while the listener reconnected, reads
 //! the table from its cursor instead.
 
