@@ -826,11 +826,11 @@ struct CpuUse {
 }
 
 impl CpuUse {
-    /// "61% busy (2% stolen)": how busy the machine was, and how much of that other guests of
+    /// "61% busy, 2% stolen": how busy the machine was, and how much of that other guests of
     /// the host took.
     fn machine(&self) -> String {
         format!(
-            "{:.0}% busy ({:.0}% stolen)",
+            "{:.0}% busy, {:.0}% stolen",
             self.machine_busy * 100.0,
             self.machine_steal * 100.0
         )
