@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench              # full run, about 5 minutes
-//! cargo run --release --example bench -- --quick   # smoke run for CI, under 2 minutes
+//! cargo run --release --example bench -- --quick   # smoke run, under 2 minutes
 //! cargo run --release --example bench -- --throughput  # ceilings and ladders only, ~2 minutes
 //! ```
 //!
