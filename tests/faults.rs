@@ -551,6 +551,79 @@ async fn half_open_listen_connection() {
     cluster.shutdown().await.unwrap();
 }
 
+/// When the dispatcher's fetch on the LISTEN connection fails (here: its role loses SELECT on
+/// the outbox), the session ends, the relay reports not ready while reconnecting fails, and once
+/// the fetch works again every stream catches up exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_fetch_fails_then_recovers() {
+    let (cluster, db) = migrated_cluster().await;
+    let admin = connect(&db).await;
+    admin
+        .batch_execute(
+            "CREATE ROLE relay_listener LOGIN; \
+             GRANT USAGE ON SCHEMA pgrelay TO relay_listener; \
+             GRANT SELECT ON pgrelay.messages TO relay_listener;",
+        )
+        .await
+        .unwrap();
+    let listen_url = format!(
+        "postgres://relay_listener@127.0.0.1:{}/postgres",
+        cluster.port()
+    );
+    let relay = start_split_relay(&db, &listen_url, fast_settings()).await;
+    for n in 0..5 {
+        insert(&admin, &["alice", "bob"], json!({"old": n})).await;
+    }
+    let ((alice, alice_from), (bob, bob_from)) =
+        open_alice_live_and_bob_resuming(&relay.base, &relay.keys, &admin).await;
+    for n in 0..5 {
+        insert(&admin, &["alice", "bob"], json!({"before": n})).await;
+    }
+    let reconnects_before = listener_reconnects(&relay.base).await;
+
+    admin
+        .batch_execute("REVOKE SELECT ON pgrelay.messages FROM relay_listener")
+        .await
+        .unwrap();
+    for n in 0..10 {
+        insert(&admin, &["alice", "bob"], json!({"during": n})).await;
+    }
+    assert!(
+        wait_readyz(&relay.base, 503, PATIENCE).await.is_some(),
+        "the failing fetch did not take the relay out of service"
+    );
+    assert!(listener_reconnects(&relay.base).await > reconnects_before);
+    let live_during_outage = alice.snapshot().len();
+    admin
+        .batch_execute("GRANT SELECT ON pgrelay.messages TO relay_listener")
+        .await
+        .unwrap();
+    assert!(
+        wait_readyz(&relay.base, 200, PATIENCE).await.is_some(),
+        "the listener never came back after SELECT was granted again"
+    );
+    for n in 0..5 {
+        insert(&admin, &["alice", "bob"], json!({"after": n})).await;
+    }
+
+    alice
+        .assert_exact(
+            &ids_after(&admin, "alice", alice_from).await,
+            "alice (live)",
+        )
+        .await;
+    bob.assert_exact(&ids_after(&admin, "bob", bob_from).await, "bob (resumed)")
+        .await;
+    eprintln!(
+        "listen_fetch_fails_then_recovers: alice had {live_during_outage} events when SELECT \
+         came back, {} after",
+        alice.snapshot().len()
+    );
+    drop((alice, bob));
+    relay.stop().await;
+    cluster.shutdown().await.unwrap();
+}
+
 /// Killing the relay's pool connections over and over while a writer inserts loses and
 /// doubles nothing: catch-ups that fail retry, and live delivery (fetched on the LISTEN
 /// connection) goes on.
