@@ -235,6 +235,31 @@ async fn open_alice_live_and_bob_resuming(
     )
 }
 
+/// Inserts `count` messages for `participants`, the n-th with the payload `{label: n}`.
+async fn insert_numbered(client: &Client, participants: &[&str], label: &str, count: usize) {
+    for n in 0..count {
+        insert(client, participants, json!({ label: n })).await;
+    }
+}
+
+/// Checks that alice (live) and bob (resumed), as opened by
+/// [`open_alice_live_and_bob_resuming`], each got exactly their messages after their opening
+/// positions, in order, on streams that are still open.
+async fn assert_alice_and_bob_exact(
+    client: &Client,
+    (alice, alice_from): (&Collector, i64),
+    (bob, bob_from): (&Collector, i64),
+) {
+    alice
+        .assert_exact(
+            &ids_after(client, "alice", alice_from).await,
+            "alice (live)",
+        )
+        .await;
+    bob.assert_exact(&ids_after(client, "bob", bob_from).await, "bob (resumed)")
+        .await;
+}
+
 /// Killing the LISTEN session three times under a steady writer: `/readyz` reports each
 /// outage, the streams stay open, and every message arrives exactly once in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,9 +267,7 @@ async fn listen_backend_terminated() {
     let (cluster, db) = migrated_cluster().await;
     let relay = Relay::start_with(&db, fast_settings()).await;
     let client = connect(&db).await;
-    for n in 0..5 {
-        insert(&client, &["alice", "bob"], json!({"old": n})).await;
-    }
+    insert_numbered(&client, &["alice", "bob"], "old", 5).await;
     let ((alice, alice_from), (bob, bob_from)) =
         open_alice_live_and_bob_resuming(&relay.base, &relay.keys, &client).await;
     let reconnects_before = listener_reconnects(&relay.base).await;
@@ -272,14 +295,7 @@ async fn listen_backend_terminated() {
     }
     writer.await.unwrap();
 
-    alice
-        .assert_exact(
-            &ids_after(&client, "alice", alice_from).await,
-            "alice (live)",
-        )
-        .await;
-    bob.assert_exact(&ids_after(&client, "bob", bob_from).await, "bob (resumed)")
-        .await;
+    assert_alice_and_bob_exact(&client, (&alice, alice_from), (&bob, bob_from)).await;
     let reconnects = listener_reconnects(&relay.base).await - reconnects_before;
     assert!(reconnects >= 3, "only {reconnects} listener reconnects");
     for (probe, killed_at) in kills.iter().enumerate() {
@@ -300,17 +316,13 @@ async fn cluster_restart() {
     let relay = Relay::start_with(&db, fast_settings()).await;
     {
         let client = connect(&db).await;
-        for n in 0..5 {
-            insert(&client, &["alice", "bob"], json!({"old": n})).await;
-        }
+        insert_numbered(&client, &["alice", "bob"], "old", 5).await;
     }
     let (alice, alice_from, bob, bob_from) = {
         let client = connect(&db).await;
         let ((alice, alice_from), (bob, bob_from)) =
             open_alice_live_and_bob_resuming(&relay.base, &relay.keys, &client).await;
-        for n in 0..10 {
-            insert(&client, &["alice", "bob"], json!({"before": n})).await;
-        }
+        insert_numbered(&client, &["alice", "bob"], "before", 10).await;
         (alice, alice_from, bob, bob_from)
     };
     // Everything before the outage has arrived.
@@ -335,25 +347,14 @@ async fn cluster_restart() {
     let probe_inserted = Instant::now();
     insert(&client, &["alice"], json!({"probe": 0})).await;
     let listener_was_down = readyz(&http, &relay.base).await == 503;
-    for n in 0..5 {
-        insert(&client, &["alice", "bob"], json!({"gap": n})).await;
-    }
+    insert_numbered(&client, &["alice", "bob"], "gap", 5).await;
     assert!(
         wait_readyz(&relay.base, 200, PATIENCE).await.is_some(),
         "/readyz never recovered after the restart"
     );
-    for n in 0..20 {
-        insert(&client, &["alice", "bob"], json!({"after": n})).await;
-    }
+    insert_numbered(&client, &["alice", "bob"], "after", 20).await;
 
-    alice
-        .assert_exact(
-            &ids_after(&client, "alice", alice_from).await,
-            "alice (live)",
-        )
-        .await;
-    bob.assert_exact(&ids_after(&client, "bob", bob_from).await, "bob (resumed)")
-        .await;
+    assert_alice_and_bob_exact(&client, (&alice, alice_from), (&bob, bob_from)).await;
     eprintln!(
         "cluster_restart: down for {:?}; probe inserted with the listener {}; \
          probe delivered {:?} after its insert",
@@ -489,14 +490,10 @@ async fn half_open_listen_connection() {
     let listen_url = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port);
     let relay = start_split_relay(&db, &listen_url, fast_settings()).await;
     let client = connect(&db).await;
-    for n in 0..5 {
-        insert(&client, &["alice", "bob"], json!({"old": n})).await;
-    }
+    insert_numbered(&client, &["alice", "bob"], "old", 5).await;
     let ((alice, alice_from), (bob, bob_from)) =
         open_alice_live_and_bob_resuming(&relay.base, &relay.keys, &client).await;
-    for n in 0..10 {
-        insert(&client, &["alice", "bob"], json!({"before": n})).await;
-    }
+    insert_numbered(&client, &["alice", "bob"], "before", 10).await;
     let deadline = Instant::now() + PATIENCE;
     while alice.snapshot().len() < 10 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -511,9 +508,7 @@ async fn half_open_listen_connection() {
     proxy.blackhole_open_connections();
     let blackholed_at = Instant::now();
     insert(&client, &["alice"], json!({"probe": 0})).await;
-    for n in 0..10 {
-        insert(&client, &["alice", "bob"], json!({"during": n})).await;
-    }
+    insert_numbered(&client, &["alice", "bob"], "during", 10).await;
     let detected_at = loop {
         if listener_reconnects(&relay.base).await > reconnects_before {
             break Instant::now();
@@ -528,18 +523,9 @@ async fn half_open_listen_connection() {
         wait_readyz(&relay.base, 200, PATIENCE).await.is_some(),
         "the listener never came back"
     );
-    for n in 0..10 {
-        insert(&client, &["alice", "bob"], json!({"after": n})).await;
-    }
+    insert_numbered(&client, &["alice", "bob"], "after", 10).await;
 
-    alice
-        .assert_exact(
-            &ids_after(&client, "alice", alice_from).await,
-            "alice (live)",
-        )
-        .await;
-    bob.assert_exact(&ids_after(&client, "bob", bob_from).await, "bob (resumed)")
-        .await;
+    assert_alice_and_bob_exact(&client, (&alice, alice_from), (&bob, bob_from)).await;
     eprintln!(
         "half_open_listen_connection: detected after {:?}; first message of the blackhole \
          delivered after {:?}",
@@ -571,23 +557,17 @@ async fn listen_fetch_fails_then_recovers() {
         cluster.port()
     );
     let relay = start_split_relay(&db, &listen_url, fast_settings()).await;
-    for n in 0..5 {
-        insert(&admin, &["alice", "bob"], json!({"old": n})).await;
-    }
+    insert_numbered(&admin, &["alice", "bob"], "old", 5).await;
     let ((alice, alice_from), (bob, bob_from)) =
         open_alice_live_and_bob_resuming(&relay.base, &relay.keys, &admin).await;
-    for n in 0..5 {
-        insert(&admin, &["alice", "bob"], json!({"before": n})).await;
-    }
+    insert_numbered(&admin, &["alice", "bob"], "before", 5).await;
     let reconnects_before = listener_reconnects(&relay.base).await;
 
     admin
         .batch_execute("REVOKE SELECT ON pgrelay.messages FROM relay_listener")
         .await
         .unwrap();
-    for n in 0..10 {
-        insert(&admin, &["alice", "bob"], json!({"during": n})).await;
-    }
+    insert_numbered(&admin, &["alice", "bob"], "during", 10).await;
     assert!(
         wait_readyz(&relay.base, 503, PATIENCE).await.is_some(),
         "the failing fetch did not take the relay out of service"
@@ -602,18 +582,9 @@ async fn listen_fetch_fails_then_recovers() {
         wait_readyz(&relay.base, 200, PATIENCE).await.is_some(),
         "the listener never came back after SELECT was granted again"
     );
-    for n in 0..5 {
-        insert(&admin, &["alice", "bob"], json!({"after": n})).await;
-    }
+    insert_numbered(&admin, &["alice", "bob"], "after", 5).await;
 
-    alice
-        .assert_exact(
-            &ids_after(&admin, "alice", alice_from).await,
-            "alice (live)",
-        )
-        .await;
-    bob.assert_exact(&ids_after(&admin, "bob", bob_from).await, "bob (resumed)")
-        .await;
+    assert_alice_and_bob_exact(&admin, (&alice, alice_from), (&bob, bob_from)).await;
     eprintln!(
         "listen_fetch_fails_then_recovers: alice had {live_during_outage} events when SELECT \
          came back, {} after",
@@ -634,9 +605,7 @@ async fn pool_connections_terminated_while_delivering() {
     let (cluster, db) = migrated_cluster().await;
     let relay = Relay::start_with(&db, fast_settings()).await;
     let client = connect(&db).await;
-    for n in 0..5 {
-        insert(&client, &["alice", "bob"], json!({"old": n})).await;
-    }
+    insert_numbered(&client, &["alice", "bob"], "old", 5).await;
     let ((alice, alice_from), (bob, bob_from)) =
         open_alice_live_and_bob_resuming(&relay.base, &relay.keys, &client).await;
 
@@ -653,14 +622,7 @@ async fn pool_connections_terminated_while_delivering() {
     writer.await.unwrap();
     assert!(killed >= 10, "only {killed} pool connections were killed");
 
-    alice
-        .assert_exact(
-            &ids_after(&client, "alice", alice_from).await,
-            "alice (live)",
-        )
-        .await;
-    bob.assert_exact(&ids_after(&client, "bob", bob_from).await, "bob (resumed)")
-        .await;
+    assert_alice_and_bob_exact(&client, (&alice, alice_from), (&bob, bob_from)).await;
     let catch_ups = metric(&relay.base, "pgrelay_catch_up_queries_total").await - catch_ups_before;
     eprintln!(
         "pool_connections_terminated_while_delivering: {killed} pool sessions killed in \
@@ -752,9 +714,7 @@ async fn listener_recovers_from_stalled_reconnect(stall: NewConnections) {
     let mut alice = Subscriber::open(&relay.base, &token, "", None).await;
     let alice_from = alice.opening_position().await;
     let alice = Collector::spawn(alice);
-    for n in 0..5 {
-        insert(&client, &["alice"], json!({"before": n})).await;
-    }
+    insert_numbered(&client, &["alice"], "before", 5).await;
 
     // The open connection goes half-open, and so does every new one for a second.
     proxy.set_new_connections(stall);
@@ -763,9 +723,7 @@ async fn listener_recovers_from_stalled_reconnect(stall: NewConnections) {
         wait_readyz(&relay.base, 503, PATIENCE).await.is_some(),
         "the half-open LISTEN connection was never noticed"
     );
-    for n in 0..5 {
-        insert(&client, &["alice"], json!({"during": n})).await;
-    }
+    insert_numbered(&client, &["alice"], "during", 5).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.set_new_connections(NewConnections::Forward);
     let healed_at = Instant::now();
@@ -773,9 +731,7 @@ async fn listener_recovers_from_stalled_reconnect(stall: NewConnections) {
     let recovered_at = recovered.unwrap_or_else(|| {
         panic!("{stall:?}: the listener never came back after the network healed (15 s)")
     });
-    for n in 0..5 {
-        insert(&client, &["alice"], json!({"after": n})).await;
-    }
+    insert_numbered(&client, &["alice"], "after", 5).await;
     alice
         .assert_exact(
             &ids_after(&client, "alice", alice_from).await,
