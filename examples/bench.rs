@@ -2474,17 +2474,9 @@ async fn ladder(
 ) -> Res<Vec<Step>> {
     let mut steps: Vec<Step> = Vec::new();
     for rate in ladder_rates(rows, ceiling, profile.quick) {
-        let step = relay_step(ctx, heard, Plan::new(rate, profile.step, rows, FEW)).await?;
-        progress(format!(
-            "  {} {} {}",
-            if step.passes() { "pass" } else { "FAIL" },
-            step.one_line(),
-            step.why()
-        ));
+        let step = ladder_step(ctx, heard, rate, rows, profile).await?;
         let passed = step.passes();
         steps.push(step);
-        // Let a backlog drain before the next step.
-        tokio::time::sleep(Duration::from_secs(if passed { 1 } else { 3 })).await;
         if !passed {
             break;
         }
@@ -2507,19 +2499,31 @@ async fn ladder(
         if best == 0.0 || fail / best < 1.1 || middle <= best || middle >= fail {
             break;
         }
-        let step = relay_step(ctx, heard, Plan::new(middle, profile.step, rows, FEW)).await?;
-        progress(format!(
-            "  {} {} {}",
-            if step.passes() { "pass" } else { "FAIL" },
-            step.one_line(),
-            step.why()
-        ));
-        let passed = step.passes();
-        steps.push(step);
-        tokio::time::sleep(Duration::from_secs(if passed { 1 } else { 3 })).await;
+        steps.push(ladder_step(ctx, heard, middle, rows, profile).await?);
     }
     steps.sort_by(|a, b| a.rate.total_cmp(&b.rate));
     Ok(steps)
+}
+
+/// One step of a ladder at `rate` messages/s, reported as it ends, followed by a pause that
+/// lets a backlog drain before the next step.
+async fn ladder_step(
+    ctx: &RelayCtx<'_>,
+    heard: &mut mpsc::UnboundedReceiver<Arrival>,
+    rate: f64,
+    rows: usize,
+    profile: &Profile,
+) -> Res<Step> {
+    let step = relay_step(ctx, heard, Plan::new(rate, profile.step, rows, FEW)).await?;
+    let passed = step.passes();
+    progress(format!(
+        "  {} {} {}",
+        if passed { "pass" } else { "FAIL" },
+        step.one_line(),
+        step.why()
+    ));
+    tokio::time::sleep(Duration::from_secs(if passed { 1 } else { 3 })).await;
+    Ok(step)
 }
 
 // ---------------------------------------------------------------------------------------------
