@@ -134,23 +134,6 @@ impl Drop for Collector {
     }
 }
 
-/// Inserts `count` messages for alice, every third also for bob, pausing `pause` after each.
-fn spawn_writer(db: &str, count: usize, pause: Duration) -> tokio::task::JoinHandle<()> {
-    let db = db.to_owned();
-    tokio::spawn(async move {
-        let client = connect(&db).await;
-        for n in 0..count {
-            let participants: &[&str] = if n % 3 == 0 {
-                &["alice", "bob"]
-            } else {
-                &["alice"]
-            };
-            insert(&client, participants, json!({"n": n})).await;
-            tokio::time::sleep(pause).await;
-        }
-    })
-}
-
 /// The ids for `participant` above `after`.
 async fn ids_after(client: &Client, participant: &str, after: i64) -> Vec<i64> {
     let mut ids = ids_for(client, participant).await;
@@ -272,7 +255,7 @@ async fn listen_backend_terminated() {
         open_alice_live_and_bob_resuming(&relay.base, &relay.keys, &client).await;
     let reconnects_before = listener_reconnects(&relay.base).await;
 
-    let writer = spawn_writer(&db, 400, Duration::from_millis(10));
+    let writer = spawn_writer(&db, 400, 1, Duration::from_millis(10));
     let admin = connect(&db).await;
     let mut kills = Vec::new();
     for probe in 0..3 {
@@ -610,7 +593,7 @@ async fn pool_connections_terminated_while_delivering() {
         open_alice_live_and_bob_resuming(&relay.base, &relay.keys, &client).await;
 
     let catch_ups_before = metric(&relay.base, "pgrelay_catch_up_queries_total").await;
-    let writer = spawn_writer(&db, 300, Duration::from_millis(10));
+    let writer = spawn_writer(&db, 300, 1, Duration::from_millis(10));
     let admin = connect(&db).await;
     let mut killed = 0;
     let mut rounds = 0;
@@ -639,7 +622,7 @@ async fn pool_connections_terminated_while_delivering() {
 async fn token_refresh_resumes_exactly() {
     let (cluster, db) = migrated_cluster().await;
     let relay = Relay::start_with(&db, fast_settings()).await;
-    let writer = spawn_writer(&db, 300, Duration::from_millis(20));
+    let writer = spawn_writer(&db, 300, 1, Duration::from_millis(20));
 
     let mut received: Vec<i64> = Vec::new();
     let mut last: Option<i64> = None;

@@ -9,25 +9,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-/// Inserts `count` messages, every third also for bob, at a steady pace; then returns.
-fn spawn_writer(db: &str, count: usize) -> tokio::task::JoinHandle<()> {
-    let db = db.to_owned();
-    tokio::spawn(async move {
-        let client = connect(&db).await;
-        for n in 0..count {
-            let participants: &[&str] = if n % 3 == 0 {
-                &["alice", "bob"]
-            } else {
-                &["alice"]
-            };
-            insert(&client, participants, json!({"n": n})).await;
-            if n % 10 == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    })
-}
-
 /// How a reconnecting client tells the relay where it stopped.
 #[derive(Clone, Copy)]
 enum ResumeWith {
@@ -74,7 +55,7 @@ async fn read_with_reconnects(relay: &Relay, resume: ResumeWith, expected: usize
 async fn resume_is_exact(resume: ResumeWith) {
     let db = fresh_database().await;
     let relay = Arc::new(Relay::start(&db).await);
-    let writer = spawn_writer(&db, 600);
+    let writer = spawn_writer(&db, 600, 10, Duration::from_millis(5));
     let expected = 600;
     let received = read_with_reconnects(&relay, resume, expected).await;
     writer.await.unwrap();
@@ -156,7 +137,7 @@ async fn silent_stream_resumes_from_opening_position() {
 async fn history_then_subscribe_misses_nothing() {
     let db = fresh_database().await;
     let relay = Relay::start(&db).await;
-    let writer = spawn_writer(&db, 300);
+    let writer = spawn_writer(&db, 300, 10, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let token = relay.token("alice", &[]);

@@ -382,6 +382,31 @@ pub async fn insert(client: &Client, participants: &[&str], payload: Value) {
         .unwrap();
 }
 
+/// A writer task: `count` messages for alice, every third also for bob, pausing `pause` after
+/// every `every` messages, so streams see a steady flow while a test does something to them.
+pub fn spawn_writer(
+    db: &str,
+    count: usize,
+    every: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let db = db.to_owned();
+    tokio::spawn(async move {
+        let client = connect(&db).await;
+        for n in 0..count {
+            let participants: &[&str] = if n % 3 == 0 {
+                &["alice", "bob"]
+            } else {
+                &["alice"]
+            };
+            insert(&client, participants, serde_json::json!({"n": n})).await;
+            if n % every == 0 {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    })
+}
+
 /// Every message id addressed to `participant`, ascending.
 pub async fn ids_for(client: &Client, participant: &str) -> Vec<i64> {
     client
