@@ -632,18 +632,10 @@ async fn unknown_routes_and_methods_get_json_errors() {
 }
 
 /// Preflight for a JSON POST with Authorization succeeds; streams and errors carry CORS headers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cors_allows_other_origins() {
-    let db = fresh_database().await;
-    let relay = Relay::start(&db).await;
-    let http = reqwest::Client::new();
-    let origin = "https://app.example";
-
-    let preflight = http
-        .request(
-            reqwest::Method::OPTIONS,
-            format!("{}/v1/messages", relay.base),
-        )
+/// The CORS preflight a browser sends from `origin` before a `POST /v1/messages` with a token
+/// and a JSON body.
+async fn preflight_post(http: &reqwest::Client, base: &str, origin: &str) -> reqwest::Response {
+    http.request(reqwest::Method::OPTIONS, format!("{base}/v1/messages"))
         .header("Origin", origin)
         .header("Access-Control-Request-Method", "POST")
         .header(
@@ -652,7 +644,17 @@ async fn cors_allows_other_origins() {
         )
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_other_origins() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let http = reqwest::Client::new();
+    let origin = "https://app.example";
+
+    let preflight = preflight_post(&http, &relay.base, origin).await;
     assert!(preflight.status().is_success(), "{}", preflight.status());
     let header = |name: &str| {
         preflight
@@ -716,20 +718,7 @@ async fn cors_origin_list_is_enforced() {
         ("https://evil.example", false),
         ("https://app.example.evil", false),
     ] {
-        let preflight = http
-            .request(
-                reqwest::Method::OPTIONS,
-                format!("{}/v1/messages", relay.base),
-            )
-            .header("Origin", origin)
-            .header("Access-Control-Request-Method", "POST")
-            .header(
-                "Access-Control-Request-Headers",
-                "authorization,content-type",
-            )
-            .send()
-            .await
-            .unwrap();
+        let preflight = preflight_post(&http, &relay.base, origin).await;
         let got = preflight
             .headers()
             .get("access-control-allow-origin")
