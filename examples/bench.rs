@@ -474,6 +474,25 @@ async fn relay_phases(
     Ok(())
 }
 
+/// The latency phase with `subscribers` connected: 1,000 messages/s × 3 recipients, checked
+/// for lost, doubled or misrouted deliveries.
+async fn latency_step(
+    ctx: &RelayCtx<'_>,
+    heard: &mut mpsc::UnboundedReceiver<Arrival>,
+    subscribers: u32,
+    profile: &Profile,
+    report: &mut Report,
+) -> Res<Step> {
+    progress(format!(
+        "latency: 1,000 messages/s x 3 recipients, {subscribers} subscribers…"
+    ));
+    let plan = Plan::new(LATENCY_RATE, profile.latency, 1, subscribers);
+    let step = relay_step(ctx, heard, plan).await?;
+    progress(format!("  {}", step.one_line()));
+    report.check_step(&format!("latency with {subscribers} subscribers"), &step);
+    Ok(step)
+}
+
 /// Memory at 10,000 idle streams, latency with 10,000 and then 1,000 subscribers, and the
 /// costs the scaling model uses. Leaves 1,000 subscribers open.
 #[allow(clippy::too_many_arguments)]
@@ -519,14 +538,7 @@ async fn latency_phases(
         idle,
     });
 
-    progress(format!(
-        "latency: 1,000 messages/s x 3 recipients, {MANY} subscribers…"
-    ));
-    let plan = Plan::new(LATENCY_RATE, profile.latency, 1, MANY);
-    let step = relay_step(ctx, heard, plan).await?;
-    progress(format!("  {}", step.one_line()));
-    report.check_step("latency with 10,000 subscribers", &step);
-    report.latency_many = Some(step);
+    report.latency_many = Some(latency_step(ctx, heard, MANY, profile, report).await?);
 
     progress("presence costs with 10,000 participants on one instance…");
     report.presence = Some(presence_costs(db).await?);
@@ -536,14 +548,7 @@ async fn latency_phases(
     presence_settled(db, i64::from(FEW), Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    progress(format!(
-        "latency: 1,000 messages/s x 3 recipients, {FEW} subscribers…"
-    ));
-    let plan = Plan::new(LATENCY_RATE, profile.latency, 1, FEW);
-    let step = relay_step(ctx, heard, plan).await?;
-    progress(format!("  {}", step.one_line()));
-    report.check_step("latency with 1,000 subscribers", &step);
-    report.latency_few = Some(step);
+    report.latency_few = Some(latency_step(ctx, heard, FEW, profile, report).await?);
 
     progress("fan-out: messages for participants with no stream on this instance…");
     report.skip = Some(skip_cost(ctx, db, profile).await?);
