@@ -55,8 +55,8 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
-    /// Direct session connection used for LISTEN [default: --database-url]. Poolers in
-    /// transaction mode cannot LISTEN.
+    /// Direct session connection used for LISTEN and for reading the notified rows [default:
+    /// --database-url]. Poolers in transaction mode cannot LISTEN.
     #[arg(long, env = "LISTEN_DATABASE_URL", hide_env_values = true)]
     pub listen_database_url: Option<String>,
 }
