@@ -1152,8 +1152,9 @@ fn write_on_schedule(url: &str, plan: &Plan, names: &Names) -> impl Future<Outpu
 // Floor and ceiling: PostgreSQL alone
 // ---------------------------------------------------------------------------------------------
 
-/// A raw `LISTEN pgrelay` connection that counts notifications and, if asked, reports each
-/// wake-up's id with the moment it was read.
+/// A raw `LISTEN pgrelay` connection that counts notifications and, if asked, reports the
+/// moment each wake-up was read. Wake-ups are empty (heartbeats are not), one per notifying
+/// commit, and arrive in commit order, which is id order.
 struct RawListener {
     _client: Client,
     driver: tokio::task::JoinHandle<()>,
@@ -1164,7 +1165,7 @@ struct RawListener {
 impl RawListener {
     async fn start(
         url: &str,
-        arrivals: Option<mpsc::UnboundedSender<(i64, Instant)>>,
+        arrivals: Option<mpsc::UnboundedSender<Instant>>,
     ) -> Res<RawListener> {
         let mut config: tokio_postgres::Config = url.parse()?;
         config.application_name("pgrelay-bench-listen");
@@ -1179,8 +1180,8 @@ impl RawListener {
                     let at = Instant::now();
                     count.fetch_add(1, Ordering::Relaxed);
                     if let Some(arrivals) = &arrivals {
-                        if let Some(id) = json_int_after(notification.payload(), "\"id\"") {
-                            let _ = arrivals.send((id, at));
+                        if notification.payload().is_empty() {
+                            let _ = arrivals.send(at);
                         }
                     }
                 }
@@ -1228,10 +1229,15 @@ struct Floor {
 async fn floor_phase(url: &str, profile: &Profile, names: &Names) -> Res<Floor> {
     let (arrivals, mut heard) = mpsc::unbounded_channel();
     let listener = RawListener::start(url, Some(arrivals)).await?;
+    let client = connect(url, "pgrelay-bench").await?;
+    let before: i64 = client
+        .query_one("SELECT coalesce(max(id), 0) FROM pgrelay.messages", &[])
+        .await?
+        .get(0);
     let plan = Plan::new(LATENCY_RATE, profile.floor, 1, MANY);
     let deadline = Instant::now() + plan.duration() + Duration::from_secs(20);
     let collecting = async {
-        let mut got: Vec<(i64, Instant)> = Vec::with_capacity(plan.count);
+        let mut got: Vec<Instant> = Vec::with_capacity(plan.count);
         while got.len() < plan.count {
             let wait = (Instant::now() + SILENCE).min(deadline);
             match tokio::time::timeout_at(wait.into(), heard.recv()).await {
@@ -1249,26 +1255,31 @@ async fn floor_phase(url: &str, profile: &Profile, names: &Names) -> Res<Floor> 
     drop(listener);
     let written = written?;
 
-    // Ids are assigned at commit, so the writer cannot know them: map them back through the
-    // table.
-    let client = connect(url, "pgrelay-bench").await?;
-    let ids: Vec<i64> = got.iter().map(|&(id, _)| id).collect();
+    // Wake-ups name nothing, but the k-th one is the k-th commit, which drew the k-th id:
+    // map them through the table.
     let rows = client
         .query(
-            "SELECT id, (payload->>'s')::int8 FROM pgrelay.messages WHERE id = ANY($1)",
-            &[&ids],
+            "SELECT (payload->>'s')::int8 FROM pgrelay.messages WHERE id > $1 ORDER BY id",
+            &[&before],
         )
         .await?;
-    let keys: HashMap<i64, i64> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    if got.len() != rows.len() {
+        return Err(format!(
+            "floor: {} wake-ups for {} commits (another writer on the channel?)",
+            got.len(),
+            rows.len()
+        )
+        .into());
+    }
     let mut seen = vec![false; plan.count];
     let mut latencies = Vec::with_capacity(plan.count);
-    for (id, at) in got {
-        let seq = keys
-            .get(&id)
-            .and_then(|&key| plan.sequence_number(key))
-            .ok_or_else(|| format!("floor: notification for id {id}, not a message of this run"))?;
+    for (row, at) in rows.iter().zip(got) {
+        let key: Option<i64> = row.get(0);
+        let seq = key
+            .and_then(|key| plan.sequence_number(key))
+            .ok_or("floor: a commit that is not a message of this run")?;
         if std::mem::replace(&mut seen[seq], true) {
-            return Err(format!("floor: message {seq} was notified twice").into());
+            return Err(format!("floor: message {seq} was committed twice").into());
         }
         latencies.push(micros_between(written.commits[seq], at));
     }
@@ -2402,36 +2413,30 @@ async fn socket_floor(rate: f64, rows: usize, duration: Duration) -> Res<SocketF
     })
 }
 
-/// Round trip of the dispatcher's fetch query (`store::messages_by_id`, the relay's own
-/// code, prepared once as on the relay's LISTEN connection), by batch size, in microseconds.
+/// Round trip of the dispatcher's fetch query (`store::news`, the relay's own code, prepared
+/// once as on the relay's LISTEN connection), by how many new rows it reads, in microseconds.
 async fn fetch_cost(url: &str, calls: usize) -> Res<Vec<(usize, f64)>> {
     let client = connect(url, "pgrelay-bench").await?;
-    let fetch = pgrelay::store::prepare_messages_by_id(&client).await?;
-    let ids: Vec<i64> = client
-        .query(
-            "SELECT id FROM pgrelay.messages ORDER BY id DESC LIMIT 100",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .rev()
-        .collect();
+    let fetch = pgrelay::store::prepare_news(&client).await?;
+    let newest = pgrelay::store::news_position(&client).await?;
     let mut costs = Vec::new();
     for size in [1usize, 10, 100] {
-        let batch = &ids[ids.len().saturating_sub(size)..];
+        let position = pgrelay::store::NewsPosition {
+            message: newest.message - size as i64,
+            ..newest
+        };
+        let read = || pgrelay::store::news(&client, &fetch, position, 500, 4 << 20, |_| true);
         for _ in 0..20 {
-            pgrelay::store::messages_by_id(&client, &fetch, batch).await?;
+            read().await?;
         }
         let started = Instant::now();
         for _ in 0..calls {
-            let messages = pgrelay::store::messages_by_id(&client, &fetch, batch).await?;
-            if messages.len() != batch.len() {
+            if read().await?.messages.len() != size {
                 return Err("the fetch query lost rows".into());
             }
         }
         let each = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
-        progress(format!("  {size} id(s): {each:.0} µs per fetch"));
+        progress(format!("  {size} row(s): {each:.0} µs per fetch"));
         costs.push((size, each));
     }
     Ok(costs)
@@ -2589,7 +2594,7 @@ async fn catch_up_phase(
         transaction
             .batch_execute(
                 "SET LOCAL session_replication_role = replica; \
-                 SELECT pg_advisory_xact_lock(pgrelay.order_lock_key())",
+                 LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE",
             )
             .await?;
         transaction.execute(&fill, &[&first, &last]).await?;

@@ -29,7 +29,7 @@
 //! throwaway cluster runs with `fsync=off` and `synchronous_commit=off`, which removes disk
 //! flushes from the writer's commit, not from the delivery path being measured.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -277,13 +277,19 @@ async fn listen_phase(url: &str, options: &Options) -> Result<Phase, BoxError> {
     let (arrivals, heard) = mpsc::unbounded_channel::<Arrival>();
     // The driver stamps each notification the moment the connection yields it. Spawning the
     // connection as a plain future would discard notifications, hence `poll_message`.
+    // Wake-ups are empty, one per commit, in commit order: each is stamped with its ordinal.
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
+        let mut ordinal = 0;
         while let Some(message) = messages.next().await {
             let arrival = match message {
                 Ok(AsyncMessage::Notification(notification)) => {
                     let at = Instant::now();
-                    wakeup_id(notification.payload()).map(|id| (id, at))
+                    if !notification.payload().is_empty() {
+                        continue; // a relay's heartbeat
+                    }
+                    ordinal += 1;
+                    Ok((ordinal, at))
                 }
                 Ok(_) => continue,
                 Err(error) => Err(format!("the LISTEN connection failed: {error}")),
@@ -299,17 +305,19 @@ async fn listen_phase(url: &str, options: &Options) -> Result<Phase, BoxError> {
     driver.abort();
     let (committed, arrived) = (committed?, arrived?);
 
-    // The writer cannot learn ids (they are assigned at commit), so map them back to sequence
-    // numbers from the table.
-    let by_id = sequence_numbers_by_id(url, "listen").await?;
+    // The writer cannot learn ids (they are assigned at commit), but the k-th wake-up is the
+    // k-th commit: map ordinals to sequence numbers through the table, in id order.
+    let in_commit_order = sequence_numbers_in_commit_order(url, "listen").await?;
     let arrived = arrived
         .into_iter()
-        .map(|(id, at)| match by_id.get(&id) {
-            Some(&seq) => Ok((seq, at)),
-            None => Err(format!(
-                "a notification named id {id}, not a message of this phase"
+        .map(
+            |(ordinal, at)| match in_commit_order.get(ordinal as usize - 1) {
+                Some(&seq) => Ok((seq, at)),
+                None => Err(format!(
+                "wake-up {ordinal} has no commit of this phase (another writer on the channel?)"
             )),
-        })
+            },
+        )
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Phase {
         latencies_us: latencies(&committed, &arrived)?,
@@ -317,24 +325,17 @@ async fn listen_phase(url: &str, options: &Options) -> Result<Phase, BoxError> {
     })
 }
 
-/// Every message of `phase`: id → sequence number.
-async fn sequence_numbers_by_id(url: &str, phase: &str) -> Result<HashMap<i64, i64>, BoxError> {
+/// The sequence numbers of `phase`'s messages, in id (that is, commit) order.
+async fn sequence_numbers_in_commit_order(url: &str, phase: &str) -> Result<Vec<i64>, BoxError> {
     let client = connect(url, "pgrelay-latency").await?;
     let rows = client
         .query(
-            "SELECT id, (payload->>'seq')::int8 FROM pgrelay.messages WHERE payload->>'phase' = $1",
+            "SELECT (payload->>'seq')::int8 FROM pgrelay.messages WHERE payload->>'phase' = $1 \
+             ORDER BY id",
             &[&phase],
         )
         .await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
-}
-
-/// The message id in a wake-up notification (`{"id":…,"at":…,"participants":[…]}`).
-fn wakeup_id(payload: &str) -> Result<i64, String> {
-    serde_json::from_str::<Value>(payload)
-        .ok()
-        .and_then(|wakeup| wakeup["id"].as_i64())
-        .ok_or_else(|| format!("a notification is not a pgrelay wake-up: {payload}"))
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// Phase 2: the relay in this process, one SSE subscriber.

@@ -12,7 +12,13 @@
 //! * the signature is checked, in constant time, before the claims are even
 //!   decoded, so unauthenticated input never reaches the claims parser,
 //! * `sub` and `exp` are required; `nbf`, `iat` and `scope` are optional but
-//!   must have the right type when present.
+//!   must have the right type when present,
+//! * a claim (or header field) given twice is refused, rather than read as
+//!   whichever copy a parser happens to keep,
+//! * `sub` follows the participant-name rule ([`crate::valid_name`]), is not a
+//!   room (`#…`) and not everyone (`*`),
+//! * a [`TokenPolicy`] can refuse tokens that live too long, or lack the
+//!   expected `aud` or `iss`.
 //!
 //! Several secrets can be configured so they can be rotated without
 //! downtime: the first one signs, every one of them verifies.
@@ -33,10 +39,6 @@ type HmacSha256 = Hmac<Sha256>;
 /// checked before any decoding so oversized input costs nothing to refuse.
 const MAX_TOKEN_LEN: usize = 8 * 1024;
 
-/// Longest `sub` accepted, in bytes. Subjects end up in logs and metrics
-/// labels, so they must stay reasonably small.
-const MAX_SUBJECT_LEN: usize = 256;
-
 /// The only header `mint` produces.
 const HEADER_JSON: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
@@ -47,6 +49,20 @@ pub struct Keys {
     /// schedule is computed once. Never empty: `from_secret_list` is the only
     /// constructor and refuses empty lists.
     macs: Vec<HmacSha256>,
+    /// What a verified token must also satisfy.
+    policy: TokenPolicy,
+}
+
+/// Checks beyond the signature and the times, configured by the operator.
+#[derive(Debug, Clone, Default)]
+pub struct TokenPolicy {
+    /// Refuse tokens whose `exp` is further than this from now: a leaked
+    /// token must not be valid for years.
+    pub max_lifetime: Option<Duration>,
+    /// If set, `aud` must be this string or an array containing it.
+    pub audience: Option<String>,
+    /// If set, `iss` must be this string.
+    pub issuer: Option<String>,
 }
 
 impl Keys {
@@ -70,7 +86,15 @@ impl Keys {
                     .expect("HMAC accepts keys of any length"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { macs })
+        Ok(Self {
+            macs,
+            policy: TokenPolicy::default(),
+        })
+    }
+
+    /// These keys, verifying with `policy` as well.
+    pub fn with_policy(self, policy: TokenPolicy) -> Keys {
+        Keys { policy, ..self }
     }
 
     /// Signs a token for `sub` valid for `ttl` from now, with `iat` and, if non-empty, `scope`.
@@ -164,7 +188,7 @@ impl Keys {
         let sub = match claims.remove("sub") {
             None => return Err(TokenError::MissingSubject),
             Some(Value::String(sub)) if sub.is_empty() => return Err(TokenError::MissingSubject),
-            Some(Value::String(sub)) if sub.len() <= MAX_SUBJECT_LEN => sub,
+            Some(Value::String(sub)) if valid_subject(&sub) => sub,
             Some(_) => return Err(TokenError::InvalidSubject),
         };
         let exp = match claims.get("exp") {
@@ -191,8 +215,40 @@ impl Keys {
         if nbf.is_some_and(|nbf| nbf > now) {
             return Err(TokenError::NotYetValid);
         }
+        self.policy.check(&claims, exp, now)?;
         Ok(Claims { sub, exp, scopes })
     }
+}
+
+impl TokenPolicy {
+    fn check(&self, claims: &Map<String, Value>, exp: u64, now: u64) -> Result<(), TokenError> {
+        if let Some(max) = self.max_lifetime.filter(|max| !max.is_zero()) {
+            if exp - now > max.as_secs() {
+                return Err(TokenError::LivesTooLong);
+            }
+        }
+        if let Some(audience) = &self.audience {
+            let matches = match claims.get("aud") {
+                Some(Value::String(aud)) => aud == audience,
+                Some(Value::Array(auds)) => auds.iter().any(|aud| aud.as_str() == Some(audience)),
+                _ => false,
+            };
+            if !matches {
+                return Err(TokenError::WrongAudience);
+            }
+        }
+        if let Some(issuer) = &self.issuer {
+            if claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str()) {
+                return Err(TokenError::WrongIssuer);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A subject is a participant name that is neither a room (`#…`) nor everyone (`*`).
+fn valid_subject(sub: &str) -> bool {
+    crate::valid_name(sub) && !sub.starts_with('#') && sub != "*"
 }
 
 impl fmt::Debug for Keys {
@@ -210,7 +266,39 @@ fn decode_object(segment: &str) -> Result<Map<String, Value>, TokenError> {
         .decode(segment)
         .map_err(|_| TokenError::Malformed)?;
     // Deserializing into a map refuses arrays, strings, numbers and `null`.
-    serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
+    let UniqueKeys(object) = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+    Ok(object)
+}
+
+/// A JSON object whose keys are all different. serde_json keeps the last of two equal keys,
+/// another parser the first: a token saying `"sub":"bob"` and then `"sub":"alice"` must mean
+/// nothing at all rather than whichever one this parser keeps.
+struct UniqueKeys(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object without repeated keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut object = Map::new();
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    if object.contains_key(&key) {
+                        return Err(serde::de::Error::custom("a key is repeated"));
+                    }
+                    object.insert(key, value);
+                }
+                Ok(UniqueKeys(object))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 /// Accepts only the header `mint` would write, give or take `typ`.
@@ -288,8 +376,15 @@ pub enum TokenError {
     MissingExpiry,
     /// The `sub` claim is absent or empty.
     MissingSubject,
-    /// The `sub` claim is not a string or is longer than 256 bytes.
+    /// The `sub` claim is not a valid participant name (see [`crate::valid_name`]),
+    /// or names a room or everyone.
     InvalidSubject,
+    /// `exp` is further ahead than the policy's maximum lifetime.
+    LivesTooLong,
+    /// The policy requires an `aud` the token does not carry.
+    WrongAudience,
+    /// The policy requires an `iss` the token does not carry.
+    WrongIssuer,
 }
 
 impl TokenError {
@@ -305,6 +400,9 @@ impl TokenError {
             TokenError::MissingExpiry => "missing_expiry",
             TokenError::MissingSubject => "missing_subject",
             TokenError::InvalidSubject => "invalid_subject",
+            TokenError::LivesTooLong => "token_lifetime_too_long",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::WrongIssuer => "wrong_issuer",
         }
     }
 }
@@ -320,7 +418,13 @@ impl fmt::Display for TokenError {
             TokenError::NotYetValid => "the token is not valid yet",
             TokenError::MissingExpiry => "the token has no expiry time",
             TokenError::MissingSubject => "the token has no subject",
-            TokenError::InvalidSubject => "the token subject is not a string of at most 256 bytes",
+            TokenError::InvalidSubject => {
+                "the token subject is not a name of 1 to 256 bytes without control or format \
+                 characters, or names a room or everyone"
+            }
+            TokenError::LivesTooLong => "the token expires further ahead than this relay accepts",
+            TokenError::WrongAudience => "the token is not meant for this relay (aud)",
+            TokenError::WrongIssuer => "the token is not from the expected issuer (iss)",
         })
     }
 }
@@ -568,7 +672,7 @@ mod tests {
                 "{sub}"
             );
         }
-        let longest = "s".repeat(MAX_SUBJECT_LEN);
+        let longest = "s".repeat(crate::MAX_NAME_LEN);
         assert_eq!(
             with_sub(&format!(r#""sub":"{longest}","#)).unwrap().sub,
             longest

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::TokenPolicy;
 use crate::server::ConnectionLimits;
 use crate::state::Settings;
 
@@ -131,6 +132,38 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_SIGNAL_BURST", default_value_t = 10.0)]
     pub signal_burst: f64,
 
+    /// Messages (`POST /v1/messages`) each sender may publish per second, sustained; more are
+    /// answered 429 with Retry-After. Inserts from SQL are not limited.
+    #[arg(long, env = "PGRELAY_PUBLISH_RATE", default_value_t = 20.0)]
+    pub publish_rate: f64,
+
+    /// Messages each sender may publish over HTTP in a burst.
+    #[arg(long, env = "PGRELAY_PUBLISH_BURST", default_value_t = 50.0)]
+    pub publish_burst: f64,
+
+    /// Most `GET /v1/messages` requests one participant may have in flight; more are answered
+    /// 429.
+    #[arg(long, env = "PGRELAY_MAX_HISTORY_REQUESTS", default_value_t = 4)]
+    pub max_history_requests: usize,
+
+    /// How long a write to a client may stall (the client reads nothing) before the
+    /// connection is closed; a stream's client then resumes from its last id.
+    #[arg(long, env = "PGRELAY_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Longest token lifetime accepted: tokens whose `exp` is further ahead are refused
+    /// (`0s` accepts any).
+    #[arg(long, env = "PGRELAY_MAX_TOKEN_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub max_token_lifetime: Duration,
+
+    /// If set, tokens must carry this `aud` (a string, or an array containing it).
+    #[arg(long, env = "PGRELAY_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+
+    /// If set, tokens must carry this `iss`.
+    #[arg(long, env = "PGRELAY_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
     /// How long shutdown waits for open work before exiting.
     #[arg(long, env = "PGRELAY_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -146,6 +179,16 @@ impl RelayArgs {
         ConnectionLimits {
             max_connections: self.max_connections.max(1),
             header_timeout: self.header_timeout,
+            write_timeout: self.write_timeout,
+        }
+    }
+
+    /// What tokens must satisfy beyond their signature and times.
+    pub fn token_policy(&self) -> TokenPolicy {
+        TokenPolicy {
+            max_lifetime: Some(self.max_token_lifetime),
+            audience: self.token_audience.clone(),
+            issuer: self.token_issuer.clone(),
         }
     }
 
@@ -179,6 +222,9 @@ impl RelayArgs {
             presence_debounce: self.presence_debounce,
             signal_rate: self.signal_rate,
             signal_burst: self.signal_burst,
+            publish_rate: self.publish_rate,
+            publish_burst: self.publish_burst,
+            max_history_requests: self.max_history_requests.max(1),
         })
     }
 

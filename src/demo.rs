@@ -25,7 +25,9 @@ pub async fn demo(args: DemoArgs) -> Result<(), BoxError> {
         Some(secret) => secret,
         None => random_secret()?,
     };
-    let keys = Keys::from_secret_list(&secret).map_err(|error| format!("--secret: {error}"))?;
+    let keys = Keys::from_secret_list(&secret)
+        .map_err(|error| format!("--secret: {error}"))?
+        .with_policy(args.relay.token_policy());
 
     let cluster = match args.database_url {
         Some(_) => None,

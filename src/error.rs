@@ -14,6 +14,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After`, on 429s that know when to come back.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,16 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429: the client is over a rate; `Retry-After` says when a request will be taken
+    /// (rounded up to whole seconds, as the header wants).
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         }
     }
 
@@ -56,6 +68,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.code, "message": self.message });
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         // RFC 6750 §3: the scheme, and why, without echoing the token. A request that sent
         // no credentials gets no error code.
         let challenge = match (self.status, self.code) {

@@ -17,6 +17,7 @@ use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -33,11 +34,12 @@ use crate::stream::{EventStream, OpenError};
 /// Most messages one `GET /v1/messages` returns.
 const MAX_PAGE: i64 = 1000;
 
+/// Most bytes of payloads and participants one `GET /v1/messages` page holds (at least one
+/// message is always returned); `next_since_id` continues after the last one.
+const MAX_PAGE_BYTES: i64 = 1024 * 1024;
+
 /// Largest signal payload, in bytes of JSON: signals are small and frequent.
 const MAX_SIGNAL_PAYLOAD: usize = 1024;
-
-/// Longest participant name, in bytes.
-const MAX_PARTICIPANT_LEN: usize = 256;
 
 /// The browser client module, served at `/v1/client.js`.
 const CLIENT_JS: &str = include_str!("../static/client.js");
@@ -224,9 +226,20 @@ async fn list_messages(
             }
         },
     };
-    let messages = store::messages_for(&shared.pool, &claims.sub, since, limit)
-        .await
-        .map_err(|error| ApiError::internal("listing messages failed", &error))?;
+    let Some(_in_flight) = shared.history_limit.enter(&claims.sub) else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "this participant has too many history requests in flight; wait for one to finish",
+        ));
+    };
+    let page = {
+        let _connection = shared.history_reads.acquire().await;
+        store::messages_for(&shared.pool, &claims.sub, since, limit, MAX_PAGE_BYTES)
+            .await
+            .map_err(|error| ApiError::internal("listing messages failed", &error))?
+    };
+    let messages = page.messages;
     let page = MessagePage {
         next_since_id: messages.last().map_or(since, |message| message.id),
         messages: messages.iter().map(|message| &*message.data).collect(),
@@ -318,7 +331,7 @@ async fn read_publication(
     require_json(headers)?;
     let max_participants = shared.settings.max_participants;
     // Room for the payload plus the largest participant list and the field names.
-    let body_limit = max_payload + max_participants * (MAX_PARTICIPANT_LEN + 8) + 4096;
+    let body_limit = max_payload + max_participants * (crate::MAX_NAME_LEN + 8) + 4096;
     let mut fields = parse_object(&read_body(body, body_limit).await?)?;
 
     let participants = validate_participants(
@@ -357,6 +370,12 @@ async fn post_message(
     let max_payload = shared.settings.max_payload;
     let publication =
         read_publication(&shared, &headers, query.as_deref(), body, max_payload).await?;
+    if let Err(wait) = shared.publish_limiter.try_take(&publication.sender) {
+        return Err(ApiError::rate_limited(
+            "too many messages from this sender; slow down",
+            wait,
+        ));
+    }
     let message = NewMessage {
         participants: &publication.participants,
         kind: publication.kind.as_deref().unwrap_or("message"),
@@ -389,12 +408,8 @@ async fn post_signal(
             "a signal needs a `kind`, such as \"typing\"",
         ));
     };
-    if !shared.signal_limiter.allow(&publication.sender) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many signals; slow down",
-        ));
+    if let Err(wait) = shared.signal_limiter.try_take(&publication.sender) {
+        return Err(ApiError::rate_limited("too many signals; slow down", wait));
     }
     let signal = NewMessage {
         participants: &publication.participants,
@@ -461,9 +476,10 @@ fn validate_participants(
         let Value::String(name) = value else {
             return Err(ApiError::invalid("every participant must be a string"));
         };
-        if !valid_participant(&name) {
+        if !crate::valid_name(&name) {
             return Err(ApiError::invalid(format!(
-                "participant names must be 1 to {MAX_PARTICIPANT_LEN} bytes with no control characters"
+                "participant names must be 1 to {} bytes with no control or format characters",
+                crate::MAX_NAME_LEN
             )));
         }
         if !names.contains(&name) {
@@ -476,19 +492,20 @@ fn validate_participants(
     Ok(names)
 }
 
-fn valid_participant(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_PARTICIPANT_LEN && !name.chars().any(char::is_control)
-}
-
 /// Maps a database error: data PostgreSQL refuses (SQLSTATE classes 22 and 23, e.g. a
 /// `\u0000` in a payload, and 54, e.g. JSON nested past PostgreSQL's stack depth limit) is
-/// the client's mistake, anything else is ours.
+/// the client's mistake, anything else is ours. A unique violation is ours too: the only key
+/// is the id, which the client does not choose, so a conflict means ids were tampered with.
 fn database_error(context: &str, error: &DbError) -> ApiError {
     let sqlstate = error
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(|error| error.code())
         .map(|code| code.code().to_owned());
     match sqlstate {
+        Some(code) if code == "23505" => ApiError::internal(
+            &format!("{context}: a message id was taken (were ids inserted by hand?)"),
+            error,
+        ),
         Some(code)
             if ["22", "23", "54"]
                 .iter()
@@ -510,10 +527,16 @@ async fn presence(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let (params, claims) = authenticate(&shared, &headers, query.as_deref())?;
+    if let Err(wait) = shared.presence_limiter.try_take(&claims.sub) {
+        return Err(ApiError::rate_limited(
+            "too many presence requests; slow down",
+            wait,
+        ));
+    }
     let mut asked: Vec<String> = Vec::new();
     for name in params.participants.as_deref().unwrap_or("").split(',') {
         let name = name.trim();
-        if !valid_participant(name) {
+        if !crate::valid_name(name) {
             return Err(ApiError::invalid(
                 "`participants` must be a comma-separated list of participant names",
             ));
@@ -568,9 +591,32 @@ async fn client_js() -> Response {
     static_file("text/javascript; charset=utf-8", CLIENT_JS)
 }
 
-/// `GET /`: the demo chat page.
+/// `GET /`: the demo chat page, with a Content-Security-Policy that lets it run its own inline
+/// script and style (by hash) and load and call nothing but this origin.
 async fn demo_page() -> Response {
-    static_file("text/html; charset=utf-8", DEMO_HTML)
+    static DEMO_CSP: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+        let hash = |open: &str, close: &str| {
+            let start = DEMO_HTML.find(open).expect("the demo page has the block") + open.len();
+            let end = start + DEMO_HTML[start..].find(close).expect("the block ends");
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(&DEMO_HTML.as_bytes()[start..end]);
+            format!(
+                "'sha256-{}'",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            )
+        };
+        let policy = format!(
+            "default-src 'none'; script-src 'self' {}; style-src {}; connect-src 'self'; \
+             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash("<script type=\"module\">", "</script>"),
+            hash("<style>", "</style>"),
+        );
+        HeaderValue::from_str(&policy).expect("the policy is ASCII")
+    });
+    let mut response = static_file("text/html; charset=utf-8", DEMO_HTML);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_SECURITY_POLICY, DEMO_CSP.clone());
+    response
 }
 
 fn static_file(content_type: &'static str, body: &'static str) -> Response {

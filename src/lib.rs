@@ -43,6 +43,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod migrate;
@@ -64,10 +65,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::Keys;
+use crate::limits::{ConcurrencyLimit, RateLimiter};
 use crate::registry::Registry;
 use crate::state::{Settings, Shared};
 use crate::store::DbError;
@@ -106,6 +109,40 @@ pub fn valid_kind(kind: &str) -> bool {
         && !matches!(kind, "presence" | "reset" | "token_expired")
 }
 
+/// Longest participant (or sender, or token subject) name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Whether `name` may name a participant, a sender or a token's subject: 1 to 256 bytes with
+/// no control characters and no Unicode format characters (invisible ones such as U+200B, and
+/// U+202E, which reverses how the rest of a name is displayed). Names appear in other people's
+/// streams, so one must not be able to pass for another. The SQL function
+/// `pgrelay.valid_name` is the same rule and guards every stored row.
+///
+/// ```
+/// assert!(pgrelay::valid_name("alice"));
+/// assert!(pgrelay::valid_name("Zoë 🦀"));
+/// assert!(!pgrelay::valid_name(""));
+/// assert!(!pgrelay::valid_name("bob\u{0}"));
+/// assert!(!pgrelay::valid_name("\u{202E}ecila"));
+/// assert!(!pgrelay::valid_name("ali\u{200B}ce"));
+/// ```
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && !name
+            .chars()
+            .any(|c| c.is_control() || is_format_character(c))
+}
+
+/// Unicode's format characters (general category Cf), as of Unicode 15; the SQL rule lists
+/// the same ranges.
+fn is_format_character(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}
+
 /// Serves the relay on `listener` until `shutdown` resolves, then ends every stream, stops
 /// the listener and returns within the grace period.
 pub async fn run(
@@ -116,8 +153,12 @@ pub async fn run(
     let pool = store::connect_pool(&config.database_url, config.pool_size)?;
     check_schema(&pool, &config.settings.channel).await?;
     let grace = config.settings.grace;
-    let signal_limiter =
-        signal::RateLimiter::new(config.settings.signal_rate, config.settings.signal_burst);
+    let settings = &config.settings;
+    let signal_limiter = RateLimiter::new(settings.signal_rate, settings.signal_burst);
+    let publish_limiter = RateLimiter::new(settings.publish_rate, settings.publish_burst);
+    let presence_limiter = RateLimiter::new(PRESENCE_RATE, PRESENCE_BURST);
+    let history_limit = ConcurrencyLimit::new(settings.max_history_requests);
+    let history_reads = Semaphore::new(history_connections(config.pool_size));
     let shared = Arc::new(Shared {
         settings: config.settings,
         pool,
@@ -126,6 +167,10 @@ pub async fn run(
         listener_up: AtomicBool::new(false),
         metrics: Default::default(),
         signal_limiter,
+        publish_limiter,
+        presence_limiter,
+        history_limit,
+        history_reads,
         instance: instance_name(),
         shutdown: CancellationToken::new(),
     });
@@ -164,6 +209,17 @@ pub async fn run(
     shared.pool.close();
     info!("stopped");
     Ok(())
+}
+
+/// `GET /v1/presence` requests each caller may make per second, sustained, and in a burst.
+const PRESENCE_RATE: f64 = 5.0;
+const PRESENCE_BURST: f64 = 20.0;
+
+/// How many of the pool's connections catch-ups and history reads may hold at once: three
+/// quarters, so that at least one (and a quarter of the pool) is always left for publishing,
+/// presence, pruning and `/readyz`.
+fn history_connections(pool_size: usize) -> usize {
+    (pool_size * 3 / 4).clamp(1, pool_size.saturating_sub(1).max(1))
 }
 
 /// A name for this process, unique per start: host, pid and start time.

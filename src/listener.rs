@@ -1,10 +1,12 @@
 //! The one LISTEN connection per instance, and the dispatch of what it hears.
 //!
-//! A notification of a message is only a wake-up (`{"id":…,"participants":[…]}`, participants left out
-//! when they would not fit NOTIFY's 8000 bytes). The dispatcher skips messages that no local
-//! stream wants, reads the rest from the table in one query per batch, and hands each row to
-//! the registry. Reading the rows keeps messages of any size deliverable, and a forged or
-//! stray notification on the channel can at worst cause a query that finds nothing.
+//! A notification is only a wake-up, and an empty one: any login of the database may NOTIFY on
+//! any channel, so nothing in a notification is trusted, and any login may LISTEN, so nothing
+//! private travels in one. On a wake-up the dispatcher reads, with its own role, every message
+//! and signal committed after the last ones it read (ids are commit-ordered, so that range is
+//! exact), in one query per batch of wake-ups, and hands the rows that local streams want to
+//! the registry. A forged wake-up costs one query that finds nothing; a missing or reordered
+//! one delays nothing that the next wake-up or heartbeat does not read.
 //!
 //! The fetch is a statement prepared on the LISTEN connection itself: the connection is a
 //! session of its own, so the statement survives, and the database neither parses and plans
@@ -31,34 +33,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::Deserialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Notification};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::registry::Live;
-use crate::signal::Signal;
 use crate::state::Shared;
 use crate::store::{self, DbError};
 use crate::tls;
 
-/// Most notifications handled by one fetch query.
-const MAX_BATCH: usize = 1000;
+/// Most rows one fetch reads (of messages, and of signals); more are read right after.
+const FETCH_ROWS: i64 = 500;
+
+/// Most bytes of messages one fetch reads; more are read right after.
+const FETCH_BYTES: i64 = 4 * 1024 * 1024;
 
 /// The first and the longest wait between reconnect attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// What the outbox trigger sends on the channel.
-#[derive(Deserialize)]
-struct Wakeup {
-    id: i64,
-    /// The commit's wall-clock time in microseconds since the Unix epoch.
-    at: Option<i64>,
-    /// Absent when the list would overflow the NOTIFY payload limit.
-    participants: Option<Vec<String>>,
-}
 
 /// Keeps a LISTEN connection open until shutdown, reconnecting with capped exponential backoff
 /// and jitter, and dispatches every notification to the registry.
@@ -108,6 +101,8 @@ struct ListenConnection {
     client: tokio_postgres::Client,
     /// The dispatcher's fetch, prepared on `client`.
     fetch: tokio_postgres::Statement,
+    /// The last message and signal read: the next fetch starts after them.
+    position: store::NewsPosition,
     /// Reads the socket; ends when the connection does.
     driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
     /// Aborts the driver (closing the socket) when the connection is dropped.
@@ -154,13 +149,17 @@ async fn open(shared: &Shared, listen_url: &str) -> Result<ListenConnection, DbE
     client
         .batch_execute(&format!("LISTEN {}", quote_ident(&shared.settings.channel)))
         .await?;
-    let fetch = store::prepare_messages_by_id(&client).await?;
+    let fetch = store::prepare_news(&client).await?;
+    // Everything committed from here on has a larger id. Streams catch up on what came before
+    // from their own positions.
+    let position = store::news_position(&client).await?;
     // Ready only once a notification has made the round trip: a LISTEN through a
     // transaction-mode pooler "succeeds" and then never hears anything.
     heartbeat.round_trip(shared, &client).await?;
     Ok(ListenConnection {
         client,
         fetch,
+        position,
         driver,
         _abort_driver: abort_driver,
         notifications,
@@ -192,24 +191,26 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
             notification = connection.notifications.recv() => notification,
             _ = ticks.tick() => {
                 connection.heartbeat.beat(shared, &connection.client).await?;
+                // Also read, though nothing woke us: wake-ups are hints, and this bounds how
+                // long a lost one could delay anything.
+                dispatch(shared, &mut connection).await?;
                 continue;
             }
             _ = shared.shutdown.cancelled() => return Ok(()),
         };
-        let Some(first) = first else {
+        if first.is_none() {
             return match (&mut connection.driver).await {
                 Ok(Err(error)) => Err(error.into()),
                 _ => Err("the LISTEN connection closed".into()),
             };
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match connection.notifications.try_recv() {
-                Ok(notification) => batch.push(notification),
-                Err(_) => break,
-            }
         }
-        dispatch(shared, &connection, &batch).await?;
+        // Wake-ups say nothing but "something was committed": one fetch answers them all.
+        let mut woken = 1;
+        while connection.notifications.try_recv().is_ok() {
+            woken += 1;
+        }
+        shared.metrics.notifications_received.add(woken);
+        dispatch(shared, &mut connection).await?;
     }
 }
 
@@ -345,60 +346,37 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Reads the rows of the notified messages that local streams want and delivers them.
-async fn dispatch(
-    shared: &Shared,
-    connection: &ListenConnection,
-    batch: &[Notification],
-) -> Result<(), DbError> {
-    let mut wanted = Vec::new();
-    let mut committed_at = Vec::new();
-    for notification in batch {
-        shared.metrics.notifications_received.inc();
-        if notification.payload().starts_with(r#"{"signal""#) {
-            deliver_signal(shared, notification.payload());
-            continue;
-        }
-        let Ok(wakeup) = serde_json::from_str::<Wakeup>(notification.payload()) else {
-            debug!("ignoring a notification that is not a pgrelay wake-up");
-            continue;
-        };
-        if let Some(participants) = &wakeup.participants {
-            if !shared.registry.has_any(participants) {
-                continue;
-            }
-        }
-        wanted.push(wakeup.id);
-        committed_at.push(wakeup.at);
-    }
-    if wanted.is_empty() {
-        return Ok(());
-    }
+/// Reads everything committed since the last fetch and delivers what local streams want.
+async fn dispatch(shared: &Shared, connection: &mut ListenConnection) -> Result<(), DbError> {
     // While the fetch runs no heartbeat is checked, so it gets the heartbeat's own patience
     // (sent at one tick, missed at the next): a half-open connection is found as quickly.
     let patience = 2 * shared.settings.heartbeat;
-    let fetch = store::messages_by_id(&connection.client, &connection.fetch, &wanted);
-    let messages = tokio::time::timeout(patience, fetch)
-        .await
-        .map_err(|_| format!("reading notified messages took longer than {patience:?}"))?
-        .map_err(|error| format!("reading notified messages failed: {error}"))?;
-    for message in &messages {
-        shared.registry.deliver(&Live::Message(Arc::clone(message)));
-        // Notifications come in id order, so `wanted` is sorted like `messages`.
-        if let Ok(index) = wanted.binary_search(&message.id) {
-            if let Some(at) = committed_at[index] {
+    loop {
+        let fetch = store::news(
+            &connection.client,
+            &connection.fetch,
+            connection.position,
+            FETCH_ROWS,
+            FETCH_BYTES,
+            |participants| shared.registry.has_any(participants),
+        );
+        let news = tokio::time::timeout(patience, fetch)
+            .await
+            .map_err(|_| format!("reading new messages took longer than {patience:?}"))?
+            .map_err(|error| format!("reading new messages failed: {error}"))?;
+        for signal in news.signals {
+            shared.registry.deliver(&Live::Signal(signal));
+        }
+        for (message, committed_at) in news.messages {
+            shared.registry.deliver(&Live::Message(message));
+            if let Some(at) = committed_at {
                 shared.metrics.commit_to_send.observe_since_unix_micros(at);
             }
         }
-    }
-    Ok(())
-}
-
-/// Signals carry their whole event in the notification: nothing to read.
-fn deliver_signal(shared: &Shared, payload: &str) {
-    match Signal::from_notification(payload) {
-        Some(signal) => shared.registry.deliver(&Live::Signal(Arc::new(signal))),
-        None => debug!("ignoring a malformed signal"),
+        connection.position = news.position;
+        if !news.more {
+            return Ok(());
+        }
     }
 }
 

@@ -34,8 +34,9 @@ async fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     let mut settings = args.relay.settings()?;
     settings.demo_page = args.demo;
-    let keys =
-        Keys::from_secret_list(&args.secret).map_err(|error| format!("--secret: {error}"))?;
+    let keys = Keys::from_secret_list(&args.secret)
+        .map_err(|error| format!("--secret: {error}"))?
+        .with_policy(args.relay.token_policy());
     let addr = args.relay.bind_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_presence.sql",
         include_str!("../sql/0004_presence.sql"),
     ),
+    (5, "0005_trust.sql", include_str!("../sql/0005_trust.sql")),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -64,10 +64,25 @@ pub async fn run(shared: Arc<Shared>) {
         if !changes.is_empty() {
             match update(&shared, &changes.joined, &changes.left).await {
                 Ok(()) => tracker.confirm(changes),
+                Err(error) if changes.joined.len() + changes.left.len() > 1 => {
+                    // One participant's bad data must not hold back everyone else's changes:
+                    // send them one by one.
+                    warn!(error = ?error, "presence update failed; trying each change alone");
+                    let failed = update_one_by_one(&shared, &mut tracker, changes).await;
+                    if !failed.is_empty() {
+                        tracker.retry(failed, now);
+                        compared = None;
+                    }
+                }
                 Err(error) => {
-                    warn!(error = ?error, "presence update failed; retrying");
-                    tracker.retry(changes, now);
-                    compared = None;
+                    if refused_data(&error) {
+                        warn!(error = ?error, "presence change refused by the database; dropped");
+                        tracker.confirm(changes);
+                    } else {
+                        warn!(error = ?error, "presence update failed; retrying");
+                        tracker.retry(changes, now);
+                        compared = None;
+                    }
                 }
             }
         }
@@ -143,6 +158,43 @@ impl Tracker {
             self.absent_since.insert(participant, now);
         }
     }
+}
+
+/// Sends each change of a failed batch on its own. A change the database refuses as data
+/// (SQLSTATE classes 22 and 23) is logged and dropped, as it would fail forever; the changes
+/// that failed otherwise (the database is away) are returned for a retry.
+async fn update_one_by_one(shared: &Shared, tracker: &mut Tracker, changes: Changes) -> Changes {
+    let mut failed = Changes::default();
+    let joins = changes.joined.into_iter().map(|p| Changes {
+        joined: vec![p],
+        left: Vec::new(),
+    });
+    let leaves = changes.left.into_iter().map(|p| Changes {
+        joined: Vec::new(),
+        left: vec![p],
+    });
+    for single in joins.chain(leaves) {
+        match update(shared, &single.joined, &single.left).await {
+            Ok(()) => tracker.confirm(single),
+            Err(error) if refused_data(&error) => {
+                warn!(error = ?error, "presence change refused by the database; dropped");
+                tracker.confirm(single);
+            }
+            Err(_) => {
+                failed.joined.extend(single.joined);
+                failed.left.extend(single.left);
+            }
+        }
+    }
+    failed
+}
+
+/// Whether the database refused the data itself, so that retrying cannot help.
+fn refused_data(error: &DbError) -> bool {
+    error
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code.code().starts_with("22") || code.code().starts_with("23"))
 }
 
 async fn update(shared: &Shared, joined: &[String], left: &[String]) -> Result<(), DbError> {

@@ -11,7 +11,11 @@
 //! edge, nginx, a CDN), which is what lifts HTTP/1.1's six-streams-per-origin limit; cleartext
 //! HTTP/2 to the relay itself would add nothing but connections that no header timeout covers.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,8 +26,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -34,6 +40,8 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// How long a client may take to send a request's headers.
     pub header_timeout: Duration,
+    /// How long a write may stall before the connection is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -42,6 +50,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -54,7 +63,8 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let max_connections = fit_open_files(limits.max_connections);
+    let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -84,6 +94,7 @@ pub async fn serve(
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
+        let socket = StallTimeout::new(socket, limits.write_timeout);
         let connection = builder.serve_connection(TokioIo::new(socket), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -114,4 +125,132 @@ async fn refuse(mut builder: http1::Builder, socket: TcpStream) {
         .keep_alive(false)
         .serve_connection(TokioIo::new(socket), service);
     let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+}
+
+/// File descriptors kept for everything but client connections: the pool, the LISTEN
+/// connection, the listening socket, logs, and the connections being refused.
+const RESERVED_FILES: u64 = 256;
+
+/// Raises the soft open-files limit to the hard one, and returns how many client connections
+/// fit: `max_connections`, or fewer (with a warning) when even the hard limit is too low.
+/// Services often start with a soft limit of 1,024, and past it `accept` fails while valid
+/// clients wait.
+fn fit_open_files(max_connections: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return max_connections;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            debug!(
+                from = limit.rlim_cur,
+                to = limit.rlim_max,
+                "raised the open-files limit"
+            );
+            limit = raised;
+        }
+    }
+    let fits = limit.rlim_cur.saturating_sub(RESERVED_FILES).max(1);
+    if (max_connections as u64) <= fits {
+        return max_connections;
+    }
+    warn!(
+        max_connections,
+        open_files_limit = limit.rlim_cur,
+        effective = fits,
+        "--max-connections does not fit the open-files limit; accepting at most {fits} \
+         connections (raise the hard limit, e.g. LimitNOFILE= in systemd)"
+    );
+    fits as usize
+}
+
+/// A connection whose writes may stall for at most `timeout`: a client that stops reading
+/// would otherwise pin its response (or stream) buffers forever. A stalled write fails with
+/// `TimedOut`, which ends the connection. The timer exists only while a write is stalled.
+struct StallTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> StallTimeout<S> {
+    fn new(inner: S, timeout: Duration) -> StallTimeout<S> {
+        StallTimeout {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's outcome through, arming the timer when it is pending and failing
+    /// once the timer has run out.
+    fn guard<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client has not read for the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for StallTimeout<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for StallTimeout<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.guard(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.guard(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.guard(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -4,12 +4,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Keys;
+use crate::limits::{ConcurrencyLimit, RateLimiter};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::signal::RateLimiter;
 use crate::store::DbPool;
 
 /// What a running relay is configured to do (the parts its handlers and tasks read).
@@ -45,6 +46,12 @@ pub struct Settings {
     pub signal_rate: f64,
     /// Signals each sender may send in a burst.
     pub signal_burst: f64,
+    /// Messages each sender may publish over HTTP per second (sustained).
+    pub publish_rate: f64,
+    /// Messages each sender may publish over HTTP in a burst.
+    pub publish_burst: f64,
+    /// Most `GET /v1/messages` requests of one participant in flight on this instance.
+    pub max_history_requests: usize,
 }
 
 impl Default for Settings {
@@ -65,6 +72,9 @@ impl Default for Settings {
             presence_debounce: Duration::from_secs(3),
             signal_rate: 5.0,
             signal_burst: 10.0,
+            publish_rate: 20.0,
+            publish_burst: 50.0,
+            max_history_requests: 4,
         }
     }
 }
@@ -87,6 +97,15 @@ pub struct Shared {
     pub instance: String,
     /// Per-sender rate limit of `POST /v1/signals`.
     pub signal_limiter: RateLimiter,
+    /// Per-sender rate limit of `POST /v1/messages`.
+    pub publish_limiter: RateLimiter,
+    /// Per-caller rate limit of `GET /v1/presence`.
+    pub presence_limiter: RateLimiter,
+    /// Per-participant limit of `GET /v1/messages` in flight.
+    pub history_limit: ConcurrencyLimit,
+    /// The pool connections stream catch-ups and history reads may use at once: the rest stay
+    /// free for publishing, presence and `/readyz`, however many readers fall behind.
+    pub history_reads: Semaphore,
     /// Cancelled once at shutdown; the listener and every stream watch it.
     pub shutdown: CancellationToken,
 }

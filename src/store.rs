@@ -1,9 +1,9 @@
-//! The query pool and every query the relay runs against `pgrelay.messages`.
+//! The query pool and every query the relay runs against pgrelay's tables.
 //!
 //! Pool queries use `query_typed`, which sends the unnamed statement with explicit parameter
 //! types: named prepared statements break behind PgBouncer in transaction mode, and the
 //! unnamed statement costs no extra round trip. The one prepared statement is the
-//! dispatcher's fetch ([`prepare_messages_by_id`]), which runs on the LISTEN connection: that
+//! dispatcher's fetch ([`prepare_news`]), which runs on the LISTEN connection: that
 //! is always a session of its own (LISTEN does not work through a transaction-mode pooler),
 //! and the fetch runs for every notified batch, where parsing and planning each time cost the
 //! database more than executing.
@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
 
+use crate::signal::Signal;
 use crate::tls;
 
 /// The pool of query connections, shared by every request and stream.
@@ -54,13 +55,59 @@ struct MessageData<'a> {
 const MESSAGE_COLUMNS: &str = "id, kind, sender, participants, payload, \
      to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
 
-fn message_from_row(row: &Row) -> Result<Arc<Message>, DbError> {
-    let id: i64 = row.try_get(0)?;
-    let kind: String = row.try_get(1)?;
-    let sender: Option<&str> = row.try_get(2)?;
-    let participants: Vec<String> = row.try_get(3)?;
-    let Json(payload): Json<Box<RawValue>> = row.try_get(4)?;
-    let created_at: &str = row.try_get(5)?;
+/// The messages matching `filter` in id order, at most `$rows` of them and cut to `$bytes` of
+/// payload and participants (always at least one row), plus how many rows the row limit
+/// alone would have given. The cut happens in SQL, so a page of large messages is never read
+/// only to be thrown away. `$rows` and `$bytes` are the parameters numbered `rows`/`bytes`.
+fn page_sql(filter: &str, rows: u8, bytes: u8) -> String {
+    format!(
+        "SELECT {MESSAGE_COLUMNS}, (extract(epoch FROM committed_at) * 1000000)::int8, fetched \
+         FROM (SELECT m.*, s.size, sum(s.size) OVER (ORDER BY m.id) AS upto, \
+                      count(*) OVER () AS fetched \
+                 FROM (SELECT * FROM pgrelay.messages WHERE {filter} ORDER BY id LIMIT ${rows}) m, \
+                      LATERAL (SELECT octet_length(m.payload::text) \
+                                      + octet_length(m.participants::text) AS size) s) page \
+         WHERE upto - size < ${bytes} ORDER BY id"
+    )
+}
+
+/// Column index of the commit time (microseconds since the epoch) in a [`page_sql`] row.
+const COMMITTED_AT: usize = 6;
+/// Column index of the row limit's count in a [`page_sql`] row.
+const FETCHED: usize = 7;
+
+/// A page of messages in id order.
+pub struct Page {
+    /// The messages, oldest first.
+    pub messages: Vec<Arc<Message>>,
+    /// Whether more may follow right after the last one (the page hit its row or byte limit).
+    pub more: bool,
+}
+
+impl Page {
+    fn from_rows(rows: &[Row], limit: i64) -> Result<Page, DbError> {
+        let fetched = match rows.first() {
+            Some(row) => row.try_get::<_, i64>(FETCHED)?,
+            None => 0,
+        };
+        Ok(Page {
+            more: fetched == limit || (rows.len() as i64) < fetched,
+            messages: rows
+                .iter()
+                .map(|row| message_from_row(row, 0))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// Reads the message whose [`MESSAGE_COLUMNS`] start at column `at` of `row`.
+fn message_from_row(row: &Row, at: usize) -> Result<Arc<Message>, DbError> {
+    let id: i64 = row.try_get(at)?;
+    let kind: String = row.try_get(at + 1)?;
+    let sender: Option<&str> = row.try_get(at + 2)?;
+    let participants: Vec<String> = row.try_get(at + 3)?;
+    let Json(payload): Json<Box<RawValue>> = row.try_get(at + 4)?;
+    let created_at: &str = row.try_get(at + 5)?;
     let data = serde_json::value::to_raw_value(&MessageData {
         id,
         kind: &kind,
@@ -103,18 +150,17 @@ pub fn connect_pool(database_url: &str, size: usize) -> Result<DbPool, DbError> 
         .build()?)
 }
 
-/// Messages addressed to `participant` with `id > since`, oldest first, at most `limit`.
+/// Messages addressed to `participant` with `id > since`, oldest first: at most `limit`
+/// rows and `max_bytes` of payload and participants (but always one, if there is one).
 pub async fn messages_for(
     pool: &DbPool,
     participant: &str,
     since: i64,
     limit: i64,
-) -> Result<Vec<Arc<Message>>, DbError> {
+    max_bytes: i64,
+) -> Result<Page, DbError> {
     let client = pool.get().await?;
-    let sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM pgrelay.messages \
-         WHERE participants @> ARRAY[$1::text] AND id > $2 ORDER BY id LIMIT $3"
-    );
+    let sql = page_sql("participants @> ARRAY[$1::text] AND id > $2", 3, 4);
     let rows = client
         .query_typed(
             &sql,
@@ -122,28 +168,144 @@ pub async fn messages_for(
                 (&participant, Type::TEXT),
                 (&since, Type::INT8),
                 (&limit, Type::INT8),
+                (&max_bytes, Type::INT8),
             ],
         )
         .await?;
-    rows.iter().map(message_from_row).collect()
+    Page::from_rows(&rows, limit)
 }
 
-/// Prepares the dispatcher's fetch, "the messages with these ids", on `client`.
-pub async fn prepare_messages_by_id(client: &Client) -> Result<Statement, DbError> {
-    let sql =
-        format!("SELECT {MESSAGE_COLUMNS} FROM pgrelay.messages WHERE id = ANY($1) ORDER BY id");
-    Ok(client.prepare_typed(&sql, &[Type::INT8_ARRAY]).await?)
+/// The dispatcher's fetch, prepared on the LISTEN connection: every message after `$1` (a page
+/// of at most `$2` rows and `$3` bytes) and every signal after `$4` (at most `$2`), in one
+/// round trip. Wake-ups carry nothing, so this is all the relay knows of what is new.
+pub async fn prepare_news(client: &Client) -> Result<Statement, DbError> {
+    let messages = page_sql("id > $1", 2, 3);
+    let sql = format!(
+        "SELECT false, * FROM ({messages}) messages \
+         UNION ALL \
+         SELECT true, id, kind, sender, participants, payload, NULL, NULL, NULL \
+           FROM (SELECT * FROM pgrelay.signals WHERE id > $4 ORDER BY id LIMIT $2) signals"
+    );
+    Ok(client
+        .prepare_typed(&sql, &[Type::INT8, Type::INT8, Type::INT8, Type::INT8])
+        .await?)
 }
 
-/// The messages with these ids, oldest first (ids that do not exist are skipped), with the
-/// statement from [`prepare_messages_by_id`] on the same `client`.
-pub async fn messages_by_id(
+/// Where the dispatcher has read up to: the last message id and the last signal id.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NewsPosition {
+    /// The last message id read.
+    pub message: i64,
+    /// The last signal id read.
+    pub signal: i64,
+}
+
+/// The newest committed message and signal ids: where a fresh LISTEN session starts reading.
+pub async fn news_position(client: &Client) -> Result<NewsPosition, DbError> {
+    let row = client
+        .query_typed_one(
+            "SELECT coalesce((SELECT max(id) FROM pgrelay.messages), 0)::int8, \
+                    coalesce((SELECT max(id) FROM pgrelay.signals), 0)::int8",
+            &[],
+        )
+        .await?;
+    Ok(NewsPosition {
+        message: row.try_get(0)?,
+        signal: row.try_get(1)?,
+    })
+}
+
+/// What one fetch of [`prepare_news`] found.
+pub struct News {
+    /// New messages for a local stream, each with its commit time (microseconds since the
+    /// epoch) when known.
+    pub messages: Vec<(Arc<Message>, Option<i64>)>,
+    /// New signals for a local stream.
+    pub signals: Vec<Arc<Signal>>,
+    /// Where the next fetch starts.
+    pub position: NewsPosition,
+    /// Whether more messages may follow (the page hit a limit): fetch again right away.
+    pub more: bool,
+}
+
+/// Reads what was committed after `position`; rows none of whose participants `wanted`
+/// are skipped before their JSON is rendered.
+pub async fn news(
     client: &Client,
     statement: &Statement,
-    ids: &[i64],
-) -> Result<Vec<Arc<Message>>, DbError> {
-    let rows = client.query(statement, &[&ids]).await?;
-    rows.iter().map(message_from_row).collect()
+    position: NewsPosition,
+    rows: i64,
+    max_bytes: i64,
+    wanted: impl Fn(&[String]) -> bool,
+) -> Result<News, DbError> {
+    let found = client
+        .query(
+            statement,
+            &[&position.message, &rows, &max_bytes, &position.signal],
+        )
+        .await?;
+    let mut news = News {
+        messages: Vec::new(),
+        signals: Vec::new(),
+        position,
+        more: false,
+    };
+    // Column 0 says which part of the UNION a row comes from; the row proper starts at 1.
+    let mut message_rows = 0;
+    for row in &found {
+        let is_signal: bool = row.try_get(0)?;
+        let id: i64 = row.try_get(1)?;
+        let participants: Vec<String> = row.try_get(4)?;
+        if is_signal {
+            news.position.signal = id;
+            if wanted(&participants) {
+                news.signals
+                    .push(Arc::new(signal_from_row(row, participants)?));
+            }
+            continue;
+        }
+        news.position.message = id;
+        message_rows += 1;
+        let fetched: i64 = row.try_get(1 + FETCHED)?;
+        news.more = fetched == rows || message_rows < fetched;
+        if wanted(&participants) {
+            let committed_at: Option<i64> = row.try_get(1 + COMMITTED_AT)?;
+            news.messages
+                .push((message_from_row(row, 1)?, committed_at));
+        }
+    }
+    Ok(news)
+}
+
+/// The JSON shape of a signal event (`data:`), except for presence, whose data is its payload.
+#[derive(Serialize)]
+struct SignalData<'a> {
+    kind: &'a str,
+    sender: Option<&'a str>,
+    participants: &'a [String],
+    payload: &'a RawValue,
+}
+
+/// Reads a signal from a [`prepare_news`] row.
+fn signal_from_row(row: &Row, participants: Vec<String>) -> Result<Signal, DbError> {
+    let kind: String = row.try_get(2)?;
+    let sender: Option<&str> = row.try_get(3)?;
+    let Json(payload): Json<Box<RawValue>> = row.try_get(5)?;
+    let data = if kind == "presence" {
+        payload
+    } else {
+        serde_json::value::to_raw_value(&SignalData {
+            kind: &kind,
+            sender,
+            participants: &participants,
+            payload: &payload,
+        })?
+    };
+    Ok(Signal {
+        kind,
+        participants,
+        data,
+    })
 }
 
 /// The newest visible message id (0 when there is none). Because ids are commit-ordered,
@@ -241,7 +403,8 @@ pub async fn signal(pool: &DbPool, signal: &NewMessage<'_>) -> Result<(), DbErro
 pub struct PresenceState {
     /// The participant asked about.
     pub participant: String,
-    /// Whether the caller may see this participant (in their audience, or themselves).
+    /// Whether the caller may see this participant (in their audience, or themselves):
+    /// `pgrelay.presence_visible`, which answers without computing the audience.
     pub visible: bool,
     /// Online since (RFC 3339), when online.
     pub since: Option<String>,
@@ -266,7 +429,7 @@ pub async fn presence(
     let rows = client
         .query_typed(
             "SELECT p, \
-                    p = $2 OR $2 = ANY(coalesce(pgrelay.presence_audience(p), '{}')), \
+                    p = $2 OR coalesce(pgrelay.presence_visible(p, $2), false), \
                     to_char((SELECT min(since) FROM pgrelay.presence x \
                               WHERE x.participant = p \
                                 AND x.heartbeat_at > now() - make_interval(secs => $3)) \

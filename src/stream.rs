@@ -27,9 +27,10 @@ use crate::store::{self, DbError, Message};
 /// (PostgreSQL sorts the participant's matching rows either way), so pages are large.
 const CATCH_UP_PAGE: i64 = 1000;
 
-/// Most bytes of event data a stream keeps from one page; the rest is read again by the next
-/// query. Bounds a stream's memory when payloads are large (1,000 × 64 KiB would be 64 MiB).
-const CATCH_UP_BYTES: usize = 1024 * 1024;
+/// Most bytes of payload and participants one catch-up page holds (the query cuts the page,
+/// so nothing is read twice). Bounds a stream's memory when payloads are large (1,000 ×
+/// 64 KiB would be 64 MiB), also while its reader does not read.
+const CATCH_UP_BYTES: i64 = 256 * 1024;
 
 /// The reconnect delay browsers are told to use.
 const RETRY: Duration = Duration::from_secs(2);
@@ -185,23 +186,28 @@ impl EventStream {
     /// catch-up after a backoff, so a database outage delays messages but never loses them.
     async fn catch_up(&mut self) -> Result<(), Interrupt> {
         self.shared.metrics.catch_up_queries.inc();
-        let query = store::messages_for(
-            &self.shared.pool,
-            &self.participant,
-            self.cursor,
-            CATCH_UP_PAGE,
-        );
+        let query = async {
+            // Catch-ups and history reads share a part of the pool, so however many streams
+            // catch up at once, publishing, presence and /readyz still get a connection.
+            let _permit = self.shared.history_reads.acquire().await;
+            store::messages_for(
+                &self.shared.pool,
+                &self.participant,
+                self.cursor,
+                CATCH_UP_PAGE,
+                CATCH_UP_BYTES,
+            )
+            .await
+        };
         match interruptible(&self.shared, self.expires, query).await? {
-            Ok(mut page) => {
+            Ok(page) => {
                 self.failures = 0;
-                let full = page.len() as i64 == CATCH_UP_PAGE;
-                let kept = kept_within(&page, CATCH_UP_BYTES);
-                if full || kept < page.len() {
-                    // More may follow; read the next page once this one is sent.
-                    page.truncate(kept);
+                if page.more {
+                    // Read the next page once this one is sent.
                     self.subscription.inbox().request_catch_up();
                 }
-                self.pending.extend(page.into_iter().map(Live::Message));
+                self.pending
+                    .extend(page.messages.into_iter().map(Live::Message));
                 Ok(())
             }
             Err(error) => {
@@ -248,18 +254,6 @@ fn resume_point(since: i64, bounds: &store::RetentionBounds) -> (i64, Option<ser
     }
 }
 
-/// How many messages of `page` fit in `budget` bytes of event data (always at least one, so
-/// a stream makes progress whatever the payload size).
-fn kept_within(page: &[Arc<Message>], budget: usize) -> usize {
-    let mut used = 0;
-    page.iter()
-        .position(|message| {
-            used += message.data.get().len();
-            used > budget
-        })
-        .map_or(page.len(), |first_over| first_over.max(1))
-}
-
 /// Runs `work` unless shutdown or token expiry comes first.
 async fn interruptible<T>(
     shared: &Shared,
@@ -292,28 +286,4 @@ fn message_event(message: &Message) -> Event {
         .id(message.id.to_string())
         .event(kind)
         .data(message.data.get())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn message(id: i64, data_len: usize) -> Arc<Message> {
-        let data = format!("\"{}\"", "x".repeat(data_len - 2));
-        Arc::new(Message {
-            id,
-            kind: "message".into(),
-            participants: vec!["a".into()],
-            data: serde_json::value::RawValue::from_string(data).unwrap(),
-        })
-    }
-
-    #[test]
-    fn catch_up_pages_are_cut_to_the_byte_budget() {
-        let page: Vec<_> = (1..=10).map(|id| message(id, 100)).collect();
-        assert_eq!(kept_within(&page, 1000), 10, "exactly at the budget");
-        assert_eq!(kept_within(&page, 999), 9);
-        assert_eq!(kept_within(&page, 50), 1, "always at least one message");
-        assert_eq!(kept_within(&[], 50), 0);
-    }
 }

@@ -73,16 +73,26 @@ async fn demo_page_in_a_real_browser() {
     let mut relay = RelayChild::new(&database_url, free_port(), target.join("browser-relay.log"));
     relay.start().await;
 
-    // The second origin serves exactly the bytes the relay serves at `/`.
+    // The second origin serves the bytes the relay serves at `/`, deployed as an operator
+    // would: its allow-list names the relay it trusts.
     let page = reqwest::get(format!("{}/", relay.base()))
         .await
         .unwrap()
-        .bytes()
+        .text()
         .await
         .unwrap();
+    let listed = r#"<meta name="pgrelay-relays" content="">"#;
+    assert!(
+        page.contains(listed),
+        "the demo page has no relay allow-list"
+    );
+    let page = page.replace(
+        listed,
+        &format!(r#"<meta name="pgrelay-relays" content="{}">"#, relay.base()),
+    );
     let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let other_base = format!("http://{}", other.local_addr().unwrap());
-    let page_server = tokio::spawn(serve_page(other, Arc::new(page.to_vec())));
+    let page_server = tokio::spawn(serve_page(other, Arc::new(page.into_bytes())));
 
     let keys = Keys::from_secret_list(SECRET).unwrap();
     let token = |sub: &str| keys.mint(sub, Duration::from_secs(600), &["publish"]);

@@ -195,7 +195,7 @@ async fn connections_over_the_limit_get_503() {
     let db = fresh_database().await;
     let limits = ConnectionLimits {
         max_connections: 5,
-        header_timeout: Duration::from_secs(10),
+        ..ConnectionLimits::default()
     };
     let relay = limited_relay(&db, limits).await;
     let mut streams = Vec::new();
@@ -251,7 +251,7 @@ async fn over_capacity_answer_reaches_http_clients() {
     let db = fresh_database().await;
     let limits = ConnectionLimits {
         max_connections: 1,
-        header_timeout: Duration::from_secs(10),
+        ..ConnectionLimits::default()
     };
     let relay = limited_relay(&db, limits).await;
     let stream = open_stream_when_a_slot_is_free(&relay.base, &relay.token("alice", &[])).await;
@@ -271,6 +271,7 @@ fn short_header_timeout() -> ConnectionLimits {
     ConnectionLimits {
         max_connections: 1000,
         header_timeout: Duration::from_millis(500),
+        ..ConnectionLimits::default()
     }
 }
 

@@ -122,4 +122,23 @@ async fn streams_through_nginx_unbuffered() {
     }
     let health = reqwest::get(format!("{via_nginx}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
+    let history = reqwest::get(format!("{via_nginx}/v1/messages?token={token}"))
+        .await
+        .unwrap();
+    assert_eq!(history.status(), 200);
+    drop(alice);
+    // Tokens travel in query strings (EventSource cannot send headers): nginx's default
+    // access log would record them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for log in ["access.log", "error.log"] {
+        let text = proxy.file(log);
+        assert!(
+            !text.contains("token="),
+            "nginx's {log} holds a token: {text}"
+        );
+        assert!(
+            !text.contains(&token),
+            "nginx's {log} holds a token: {text}"
+        );
+    }
 }

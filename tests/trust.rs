@@ -25,7 +25,9 @@ impl Role {
         let name = format!("{label}_{database}");
         let admin = connect(db).await;
         admin
-            .batch_execute(&format!("DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN"))
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN"
+            ))
             .await
             .unwrap();
         for grant in grants {
@@ -121,7 +123,10 @@ async fn forged_wakeups_lose_nothing() {
     let oracle = connect(&db).await;
     let spam = tokio::spawn(async move {
         loop {
-            let Ok(row) = oracle.query_one("SELECT coalesce(max(id), 0) FROM pgrelay.messages", &[]).await else {
+            let Ok(row) = oracle
+                .query_one("SELECT coalesce(max(id), 0) FROM pgrelay.messages", &[])
+                .await
+            else {
                 return;
             };
             let newest: i64 = row.get(0);
@@ -149,13 +154,25 @@ async fn forged_wakeups_lose_nothing() {
         let Some(event) = bob.next_within(PATIENCE).await else {
             break;
         };
-        got.extend(event.data.and(event.id).map(|id| id.parse::<i64>().unwrap()));
+        got.extend(
+            event
+                .data
+                .and(event.id)
+                .map(|id| id.parse::<i64>().unwrap()),
+        );
     }
-    assert_eq!(got, expected, "bob's live stream skipped or reordered messages");
+    assert_eq!(
+        got, expected,
+        "bob's live stream skipped or reordered messages"
+    );
 }
 
 /// Collects every notification a connection hears on `channel` for `during`.
-async fn eavesdrop(url: &str, channel: &str, during: impl std::future::Future<Output = ()>) -> Vec<String> {
+async fn eavesdrop(
+    url: &str,
+    channel: &str,
+    during: impl std::future::Future<Output = ()>,
+) -> Vec<String> {
     let (client, mut connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
     let (sender, mut heard) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
@@ -166,7 +183,10 @@ async fn eavesdrop(url: &str, channel: &str, during: impl std::future::Future<Ou
             }
         }
     });
-    client.batch_execute(&format!("LISTEN {channel}")).await.unwrap();
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .unwrap();
     during.await;
     // A round trip, so everything sent before it has been read.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -211,9 +231,18 @@ async fn listen_reveals_no_content() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     })
     .await;
-    assert!(!heard.is_empty(), "the intruder heard wake-ups (the test listens correctly)");
+    assert!(
+        !heard.is_empty(),
+        "the intruder heard wake-ups (the test listens correctly)"
+    );
     for payload in &heard {
-        for secret in ["alice", "bob", "secret-message-text", "secret-draft-text", "participant"] {
+        for secret in [
+            "alice",
+            "bob",
+            "secret-message-text",
+            "secret-draft-text",
+            "participant",
+        ] {
             assert!(
                 !payload.contains(secret),
                 "a LISTENing login learned {secret:?} from {payload:?}"
@@ -228,7 +257,10 @@ async fn listen_reveals_no_content() {
 async fn explicit_ids_are_refused_to_writers() {
     let db = fresh_database().await;
     let app = connect(&db).await;
-    let writer = Role::create(&db, "writer", WRITER_GRANTS).await.connect().await;
+    let writer = Role::create(&db, "writer", WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
     let key: i64 = app
         .query_one("SELECT 7395514830127704945::int8", &[])
         .await
@@ -275,4 +307,549 @@ async fn explicit_ids_are_refused_to_writers() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
+}
+
+/// Inserts `count` messages of about `size` bytes for `participants` in one transaction.
+async fn insert_large(client: &Client, participants: &[&str], count: i64, size: i64) {
+    let participants: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
+    client
+        .execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT $1, jsonb_build_object('n', n, 'pad', repeat('x', $3::int8::int)) \
+             FROM generate_series(1, $2::int8) AS n",
+            &[&participants, &count, &size],
+        )
+        .await
+        .unwrap();
+}
+
+/// `GET /v1/messages` as `token`.
+async fn history(base: &str, token: &str, query: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/messages?{query}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Memory pinned by one token, part 1: a history page is capped in bytes as well as rows,
+/// and following `next_since_id` still returns every message exactly once, in order.
+#[tokio::test]
+async fn history_pages_are_capped_in_bytes() {
+    let db = fresh_database().await;
+    let app = connect(&db).await;
+    insert_large(&app, &["mallory"], 60, 60_000).await;
+    let relay = Relay::start(&db).await;
+    let token = relay.token("mallory", &[]);
+    let mut since = 0;
+    let mut got = Vec::new();
+    for _ in 0..60 {
+        let response = history(&relay.base, &token, &format!("since_id={since}&limit=1000")).await;
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.unwrap();
+        assert!(
+            body.len() <= 1024 * 1024 + 64 * 1024,
+            "one page held {} bytes",
+            body.len()
+        );
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        let messages = page["messages"].as_array().unwrap();
+        if messages.is_empty() {
+            break;
+        }
+        got.extend(messages.iter().map(|m| m["id"].as_i64().unwrap()));
+        since = page["next_since_id"].as_i64().unwrap();
+    }
+    assert_eq!(got, ids_for(&app, "mallory").await);
+}
+
+/// Memory pinned by one token, part 2: one participant's history requests in flight are
+/// limited (429), so one token cannot pile up database work and response buffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_requests_in_flight_are_limited_per_participant() {
+    let db = fresh_database().await;
+    let app = connect(&db).await;
+    insert(&app, &["mallory", "alice"], json!({})).await;
+    let relay = Relay::start(&db).await;
+    let token = relay.token("mallory", &[]);
+    // Hold every history query in the database until this transaction ends.
+    let blocker = connect(&db).await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE pgrelay.messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let waiting: Vec<_> = (0..12)
+        .map(|_| {
+            let (base, token) = (relay.base.clone(), token.clone());
+            tokio::spawn(
+                async move { history(&base, &token, "since_id=0").await.status().as_u16() },
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Another participant is not affected by mallory's pile.
+    let alice = relay.token("alice", &[]);
+    let alice_request = tokio::spawn({
+        let base = relay.base.clone();
+        async move { history(&base, &alice, "since_id=0").await.status().as_u16() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let mut statuses = Vec::new();
+    for request in waiting {
+        statuses.push(request.await.unwrap());
+    }
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    let served = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(refused + served, 12, "{statuses:?}");
+    assert_eq!(served, 4, "the default allows 4 in flight: {statuses:?}");
+    assert_eq!(alice_request.await.unwrap(), 200);
+}
+
+/// Memory pinned by one token, part 3: publishing over HTTP is rate limited per sender, with a
+/// `Retry-After` that says when to come back; other senders are not affected.
+#[tokio::test]
+async fn publishing_is_rate_limited_per_sender() {
+    let db = fresh_database().await;
+    let relay = Relay::start_with(&db, pgrelay::state::Settings::default()).await;
+    let http = reqwest::Client::new();
+    let post = |sender: &str| {
+        http.post(format!("{}/v1/messages", relay.base))
+            .bearer_auth(relay.token(sender, &["publish"]))
+            .json(&json!({"participants": ["alice"], "payload": {}}))
+            .send()
+    };
+    let mut refused = None;
+    for _ in 0..200 {
+        let response = post("mallory").await.unwrap();
+        if response.status() == 429 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 201);
+    }
+    let refused = refused.expect("200 messages in a burst were all accepted");
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(post("alice").await.unwrap().status(), 201);
+}
+
+/// Memory pinned by one token, part 4: a stream whose client stops reading is closed once a
+/// write has stalled for the write timeout, instead of holding its buffers forever. Prints
+/// the relay's RSS under the issue's attack (non-reading history requests of large pages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = fresh_database().await;
+    let app = connect(&db).await;
+    insert_large(&app, &["mallory"], 300, 60_000).await;
+    let relay = RelayProcess::start(&db, &["--write-timeout", "1s"], None).await;
+    let rss_before = relay.rss_kib();
+    let token = relay.token("mallory", &[]);
+    let address = relay.base.trim_start_matches("http://").parse().unwrap();
+    let mut sockets = Vec::new();
+    for n in 0..16 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut socket = socket.connect(address).await.unwrap();
+        let path = if n == 0 {
+            "/v1/stream?since_id=0".to_owned()
+        } else {
+            "/v1/messages?since_id=0&limit=1000".to_owned()
+        };
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n\r\n");
+        socket.write_all(request.as_bytes()).await.unwrap();
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_during = relay.rss_kib();
+    eprintln!("relay RSS: {rss_before} KiB before, {rss_during} KiB with 16 clients not reading");
+    // Every connection must have been closed by the relay: reading drains what the kernel
+    // buffered and then meets the end, well before the whole 18 MB could have been sent.
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        let mut total = 0usize;
+        let mut buffer = vec![0; 64 * 1024];
+        let ended = tokio::time::timeout(PATIENCE, async {
+            loop {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => total += read,
+                }
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "connection {n} was still open ({total} bytes read)"
+        );
+        assert!(
+            total < 17_000_000,
+            "connection {n} got everything ({total} bytes)"
+        );
+    }
+}
+
+/// Catch-up cannot starve the instance: while a hundred streams that never read catch up on
+/// large messages through a small pool, publishing and `/readyz` keep their connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_storm_leaves_publishing_and_readiness_alone() {
+    use tokio::io::AsyncWriteExt;
+    let db = fresh_database().await;
+    let app = connect(&db).await;
+    insert_large(&app, &["mallory"], 150, 60_000).await;
+    let relay = RelayProcess::start(&db, &["--pool-size", "4"], None).await;
+    let token = relay.token("mallory", &[]);
+    let address: std::net::SocketAddr = relay.base.trim_start_matches("http://").parse().unwrap();
+    let mut storm = Vec::new();
+    for _ in 0..100 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut socket = socket.connect(address).await.unwrap();
+        let request = format!(
+            "GET /v1/stream?since_id=0 HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        storm.push(socket);
+    }
+    let http = reqwest::Client::new();
+    let publisher = relay.token("alice", &["publish"]);
+    for round in 0..10 {
+        let ready = http
+            .get(format!("{}/readyz", relay.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            ready.status(),
+            200,
+            "round {round}: /readyz during the storm"
+        );
+        let posted = http
+            .post(format!("{}/v1/messages", relay.base))
+            .bearer_auth(&publisher)
+            .json(&json!({"participants": ["bob"], "payload": {"round": round}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 201, "round {round}: POST during the storm");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(storm);
+}
+
+/// Settings with presence fast enough to test.
+fn quick_presence() -> pgrelay::state::Settings {
+    let mut settings = test_settings();
+    settings.presence_debounce = Duration::from_millis(300);
+    settings.presence_ttl = Duration::from_secs(2);
+    settings
+}
+
+/// `GET /v1/presence` as `token`: status and body.
+async fn presence_of(base: &str, token: &str, participants: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/presence?participants={participants}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Presence by intrusion: mallory sends alice one message and so tries to follow her presence.
+/// Without alice's consent (she never wrote to mallory) mallory learns nothing: no presence
+/// event, and 403 from the presence API. Once alice writes back, mallory sees her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_follow_presence_by_writing_first() {
+    let db = fresh_database().await;
+    let relay = Relay::start_with(&db, quick_presence()).await;
+    let http = reqwest::Client::new();
+    let post = |sender: &str, to: &str| {
+        http.post(format!("{}/v1/messages", relay.base))
+            .bearer_auth(relay.token(sender, &["publish"]))
+            .json(&json!({"participants": [to], "payload": {"text": "hi"}}))
+            .send()
+    };
+    assert_eq!(post("mallory", "alice").await.unwrap().status(), 201);
+    let mut mallory = relay.subscribe("mallory", "", None).await;
+    mallory.keep_presence = true;
+    mallory.opening_position().await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let mallory_token = relay.token("mallory", &[]);
+    while let Some(event) = mallory.next_within(Duration::from_secs(2)).await {
+        assert_ne!(
+            event.event.as_deref(),
+            Some("presence"),
+            "mallory learned alice's presence: {event:?}"
+        );
+    }
+    let refused = presence_of(&relay.base, &mallory_token, "alice").await;
+    assert_eq!(refused.status(), 403);
+
+    assert_eq!(post("alice", "mallory").await.unwrap().status(), 201);
+    let allowed = presence_of(&relay.base, &mallory_token, "alice").await;
+    assert_eq!(allowed.status(), 200);
+    let body: Value = allowed.json().await.unwrap();
+    assert_eq!(body["presence"]["alice"]["online"], true);
+}
+
+/// Expensive refusals: presence requests are rate limited per caller (429 with Retry-After),
+/// so a stranger cannot make the relay compute audiences in a loop.
+#[tokio::test]
+async fn presence_requests_are_rate_limited() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let token = relay.token("mallory", &[]);
+    let names: Vec<String> = (0..100).map(|n| format!("user{n}")).collect();
+    let names = names.join(",");
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let response = presence_of(&relay.base, &token, &names).await;
+        let status = response.status().as_u16();
+        if status == 429 {
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        statuses.push(status);
+    }
+    assert!(
+        statuses.iter().all(|&s| s == 403 || s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&429),
+        "40 refusals in a row were never rate limited"
+    );
+}
+
+/// One bad name stops presence: a token whose `sub` holds a NUL (which PostgreSQL text cannot
+/// store) is refused, and presence keeps flowing for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_subject_cannot_stop_presence() {
+    let db = fresh_database().await;
+    insert(&connect(&db).await, &["alice", "bob"], json!({})).await;
+    let relay = Relay::start_with(&db, quick_presence()).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    bob.keep_presence = true;
+    bob.opening_position().await;
+    let bad = relay.token("mallory\u{0}", &[]);
+    let response = reqwest::get(format!("{}/v1/stream?token={bad}", relay.base))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "a NUL in sub was accepted");
+    drop(response);
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    loop {
+        let event = bob.next().await;
+        if event.event.as_deref() == Some("presence") {
+            let data: Value = serde_json::from_str(&event.data.unwrap()).unwrap();
+            assert_eq!(data["participant"], "alice");
+            assert_eq!(data["online"], true);
+            break;
+        }
+    }
+}
+
+/// Loose names: control and Unicode format characters are refused in a token's `sub`, in
+/// participants over HTTP and in rows inserted from SQL, so no name can pass for another.
+#[tokio::test]
+async fn names_with_invisible_characters_are_refused_everywhere() {
+    let db = fresh_database().await;
+    let app = connect(&db).await;
+    let relay = Relay::start(&db).await;
+    for name in [
+        "\u{202E}ecila",
+        "ali\u{200B}ce",
+        "bob\u{7}",
+        "\u{FEFF}carol",
+    ] {
+        let token = relay.token(name, &[]);
+        let response = history(&relay.base, &token, "").await;
+        assert_eq!(response.status(), 401, "sub {name:?} was accepted");
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/messages", relay.base))
+            .bearer_auth(relay.token("alice", &["publish"]))
+            .json(&json!({"participants": [name], "payload": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422, "participant {name:?} was accepted");
+        let stored = app
+            .execute(
+                "INSERT INTO pgrelay.messages (participants, payload) VALUES ($1, '{}')",
+                &[&vec![name.to_owned()]],
+            )
+            .await;
+        assert!(stored.is_err(), "SQL stored participant {name:?}");
+        let stored = app
+            .execute(
+                "INSERT INTO pgrelay.messages (participants, sender, payload) VALUES ('{bob}', $1, '{}')",
+                &[&name],
+            )
+            .await;
+        assert!(stored.is_err(), "SQL stored sender {name:?}");
+    }
+    for subject in ["#general", "*"] {
+        let response = history(&relay.base, &relay.token(subject, &[]), "").await;
+        assert_eq!(
+            response.status(),
+            401,
+            "sub {subject:?} names a room or everyone"
+        );
+    }
+    assert!(ids_for(&app, "bob").await.is_empty());
+}
+
+/// Signs raw claims JSON with the test secret (HS256), for tokens `mint` would never make.
+fn sign_claims(claims: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let signature = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes())
+        .unwrap()
+        .chain_update(input.as_bytes())
+        .finalize()
+        .into_bytes();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// Loose tokens: `pgrelay serve` refuses, by default, a token that lives for decades and one
+/// whose claim is repeated (`sub` bob, then `sub` alice); with `--token-audience` and
+/// `--token-issuer` it refuses tokens for another relay or from another issuer.
+#[tokio::test]
+async fn tokens_that_live_forever_or_repeat_a_claim_are_refused() {
+    let db = fresh_database().await;
+    let relay = RelayProcess::start(
+        &db,
+        &[
+            "--token-audience",
+            "chat",
+            "--token-issuer",
+            "https://app.example",
+        ],
+        None,
+    )
+    .await;
+    let now = pgrelay::auth::now_unix();
+    let good = r#""aud":"chat","iss":"https://app.example""#;
+    let cases = [
+        (
+            format!(r#"{{"sub":"alice","exp":{},{good}}}"#, now + 600),
+            200,
+        ),
+        (
+            format!(r#"{{"sub":"alice","exp":1000000000000,{good}}}"#),
+            401,
+        ),
+        (
+            format!(
+                r#"{{"sub":"bob","exp":{0},"sub":"alice",{good}}}"#,
+                now + 600
+            ),
+            401,
+        ),
+        (
+            format!(
+                r#"{{"sub":"alice","exp":{0},"exp":{1},{good}}}"#,
+                now + 600,
+                now + 900
+            ),
+            401,
+        ),
+        (
+            format!(
+                r#"{{"sub":"alice","exp":{},"aud":"other","iss":"https://app.example"}}"#,
+                now + 600
+            ),
+            401,
+        ),
+        (
+            format!(
+                r#"{{"sub":"alice","exp":{},"aud":["x","chat"],"iss":"https://app.example"}}"#,
+                now + 600
+            ),
+            200,
+        ),
+        (
+            format!(r#"{{"sub":"alice","exp":{},"aud":"chat"}}"#, now + 600),
+            401,
+        ),
+    ];
+    for (claims, status) in cases {
+        let response = history(&relay.base, &sign_claims(&claims), "").await;
+        assert_eq!(response.status(), status, "claims {claims}");
+    }
+}
+
+/// File descriptors: started with a soft open-files limit of 1,024 (a common service default),
+/// the relay raises it to the hard limit, so 1,500 clients connecting at once are all served
+/// before any header timeout could free a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_open_files_limit_is_raised() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raise_own_open_files_limit();
+    let db = fresh_database().await;
+    let relay =
+        RelayProcess::start_under(&["prlimit", "--nofile=1024:", "--"], &db, &[], None).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", relay.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], fields[4], "soft limit not raised: {line}");
+
+    let address: std::net::SocketAddr = relay.base.trim_start_matches("http://").parse().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..1500 {
+        clients.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    // The header timeout is 10 s: served by then means accepted at once, not after idle
+    // connections timed out.
+    let served = tokio::time::timeout(Duration::from_secs(8), async {
+        let mut answered = 0;
+        for client in &mut clients {
+            client
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+                .await
+                .unwrap();
+        }
+        for client in &mut clients {
+            let mut buffer = [0u8; 256];
+            let read = client.read(&mut buffer).await.unwrap_or(0);
+            if buffer[..read].starts_with(b"HTTP/1.1 200") {
+                answered += 1;
+            }
+        }
+        answered
+    })
+    .await;
+    assert_eq!(served, Ok(1500));
+}
+
+/// Lets this test process open thousands of sockets (its soft limit may be 1,024).
+fn raise_own_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only touch the struct passed to them.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
 }

@@ -312,6 +312,20 @@ async function scenarios(browser) {
   check((await ownElsewhere.first().getAttribute('data-own')) === 'true', 'bob\'s own reply is not on his side');
   log('(c) passed: cross-origin page streams and sends (preflighted POST answered 201)');
 
+  // (c2) A crafted link naming a relay the page does not list: no script from it, no token
+  // sent to it. The relay's own page lists no other relay, and its CSP would refuse one anyway.
+  const foreignRequests = [];
+  const crafted = await openPage(browser, 'bob@crafted-link', `${RELAY}/?relay=${encodeURIComponent(OTHER)}&token=${BOB}`);
+  crafted.on('request', (request) => {
+    if (request.url().startsWith(OTHER)) foreignRequests.push(request.url());
+  });
+  await waitForStatus(crafted, 'closed', 'bob@crafted-link');
+  check(foreignRequests.length === 0, `the crafted link made the page call ${foreignRequests.join(', ')}`);
+  const csp = (await fetch(`${RELAY}/`)).headers.get('content-security-policy') ?? '';
+  check(/script-src 'self'/.test(csp) && !/script-src[^;]*(\*|http)/.test(csp), `the demo page's CSP is ${csp}`);
+  await crafted.context().close();
+  log('(c2) passed: a link naming an unlisted relay is refused');
+
   // (d) client.js on its own, in bob's page: a refused token (401, after which EventSource
   // gives up for good) and an expiring token (the relay's token_expired) must each lead to a
   // new stream with a fresh token from the callback, resuming at lastId: nothing lost, nothing

@@ -42,7 +42,14 @@ impl Drop for ScratchDir {
 pub struct Daemon {
     child: Child,
     pub port: u16,
-    _dir: ScratchDir,
+    dir: ScratchDir,
+}
+
+impl Daemon {
+    /// The text of a file the daemon wrote in its scratch folder (a log, say), or "".
+    pub fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.0.join(name)).unwrap_or_default()
+    }
 }
 
 impl Drop for Daemon {
@@ -104,14 +111,11 @@ pub async fn pgbouncer(pg_port: u16) -> Daemon {
         .spawn()
         .unwrap();
     wait_for_port(port, &mut child, "pgbouncer").await;
-    Daemon {
-        child,
-        port,
-        _dir: dir,
-    }
+    Daemon { child, port, dir }
 }
 
-/// nginx proxying to the relay at `relay_port`, configured with deploy/nginx-location.conf.
+/// nginx proxying to the relay at `relay_port`, configured with deploy/nginx-location.conf,
+/// with nginx's default access log (the `combined` format) written to `access.log`.
 pub async fn nginx(relay_port: u16) -> Daemon {
     let binary = require_binary("nginx", "nginx-light");
     let dir = ScratchDir::new("nginx");
@@ -120,7 +124,7 @@ pub async fn nginx(relay_port: u16) -> Daemon {
     let config = format!(
         "daemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
          events {{ worker_connections 256; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+         http {{\n  access_log {dir}/access.log;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
            fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
            upstream pgrelay {{ server 127.0.0.1:{relay_port}; }}\n\
            server {{\n    listen 127.0.0.1:{port};\n    include {location};\n  }}\n}}\n",
@@ -136,9 +140,5 @@ pub async fn nginx(relay_port: u16) -> Daemon {
         .spawn()
         .unwrap();
     wait_for_port(port, &mut child, "nginx").await;
-    Daemon {
-        child,
-        port,
-        _dir: dir,
-    }
+    Daemon { child, port, dir }
 }

@@ -95,9 +95,15 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
-/// The relay settings tests use unless they say otherwise: the defaults.
+/// The relay settings tests use unless they say otherwise: the defaults, except that a
+/// sender may publish as fast as a test likes (tests post in bulk; tests/trust.rs checks the
+/// default rate limit).
 pub fn test_settings() -> Settings {
-    Settings::default()
+    Settings {
+        publish_rate: 1e6,
+        publish_burst: 1e6,
+        ..Settings::default()
+    }
 }
 
 /// The connection limits tests use unless they say otherwise.
@@ -436,6 +442,17 @@ impl RelayProcess {
         extra: &[&str],
         log: Option<&std::path::Path>,
     ) -> RelayProcess {
+        RelayProcess::start_under(&[], database_url, extra, log).await
+    }
+
+    /// Like [`RelayProcess::start`], run through `wrapper` (a command such as
+    /// `["prlimit", "--nofile=1024:", "--"]` that execs the rest of its arguments).
+    pub async fn start_under(
+        wrapper: &[&str],
+        database_url: &str,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> RelayProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -445,7 +462,16 @@ impl RelayProcess {
             Some(path) => std::process::Stdio::from(std::fs::File::create(path).unwrap()),
             None => std::process::Stdio::null(),
         };
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
+        let binary = env!("CARGO_BIN_EXE_pgrelay");
+        let mut command = match wrapper.split_first() {
+            Some((program, arguments)) => {
+                let mut command = std::process::Command::new(program);
+                command.args(arguments).arg(binary);
+                command
+            }
+            None => std::process::Command::new(binary),
+        };
+        let child = command
             .arg("serve")
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(extra)
