@@ -497,27 +497,30 @@ async fn clients_that_stop_reading_are_disconnected() {
     }
 }
 
-/// Catch-up cannot starve the instance: while a hundred streams that never read catch up on
-/// large messages through a small pool, publishing and `/readyz` keep their connections.
+/// Catch-up cannot starve the instance: while 400 streams that never read catch up on 9 MB of
+/// messages through a small pool, publishing and `/readyz` keep their connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_storm_leaves_publishing_and_readiness_alone() {
     use tokio::io::AsyncWriteExt;
     let db = fresh_database().await;
     let app = connect(&db).await;
-    insert_large(&app, &["mallory"], 150, 60_000).await;
+    insert_large(&app, &["mallory"], 300, 60_000).await;
     let relay = RelayProcess::start(&db, &["--pool-size", "4"], None).await;
     let token = relay.token("mallory", &[]);
     let address: std::net::SocketAddr = relay.base.trim_start_matches("http://").parse().unwrap();
+    raise_own_open_files_limit();
     let mut storm = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..400 {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
-        let mut socket = socket.connect(address).await.unwrap();
-        let request = format!(
-            "GET /v1/stream?since_id=0 HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n\r\n"
-        );
+        storm.push(socket.connect(address).await.unwrap());
+    }
+    // All at once: every stream asks for its catch-up in the same moment.
+    let request = format!(
+        "GET /v1/stream?since_id=0 HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    for socket in &mut storm {
         socket.write_all(request.as_bytes()).await.unwrap();
-        storm.push(socket);
     }
     let http = reqwest::Client::new();
     let publisher = relay.token("alice", &["publish"]);
@@ -540,7 +543,7 @@ async fn catch_up_storm_leaves_publishing_and_readiness_alone() {
             .await
             .unwrap();
         assert_eq!(posted.status(), 201, "round {round}: POST during the storm");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(storm);
 }
