@@ -56,7 +56,7 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
-    /// Direct session connection used for LISTEN and for reading the notified rows [default:
+    /// Direct session connection used for LISTEN and for reading new rows [default:
     /// --database-url]. Poolers in transaction mode cannot LISTEN.
     #[arg(long, env = "LISTEN_DATABASE_URL", hide_env_values = true)]
     pub listen_database_url: Option<String>,

@@ -12,7 +12,8 @@
 //! - [`migrate`]: applies the SQL in `sql/` (outbox table, commit-ordered ids, NOTIFY trigger).
 //! - [`listener`]: the dedicated LISTEN connection: reconnects, gap fills, dispatch.
 //! - [`registry`]: participant → open streams, each with a bounded inbox.
-//! - [`signal`]: live-only events (typing, presence) and the per-sender rate limit.
+//! - [`signal`]: live-only events (typing, presence).
+//! - [`limits`]: per-client rate and concurrency limits.
 //! - [`stream`]: one subscriber's SSE stream: catch-up, live, keep-alive, expiry, shutdown.
 //! - [`server`]: the accept loop: connection limit, header timeout, graceful shutdown.
 //! - [`http`]: the router and its handlers; [`error`] turns failures into JSON answers.
@@ -28,14 +29,15 @@
 //!
 //! # Data flow
 //!
-//! `INSERT INTO pgrelay.messages` → at COMMIT the deferred trigger draws the id under an
-//! advisory lock and sends `NOTIFY pgrelay, '{"id":…,"participants":[…]}'` (sql/) → the
-//! [`listener`] reads the rows of notified messages that have local subscribers (one prepared
-//! query per batch, on the LISTEN connection itself) → the [`registry`] pushes each into the
-//! inboxes of its participants' streams → each [`stream`] drops ids it already sent and writes
-//! the rest as SSE events. A stream whose inbox
-//! overflowed, or that may have missed notifications while the listener reconnected, reads
-//! the table from its cursor instead.
+//! `INSERT INTO pgrelay.messages` → at COMMIT the deferred trigger draws the id under a table
+//! lock and sends an empty `NOTIFY pgrelay` (sql/) → the [`listener`] reads every message and
+//! signal committed since the last ones it read, from the tables, with its own role (one
+//! prepared query per batch of wake-ups, on the LISTEN connection itself) → the [`registry`]
+//! pushes each row that has local subscribers into the inboxes of its participants' streams
+//! → each [`stream`] drops ids it already sent and writes the rest as SSE events. A stream
+//! whose inbox overflowed, or that may have missed notifications while the listener
+//! reconnected, reads the table from its cursor instead. A notification is only a hint: any
+//! login may send one, so nothing in it is read.
 
 pub mod auth;
 pub mod cluster;

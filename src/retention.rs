@@ -1,8 +1,9 @@
 //! Retention: old messages are pruned so the outbox does not grow forever.
 //!
-//! Every instance runs the pruner, but each round takes a transaction-scoped advisory lock
-//! with `pg_try_advisory_xact_lock`, so at most one instance prunes at a time and the others
-//! skip the round. Pruning deletes by id, up to the newest message older than the retention
+//! Every instance runs the pruner, but each round first locks the one row of
+//! `pgrelay.retention` with `FOR UPDATE SKIP LOCKED`, so at most one instance prunes at a time
+//! and the others skip the round. (Not an advisory lock: any login may take one of those and
+//! hold it, and pruning would stop for good.) Pruning deletes by id, up to the newest message older than the retention
 //! period, and records that id in `pgrelay.retention.pruned_through`: a stream resuming below
 //! it is told with a `reset` event that history was truncated.
 
@@ -14,9 +15,6 @@ use tracing::{debug, info, warn};
 
 use crate::state::Shared;
 use crate::store::{DbError, DbPool};
-
-/// Serialises pruning across instances.
-const PRUNE_LOCK_KEY: i64 = 7395514830127704947;
 
 /// Rows deleted per transaction, so pruning never holds locks or bloats WAL for long.
 const PRUNE_BATCH: i64 = 5000;
@@ -47,14 +45,13 @@ pub async fn prune(pool: &DbPool, retention: Duration) -> Result<u64, DbError> {
     let mut deleted = 0;
     loop {
         let transaction = client.transaction().await?;
-        let locked: bool = transaction
-            .query_typed_one(
-                "SELECT pg_try_advisory_xact_lock($1)",
-                &[(&PRUNE_LOCK_KEY, Type::INT8)],
+        let locked = transaction
+            .query_typed(
+                "SELECT 1 FROM pgrelay.retention FOR UPDATE SKIP LOCKED",
+                &[],
             )
-            .await?
-            .get(0);
-        if !locked {
+            .await?;
+        if locked.is_empty() {
             return Ok(deleted);
         }
         // The boundary is an id, so "everything at or below pruned_through is gone" holds

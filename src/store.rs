@@ -5,7 +5,7 @@
 //! unnamed statement costs no extra round trip. The one prepared statement is the
 //! dispatcher's fetch ([`prepare_news`]), which runs on the LISTEN connection: that
 //! is always a session of its own (LISTEN does not work through a transaction-mode pooler),
-//! and the fetch runs for every notified batch, where parsing and planning each time cost the
+//! and the fetch runs for every batch of wake-ups, where parsing and planning each time cost the
 //! database more than executing.
 
 use std::sync::Arc;

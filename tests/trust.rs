@@ -52,6 +52,19 @@ const WRITER_GRANTS: &[&str] = &[
     "GRANT INSERT ON pgrelay.messages TO {role}",
 ];
 
+/// The grants the README gives a relay role that is not the schema owner.
+const RELAY_GRANTS: &[&str] = &[
+    "GRANT USAGE ON SCHEMA pgrelay TO {role}",
+    "GRANT SELECT ON pgrelay.messages, pgrelay.signals, pgrelay.retention, pgrelay.presence, \
+     pgrelay.presence_last_seen, pgrelay.message_id_seq TO {role}",
+    "GRANT DELETE ON pgrelay.messages TO {role}",
+    "GRANT UPDATE ON pgrelay.retention, pgrelay.presence TO {role}",
+    "GRANT EXECUTE ON FUNCTION pgrelay.publish(text[], jsonb, text, text), \
+     pgrelay.signal(text[], text, jsonb, text), \
+     pgrelay.presence_update(text, text[], text[], interval), pgrelay.presence_expire(interval), \
+     pgrelay.presence_visible(text, text), pgrelay.presence_audience(text) TO {role}",
+];
+
 /// Injected events: a LOGIN-only role NOTIFYs payloads shaped like a signal, a presence change
 /// and a wake-up. None of them may reach a stream or move its position.
 #[tokio::test]
@@ -855,4 +868,120 @@ fn raise_own_open_files_limit() {
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
+}
+
+/// A role that may only insert messages cannot reach past that: no signal or presence change
+/// of its own making, no reading of signals, no lock that orders commits. And a LOGIN-only
+/// role that holds the advisory locks pgrelay used to take stalls nobody.
+#[tokio::test]
+async fn writers_and_strangers_cannot_forge_signals_or_stall_commits() {
+    let db = fresh_database().await;
+    let writer = Role::create(&db, "writer", WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    for forbidden in [
+        "SELECT pgrelay.send_signal('{bob}', 'presence', '{\"participant\":\"alice\",\"online\":true}', NULL)",
+        "SELECT pgrelay.signal('{bob}', 'typing', '{}', 'alice')",
+        "SELECT pgrelay.presence_update('fake', '{alice}', '{}', '1 hour')",
+        "SELECT pgrelay.publish('{bob}', '{}')",
+        "SELECT * FROM pgrelay.signals",
+        "SELECT * FROM pgrelay.messages",
+        "BEGIN; LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE; COMMIT",
+    ] {
+        let result = writer.batch_execute(forbidden).await;
+        let _ = writer.batch_execute("ROLLBACK").await;
+        let error = result.expect_err(forbidden);
+        assert_eq!(
+            error.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{forbidden}: {error}"
+        );
+    }
+
+    // The keys of the advisory locks of earlier versions (commit order, presence, pruning).
+    let stranger = Role::create(&db, "stranger", &[]).await.connect().await;
+    stranger
+        .batch_execute(
+            "SELECT pg_advisory_lock(7395514830127704945); \
+             SELECT pg_advisory_lock(7395514830127704947); \
+             SELECT pg_advisory_lock(hashtext('pgrelay.presence_expire'))",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::start(&db).await;
+    let mut carol = relay.subscribe("carol", "", None).await;
+    carol.opening_position().await;
+    insert(&writer, &["carol"], json!({"text": "not stalled"})).await;
+    let (_, _, data) = carol.next_message().await;
+    assert_eq!(data["payload"]["text"], "not stalled");
+    let pruned = pgrelay::retention::prune(
+        &pgrelay::store::connect_pool(&db, 1).unwrap(),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pruned, 1, "pruning ran despite the held lock");
+}
+
+/// The README's grants for a relay that does not run as the schema owner are enough for
+/// everything it does: streams, publishing, signals, presence, history and pruning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_role_with_the_documented_grants_works() {
+    let db = fresh_database().await;
+    let relay_role = Role::create(&db, "relay", RELAY_GRANTS).await;
+    let app = Role::create(&db, "app", WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    insert(&app, &["alice", "bob"], json!({"text": "from the app"})).await;
+    let mut options = RelayOptions::new(&relay_role.url);
+    options.settings = quick_presence();
+    let relay = Relay::launch(options).await;
+
+    let mut bob = relay.subscribe("bob", "since_id=0", None).await;
+    bob.keep_presence = true;
+    bob.opening_position().await;
+    let (_, _, data) = bob.next_message().await;
+    assert_eq!(data["payload"]["text"], "from the app");
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let http = reqwest::Client::new();
+    let alice_token = relay.token("alice", &["publish"]);
+    let posted = http
+        .post(format!("{}/v1/messages", relay.base))
+        .bearer_auth(&alice_token)
+        .json(&json!({"participants": ["bob"], "payload": {"text": "over http"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    let signalled = http
+        .post(format!("{}/v1/signals", relay.base))
+        .bearer_auth(&alice_token)
+        .json(&json!({"participants": ["bob"], "kind": "typing", "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signalled.status(), 202);
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 3 {
+        let event = bob.next().await;
+        match event.event.as_deref() {
+            Some("presence") => seen.insert("presence"),
+            Some("typing") => seen.insert("typing"),
+            Some("message") => seen.insert("message"),
+            _ => false,
+        };
+    }
+    let presence = presence_of(&relay.base, &relay.token("bob", &[]), "alice").await;
+    assert_eq!(presence.status(), 200, "{:?}", presence.text().await);
+    assert_eq!(history(&relay.base, &alice_token, "").await.status(), 200);
+    let pool = pgrelay::store::connect_pool(&relay_role.url, 1).unwrap();
+    assert_eq!(
+        pgrelay::retention::prune(&pool, Duration::ZERO)
+            .await
+            .unwrap(),
+        2
+    );
 }
