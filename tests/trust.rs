@@ -985,3 +985,32 @@ async fn a_relay_role_with_the_documented_grants_works() {
         2
     );
 }
+
+/// A message id taken by hand (here by the owner, with triggers switched off) makes the next
+/// `POST /v1/messages` conflict at commit: that is the relay's problem, answered 503 and
+/// logged, never a 422 that blames the client.
+#[tokio::test]
+async fn an_id_taken_by_hand_is_a_503_not_a_422() {
+    let db = fresh_database().await;
+    let owner = connect(&db).await;
+    owner
+        .batch_execute(
+            "BEGIN; SET LOCAL session_replication_role = replica; \
+             INSERT INTO pgrelay.messages (id, participants, payload) \
+             SELECT CASE WHEN is_called THEN last_value + 1 ELSE 1 END, '{carol}', '{}' \
+             FROM pgrelay.message_id_seq; COMMIT",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::start(&db).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", relay.base))
+        .bearer_auth(relay.token("alice", &["publish"]))
+        .json(&json!({"participants": ["bob"], "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable");
+}
