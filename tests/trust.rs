@@ -230,13 +230,9 @@ async fn listen_reveals_no_content() {
         )
         .await
         .unwrap();
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/signals", relay.base))
-            .bearer_auth(&publisher)
-            .json(&json!({"participants": ["bob"], "kind": "typing", "payload": {"draft": "secret-draft-text"}}))
-            .send()
-            .await
-            .unwrap();
+        let body = json!({"participants": ["bob"], "kind": "typing",
+                          "payload": {"draft": "secret-draft-text"}});
+        let response = post(&relay.base, "/v1/signals", &publisher, body).await;
         assert_eq!(response.status(), 202);
         // bob comes online: a presence change for his audience (alice shares a message).
         let mut bob = relay.subscribe("bob", "", None).await;
@@ -312,13 +308,9 @@ async fn explicit_ids_are_refused_to_writers() {
     insert(&writer, &["carol"], json!({"text": "next"})).await;
     let (_, _, data) = carol.next_message().await;
     assert_eq!(data["payload"]["text"], "next");
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/messages", relay.base))
-        .bearer_auth(relay.token("carol", &["publish"]))
-        .json(&json!({"participants": ["dave"], "payload": {}}))
-        .send()
-        .await
-        .unwrap();
+    let token = relay.token("carol", &["publish"]);
+    let body = json!({"participants": ["dave"], "payload": {}});
+    let response = post(&relay.base, "/v1/messages", &token, body).await;
     assert_eq!(response.status(), 201);
 }
 
@@ -341,6 +333,17 @@ async fn history(base: &str, token: &str, query: &str) -> reqwest::Response {
     reqwest::Client::new()
         .get(format!("{base}/v1/messages?{query}"))
         .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST {route}` (`/v1/messages`, `/v1/signals`) as `token` with a JSON `body`.
+async fn post(base: &str, route: &str, token: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}{route}"))
+        .bearer_auth(token)
+        .json(&body)
         .send()
         .await
         .unwrap()
@@ -426,16 +429,15 @@ async fn history_requests_in_flight_are_limited_per_participant() {
 async fn publishing_is_rate_limited_per_sender() {
     let db = fresh_database().await;
     let relay = Relay::start_with(&db, pgrelay::state::Settings::default()).await;
-    let http = reqwest::Client::new();
-    let post = |sender: &str| {
-        http.post(format!("{}/v1/messages", relay.base))
-            .bearer_auth(relay.token(sender, &["publish"]))
-            .json(&json!({"participants": ["alice"], "payload": {}}))
-            .send()
+    let publish = |sender: &str| {
+        let body = json!({"participants": ["alice"], "payload": {}});
+        let token = relay.token(sender, &["publish"]);
+        let base = relay.base.clone();
+        async move { post(&base, "/v1/messages", &token, body).await }
     };
     let mut refused = None;
     for _ in 0..200 {
-        let response = post("mallory").await.unwrap();
+        let response = publish("mallory").await;
         if response.status() == 429 {
             refused = Some(response);
             break;
@@ -451,7 +453,7 @@ async fn publishing_is_rate_limited_per_sender() {
     assert!(retry_after >= 1);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "rate_limited");
-    assert_eq!(post("alice").await.unwrap().status(), 201);
+    assert_eq!(publish("alice").await.status(), 201);
 }
 
 /// Memory pinned by one token, part 4: a stream whose client stops reading is closed once a
@@ -548,13 +550,8 @@ async fn catch_up_storm_leaves_publishing_and_readiness_alone() {
             200,
             "round {round}: /readyz during the storm"
         );
-        let posted = http
-            .post(format!("{}/v1/messages", relay.base))
-            .bearer_auth(&publisher)
-            .json(&json!({"participants": ["bob"], "payload": {"round": round}}))
-            .send()
-            .await
-            .unwrap();
+        let body = json!({"participants": ["bob"], "payload": {"round": round}});
+        let posted = post(&relay.base, "/v1/messages", &publisher, body).await;
         assert_eq!(posted.status(), 201, "round {round}: POST during the storm");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -586,14 +583,13 @@ async fn presence_of(base: &str, token: &str, participants: &str) -> reqwest::Re
 async fn a_stranger_cannot_follow_presence_by_writing_first() {
     let db = fresh_database().await;
     let relay = Relay::start_with(&db, quick_presence()).await;
-    let http = reqwest::Client::new();
-    let post = |sender: &str, to: &str| {
-        http.post(format!("{}/v1/messages", relay.base))
-            .bearer_auth(relay.token(sender, &["publish"]))
-            .json(&json!({"participants": [to], "payload": {"text": "hi"}}))
-            .send()
+    let write = |sender: &str, to: &str| {
+        let body = json!({"participants": [to], "payload": {"text": "hi"}});
+        let token = relay.token(sender, &["publish"]);
+        let base = relay.base.clone();
+        async move { post(&base, "/v1/messages", &token, body).await }
     };
-    assert_eq!(post("mallory", "alice").await.unwrap().status(), 201);
+    assert_eq!(write("mallory", "alice").await.status(), 201);
     let mut mallory = relay.subscribe("mallory", "", None).await;
     mallory.keep_presence = true;
     mallory.opening_position().await;
@@ -610,7 +606,7 @@ async fn a_stranger_cannot_follow_presence_by_writing_first() {
     let refused = presence_of(&relay.base, &mallory_token, "alice").await;
     assert_eq!(refused.status(), 403);
 
-    assert_eq!(post("alice", "mallory").await.unwrap().status(), 201);
+    assert_eq!(write("alice", "mallory").await.status(), 201);
     let allowed = presence_of(&relay.base, &mallory_token, "alice").await;
     assert_eq!(allowed.status(), 200);
     let body: Value = allowed.json().await.unwrap();
@@ -681,6 +677,7 @@ async fn names_with_invisible_characters_are_refused_everywhere() {
     let db = fresh_database().await;
     let app = connect(&db).await;
     let relay = Relay::start(&db).await;
+    let publisher = relay.token("alice", &["publish"]);
     for name in [
         "\u{202E}ecila",
         "ali\u{200B}ce",
@@ -690,13 +687,8 @@ async fn names_with_invisible_characters_are_refused_everywhere() {
         let token = relay.token(name, &[]);
         let response = history(&relay.base, &token, "").await;
         assert_eq!(response.status(), 401, "sub {name:?} was accepted");
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/messages", relay.base))
-            .bearer_auth(relay.token("alice", &["publish"]))
-            .json(&json!({"participants": [name], "payload": {}}))
-            .send()
-            .await
-            .unwrap();
+        let body = json!({"participants": [name], "payload": {}});
+        let response = post(&relay.base, "/v1/messages", &publisher, body).await;
         assert_eq!(response.status(), 422, "participant {name:?} was accepted");
         let stored = app
             .execute(
@@ -946,23 +938,12 @@ async fn a_relay_role_with_the_documented_grants_works() {
     assert_eq!(data["payload"]["text"], "from the app");
     let mut alice = relay.subscribe("alice", "", None).await;
     alice.opening_position().await;
-    let http = reqwest::Client::new();
     let alice_token = relay.token("alice", &["publish"]);
-    let posted = http
-        .post(format!("{}/v1/messages", relay.base))
-        .bearer_auth(&alice_token)
-        .json(&json!({"participants": ["bob"], "payload": {"text": "over http"}}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"participants": ["bob"], "payload": {"text": "over http"}});
+    let posted = post(&relay.base, "/v1/messages", &alice_token, body).await;
     assert_eq!(posted.status(), 201);
-    let signalled = http
-        .post(format!("{}/v1/signals", relay.base))
-        .bearer_auth(&alice_token)
-        .json(&json!({"participants": ["bob"], "kind": "typing", "payload": {}}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"participants": ["bob"], "kind": "typing", "payload": {}});
+    let signalled = post(&relay.base, "/v1/signals", &alice_token, body).await;
     assert_eq!(signalled.status(), 202);
     let mut seen = std::collections::HashSet::new();
     while seen.len() < 3 {
@@ -1003,13 +984,9 @@ async fn an_id_taken_by_hand_is_a_503_not_a_422() {
         .await
         .unwrap();
     let relay = Relay::start(&db).await;
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/messages", relay.base))
-        .bearer_auth(relay.token("alice", &["publish"]))
-        .json(&json!({"participants": ["bob"], "payload": {}}))
-        .send()
-        .await
-        .unwrap();
+    let token = relay.token("alice", &["publish"]);
+    let body = json!({"participants": ["bob"], "payload": {}});
+    let response = post(&relay.base, "/v1/messages", &token, body).await;
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "unavailable");
