@@ -98,7 +98,9 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
-    /// Most open HTTP connections (streams included); one more is answered 503.
+    /// Most open HTTP connections (streams included); one more is answered 503. At start the
+    /// relay raises its open-files limit to the hard limit, and accepts fewer (saying so in the
+    /// log) if even that cannot hold this many.
     #[arg(long, env = "PGRELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
