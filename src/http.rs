@@ -44,6 +44,10 @@ const MAX_SIGNAL_PAYLOAD: usize = 1024;
 /// The browser client module, served at `/v1/client.js`.
 const CLIENT_JS: &str = include_str!("../static/client.js");
 
+/// The OpenAPI 3.1 document of this API, served at `/v1/openapi.json` (tests/openapi.rs
+/// checks the live server against it).
+const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
+
 /// The demo chat page, served at `/` by `pgrelay demo` and `pgrelay serve --demo`.
 const DEMO_HTML: &str = include_str!("../static/demo.html");
 
@@ -60,6 +64,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/v1/signals", post(post_signal))
         .route("/v1/presence", get(presence))
         .route("/v1/client.js", get(client_js))
+        .route("/v1/openapi.json", get(openapi_json))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -178,11 +183,16 @@ async fn stream(
         .get("last-event-id")
         .map(|value| value.to_str().unwrap_or("\u{0}"))
         .filter(|value| !value.is_empty());
-    let resume = match (last_event_id, params.since_id.as_deref()) {
-        (Some(id), _) => Some(parse_id("Last-Event-ID", id)?),
-        (None, Some(id)) => Some(parse_id("since_id", id)?),
-        (None, None) => None,
-    };
+    // Both are checked, so a malformed one is answered even when the other one wins.
+    let since_id = params
+        .since_id
+        .as_deref()
+        .map(|id| parse_id("since_id", id))
+        .transpose()?;
+    let last_event_id = last_event_id
+        .map(|id| parse_id("Last-Event-ID", id))
+        .transpose()?;
+    let resume = last_event_id.or(since_id);
     let expires_in = Duration::from_secs(claims.exp.saturating_sub(auth::now_unix()));
     let events = EventStream::open(Arc::clone(&shared), claims.sub, resume, expires_in)
         .await
@@ -535,7 +545,7 @@ async fn presence(
     }
     let mut asked: Vec<String> = Vec::new();
     for name in params.participants.as_deref().unwrap_or("").split(',') {
-        let name = name.trim();
+        // Names are taken exactly as given: white space may be part of one.
         if !crate::valid_name(name) {
             return Err(ApiError::invalid(
                 "`participants` must be a comma-separated list of participant names",
@@ -589,6 +599,11 @@ async fn presence(
 /// `GET /v1/client.js`: the browser client, an ES module.
 async fn client_js() -> Response {
     static_file("text/javascript; charset=utf-8", CLIENT_JS)
+}
+
+/// `GET /v1/openapi.json`: the machine-readable description of this API.
+async fn openapi_json() -> Response {
+    static_file("application/json", OPENAPI_JSON)
 }
 
 /// `GET /`: the demo chat page, with a Content-Security-Policy that lets it run its own inline
