@@ -1806,8 +1806,8 @@ async fn read_live(mut stream: OpenStream, participant: u32, hub: Arc<Hub>) {
             let SseItem::Event(event) = item else {
                 continue; // keep-alive comment
             };
-            let Some(data) = event.data.as_deref() else {
-                continue; // an id-only block
+            let Some(data) = event.data.as_deref().filter(|_| !event.is_opening()) else {
+                continue; // the opening block
             };
             let Some(id) = event_id(&event) else {
                 hub.signals.fetch_add(1, Ordering::Relaxed);
@@ -2720,7 +2720,7 @@ async fn time_catch_up_stream(
             let SseItem::Event(event) = item else {
                 continue;
             };
-            if event.data.is_none() {
+            if event.data.is_none() || event.is_opening() {
                 continue;
             }
             let Some(id) = event_id(&event) else {

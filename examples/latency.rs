@@ -427,7 +427,7 @@ impl SseStream {
             .next_event()
             .await?
             .ok_or("the stream ended before its opening block")?;
-        if opening.data.is_some() || opening.retry.is_none() {
+        if !opening.is_opening() || opening.retry.is_none() {
             return Err(format!("unexpected opening block: {opening:?}").into());
         }
         stream.last_id = parse_id(&opening)?;

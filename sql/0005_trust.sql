@@ -31,6 +31,13 @@ COMMENT ON TABLE pgrelay.presence_order IS 'Never holds rows: locking it seriali
 -- NOTIFY payload).
 ALTER TABLE pgrelay.messages ADD COLUMN IF NOT EXISTS committed_at timestamptz;
 
+-- `position` names the stream's opening event (the relay writes it so that every common SSE
+-- library records the stream's position), so it is reserved like the other control events.
+CREATE OR REPLACE FUNCTION pgrelay.valid_kind(kind text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT kind ~ '^[A-Za-z0-9_.:-]{1,64}$'
+                 AND kind NOT IN ('presence', 'position', 'reset', 'token_expired') $$;
+
 -- One rule for names: participants, senders and token subjects.
 CREATE OR REPLACE FUNCTION pgrelay.valid_name(name text) RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE

@@ -13,7 +13,6 @@ use axum::body::Body;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -179,10 +178,10 @@ async fn stream(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let (params, claims) = authenticate(&shared, &headers, query.as_deref())?;
+    // The relay never sends an empty id, so an empty header is malformed like any other.
     let last_event_id = headers
         .get("last-event-id")
-        .map(|value| value.to_str().unwrap_or("\u{0}"))
-        .filter(|value| !value.is_empty());
+        .map(|value| value.to_str().unwrap_or("\u{0}"));
     // Both are checked, so a malformed one is answered even when the other one wins.
     let since_id = params
         .since_id
@@ -204,14 +203,13 @@ async fn stream(
             ),
             OpenError::Database(error) => ApiError::internal("opening a stream failed", &error),
         })?;
-    let sse = Sse::new(events.into_stream())
-        .keep_alive(KeepAlive::new().interval(shared.settings.keepalive));
     let headers = [
+        (header::CONTENT_TYPE, "text/event-stream"),
         (header::CACHE_CONTROL, "no-cache"),
         // Tells nginx (and proxies that copy it) not to buffer the stream.
         (HeaderName::from_static("x-accel-buffering"), "no"),
     ];
-    Ok((headers, sse).into_response())
+    Ok((headers, Body::from_stream(events.into_body())).into_response())
 }
 
 /// `GET /v1/messages?since_id=N&limit=M`: the stream's events as a JSON page.
@@ -456,7 +454,7 @@ fn too_large(message: &str) -> ApiError {
 
 fn invalid_kind() -> ApiError {
     ApiError::invalid(
-        "`kind` must match [A-Za-z0-9_.:-]{1,64} and not be presence, reset or token_expired",
+        "`kind` must match [A-Za-z0-9_.:-]{1,64} and not be presence, position, reset or token_expired",
     )
 }
 

@@ -15,6 +15,7 @@
 //! - [`signal`]: live-only events (typing, presence).
 //! - [`limits`]: per-client rate and concurrency limits.
 //! - [`stream`]: one subscriber's SSE stream: catch-up, live, keep-alive, expiry, shutdown.
+//! - [`frame`]: the stream's wire format, each event rendered once into bytes.
 //! - [`server`]: the accept loop: connection limit, header timeout, graceful shutdown.
 //! - [`http`]: the router and its handlers; [`error`] turns failures into JSON answers.
 //! - [`auth`]: HS256 JSON Web Tokens: verify and mint.
@@ -44,6 +45,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod frame;
 pub mod http;
 pub mod limits;
 pub mod listener;
@@ -102,13 +104,14 @@ pub struct RelayConfig {
 /// assert!(!pgrelay::valid_kind("two words"));
 /// assert!(!pgrelay::valid_kind("line\nbreak"));
 /// assert!(!pgrelay::valid_kind("presence")); // reserved for the relay
+/// assert!(!pgrelay::valid_kind("position")); // the stream's opening event
 /// ```
 pub fn valid_kind(kind: &str) -> bool {
     (1..=64).contains(&kind.len())
         && kind
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-        && !matches!(kind, "presence" | "reset" | "token_expired")
+        && !matches!(kind, "presence" | "position" | "reset" | "token_expired")
 }
 
 /// Longest participant (or sender, or token subject) name, in bytes.

@@ -40,6 +40,20 @@ pub struct SseEvent {
     pub retry: Option<u64>,
 }
 
+impl SseEvent {
+    /// Whether this is a relay stream's opening event (`position`), which carries the
+    /// stream's position in `id:` and is no message.
+    pub fn is_opening(&self) -> bool {
+        self.event.as_deref() == Some(crate::frame::POSITION)
+    }
+
+    /// Whether this is a stored message: an event with an `id:` and data that is not the
+    /// opening. (Signals and control events carry no `id:`.)
+    pub fn is_message(&self) -> bool {
+        self.id.is_some() && self.data.is_some() && !self.is_opening()
+    }
+}
+
 /// What the parser yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SseItem {

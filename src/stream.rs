@@ -13,15 +13,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::sse::Event;
+use bytes::Bytes;
 use futures::Stream;
 use tokio::time::Instant;
 use tracing::warn;
 
+use crate::frame;
 use crate::registry::{Delivery, Live, Subscription};
-use crate::signal::Signal;
 use crate::state::Shared;
-use crate::store::{self, DbError, Message};
+use crate::store::{self, DbError};
 
 /// Messages read per catch-up query. The query costs about the same for 100 rows as for 1,000
 /// (PostgreSQL sorts the participant's matching rows either way), so pages are large.
@@ -31,9 +31,6 @@ const CATCH_UP_PAGE: i64 = 1000;
 /// so nothing is read twice). Bounds a stream's memory when payloads are large (1,000 ×
 /// 64 KiB would be 64 MiB), also while its reader does not read.
 const CATCH_UP_BYTES: i64 = 256 * 1024;
-
-/// The reconnect delay browsers are told to use.
-const RETRY: Duration = Duration::from_secs(2);
 
 /// Longest wait between catch-up attempts while the database is unreachable.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -48,8 +45,10 @@ pub struct EventStream {
     cursor: i64,
     /// Events read but not yet sent, oldest first.
     pending: VecDeque<Live>,
-    /// Events to send before anything else: the opening position and maybe `reset`.
-    preamble: VecDeque<Event>,
+    /// Frames to send before anything else: the opening position and maybe `reset`.
+    preamble: VecDeque<Bytes>,
+    /// When to send a keepalive if nothing else is sent before.
+    keepalive_at: Instant,
     /// When the token expires.
     expires: Instant,
     /// Set once `token_expired` has been sent.
@@ -98,9 +97,9 @@ impl EventStream {
             Some(since) => {
                 let bounds = store::retention_bounds(&shared.pool).await?;
                 let (cursor, reset) = resume_point(since, &bounds);
-                preamble.push_back(Event::default().retry(RETRY).id(cursor.to_string()));
+                preamble.push_back(frame::opening(cursor));
                 if let Some(reset) = reset {
-                    preamble.push_back(Event::default().event("reset").data(reset.to_string()));
+                    preamble.push_back(frame::control("reset", &reset.to_string()));
                 }
                 subscription.inbox().request_catch_up();
                 cursor
@@ -109,12 +108,14 @@ impl EventStream {
                 // Read after subscribing: a message committed in between has an id at or
                 // below the position and is dropped from the inbox as "before the stream".
                 let newest = store::newest_id(&shared.pool).await?;
-                preamble.push_back(Event::default().retry(RETRY).id(newest.to_string()));
+                preamble.push_back(frame::opening(newest));
                 newest
             }
         };
+        let keepalive_at = Instant::now() + shared.settings.keepalive;
         Ok(EventStream {
             shared,
+            keepalive_at,
             subscription,
             participant,
             cursor,
@@ -126,16 +127,18 @@ impl EventStream {
         })
     }
 
-    /// The stream as axum's SSE body wants it. Dropping it (client gone) unregisters.
-    pub fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+    /// The stream as a response body: the bytes of each event in turn. Dropping it (the
+    /// client went away) unregisters the stream.
+    pub fn into_body(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
         futures::stream::unfold(self, |mut stream| async move {
-            let event = stream.next_event().await?;
-            Some((Ok(event), stream))
+            let frame = stream.next_frame().await?;
+            stream.keepalive_at = Instant::now() + stream.shared.settings.keepalive;
+            Some((Ok(frame), stream))
         })
     }
 
-    /// The next event to send, or `None` when the stream should end.
-    async fn next_event(&mut self) -> Option<Event> {
+    /// The next frame to send, or `None` when the stream should end.
+    async fn next_frame(&mut self) -> Option<Bytes> {
         if let Some(event) = self.preamble.pop_front() {
             return Some(event);
         }
@@ -148,10 +151,10 @@ impl EventStream {
                     Live::Message(message) if message.id > self.cursor => {
                         self.cursor = message.id;
                         self.shared.metrics.events_delivered.inc();
-                        return Some(message_event(&message));
+                        return Some(frame::message(&message));
                     }
                     Live::Message(_) => {} // already sent
-                    Live::Signal(signal) => return Some(signal_event(&signal)),
+                    Live::Signal(signal) => return Some(frame::signal(&signal)),
                 }
             }
             let delivery = self.subscription.inbox().take();
@@ -165,9 +168,12 @@ impl EventStream {
                 Delivery::CatchUp => Box::pin(self.catch_up()).await.err(),
                 Delivery::Empty => {
                     let changed = self.subscription.inbox().changed();
-                    interruptible(&self.shared, self.expires, changed)
-                        .await
-                        .err()
+                    let quiet = tokio::time::timeout_at(self.keepalive_at, changed);
+                    match interruptible(&self.shared, self.expires, quiet).await {
+                        Ok(Ok(())) => None,
+                        Ok(Err(_)) => return Some(frame::KEEPALIVE),
+                        Err(interrupt) => Some(interrupt),
+                    }
                 }
             };
             match interrupted {
@@ -176,7 +182,7 @@ impl EventStream {
                 Some(Interrupt::Expired) => {
                     self.finished = true;
                     let data = r#"{"reason":"token_expired"}"#;
-                    return Some(Event::default().event("token_expired").data(data));
+                    return Some(frame::control("token_expired", data));
                 }
             }
         }
@@ -266,24 +272,4 @@ async fn interruptible<T>(
         _ = tokio::time::sleep_until(expires) => Err(Interrupt::Expired),
         value = work => Ok(value),
     }
-}
-
-/// The SSE event of a signal: no `id:`, so it never moves the client's resume position.
-fn signal_event(signal: &Signal) -> Event {
-    Event::default().event(&signal.kind).data(signal.data.get())
-}
-
-/// The SSE event of a stored message.
-fn message_event(message: &Message) -> Event {
-    // The CHECK constraint keeps kinds framing-safe; this guards tables whose constraint an
-    // operator dropped, because axum panics on a line break in an event name.
-    let kind = if crate::valid_kind(&message.kind) {
-        message.kind.as_str()
-    } else {
-        "message"
-    };
-    Event::default()
-        .id(message.id.to_string())
-        .event(kind)
-        .data(message.data.get())
 }

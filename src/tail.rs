@@ -85,6 +85,9 @@ async fn follow(
             if let Some(id) = event.id.as_deref().and_then(|id| id.parse().ok()) {
                 *last_id = Some(id);
             }
+            if event.is_opening() {
+                continue;
+            }
             let Some(data) = event.data else { continue };
             match event.event.as_deref() {
                 Some("token_expired") => return Ok(Ended::TokenExpired),

@@ -4,9 +4,10 @@
  * Served by every relay at `/v1/client.js`. It wraps `EventSource` with what a page needs
  * to neither lose nor repeat a message:
  *
- * - **Resume from the last id.** Every message id, and the `lastEventId` of the relay's own
- *   `reset` and `token_expired` events (which includes the stream's opening, id-only
- *   position), advance `lastId`; signals never do. On a network error the browser's own
+ * - **Resume from the last id.** Every message id, the stream's opening `position` event and
+ *   the `lastEventId` of the relay's own `reset` and `token_expired` events advance `lastId`;
+ *   signals never do. So a client started live knows its position from the first byte, and
+ *   one that is refused later still resumes exactly. On a network error the browser's own
  *   reconnect sends `Last-Event-ID`; when the client has to open a new `EventSource` itself
  *   it asks for `since_id=lastId`.
  * - **Fresh tokens.** `EventSource` cannot set headers, so the token travels in the URL. The
@@ -274,6 +275,7 @@ export class PgRelayClient {
     for (const kind of new Set([...this.#kinds, ...this.#signalKinds])) {
       source.addEventListener(kind, (event) => this.#dispatch(event, kind));
     }
+    source.addEventListener('position', (event) => this.#advance(event.lastEventId));
     source.addEventListener('reset', (event) => {
       this.#advance(event.lastEventId);
       this.#onReset(parse(event.data));

@@ -219,7 +219,7 @@ fn kind_is_valid(kind: &str) -> bool {
         && kind
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
-        && !["presence", "reset", "token_expired"].contains(&kind)
+        && !["presence", "position", "reset", "token_expired"].contains(&kind)
 }
 
 /// Kinds: valid ones, ones just too long, reserved ones, and tricky text.

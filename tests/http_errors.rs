@@ -523,7 +523,23 @@ async fn bad_query_parameters_get_json_errors() {
         assert_json_error(response, 400, "bad_request", &format!("{path} twice")).await;
     }
 
-    let bad_event_ids: Vec<HeaderValue> = ["abc", "-1", "99999999999999999999999", "1.5"]
+    // Found by schemathesis: a malformed since_id is refused even when Last-Event-ID wins.
+    let response = http
+        .get(format!("{}/v1/stream?since_id=abc", relay.base))
+        .bearer_auth(&token)
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(
+        response,
+        400,
+        "bad_request",
+        "since_id beside Last-Event-ID",
+    )
+    .await;
+
+    let bad_event_ids: Vec<HeaderValue> = ["abc", "-1", "99999999999999999999999", "1.5", ""]
         .into_iter()
         .map(HeaderValue::from_static)
         .chain([HeaderValue::from_bytes(b"\xff\xfe").unwrap()])

@@ -80,12 +80,13 @@ fn spawn_writers(db: &str, total: usize, inserted: Arc<AtomicUsize>) -> Vec<Join
         .collect()
 }
 
-/// The next stored message (an event with an `id:` and data) as (id, data); skips id-only
-/// blocks and id-less events (signals, presence).
+/// The next stored message as (id, data); skips the opening and id-less events (signals,
+/// presence).
 async fn next_stored(stream: &mut Subscriber) -> (i64, Value) {
     loop {
         let event = stream.next().await;
-        if let (Some(id), Some(data)) = (event.id, event.data) {
+        if event.is_message() {
+            let (id, data) = (event.id.unwrap(), event.data.unwrap());
             return (id.parse().unwrap(), serde_json::from_str(&data).unwrap());
         }
     }
@@ -115,7 +116,7 @@ async fn assert_nothing_after(base: &str, participant: &str, last: i64) {
         .await
     {
         assert!(
-            event.id.is_none() || event.data.is_none(),
+            !event.is_message(),
             "{participant}: unexpected message after {last}: {event:?}"
         );
     }
@@ -594,8 +595,8 @@ async fn slow_reader_is_bounded_and_exact_and_holds_no_one_back() {
     // The slow reader: reads its opening block, then nothing.
     let mut slow = RawStream::open(&relay.base, "alice").await;
     let opening = slow.next_within(PATIENCE).await.expect("no opening block");
-    let start: i64 = opening.id.unwrap().parse().unwrap();
-    assert!(opening.data.is_none() && opening.retry.is_some());
+    let start: i64 = opening.id.clone().unwrap().parse().unwrap();
+    assert!(opening.is_opening() && opening.retry.is_some());
 
     // The fast reader, same participant, same instance.
     let mut fast = relay.subscribe("alice", "", None).await;

@@ -337,10 +337,13 @@ impl Subscriber {
             .expect("no event arrived in time")
     }
 
-    /// The next message event (skipping id-only blocks), as (id, kind, data).
+    /// The next message event (skipping the opening), as (id, kind, data).
     pub async fn next_message(&mut self) -> (i64, String, Value) {
         loop {
             let event = self.next().await;
+            if event.is_opening() {
+                continue;
+            }
             if let Some(data) = event.data {
                 let id = event
                     .id
@@ -356,12 +359,18 @@ impl Subscriber {
         }
     }
 
-    /// The opening block's position (`id:` without data).
+    /// The opening block's position: the `position` event, whose id and data agree.
     pub async fn opening_position(&mut self) -> i64 {
         let event = self.next().await;
         assert!(
-            event.data.is_none(),
-            "the first block must carry no data: {event:?}"
+            event.is_opening(),
+            "the first block must be the position event: {event:?}"
+        );
+        let data: Value = serde_json::from_str(event.data.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            data["position"].to_string(),
+            event.id.clone().unwrap(),
+            "{event:?}"
         );
         assert!(
             event.retry.is_some(),
@@ -458,6 +467,22 @@ impl RelayProcess {
             .local_addr()
             .unwrap()
             .port();
+        RelayProcess::spawn(wrapper, port, database_url, extra, log).await
+    }
+
+    /// Like [`RelayProcess::start`], on a given port (to start a relay again where its
+    /// clients will reconnect).
+    pub async fn start_on(port: u16, database_url: &str, extra: &[&str]) -> RelayProcess {
+        RelayProcess::spawn(&[], port, database_url, extra, None).await
+    }
+
+    async fn spawn(
+        wrapper: &[&str],
+        port: u16,
+        database_url: &str,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> RelayProcess {
         let stderr = match log {
             Some(path) => std::process::Stdio::from(std::fs::File::create(path).unwrap()),
             None => std::process::Stdio::null(),
