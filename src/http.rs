@@ -41,7 +41,7 @@ const MAX_PAGE_BYTES: i64 = 1024 * 1024;
 const MAX_SIGNAL_PAYLOAD: usize = 1024;
 
 /// The browser client module, served at `/v1/client.js`.
-const CLIENT_JS: &str = include_str!("../static/client.js");
+const CLIENT_JS: &str = include_str!("../clients/js/src/index.js");
 
 /// The OpenAPI 3.1 document of this API, served at `/v1/openapi.json` (tests/openapi.rs
 /// checks the live server against it).

@@ -1,8 +1,11 @@
 /**
- * pgrelay browser client: one ES module, no dependencies, no build step.
+ * pgrelay client: one ES module, no dependencies, no build step, for browsers and Node.
  *
- * Served by every relay at `/v1/client.js`. It wraps `EventSource` with what a page needs
- * to neither lose nor repeat a message:
+ * Served by every relay at `/v1/client.js`, and published as the npm package
+ * `@pgrelay/client` (clients/js, with TypeScript declarations). It reads the stream with
+ * `EventSource`, or with `fetch` (`transport: 'fetch'`: the token travels in the
+ * `Authorization` header instead of the URL; the default where there is no `EventSource`,
+ * as in Node), and adds what an application needs to neither lose nor repeat a message:
  *
  * - **Resume from the last id.** Every message id, the stream's opening `position` event and
  *   the `lastEventId` of the relay's own `reset` and `token_expired` events advance `lastId`;
@@ -22,6 +25,9 @@
  *   `presence()` asks who is online.
  * - **Status.** `onStatus` reports `'connecting'` (first connect), `'live'` (stream open),
  *   `'reconnecting'` (lost; the browser or the client is retrying) and `'closed'`.
+ * - **Two transports.** With `EventSource` a network error is retried by the browser itself
+ *   (with `Last-Event-ID`); with `fetch` every end of the stream is retried by the client,
+ *   after a capped, jittered backoff, with a fresh token and `since_id=lastId`.
  *
  * Ids are JavaScript numbers: exact up to 2^53, which a relay reaches after ~285 years at a
  * million messages per second.
@@ -65,10 +71,11 @@ export class PgRelayClient {
   #onPresence;
   #onStatus;
   #onReset;
+  #transport;
   /** Participant-set key → when `typing()` last sent for it. */
   #typingSentAt = new Map();
 
-  /** @type {EventSource | null} */
+  /** The open stream: an `EventSource` or a `FetchSource`, both with `close()`. */
   #source = null;
   /** @type {number | null} */
   #lastId;
@@ -101,6 +108,8 @@ export class PgRelayClient {
    * @param {(status: 'connecting'|'live'|'reconnecting'|'closed') => void} [options.onStatus]
    * @param {(data: {reason: string, oldest_id: number}) => void} [options.onReset] the resume
    *   point was older than retained history; messages in between are gone
+   * @param {'eventsource'|'fetch'} [options.transport] how to read the stream; default
+   *   `'eventsource'` where `EventSource` exists, else `'fetch'`
    */
   constructor({
     url = '',
@@ -113,6 +122,7 @@ export class PgRelayClient {
     onPresence = () => {},
     onStatus = () => {},
     onReset = () => {},
+    transport = typeof EventSource === 'function' ? 'eventsource' : 'fetch',
   } = {}) {
     if (token === undefined) throw new TypeError('PgRelayClient: `token` is required');
     this.#url = String(url).replace(/\/+$/, '');
@@ -126,6 +136,10 @@ export class PgRelayClient {
     this.#onPresence = onPresence;
     this.#onStatus = onStatus;
     this.#onReset = onReset;
+    if (transport !== 'eventsource' && transport !== 'fetch') {
+      throw new TypeError("PgRelayClient: `transport` is 'eventsource' or 'fetch'");
+    }
+    this.#transport = transport;
   }
 
   /** The id of the last message seen (or the stream's position), or null if unknown yet. */
@@ -252,16 +266,29 @@ export class PgRelayClient {
     // close() or another connect happened while the page minted the token.
     if (!this.#started || generation !== this.#generation) return;
 
-    const query = new URLSearchParams({ token });
-    if (this.#lastId !== null) query.set('since_id', String(this.#lastId));
-    const source = new EventSource(`${this.#url}/v1/stream?${query}`);
-    this.#source = source;
-
-    source.onopen = () => {
+    const opened = () => {
       this.#attempts = 0;
       this.#everLive = true;
       this.#setStatus('live');
     };
+    const handle = (type, data, lastEventId) => this.#handle(type, data, lastEventId);
+    if (this.#transport === 'fetch') {
+      const query = new URLSearchParams();
+      if (this.#lastId !== null) query.set('since_id', String(this.#lastId));
+      const source = new FetchSource(`${this.#url}/v1/stream?${query}`, token, {
+        open: opened,
+        event: handle,
+        // Refused, or ended (the relay restarted, the network failed): retry ourselves.
+        end: () => source === this.#source && this.#reopen(this.#backoff()),
+      });
+      this.#source = source;
+      return;
+    }
+    const query = new URLSearchParams({ token });
+    if (this.#lastId !== null) query.set('since_id', String(this.#lastId));
+    const source = new EventSource(`${this.#url}/v1/stream?${query}`);
+    this.#source = source;
+    source.onopen = opened;
     source.onerror = () => {
       if (source !== this.#source) return;
       if (source.readyState === EventSource.CLOSED) {
@@ -272,23 +299,37 @@ export class PgRelayClient {
         this.#setStatus('reconnecting');
       }
     };
-    for (const kind of new Set([...this.#kinds, ...this.#signalKinds])) {
-      source.addEventListener(kind, (event) => this.#dispatch(event, kind));
+    // EventSource dispatches only the named events someone listens for.
+    const names = [...this.#kinds, ...this.#signalKinds, 'position', 'reset', 'token_expired'];
+    for (const type of new Set(names)) {
+      source.addEventListener(type, (event) => handle(type, event.data, event.lastEventId));
     }
-    source.addEventListener('position', (event) => this.#advance(event.lastEventId));
-    source.addEventListener('reset', (event) => {
-      this.#advance(event.lastEventId);
-      this.#onReset(parse(event.data));
-    });
-    source.addEventListener('token_expired', (event) => {
-      this.#advance(event.lastEventId);
-      // The relay ends the stream; reconnect at once with a token minted now.
-      this.#reopen(0);
-    });
   }
 
-  #dispatch(event, kind) {
-    const data = parse(event.data);
+  /** One event of the stream, whichever transport read it. */
+  #handle(type, data, lastEventId) {
+    switch (type) {
+      case 'position':
+        this.#advance(lastEventId);
+        return;
+      case 'reset':
+        this.#advance(lastEventId);
+        this.#onReset(parse(data));
+        return;
+      case 'token_expired':
+        this.#advance(lastEventId);
+        // The relay ends the stream; reconnect at once with a token minted now.
+        this.#reopen(0);
+        return;
+      default:
+        if (this.#kinds.includes(type) || this.#signalKinds.includes(type)) {
+          this.#dispatch(data, type);
+        }
+    }
+  }
+
+  #dispatch(text, kind) {
+    const data = parse(text);
     const id = data !== null && typeof data === 'object' && Number.isSafeInteger(data.id)
       ? data.id
       : null;
@@ -334,6 +375,79 @@ export class PgRelayClient {
     if (status === this.#status) return;
     this.#status = status;
     this.#onStatus(status);
+  }
+}
+
+/**
+ * A stream read with `fetch`, so that the token can travel in the `Authorization` header. It
+ * parses the event stream as the WHATWG specification does (fields, comments, `\r\n`, `\r`
+ * or `\n` line ends, the last event id carried over) and calls `end` once when the stream is
+ * refused (not 200) or ends for any reason other than `close()`.
+ */
+class FetchSource {
+  #abort = new AbortController();
+  #closed = false;
+
+  /**
+   * @param {string} url the stream's URL
+   * @param {string} token sent as `Authorization: Bearer …`
+   * @param {{open: () => void, event: (type: string, data: string, lastEventId: string) =>
+   *   void, end: () => void}} handlers
+   */
+  constructor(url, token, handlers) {
+    this.#read(url, token, handlers).then(
+      () => !this.#closed && handlers.end(),
+      () => !this.#closed && handlers.end(),
+    );
+  }
+
+  close() {
+    this.#closed = true;
+    this.#abort.abort();
+  }
+
+  async #read(url, token, { open, event }) {
+    const response = await fetch(url, {
+      headers: { Authorization: `Bearer ${token}`, Accept: 'text/event-stream' },
+      signal: this.#abort.signal,
+      cache: 'no-store',
+    });
+    if (response.status !== 200 || !response.body) {
+      await response.body?.cancel();
+      return;
+    }
+    open();
+    const decoder = new TextDecoder();
+    const reader = response.body.getReader();
+    let buffer = '';
+    let type = '';
+    let data = [];
+    let lastEventId = '';
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done || this.#closed) return;
+      buffer += decoder.decode(value, { stream: true });
+      // Complete lines only; a lone `\r` at the end may be the first half of `\r\n`.
+      let end;
+      while ((end = buffer.search(/\r\n|\r(?!$)|\n/)) !== -1) {
+        const line = buffer.slice(0, end);
+        buffer = buffer.slice(end + (buffer.startsWith('\r\n', end) ? 2 : 1));
+        if (line === '') {
+          if (data.length > 0) event(type || 'message', data.join('\n'), lastEventId);
+          type = '';
+          data = [];
+          continue;
+        }
+        if (line.startsWith(':')) continue;
+        const colon = line.indexOf(':');
+        const field = colon === -1 ? line : line.slice(0, colon);
+        let text = colon === -1 ? '' : line.slice(colon + 1);
+        if (text.startsWith(' ')) text = text.slice(1);
+        if (field === 'data') data.push(text);
+        else if (field === 'event') type = text;
+        else if (field === 'id' && !text.includes('\0')) lastEventId = text;
+      }
+    }
   }
 }
 

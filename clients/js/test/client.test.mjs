@@ -1,0 +1,112 @@
+// The package against a real relay: RELAY_URL, and PGRELAY_SECRET to mint tokens.
+// Run by `npm test`, and by the relay's tests/js_client.rs on the packed package.
+
+import assert from 'node:assert/strict';
+import { createHmac, randomUUID } from 'node:crypto';
+import { test } from 'node:test';
+
+import { PgRelayClient } from '@pgrelay/client';
+
+const RELAY = process.env.RELAY_URL;
+const SECRET = process.env.PGRELAY_SECRET.split(',')[0].trim();
+
+/** An HS256 token for `sub`, valid for `seconds`, with scope `publish` unless told otherwise. */
+function mint(sub, seconds = 600, scope = 'publish') {
+  const segment = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const claims = { sub, exp: Math.floor(Date.now() / 1000) + seconds };
+  if (scope) claims.scope = scope;
+  const input = `${segment({ alg: 'HS256', typ: 'JWT' })}.${segment(claims)}`;
+  return `${input}.${createHmac('sha256', SECRET).update(input).digest('base64url')}`;
+}
+
+/** Resolves once `check()` holds, polling; rejects after `ms`. */
+async function until(check, what, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** A client for a fresh participant that records what it hands over. */
+function recorder(options = {}) {
+  const me = `user-${randomUUID()}`;
+  const seen = { messages: [], statuses: [], tokens: 0 };
+  const client = new PgRelayClient({
+    url: RELAY,
+    transport: 'fetch',
+    token: () => {
+      seen.tokens += 1;
+      return mint(me, options.lifetime);
+    },
+    onMessage: (message) => seen.messages.push(message),
+    onStatus: (status) => seen.statuses.push(status),
+    ...options.client,
+  });
+  return { me, seen, client };
+}
+
+test('a sent message comes back once, and the position is known before any message', async () => {
+  const { me, seen, client } = recorder();
+  client.start();
+  await until(() => client.status === 'live', 'live');
+  await until(() => client.lastId !== null, 'the opening position');
+  const id = await client.send({ participants: [me], payload: { text: 'hi' } });
+  await until(() => seen.messages.length === 1, 'the message');
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.deepEqual(seen.messages.map((m) => m.id), [id]);
+  assert.equal(seen.messages[0].payload.text, 'hi');
+  assert.equal(seen.messages[0].sender, me);
+  assert.equal(client.lastId, id);
+  client.close();
+  assert.deepEqual(seen.statuses, ['connecting', 'live', 'closed']);
+});
+
+test('an expiring token is replaced and the stream resumes exactly', async () => {
+  const { me, seen, client } = recorder({ lifetime: 2 });
+  client.start();
+  await until(() => client.status === 'live', 'live');
+  const before = await client.send({ participants: [me], payload: { n: 1 } });
+  await until(() => seen.tokens >= 3, 'a reconnect with a fresh token', 15_000);
+  const after = await client.send({ participants: [me], payload: { n: 2 } });
+  await until(() => seen.messages.length === 2, 'both messages', 15_000);
+  assert.deepEqual(seen.messages.map((m) => m.id), [before, after]);
+  client.close();
+});
+
+test('sinceId resumes after that id and skips what came before', async () => {
+  const sender = recorder();
+  const first = await sender.client.send({ participants: [sender.me], payload: { n: 1 } });
+  const second = await sender.client.send({ participants: [sender.me], payload: { n: 2 } });
+  const { seen, client } = recorder({ client: { token: () => mint(sender.me), sinceId: first } });
+  client.start();
+  await until(() => seen.messages.length === 1, 'the later message');
+  assert.deepEqual(seen.messages.map((m) => m.id), [second]);
+  client.close();
+});
+
+test('signals and presence', async () => {
+  const alice = recorder();
+  const signals = [];
+  const bob = recorder({ client: { onSignal: (kind, data) => signals.push([kind, data]) } });
+  bob.client.start();
+  await until(() => bob.client.status === 'live', 'live');
+  assert.equal(await alice.client.typing([bob.me]), true);
+  assert.equal(await alice.client.typing([bob.me]), false, 'throttled');
+  await until(() => signals.some(([kind]) => kind === 'typing'), 'the typing signal');
+  const typing = signals.find(([kind]) => kind === 'typing')[1];
+  assert.equal(typing.sender, alice.me);
+  const presence = await bob.client.presence([bob.me]);
+  assert.equal(presence[bob.me].online, true);
+  bob.client.close();
+});
+
+test('a refused request rejects with the relay status and code', async () => {
+  const me = `user-${randomUUID()}`;
+  const client = new PgRelayClient({ url: RELAY, transport: 'fetch', token: mint(me, 600, '') });
+  await assert.rejects(client.send({ participants: ['bob'], payload: {} }), (error) => {
+    assert.equal(error.status, 403);
+    assert.equal(error.code, 'insufficient_scope');
+    return true;
+  });
+});
