@@ -10,6 +10,9 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
 COPY src ./src
 COPY sql ./sql
 COPY static ./static
+# Compiled in: the client served at /v1/client.js and the OpenAPI document.
+COPY clients/js/src ./clients/js/src
+COPY docs/openapi.json ./docs/openapi.json
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim
