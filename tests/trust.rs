@@ -991,3 +991,65 @@ async fn an_id_taken_by_hand_is_a_503_not_a_422() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "unavailable");
 }
+
+/// Demo page: it runs only its own code. The Content-Security-Policy allows scripts from this
+/// origin and the page's own inline script (by hash) and nothing else, and the page trusts no
+/// other relay by default (its `pgrelay-relays` allow-list is empty). The browser test checks
+/// the same in Chromium with a crafted `?relay=` link.
+#[tokio::test]
+async fn the_demo_page_runs_only_its_own_code() {
+    use base64::Engine;
+    use sha2::Digest;
+    let db = fresh_database().await;
+    let mut settings = test_settings();
+    settings.demo_page = true;
+    let relay = Relay::start_with(&db, settings).await;
+    let response = reqwest::get(format!("{}/", relay.base)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let policy = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let page = response.text().await.unwrap();
+    let directive = |name: &str| {
+        policy
+            .split(';')
+            .map(str::trim)
+            .find_map(|part| part.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {policy}"))
+            .trim()
+            .to_owned()
+    };
+    let script = page
+        .split("<script type=\"module\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</script>").next())
+        .unwrap();
+    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script));
+    assert_eq!(directive("script-src"), format!("'self' 'sha256-{hash}'"));
+    assert_eq!(directive("connect-src"), "'self'");
+    assert_eq!(directive("default-src"), "'none'");
+    assert!(page.contains(r#"<meta name="pgrelay-relays" content="">"#));
+}
+
+/// Tokens in logs: the nginx block we ship logs no request line, because tokens travel in
+/// query strings. (tests/proxies.rs checks nginx's real log files when nginx is installed.)
+#[test]
+fn the_nginx_example_logs_no_query_strings() {
+    let config: String = include_str!("../deploy/nginx-location.conf")
+        .lines()
+        .map(|line| line.split('#').next().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut locations = 0;
+    for block in config.split("location ").skip(1) {
+        locations += 1;
+        let body = block.split('}').next().unwrap();
+        assert!(
+            body.lines()
+                .any(|line| line.trim_start().starts_with("access_log off;")),
+            "a location block keeps nginx's default access log: {body}"
+        );
+    }
+    assert!(locations >= 2);
+}

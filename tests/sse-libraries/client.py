@@ -20,43 +20,48 @@ def say(line):
     print(json.dumps(line), flush=True)
 
 
-def httpx_sse():
-    import httpx
-    from httpx_sse import connect_sse
-
+def reconnecting(read, errors):
+    """The loop an application writes around a library that does not reconnect: `read(headers)`
+    yields the library's events; on an end or one of `errors` it connects again with the last id
+    the library reported."""
     last_id = None
     while True:
         headers = dict(AUTH, **({"Last-Event-ID": last_id} if last_id else {}))
         try:
-            with httpx.Client(timeout=None) as client:
-                with connect_sse(client, "GET", URL, headers=headers) as source:
-                    say({"open": True})
-                    for event in source.iter_sse():
-                        if event.id:
-                            last_id = event.id
-                        say({"event": event.event, "id": event.id, "data": event.data})
-        except httpx.HTTPError:
+            for name, event_id, data in read(headers):
+                if event_id:
+                    last_id = event_id
+                say({"event": name, "id": event_id, "data": data})
+        except errors:
             pass
         time.sleep(0.5)
+
+
+def httpx_sse():
+    import httpx
+    from httpx_sse import connect_sse
+
+    def read(headers):
+        with httpx.Client(timeout=None) as client:
+            with connect_sse(client, "GET", URL, headers=headers) as source:
+                say({"open": True})
+                for event in source.iter_sse():
+                    yield event.event, event.id, event.data
+
+    reconnecting(read, httpx.HTTPError)
 
 
 def sseclient_py():
     import requests
     import sseclient
 
-    last_id = None
-    while True:
-        headers = dict(AUTH, **({"Last-Event-ID": last_id} if last_id else {}))
-        try:
-            response = requests.get(URL, headers=headers, stream=True)
-            say({"open": True})
-            for event in sseclient.SSEClient(response).events():
-                if event.id:
-                    last_id = event.id
-                say({"event": event.event, "id": event.id, "data": event.data})
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
+    def read(headers):
+        response = requests.get(URL, headers=headers, stream=True)
+        say({"open": True})
+        for event in sseclient.SSEClient(response).events():
+            yield event.event, event.id, event.data
+
+    reconnecting(read, requests.RequestException)
 
 
 def requests_sse():
