@@ -43,7 +43,13 @@ async fn the_packed_client_passes_its_tests_against_a_relay() {
     }
     let report = tokio::task::spawn_blocking(move || {
         run(Command::new("node")
-            .args(["--test", "test/"])
+            // A failing test must not leave a reconnecting client keeping Node alive.
+            .args([
+                "--test",
+                "--test-force-exit",
+                "--test-timeout=60000",
+                "test/",
+            ])
             .current_dir(&unpacked)
             .env("RELAY_URL", &relay.base)
             .env("PGRELAY_SECRET", SECRET))
