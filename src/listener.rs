@@ -13,10 +13,11 @@
 //! the query for every batch nor wakes a second backend. A fetch that fails ends the session
 //! like any other connection failure, and the reconnect's catch-up fills the gap.
 //!
-//! Two tasks share the work so the socket is always read: the connection driver forwards
-//! notifications into an unbounded channel without ever waiting (a listener that stops
-//! reading fills PostgreSQL's notify queue, and then every notifying commit in the cluster
-//! fails), and the dispatcher does the queries.
+//! Two tasks share the work so the socket is always read: the connection driver raises a flag
+//! for every notification without ever waiting (a listener that stops reading fills
+//! PostgreSQL's notify queue, and then every notifying commit in the cluster fails), and the
+//! dispatcher does the queries. Wake-ups say nothing, so the flag coalesces them: a stranger
+//! flooding the channel costs the relay one fetch per round, never a growing queue.
 //!
 //! When the connection is lost, notifications committed meanwhile are gone for good. After
 //! reconnecting and LISTENing again, every open stream is told to catch up from its own cursor
@@ -33,9 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{AsyncMessage, Notification};
+use tokio_postgres::AsyncMessage;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::registry::Live;
@@ -107,8 +108,8 @@ struct ListenConnection {
     driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
     /// Aborts the driver (closing the socket) when the connection is dropped.
     _abort_driver: AbortOnDrop,
-    /// Notifications other than heartbeats, in arrival order.
-    notifications: mpsc::UnboundedReceiver<Notification>,
+    /// Wake-ups (notifications other than heartbeats) the driver heard.
+    wakeups: Arc<Wakeups>,
     heartbeat: Arc<Heartbeat>,
 }
 
@@ -124,8 +125,9 @@ async fn open(shared: &Shared, listen_url: &str) -> Result<ListenConnection, DbE
     let (client, mut connection) = config.connect(tls).await?;
 
     let heartbeat = Arc::new(Heartbeat::new());
-    let (sender, notifications) = mpsc::unbounded_channel::<Notification>();
+    let wakeups = Arc::new(Wakeups::default());
     let driver_heartbeat = Arc::clone(&heartbeat);
+    let driver_wakeups = Arc::clone(&wakeups);
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
@@ -134,10 +136,7 @@ async fn open(shared: &Shared, listen_url: &str) -> Result<ListenConnection, DbE
                 // dispatcher cannot make a healthy connection look dead.
                 AsyncMessage::Notification(notification)
                     if driver_heartbeat.is_heartbeat(notification.payload()) => {}
-                AsyncMessage::Notification(notification) => {
-                    // The dispatcher only goes away when the session ends.
-                    let _ = sender.send(notification);
-                }
+                AsyncMessage::Notification(_) => driver_wakeups.raise(),
                 AsyncMessage::Notice(notice) => debug!(%notice, "notice on LISTEN connection"),
                 _ => {}
             }
@@ -162,7 +161,7 @@ async fn open(shared: &Shared, listen_url: &str) -> Result<ListenConnection, DbE
         position,
         driver,
         _abort_driver: abort_driver,
-        notifications,
+        wakeups,
         heartbeat,
     })
 }
@@ -187,8 +186,14 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
-        let first = tokio::select! {
-            notification = connection.notifications.recv() => notification,
+        tokio::select! {
+            _ = connection.wakeups.raised.notified() => {}
+            ended = &mut connection.driver => {
+                return match ended {
+                    Ok(Err(error)) => Err(error.into()),
+                    _ => Err("the LISTEN connection closed".into()),
+                };
+            }
             _ = ticks.tick() => {
                 connection.heartbeat.beat(shared, &connection.client).await?;
                 // Also read, though nothing woke us: wake-ups are hints, and this bounds how
@@ -197,20 +202,28 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
                 continue;
             }
             _ = shared.shutdown.cancelled() => return Ok(()),
-        };
-        if first.is_none() {
-            return match (&mut connection.driver).await {
-                Ok(Err(error)) => Err(error.into()),
-                _ => Err("the LISTEN connection closed".into()),
-            };
         }
         // Wake-ups say nothing but "something was committed": one fetch answers them all.
-        let mut woken = 1;
-        while connection.notifications.try_recv().is_ok() {
-            woken += 1;
-        }
-        shared.metrics.notifications_received.add(woken);
+        let heard = connection.wakeups.heard.swap(0, Ordering::Relaxed);
+        shared.metrics.notifications_received.add(heard);
         dispatch(shared, &mut connection).await?;
+    }
+}
+
+/// The wake-ups the connection driver heard, coalesced into one flag and a count.
+#[derive(Default)]
+struct Wakeups {
+    /// Raised by the driver, awaited by the dispatcher; `notify_one` keeps one permit, so a
+    /// wake-up that arrives while a fetch runs makes the next fetch happen.
+    raised: Notify,
+    /// How many arrived since the dispatcher last looked, for `/metrics`.
+    heard: AtomicU64,
+}
+
+impl Wakeups {
+    fn raise(&self) {
+        self.heard.fetch_add(1, Ordering::Relaxed);
+        self.raised.notify_one();
     }
 }
 
