@@ -194,10 +194,26 @@ BEGIN
         VALUES (pgrelay.pending_key(), participants, kind, sender, coalesce(payload, 'null'));
 END $$;
 
--- pgrelay.signal() keeps its signature and checks (0003); it now runs as the owner so that
--- it may call send_signal, which PUBLIC may not.
-ALTER FUNCTION pgrelay.signal(text[], text, jsonb, text)
-    SECURITY DEFINER SET search_path = pg_catalog, pgrelay;
+-- pgrelay.signal() keeps its signature and checks (0003), but an oversized payload is now
+-- `program_limit_exceeded` (the relay answers 413), and it runs as the owner so that it may
+-- call send_signal, which PUBLIC may not.
+CREATE OR REPLACE FUNCTION pgrelay.signal(
+    participants text[], kind text, payload jsonb DEFAULT 'null', sender text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pgrelay
+    AS $$
+BEGIN
+    IF NOT pgrelay.valid_kind(kind) THEN
+        RAISE EXCEPTION 'invalid signal kind %: it must match [A-Za-z0-9_.:-]{1,64} and not be reserved', kind
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF octet_length(payload::text) > 1024 THEN
+        RAISE EXCEPTION 'a signal payload is at most 1024 bytes'
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    PERFORM pgrelay.send_signal(participants, kind, payload, sender);
+END $$;
 
 -- Presence: one signal row per change, whatever the audience's size.
 CREATE OR REPLACE FUNCTION pgrelay.announce_presence(participant text, online boolean)

@@ -514,6 +514,9 @@ fn database_error(context: &str, error: &DbError) -> ApiError {
             &format!("{context}: a message id was taken (were ids inserted by hand?)"),
             error,
         ),
+        // pgrelay.signal()'s size limit, measured on the payload as jsonb stores it (which can
+        // be longer than the JSON sent: `1e100` becomes 101 digits).
+        Some(code) if code == "54000" => too_large("the payload is too large once stored"),
         Some(code)
             if ["22", "23", "54"]
                 .iter()

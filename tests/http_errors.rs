@@ -408,6 +408,23 @@ async fn five_megabyte_body_gets_413() {
     }
 }
 
+/// A signal payload small as sent but over 1 KiB as jsonb stores it (`1e1000` becomes 1,001
+/// digits) is too large, 413, not invalid data (found by schemathesis).
+#[tokio::test]
+async fn a_signal_payload_that_grows_when_stored_gets_413() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/signals", relay.base))
+        .bearer_auth(relay.token("alice", &["publish"]))
+        .header("content-type", "application/json")
+        .body(r#"{"participants":["bob"],"kind":"typing","payload":{"n":1e1000}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(response, 413, "too_large", "1e1000").await;
+}
+
 /// Posts a payload of `depth` nested arrays (within the 64 KiB limit) and checks it is handled
 /// without a 5xx: either stored (201) and delivered intact on the stream and by
 /// `GET /v1/messages`, or refused with a JSON 400/422 that stores nothing.
