@@ -515,7 +515,7 @@ fn database_error(context: &str, error: &DbError) -> ApiError {
             error,
         ),
         // pgrelay.signal()'s size limit, measured on the payload as jsonb stores it (which can
-        // be longer than the JSON sent: `1e100` becomes 101 digits).
+        // be longer than the JSON sent: `[0,0]` becomes `[0, 0]`).
         Some(code) if code == "54000" => too_large("the payload is too large once stored"),
         Some(code)
             if ["22", "23", "54"]
