@@ -1727,7 +1727,7 @@ async fn open_stream(addr: SocketAddr, token: &str, since: Option<i64>) -> Res<O
                 unreachable!("position found an event");
             };
             items.drain(..index);
-            if opening.data.is_some() || opening.retry.is_none() {
+            if !opening.is_opening() || opening.retry.is_none() {
                 return Err(format!("unexpected opening block {opening:?}").into());
             }
             let position = event_id(&opening).ok_or("the opening block has no id")?;
