@@ -162,23 +162,6 @@ async fn wait_readyz(base: &str, status: u16, within: Duration) -> Option<Instan
     None
 }
 
-/// A counter or gauge from `/metrics`.
-async fn metric(base: &str, name: &str) -> u64 {
-    let body = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("{name} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("{name} is not exported"))
-        .trim()
-        .parse::<f64>()
-        .unwrap() as u64
-}
-
 /// `pgrelay_listener_reconnects_total` from `/metrics`.
 async fn listener_reconnects(base: &str) -> u64 {
     metric(base, "pgrelay_listener_reconnects_total").await

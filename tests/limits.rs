@@ -45,27 +45,11 @@ async fn assert_json_error(response: reqwest::Response, status: u16, code: &str)
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
 }
 
-/// The `pgrelay_subscribers` gauge.
-async fn subscribers(base: &str) -> u64 {
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("pgrelay_subscribers "))
-        .expect("metrics name pgrelay_subscribers")
-        .parse()
-        .unwrap()
-}
-
 /// Waits (up to `wait`) until the subscriber gauge reads `expected`.
 async fn wait_for_subscribers(base: &str, expected: u64, wait: Duration) {
     let deadline = Instant::now() + wait;
     loop {
-        let count = subscribers(base).await;
+        let count = metric(base, "pgrelay_subscribers").await;
         if count == expected {
             return;
         }
@@ -138,7 +122,7 @@ async fn streams_per_participant_are_limited() {
         stream.opening_position().await;
         bobs.push(stream);
     }
-    assert_eq!(subscribers(&relay.base).await, 6);
+    assert_eq!(metric(&relay.base, "pgrelay_subscribers").await, 6);
 
     // Closing one of alice's streams frees a slot once the relay notices the disconnect.
     drop(alice.pop());

@@ -491,7 +491,7 @@ async fn clients_that_stop_reading_are_disconnected() {
     let mut open_streams = u64::MAX;
     while open_streams > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        open_streams = subscribers(&relay.base).await;
+        open_streams = metric(&relay.base, "pgrelay_subscribers").await;
     }
     eprintln!(
         "relay RSS: {rss_before} KiB before, {} KiB with 16 clients not reading",
@@ -521,21 +521,6 @@ async fn clients_that_stop_reading_are_disconnected() {
             "connection {n} got {total} bytes, more than a page"
         );
     }
-}
-
-/// The relay's open-stream gauge.
-async fn subscribers(base: &str) -> u64 {
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("pgrelay_subscribers "))
-        .and_then(|value| value.trim().parse().ok())
-        .expect("/metrics has pgrelay_subscribers")
 }
 
 /// Catch-up cannot starve the instance: while 400 streams that never read catch up on 9 MB of

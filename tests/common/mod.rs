@@ -583,3 +583,20 @@ pub fn port_of(database_url: &str) -> u16 {
     let config: tokio_postgres::Config = database_url.parse().unwrap();
     config.get_ports()[0]
 }
+
+/// A counter or gauge from the relay's `/metrics`.
+pub async fn metric(base: &str, name: &str) -> u64 {
+    let body = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{name} is not exported"))
+        .trim()
+        .parse::<f64>()
+        .unwrap() as u64
+}
