@@ -35,11 +35,6 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `sender`; false when the sender is over its rate.
-    pub fn allow(&self, sender: &str) -> bool {
-        self.try_take(sender).is_ok()
-    }
-
     /// Takes one token for `sender`, or says how long until one is available.
     pub fn try_take(&self, sender: &str) -> Result<(), Duration> {
         let now = Instant::now();
@@ -127,15 +122,20 @@ mod tests {
     #[test]
     fn bursts_then_limits_per_sender() {
         let limiter = RateLimiter::new(5.0, 10.0);
-        let allowed = (0..20).filter(|_| limiter.allow("alice")).count();
+        let allowed = (0..20)
+            .filter(|_| limiter.try_take("alice").is_ok())
+            .count();
         assert_eq!(
             allowed, 10,
             "a burst of 10, then nothing until tokens refill"
         );
-        assert!(limiter.allow("bob"), "senders are limited separately");
+        assert!(
+            limiter.try_take("bob").is_ok(),
+            "senders are limited separately"
+        );
         std::thread::sleep(std::time::Duration::from_millis(250));
         assert!(
-            limiter.allow("alice"),
+            limiter.try_take("alice").is_ok(),
             "5/s refills one token within 200 ms"
         );
     }
