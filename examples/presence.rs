@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pgrelay::auth::Keys;
-use pgrelay::cluster::TempCluster;
 use pgrelay::sse::{SseItem, SseParser};
-use pgrelay::state::Settings;
 use pgrelay::RelayConfig;
+use pgrelay::Settings;
+use pgrelay_cluster::TempCluster;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -54,7 +54,7 @@ async fn start_relay(url: &str) -> Result<Relay, BoxError> {
         pool_size: 16,
         keys: Keys::from_secret_list(SECRET)?,
         settings: Settings::default(),
-        limits: pgrelay::server::ConnectionLimits {
+        limits: pgrelay::ConnectionLimits {
             max_connections: 15_000,
             ..Default::default()
         },

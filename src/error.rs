@@ -1,97 +1,137 @@
-//! One error type for every HTTP answer that is not a success.
-//!
-//! Client mistakes are answered with their status and a JSON body and are not logged (a
-//! hostile client must not be able to fill the logs); internal failures are logged with their
-//! cause and answered with a generic body, so database details never reach a browser.
+//! The crate's error type: what went wrong, with accessors that say what kind of failure it
+//! was, so callers decide on facts (a SQLSTATE class) instead of matching message text.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use std::fmt;
 
-/// An HTTP error: a status, a stable machine-readable code and a human sentence.
+use tokio_postgres::error::SqlState;
+
+/// A failure of the relay: a query, the pool, a connection, or a setting that cannot work.
 #[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    /// Seconds for `Retry-After`, on 429s that know when to come back.
-    retry_after: Option<u64>,
+pub struct Error {
+    kind: Kind,
 }
 
-impl ApiError {
-    /// An error answered as-is: `code` is the JSON `error` field, `message` the human text.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// 429: the client is over a rate; `Retry-After` says when a request will be taken
-    /// (rounded up to whole seconds, as the header wants).
-    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> ApiError {
-        ApiError {
-            retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
-        }
-    }
-
-    /// 400: the request is malformed.
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    /// 422: well-formed but invalid.
-    pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
-    }
-
-    /// 503 for a failure on our side. The cause is logged here, never shown to the client.
-    pub fn internal(context: &str, cause: &dyn std::fmt::Display) -> ApiError {
-        tracing::error!(%cause, "{context}");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the relay cannot reach its database right now; retry shortly",
-        )
-    }
-
-    /// The status this error is answered with.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
+#[derive(Debug)]
+enum Kind {
+    /// PostgreSQL answered with an error, or the connection to it failed.
+    Database(tokio_postgres::Error),
+    /// No pool connection could be had.
+    Pool(deadpool_postgres::PoolError),
+    /// The relay cannot work as configured (a bad URL, a missing schema, …).
+    Setup(String),
+    /// A connection stopped working as it must (a timeout, a heartbeat that never came back).
+    Connection(String),
+    /// Reading or writing a local resource failed.
+    Io(std::io::Error),
+    /// A row's JSON could not be rendered.
+    Json(serde_json::Error),
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({ "error": self.code, "message": self.message });
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+impl Error {
+    /// The relay cannot work as configured; `message` says what to change.
+    pub fn setup(message: impl Into<String>) -> Error {
+        Error {
+            kind: Kind::Setup(message.into()),
         }
-        // RFC 6750 §3: the scheme, and why, without echoing the token. A request that sent
-        // no credentials gets no error code.
-        let challenge = match (self.status, self.code) {
-            (StatusCode::UNAUTHORIZED, "missing_token") => {
-                Some(r#"Bearer realm="pgrelay""#.to_owned())
-            }
-            (StatusCode::UNAUTHORIZED, code) => Some(format!(
-                r#"Bearer realm="pgrelay", error="invalid_token", error_description="{code}""#
-            )),
-            (StatusCode::FORBIDDEN, "insufficient_scope") => Some(
-                r#"Bearer realm="pgrelay", error="insufficient_scope", scope="publish""#.to_owned(),
-            ),
+    }
+
+    /// A connection stopped working as it must; `message` says how.
+    pub fn connection(message: impl Into<String>) -> Error {
+        Error {
+            kind: Kind::Connection(message.into()),
+        }
+    }
+
+    /// The SQLSTATE PostgreSQL answered with, if this is an error PostgreSQL reported.
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        match &self.kind {
+            Kind::Database(error) => error.code(),
             _ => None,
-        };
-        if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, value);
         }
-        response
+    }
+
+    /// Whether PostgreSQL refused the data itself (SQLSTATE classes 22, 23 and 54: a `\u0000`
+    /// in a payload, a name the trigger rejects, JSON nested too deep), so retrying the same
+    /// data cannot help. A unique violation is not among them: see [`Error::is_id_conflict`].
+    pub fn is_refused_data(&self) -> bool {
+        self.sqlstate().is_some_and(|state| {
+            let code = state.code();
+            ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                && !self.is_id_conflict()
+        })
+    }
+
+    /// Whether the data was refused as too large once stored (SQLSTATE 54000, raised by
+    /// `pgrelay.signal()` for payloads over its limit).
+    pub fn is_too_large(&self) -> bool {
+        self.sqlstate() == Some(&SqlState::PROGRAM_LIMIT_EXCEEDED)
+    }
+
+    /// Whether a message id was already taken (SQLSTATE 23505): ids are drawn by pgrelay, so
+    /// this means someone inserted ids by hand.
+    pub fn is_id_conflict(&self) -> bool {
+        self.sqlstate() == Some(&SqlState::UNIQUE_VIOLATION)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Database(error) => match error.as_db_error() {
+                // The server's own message (and detail), not just "db error".
+                Some(db) => write!(f, "{db}"),
+                None => write!(f, "{error}"),
+            },
+            Kind::Pool(error) => write!(f, "no database connection: {error}"),
+            Kind::Setup(message) | Kind::Connection(message) => f.write_str(message),
+            Kind::Io(error) => write!(f, "{error}"),
+            Kind::Json(error) => write!(f, "rendering JSON failed: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            Kind::Database(error) => Some(error),
+            Kind::Pool(error) => Some(error),
+            Kind::Io(error) => Some(error),
+            Kind::Json(error) => Some(error),
+            Kind::Setup(_) | Kind::Connection(_) => None,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(error: tokio_postgres::Error) -> Error {
+        Error {
+            kind: Kind::Database(error),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(error: deadpool_postgres::PoolError) -> Error {
+        Error {
+            kind: Kind::Pool(error),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(error: std::io::Error) -> Error {
+        Error {
+            kind: Kind::Io(error),
+        }
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(error: serde_json::Error) -> Error {
+        Error {
+            kind: Kind::Json(error),
+        }
     }
 }

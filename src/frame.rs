@@ -13,11 +13,7 @@
 
 use bytes::Bytes;
 
-use crate::signal::Signal;
-use crate::store::Message;
-
-/// The event name of the opening block; reserved, like the other control events.
-pub const POSITION: &str = "position";
+use crate::message::{valid_kind, Message, Signal, POSITION_EVENT};
 
 /// What the relay sends when a stream has been quiet for the keepalive interval.
 pub const KEEPALIVE: Bytes = Bytes::from_static(b":\n");
@@ -31,7 +27,7 @@ pub fn opening(position: i64) -> Bytes {
     push_event(
         &mut frame,
         Some(position),
-        POSITION,
+        POSITION_EVENT,
         &format!(r#"{{"position":{position}}}"#),
     );
     frame.into()
@@ -41,7 +37,7 @@ pub fn opening(position: i64) -> Bytes {
 pub fn message(message: &Message) -> Bytes {
     // The CHECK constraint keeps kinds framing-safe; this guards tables whose constraint an
     // operator dropped.
-    let kind = if crate::valid_kind(&message.kind) {
+    let kind = if valid_kind(&message.kind) {
         message.kind.as_str()
     } else {
         "message"

@@ -29,7 +29,7 @@
 //! and treats the LISTEN connection as lost when it has not heard it by the next interval. The
 //! relay reports ready only after the first heartbeat has made the round trip.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,12 +37,32 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::registry::Live;
-use crate::state::Shared;
-use crate::store::{self, DbError};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::registry::{Live, Registry};
+use crate::store::{self, DbPool};
 use crate::tls;
+
+/// What the listener needs from the rest of the relay.
+pub struct Listener {
+    /// The NOTIFY channel to LISTEN on.
+    pub channel: String,
+    /// How often the connection proves itself with a heartbeat.
+    pub heartbeat: Duration,
+    /// Query connections, for sending heartbeats as an application would.
+    pub pool: DbPool,
+    /// Where what is read gets delivered.
+    pub registry: Arc<Registry>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// True while the LISTEN connection is up; `/readyz` reads it.
+    pub up: Arc<AtomicBool>,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+}
 
 /// Most rows one fetch reads (of messages, and of signals); more are read right after.
 const FETCH_ROWS: i64 = 500;
@@ -56,24 +76,24 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Keeps a LISTEN connection open until shutdown, reconnecting with capped exponential backoff
 /// and jitter, and dispatches every notification to the registry.
-pub async fn run(shared: Arc<Shared>, listen_url: String) {
+pub async fn run(listener: Listener, listen_url: String) {
     let mut attempt: u32 = 0;
     loop {
-        let span = tracing::info_span!("listener", channel = %shared.settings.channel);
-        let result = session(&shared, &listen_url, &mut attempt)
+        let span = tracing::info_span!("listener", channel = %listener.channel);
+        let result = session(&listener, &listen_url, &mut attempt)
             .instrument(span)
             .await;
-        shared.listener_up.store(false, Ordering::SeqCst);
+        listener.up.store(false, Ordering::SeqCst);
         match result {
             Ok(()) => return,
             Err(error) => warn!(%error, "LISTEN connection lost; reconnecting"),
         }
-        shared.metrics.listener_reconnects.inc();
+        listener.metrics.listener_reconnects.inc();
         let delay = backoff(attempt);
         attempt = attempt.saturating_add(1);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shared.shutdown.cancelled() => return,
+            _ = listener.shutdown.cancelled() => return,
         }
     }
 }
@@ -114,7 +134,7 @@ struct ListenConnection {
 }
 
 /// Connects, LISTENs and proves with a heartbeat that notifications arrive.
-async fn open(shared: &Shared, listen_url: &str) -> Result<ListenConnection, DbError> {
+async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection, Error> {
     let (mut config, tls) = tls::connect_config(listen_url)?;
     config.application_name("pgrelay-listen");
     config.connect_timeout(Duration::from_secs(5));
@@ -146,7 +166,7 @@ async fn open(shared: &Shared, listen_url: &str) -> Result<ListenConnection, DbE
     let abort_driver = AbortOnDrop(driver.abort_handle());
 
     client
-        .batch_execute(&format!("LISTEN {}", quote_ident(&shared.settings.channel)))
+        .batch_execute(&format!("LISTEN {}", quote_ident(&listener.channel)))
         .await?;
     let fetch = store::prepare_news(&client).await?;
     // Everything committed from here on has a larger id. Streams catch up on what came before
@@ -154,7 +174,7 @@ async fn open(shared: &Shared, listen_url: &str) -> Result<ListenConnection, DbE
     let position = store::news_position(&client).await?;
     // Ready only once a notification has made the round trip: a LISTEN through a
     // transaction-mode pooler "succeeds" and then never hears anything.
-    heartbeat.round_trip(shared, &client).await?;
+    heartbeat.round_trip(listener, &client).await?;
     Ok(ListenConnection {
         client,
         fetch,
@@ -168,21 +188,24 @@ async fn open(shared: &Shared, listen_url: &str) -> Result<ListenConnection, DbE
 
 /// One connection's life: connect, LISTEN, fill gaps, dispatch until the connection fails
 /// (`Err`) or shutdown (`Ok`).
-async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result<(), DbError> {
+async fn session(listener: &Listener, listen_url: &str, attempt: &mut u32) -> Result<(), Error> {
     let setup = tokio::select! {
-        setup = tokio::time::timeout(SETUP_TIMEOUT, open(shared, listen_url)) => setup,
-        _ = shared.shutdown.cancelled() => return Ok(()),
+        setup = tokio::time::timeout(SETUP_TIMEOUT, open(listener, listen_url)) => setup,
+        _ = listener.shutdown.cancelled() => return Ok(()),
     };
-    let mut connection = setup
-        .map_err(|_| format!("connecting and LISTENing took longer than {SETUP_TIMEOUT:?}"))??;
+    let mut connection = setup.map_err(|_| {
+        Error::connection(format!(
+            "connecting and LISTENing took longer than {SETUP_TIMEOUT:?}"
+        ))
+    })??;
     // Notifications that arrived with the LISTEN reply are already queued behind this point,
     // so every stream sees the catch-up request before any of them.
-    shared.registry.request_catch_up_all();
-    shared.listener_up.store(true, Ordering::SeqCst);
+    listener.registry.request_catch_up_all();
+    listener.up.store(true, Ordering::SeqCst);
     *attempt = 0;
     info!("listening");
 
-    let mut ticks = tokio::time::interval(shared.settings.heartbeat);
+    let mut ticks = tokio::time::interval(listener.heartbeat);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
@@ -191,22 +214,22 @@ async fn session(shared: &Shared, listen_url: &str, attempt: &mut u32) -> Result
             ended = &mut connection.driver => {
                 return match ended {
                     Ok(Err(error)) => Err(error.into()),
-                    _ => Err("the LISTEN connection closed".into()),
+                    _ => Err(Error::connection("the LISTEN connection closed")),
                 };
             }
             _ = ticks.tick() => {
-                connection.heartbeat.beat(shared, &connection.client).await?;
+                connection.heartbeat.beat(listener, &connection.client).await?;
                 // Also read, though nothing woke us: wake-ups are hints, and this bounds how
                 // long a lost one could delay anything.
-                dispatch(shared, &mut connection).await?;
+                dispatch(listener, &mut connection).await?;
                 continue;
             }
-            _ = shared.shutdown.cancelled() => return Ok(()),
+            _ = listener.shutdown.cancelled() => return Ok(()),
         }
         // Wake-ups say nothing but "something was committed": one fetch answers them all.
         let heard = connection.wakeups.heard.swap(0, Ordering::Relaxed);
-        shared.metrics.notifications_received.add(heard);
-        dispatch(shared, &mut connection).await?;
+        listener.metrics.notifications_received.add(heard);
+        dispatch(listener, &mut connection).await?;
     }
 }
 
@@ -268,10 +291,10 @@ impl Heartbeat {
     /// Sends a heartbeat and waits (up to one interval) until it comes back.
     async fn round_trip(
         &self,
-        shared: &Shared,
+        listener: &Listener,
         client: &tokio_postgres::Client,
-    ) -> Result<(), DbError> {
-        let number = self.send(shared, client).await?;
+    ) -> Result<(), Error> {
+        let number = self.send(listener, client).await?;
         let back = async {
             loop {
                 // Created before the check, so a wake-up in between is not lost.
@@ -282,31 +305,39 @@ impl Heartbeat {
                 arrived.await;
             }
         };
-        tokio::time::timeout(shared.settings.heartbeat, back)
+        tokio::time::timeout(listener.heartbeat, back)
             .await
-            .map_err(|_| self.lost(number, shared).into())
+            .map_err(|_| self.lost(number, listener))
     }
 
     /// Fails if the previous heartbeat has not come back; otherwise sends the next one.
-    async fn beat(&self, shared: &Shared, client: &tokio_postgres::Client) -> Result<(), DbError> {
+    async fn beat(
+        &self,
+        listener: &Listener,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), Error> {
         let sent = self.sent.load(Ordering::SeqCst);
         if self.received.load(Ordering::SeqCst) < sent {
-            return Err(self.lost(sent, shared).into());
+            return Err(self.lost(sent, listener));
         }
-        self.send(shared, client).await.map(|_| ())
+        self.send(listener, client).await.map(|_| ())
     }
 
-    fn lost(&self, number: u64, shared: &Shared) -> String {
-        format!(
+    fn lost(&self, number: u64, listener: &Listener) -> Error {
+        Error::connection(format!(
             "heartbeat {number} did not come back within {:?}: the connection does not receive \
              notifications (a dead connection, or LISTEN through a transaction-mode pooler?)",
-            shared.settings.heartbeat
-        )
+            listener.heartbeat
+        ))
     }
 
     /// Sends the next heartbeat and reads the notification queue's fill level for `/metrics`;
     /// returns the heartbeat's number.
-    async fn send(&self, shared: &Shared, client: &tokio_postgres::Client) -> Result<u64, DbError> {
+    async fn send(
+        &self,
+        listener: &Listener,
+        client: &tokio_postgres::Client,
+    ) -> Result<u64, Error> {
         let next = self.sent.load(Ordering::SeqCst) + 1;
         self.sent.store(next, Ordering::SeqCst);
         let payload = format!(r#"{}{next}"}}"#, self.prefix);
@@ -314,39 +345,39 @@ impl Heartbeat {
         // a transaction-mode pooler hears its own notifications but never anyone else's. Only
         // when the pool fails does the LISTEN connection notify itself, which at least proves
         // that it still answers.
-        let pooled = match shared.pool.get().await {
-            Ok(pooled) => notify(shared, &pooled, &payload).await,
+        let pooled = match listener.pool.get().await {
+            Ok(pooled) => notify(listener, &pooled, &payload).await,
             Err(error) => Err(error.into()),
         };
         let usage = match pooled {
             Ok(usage) => usage,
             Err(error) => {
                 debug!(%error, "heartbeat through the pool failed; sending it on the LISTEN connection");
-                notify(shared, client, &payload).await?
+                notify(listener, client, &payload).await?
             }
         };
-        shared.metrics.set_notify_queue_usage(usage);
+        listener.metrics.set_notify_queue_usage(usage);
         Ok(next)
     }
 }
 
 /// Sends `payload` on the channel; returns `pg_notification_queue_usage()`.
 async fn notify(
-    shared: &Shared,
+    listener: &Listener,
     client: &tokio_postgres::Client,
     payload: &str,
-) -> Result<f64, DbError> {
-    let params: [(&(dyn ToSql + Sync), Type); 2] = [
-        (&shared.settings.channel, Type::TEXT),
-        (&payload, Type::TEXT),
-    ];
+) -> Result<f64, Error> {
+    let params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&listener.channel, Type::TEXT), (&payload, Type::TEXT)];
     let query = client.query_typed_one(
         "SELECT pg_notify($1, $2)::text, pg_notification_queue_usage()",
         &params,
     );
-    let row = tokio::time::timeout(shared.settings.heartbeat, query)
+    let row = tokio::time::timeout(listener.heartbeat, query)
         .await
-        .map_err(|_| "the heartbeat query timed out: the connection is not answering")??;
+        .map_err(|_| {
+            Error::connection("the heartbeat query timed out: the connection is not answering")
+        })??;
     Ok(row.try_get(1)?)
 }
 
@@ -360,10 +391,10 @@ impl Drop for AbortOnDrop {
 }
 
 /// Reads everything committed since the last fetch and delivers what local streams want.
-async fn dispatch(shared: &Shared, connection: &mut ListenConnection) -> Result<(), DbError> {
+async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Result<(), Error> {
     // While the fetch runs no heartbeat is checked, so it gets the heartbeat's own patience
     // (sent at one tick, missed at the next): a half-open connection is found as quickly.
-    let patience = 2 * shared.settings.heartbeat;
+    let patience = 2 * listener.heartbeat;
     loop {
         let fetch = store::news(
             &connection.client,
@@ -371,19 +402,26 @@ async fn dispatch(shared: &Shared, connection: &mut ListenConnection) -> Result<
             connection.position,
             FETCH_ROWS,
             FETCH_BYTES,
-            |participants| shared.registry.has_any(participants),
+            |participants| listener.registry.has_any(participants),
         );
         let news = tokio::time::timeout(patience, fetch)
             .await
-            .map_err(|_| format!("reading new messages took longer than {patience:?}"))?
-            .map_err(|error| format!("reading new messages failed: {error}"))?;
+            .map_err(|_| {
+                Error::connection(format!(
+                    "reading new messages took longer than {patience:?}"
+                ))
+            })?
+            .map_err(|error| Error::connection(format!("reading new messages failed: {error}")))?;
         for signal in news.signals {
-            shared.registry.deliver(&Live::Signal(signal));
+            listener.registry.deliver(&Live::Signal(signal));
         }
         for (message, committed_at) in news.messages {
-            shared.registry.deliver(&Live::Message(message));
+            listener.registry.deliver(&Live::Message(message));
             if let Some(at) = committed_at {
-                shared.metrics.commit_to_send.observe_since_unix_micros(at);
+                listener
+                    .metrics
+                    .commit_to_send
+                    .observe_since_unix_micros(at);
             }
         }
         connection.position = news.position;

@@ -8,7 +8,7 @@
 use tokio_postgres::Client;
 use tracing::info;
 
-use crate::store::DbError;
+use crate::error::Error;
 use crate::tls;
 
 /// The migrations, in order: (version, file name, SQL).
@@ -33,7 +33,7 @@ const MIGRATE_LOCK_KEY: i64 = 7395514830127704946;
 
 /// Applies every migration not yet recorded, and points the outbox trigger at `channel`.
 /// Returns the versions applied by this run.
-pub async fn migrate(database_url: &str, channel: &str) -> Result<Vec<i32>, DbError> {
+pub async fn migrate(database_url: &str, channel: &str) -> Result<Vec<i32>, Error> {
     let (config, tls) = tls::connect_config(database_url)?;
     let (client, connection) = config.connect(tls).await?;
     let driver = tokio::spawn(connection);
@@ -43,7 +43,7 @@ pub async fn migrate(database_url: &str, channel: &str) -> Result<Vec<i32>, DbEr
     result
 }
 
-async fn migrate_with(client: &Client, channel: &str) -> Result<Vec<i32>, DbError> {
+async fn migrate_with(client: &Client, channel: &str) -> Result<Vec<i32>, Error> {
     client
         .batch_execute(&format!("SELECT pg_advisory_lock({MIGRATE_LOCK_KEY})"))
         .await?;
@@ -55,7 +55,7 @@ async fn migrate_with(client: &Client, channel: &str) -> Result<Vec<i32>, DbErro
     Ok(applied)
 }
 
-async fn apply_pending(client: &Client, channel: &str) -> Result<Vec<i32>, DbError> {
+async fn apply_pending(client: &Client, channel: &str) -> Result<Vec<i32>, Error> {
     let exists: bool = client
         .query_typed_one(
             "SELECT to_regclass('pgrelay.schema_migrations') IS NOT NULL",
@@ -85,9 +85,11 @@ async fn apply_pending(client: &Client, channel: &str) -> Result<Vec<i32>, DbErr
                 "BEGIN;\nSET LOCAL client_min_messages = warning;\n{sql}\n;COMMIT;"
             ))
             .await
-            .map_err(|error| match error.as_db_error() {
-                Some(db) => format!("{name}: {}: {}", db.severity(), db.message()),
-                None => format!("{name}: {error}"),
+            .map_err(|error| {
+                Error::setup(match error.as_db_error() {
+                    Some(db) => format!("{name}: {}: {}", db.severity(), db.message()),
+                    None => format!("{name}: {error}"),
+                })
             })?;
         newly_applied.push(version);
     }
@@ -96,7 +98,7 @@ async fn apply_pending(client: &Client, channel: &str) -> Result<Vec<i32>, DbErr
 }
 
 /// Makes `pgrelay.channel()` return `channel`, if it does not already.
-async fn set_channel(client: &Client, channel: &str) -> Result<(), DbError> {
+async fn set_channel(client: &Client, channel: &str) -> Result<(), Error> {
     let current: String = client
         .query_typed_one("SELECT pgrelay.channel()", &[])
         .await?
@@ -115,7 +117,7 @@ async fn set_channel(client: &Client, channel: &str) -> Result<(), DbError> {
 }
 
 /// The channel the outbox trigger notifies on, or `None` when the schema is missing.
-pub async fn installed_channel(client: &Client) -> Result<Option<String>, DbError> {
+pub async fn installed_channel(client: &Client) -> Result<Option<String>, Error> {
     let installed: bool = client
         .query_typed_one(
             "SELECT to_regprocedure('pgrelay.channel()') IS NOT NULL",

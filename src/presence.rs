@@ -18,10 +18,28 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::state::Shared;
-use crate::store::DbError;
+use crate::error::Error;
+use crate::registry::Registry;
+use crate::store::DbPool;
+
+/// What the presence task needs from the rest of the relay.
+pub struct Presence {
+    /// Query connections.
+    pub pool: DbPool,
+    /// The open streams, whose participants are online here.
+    pub registry: Arc<Registry>,
+    /// This process's name in `pgrelay.presence`, unique per start.
+    pub instance: String,
+    /// How long a row lives without a refresh.
+    pub ttl: Duration,
+    /// How long a participant's last stream must stay closed before they count as offline.
+    pub debounce: Duration,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+}
 
 /// How often the open streams are compared with what was announced.
 const TICK: Duration = Duration::from_millis(250);
@@ -31,9 +49,10 @@ const TICK: Duration = Duration::from_millis(250);
 const MAX_CHANGES_PER_TICK: usize = 500;
 
 /// Tracks and announces this instance's participants until shutdown.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(presence: Presence) {
+    let presence = &presence;
     let mut tracker = Tracker::default();
-    let refresh_every = shared.settings.presence_ttl / 3;
+    let refresh_every = presence.ttl / 3;
     let mut last_refresh = Instant::now();
     let mut ticks = tokio::time::interval(TICK);
     // The registry generation the last comparison saw; `None` forces one.
@@ -41,18 +60,18 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = shared.shutdown.cancelled() => return,
+            _ = presence.shutdown.cancelled() => return,
         }
         let now = Instant::now();
-        let generation = shared.registry.generation();
+        let generation = presence.registry.generation();
         // Nothing opened or closed and nobody is waiting out the debounce: nothing to compare.
         let idle = compared == Some(generation) && tracker.absent_since.is_empty();
         compared = Some(generation);
         let changes = if idle {
             Changes::default()
         } else {
-            let debounce = shared.settings.presence_debounce;
-            let changes = tracker.changes(shared.registry.participants(), now, debounce);
+            let debounce = presence.debounce;
+            let changes = tracker.changes(presence.registry.participants(), now, debounce);
             if changes.joined.len() == MAX_CHANGES_PER_TICK
                 || changes.left.len() == MAX_CHANGES_PER_TICK
             {
@@ -62,20 +81,20 @@ pub async fn run(shared: Arc<Shared>) {
             changes
         };
         if !changes.is_empty() {
-            match update(&shared, &changes.joined, &changes.left).await {
+            match update(presence, &changes.joined, &changes.left).await {
                 Ok(()) => tracker.confirm(changes),
                 Err(error) if changes.joined.len() + changes.left.len() > 1 => {
                     // One participant's bad data must not hold back everyone else's changes:
                     // send them one by one.
                     warn!(error = ?error, "presence update failed; trying each change alone");
-                    let failed = update_one_by_one(&shared, &mut tracker, changes).await;
+                    let failed = update_one_by_one(presence, &mut tracker, changes).await;
                     if !failed.is_empty() {
                         tracker.retry(failed, now);
                         compared = None;
                     }
                 }
                 Err(error) => {
-                    if refused_data(&error) {
+                    if error.is_refused_data() {
                         warn!(error = ?error, "presence change refused by the database; dropped");
                         tracker.confirm(changes);
                     } else {
@@ -88,7 +107,7 @@ pub async fn run(shared: Arc<Shared>) {
         }
         if last_refresh.elapsed() >= refresh_every {
             last_refresh = Instant::now();
-            if let Err(error) = refresh(&shared, &tracker.announced).await {
+            if let Err(error) = refresh(presence, &tracker.announced).await {
                 warn!(error = ?error, "presence refresh failed; retrying");
             }
         }
@@ -161,9 +180,13 @@ impl Tracker {
 }
 
 /// Sends each change of a failed batch on its own. A change the database refuses as data
-/// (SQLSTATE classes 22 and 23) is logged and dropped, as it would fail forever; the changes
+/// ([`Error::is_refused_data`]) is logged and dropped, as it would fail forever; the changes
 /// that failed otherwise (the database is away) are returned for a retry.
-async fn update_one_by_one(shared: &Shared, tracker: &mut Tracker, changes: Changes) -> Changes {
+async fn update_one_by_one(
+    presence: &Presence,
+    tracker: &mut Tracker,
+    changes: Changes,
+) -> Changes {
     let mut failed = Changes::default();
     let joins = changes.joined.into_iter().map(|p| Changes {
         joined: vec![p],
@@ -174,9 +197,9 @@ async fn update_one_by_one(shared: &Shared, tracker: &mut Tracker, changes: Chan
         left: vec![p],
     });
     for single in joins.chain(leaves) {
-        match update(shared, &single.joined, &single.left).await {
+        match update(presence, &single.joined, &single.left).await {
             Ok(()) => tracker.confirm(single),
-            Err(error) if refused_data(&error) => {
+            Err(error) if error.is_refused_data() => {
                 warn!(error = ?error, "presence change refused by the database; dropped");
                 tracker.confirm(single);
             }
@@ -189,19 +212,12 @@ async fn update_one_by_one(shared: &Shared, tracker: &mut Tracker, changes: Chan
     failed
 }
 
-/// Whether the database refused the data itself, so that retrying cannot help.
-fn refused_data(error: &DbError) -> bool {
-    error
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(|error| error.code())
-        .is_some_and(|code| code.code().starts_with("22") || code.code().starts_with("23"))
-}
-
-async fn update(shared: &Shared, joined: &[String], left: &[String]) -> Result<(), DbError> {
-    let client = shared.pool.get().await?;
-    let ttl = shared.settings.presence_ttl.as_secs_f64();
+/// Sends one batch of joins and departures to `pgrelay.presence_update`.
+async fn update(presence: &Presence, joined: &[String], left: &[String]) -> Result<(), Error> {
+    let client = presence.pool.get().await?;
+    let ttl = presence.ttl.as_secs_f64();
     let params: [(&(dyn ToSql + Sync), Type); 4] = [
-        (&shared.instance, Type::TEXT),
+        (&presence.instance, Type::TEXT),
         (&joined, Type::TEXT_ARRAY),
         (&left, Type::TEXT_ARRAY),
         (&ttl, Type::FLOAT8),
@@ -217,22 +233,22 @@ async fn update(shared: &Shared, joined: &[String], left: &[String]) -> Result<(
 
 /// Keeps this instance's rows alive, re-creates them if they aged out (the instance was
 /// paused longer than the TTL), and expires dead instances' rows.
-async fn refresh(shared: &Shared, announced: &HashSet<String>) -> Result<(), DbError> {
-    let client = shared.pool.get().await?;
+async fn refresh(presence: &Presence, announced: &HashSet<String>) -> Result<(), Error> {
+    let client = presence.pool.get().await?;
     let refreshed = client
         .query_typed(
             "UPDATE pgrelay.presence SET heartbeat_at = now() WHERE instance = $1 RETURNING 1",
-            &[(&shared.instance, Type::TEXT)],
+            &[(&presence.instance, Type::TEXT)],
         )
         .await?
         .len();
     if refreshed < announced.len() {
         let all: Vec<String> = announced.iter().cloned().collect();
         drop(client);
-        update(shared, &all, &[]).await?;
+        update(presence, &all, &[]).await?;
     }
-    let ttl = shared.settings.presence_ttl.as_secs_f64();
-    shared
+    let ttl = presence.ttl.as_secs_f64();
+    presence
         .pool
         .get()
         .await?

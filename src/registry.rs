@@ -14,8 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::signal::Signal;
-use crate::store::Message;
+use crate::message::{Message, Signal};
 
 /// How many live messages a stream may hold before it falls back to the database.
 pub const INBOX_CAPACITY: usize = 256;

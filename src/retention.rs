@@ -7,39 +7,38 @@
 //! period, and records that id in `pgrelay.retention.pruned_through`: a stream resuming below
 //! it is told with a `reset` event that history was truncated.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::types::Type;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::state::Shared;
-use crate::store::{DbError, DbPool};
+use crate::error::Error;
+use crate::store::DbPool;
 
 /// Rows deleted per transaction, so pruning never holds locks or bloats WAL for long.
 const PRUNE_BATCH: i64 = 5000;
 
 /// Prunes once right away and then at a fraction of the retention period (at most hourly,
 /// at least every ten seconds), until shutdown.
-pub async fn run(shared: Arc<Shared>) {
-    let retention = shared.settings.retention;
+pub async fn run(pool: DbPool, retention: Duration, shutdown: CancellationToken) {
     let interval = (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(3600));
     loop {
-        match prune(&shared.pool, retention).await {
+        match prune(&pool, retention).await {
             Ok(0) => debug!("nothing to prune"),
             Ok(deleted) => info!(deleted, "pruned messages older than the retention period"),
             Err(error) => warn!(%error, "pruning failed; will retry"),
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = shared.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
     }
 }
 
 /// Deletes messages older than `retention`, in batches; returns how many were deleted.
 /// Does nothing when another instance is pruning.
-pub async fn prune(pool: &DbPool, retention: Duration) -> Result<u64, DbError> {
+pub async fn prune(pool: &DbPool, retention: Duration) -> Result<u64, Error> {
     let mut client = pool.get().await?;
     let retention_seconds = retention.as_secs_f64();
     let mut deleted = 0;

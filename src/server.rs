@@ -33,27 +33,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// Limits on connections, as configured.
-#[derive(Debug, Clone)]
-pub struct ConnectionLimits {
-    /// Most open HTTP connections; streams are connections, so this also caps streams.
-    pub max_connections: usize,
-    /// How long a client may take to send a request's headers.
-    pub header_timeout: Duration,
-    /// How long a write may stall before the connection is closed.
-    pub write_timeout: Duration,
-}
-
-impl Default for ConnectionLimits {
-    /// The command line's defaults.
-    fn default() -> ConnectionLimits {
-        ConnectionLimits {
-            max_connections: 10_000,
-            header_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(30),
-        }
-    }
-}
+use crate::config::ConnectionLimits;
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then waits for open connections
 /// to finish (the caller bounds that wait).

@@ -44,7 +44,7 @@ impl SseEvent {
     /// Whether this is a relay stream's opening event (`position`), which carries the
     /// stream's position in `id:` and is no message.
     pub fn is_opening(&self) -> bool {
-        self.event.as_deref() == Some(crate::frame::POSITION)
+        self.event.as_deref() == Some(crate::message::POSITION_EVENT)
     }
 
     /// Whether this is a stored message: an event with an `id:` and data that is not the

@@ -15,13 +15,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::error::Error;
 use crate::frame;
-use crate::registry::{Delivery, Live, Subscription};
-use crate::state::Shared;
-use crate::store::{self, DbError};
+use crate::metrics::Metrics;
+use crate::registry::{Delivery, Live, Registry, Subscription};
+use crate::store::{self, DbPool};
 
 /// Messages read per catch-up query. The query costs about the same for 100 rows as for 1,000
 /// (PostgreSQL sorts the participant's matching rows either way), so pages are large.
@@ -35,9 +38,29 @@ const CATCH_UP_BYTES: i64 = 256 * 1024;
 /// Longest wait between catch-up attempts while the database is unreachable.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
+/// What every stream of this instance shares: where it registers, what it reads from, and
+/// when it must stop.
+pub struct Streams {
+    /// Query connections for the opening position and catch-ups.
+    pub pool: DbPool,
+    /// Where streams register for live events.
+    pub registry: Arc<Registry>,
+    /// The pool connections catch-ups (and history reads) may hold at once, so that however
+    /// many readers fall behind, publishing, presence and `/readyz` still get a connection.
+    pub reads: Arc<Semaphore>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Interval of the keepalive comment.
+    pub keepalive: Duration,
+    /// Most open streams of one participant on this instance.
+    pub max_per_participant: usize,
+    /// Cancelled at shutdown; every stream ends.
+    pub shutdown: CancellationToken,
+}
+
 /// One open stream.
 pub struct EventStream {
-    shared: Arc<Shared>,
+    streams: Arc<Streams>,
     /// Keeps the stream registered until it is dropped (the client disconnected).
     subscription: Subscription,
     participant: String,
@@ -63,11 +86,11 @@ pub enum OpenError {
     /// The participant has the maximum number of streams open on this instance.
     TooManyStreams,
     /// The opening queries failed.
-    Database(DbError),
+    Database(Error),
 }
 
-impl From<DbError> for OpenError {
-    fn from(error: DbError) -> OpenError {
+impl From<Error> for OpenError {
+    fn from(error: Error) -> OpenError {
         OpenError::Database(error)
     }
 }
@@ -78,24 +101,23 @@ enum Interrupt {
     Expired,
 }
 
-impl EventStream {
+impl Streams {
     /// Registers a stream for `participant`, resuming after `resume` (or live from the newest
     /// message when `None`), valid until `expires_in` has passed.
     pub async fn open(
-        shared: Arc<Shared>,
+        self: &Arc<Self>,
         participant: String,
         resume: Option<i64>,
         expires_in: Duration,
     ) -> Result<EventStream, OpenError> {
-        let max_streams = shared.settings.max_streams_per_participant;
-        let subscription = shared
+        let subscription = self
             .registry
-            .subscribe(&participant, max_streams)
+            .subscribe(&participant, self.max_per_participant)
             .ok_or(OpenError::TooManyStreams)?;
         let mut preamble = VecDeque::new();
         let cursor = match resume {
             Some(since) => {
-                let bounds = store::retention_bounds(&shared.pool).await?;
+                let bounds = store::retention_bounds(&self.pool).await?;
                 let (cursor, reset) = resume_point(since, &bounds);
                 preamble.push_back(frame::opening(cursor));
                 if let Some(reset) = reset {
@@ -107,15 +129,14 @@ impl EventStream {
             None => {
                 // Read after subscribing: a message committed in between has an id at or
                 // below the position and is dropped from the inbox as "before the stream".
-                let newest = store::newest_id(&shared.pool).await?;
+                let newest = store::newest_id(&self.pool).await?;
                 preamble.push_back(frame::opening(newest));
                 newest
             }
         };
-        let keepalive_at = Instant::now() + shared.settings.keepalive;
         Ok(EventStream {
-            shared,
-            keepalive_at,
+            streams: Arc::clone(self),
+            keepalive_at: Instant::now() + self.keepalive,
             subscription,
             participant,
             cursor,
@@ -126,13 +147,15 @@ impl EventStream {
             failures: 0,
         })
     }
+}
 
+impl EventStream {
     /// The stream as a response body: the bytes of each event in turn. Dropping it (the
     /// client went away) unregisters the stream.
     pub fn into_body(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
         futures::stream::unfold(self, |mut stream| async move {
             let frame = stream.next_frame().await?;
-            stream.keepalive_at = Instant::now() + stream.shared.settings.keepalive;
+            stream.keepalive_at = Instant::now() + stream.streams.keepalive;
             Some((Ok(frame), stream))
         })
     }
@@ -150,7 +173,7 @@ impl EventStream {
                 match event {
                     Live::Message(message) if message.id > self.cursor => {
                         self.cursor = message.id;
-                        self.shared.metrics.events_delivered.inc();
+                        self.streams.metrics.events_delivered.inc();
                         return Some(frame::message(&message));
                     }
                     Live::Message(_) => {} // already sent
@@ -169,7 +192,7 @@ impl EventStream {
                 Delivery::Empty => {
                     let changed = self.subscription.inbox().changed();
                     let quiet = tokio::time::timeout_at(self.keepalive_at, changed);
-                    match interruptible(&self.shared, self.expires, quiet).await {
+                    match interruptible(&self.streams.shutdown, self.expires, quiet).await {
                         Ok(Ok(())) => None,
                         Ok(Err(_)) => return Some(frame::KEEPALIVE),
                         Err(interrupt) => Some(interrupt),
@@ -191,13 +214,13 @@ impl EventStream {
     /// Reads one page after the cursor into `pending`. On failure it asks for another
     /// catch-up after a backoff, so a database outage delays messages but never loses them.
     async fn catch_up(&mut self) -> Result<(), Interrupt> {
-        self.shared.metrics.catch_up_queries.inc();
+        self.streams.metrics.catch_up_queries.inc();
         let query = async {
             // Catch-ups and history reads share a part of the pool, so however many streams
             // catch up at once, publishing, presence and /readyz still get a connection.
-            let _permit = self.shared.history_reads.acquire().await;
+            let _permit = self.streams.reads.acquire().await;
             store::messages_for(
-                &self.shared.pool,
+                &self.streams.pool,
                 &self.participant,
                 self.cursor,
                 CATCH_UP_PAGE,
@@ -205,7 +228,7 @@ impl EventStream {
             )
             .await
         };
-        match interruptible(&self.shared, self.expires, query).await? {
+        match interruptible(&self.streams.shutdown, self.expires, query).await? {
             Ok(page) => {
                 self.failures = 0;
                 if page.more {
@@ -230,7 +253,7 @@ impl EventStream {
                         _ = self.subscription.inbox().changed() => {}
                     }
                 };
-                let waited = interruptible(&self.shared, self.expires, wait).await;
+                let waited = interruptible(&self.streams.shutdown, self.expires, wait).await;
                 self.subscription.inbox().request_catch_up();
                 waited
             }
@@ -262,13 +285,13 @@ fn resume_point(since: i64, bounds: &store::RetentionBounds) -> (i64, Option<ser
 
 /// Runs `work` unless shutdown or token expiry comes first.
 async fn interruptible<T>(
-    shared: &Shared,
+    shutdown: &CancellationToken,
     expires: Instant,
     work: impl Future<Output = T>,
 ) -> Result<T, Interrupt> {
     tokio::select! {
         biased;
-        _ = shared.shutdown.cancelled() => Err(Interrupt::Shutdown),
+        _ = shutdown.cancelled() => Err(Interrupt::Shutdown),
         _ = tokio::time::sleep_until(expires) => Err(Interrupt::Expired),
         value = work => Ok(value),
     }

@@ -22,10 +22,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::store::DbError;
+use crate::error::Error;
 
 /// A parsed connection string and the TLS connector its `sslmode` calls for.
-pub fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), DbError> {
+pub fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), Error> {
     let verify = requested_mode(url).is_some_and(|mode| mode.starts_with("verify-"));
     let url = if verify {
         with_sslmode_require(url)

@@ -1,0 +1,284 @@
+//! The in-repo benchmark suite: what pgrelay adds on top of PostgreSQL, and where it stops.
+//!
+//! ```text
+//! cargo run --release --example bench              # full run, about 5 minutes
+//! cargo run --release --example bench -- --quick   # smoke run, under 2 minutes
+//! cargo run --release --example bench -- --throughput  # ceilings and ladders only, ~2 minutes
+//! ```
+//!
+//! The example first runs `cargo build --release --bin pgrelay` (a no-op when the binary is
+//! fresh; pass `--no-build` to skip it) and then runs that binary, `target/release/pgrelay
+//! serve`, found next to its own executable, as a child process: the relay gets its own process,
+//! runtime and memory, as in production. It starts a throwaway PostgreSQL on 127.0.0.1
+//! (`fsync=off`, `synchronous_commit=off`), creates one database per phase, and removes the
+//! cluster at the end, also on failure, Ctrl-C or the overall time limit.
+//!
+//! # What it measures
+//!
+//! - **Floor**: commit-to-notification latency of a raw `LISTEN pgrelay` connection, no relay.
+//! - **Ceiling**: rows per second PostgreSQL commits through the outbox trigger (advisory lock,
+//!   id, NOTIFY) with 8 writers going flat out, 1 and 100 rows per transaction, one raw
+//!   listener draining the queue; and with 10 listeners, the fan-out of 10 relay instances.
+//! - **Commit-to-SSE latency** at 1,000 messages/s, 3 recipients each, with 10,000 and with
+//!   1,000 connected subscribers (each a distinct participant; recipients drawn from them).
+//! - **Sustained throughput**: the message rate is stepped up (1 and 100 rows per transaction);
+//!   the highest rate at which every delivery arrives, p99 stays under 50 ms and the writers
+//!   keep their schedule, against the ceiling.
+//! - **Socket floor**: the CPU that carrying the same events over loopback TCP takes with no
+//!   relay at all (one thread writing frames, tokio tasks reading them), at 95% of the ceiling:
+//!   the part of a throughput step no relay can avoid.
+//! - **Memory**: relay RSS before and after opening 10,000 idle streams.
+//! - **Catch-up**: 1,000 missed messages of one participant out of 1,000,000 rows, served by a
+//!   stream opened with `since_id` and by `GET /v1/messages?limit=1000`.
+//! - **Cold start**: spawn to the first `/readyz` 200, median of 10.
+//!
+//! Latency runs from the moment a writer's `INSERT` (its own transaction) returns to the moment
+//! the subscriber's socket read that completed the event returns, both on the monotonic clock of
+//! this process. Writers follow a fixed schedule (transaction `i` is due at `start + i·rows/rate`)
+//! and never wait for deliveries, so a slow relay cannot slow the load down (no coordinated
+//! omission); how far the writers fell behind their schedule is reported separately. Every
+//! delivery must arrive exactly once, in id order, to its own recipient only; anything else is
+//! reported and makes the run exit 1. Missed targets do not change the exit code.
+//!
+//! The subscribers are hand-written HTTP/1.1 clients (chunked transfer coding, then
+//! [`SseParser`]) on tokio `TcpStream`s, so 10,000 of them are cheap; the open-file limit is
+//! raised for this process and inherited by the relay. BENCHMARKS.md has the method in full.
+
+mod catch_up;
+mod cold_start;
+mod measure;
+mod postgres;
+mod relay;
+mod report;
+mod run;
+mod setup;
+mod sse_client;
+mod steps;
+mod writers;
+
+use catch_up::*;
+use cold_start::*;
+use measure::*;
+use postgres::*;
+use relay::*;
+use report::*;
+use run::*;
+use setup::*;
+use sse_client::*;
+use steps::*;
+use writers::*;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use pgrelay::auth::Keys;
+use pgrelay::sse::{SseEvent, SseItem, SseParser};
+use pgrelay_cluster::TempCluster;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Res<T> = Result<T, BoxError>;
+
+/// The secret the relay verifies the subscribers' tokens with.
+pub(crate) const SECRET: &str = "pgrelay-bench-secret-0123456789";
+
+/// Connected subscribers in the large phases (each a distinct participant).
+pub(crate) const MANY: u32 = 10_000;
+
+/// Connected subscribers in the small latency phase and the throughput ladder.
+pub(crate) const FEW: u32 = 1_000;
+
+/// Recipients of every benchmark message.
+pub(crate) const RECIPIENTS: usize = 3;
+
+/// Writer connections, each with its own share of the schedule.
+pub(crate) const WRITERS: usize = 8;
+
+/// Messages per second in the latency phases.
+pub(crate) const LATENCY_RATE: f64 = 1_000.0;
+
+/// A throughput step passes when p99 stays under this.
+pub(crate) const P99_LIMIT_MS: f64 = 50.0;
+
+/// ...and the writers commit at least this share of the offered rate.
+pub(crate) const KEPT_SCHEDULE: f64 = 0.97;
+
+/// A message's payload key is `run · KEY_BASE + sequence number`.
+pub(crate) const KEY_BASE: i64 = 1_000_000_000;
+
+/// Padding that makes a payload the size of a short chat message.
+pub(crate) const TEXT: &str =
+    "a benchmark message, about as long as a short line of chat in a browser tab";
+
+/// A collector that hears nothing for this long gives up on the missing deliveries.
+pub(crate) const SILENCE: Duration = Duration::from_secs(5);
+
+/// How long collectors keep listening after the last expected delivery, to catch duplicates.
+pub(crate) const DUPLICATE_WATCH: Duration = Duration::from_millis(200);
+
+/// Streams opened at once while connecting subscribers.
+pub(crate) const OPEN_CONCURRENCY: usize = 200;
+
+/// Open files this process (and the relay it spawns) needs: two sockets per subscriber on
+/// loopback are split between the two processes, plus database connections and slack.
+pub(crate) const WANTED_FILES: libc::rlim_t = 65_536;
+pub(crate) const NEEDED_FILES: libc::rlim_t = MANY as libc::rlim_t + 1_000;
+
+pub(crate) const USAGE: &str =
+    "usage: cargo run --release --example bench [-- --quick] [-- --throughput] [-- --no-build]
+
+  --quick      short smoke run (under 2 minutes): shorter phases, fewer throughput steps
+  --throughput only the ceilings and the throughput ladders (with 1,000 subscribers), for
+               trying a change to the hot path in about two minutes
+  --no-build   do not run `cargo build --release --bin pgrelay` first
+
+Starts its own throwaway PostgreSQL and its own `target/release/pgrelay serve` processes on
+127.0.0.1, prints a Markdown summary on stdout and progress on stderr.";
+
+/// How long each phase runs.
+pub(crate) struct Profile {
+    pub(crate) quick: bool,
+    /// Only the ceilings and the throughput ladders (`--throughput`).
+    pub(crate) throughput_only: bool,
+    pub(crate) floor: Duration,
+    pub(crate) latency: Duration,
+    pub(crate) ceiling: Duration,
+    pub(crate) step: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) fanout: Duration,
+    pub(crate) bisections: usize,
+    pub(crate) catch_up_rows: i64,
+    pub(crate) catch_up_repeats: usize,
+    pub(crate) cold_starts: usize,
+    pub(crate) fetch_calls: usize,
+    pub(crate) time_limit: Duration,
+}
+
+impl Profile {
+    pub(crate) fn full() -> Profile {
+        Profile {
+            quick: false,
+            throughput_only: false,
+            floor: Duration::from_secs(20),
+            latency: Duration::from_secs(30),
+            ceiling: Duration::from_secs(5),
+            step: Duration::from_secs(5),
+            idle: Duration::from_secs(10),
+            fanout: Duration::from_secs(5),
+            bisections: 2,
+            catch_up_rows: 1_000_000,
+            catch_up_repeats: 7,
+            cold_starts: 10,
+            fetch_calls: 1_000,
+            time_limit: Duration::from_secs(20 * 60),
+        }
+    }
+
+    pub(crate) fn quick() -> Profile {
+        Profile {
+            quick: true,
+            throughput_only: false,
+            floor: Duration::from_secs(3),
+            latency: Duration::from_secs(3),
+            ceiling: Duration::from_millis(1500),
+            step: Duration::from_secs(2),
+            idle: Duration::from_secs(2),
+            fanout: Duration::from_secs(2),
+            bisections: 0,
+            catch_up_rows: 1_000_000,
+            catch_up_repeats: 3,
+            cold_starts: 10,
+            fetch_calls: 200,
+            time_limit: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+pub(crate) struct Options {
+    pub(crate) profile: Profile,
+    pub(crate) build: bool,
+}
+
+impl Options {
+    pub(crate) fn from_args() -> Result<Options, String> {
+        let mut options = Options {
+            profile: Profile::full(),
+            build: true,
+        };
+        let mut throughput_only = false;
+        for arg in std::env::args().skip(1) {
+            match arg.as_str() {
+                "--quick" => options.profile = Profile::quick(),
+                "--throughput" => throughput_only = true,
+                "--no-build" => options.build = false,
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
+            }
+        }
+        options.profile.throughput_only = throughput_only;
+        Ok(options)
+    }
+}
+
+pub(crate) fn main() -> ExitCode {
+    let options = match Options::from_args() {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bench: cannot start tokio: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut report = Report::default();
+    let limit = options.profile.time_limit;
+    let outcome = runtime.block_on(async {
+        // Dropping `run` (Ctrl-C, time limit) drops the relays (killed) and the cluster (stopped
+        // and deleted) it owns.
+        tokio::select! {
+            result = run(&options, &mut report) => result,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+            _ = tokio::time::sleep(limit) => Err(format!("gave up after {limit:?}").into()),
+        }
+    });
+    report.print();
+    match outcome {
+        Ok(()) if report.problems.is_empty() => ExitCode::SUCCESS,
+        Ok(()) => {
+            eprintln!("bench: FAILED: see the problems above");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("bench: FAILED: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

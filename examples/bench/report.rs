@@ -1,0 +1,441 @@
+//! The report.
+
+use super::*;
+
+#[derive(Default)]
+pub(crate) struct Machine {
+    pub(crate) cores: usize,
+    pub(crate) cpu: String,
+    pub(crate) kernel: String,
+    pub(crate) postgres: String,
+}
+
+impl Machine {
+    pub(crate) async fn describe(admin: &Client) -> Res<Machine> {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+            .unwrap_or_else(|| "?".into());
+        Ok(Machine {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|text| text.trim().to_owned())
+                .unwrap_or_default(),
+            postgres: admin
+                .query_one("SHOW server_version", &[])
+                .await?
+                .get::<_, String>(0),
+        })
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Report {
+    pub(crate) mode: &'static str,
+    pub(crate) machine: Machine,
+    pub(crate) load_start: String,
+    pub(crate) load_end: String,
+    pub(crate) elapsed: Duration,
+    pub(crate) cold_starts: Vec<f64>,
+    pub(crate) floor: Option<Floor>,
+    pub(crate) ceilings: Vec<Ceiling>,
+    pub(crate) memory: Option<Memory>,
+    pub(crate) latency_many: Option<Step>,
+    pub(crate) latency_few: Option<Step>,
+    pub(crate) presence: Option<PresenceCosts>,
+    pub(crate) skip: Option<SkipCost>,
+    pub(crate) fetch: Vec<(usize, f64)>,
+    pub(crate) ladders: Vec<(usize, Vec<Step>)>,
+    pub(crate) socket_floors: Vec<SocketFloor>,
+    pub(crate) catch_up: Option<CatchUp>,
+    pub(crate) signals: u64,
+    pub(crate) problems: Vec<String>,
+}
+
+pub(crate) fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+impl Report {
+    /// The higher reading of the 8-writer ceiling with `rows` per transaction and `listeners`
+    /// listeners.
+    pub(crate) fn ceiling(&self, rows: usize, listeners: usize) -> Option<&Ceiling> {
+        self.ceilings
+            .iter()
+            .filter(|c| c.writers == WRITERS && c.rows_per_tx == rows && c.listeners == listeners)
+            .max_by(|a, b| a.rows_per_second().total_cmp(&b.rows_per_second()))
+    }
+
+    pub(crate) fn check_step(&mut self, what: &str, step: &Step) {
+        if !step.complete() {
+            self.problems
+                .push(format!("{what}: {}", step.delivery_problem()));
+        }
+    }
+
+    /// The highest passing rate of a ladder.
+    pub(crate) fn sustained(&self, rows: usize) -> Option<f64> {
+        let (_, steps) = self.ladders.iter().find(|(r, _)| *r == rows)?;
+        Some(
+            steps
+                .iter()
+                .filter(|s| s.passes())
+                .map(|s| s.rate)
+                .fold(0.0, f64::max),
+        )
+    }
+
+    pub(crate) fn print(&self) {
+        let mut rows: Vec<[String; 4]> = Vec::new();
+        let mut row = |figure: &str, measured: String, target: &str, result: &str| {
+            rows.push([
+                figure.to_owned(),
+                measured,
+                target.to_owned(),
+                result.to_owned(),
+            ]);
+        };
+        let floor = self.floor.as_ref().map(|f| f.latencies);
+        if let Some(floor) = &floor {
+            row(
+                "Floor: raw LISTEN, commit → notification, p50 / p90 / p99 / max",
+                floor.describe(),
+                "(reference)",
+                "",
+            );
+        }
+        for ceiling in &self.ceilings {
+            row(
+                &format!(
+                    "Ceiling: NOTIFY through the trigger, {} writer(s), {} row(s)/tx, {} listener(s){}",
+                    ceiling.writers,
+                    ceiling.rows_per_tx,
+                    ceiling.listeners,
+                    if ceiling.repeat {
+                        ", again before the ladder"
+                    } else {
+                        ""
+                    }
+                ),
+                format!(
+                    "{:.0} rows/s ({:.0} commits/s){}",
+                    ceiling.rows_per_second(),
+                    ceiling.commits_per_second(),
+                    if ceiling.all_heard {
+                        ""
+                    } else {
+                        "; listeners fell behind"
+                    }
+                ),
+                "(reference)",
+                "",
+            );
+        }
+        for (label, step) in [("1,000", &self.latency_few), ("10,000", &self.latency_many)] {
+            let Some(step) = step else { continue };
+            row(
+                &format!(
+                    "Commit → SSE, 1,000 msg/s × 3 recipients, {label} subscribers, p50 / p90 / p99 / max"
+                ),
+                step.latencies.describe(),
+                "",
+                "",
+            );
+            if let Some(floor) = &floor {
+                let p50 = step.latencies.p50 - floor.p50;
+                let p99 = step.latencies.p99 - floor.p99;
+                let targeted = label == "10,000";
+                row(
+                    &format!("Relay over floor, {label} subscribers: p50 / p99"),
+                    format!("+{} / +{}", ms(p50), ms(p99)),
+                    "≤ 1 ms / ≤ 5 ms",
+                    if targeted {
+                        verdict(p50 <= 1000.0 && p99 <= 5000.0)
+                    } else {
+                        ""
+                    },
+                );
+            }
+        }
+        for (rows_per_tx, name) in [(1, "1 row/tx"), (100, "100 rows/tx")] {
+            let (Some(sustained), Some(ceiling)) =
+                (self.sustained(rows_per_tx), self.ceiling(rows_per_tx, 1))
+            else {
+                continue;
+            };
+            let share = sustained / ceiling.rows_per_second();
+            let next = self
+                .ladders
+                .iter()
+                .find(|(r, _)| *r == rows_per_tx)
+                .and_then(|(_, steps)| steps.iter().find(|s| s.rate > sustained && !s.passes()))
+                .map(|s| format!(" (at {:.0}: {})", s.rate, s.why()))
+                .unwrap_or_default();
+            row(
+                &format!("Sustained throughput, {name}, 3 recipients, 1,000 subscribers"),
+                format!(
+                    "{sustained:.0} msg/s = {:.0}% of the ceiling{next}",
+                    share * 100.0
+                ),
+                "≥ 95% of ceiling (the higher reading)",
+                verdict(share >= 0.95),
+            );
+        }
+        for floor in &self.socket_floors {
+            row(
+                &format!(
+                    "Socket floor: {:.0} msg/s × 3 events ({} row(s)/tx schedule) over 1,000 loopback TCP connections, no relay",
+                    floor.rate, floor.rows
+                ),
+                format!(
+                    "{:.1} µs CPU per event = {:.0}% of a core (machine {})",
+                    floor.us_per_event(),
+                    floor.cpu.bench_cores * 100.0,
+                    floor.cpu.machine()
+                ),
+                "(reference)",
+                "",
+            );
+        }
+        if let Some(memory) = &self.memory {
+            let per = memory.kib_per_stream();
+            row(
+                "RSS per idle stream (10,000 streams)",
+                format!(
+                    "{per:.1} KiB ({} → {} KiB)",
+                    memory.rss_before, memory.rss_after
+                ),
+                "≤ 16 KiB",
+                verdict(per <= 16.0),
+            );
+        }
+        if let Some(catch_up) = &self.catch_up {
+            let stream = median(&mut catch_up.stream_ms.clone());
+            let page = median(&mut catch_up.page_ms.clone());
+            let of = if catch_up.rows == 1_000_000 {
+                "1,000,000".to_owned()
+            } else {
+                catch_up.rows.to_string()
+            };
+            row(
+                &format!("Catch-up: 1,000 of {of} rows, stream with since_id, median"),
+                format!("{stream:.2} ms"),
+                "≤ 20 ms",
+                verdict(stream <= 20.0),
+            );
+            row(
+                &format!("Catch-up: 1,000 of {of} rows, GET /v1/messages?limit=1000, median"),
+                format!("{page:.2} ms"),
+                "≤ 20 ms",
+                verdict(page <= 20.0),
+            );
+        }
+        if !self.cold_starts.is_empty() {
+            let cold = median(&mut self.cold_starts.clone());
+            row(
+                &format!(
+                    "Cold start: spawn → /readyz 200, median of {}",
+                    self.cold_starts.len()
+                ),
+                format!("{cold:.1} ms"),
+                "≤ 100 ms",
+                verdict(cold <= 100.0),
+            );
+        }
+
+        let m = &self.machine;
+        println!();
+        println!("## pgrelay benchmark ({} run)", self.mode);
+        println!();
+        println!(
+            "{} cores ({}), Linux {}, PostgreSQL {}; load average {} at the start, {} at the end; {:.0} s",
+            m.cores,
+            m.cpu,
+            m.kernel,
+            m.postgres,
+            self.load_start,
+            self.load_end,
+            self.elapsed.as_secs_f64()
+        );
+        println!();
+        println!("| Figure | Measured | Target | Result |");
+        println!("|---|---|---|---|");
+        for [figure, measured, target, result] in &rows {
+            println!("| {figure} | {measured} | {target} | {result} |");
+        }
+        self.print_details();
+        if !self.problems.is_empty() {
+            println!();
+            println!("### Problems");
+            println!();
+            for problem in &self.problems {
+                println!("- {problem}");
+            }
+        }
+    }
+
+    pub(crate) fn print_details(&self) {
+        println!();
+        println!("### Details");
+        println!();
+        if let Some(floor) = &self.floor {
+            println!(
+                "- Floor writers: lag behind schedule p99 {}, max {}.",
+                ms(floor.lag.p99),
+                ms(floor.lag.max)
+            );
+        }
+        for ceiling in &self.ceilings {
+            println!(
+                "- Ceiling, {} writer(s), {} row(s)/tx, {} listener(s){}: {} rows in {:.2} s; machine {}, this process {:.0}% of a core; \
+                 database CPU {:.0} µs per commit in the writers' backends, {:.1} µs per notification in each listener's backend.",
+                ceiling.writers,
+                ceiling.rows_per_tx,
+                ceiling.listeners,
+                if ceiling.repeat { " (again)" } else { "" },
+                ceiling.rows,
+                ceiling.seconds,
+                ceiling.cpu.machine(),
+                ceiling.cpu.bench_cores * 100.0,
+                ceiling.commit_us(),
+                ceiling.listener_us()
+            );
+        }
+        for (label, step) in [("1,000", &self.latency_few), ("10,000", &self.latency_many)] {
+            if let Some(step) = step {
+                println!(
+                    "- Latency, {label} subscribers: {} messages, {} deliveries; writers lag p99 {} max {}; \
+                     relay {:.1}% of a core ({:.0}% of it in the kernel), this process {:.0}%, machine {}. \
+                     CPU per message: relay {:.0} µs; database: writer {:.0} µs, relay pool {:.0} µs, relay LISTEN backend (notifications and fetches) {:.0} µs. \
+                     Relay system calls per message: {:.1} writes; context switches {:.1}.",
+                    step.messages,
+                    step.received,
+                    ms(step.lag.p99),
+                    ms(step.lag.max),
+                    step.cpu.relay_cores * 100.0,
+                    100.0 * step.cpu.relay_system_cores / step.cpu.relay_cores.max(1e-9),
+                    step.cpu.bench_cores * 100.0,
+                    step.cpu.machine(),
+                    step.per_message_us(step.cpu.relay_cores * step.cpu.seconds),
+                    step.per_message_us(step.db_writers),
+                    step.per_message_us(step.db_pool),
+                    step.per_message_us(step.db_listen),
+                    step.cpu.relay_writes as f64 / step.messages as f64,
+                    step.cpu.relay_context_switches as f64 / step.messages as f64,
+                );
+                println!(
+                    "  - Commit → relay dispatch (the relay's `pgrelay_commit_to_send_seconds`): {}. \
+                     Commit → SSE receipt: {}.",
+                    describe_shares(&step.dispatched_shares),
+                    describe_shares(&step.delivered_shares)
+                );
+            }
+        }
+        if let Some(memory) = &self.memory {
+            println!(
+                "- Opening {} streams took {:.2} s ({:.0} streams/s); presence rows for all of them {:.1} s after the last; \
+                 idle with {} streams the relay used {:.1}% of a core.",
+                memory.streams,
+                memory.opening.as_secs_f64(),
+                f64::from(memory.streams) / memory.opening.as_secs_f64(),
+                memory.presence_settled.as_secs_f64(),
+                memory.streams,
+                memory.idle.relay_cores * 100.0
+            );
+        }
+        if let Some(presence) = &self.presence {
+            println!(
+                "- Presence, {} rows of one instance: refresh UPDATE {:.2} ms, presence_expire {:.2} ms (each every 10 s per instance by default).",
+                presence.rows, presence.refresh_ms, presence.expire_ms
+            );
+        }
+        if let Some(skip) = &self.skip {
+            println!(
+                "- A notification with no local recipient ({} at {:.0}/s): relay {:.1} µs CPU ({:.0}% in the kernel, {:.2} context switches), \
+                 its LISTEN backend {:.1} µs CPU.",
+                skip.notifications,
+                skip.rate,
+                skip.relay_us,
+                skip.system_share * 100.0,
+                skip.context_switches,
+                skip.backend_us
+            );
+        }
+        if !self.fetch.is_empty() {
+            let fetch: Vec<String> = self
+                .fetch
+                .iter()
+                .map(|(size, us)| format!("{size} id(s) {us:.0} µs"))
+                .collect();
+            println!(
+                "- Dispatch fetch query (`store::messages_by_id`) round trip: {}.",
+                fetch.join(", ")
+            );
+        }
+        for (rows, steps) in &self.ladders {
+            println!();
+            println!("Throughput ladder, {rows} row(s) per transaction, 3 recipients, 1,000 subscribers:");
+            println!();
+            println!("| Offered msg/s | Sent msg/s | Delivered | p50 / p90 / p99 / max | Writer lag max | Relay CPU (sys) | DB CPU/msg: writer, relay pool, relay LISTEN + fetch | Machine busy (stolen) | Pass |");
+            println!("|---|---|---|---|---|---|---|---|---|");
+            for step in steps {
+                println!(
+                    "| {:.0} | {:.0} | {}/{} | {} | {} | {:.0}% ({:.0}%) | {:.0}, {:.0}, {:.0} µs | {:.0}% ({:.0}%) | {} |",
+                    step.rate,
+                    step.achieved,
+                    step.received,
+                    step.expected,
+                    step.latencies.describe(),
+                    ms(step.lag.max),
+                    step.cpu.relay_cores * 100.0,
+                    step.cpu.relay_system_cores * 100.0,
+                    step.per_message_us(step.db_writers),
+                    step.per_message_us(step.db_pool),
+                    step.per_message_us(step.db_listen),
+                    step.cpu.machine_busy * 100.0,
+                    step.cpu.machine_steal * 100.0,
+                    if step.passes() { "yes".to_owned() } else { format!("no: {}", step.why()) }
+                );
+            }
+        }
+        if let Some(catch_up) = &self.catch_up {
+            println!();
+            println!(
+                "Catch-up: {} rows filled in {:.1} s, VACUUM ANALYZE {:.1} s. Stream runs {} ms (first event after {} ms); \
+                 GET runs {} ms.",
+                catch_up.rows,
+                catch_up.fill.as_secs_f64(),
+                catch_up.analyze.as_secs_f64(),
+                list_ms(&catch_up.stream_ms),
+                list_ms(&catch_up.first_event_ms),
+                list_ms(&catch_up.page_ms)
+            );
+            for (summary, plan) in &catch_up.plans {
+                println!();
+                println!("Catch-up query, {summary}:");
+                println!();
+                println!("```text");
+                println!("{plan}");
+                println!("```");
+            }
+        }
+        if !self.cold_starts.is_empty() {
+            println!();
+            println!("Cold starts: {} ms.", list_ms(&self.cold_starts));
+        }
+        if self.signals > 0 {
+            println!();
+            println!(
+                "Subscribers also received {} presence signals (not counted as deliveries).",
+                self.signals
+            );
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Composition: [`run`] builds every part of a relay from its configuration, starts the
+//! tasks, serves HTTP until shutdown, and stops them in order.
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::RelayConfig;
+use crate::error::Error;
+use crate::http::{self, AppState, RequestLimits};
+use crate::listener::{self, Listener};
+use crate::metrics::Metrics;
+use crate::presence::{self, Presence};
+use crate::registry::Registry;
+use crate::stream::Streams;
+use crate::{migrate, retention, server, store};
+
+/// Serves the relay on `listener` until `shutdown` resolves, then ends every stream, stops
+/// the listener and returns within the grace period.
+pub async fn run(
+    config: RelayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let RelayConfig {
+        database_url,
+        listen_database_url,
+        pool_size,
+        keys,
+        settings,
+        limits,
+    } = config;
+    let pool = store::connect_pool(&database_url, pool_size)?;
+    check_schema(&pool, &settings.channel).await?;
+    let grace = settings.grace;
+    let stopping = CancellationToken::new();
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
+    let listener_up = Arc::new(AtomicBool::new(false));
+
+    let listener_task = tokio::spawn(listener::run(
+        Listener {
+            channel: settings.channel.clone(),
+            heartbeat: settings.heartbeat,
+            pool: pool.clone(),
+            registry: Arc::clone(&registry),
+            metrics: Arc::clone(&metrics),
+            up: Arc::clone(&listener_up),
+            shutdown: stopping.clone(),
+        },
+        listen_database_url,
+    ));
+    let pruner_task = tokio::spawn(retention::run(
+        pool.clone(),
+        settings.retention,
+        stopping.clone(),
+    ));
+    let presence_task = tokio::spawn(presence::run(Presence {
+        pool: pool.clone(),
+        registry: Arc::clone(&registry),
+        instance: instance_name(),
+        ttl: settings.presence_ttl,
+        debounce: settings.presence_debounce,
+        shutdown: stopping.clone(),
+    }));
+
+    let streams = Arc::new(Streams {
+        pool: pool.clone(),
+        registry,
+        reads: Arc::new(Semaphore::new(history_connections(pool_size))),
+        metrics: Arc::clone(&metrics),
+        keepalive: settings.keepalive,
+        max_per_participant: settings.max_streams_per_participant,
+        shutdown: stopping.clone(),
+    });
+    let app = http::app(Arc::new(AppState {
+        limits: RequestLimits::new(&settings),
+        settings,
+        pool: pool.clone(),
+        keys,
+        streams,
+        metrics,
+        listener_up,
+    }));
+    let mut server = tokio::spawn(server::serve(listener, app, limits, stopping.clone()));
+    info!("relay ready");
+    tokio::select! {
+        result = &mut server => {
+            stopping.cancel();
+            result.map_err(server_failed)?;
+        }
+        _ = shutdown => {
+            info!("shutting down");
+            // Streams watch this token and end, which lets axum's graceful shutdown finish.
+            stopping.cancel();
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(result) => result.map_err(server_failed)?,
+                Err(_) => {
+                    warn!(?grace, "grace period over; closing the remaining connections");
+                    server.abort();
+                }
+            }
+        }
+    }
+    let _ = tokio::join!(listener_task, pruner_task, presence_task);
+    pool.close();
+    info!("stopped");
+    Ok(())
+}
+
+/// The accept loop panicked or was cancelled: the relay cannot serve any more.
+fn server_failed(error: tokio::task::JoinError) -> Error {
+    Error::connection(format!("the HTTP server stopped: {error}"))
+}
+
+/// How many of the pool's connections catch-ups and history reads may hold at once: three
+/// quarters, so that at least one (and a quarter of the pool) is always left for publishing,
+/// presence, pruning and `/readyz`.
+fn history_connections(pool_size: usize) -> usize {
+    (pool_size * 3 / 4).clamp(1, pool_size.saturating_sub(1).max(1))
+}
+
+/// A name for this process, unique per start: host, pid and start time.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{host}:{}:{started}", std::process::id())
+}
+
+/// Refuses to start against a database without the schema, or whose trigger notifies on
+/// another channel: either way no message would ever arrive.
+async fn check_schema(pool: &store::DbPool, channel: &str) -> Result<(), Error> {
+    let client = pool.get().await?;
+    match migrate::installed_channel(&client).await? {
+        None => Err(Error::setup(
+            "the pgrelay schema is missing in this database; run `pgrelay migrate` first",
+        )),
+        Some(installed) if installed != channel => Err(Error::setup(format!(
+            "the outbox trigger notifies on channel {installed:?} but --channel is {channel:?}; \
+             run `pgrelay migrate --channel {channel}` or change --channel"
+        ))),
+        Some(_) => Ok(()),
+    }
+}

@@ -1,0 +1,112 @@
+//! `pgrelay demo`: the zero-configuration start.
+//!
+//! Without `DATABASE_URL` it runs a private throwaway PostgreSQL (the same code the tests use),
+//! migrates it, serves the relay, and prints commands to try it with from other terminals.
+//! Ctrl-C or SIGTERM stops the relay, then the cluster, and removes the cluster's folder.
+
+use std::io::Read;
+use std::time::Duration;
+
+use pgrelay::auth::Keys;
+use pgrelay::{migrate, Error};
+use pgrelay_cluster::TempCluster;
+
+use super::args::{self, DatabaseArgs, DemoArgs};
+use super::{bind, shutdown};
+
+/// How long the printed tokens stay valid.
+const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs the demo until interrupted.
+pub async fn demo(args: DemoArgs) -> Result<(), Error> {
+    let secret = match args.secret {
+        Some(secret) => secret,
+        None => random_secret()?,
+    };
+    let keys = args::keys(&secret)?;
+
+    let cluster = match args.database_url {
+        Some(_) => None,
+        None => {
+            eprintln!("pgrelay demo: starting a throwaway PostgreSQL…");
+            Some(TempCluster::start().await.map_err(cluster_failed)?)
+        }
+    };
+    let database_url = match (&args.database_url, &cluster) {
+        (Some(url), _) => url.clone(),
+        (None, Some(cluster)) => cluster.url("postgres"),
+        (None, None) => unreachable!("a cluster is started when no URL is given"),
+    };
+    let database = DatabaseArgs {
+        database_url: database_url.clone(),
+        listen_database_url: None,
+    };
+    let config = args.relay.config(database, keys.clone(), true)?;
+    migrate::migrate(&database_url, &config.settings.channel).await?;
+
+    let listener = bind(args.relay.bind_addr()?).await?;
+    // Links must be clickable: a wildcard bind address is reached through loopback.
+    let mut local = listener.local_addr()?;
+    if local.ip().is_unspecified() {
+        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let base = format!("http://{local}");
+    print_instructions(&base, &secret, &keys, &database_url);
+
+    let served = pgrelay::run(config, listener, shutdown::signal()).await;
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await.map_err(cluster_failed)?;
+        eprintln!("pgrelay demo: throwaway PostgreSQL stopped and removed");
+    }
+    served
+}
+
+/// A 256-bit random key, hex-encoded, for this run only.
+fn random_secret() -> Result<String, Error> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn print_instructions(base: &str, secret: &str, keys: &Keys, database_url: &str) {
+    let exe = std::env::current_exe()
+        .map(|path| path.display().to_string())
+        .unwrap_or_else(|_| "pgrelay".into());
+    let alice = keys.mint("alice", DEMO_TOKEN_TTL, &["publish"]);
+    let bob = keys.mint("bob", DEMO_TOKEN_TTL, &["publish"]);
+    println!(
+        r#"
+pgrelay demo is running at {base}
+
+Open the chat in a browser, one window per user:
+  alice: {base}/?token={alice}
+  bob:   {base}/?token={bob}
+
+Watch bob's messages (in another terminal):
+  PGRELAY_SECRET={secret} {exe} tail --sub bob --url {base}
+
+or with curl:
+  curl -N -H 'Authorization: Bearer {bob}' {base}/v1/stream
+
+Send from psql:
+  psql '{database_url}' -c "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{{alice,bob}}', '{{\"text\":\"hi bob\"}}')"
+
+Send over HTTP as alice:
+  curl -H 'Authorization: Bearer {alice}' -H 'Content-Type: application/json' \
+       -d '{{"participants":["bob"],"payload":{{"text":"hello from alice"}}}}' {base}/v1/messages
+
+Read alice's history:
+  curl -H 'Authorization: Bearer {alice}' '{base}/v1/messages?since_id=0'
+
+Tokens (valid 24 h, scope publish):
+  alice: {alice}
+  bob:   {bob}
+
+Press Ctrl-C to stop; the throwaway database is removed.
+"#
+    );
+}
+
+fn cluster_failed(error: pgrelay_cluster::ClusterError) -> Error {
+    Error::setup(format!("the throwaway PostgreSQL: {error}"))
+}

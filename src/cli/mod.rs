@@ -1,0 +1,57 @@
+//! The subcommands of the `pgrelay` binary. `serve` and `migrate` run the relay's library;
+//! `token`, `tail` and `demo` are tools around it for trying pgrelay out and scripting it.
+
+pub mod args;
+#[cfg(feature = "demo")]
+mod demo;
+mod shutdown;
+mod tail;
+
+use pgrelay::{migrate, Error};
+
+use args::{Command, MigrateArgs, ServeArgs, TokenArgs};
+
+/// Runs one subcommand to its end.
+pub async fn run(command: Command) -> Result<(), Error> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => migrate_database(args).await,
+        Command::Token(args) => print_token(args),
+        Command::Tail(args) => tail::tail(args).await,
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => demo::demo(args).await,
+    }
+}
+
+/// `pgrelay serve`: the relay, until SIGTERM or Ctrl-C.
+async fn serve(args: ServeArgs) -> Result<(), Error> {
+    let keys = args::keys(&args.secret)?;
+    let config = args.relay.config(args.database, keys, args.demo)?;
+    let listener = bind(args.relay.bind_addr()?).await?;
+    pgrelay::run(config, listener, shutdown::signal()).await
+}
+
+/// Listens for HTTP on `addr`.
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| Error::setup(format!("cannot listen on {addr}: {error}")))?;
+    tracing::info!(%addr, "listening for HTTP");
+    Ok(listener)
+}
+
+/// `pgrelay migrate`: applies sql/ and points the trigger at the channel.
+async fn migrate_database(args: MigrateArgs) -> Result<(), Error> {
+    pgrelay::config::validate_channel(&args.channel).map_err(Error::setup)?;
+    let applied = migrate::migrate(&args.database_url, &args.channel).await?;
+    println!("migrated: {} migration(s) applied", applied.len());
+    Ok(())
+}
+
+/// `pgrelay token`: prints a signed token.
+fn print_token(args: TokenArgs) -> Result<(), Error> {
+    let keys = args::keys(&args.secret)?;
+    let scopes: Vec<&str> = args.scope.iter().map(String::as_str).collect();
+    println!("{}", keys.mint(&args.sub, args.ttl, &scopes));
+    Ok(())
+}

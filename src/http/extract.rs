@@ -1,0 +1,86 @@
+//! What every route takes from a request: the verified token and the query string, each
+//! rejecting with the project's JSON errors (axum's own extractors answer in plain text).
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::{ApiError, AppState};
+use crate::auth::{self, Claims};
+
+/// The verified claims of the request's token: `Authorization: Bearer …`, else `?token=`.
+pub struct Authenticated(pub Claims);
+
+/// The query string, parsed as `T`; unknown parameters are ignored.
+pub struct Params<T>(pub T);
+
+/// The one parameter [`Authenticated`] reads.
+#[derive(Deserialize, Default)]
+struct TokenParam {
+    token: Option<String>,
+}
+
+impl<T: DeserializeOwned + Default + Send> FromRequestParts<Arc<AppState>> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Arc<AppState>) -> Result<Self, ApiError> {
+        parse_query(parts.uri.query()).map(Params)
+    }
+}
+
+fn parse_query<T: DeserializeOwned + Default>(query: Option<&str>) -> Result<T, ApiError> {
+    match query {
+        None => Ok(T::default()),
+        Some(query) => serde_urlencoded::from_str(query)
+            .map_err(|_| ApiError::bad_request("the query string is malformed")),
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        // A malformed query string is answered as such even when the token is in the header.
+        let TokenParam { token: from_query } = parse_query(parts.uri.query())?;
+        let token = match parts.headers.get(header::AUTHORIZATION) {
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|value| value.split_once(' '))
+                // The scheme name is case-insensitive (RFC 7235).
+                .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
+                .ok_or_else(|| {
+                    unauthorized("bad_authorization", "use `Authorization: Bearer <token>`")
+                })?,
+            None => from_query
+                .as_deref()
+                .ok_or_else(|| unauthorized("missing_token", "a token is required"))?,
+        };
+        state
+            .keys
+            .verify(token.trim(), auth::now_unix())
+            .map(Authenticated)
+            .map_err(|error| unauthorized(error.code(), error.to_string()))
+    }
+}
+
+fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+/// Parses a message id given by a client (`since_id`, `Last-Event-ID`).
+pub fn parse_id(name: &str, value: &str) -> Result<i64, ApiError> {
+    match value.trim().parse::<i64>() {
+        Ok(id) if id >= 0 => Ok(id),
+        _ => Err(ApiError::bad_request(format!(
+            "{name} must be a message id (a whole number from 0 to 9223372036854775807)"
+        ))),
+    }
+}

@@ -1,0 +1,76 @@
+//! `GET /v1/messages?since_id=N&limit=M`: the stream's events as JSON pages.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::extract::{parse_id, Authenticated, Params};
+use super::{ApiError, AppState};
+use crate::store;
+
+/// Most messages one `GET /v1/messages` returns.
+const MAX_PAGE: i64 = 1000;
+
+/// Most bytes of payloads and participants one `GET /v1/messages` page holds (at least one
+/// message is always returned); `next_since_id` continues after the last one.
+const MAX_PAGE_BYTES: i64 = 1024 * 1024;
+
+/// The query parameters of `GET /v1/messages`.
+#[derive(Deserialize, Default)]
+pub struct HistoryParams {
+    since_id: Option<String>,
+    limit: Option<String>,
+}
+
+/// A page of `GET /v1/messages`; the events' JSON is copied as stored, not re-encoded.
+#[derive(Serialize)]
+struct MessagePage<'a> {
+    messages: Vec<&'a RawValue>,
+    next_since_id: i64,
+}
+
+/// The participant's messages after `since_id`, oldest first.
+pub async fn list_messages(
+    State(state): State<Arc<AppState>>,
+    Authenticated(claims): Authenticated,
+    Params(params): Params<HistoryParams>,
+) -> Result<Response, ApiError> {
+    let since = match params.since_id.as_deref() {
+        Some(value) => parse_id("since_id", value)?,
+        None => 0,
+    };
+    let limit = match params.limit.as_deref() {
+        None => 100,
+        Some(value) => match value.trim().parse::<i64>() {
+            Ok(limit) if limit >= 1 => limit.min(MAX_PAGE),
+            _ => {
+                return Err(ApiError::invalid(
+                    "limit must be a whole number from 1 to 1000",
+                ))
+            }
+        },
+    };
+    let Some(_in_flight) = state.limits.history.enter(&claims.sub) else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "this participant has too many history requests in flight; wait for one to finish",
+        ));
+    };
+    let page = {
+        let _connection = state.streams.reads.acquire().await;
+        store::messages_for(&state.pool, &claims.sub, since, limit, MAX_PAGE_BYTES)
+            .await
+            .map_err(|error| ApiError::internal("listing messages failed", &error))?
+    };
+    let page = MessagePage {
+        next_since_id: page.messages.last().map_or(since, |message| message.id),
+        messages: page.messages.iter().map(|message| &*message.data).collect(),
+    };
+    Ok(Json(page).into_response())
+}

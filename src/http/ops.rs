@@ -1,0 +1,43 @@
+//! Operations: liveness, readiness and Prometheus metrics.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::store;
+
+/// `GET /healthz`: the process is running.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 only while the LISTEN connection is up and the database answers.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    if !state.listener_up.load(Ordering::SeqCst) {
+        return Err(not_ready("the LISTEN connection is down"));
+    }
+    if !store::ping(&state.pool, Duration::from_secs(2)).await {
+        return Err(not_ready("the database does not answer"));
+    }
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+fn not_ready(message: &str) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let body = state.metrics.render(
+        state.streams.registry.stream_count(),
+        state.listener_up.load(Ordering::SeqCst),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

@@ -1,0 +1,257 @@
+//! `POST /v1/messages` and `POST /v1/signals` (scope `publish`): the token's participant sends
+//! to the participants the body names.
+//!
+//! Bodies are read by hand rather than with axum's `Json` extractor: an oversized body must be
+//! drained before the 413 (or the client sees a reset instead of the answer), and each wrong
+//! field gets its own message.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::extract::Authenticated;
+use super::{ApiError, AppState};
+use crate::auth::Claims;
+use crate::message::{valid_kind, valid_name, NewMessage, MAX_NAME_LEN};
+use crate::store;
+
+/// Largest signal payload, in bytes of JSON: signals are small and frequent.
+const MAX_SIGNAL_PAYLOAD: usize = 1024;
+
+/// Most bytes of an oversized body read and thrown away before answering 413: closing a
+/// socket with unread data makes the kernel reset it, and the client would see a broken
+/// connection instead of the answer.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes; a larger one is answered 413 after draining.
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut chunks = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut total = 0usize;
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Some(chunk) = chunks.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::bad_request("the request body could not be read"))?;
+        total += chunk.len();
+        if total <= limit {
+            bytes.extend_from_slice(&chunk);
+        } else if total > DRAIN_LIMIT || tokio::time::Instant::now() > drain_deadline {
+            break;
+        }
+    }
+    if total > limit {
+        return Err(too_large("the request body is too large"));
+    }
+    Ok(bytes)
+}
+
+/// Parses a JSON object body into its fields, each left as raw JSON until validated, so every
+/// mistake gets its own message (and an array is not mistaken for a struct).
+fn parse_object(bytes: &[u8]) -> Result<HashMap<String, Box<RawValue>>, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        if error.is_data() {
+            ApiError::invalid("the body must be a JSON object")
+        } else {
+            ApiError::bad_request(format!("the body is not valid JSON: {error}"))
+        }
+    })
+}
+
+/// The optional field `name`, parsed as `T`.
+fn field<T: serde::de::DeserializeOwned>(
+    fields: &HashMap<String, Box<RawValue>>,
+    name: &str,
+) -> Option<Result<T, serde_json::Error>> {
+    fields.get(name).map(|raw| serde_json::from_str(raw.get()))
+}
+
+/// A validated publish request (message or signal) from the token's participant.
+struct Publication {
+    sender: String,
+    /// Recipients, deduplicated, the sender included.
+    participants: Vec<String>,
+    /// `None` when the body named no kind.
+    kind: Option<String>,
+    payload: Box<RawValue>,
+}
+
+/// Validates a publish request's body (with payloads of at most `max_payload` bytes) from a
+/// token with scope `publish`.
+async fn read_publication(
+    state: &AppState,
+    claims: Claims,
+    headers: &HeaderMap,
+    body: Body,
+    max_payload: usize,
+) -> Result<Publication, ApiError> {
+    if !claims.has_scope("publish") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "publishing needs a token with scope `publish`",
+        ));
+    }
+    require_json(headers)?;
+    let max_participants = state.settings.max_participants;
+    // Room for the payload plus the largest participant list and the field names.
+    let body_limit = max_payload + max_participants * (MAX_NAME_LEN + 8) + 4096;
+    let mut fields = parse_object(&read_body(body, body_limit).await?)?;
+
+    let participants = validate_participants(
+        field(&fields, "participants"),
+        &claims.sub,
+        max_participants,
+    )?;
+    let kind = match field::<String>(&fields, "kind") {
+        None => None,
+        Some(Ok(kind)) if valid_kind(&kind) => Some(kind),
+        Some(_) => return Err(invalid_kind()),
+    };
+    let payload = fields
+        .remove("payload")
+        .ok_or_else(|| ApiError::invalid("`payload` is required (any JSON value)"))?;
+    if payload.get().len() > max_payload {
+        return Err(too_large(&format!(
+            "the payload is larger than {max_payload} bytes"
+        )));
+    }
+    Ok(Publication {
+        sender: claims.sub,
+        participants,
+        kind,
+        payload,
+    })
+}
+
+/// `POST /v1/messages`: stores a message from the token's participant; answers its id.
+pub async fn post_message(
+    State(state): State<Arc<AppState>>,
+    Authenticated(claims): Authenticated,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let max_payload = state.settings.max_payload;
+    let publication = read_publication(&state, claims, &headers, body, max_payload).await?;
+    if let Err(wait) = state.limits.publishing.try_take(&publication.sender) {
+        return Err(ApiError::rate_limited(
+            "too many messages from this sender; slow down",
+            wait,
+        ));
+    }
+    let message = NewMessage {
+        participants: &publication.participants,
+        kind: publication.kind.as_deref().unwrap_or("message"),
+        sender: &publication.sender,
+        payload: &publication.payload,
+    };
+    let id = store::publish(&state.pool, &message)
+        .await
+        .map_err(|error| ApiError::from_database("publishing a message failed", &error))?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+}
+
+/// `POST /v1/signals`: a live-only event to the participants' open streams.
+pub async fn post_signal(
+    State(state): State<Arc<AppState>>,
+    Authenticated(claims): Authenticated,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let publication = read_publication(&state, claims, &headers, body, MAX_SIGNAL_PAYLOAD).await?;
+    let Some(kind) = publication.kind.as_deref() else {
+        return Err(ApiError::invalid(
+            "a signal needs a `kind`, such as \"typing\"",
+        ));
+    };
+    if let Err(wait) = state.limits.signals.try_take(&publication.sender) {
+        return Err(ApiError::rate_limited("too many signals; slow down", wait));
+    }
+    let signal = NewMessage {
+        participants: &publication.participants,
+        kind,
+        sender: &publication.sender,
+        payload: &publication.payload,
+    };
+    store::signal(&state.pool, &signal)
+        .await
+        .map_err(|error| ApiError::from_database("sending a signal failed", &error))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as `Content-Type: application/json`",
+        ))
+    }
+}
+
+fn too_large(message: &str) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+}
+
+fn invalid_kind() -> ApiError {
+    ApiError::invalid(
+        "`kind` must match [A-Za-z0-9_.:-]{1,64} and not be presence, position, reset or token_expired",
+    )
+}
+
+/// The recipients: the given names, deduplicated, with the sender added.
+fn validate_participants(
+    participants: Option<Result<Value, serde_json::Error>>,
+    sender: &str,
+    max: usize,
+) -> Result<Vec<String>, ApiError> {
+    let Some(Ok(Value::Array(values))) = participants else {
+        return Err(ApiError::invalid(
+            "`participants` must be an array of names",
+        ));
+    };
+    if values.is_empty() {
+        return Err(ApiError::invalid(
+            "`participants` must name at least one recipient",
+        ));
+    }
+    if values.len() > max {
+        return Err(ApiError::invalid(format!(
+            "`participants` may name at most {max} recipients"
+        )));
+    }
+    let mut names: Vec<String> = Vec::with_capacity(values.len() + 1);
+    for value in values {
+        let Value::String(name) = value else {
+            return Err(ApiError::invalid("every participant must be a string"));
+        };
+        if !valid_name(&name) {
+            return Err(ApiError::invalid(format!(
+                "participant names must be 1 to {} bytes with no control or format characters",
+                MAX_NAME_LEN
+            )));
+        }
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if !names.iter().any(|name| name == sender) {
+        names.push(sender.to_owned());
+    }
+    Ok(names)
+}

@@ -1,0 +1,192 @@
+//! What a message is: the domain every other module speaks.
+//!
+//! A [`Message`] is a stored row, addressed to participants and identified by its
+//! commit-ordered id; a [`Signal`] is a live-only event that is never stored for catch-up
+//! (typing indicators, presence). Both carry their event JSON rendered once, here, so the
+//! stream, `GET /v1/messages` and every recipient share the same bytes. The naming rules
+//! ([`valid_kind`], [`valid_name`]) are the ones the SQL enforces on every stored row.
+//!
+//! This module depends on no other module of the crate.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// One stored message, with its event JSON rendered once and shared by every recipient.
+#[derive(Debug)]
+pub struct Message {
+    /// The commit-ordered id: the SSE `id:` field and the resume position.
+    pub id: i64,
+    /// The SSE `event:` name; the SQL CHECK `pgrelay.valid_kind` keeps it framing-safe.
+    pub kind: String,
+    /// Who receives it; the registry routes on this.
+    pub participants: Vec<String>,
+    /// The event's JSON, exactly as sent on the stream and in `GET /v1/messages`.
+    pub data: Box<RawValue>,
+}
+
+/// The parts of a stored row that a client sees.
+pub struct StoredRow<'a> {
+    /// The commit-ordered id.
+    pub id: i64,
+    /// The event name.
+    pub kind: String,
+    /// Who sent it, when a participant did.
+    pub sender: Option<&'a str>,
+    /// Who receives it.
+    pub participants: Vec<String>,
+    /// Any JSON value.
+    pub payload: &'a RawValue,
+    /// When it was inserted, RFC 3339 in UTC.
+    pub created_at: &'a str,
+}
+
+/// The JSON shape of a message event (the contract's `data:` object).
+#[derive(Serialize)]
+struct MessageData<'a> {
+    id: i64,
+    kind: &'a str,
+    sender: Option<&'a str>,
+    participants: &'a [String],
+    payload: &'a RawValue,
+    created_at: &'a str,
+}
+
+impl Message {
+    /// A message as clients see it, its JSON rendered from `row`.
+    pub fn from_row(row: StoredRow<'_>) -> Result<Message, serde_json::Error> {
+        let data = serde_json::value::to_raw_value(&MessageData {
+            id: row.id,
+            kind: &row.kind,
+            sender: row.sender,
+            participants: &row.participants,
+            payload: row.payload,
+            created_at: row.created_at,
+        })?;
+        Ok(Message {
+            id: row.id,
+            kind: row.kind,
+            participants: row.participants,
+            data,
+        })
+    }
+}
+
+/// One signal, with its SSE `data` rendered once for every recipient. Signals go out without
+/// an `id:` line, so they never move a client's resume position.
+#[derive(Debug)]
+pub struct Signal {
+    /// The SSE `event:` name.
+    pub kind: String,
+    /// Who receives it.
+    pub participants: Vec<String>,
+    /// `{"kind":…,"sender":…,"participants":[…],"payload":…}`; for the relay's own
+    /// `presence` signals, just the payload `{"participant":…,"online":…,"at":…}`.
+    pub data: Box<RawValue>,
+}
+
+/// The JSON shape of a signal event (`data:`), except for presence, whose data is its payload.
+#[derive(Serialize)]
+struct SignalData<'a> {
+    kind: &'a str,
+    sender: Option<&'a str>,
+    participants: &'a [String],
+    payload: &'a RawValue,
+}
+
+impl Signal {
+    /// A signal as clients see it: presence changes carry their payload as the event's data,
+    /// every other kind the sender, participants and payload.
+    pub fn new(
+        kind: String,
+        sender: Option<&str>,
+        participants: Vec<String>,
+        payload: Box<RawValue>,
+    ) -> Result<Signal, serde_json::Error> {
+        let data = if kind == "presence" {
+            payload
+        } else {
+            serde_json::value::to_raw_value(&SignalData {
+                kind: &kind,
+                sender,
+                participants: &participants,
+                payload: &payload,
+            })?
+        };
+        Ok(Signal {
+            kind,
+            participants,
+            data,
+        })
+    }
+}
+
+/// A message to publish (or a signal to send), already validated.
+pub struct NewMessage<'a> {
+    /// Recipients, the sender included.
+    pub participants: &'a [String],
+    /// The SSE event name.
+    pub kind: &'a str,
+    /// The token's subject.
+    pub sender: &'a str,
+    /// Any JSON value.
+    pub payload: &'a RawValue,
+}
+
+/// The event name of a stream's opening block, which carries the stream's position.
+pub const POSITION_EVENT: &str = "position";
+
+/// Event names the relay sends itself, which no message or signal may use.
+pub const RESERVED_KINDS: [&str; 4] = ["presence", POSITION_EVENT, "reset", "token_expired"];
+
+/// Whether `kind` may name a message or signal: it becomes the SSE `event:` field, so it must
+/// not be able to break the framing, and the relay's own event names are reserved. The SQL
+/// CHECK constraint `pgrelay.valid_kind` is the same rule.
+///
+/// ```
+/// assert!(pgrelay::valid_kind("chat.edit"));
+/// assert!(!pgrelay::valid_kind("two words"));
+/// assert!(!pgrelay::valid_kind("line\nbreak"));
+/// assert!(!pgrelay::valid_kind("presence")); // reserved for the relay
+/// assert!(!pgrelay::valid_kind("position")); // the stream's opening event
+/// ```
+pub fn valid_kind(kind: &str) -> bool {
+    (1..=64).contains(&kind.len())
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        && !RESERVED_KINDS.contains(&kind)
+}
+
+/// Longest participant (or sender, or token subject) name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Whether `name` may name a participant, a sender or a token's subject: 1 to 256 bytes with
+/// no control characters and no Unicode format characters (invisible ones such as U+200B, and
+/// U+202E, which reverses how the rest of a name is displayed). Names appear in other people's
+/// streams, so one must not be able to pass for another. The SQL function
+/// `pgrelay.valid_name` is the same rule and guards every stored row.
+///
+/// ```
+/// assert!(pgrelay::valid_name("alice"));
+/// assert!(pgrelay::valid_name("Zoë 🦀"));
+/// assert!(!pgrelay::valid_name(""));
+/// assert!(!pgrelay::valid_name("bob\u{0}"));
+/// assert!(!pgrelay::valid_name("\u{202E}ecila"));
+/// assert!(!pgrelay::valid_name("ali\u{200B}ce"));
+/// ```
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && !name
+            .chars()
+            .any(|c| c.is_control() || is_format_character(c))
+}
+
+/// Unicode's format characters (general category Cf), as of Unicode 15; the SQL rule lists
+/// the same ranges.
+fn is_format_character(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}

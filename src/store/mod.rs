@@ -1,0 +1,285 @@
+//! The query pool and every query the relay runs against pgrelay's tables.
+//!
+//! Pool queries use `query_typed`, which sends the unnamed statement with explicit parameter
+//! types: named prepared statements break behind PgBouncer in transaction mode, and the
+//! unnamed statement costs no extra round trip. The one prepared statement is the
+//! dispatcher's fetch ([`prepare_news`]), which runs on the LISTEN connection: that
+//! is always a session of its own (LISTEN does not work through a transaction-mode pooler),
+//! and the fetch runs for every batch of wake-ups, where parsing and planning each time cost the
+//! database more than executing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde_json::value::RawValue;
+use tokio_postgres::types::{Json, ToSql, Type};
+use tokio_postgres::Row;
+
+use crate::error::Error;
+use crate::message::{Message, NewMessage, StoredRow};
+use crate::tls;
+
+mod news;
+
+pub use news::{news, news_position, prepare_news, News, NewsPosition};
+
+/// The pool of query connections, shared by every request and stream.
+pub type DbPool = Pool;
+
+/// Columns every message query selects, in the order `message_from_row` reads them.
+/// `created_at` is formatted in SQL so the answer does not depend on the session's TimeZone.
+const MESSAGE_COLUMNS: &str = "id, kind, sender, participants, payload, \
+     to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+/// The messages matching `filter` in id order, at most `$rows` of them and cut to `$bytes` of
+/// payload and participants (always at least one row), plus how many rows the row limit
+/// alone would have given. The cut happens in SQL, so a page of large messages is never read
+/// only to be thrown away. `$rows` and `$bytes` are the parameters numbered `rows`/`bytes`.
+pub(crate) fn page_sql(filter: &str, rows: u8, bytes: u8) -> String {
+    format!(
+        "SELECT {MESSAGE_COLUMNS}, (extract(epoch FROM committed_at) * 1000000)::int8, fetched \
+         FROM (SELECT m.*, s.size, sum(s.size) OVER (ORDER BY m.id) AS upto, \
+                      count(*) OVER () AS fetched \
+                 FROM (SELECT * FROM pgrelay.messages WHERE {filter} ORDER BY id LIMIT ${rows}) m, \
+                      LATERAL (SELECT octet_length(m.payload::text) \
+                                      + octet_length(m.participants::text) AS size) s) page \
+         WHERE upto - size < ${bytes} ORDER BY id"
+    )
+}
+
+/// Column index of the commit time (microseconds since the epoch) in a [`page_sql`] row.
+pub(crate) const COMMITTED_AT: usize = 6;
+/// Column index of the row limit's count in a [`page_sql`] row.
+pub(crate) const FETCHED: usize = 7;
+
+/// A page of messages in id order.
+pub struct Page {
+    /// The messages, oldest first.
+    pub messages: Vec<Arc<Message>>,
+    /// Whether more may follow right after the last one (the page hit its row or byte limit).
+    pub more: bool,
+}
+
+impl Page {
+    fn from_rows(rows: &[Row], limit: i64) -> Result<Page, Error> {
+        let fetched = match rows.first() {
+            Some(row) => row.try_get::<_, i64>(FETCHED)?,
+            None => 0,
+        };
+        Ok(Page {
+            more: fetched == limit || (rows.len() as i64) < fetched,
+            messages: rows
+                .iter()
+                .map(|row| message_from_row(row, 0))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// Reads the message whose [`MESSAGE_COLUMNS`] start at column `at` of `row`.
+pub(crate) fn message_from_row(row: &Row, at: usize) -> Result<Arc<Message>, Error> {
+    let Json(payload): Json<Box<RawValue>> = row.try_get(at + 4)?;
+    let message = Message::from_row(StoredRow {
+        id: row.try_get(at)?,
+        kind: row.try_get(at + 1)?,
+        sender: row.try_get(at + 2)?,
+        participants: row.try_get(at + 3)?,
+        payload: &payload,
+        created_at: row.try_get(at + 5)?,
+    })?;
+    Ok(Arc::new(message))
+}
+
+/// Builds the query pool. Connections name themselves `pgrelay` in `pg_stat_activity` unless
+/// the URL already sets an `application_name`.
+pub fn connect_pool(database_url: &str, size: usize) -> Result<DbPool, Error> {
+    let (mut config, tls) = tls::connect_config(database_url)?;
+    if config.get_application_name().is_none() {
+        config.application_name("pgrelay");
+    }
+    config.connect_timeout(Duration::from_secs(5));
+    config.keepalives_idle(Duration::from_secs(30));
+    let manager = Manager::from_config(
+        config,
+        tls,
+        // Fast: a broken connection is found by the query that uses it and then discarded.
+        // (Clean would run `UNLISTEN *` and `DISCARD`, pointless for a pool that never LISTENs.)
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|error| Error::setup(format!("cannot build the connection pool: {error}")))
+}
+
+/// Messages addressed to `participant` with `id > since`, oldest first: at most `limit`
+/// rows and `max_bytes` of payload and participants (but always one, if there is one).
+pub async fn messages_for(
+    pool: &DbPool,
+    participant: &str,
+    since: i64,
+    limit: i64,
+    max_bytes: i64,
+) -> Result<Page, Error> {
+    let client = pool.get().await?;
+    let sql = page_sql("participants @> ARRAY[$1::text] AND id > $2", 3, 4);
+    let rows = client
+        .query_typed(
+            &sql,
+            &[
+                (&participant, Type::TEXT),
+                (&since, Type::INT8),
+                (&limit, Type::INT8),
+                (&max_bytes, Type::INT8),
+            ],
+        )
+        .await?;
+    Page::from_rows(&rows, limit)
+}
+
+/// The newest visible message id (0 when there is none). Because ids are commit-ordered,
+/// every message committed later has a larger id.
+pub async fn newest_id(pool: &DbPool) -> Result<i64, Error> {
+    let client = pool.get().await?;
+    let row = client
+        .query_typed_one(
+            "SELECT coalesce(max(id), 0)::int8 FROM pgrelay.messages",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// What a resuming stream checks its position against.
+pub struct RetentionBounds {
+    /// The highest id removed by retention pruning.
+    pub pruned_through: i64,
+    /// The oldest id still stored (0 if none).
+    pub oldest_id: i64,
+    /// The newest visible id (0 if none).
+    pub newest_id: i64,
+    /// The highest id ever drawn (committed or not): no client can have seen a larger one.
+    pub highest_issued: i64,
+}
+
+/// The retention bounds, in one round trip.
+pub async fn retention_bounds(pool: &DbPool) -> Result<RetentionBounds, Error> {
+    let client = pool.get().await?;
+    let row = client
+        .query_typed_one(
+            "SELECT pruned_through, \
+                    coalesce((SELECT min(id) FROM pgrelay.messages WHERE id > 0), 0)::int8, \
+                    coalesce((SELECT max(id) FROM pgrelay.messages), 0)::int8, \
+                    (SELECT CASE WHEN is_called THEN last_value ELSE 0 END \
+                       FROM pgrelay.message_id_seq)::int8 \
+             FROM pgrelay.retention",
+            &[],
+        )
+        .await?;
+    Ok(RetentionBounds {
+        pruned_through: row.try_get(0)?,
+        oldest_id: row.try_get(1)?,
+        newest_id: row.try_get(2)?,
+        highest_issued: row.try_get(3)?,
+    })
+}
+
+/// Stores a message and returns its commit-ordered id.
+pub async fn publish(pool: &DbPool, message: &NewMessage<'_>) -> Result<i64, Error> {
+    let client = pool.get().await?;
+    let payload = Json(message.payload);
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&message.participants, Type::TEXT_ARRAY),
+        (&payload, Type::JSONB),
+        (&message.kind, Type::TEXT),
+        (&message.sender, Type::TEXT),
+    ];
+    let row = client
+        .query_typed_one("SELECT pgrelay.publish($1, $2, $3, $4)", &params)
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Sends a signal (a message that is never stored) through `pgrelay.signal`.
+pub async fn signal(pool: &DbPool, signal: &NewMessage<'_>) -> Result<(), Error> {
+    let client = pool.get().await?;
+    let payload = Json(signal.payload);
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&signal.participants, Type::TEXT_ARRAY),
+        (&signal.kind, Type::TEXT),
+        (&payload, Type::JSONB),
+        (&signal.sender, Type::TEXT),
+    ];
+    client
+        .query_typed("SELECT pgrelay.signal($1, $2, $3, $4)::text", &params)
+        .await?;
+    Ok(())
+}
+
+/// What `GET /v1/presence` reports about one participant.
+pub struct PresenceState {
+    /// The participant asked about.
+    pub participant: String,
+    /// Whether the caller may see this participant (in their audience, or themselves):
+    /// `pgrelay.presence_visible`, which answers without computing the audience.
+    pub visible: bool,
+    /// Online since (RFC 3339), when online.
+    pub since: Option<String>,
+    /// Last seen (RFC 3339), when offline and ever seen.
+    pub last_seen: Option<String>,
+}
+
+/// The presence of `participants` as seen by `caller`, in the order asked.
+pub async fn presence(
+    pool: &DbPool,
+    caller: &str,
+    participants: &[String],
+    ttl: Duration,
+) -> Result<Vec<PresenceState>, Error> {
+    let client = pool.get().await?;
+    let ttl = ttl.as_secs_f64();
+    let params: [(&(dyn ToSql + Sync), Type); 3] = [
+        (&participants, Type::TEXT_ARRAY),
+        (&caller, Type::TEXT),
+        (&ttl, Type::FLOAT8),
+    ];
+    let rows = client
+        .query_typed(
+            "SELECT p, \
+                    p = $2 OR coalesce(pgrelay.presence_visible(p, $2), false), \
+                    to_char((SELECT min(since) FROM pgrelay.presence x \
+                              WHERE x.participant = p \
+                                AND x.heartbeat_at > now() - make_interval(secs => $3)) \
+                            AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                    to_char((SELECT last_seen FROM pgrelay.presence_last_seen l WHERE l.participant = p) \
+                            AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM unnest($1::text[]) WITH ORDINALITY AS asked(p, n) ORDER BY n",
+            &params,
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(PresenceState {
+                participant: row.try_get(0)?,
+                visible: row.try_get(1)?,
+                since: row.try_get(2)?,
+                last_seen: row.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// Whether the database answers a trivial query within `timeout`.
+pub async fn ping(pool: &DbPool, timeout: Duration) -> bool {
+    let check = async {
+        let client = pool.get().await.ok()?;
+        client.query_typed("SELECT 1", &[]).await.ok()
+    };
+    matches!(tokio::time::timeout(timeout, check).await, Ok(Some(_)))
+}

@@ -1,0 +1,189 @@
+//! The `pgrelay` binary: token, migrate, tail and demo, run as a user would.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use serde_json::json;
+
+const PGRELAY: &str = env!("CARGO_BIN_EXE_pgrelay");
+
+/// `pgrelay token` prints a token the relay's keys verify, with the requested scope.
+#[test]
+fn token_command_mints_verifiable_tokens() {
+    let output = Command::new(PGRELAY)
+        .args([
+            "token", "--sub", "alice", "--ttl", "10m", "--scope", "publish",
+        ])
+        .env("PGRELAY_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap();
+    let keys = pgrelay::auth::Keys::from_secret_list(SECRET).unwrap();
+    let claims = keys
+        .verify(token.trim(), pgrelay::auth::now_unix())
+        .unwrap();
+    assert_eq!(claims.sub, "alice");
+    assert!(claims.has_scope("publish"));
+    assert!(claims.exp <= pgrelay::auth::now_unix() + 600);
+}
+
+/// `pgrelay migrate` applies the schema once and reports it; bad input is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_command() {
+    let db = fresh_database().await;
+    let output = Command::new(PGRELAY)
+        .args(["migrate"])
+        .env("DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("0 migration(s) applied"));
+
+    let output = Command::new(PGRELAY)
+        .args(["migrate", "--channel", "no spaces allowed"])
+        .env("DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--channel"));
+}
+
+/// `pgrelay tail` prints each message's data as one JSON line as soon as psql inserts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_inserted_rows_as_json_lines() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let mut tail = Command::new(PGRELAY)
+        .args([
+            "tail",
+            "--sub",
+            "alice",
+            "--since-id",
+            "0",
+            "--url",
+            &relay.base,
+        ])
+        .env("PGRELAY_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+
+    let client = connect(&db).await;
+    client
+        .batch_execute(r#"INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', '{"text":"hi"}')"#)
+        .await
+        .unwrap();
+    insert(&client, &["bob"], json!({"text": "not for alice"})).await;
+    insert(&client, &["alice", "bob"], json!({"text": "second"})).await;
+    let mut payloads = Vec::new();
+    for _ in 0..2 {
+        let line = tokio::time::timeout(PATIENCE, lines.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let data: serde_json::Value = serde_json::from_str(&line).unwrap();
+        payloads.push(data["payload"]["text"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(payloads, ["hi", "second"]);
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+}
+
+/// `pgrelay demo` starts its own PostgreSQL, serves, prints working commands, and on SIGTERM
+/// stops the cluster and removes its folder.
+#[test]
+fn demo_runs_and_cleans_up() {
+    let scratch = std::env::temp_dir().join(format!("pgrelay-demo-test-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::set_permissions(
+        &scratch,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut demo = Command::new(PGRELAY)
+        .args(["demo", "--bind", "127.0.0.1:0"])
+        .env_remove("DATABASE_URL")
+        .env("TMPDIR", &scratch)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(demo.stdout.take().unwrap());
+    let mut printed = String::new();
+    let started = Instant::now();
+    while !printed.contains("Press Ctrl-C") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "demo did not start: {printed}"
+        );
+        if stdout.read_line(&mut printed).unwrap() == 0 {
+            panic!("demo exited early: {printed}");
+        }
+    }
+    let base = printed
+        .split_whitespace()
+        .find(|word| word.starts_with("http://127.0.0.1:"))
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ready = runtime.block_on(async {
+        for _ in 0..200 {
+            if let Ok(response) = reqwest::get(format!("{base}/readyz")).await {
+                if response.status() == 200 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    });
+    assert!(ready, "demo relay never became ready");
+    assert!(printed.contains("tail --sub bob"));
+    assert!(printed.contains("INSERT INTO pgrelay.messages"));
+    assert!(
+        std::fs::read_dir(&scratch).unwrap().count() > 0,
+        "the cluster lives in TMPDIR"
+    );
+
+    unsafe { libc::kill(demo.id() as i32, libc::SIGTERM) };
+    let status = demo.wait().unwrap();
+    assert!(status.success(), "demo exited with {status}");
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "the cluster folder is removed"
+    );
+    std::fs::remove_dir(&scratch).unwrap();
+}
+
+/// Without PostgreSQL server binaries the demo says what is missing instead of panicking.
+#[test]
+fn demo_without_postgres_binaries_explains() {
+    let empty = std::env::temp_dir().join(format!("pgrelay-no-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let output = Command::new(PGRELAY)
+        .args(["demo", "--bind", "127.0.0.1:0"])
+        .env_remove("DATABASE_URL")
+        .env("PGRELAY_PG_BINDIR", &empty)
+        .output()
+        .unwrap();
+    std::fs::remove_dir(&empty).unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("initdb"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

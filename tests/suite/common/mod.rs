@@ -1,0 +1,598 @@
+//! Shared test harness: a real PostgreSQL, a fresh database per test, an in-process relay on
+//! 127.0.0.1:0, and an SSE client.
+//!
+//! The server is `DATABASE_URL` when set (each test still gets its own database in it), else one
+//! throwaway cluster for the suite, stopped when the binary exits.
+
+pub mod external;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::StreamExt;
+use pgrelay::auth::Keys;
+use pgrelay::sse::{SseEvent, SseItem, SseParser};
+use pgrelay::RelayConfig;
+use pgrelay::Settings;
+use pgrelay_cluster::TempCluster;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+/// The secret every test relay verifies with.
+pub const SECRET: &str = "test-secret-0123456789";
+
+/// How long a test waits for something that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A URL of the test server with `{db}` where the database name goes.
+fn server_url_template() -> &'static str {
+    static TEMPLATE: OnceLock<String> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return with_database(&url, "{db}");
+        }
+        // Started on its own runtime: each #[tokio::test] has a runtime that ends with the test.
+        let cluster = std::thread::spawn(|| {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(TempCluster::start())
+        })
+        .join()
+        .unwrap()
+        .unwrap_or_else(|error| panic!("cannot start a throwaway PostgreSQL: {error}"));
+        let template = cluster.url("{db}");
+        pgrelay_cluster::stop_at_exit(cluster);
+        template
+    })
+}
+
+/// Replaces the database name in a postgres:// URL.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..].find('/').map(|i| scheme_end + i);
+    let host = path_start.map_or(base, |i| &base[..i]);
+    match query {
+        Some(query) => format!("{host}/{database}?{query}"),
+        None => format!("{host}/{database}"),
+    }
+}
+
+/// A fresh, migrated database for one test.
+pub async fn fresh_database() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "pgrelay_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let template = server_url_template();
+    let admin = connect(&template.replace("{db}", "postgres")).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = template.replace("{db}", &name);
+    pgrelay::migrate::migrate(&url, "pgrelay").await.unwrap();
+    url
+}
+
+/// A plain client connection, driven in the background.
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The relay settings tests use unless they say otherwise: the defaults, except that a
+/// sender may publish as fast as a test likes (tests post in bulk; tests/trust.rs checks the
+/// default rate limit).
+pub fn test_settings() -> Settings {
+    Settings {
+        publish_rate: 1e6,
+        publish_burst: 1e6,
+        ..Settings::default()
+    }
+}
+
+/// The connection limits tests use unless they say otherwise.
+pub fn test_limits() -> pgrelay::ConnectionLimits {
+    pgrelay::ConnectionLimits {
+        max_connections: 1000,
+        ..Default::default()
+    }
+}
+
+/// A relay running in this process on 127.0.0.1:0; stopped when dropped.
+pub struct Relay {
+    pub base: String,
+    pub keys: Keys,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// How to start a test relay; `RelayOptions::new(db)` gives the defaults.
+pub struct RelayOptions {
+    pub database_url: String,
+    /// The LISTEN connection's URL (a proxy, say); the database URL when `None`.
+    pub listen_database_url: Option<String>,
+    /// Comma-separated token secrets.
+    pub secrets: String,
+    pub settings: Settings,
+    pub limits: pgrelay::ConnectionLimits,
+}
+
+impl RelayOptions {
+    pub fn new(database_url: &str) -> RelayOptions {
+        RelayOptions {
+            database_url: database_url.to_owned(),
+            listen_database_url: None,
+            secrets: SECRET.to_owned(),
+            settings: test_settings(),
+            limits: test_limits(),
+        }
+    }
+}
+
+impl Relay {
+    /// Starts a relay on `database_url` with the test settings.
+    pub async fn start(database_url: &str) -> Relay {
+        Relay::launch(RelayOptions::new(database_url)).await
+    }
+
+    /// Starts a relay with these settings and waits until its listener is up.
+    pub async fn start_with(database_url: &str, settings: Settings) -> Relay {
+        Relay::launch(RelayOptions {
+            settings,
+            ..RelayOptions::new(database_url)
+        })
+        .await
+    }
+
+    /// Starts a relay verifying tokens with this comma-separated secret list.
+    pub async fn start_with_secrets(
+        database_url: &str,
+        secrets: &str,
+        settings: Settings,
+    ) -> Relay {
+        Relay::launch(RelayOptions {
+            secrets: secrets.to_owned(),
+            settings,
+            ..RelayOptions::new(database_url)
+        })
+        .await
+    }
+
+    /// Starts a relay as `options` say and waits until it is ready.
+    pub async fn launch(options: RelayOptions) -> Relay {
+        let keys = Keys::from_secret_list(&options.secrets).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let config = RelayConfig {
+            listen_database_url: options
+                .listen_database_url
+                .unwrap_or_else(|| options.database_url.clone()),
+            database_url: options.database_url,
+            pool_size: 8,
+            keys: keys.clone(),
+            settings: options.settings,
+            limits: options.limits,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            pgrelay::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the relay failed");
+        });
+        let relay = Relay {
+            base,
+            keys,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        relay.wait_ready().await;
+        relay
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(response) = reqwest::get(format!("{}/readyz", self.base)).await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "relay never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A token for `sub` with the given scopes, valid for an hour.
+    pub fn token(&self, sub: &str, scopes: &[&str]) -> String {
+        self.keys.mint(sub, Duration::from_secs(3600), scopes)
+    }
+
+    /// Opens `/v1/stream` as `sub`, with optional extra query (e.g. `since_id=3`) and
+    /// `Last-Event-ID`.
+    pub async fn subscribe(
+        &self,
+        sub: &str,
+        query: &str,
+        last_event_id: Option<i64>,
+    ) -> Subscriber {
+        let token = self.token(sub, &[]);
+        Subscriber::open(&self.base, &token, query, last_event_id).await
+    }
+
+    /// Stops the relay and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An open SSE connection.
+pub struct Subscriber {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    parser: SseParser,
+    buffered: std::collections::VecDeque<SseEvent>,
+    /// Comment lines seen (keep-alives).
+    pub comments: usize,
+    /// Whether `presence` events are returned; off by default, because any test whose
+    /// participants share messages would otherwise see them arrive at unpredictable moments.
+    pub keep_presence: bool,
+}
+
+impl Subscriber {
+    /// Connects and checks the answer is a 200 event stream.
+    pub async fn open(
+        base: &str,
+        token: &str,
+        query: &str,
+        last_event_id: Option<i64>,
+    ) -> Subscriber {
+        let separator = if query.is_empty() { "" } else { "&" };
+        let url = format!("{base}/v1/stream?token={token}{separator}{query}");
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "stream refused: {:?}",
+            response.text().await
+        );
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Subscriber {
+            body: response.bytes_stream().boxed(),
+            parser: SseParser::new(),
+            buffered: Default::default(),
+            comments: 0,
+            keep_presence: false,
+        }
+    }
+
+    /// The next event block (including id-only blocks), or `None` if none comes within `wait`
+    /// or the stream ended.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .ok()??;
+            for item in self.parser.feed(&chunk.ok()?) {
+                match item {
+                    SseItem::Event(event)
+                        if event.event.as_deref() == Some("presence") && !self.keep_presence => {}
+                    SseItem::Event(event) => self.buffered.push_back(event),
+                    SseItem::Comment(_) => self.comments += 1,
+                }
+            }
+        }
+    }
+
+    /// The next event, which must come within `PATIENCE`.
+    pub async fn next(&mut self) -> SseEvent {
+        self.next_within(PATIENCE)
+            .await
+            .expect("no event arrived in time")
+    }
+
+    /// The next message event (skipping the opening), as (id, kind, data).
+    pub async fn next_message(&mut self) -> (i64, String, Value) {
+        loop {
+            let event = self.next().await;
+            if event.is_opening() {
+                continue;
+            }
+            if let Some(data) = event.data {
+                let id = event
+                    .id
+                    .expect("a message event has an id")
+                    .parse()
+                    .unwrap();
+                return (
+                    id,
+                    event.event.unwrap_or_default(),
+                    serde_json::from_str(&data).unwrap(),
+                );
+            }
+        }
+    }
+
+    /// The opening block's position: the `position` event, whose id and data agree.
+    pub async fn opening_position(&mut self) -> i64 {
+        let event = self.next().await;
+        assert!(
+            event.is_opening(),
+            "the first block must be the position event: {event:?}"
+        );
+        let data: Value = serde_json::from_str(event.data.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            data["position"].to_string(),
+            event.id.clone().unwrap(),
+            "{event:?}"
+        );
+        assert!(
+            event.retry.is_some(),
+            "the first block must carry retry: {event:?}"
+        );
+        event
+            .id
+            .expect("the first block carries the position")
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Inserts a message the way an application would from psql; returns nothing, since the id is
+/// assigned at commit.
+pub async fn insert(client: &Client, participants: &[&str], payload: Value) {
+    let participants: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
+    client
+        .execute(
+            "INSERT INTO pgrelay.messages (participants, payload) VALUES ($1, $2)",
+            &[&participants, &payload],
+        )
+        .await
+        .unwrap();
+}
+
+/// A writer task: `count` messages for alice, every third also for bob, pausing `pause` after
+/// every `every` messages, so streams see a steady flow while a test does something to them.
+pub fn spawn_writer(
+    db: &str,
+    count: usize,
+    every: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let db = db.to_owned();
+    tokio::spawn(async move {
+        let client = connect(&db).await;
+        for n in 0..count {
+            let participants: &[&str] = if n % 3 == 0 {
+                &["alice", "bob"]
+            } else {
+                &["alice"]
+            };
+            insert(&client, participants, serde_json::json!({"n": n})).await;
+            if n % every == 0 {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    })
+}
+
+/// Every message id addressed to `participant`, ascending.
+pub async fn ids_for(client: &Client, participant: &str) -> Vec<i64> {
+    client
+        .query(
+            "SELECT id FROM pgrelay.messages WHERE $1 = ANY(participants) ORDER BY id",
+            &[&participant],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// A `pgrelay serve` child process, for tests that kill, signal or measure a real process.
+/// Killed (SIGKILL) when dropped.
+pub struct RelayProcess {
+    pub base: String,
+    pub child: std::process::Child,
+}
+
+impl RelayProcess {
+    /// Starts `pgrelay serve` on a free loopback port with the test secret and `extra` flags,
+    /// logging to `log` (or nowhere), and waits until it is ready.
+    pub async fn start(
+        database_url: &str,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> RelayProcess {
+        RelayProcess::start_under(&[], database_url, extra, log).await
+    }
+
+    /// Like [`RelayProcess::start`], run through `wrapper` (a command such as
+    /// `["prlimit", "--nofile=1024:", "--"]` that execs the rest of its arguments).
+    pub async fn start_under(
+        wrapper: &[&str],
+        database_url: &str,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> RelayProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        RelayProcess::spawn(wrapper, port, database_url, extra, log).await
+    }
+
+    /// Like [`RelayProcess::start`], on a given port (to start a relay again where its
+    /// clients will reconnect).
+    pub async fn start_on(port: u16, database_url: &str, extra: &[&str]) -> RelayProcess {
+        RelayProcess::spawn(&[], port, database_url, extra, None).await
+    }
+
+    async fn spawn(
+        wrapper: &[&str],
+        port: u16,
+        database_url: &str,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> RelayProcess {
+        let stderr = match log {
+            Some(path) => std::process::Stdio::from(std::fs::File::create(path).unwrap()),
+            None => std::process::Stdio::null(),
+        };
+        let binary = env!("CARGO_BIN_EXE_pgrelay");
+        let mut command = match wrapper.split_first() {
+            Some((program, arguments)) => {
+                let mut command = std::process::Command::new(program);
+                command.args(arguments).arg(binary);
+                command
+            }
+            None => std::process::Command::new(binary),
+        };
+        let child = command
+            .arg("serve")
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("DATABASE_URL", database_url)
+            .env("PGRELAY_SECRET", SECRET)
+            .env_remove("LISTEN_DATABASE_URL")
+            .env_remove("PORT")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut process = RelayProcess {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(response) = reqwest::get(format!("{}/readyz", process.base)).await {
+                if response.status() == 200 {
+                    return process;
+                }
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("pgrelay serve exited during start-up: {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pgrelay serve never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A token for `sub`, signed with the test secret.
+    pub fn token(&self, sub: &str, scopes: &[&str]) -> String {
+        Keys::from_secret_list(SECRET)
+            .unwrap()
+            .mint(sub, Duration::from_secs(3600), scopes)
+    }
+
+    /// Opens `/v1/stream` on this process.
+    pub async fn subscribe(
+        &self,
+        sub: &str,
+        query: &str,
+        last_event_id: Option<i64>,
+    ) -> Subscriber {
+        Subscriber::open(&self.base, &self.token(sub, &[]), query, last_event_id).await
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and still own; no memory is involved.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// The process's resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same database reached through another port on 127.0.0.1 (a pooler or a proxy).
+pub fn via_port(database_url: &str, port: u16) -> String {
+    let config: tokio_postgres::Config = database_url.parse().unwrap();
+    let original = config.get_ports()[0];
+    database_url.replacen(&format!(":{original}/"), &format!(":{port}/"), 1)
+}
+
+/// The TCP port of a postgres:// URL.
+pub fn port_of(database_url: &str) -> u16 {
+    let config: tokio_postgres::Config = database_url.parse().unwrap();
+    config.get_ports()[0]
+}
+
+/// A counter or gauge from the relay's `/metrics`.
+pub async fn metric(base: &str, name: &str) -> u64 {
+    let body = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{name} is not exported"))
+        .trim()
+        .parse::<f64>()
+        .unwrap() as u64
+}

@@ -1,0 +1,562 @@
+//! Limits: a client over any limit gets a JSON error with the right status (or, below HTTP, a
+//! closed connection), the relay never crashes, and it serves normally afterwards.
+
+use std::time::Duration;
+
+use crate::common::*;
+use pgrelay::ConnectionLimits;
+use pgrelay::Settings;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// A relay with these connection limits.
+async fn limited_relay(database_url: &str, limits: ConnectionLimits) -> Relay {
+    Relay::launch(RelayOptions {
+        limits,
+        ..RelayOptions::new(database_url)
+    })
+    .await
+}
+
+/// `host:port` of a base URL.
+fn addr_of(base: &str) -> &str {
+    base.strip_prefix("http://").unwrap()
+}
+
+/// The stream URL for a token.
+fn stream_url(base: &str, token: &str) -> String {
+    format!("{base}/v1/stream?token={token}")
+}
+
+/// Checks the answer has `status` and a JSON body `{"error": code, "message": <text>}`.
+async fn assert_json_error(response: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], code, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+/// Waits (up to `wait`) until the subscriber gauge reads `expected`.
+async fn wait_for_subscribers(base: &str, expected: u64, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let count = metric(base, "pgrelay_subscribers").await;
+        if count == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pgrelay_subscribers stayed at {count}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts `/healthz` answers 200.
+async fn assert_healthy(base: &str) {
+    let response = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// The status code of a raw HTTP/1.1 answer, if it has a status line.
+fn status_of(response: &[u8]) -> Option<u16> {
+    let rest = response.strip_prefix(b"HTTP/1.1 ")?;
+    std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()
+}
+
+/// Sends `request` on a fresh connection (ignoring write errors: the relay may close early)
+/// and reads until the relay closes it. A reset after an answer still gives the answer (a
+/// socket closed with unread input is reset); a reset before any answer is `Err`.
+async fn raw_exchange(addr: &str, request: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let socket = TcpStream::connect(addr).await?;
+    let (mut read, mut write) = socket.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&request).await;
+        write // kept open (not half-closed) until the exchange is over
+    });
+    let mut response = Vec::new();
+    let read_result = tokio::time::timeout(PATIENCE, read.read_to_end(&mut response))
+        .await
+        .expect("the relay neither answered nor closed the connection");
+    drop(writer.await);
+    match read_result {
+        Err(error) if response.is_empty() => Err(error),
+        _ => Ok(response),
+    }
+}
+
+/// Alice's 4th stream over a limit of 3 gets 429 `too_many_streams`; bob is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_per_participant_are_limited() {
+    let db = fresh_database().await;
+    let settings = Settings {
+        max_streams_per_participant: 3,
+        ..test_settings()
+    };
+    let relay = Relay::start_with(&db, settings).await;
+    let mut alice = Vec::new();
+    for _ in 0..3 {
+        let mut stream = relay.subscribe("alice", "", None).await;
+        stream.opening_position().await;
+        alice.push(stream);
+    }
+
+    let token = relay.token("alice", &[]);
+    for _ in 0..3 {
+        let refused = reqwest::get(stream_url(&relay.base, &token)).await.unwrap();
+        assert_json_error(refused, 429, "too_many_streams").await;
+    }
+    // The limit is per participant, and refused attempts hold nothing.
+    let mut bobs = Vec::new();
+    for _ in 0..3 {
+        let mut stream = relay.subscribe("bob", "", None).await;
+        stream.opening_position().await;
+        bobs.push(stream);
+    }
+    assert_eq!(metric(&relay.base, "pgrelay_subscribers").await, 6);
+
+    // Closing one of alice's streams frees a slot once the relay notices the disconnect.
+    drop(alice.pop());
+    wait_for_subscribers(&relay.base, 5, Duration::from_secs(5)).await;
+    let mut fresh = relay.subscribe("alice", "", None).await;
+    fresh.opening_position().await;
+    let refused = reqwest::get(stream_url(&relay.base, &token)).await.unwrap();
+    assert_json_error(refused, 429, "too_many_streams").await;
+
+    // The new stream is a working one, and so are the old ones.
+    let client = connect(&db).await;
+    insert(&client, &["alice"], json!({"n": 1})).await;
+    assert_eq!(fresh.next_message().await.2["payload"]["n"], 1);
+    for stream in &mut alice {
+        assert_eq!(stream.next_message().await.2["payload"]["n"], 1);
+    }
+}
+
+/// Opens a stream, retrying while the relay still counts connections that are closing.
+async fn open_stream_when_a_slot_is_free(base: &str, token: &str) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // A connection refused over the limit may end in a reset rather than a read 503.
+        if let Ok(response) = reqwest::get(stream_url(base, token)).await {
+            if response.status() == 200 {
+                return response;
+            }
+            assert_eq!(response.status(), 503, "unexpected answer");
+        }
+        assert!(Instant::now() < deadline, "no connection slot came free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Checks a raw answer is the 503 `over_capacity` JSON error with `Retry-After`.
+fn assert_over_capacity(answer: &[u8], context: &str) {
+    let text = String::from_utf8_lossy(answer);
+    assert_eq!(status_of(answer), Some(503), "{context}: {text}");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("\r\ncontent-type: application/json"),
+        "{context}: {head}"
+    );
+    assert!(head.contains("\r\nretry-after: "), "{context}: {head}");
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["error"], "over_capacity", "{context}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+/// With `max_connections` 5 and five streams open, a 6th connection gets 503 `over_capacity`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_get_503() {
+    let db = fresh_database().await;
+    let limits = ConnectionLimits {
+        max_connections: 5,
+        ..ConnectionLimits::default()
+    };
+    let relay = limited_relay(&db, limits).await;
+    let mut streams = Vec::new();
+    for n in 0..5 {
+        let token = relay.token(&format!("user{n}"), &[]);
+        streams.push(open_stream_when_a_slot_is_free(&relay.base, &token).await);
+    }
+
+    // Every further connection is refused, whatever it asks for; one that sends nothing is
+    // closed unanswered (an answer before the request would confuse real clients).
+    for path in ["/healthz", "/v1/stream", "/metrics", "/nowhere"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+        let answer = raw_exchange(addr_of(&relay.base), request).await.unwrap();
+        assert_over_capacity(&answer, path);
+    }
+    let mut silent = TcpStream::connect(addr_of(&relay.base)).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, silent.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.is_empty(),
+        "a silent refused connection is closed unanswered"
+    );
+
+    // One stream closes: connections are served again.
+    drop(streams.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(response) = reqwest::get(format!("{}/healthz", relay.base)).await {
+            if response.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the freed slot was never reused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let token = relay.token("user4", &[]);
+    let stream = open_stream_when_a_slot_is_free(&relay.base, &token).await;
+    assert_eq!(
+        stream.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    drop(stream);
+    drop(streams);
+    relay.stop().await;
+}
+
+/// A hyper-based client (reqwest, `pgrelay tail`) over the limit sees the 503, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_capacity_answer_reaches_http_clients() {
+    let db = fresh_database().await;
+    let limits = ConnectionLimits {
+        max_connections: 1,
+        ..ConnectionLimits::default()
+    };
+    let relay = limited_relay(&db, limits).await;
+    let stream = open_stream_when_a_slot_is_free(&relay.base, &relay.token("alice", &[])).await;
+    for _ in 0..10 {
+        let response = reqwest::get(format!("{}/healthz", relay.base))
+            .await
+            .unwrap_or_else(|error| panic!("no 503 but {error:?}"));
+        assert_eq!(response.headers()["retry-after"], "5");
+        assert_json_error(response, 503, "over_capacity").await;
+    }
+    drop(stream);
+    relay.stop().await;
+}
+
+/// The header-timeout limits these tests use.
+fn short_header_timeout() -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: 1000,
+        header_timeout: Duration::from_millis(500),
+        ..ConnectionLimits::default()
+    }
+}
+
+/// Sends `head`, then trickles one more header byte every 200 ms; returns how long the relay
+/// kept the connection open (it closes it, or stops reading it, or the test gives up at 5 s).
+async fn trickle_until_closed(addr: String, head: &'static [u8]) -> Duration {
+    let socket = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = socket.into_split();
+    let started = Instant::now();
+    let trickler = tokio::spawn(async move {
+        if write.write_all(head).await.is_err() {
+            return;
+        }
+        for byte in b"X-Slow: ".iter().chain([b'a'; 40].iter()).cycle().take(25) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buffer = [0u8; 1024];
+    let closed_after = loop {
+        match tokio::time::timeout_at(started + Duration::from_secs(5), read.read(&mut buffer))
+            .await
+        {
+            Err(_) => break started.elapsed(),
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            // An answer (e.g. 408) before the close is fine; keep reading until the close.
+            Ok(Ok(_)) => continue,
+        }
+    };
+    trickler.abort();
+    closed_after
+}
+
+/// Slowloris: trickled headers are cut off after the header timeout; others are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() {
+    let db = fresh_database().await;
+    let relay = limited_relay(&db, short_header_timeout()).await;
+    let addr = addr_of(&relay.base).to_owned();
+    let mut tricklers = JoinSet::new();
+    for _ in 0..20 {
+        tricklers.spawn(trickle_until_closed(
+            addr.clone(),
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+        ));
+    }
+    // Served while the tricklers hang on.
+    for _ in 0..5 {
+        assert_healthy(&relay.base).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while let Some(closed_after) = tricklers.join_next().await {
+        let closed_after = closed_after.unwrap();
+        assert!(
+            closed_after >= Duration::from_millis(400) && closed_after < Duration::from_secs(2),
+            "a trickling client was closed after {closed_after:?}"
+        );
+    }
+    assert_healthy(&relay.base).await;
+    relay.stop().await;
+}
+
+/// Reads (discarding what arrives) until the relay closes `socket`; how long that took, or
+/// `None` if it was still open after `limit`.
+async fn wait_for_close(socket: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(started + limit, socket.read(&mut buffer)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Connections that never send a byte are closed after the header timeout too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_cut_off() {
+    // Otherwise `max_connections` sockets that say nothing lock every real client out for good.
+    let db = fresh_database().await;
+    let limits = ConnectionLimits {
+        max_connections: 5,
+        ..short_header_timeout()
+    };
+    let relay = limited_relay(&db, limits).await;
+    let addr = addr_of(&relay.base).to_owned();
+    // Let the start-up check's connection close, then take every slot without a word.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    for socket in &mut silent {
+        let closed_after = wait_for_close(socket, Duration::from_secs(3)).await;
+        assert!(
+            closed_after.is_some(),
+            "a silent connection was still open after 3 s (header timeout 500 ms)"
+        );
+    }
+    assert_healthy(&relay.base).await;
+    relay.stop().await;
+}
+
+/// A partial HTTP/2 preface, or an h2c preface without requests, is closed in time too (the
+/// relay speaks HTTP/1.1 only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_without_a_request_are_cut_off() {
+    let db = fresh_database().await;
+    let relay = limited_relay(&db, short_header_timeout()).await;
+    let addr = addr_of(&relay.base).to_owned();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    let mut partial = TcpStream::connect(&addr).await.unwrap();
+    partial.write_all(&preface[..16]).await.unwrap();
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(preface).await.unwrap();
+    idle.write_all(&settings).await.unwrap();
+    let limit = Duration::from_secs(3);
+    let partial_closed = wait_for_close(&mut partial, limit).await;
+    let idle_closed = wait_for_close(&mut idle, limit).await;
+    assert!(
+        partial_closed.is_some(),
+        "a partial HTTP/2 preface kept its connection open for 3 s"
+    );
+    assert!(
+        idle_closed.is_some(),
+        "an HTTP/2 connection without requests stayed open for 3 s"
+    );
+    assert_healthy(&relay.base).await;
+    relay.stop().await;
+}
+
+/// An idle HTTP/1.1 keep-alive connection is closed after the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_cut_off() {
+    let db = fresh_database().await;
+    let relay = limited_relay(&db, short_header_timeout()).await;
+    let mut socket = TcpStream::connect(addr_of(&relay.base)).await.unwrap();
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let closed_after = wait_for_close(&mut socket, Duration::from_secs(3))
+        .await
+        .expect("an idle keep-alive connection stayed open for 3 s");
+    assert!(
+        closed_after >= Duration::from_millis(400),
+        "{closed_after:?}"
+    );
+    relay.stop().await;
+}
+
+/// How one storm connection misbehaves.
+#[derive(Clone, Copy, Debug)]
+enum Misbehaviour {
+    /// Sends part of a request, then goes away.
+    PartialRequest,
+    /// Sends a complete stream request, then goes away at once.
+    StreamThenDrop,
+    /// Sends a complete stream request, waits for the answer to start, then goes away.
+    StreamReadThenDrop,
+}
+
+/// Opens one connection, misbehaves, and drops it (with a reset when `reset`, else a FIN);
+/// returns whether the relay had started answering with 200 (only known when it read).
+async fn misbehave(addr: String, token: String, how: Misbehaviour, reset: bool) -> bool {
+    let mut socket = TcpStream::connect(&addr).await.unwrap();
+    if reset {
+        socket.set_zero_linger().unwrap();
+    }
+    let request = format!(
+        "GET /v1/stream?token={token} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    match how {
+        Misbehaviour::PartialRequest => {
+            let _ = socket.write_all(&request.as_bytes()[..40]).await;
+            false
+        }
+        Misbehaviour::StreamThenDrop => {
+            let _ = socket.write_all(request.as_bytes()).await;
+            false
+        }
+        Misbehaviour::StreamReadThenDrop => {
+            let _ = socket.write_all(request.as_bytes()).await;
+            let mut buffer = [0u8; 256];
+            let read = tokio::time::timeout(PATIENCE, socket.read(&mut buffer)).await;
+            matches!(read, Ok(Ok(n)) if status_of(&buffer[..n]) == Some(200))
+        }
+    }
+}
+
+/// 1,000 abandoned connections leave a healthy relay with no subscribers that still delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_connections_leave_nothing_behind() {
+    // Partial requests, streams dropped at once or after their first bytes, with FIN or RST.
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let addr = addr_of(&relay.base).to_owned();
+    let mut opened = 0;
+    for batch in 0..10 {
+        let mut connections = JoinSet::new();
+        for n in 0..100 {
+            let i = batch * 100 + n;
+            let how = match i % 4 {
+                0 | 2 => Misbehaviour::PartialRequest,
+                1 => Misbehaviour::StreamThenDrop,
+                _ => Misbehaviour::StreamReadThenDrop,
+            };
+            let token = relay.token(&format!("storm{i}"), &[]);
+            connections.spawn(misbehave(addr.clone(), token, how, i % 8 < 4));
+        }
+        while let Some(done) = connections.join_next().await {
+            opened += usize::from(done.unwrap());
+        }
+    }
+    assert_eq!(
+        opened, 250,
+        "every stream that waited for its answer got 200"
+    );
+    assert_healthy(&relay.base).await;
+    wait_for_subscribers(&relay.base, 0, Duration::from_secs(5)).await;
+
+    let mut stream = relay.subscribe("carol", "", None).await;
+    stream.opening_position().await;
+    let client = connect(&db).await;
+    insert(&client, &["carol"], json!({"after": "storm"})).await;
+    let (id, _, data) = stream.next_message().await;
+    assert_eq!(data["payload"]["after"], "storm");
+    assert_eq!(data["id"], id);
+    relay.stop().await;
+}
+
+/// Headers past hyper's limits get 431 or a closed connection, never a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_refused() {
+    // hyper's limits: about 408 KiB of buffered head, and 100 header fields.
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let addr = addr_of(&relay.base).to_owned();
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "one 1 MiB header",
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(1 << 20)
+            )
+            .into_bytes(),
+        ),
+        (
+            "a 1 MiB request target",
+            format!(
+                "GET /healthz?{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                "a".repeat(1 << 20)
+            )
+            .into_bytes(),
+        ),
+        (
+            "500 headers",
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\n",
+                (0..500)
+                    .map(|n| format!("X-H{n}: v\r\n"))
+                    .collect::<String>()
+            )
+            .into_bytes(),
+        ),
+    ];
+    for (name, request) in cases {
+        match raw_exchange(&addr, request).await {
+            Ok(answer) if answer.is_empty() => {}
+            Ok(answer) => {
+                let status = status_of(&answer);
+                assert!(
+                    status.is_some_and(|s| (400..500).contains(&s)),
+                    "{name}: answered {:?}",
+                    String::from_utf8_lossy(&answer[..answer.len().min(200)])
+                );
+            }
+            // Reset while the client was still sending: a closed connection.
+            Err(_) => {}
+        }
+        assert_healthy(&relay.base).await;
+    }
+
+    // A 100 KB header: refused as too large, or served; either way no 5xx and no crash.
+    let big = "b".repeat(100 * 1024);
+    let response = reqwest::Client::new()
+        .get(format!("{}/healthz", relay.base))
+        .header("X-Big", big.as_str())
+        .send()
+        .await;
+    if let Ok(response) = response {
+        let status = response.status().as_u16();
+        assert!(status == 200 || status == 431, "100 KB header: {status}");
+    }
+    // A huge token in the query string is an ordinary 401.
+    let token = "t".repeat(32 * 1024);
+    let response = reqwest::get(stream_url(&relay.base, &token)).await.unwrap();
+    assert_json_error(response, 401, "token_too_long").await;
+    assert_healthy(&relay.base).await;
+    relay.stop().await;
+}

@@ -1,0 +1,30 @@
+//! pgrelay's integration tests against a real PostgreSQL: one test binary (the crate is
+//! linked once), one module per behaviour, and the harness in `common`.
+//!
+//! Run one module with `cargo test --test suite faults::`, one test by its name. Tests that
+//! need programs beyond Rust and PostgreSQL are ignored with the reason; `.ci/run` installs
+//! them and runs everything.
+
+mod common;
+
+mod attach;
+mod auth;
+mod browser;
+mod cli;
+mod faults;
+mod framing;
+mod http_errors;
+mod instances;
+mod js_client;
+mod limits;
+mod openapi;
+mod order;
+mod presence;
+mod proxies;
+mod relay;
+mod resume;
+mod signals;
+mod sql;
+mod sse_libraries;
+mod tls;
+mod trust;

@@ -1,0 +1,82 @@
+//! The live server against its OpenAPI document (docs/openapi.json), checked by schemathesis:
+//! a well-known API fuzzer that nobody here wrote, with all of its checks.
+//!
+//! Needs `schemathesis` (PyPI): on PATH, or at `PGRELAY_SCHEMATHESIS`. `.ci/run` installs it in a
+//! virtual environment and runs this test; plain `cargo test` reports it as ignored.
+//! Every request carries a fresh two-second token (tests/openapi/hooks.py), so the streams the
+//! fuzzer opens end by themselves and their events are checked too.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::*;
+
+/// The document the relay serves is the one in the repository.
+#[tokio::test]
+async fn the_relay_serves_the_document_in_the_repository() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let served = reqwest::get(format!("{}/v1/openapi.json", relay.base))
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.headers()["content-type"], "application/json");
+    let served: serde_json::Value = served.json().await.unwrap();
+    let in_repository: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
+    assert_eq!(served, in_repository);
+    assert_eq!(served["openapi"], "3.1.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs schemathesis (PyPI): run .ci/run, or cargo test -- --include-ignored once installed"]
+async fn schemathesis_finds_nothing() {
+    let schemathesis =
+        std::env::var("PGRELAY_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".to_owned());
+    let db = fresh_database().await;
+    // Rate limits off: the fuzzer sends hundreds of requests as one sender.
+    let relay = RelayProcess::start(
+        &db,
+        &[
+            "--publish-rate",
+            "1000000",
+            "--publish-burst",
+            "1000000",
+            "--signal-rate",
+            "1000000",
+            "--signal-burst",
+            "1000000",
+        ],
+        None,
+    )
+    .await;
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi");
+    let run = tokio::task::spawn_blocking({
+        let url = format!("{}/v1/openapi.json", relay.base);
+        move || {
+            Command::new(&schemathesis)
+                .current_dir(&folder)
+                .env("SCHEMATHESIS_HOOKS", "hooks")
+                .env("PGRELAY_SECRET", SECRET)
+                .args(["run", &url, "--checks", "all", "--max-examples", "50"])
+                // One worker: hypothesis' source introspection is not thread-safe.
+                .args(["--request-timeout", "5", "--workers", "1", "--no-color"])
+                .output()
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|error| panic!("cannot run schemathesis: {error}; .ci/run installs it"));
+    let report = String::from_utf8_lossy(&run.stdout);
+    let summary = report
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('='))
+        .unwrap_or("");
+    eprintln!("schemathesis: {summary}");
+    assert!(
+        run.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}

@@ -1,0 +1,185 @@
+//! Commit order: ids increase in commit order, so `id > since_id` is an exact catch-up.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::json;
+
+/// A transaction that inserts first but commits last gets the larger id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_insert_committed_last_gets_larger_id() {
+    let db = fresh_database().await;
+    let early = connect(&db).await;
+    let late = connect(&db).await;
+    early.batch_execute("BEGIN").await.unwrap();
+    insert(&early, &["alice"], json!({"who": "early"})).await;
+    late.batch_execute("BEGIN").await.unwrap();
+    insert(&late, &["alice"], json!({"who": "late"})).await;
+    late.batch_execute("COMMIT").await.unwrap();
+
+    // A reader now sees the late row, and nothing it could later miss below it.
+    let seen = ids_for(&late, "alice").await;
+    assert_eq!(seen.len(), 1);
+    early.batch_execute("COMMIT").await.unwrap();
+
+    let rows = early
+        .query(
+            "SELECT id, payload->>'who' FROM pgrelay.messages ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let order: Vec<String> = rows.iter().map(|row| row.get(1)).collect();
+    assert_eq!(order, ["late", "early"]);
+    assert!(rows[1].get::<_, i64>(0) > seen[0]);
+}
+
+/// Under concurrent writers whose commits interleave out of insert order, a reader that
+/// repeatedly asks for `id > last` loses nothing, and a live stream gets every row once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_leave_no_holes() {
+    const WRITERS: usize = 8;
+    const TRANSACTIONS: usize = 60;
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let setup = connect(&db).await;
+    setup
+        .batch_execute("CREATE SEQUENCE insert_order")
+        .await
+        .unwrap();
+    let mut stream = relay.subscribe("all", "", None).await;
+    stream.opening_position().await;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let db = db.clone();
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let client = connect(&db).await;
+            let mut last = 0i64;
+            let mut seen = Vec::new();
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let rows = client
+                    .query(
+                        "SELECT id FROM pgrelay.messages WHERE id > $1 ORDER BY id",
+                        &[&last],
+                    )
+                    .await
+                    .unwrap();
+                for row in rows {
+                    last = row.get(0);
+                    seen.push(last);
+                }
+                if finished {
+                    return seen;
+                }
+            }
+        })
+    };
+
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let db = db.clone();
+        writers.push(tokio::spawn(async move {
+            let client = connect(&db).await;
+            for transaction in 0..TRANSACTIONS {
+                client.batch_execute("BEGIN").await.unwrap();
+                for _ in 0..(1 + (writer + transaction) % 3) {
+                    client
+                        .execute(
+                            "INSERT INTO pgrelay.messages (participants, payload) \
+                             VALUES ('{all}', jsonb_build_object('insert_order', nextval('insert_order')))",
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                }
+                // Hold the transaction open for a varying time so commits overtake each other.
+                let pause = ((writer * 7 + transaction * 13) % 5) as u64;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                client.batch_execute("COMMIT").await.unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+
+    let all = ids_for(&setup, "all").await;
+    assert_eq!(seen, all, "the polling reader missed rows");
+
+    // The scenario really happened: some rows inserted earlier got larger ids.
+    let rows = setup
+        .query(
+            "SELECT (payload->>'insert_order')::int8 FROM pgrelay.messages ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let insert_order: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+    let inversions = insert_order
+        .windows(2)
+        .filter(|pair| pair[0] > pair[1])
+        .count();
+    assert!(
+        inversions > 0,
+        "no commit overtook another; the test proved nothing"
+    );
+
+    let mut streamed = Vec::new();
+    while streamed.len() < all.len() {
+        streamed.push(stream.next_message().await.0);
+    }
+    assert_eq!(streamed, all, "the stream lost, doubled or reordered rows");
+    assert_eq!(streamed.iter().collect::<BTreeSet<_>>().len(), all.len());
+}
+
+/// A rolled-back insert is never delivered, and later messages still are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_insert_is_never_delivered() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let client = connect(&db).await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    client.batch_execute("BEGIN").await.unwrap();
+    insert(&client, &["alice"], json!({"n": "rolled back"})).await;
+    client.batch_execute("ROLLBACK").await.unwrap();
+    insert(&client, &["alice"], json!({"n": "kept"})).await;
+    let (_, _, data) = alice.next_message().await;
+    assert_eq!(data["payload"]["n"], "kept");
+    assert!(alice
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_none());
+}
+
+/// Many rows in one transaction get consecutive ids in insert order and all arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_rows_keep_insert_order() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let client = connect(&db).await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{alice}', jsonb_build_object('n', n) FROM generate_series(1, 500) AS n",
+        )
+        .await
+        .unwrap();
+    let mut previous = 0;
+    for n in 1..=500 {
+        let (id, _, data) = alice.next_message().await;
+        assert_eq!(data["payload"]["n"], n);
+        assert_eq!(id, previous + 1, "ids within a transaction are consecutive");
+        previous = id;
+    }
+}

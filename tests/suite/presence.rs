@@ -1,0 +1,223 @@
+//! Presence: online while any stream is open on any instance, announced to the audience.
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use pgrelay::sse::SseEvent;
+use serde_json::{json, Value};
+
+/// Settings with presence fast enough to test: short debounce and TTL.
+fn quick_presence() -> pgrelay::Settings {
+    let mut settings = test_settings();
+    settings.presence_debounce = Duration::from_millis(300);
+    settings.presence_ttl = Duration::from_secs(2);
+    settings
+}
+
+const QUICK_FLAGS: &[&str] = &["--presence-debounce", "300ms", "--presence-ttl", "2s"];
+
+/// The next `presence` event's data, skipping other events.
+async fn next_presence(stream: &mut Subscriber, wait: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event: SseEvent = stream.next_within(left).await?;
+        if event.event.as_deref() == Some("presence") {
+            assert!(event.id.is_none(), "presence must not move Last-Event-ID");
+            return Some(serde_json::from_str(&event.data.unwrap()).unwrap());
+        }
+    }
+}
+
+async fn get_presence(base: &str, token: &str, participants: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/v1/presence?participants={participants}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// alice coming online and going offline reaches bob, who shares a message with her; the
+/// presence API agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_and_offline_reach_the_audience() {
+    let db = fresh_database().await;
+    insert(&connect(&db).await, &["alice", "bob"], json!({"hi": 1})).await;
+    let relay = Relay::start_with(&db, quick_presence()).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    bob.keep_presence = true;
+    bob.opening_position().await;
+
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let online = next_presence(&mut bob, PATIENCE)
+        .await
+        .expect("no online event");
+    assert_eq!(online["participant"], "alice");
+    assert_eq!(online["online"], true);
+    assert!(online["at"].as_str().unwrap().ends_with('Z'));
+
+    let bob_token = relay.token("bob", &[]);
+    let (status, answer) = get_presence(&relay.base, &bob_token, "alice,bob").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["presence"]["alice"]["online"], true);
+    assert!(answer["presence"]["alice"]["since"].is_string());
+    assert_eq!(answer["presence"]["bob"]["online"], true);
+
+    drop(alice);
+    let offline = next_presence(&mut bob, PATIENCE)
+        .await
+        .expect("no offline event");
+    assert_eq!(
+        offline,
+        json!({"participant": "alice", "online": false, "at": offline["at"]})
+    );
+    let (_, answer) = get_presence(&relay.base, &bob_token, "alice").await;
+    assert_eq!(answer["presence"]["alice"]["online"], false);
+    assert!(answer["presence"]["alice"]["last_seen"].is_string());
+}
+
+/// Tab reloads inside the debounce period announce nothing beyond the first online and the
+/// final offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_is_absorbed() {
+    let db = fresh_database().await;
+    insert(&connect(&db).await, &["alice", "bob"], json!({})).await;
+    // A debounce well above the reload gap, even on a loaded machine.
+    let mut settings = quick_presence();
+    settings.presence_debounce = Duration::from_millis(1500);
+    let relay = Relay::start_with(&db, settings).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    bob.keep_presence = true;
+    bob.opening_position().await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Ten reloads: each closes the stream, and a new one opens 100 ms later.
+    for _ in 0..10 {
+        drop(alice);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        alice = relay.subscribe("alice", "", None).await;
+        alice.opening_position().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(alice);
+    let mut seen = Vec::new();
+    while let Some(change) = next_presence(&mut bob, Duration::from_secs(3)).await {
+        seen.push(change["online"].clone());
+    }
+    assert_eq!(seen, [json!(true), json!(false)], "one online, one offline");
+}
+
+/// Presence queries answer 403 for participants outside the caller's audience, and the
+/// application's own `presence_audience` decides who that is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_audience_is_honoured() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    insert(&client, &["alice", "bob"], json!({})).await;
+    client
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION pgrelay.presence_audience(participant text) RETURNS text[]
+                 LANGUAGE sql STABLE AS $$ SELECT CASE WHEN participant = 'alice' THEN '{carol}'::text[] ELSE '{}' END $$",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::start_with(&db, quick_presence()).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    let mut carol = relay.subscribe("carol", "", None).await;
+    bob.keep_presence = true;
+    carol.keep_presence = true;
+    bob.opening_position().await;
+    carol.opening_position().await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+
+    let change = next_presence(&mut carol, PATIENCE)
+        .await
+        .expect("carol is the audience");
+    assert_eq!(change["participant"], "alice");
+    assert!(
+        next_presence(&mut bob, Duration::from_millis(800))
+            .await
+            .is_none(),
+        "bob is not"
+    );
+
+    let (status, answer) = get_presence(&relay.base, &relay.token("bob", &[]), "alice").await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["error"], "not_in_audience");
+    let (status, _) = get_presence(&relay.base, &relay.token("carol", &[]), "alice").await;
+    assert_eq!(status, 200);
+    let (status, _) = get_presence(&relay.base, &relay.token("bob", &[]), "bob").await;
+    assert_eq!(status, 200, "everyone may see themselves");
+    let (status, _) = get_presence(&relay.base, &relay.token("carol", &[]), "alice,bob").await;
+    assert_eq!(
+        status, 403,
+        "one hidden participant refuses the whole query"
+    );
+    for bad in ["", "a,,b", &"x,".repeat(101)] {
+        let (status, answer) = get_presence(&relay.base, &relay.token("bob", &[]), bad).await;
+        assert_eq!(status, 422, "{bad:?}: {answer}");
+    }
+    let (status, _) = get_presence(&relay.base, "garbage", "bob").await;
+    assert_eq!(status, 401);
+}
+
+/// Across three instances: a participant online on two stays online when one is SIGKILLed;
+/// one online only on the killed instance goes offline once its rows expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_across_instances_survives_sigkill() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    insert(&client, &["alice", "bob", "dave"], json!({})).await;
+    let a = RelayProcess::start(&db, QUICK_FLAGS, None).await;
+    let b = RelayProcess::start(&db, QUICK_FLAGS, None).await;
+    let c = RelayProcess::start(&db, QUICK_FLAGS, None).await;
+    let mut bob = b.subscribe("bob", "", None).await;
+    bob.keep_presence = true;
+    bob.opening_position().await;
+
+    let mut alice_on_a = a.subscribe("alice", "", None).await;
+    alice_on_a.opening_position().await;
+    let mut alice_on_c = c.subscribe("alice", "", None).await;
+    alice_on_c.opening_position().await;
+    let mut dave_on_a = a.subscribe("dave", "", None).await;
+    dave_on_a.opening_position().await;
+    let mut online = Vec::new();
+    for _ in 0..2 {
+        let change = next_presence(&mut bob, PATIENCE)
+            .await
+            .expect("online events");
+        assert_eq!(change["online"], true);
+        online.push(change["participant"].as_str().unwrap().to_owned());
+    }
+    online.sort();
+    assert_eq!(online, ["alice", "dave"]);
+
+    a.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let change = next_presence(&mut bob, Duration::from_secs(10))
+        .await
+        .expect("dave goes offline");
+    eprintln!(
+        "offline propagated {:?} after SIGKILL (TTL 2 s)",
+        killed.elapsed()
+    );
+    assert_eq!(
+        change,
+        json!({"participant": "dave", "online": false, "at": change["at"]})
+    );
+    // alice is still online through instance C: no event for her.
+    assert!(next_presence(&mut bob, Duration::from_secs(3))
+        .await
+        .is_none());
+    let (_, answer) = get_presence(&b.base, &b.token("bob", &[]), "alice,dave").await;
+    assert_eq!(answer["presence"]["alice"]["online"], true);
+    assert_eq!(answer["presence"]["dave"]["online"], false);
+    drop(alice_on_a);
+    drop(dave_on_a);
+}

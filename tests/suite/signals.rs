@@ -1,0 +1,151 @@
+//! Signals: live-only events that reach open streams on every instance and are never stored.
+
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::{json, Value};
+
+async fn post_signal(base: &str, token: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/signals"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// A signal POSTed to one instance reaches the participant's streams on every instance, as an
+/// event without `id:`, and is never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_reaches_every_instance_without_id() {
+    let db = fresh_database().await;
+    let first = Relay::start(&db).await;
+    let second = Relay::start(&db).await;
+    let mut on_first = first.subscribe("bob", "", None).await;
+    let mut on_second = second.subscribe("bob", "", None).await;
+    let position = on_first.opening_position().await;
+    on_second.opening_position().await;
+
+    let token = first.token("alice", &["publish"]);
+    let body = json!({"participants": ["bob"], "kind": "typing", "payload": {"conversation": 7}});
+    let (status, answer) = post_signal(&first.base, &token, &body).await;
+    assert_eq!(status, 202, "{answer}");
+    for stream in [&mut on_first, &mut on_second] {
+        let event = stream.next().await;
+        assert_eq!(event.event.as_deref(), Some("typing"));
+        assert!(event.id.is_none(), "a signal must not move Last-Event-ID");
+        let data: Value = serde_json::from_str(&event.data.unwrap()).unwrap();
+        assert_eq!(
+            data,
+            json!({"kind": "typing", "sender": "alice", "participants": ["bob", "alice"], "payload": {"conversation": 7}})
+        );
+    }
+
+    // Never stored: not in the table, not in catch-up, not in GET /v1/messages.
+    let client = connect(&db).await;
+    let stored: i64 = client
+        .query_one("SELECT count(*) FROM pgrelay.messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0);
+    let mut resumed = first.subscribe("bob", "since_id=0", None).await;
+    resumed.opening_position().await;
+    assert!(resumed
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_none());
+    let page: Value = reqwest::Client::new()
+        .get(format!("{}/v1/messages?since_id=0", first.base))
+        .bearer_auth(first.token("bob", &[]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"], json!([]));
+
+    // A message after the signal resumes from the pre-signal position exactly.
+    insert(&client, &["bob"], json!({"n": 1})).await;
+    let (id, _, _) = on_first.next_message().await;
+    let mut again = first.subscribe("bob", "", Some(position)).await;
+    again.opening_position().await;
+    assert_eq!(again.next_message().await.0, id);
+}
+
+/// `SELECT pgrelay.signal(…)` from SQL reaches streams; reserved kinds are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_signal_reaches_streams() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    bob.opening_position().await;
+    let client = connect(&db).await;
+    client
+        .batch_execute("SELECT pgrelay.signal('{bob}', 'typing', '{\"by\":\"psql\"}')")
+        .await
+        .unwrap();
+    let event = bob.next().await;
+    assert_eq!(event.event.as_deref(), Some("typing"));
+    let data: Value = serde_json::from_str(&event.data.unwrap()).unwrap();
+    assert_eq!(data["payload"], json!({"by": "psql"}));
+    assert_eq!(data["sender"], json!(null));
+    for refused in [
+        "SELECT pgrelay.signal('{bob}', 'presence', '{}')",
+        "SELECT pgrelay.signal('{bob}', 'two words', '{}')",
+        "SELECT pgrelay.signal('{}', 'typing', '{}')",
+        "SELECT pgrelay.signal('{bob}', 'typing', to_jsonb(repeat('x', 2000)))",
+    ] {
+        assert!(
+            client.batch_execute(refused).await.is_err(),
+            "accepted: {refused}"
+        );
+    }
+}
+
+/// Each sender gets a burst of 10 signals, then 429 until its bucket refills; bad signals get
+/// JSON errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_are_rate_limited_and_validated() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let alice = relay.token("alice", &["publish"]);
+    let body = json!({"participants": ["bob"], "kind": "typing", "payload": null});
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(post_signal(&relay.base, &alice, &body).await.0);
+    }
+    assert_eq!(statuses[..10], [202; 10]);
+    assert_eq!(statuses[10..], [429, 429]);
+    let (status, answer) =
+        post_signal(&relay.base, &relay.token("carol", &["publish"]), &body).await;
+    assert_eq!(status, 202, "another sender is not limited: {answer}");
+
+    let carol = relay.token("carol", &["publish"]);
+    let cases = [
+        (json!({"participants": ["bob"], "payload": 1}), 422),
+        (
+            json!({"participants": ["bob"], "kind": "presence", "payload": 1}),
+            422,
+        ),
+        (
+            json!({"participants": [], "kind": "typing", "payload": 1}),
+            422,
+        ),
+        (
+            json!({"participants": ["bob"], "kind": "typing", "payload": "x".repeat(1100)}),
+            413,
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = post_signal(&relay.base, &carol, &body).await;
+        assert_eq!(status, expected, "{body}: {answer}");
+        assert!(answer["error"].is_string());
+    }
+    let (status, _) = post_signal(&relay.base, &relay.token("dave", &[]), &body).await;
+    assert_eq!(status, 403, "signals need scope publish");
+}

@@ -1,0 +1,263 @@
+//! The SQL contract: migrations, the outbox's rules, and what psql users see.
+
+use crate::common::*;
+use serde_json::json;
+
+/// The migration files in sql/, in order.
+fn sql_files() -> Vec<std::path::PathBuf> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The versions of the files in sql/ (their number prefixes).
+fn all_versions() -> Vec<i32> {
+    sql_files()
+        .iter()
+        .map(|path| {
+            path.file_name().unwrap().to_str().unwrap()[..4]
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// A fresh database name on the test server, without the migration `fresh_database` applies.
+async fn empty_database() -> String {
+    let migrated = fresh_database().await;
+    let admin = connect(&migrated).await;
+    admin
+        .batch_execute("DROP SCHEMA pgrelay CASCADE")
+        .await
+        .unwrap();
+    migrated
+}
+
+/// `migrate` is idempotent: a second run applies nothing and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_twice_applies_once() {
+    let db = empty_database().await;
+    assert_eq!(
+        pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap(),
+        all_versions()
+    );
+    let client = connect(&db).await;
+    insert(&client, &["alice"], json!({})).await;
+    assert!(pgrelay::migrate::migrate(&db, "pgrelay")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids_for(&client, "alice").await.len(),
+        1,
+        "data survives a re-run"
+    );
+}
+
+/// Many instances migrating at once all succeed, and each version is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_all_succeed() {
+    let db = empty_database().await;
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap() })
+        })
+        .collect();
+    let mut applied = Vec::new();
+    for run in runs {
+        applied.extend(run.await.unwrap());
+    }
+    applied.sort();
+    assert_eq!(
+        applied,
+        all_versions(),
+        "exactly one run applies each version"
+    );
+    let client = connect(&db).await;
+    let versions: i64 = client
+        .query_one("SELECT count(*) FROM pgrelay.schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(versions as usize, all_versions().len());
+}
+
+/// The SQL file applies with psql -f semantics (twice, even), and `migrate` then knows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_file_applies_by_hand_and_is_recorded() {
+    let db = empty_database().await;
+    let client = connect(&db).await;
+    for path in sql_files() {
+        let sql = std::fs::read_to_string(path).unwrap();
+        client.batch_execute(&sql).await.unwrap();
+        client.batch_execute(&sql).await.unwrap();
+    }
+    assert!(pgrelay::migrate::migrate(&db, "pgrelay")
+        .await
+        .unwrap()
+        .is_empty());
+    insert(&client, &["alice"], json!({"ok": true})).await;
+    assert_eq!(ids_for(&client, "alice").await.len(), 1);
+}
+
+/// Ids are the relay's: explicit ids, id updates, empty participants and bad kinds are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_refuses_what_would_break_streams() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let refused = [
+        "INSERT INTO pgrelay.messages (id, participants, payload) VALUES (5, '{a}', '{}')",
+        "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{}', '{}')",
+        "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{a,NULL}', '{}')",
+        "INSERT INTO pgrelay.messages (participants, payload) VALUES (NULL, '{}')",
+        "INSERT INTO pgrelay.messages (participants, kind, payload) VALUES ('{a}', 'two words', '{}')",
+        "INSERT INTO pgrelay.messages (participants, kind, payload) VALUES ('{a}', E'x\\ny', '{}')",
+        "INSERT INTO pgrelay.messages (participants, kind, payload) VALUES ('{a}', 'presence', '{}')",
+        "INSERT INTO pgrelay.messages (participants, kind, payload) VALUES ('{a}', 'reset', '{}')",
+        "INSERT INTO pgrelay.messages (participants, kind, payload) VALUES ('{a}', '', '{}')",
+    ];
+    for statement in refused {
+        assert!(
+            client.batch_execute(statement).await.is_err(),
+            "accepted: {statement}"
+        );
+    }
+    insert(&client, &["a"], json!({})).await;
+    let id = ids_for(&client, "a").await[0];
+    assert!(client
+        .batch_execute(&format!(
+            "UPDATE pgrelay.messages SET id = id + 100 WHERE id = {id}"
+        ))
+        .await
+        .is_err());
+    // Other columns may be updated (say, to redact a payload).
+    client
+        .batch_execute(&format!(
+            "UPDATE pgrelay.messages SET payload = '{{}}' WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ids_for(&client, "a").await, vec![id]);
+}
+
+/// `pgrelay.publish` returns the commit-ordered id; a plain INSERT's RETURNING sees only the
+/// negative placeholder, which is replaced at commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_returns_id_and_insert_returns_placeholder() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let placeholder: i64 = client
+        .query_one(
+            "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{a}', '{}') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(placeholder < 0);
+    let published: i64 = client
+        .query_one(
+            "SELECT pgrelay.publish('{a}', '{\"x\":1}', 'chat', 'me')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ids_for(&client, "a").await, vec![published - 1, published]);
+    let row = client
+        .query_one(
+            "SELECT kind, sender FROM pgrelay.messages WHERE id = $1",
+            &[&published],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "chat");
+    assert_eq!(row.get::<_, String>(1), "me");
+}
+
+/// A relay refuses to start on a database whose trigger notifies on another channel, and works
+/// once its `--channel` matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_mismatch_is_refused() {
+    let db = fresh_database().await;
+    pgrelay::migrate::migrate(&db, "other_channel")
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = pgrelay::RelayConfig {
+        database_url: db.clone(),
+        listen_database_url: db.clone(),
+        pool_size: 2,
+        keys: pgrelay::auth::Keys::from_secret_list(SECRET).unwrap(),
+        settings: test_settings(),
+        limits: test_limits(),
+    };
+    let error = pgrelay::run(config, listener, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("other_channel"), "{error}");
+
+    let mut settings = test_settings();
+    settings.channel = "other_channel".into();
+    let relay = Relay::start_with(&db, settings).await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    insert(
+        &connect(&db).await,
+        &["alice"],
+        json!({"via": "other_channel"}),
+    )
+    .await;
+    assert_eq!(
+        alice.next_message().await.2["payload"]["via"],
+        "other_channel"
+    );
+}
+
+/// An application role needs only INSERT on the outbox: the trigger functions do the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_privilege_is_enough_to_publish() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let owner = connect(&db).await;
+    let role = format!("app_writer_{}", std::process::id());
+    owner
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA pgrelay TO {role};
+             GRANT INSERT ON pgrelay.messages TO {role};"
+        ))
+        .await
+        .unwrap();
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let writer_url = db.replacen("postgres@", &format!("{role}@"), 1);
+    let writer = connect(&writer_url).await;
+    writer
+        .batch_execute("INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', '{\"by\":\"app\"}')")
+        .await
+        .unwrap();
+    assert_eq!(alice.next_message().await.2["payload"]["by"], "app");
+    // Only INSERT: reading or changing the outbox stays refused.
+    assert!(writer
+        .batch_execute("SELECT * FROM pgrelay.messages")
+        .await
+        .is_err());
+    assert!(writer
+        .batch_execute("DELETE FROM pgrelay.messages")
+        .await
+        .is_err());
+    drop(writer);
+    drop(alice);
+    relay.stop().await;
+    owner
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
