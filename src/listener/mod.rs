@@ -29,13 +29,14 @@
 //! and treats the LISTEN connection as lost when it has not heard it by the next interval. The
 //! relay reports ready only after the first heartbeat has made the round trip.
 
+mod heartbeat;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -45,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::registry::{Live, Registry};
 use crate::store::{self, DbPool};
 use crate::tls;
+use heartbeat::Heartbeat;
 
 /// What the listener needs from the rest of the relay.
 pub struct Listener {
@@ -248,137 +250,6 @@ impl Wakeups {
         self.heard.fetch_add(1, Ordering::Relaxed);
         self.raised.notify_one();
     }
-}
-
-/// The listener's proof that its connection still receives notifications.
-struct Heartbeat {
-    /// `{"heartbeat":"<instance>:` — identifies this session's own heartbeats; other
-    /// instances' heartbeats on the shared channel are dropped unread.
-    prefix: String,
-    /// Number of the last heartbeat sent.
-    sent: AtomicU64,
-    /// Number of the last heartbeat received back, written by the connection driver.
-    received: AtomicU64,
-    /// Woken by the driver whenever one of ours comes back.
-    arrived: Notify,
-}
-
-impl Heartbeat {
-    fn new() -> Heartbeat {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        Heartbeat {
-            prefix: format!(r#"{{"heartbeat":"{}-{nanos}:"#, std::process::id()),
-            sent: AtomicU64::new(0),
-            received: AtomicU64::new(0),
-            arrived: Notify::new(),
-        }
-    }
-
-    /// Whether `payload` is a heartbeat (anyone's); records our own as received.
-    fn is_heartbeat(&self, payload: &str) -> bool {
-        if let Some(rest) = payload.strip_prefix(&self.prefix) {
-            if let Some(number) = rest.strip_suffix(r#""}"#).and_then(|n| n.parse().ok()) {
-                self.received.fetch_max(number, Ordering::SeqCst);
-                self.arrived.notify_waiters();
-            }
-            return true;
-        }
-        payload.starts_with(r#"{"heartbeat":"#)
-    }
-
-    /// Sends a heartbeat and waits (up to one interval) until it comes back.
-    async fn round_trip(
-        &self,
-        listener: &Listener,
-        client: &tokio_postgres::Client,
-    ) -> Result<(), Error> {
-        let number = self.send(listener, client).await?;
-        let back = async {
-            loop {
-                // Created before the check, so a wake-up in between is not lost.
-                let arrived = self.arrived.notified();
-                if self.received.load(Ordering::SeqCst) >= number {
-                    return;
-                }
-                arrived.await;
-            }
-        };
-        tokio::time::timeout(listener.heartbeat, back)
-            .await
-            .map_err(|_| self.lost(number, listener))
-    }
-
-    /// Fails if the previous heartbeat has not come back; otherwise sends the next one.
-    async fn beat(
-        &self,
-        listener: &Listener,
-        client: &tokio_postgres::Client,
-    ) -> Result<(), Error> {
-        let sent = self.sent.load(Ordering::SeqCst);
-        if self.received.load(Ordering::SeqCst) < sent {
-            return Err(self.lost(sent, listener));
-        }
-        self.send(listener, client).await.map(|_| ())
-    }
-
-    fn lost(&self, number: u64, listener: &Listener) -> Error {
-        Error::connection(format!(
-            "heartbeat {number} did not come back within {:?}: the connection does not receive \
-             notifications (a dead connection, or LISTEN through a transaction-mode pooler?)",
-            listener.heartbeat
-        ))
-    }
-
-    /// Sends the next heartbeat and reads the notification queue's fill level for `/metrics`;
-    /// returns the heartbeat's number.
-    async fn send(
-        &self,
-        listener: &Listener,
-        client: &tokio_postgres::Client,
-    ) -> Result<u64, Error> {
-        let next = self.sent.load(Ordering::SeqCst) + 1;
-        self.sent.store(next, Ordering::SeqCst);
-        let payload = format!(r#"{}{next}"}}"#, self.prefix);
-        // Sent from a pool session, like an application's NOTIFY: a LISTEN session parked in
-        // a transaction-mode pooler hears its own notifications but never anyone else's. Only
-        // when the pool fails does the LISTEN connection notify itself, which at least proves
-        // that it still answers.
-        let pooled = match listener.pool.get().await {
-            Ok(pooled) => notify(listener, &pooled, &payload).await,
-            Err(error) => Err(error.into()),
-        };
-        let usage = match pooled {
-            Ok(usage) => usage,
-            Err(error) => {
-                debug!(%error, "heartbeat through the pool failed; sending it on the LISTEN connection");
-                notify(listener, client, &payload).await?
-            }
-        };
-        listener.metrics.set_notify_queue_usage(usage);
-        Ok(next)
-    }
-}
-
-/// Sends `payload` on the channel; returns `pg_notification_queue_usage()`.
-async fn notify(
-    listener: &Listener,
-    client: &tokio_postgres::Client,
-    payload: &str,
-) -> Result<f64, Error> {
-    let params: [(&(dyn ToSql + Sync), Type); 2] =
-        [(&listener.channel, Type::TEXT), (&payload, Type::TEXT)];
-    let query = client.query_typed_one(
-        "SELECT pg_notify($1, $2)::text, pg_notification_queue_usage()",
-        &params,
-    );
-    let row = tokio::time::timeout(listener.heartbeat, query)
-        .await
-        .map_err(|_| {
-            Error::connection("the heartbeat query timed out: the connection is not answering")
-        })??;
-    Ok(row.try_get(1)?)
 }
 
 /// Aborts the connection driver when the session ends, closing the socket.
