@@ -7,6 +7,7 @@
 
 mod common;
 
+mod architecture;
 mod attach;
 mod auth;
 mod browser;
