@@ -192,16 +192,6 @@ fn assert_no_token_text(text: &str, secret: &str, context: &str) {
     }
 }
 
-/// Number of stored messages.
-async fn message_count(database_url: &str) -> i64 {
-    let client = connect(database_url).await;
-    client
-        .query_one("SELECT count(*) FROM pgrelay.messages", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// Every bad, forged, expired or misplaced token gets a JSON 401 and Bearer challenge everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_with_json_401() {
@@ -388,7 +378,7 @@ async fn bad_tokens_are_refused_with_json_401() {
         }
     }
     assert_eq!(
-        message_count(&db).await,
+        message_count(&connect(&db).await).await,
         0,
         "a refused POST stored a message"
     );
@@ -417,7 +407,7 @@ async fn good_token_is_accepted_from_header_and_query() {
             }
         }
     }
-    assert_eq!(message_count(&db).await, 2);
+    assert_eq!(message_count(&connect(&db).await).await, 2);
 
     let response = reqwest::Client::new()
         .get(format!("{}/v1/messages?token=garbage", relay.base))
@@ -475,7 +465,7 @@ async fn key_rotation_accepts_every_listed_key() {
             }
         }
     }
-    assert_eq!(message_count(&db).await, 4);
+    assert_eq!(message_count(&connect(&db).await).await, 4);
 
     // The first key signs what `pgrelay token` would mint, and a list key is not a prefix match.
     let minted = Keys::from_secret_list("new-secret-key").unwrap().mint(
@@ -499,7 +489,7 @@ async fn key_rotation_accepts_every_listed_key() {
             assert_refused(response, 401, "bad_signature", Some(&token), &context).await;
         }
     }
-    assert_eq!(message_count(&db).await, 4);
+    assert_eq!(message_count(&connect(&db).await).await, 4);
     relay.stop().await;
 }
 
@@ -543,13 +533,13 @@ async fn publishing_needs_the_publish_scope() {
             }
         }
     }
-    assert_eq!(message_count(&db).await, 0);
+    assert_eq!(message_count(&connect(&db).await).await, 0);
 
     // Among other scopes, `publish` is found.
     let token = signed(&json!({"sub": "alice", "exp": exp, "scope": "read publish admin"}));
     let response = call(&relay.base, Route::Post, &Credential::Bearer(token)).await;
     assert_eq!(response.status(), 201);
-    assert_eq!(message_count(&db).await, 1);
+    assert_eq!(message_count(&connect(&db).await).await, 1);
 }
 
 /// Error answers never echo the request's token, whatever else was wrong with the request.
@@ -624,7 +614,7 @@ async fn error_bodies_never_contain_the_token() {
         assert!(body["message"].is_string(), "{name}: {text}");
         assert_no_token_text(&text, &token, name);
     }
-    assert_eq!(message_count(&db).await, 0);
+    assert_eq!(message_count(&connect(&db).await).await, 0);
 }
 
 /// An expiring token ends its stream with `event: token_expired`, `{"reason":"token_expired"}`.

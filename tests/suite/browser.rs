@@ -19,7 +19,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{connect, fresh_database, SECRET};
+use crate::common::{connect, free_port, fresh_database, SECRET};
 use pgrelay::auth::Keys;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -353,15 +353,6 @@ impl Drop for RelayChild {
             let _ = child.wait();
         }
     }
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The second origin: answers `GET /` (any query) with the demo page, anything else with 404.

@@ -5,37 +5,6 @@ use pgrelay::Settings;
 use reqwest::header::HeaderValue;
 use serde_json::{json, Value};
 
-/// Checks the answer has `status` and a JSON body `{"error": code, "message": <text>}`.
-async fn assert_json_error(response: reqwest::Response, status: u16, code: &str, context: &str) {
-    assert_eq!(response.status().as_u16(), status, "{context}");
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|value| value.to_str().unwrap().to_owned());
-    assert_eq!(
-        content_type.as_deref(),
-        Some("application/json"),
-        "{context}"
-    );
-    let text = response.text().await.unwrap();
-    let body: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|error| panic!("{context}: body is not JSON ({error}): {text:?}"));
-    assert_eq!(body["error"], code, "{context}: {body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{context}: {body}"
-    );
-}
-
-/// Number of stored messages.
-async fn message_count(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one("SELECT count(*) FROM pgrelay.messages", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// A `POST /v1/messages` body with `payload` spliced in as raw JSON.
 fn body_with_payload(payload: &str) -> String {
     format!(r#"{{"participants":["bob"],"payload":{payload}}}"#)
@@ -606,17 +575,8 @@ async fn limit_is_clamped_to_1000() {
     let ids = ids_for(&client, "alice").await;
     assert_eq!(ids.len(), 1005);
 
-    let page: Value = reqwest::Client::new()
-        .get(format!("{}/v1/messages?since_id=0&limit=5000", relay.base))
-        .bearer_auth(relay.token("alice", &[]))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alice = relay.token("alice", &[]);
+    let page = history_page(&relay.base, &alice, "since_id=0&limit=5000").await;
     let messages = page["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 1000);
     assert_eq!(messages[0]["id"], ids[0]);

@@ -30,11 +30,6 @@ fn token(sub: &str) -> String {
     token_for(sub, Duration::from_secs(3600), &[])
 }
 
-/// `host:port` of a base URL.
-fn address(base: &str) -> &str {
-    base.strip_prefix("http://").unwrap()
-}
-
 /// Who message `n` of a writer schedule is for; `dave` is nobody's subscriber, so every
 /// eighth message must reach no one in these tests.
 fn mix(n: usize) -> &'static [&'static str] {
@@ -567,19 +562,6 @@ impl RawStream {
     }
 }
 
-/// A relay metric's value from `/metrics`.
-async fn metric(base: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-}
-
 /// A subscriber that stops reading while 10,000 messages are addressed to it keeps the
 /// relay's memory bounded, holds back no other subscriber, and still gets every message once,
 /// in order, when it reads again.
@@ -655,7 +637,7 @@ async fn slow_reader_is_bounded_and_exact_and_holds_no_one_back() {
     // (The relay's kernel send buffer grows to tcp_wmem's 4 MiB and takes about 7,800 of
     // these events, which is why the payloads must not be much smaller.)
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let delivered = metric(&relay.base, "pgrelay_events_delivered_total")
+    let delivered = try_metric(&relay.base, "pgrelay_events_delivered_total")
         .await
         .unwrap() as i64;
     let slow_sent = delivered - i64::from(COUNT);
@@ -696,7 +678,7 @@ async fn slow_reader_is_bounded_and_exact_and_holds_no_one_back() {
          growth {} KiB; catch-up queries {:?}",
         drain_started.elapsed(),
         peak.saturating_sub(before),
-        metric(&relay.base, "pgrelay_catch_up_queries_total").await
+        try_metric(&relay.base, "pgrelay_catch_up_queries_total").await
     );
     assert!(
         peak.saturating_sub(before) < 64 * 1024,

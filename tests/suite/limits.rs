@@ -21,26 +21,9 @@ async fn limited_relay(database_url: &str, limits: ConnectionLimits) -> Relay {
     .await
 }
 
-/// `host:port` of a base URL.
-fn addr_of(base: &str) -> &str {
-    base.strip_prefix("http://").unwrap()
-}
-
 /// The stream URL for a token.
 fn stream_url(base: &str, token: &str) -> String {
     format!("{base}/v1/stream?token={token}")
-}
-
-/// Checks the answer has `status` and a JSON body `{"error": code, "message": <text>}`.
-async fn assert_json_error(response: reqwest::Response, status: u16, code: &str) {
-    assert_eq!(response.status().as_u16(), status);
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "application/json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], code, "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
 }
 
 /// Waits (up to `wait`) until the subscriber gauge reads `expected`.
@@ -111,7 +94,7 @@ async fn streams_per_participant_are_limited() {
     let token = relay.token("alice", &[]);
     for _ in 0..3 {
         let refused = reqwest::get(stream_url(&relay.base, &token)).await.unwrap();
-        assert_json_error(refused, 429, "too_many_streams").await;
+        assert_json_error(refused, 429, "too_many_streams", "").await;
     }
     // The limit is per participant, and refused attempts hold nothing.
     let mut bobs = Vec::new();
@@ -128,7 +111,7 @@ async fn streams_per_participant_are_limited() {
     let mut fresh = relay.subscribe("alice", "", None).await;
     fresh.opening_position().await;
     let refused = reqwest::get(stream_url(&relay.base, &token)).await.unwrap();
-    assert_json_error(refused, 429, "too_many_streams").await;
+    assert_json_error(refused, 429, "too_many_streams", "").await;
 
     // The new stream is a working one, and so are the old ones.
     let client = connect(&db).await;
@@ -190,10 +173,10 @@ async fn connections_over_the_limit_get_503() {
     // closed unanswered (an answer before the request would confuse real clients).
     for path in ["/healthz", "/v1/stream", "/metrics", "/nowhere"] {
         let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
-        let answer = raw_exchange(addr_of(&relay.base), request).await.unwrap();
+        let answer = raw_exchange(address(&relay.base), request).await.unwrap();
         assert_over_capacity(&answer, path);
     }
-    let mut silent = TcpStream::connect(addr_of(&relay.base)).await.unwrap();
+    let mut silent = TcpStream::connect(address(&relay.base)).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(PATIENCE, silent.read_to_end(&mut answer))
         .await
@@ -242,7 +225,7 @@ async fn over_capacity_answer_reaches_http_clients() {
             .await
             .unwrap_or_else(|error| panic!("no 503 but {error:?}"));
         assert_eq!(response.headers()["retry-after"], "5");
-        assert_json_error(response, 503, "over_capacity").await;
+        assert_json_error(response, 503, "over_capacity", "").await;
     }
     drop(stream);
     relay.stop().await;
@@ -294,7 +277,7 @@ async fn trickle_until_closed(addr: String, head: &'static [u8]) -> Duration {
 async fn slow_headers_are_cut_off() {
     let db = fresh_database().await;
     let relay = limited_relay(&db, short_header_timeout()).await;
-    let addr = addr_of(&relay.base).to_owned();
+    let addr = address(&relay.base).to_owned();
     let mut tricklers = JoinSet::new();
     for _ in 0..20 {
         tricklers.spawn(trickle_until_closed(
@@ -342,7 +325,7 @@ async fn silent_connections_are_cut_off() {
         ..short_header_timeout()
     };
     let relay = limited_relay(&db, limits).await;
-    let addr = addr_of(&relay.base).to_owned();
+    let addr = address(&relay.base).to_owned();
     // Let the start-up check's connection close, then take every slot without a word.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut silent = Vec::new();
@@ -366,7 +349,7 @@ async fn silent_connections_are_cut_off() {
 async fn http2_connections_without_a_request_are_cut_off() {
     let db = fresh_database().await;
     let relay = limited_relay(&db, short_header_timeout()).await;
-    let addr = addr_of(&relay.base).to_owned();
+    let addr = address(&relay.base).to_owned();
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
     let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
@@ -395,7 +378,7 @@ async fn http2_connections_without_a_request_are_cut_off() {
 async fn idle_keep_alive_connections_are_cut_off() {
     let db = fresh_database().await;
     let relay = limited_relay(&db, short_header_timeout()).await;
-    let mut socket = TcpStream::connect(addr_of(&relay.base)).await.unwrap();
+    let mut socket = TcpStream::connect(address(&relay.base)).await.unwrap();
     socket
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -455,7 +438,7 @@ async fn abandoned_connections_leave_nothing_behind() {
     // Partial requests, streams dropped at once or after their first bytes, with FIN or RST.
     let db = fresh_database().await;
     let relay = Relay::start(&db).await;
-    let addr = addr_of(&relay.base).to_owned();
+    let addr = address(&relay.base).to_owned();
     let mut opened = 0;
     for batch in 0..10 {
         let mut connections = JoinSet::new();
@@ -496,7 +479,7 @@ async fn oversized_headers_are_refused() {
     // hyper's limits: about 408 KiB of buffered head, and 100 header fields.
     let db = fresh_database().await;
     let relay = Relay::start(&db).await;
-    let addr = addr_of(&relay.base).to_owned();
+    let addr = address(&relay.base).to_owned();
     let cases: [(&str, Vec<u8>); 3] = [
         (
             "one 1 MiB header",
@@ -556,7 +539,7 @@ async fn oversized_headers_are_refused() {
     // A huge token in the query string is an ordinary 401.
     let token = "t".repeat(32 * 1024);
     let response = reqwest::get(stream_url(&relay.base, &token)).await.unwrap();
-    assert_json_error(response, 401, "token_too_long").await;
+    assert_json_error(response, 401, "token_too_long", "").await;
     assert_healthy(&relay.base).await;
     relay.stop().await;
 }

@@ -29,6 +29,7 @@ async fn next_presence(stream: &mut Subscriber, wait: Duration) -> Option<Value>
     }
 }
 
+/// `GET /v1/presence?participants=…`: the status and the JSON answer.
 async fn get_presence(base: &str, token: &str, participants: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
         .get(format!("{base}/v1/presence?participants={participants}"))
@@ -36,8 +37,7 @@ async fn get_presence(base: &str, token: &str, participants: &str) -> (u16, Valu
         .send()
         .await
         .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    status_and_json(response).await
 }
 
 /// alice coming online and going offline reaches bob, who shares a message with her; the

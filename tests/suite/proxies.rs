@@ -40,15 +40,8 @@ async fn queries_through_pgbouncer_transaction_mode() {
         let (_, _, data) = bob.next_message().await;
         assert_eq!(data["payload"]["round"], round);
     }
-    let page: serde_json::Value = http
-        .get(format!("{}/v1/messages?since_id=0&limit=1000", relay.base))
-        .bearer_auth(relay.token("bob", &[]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bob = relay.token("bob", &[]);
+    let page = history_page(&relay.base, &bob, "since_id=0&limit=1000").await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 23);
     let ready = reqwest::get(format!("{}/readyz", relay.base))
         .await

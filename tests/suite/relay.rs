@@ -61,15 +61,7 @@ async fn isolation_between_participants() {
 
     // The JSON API applies the same rule.
     let token = relay.token("alice", &[]);
-    let page: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/v1/messages?since_id=0", relay.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = history_page(&relay.base, &token, "since_id=0").await;
     let payloads: Vec<_> = page["messages"]
         .as_array()
         .unwrap()

@@ -139,23 +139,11 @@ async fn history_then_subscribe_misses_nothing() {
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let token = relay.token("alice", &[]);
-    let http = reqwest::Client::new();
     let mut received = Vec::new();
     let mut since = 0;
     // Page through history the way a polling client would.
     loop {
-        let page: serde_json::Value = http
-            .get(format!(
-                "{}/v1/messages?since_id={since}&limit=50",
-                relay.base
-            ))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = history_page(&relay.base, &token, &format!("since_id={since}&limit=50")).await;
         let messages = page["messages"].as_array().unwrap();
         received.extend(messages.iter().map(|m| m["id"].as_i64().unwrap()));
         since = page["next_since_id"].as_i64().unwrap();

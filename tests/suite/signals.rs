@@ -5,16 +5,9 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::{json, Value};
 
+/// `POST /v1/signals`: the status and the JSON answer.
 async fn post_signal(base: &str, token: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{base}/v1/signals"))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    status_and_json(post(base, "/v1/signals", token, body.clone()).await).await
 }
 
 /// A signal POSTed to one instance reaches the participant's streams on every instance, as an
@@ -58,15 +51,7 @@ async fn signal_reaches_every_instance_without_id() {
         .next_within(Duration::from_millis(300))
         .await
         .is_none());
-    let page: Value = reqwest::Client::new()
-        .get(format!("{}/v1/messages?since_id=0", first.base))
-        .bearer_auth(first.token("bob", &[]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = history_page(&first.base, &first.token("bob", &[]), "since_id=0").await;
     assert_eq!(page["messages"], json!([]));
 
     // A message after the signal resumes from the pre-signal position exactly.

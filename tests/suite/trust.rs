@@ -326,27 +326,6 @@ async fn insert_large(client: &Client, participants: &[&str], count: i64, size: 
         .unwrap();
 }
 
-/// `GET /v1/messages` as `token`.
-async fn history(base: &str, token: &str, query: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .get(format!("{base}/v1/messages?{query}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-}
-
-/// `POST {route}` (`/v1/messages`, `/v1/signals`) as `token` with a JSON `body`.
-async fn post(base: &str, route: &str, token: &str, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{base}{route}"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Memory pinned by one token, part 1: a history page is capped in bytes as well as rows,
 /// and following `next_since_id` still returns every message exactly once, in order.
 #[tokio::test]

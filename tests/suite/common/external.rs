@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::free_port;
+
 /// Finds `name` on PATH or in /usr/sbin; a missing tool fails the test with what to install.
 pub fn require_binary(name: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
@@ -57,14 +59,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits until something accepts TCP connections on `port`.

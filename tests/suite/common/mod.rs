@@ -5,6 +5,9 @@
 //! throwaway cluster for the suite, stopped when the binary exits.
 
 pub mod external;
+mod http;
+
+pub use http::*;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -580,19 +583,11 @@ pub fn port_of(database_url: &str) -> u16 {
     config.get_ports()[0]
 }
 
-/// A counter or gauge from the relay's `/metrics`.
-pub async fn metric(base: &str, name: &str) -> u64 {
-    let body = reqwest::get(format!("{base}/metrics"))
+/// Number of stored messages.
+pub async fn message_count(client: &Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM pgrelay.messages", &[])
         .await
         .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("{name} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("{name} is not exported"))
-        .trim()
-        .parse::<f64>()
-        .unwrap() as u64
+        .get(0)
 }
