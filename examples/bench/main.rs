@@ -4,6 +4,7 @@
 //! cargo run --release --example bench              # full run, about 5 minutes
 //! cargo run --release --example bench -- --quick   # smoke run, under 2 minutes
 //! cargo run --release --example bench -- --throughput  # ceilings and ladders only, ~2 minutes
+//! cargo run --release --example bench -- --latency     # floor and commit-to-SSE latency, ~1 minute
 //! ```
 //!
 //! The example first runs `cargo build --release --bin pgrelay` (a no-op when the binary is
@@ -138,11 +139,13 @@ pub(crate) const WANTED_FILES: libc::rlim_t = 65_536;
 pub(crate) const NEEDED_FILES: libc::rlim_t = MANY as libc::rlim_t + 1_000;
 
 pub(crate) const USAGE: &str =
-    "usage: cargo run --release --example bench [-- --quick] [-- --throughput] [-- --no-build]
+    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency] [-- --no-build]
 
   --quick      short smoke run (under 2 minutes): shorter phases, fewer throughput steps
   --throughput only the ceilings and the throughput ladders (with 1,000 subscribers), for
                trying a change to the hot path in about two minutes
+  --latency    only the LISTEN floor and commit-to-SSE latency with 1,000 subscribers, in
+               about a minute (add --quick for a shorter run)
   --no-build   do not run `cargo build --release --bin pgrelay` first
 
 Starts its own throwaway PostgreSQL and its own `target/release/pgrelay serve` processes on
@@ -153,6 +156,8 @@ pub(crate) struct Profile {
     pub(crate) quick: bool,
     /// Only the ceilings and the throughput ladders (`--throughput`).
     pub(crate) throughput_only: bool,
+    /// Only the floor and the latency with 1,000 subscribers (`--latency`).
+    pub(crate) latency_only: bool,
     pub(crate) floor: Duration,
     pub(crate) latency: Duration,
     pub(crate) ceiling: Duration,
@@ -172,6 +177,7 @@ impl Profile {
         Profile {
             quick: false,
             throughput_only: false,
+            latency_only: false,
             floor: Duration::from_secs(20),
             latency: Duration::from_secs(30),
             ceiling: Duration::from_secs(5),
@@ -191,6 +197,7 @@ impl Profile {
         Profile {
             quick: true,
             throughput_only: false,
+            latency_only: false,
             floor: Duration::from_secs(3),
             latency: Duration::from_secs(3),
             ceiling: Duration::from_millis(1500),
@@ -219,10 +226,12 @@ impl Options {
             build: true,
         };
         let mut throughput_only = false;
+        let mut latency_only = false;
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => options.profile = Profile::quick(),
                 "--throughput" => throughput_only = true,
+                "--latency" => latency_only = true,
                 "--no-build" => options.build = false,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -232,6 +241,7 @@ impl Options {
             }
         }
         options.profile.throughput_only = throughput_only;
+        options.profile.latency_only = latency_only;
         Ok(options)
     }
 }

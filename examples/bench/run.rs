@@ -4,7 +4,11 @@ use super::*;
 
 pub(crate) async fn run(options: &Options, report: &mut Report) -> Res<()> {
     let profile = &options.profile;
-    report.mode = if profile.quick { "quick" } else { "full" };
+    report.mode = match (profile.latency_only, profile.quick) {
+        (true, _) => "latency",
+        (false, true) => "quick",
+        (false, false) => "full",
+    };
     let relay_bin = relay_binary(options.build)?;
     report.load_start = load_average();
     let started = Instant::now();
@@ -45,6 +49,12 @@ pub(crate) async fn phases(
     let names: Names = Arc::new((0..MANY).map(|i| format!("p{i:05}")).collect());
     let keys = Keys::from_secret_list(SECRET)?;
 
+    if profile.latency_only {
+        return latency_only(
+            cluster, &admin, relay_bin, profile, logs, &names, &keys, report,
+        )
+        .await;
+    }
     let main = create_database(cluster, &admin, "bench_main").await?;
     if profile.throughput_only {
         let ceiling_db = create_database(cluster, &admin, "bench_ceiling").await?;
@@ -106,6 +116,48 @@ pub(crate) async fn phases(
     let catch_up_db = create_database(cluster, &admin, "bench_catch_up").await?;
     report.catch_up =
         Some(catch_up_phase(&catch_up_db, relay_bin, profile, logs, &keys, &names).await?);
+    Ok(())
+}
+
+/// `--latency`: the LISTEN floor and commit-to-SSE latency with 1,000 subscribers, nothing
+/// else. (This was examples/latency.rs, with one in-process subscriber; the relay now runs as
+/// its own process, as in every other phase.)
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn latency_only(
+    cluster: &TempCluster,
+    admin: &Client,
+    relay_bin: &Path,
+    profile: &Profile,
+    logs: &LogDir,
+    names: &Names,
+    keys: &Keys,
+    report: &mut Report,
+) -> Res<()> {
+    let floor_db = create_database(cluster, admin, "bench_floor").await?;
+    progress("floor: raw LISTEN at 1,000 messages/s…");
+    report.floor = Some(floor_phase(&floor_db, profile, names).await?);
+
+    let url = create_database(cluster, admin, "bench_latency").await?;
+    let db = connect(&url, "pgrelay-bench").await?;
+    let mut relay = RelayChild::spawn(relay_bin, &url, logs.file("relay-latency.log"))?;
+    relay.wait_ready(Duration::from_secs(20)).await?;
+    let (arrivals, mut heard) = mpsc::unbounded_channel::<Arrival>();
+    let hub = Arc::new(Hub::new(arrivals));
+    let mut subscribers = Subscribers::default();
+    subscribers
+        .open(relay.addr, keys, names, 0..FEW, &hub)
+        .await?;
+    presence_settled(&db, i64::from(FEW), Duration::from_secs(60)).await?;
+    let ctx = RelayCtx {
+        url: &url,
+        relay: &relay,
+        names,
+        db: &db,
+    };
+    report.latency_few = Some(latency_step(&ctx, &mut heard, FEW, profile, report).await?);
+    report.problems.extend(hub.take_problems());
+    drop(subscribers);
+    relay.stop();
     Ok(())
 }
 
