@@ -8,7 +8,7 @@ use base64::Engine;
 /// The browser client module, served at `/v1/client.js`.
 const CLIENT_JS: &str = include_str!("../../clients/js/src/index.js");
 
-/// The OpenAPI 3.1 document of this API, served at `/v1/openapi.json` (tests/openapi.rs
+/// The OpenAPI 3.1 document of this API, served at `/v1/openapi.json` (tests/suite/openapi.rs
 /// checks the live server against it).
 const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 

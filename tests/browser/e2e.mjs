@@ -1,6 +1,6 @@
 // End-to-end test of the demo page and /v1/client.js in headless Chromium.
 //
-// Driven by tests/browser.rs, which starts the relay and a second-origin static server and
+// Driven by tests/suite/browser.rs, which starts the relay and a second-origin static server and
 // passes everything in the environment:
 //   RELAY_URL         the relay, serving the demo page at /
 //   OTHER_ORIGIN_URL  another origin serving the same page bytes
@@ -48,7 +48,7 @@ const watchdog = setTimeout(() => fail(`the e2e script did not finish within ${W
 
 function required(name) {
   const value = process.env[name];
-  if (!value) fail(`${name} is not set (run this through \`cargo test --test browser\`)`);
+  if (!value) fail(`${name} is not set (run this through \`cargo test --test suite browser::\`)`);
   return value;
 }
 

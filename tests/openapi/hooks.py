@@ -1,4 +1,4 @@
-"""Schemathesis hooks for tests/openapi.rs: every request carries a fresh token.
+"""Schemathesis hooks for tests/suite/openapi.rs: every request carries a fresh token.
 
 Tokens are minted here (HS256, the standard library only) with scope `publish` and a lifetime of
 two seconds, so that a `GET /v1/stream` that the fuzzer opens ends by itself with

@@ -1,5 +1,5 @@
 // One SSE client library reading a relay stream the way an application would, for
-// tests/sse_libraries.rs. Usage: node client.mjs <library>; RELAY_URL and TOKEN in the
+// tests/suite/sse_libraries.rs. Usage: node client.mjs <library>; RELAY_URL and TOKEN in the
 // environment. Prints one JSON line per thing the library hands the application:
 //   {"open": true}                                   the stream is (re)connected
 //   {"event": "<name>", "id": "<last id>", "data": "<data>"}   an event

@@ -1,5 +1,5 @@
 """One Python SSE client library reading a relay stream the way an application would, for
-tests/sse_libraries.rs. Usage: python client.py <library>; RELAY_URL and TOKEN in the
+tests/suite/sse_libraries.rs. Usage: python client.py <library>; RELAY_URL and TOKEN in the
 environment. Prints one JSON line per thing the library hands the application, as client.mjs:
 {"open": true} on each (re)connect, {"event", "id", "data"} per event. Where the library does not
 resume by itself, the loop here reconnects with the last id the library reported, as its

@@ -1021,7 +1021,7 @@ async fn the_demo_page_runs_only_its_own_code() {
 }
 
 /// Tokens in logs: the nginx block we ship logs no request line, because tokens travel in
-/// query strings. (tests/proxies.rs checks nginx's real log files when nginx is installed.)
+/// query strings. (tests/suite/proxies.rs checks nginx's real log files when nginx is installed.)
 #[test]
 fn the_nginx_example_logs_no_query_strings() {
     let config: String = include_str!("../../deploy/nginx-location.conf")

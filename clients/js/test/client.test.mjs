@@ -1,5 +1,5 @@
 // The package against a real relay: RELAY_URL, and PGRELAY_SECRET to mint tokens.
-// Run by `npm test`, and by the relay's tests/js_client.rs on the packed package.
+// Run by `npm test`, and by the relay's tests/suite/js_client.rs on the packed package.
 
 import assert from 'node:assert/strict';
 import { createHmac, randomUUID } from 'node:crypto';

@@ -97,7 +97,7 @@ pub async fn connect(url: &str) -> Client {
 }
 
 /// The relay settings tests use unless they say otherwise: the defaults, except that a
-/// sender may publish as fast as a test likes (tests post in bulk; tests/trust.rs checks the
+/// sender may publish as fast as a test likes (tests post in bulk; tests/suite/trust.rs checks the
 /// default rate limit).
 pub fn test_settings() -> Settings {
     Settings {
