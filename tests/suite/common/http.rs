@@ -61,14 +61,14 @@ pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
-/// Checks the answer has `status` and a JSON body `{"error": code, "message": <text>}`;
-/// `context` names the case in a failure.
+/// Checks the answer has `status` and a JSON body `{"error": code, "message": <text>}`, and
+/// returns the body; `context` names the case in a failure.
 pub async fn assert_json_error(
     response: reqwest::Response,
     status: u16,
     code: &str,
     context: &str,
-) {
+) -> Value {
     assert_eq!(response.status().as_u16(), status, "{context}");
     let content_type = response
         .headers()
@@ -87,6 +87,7 @@ pub async fn assert_json_error(
         body["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{context}: {body}"
     );
+    body
 }
 
 /// `host:port` of a base URL.
