@@ -33,8 +33,16 @@ pub fn opening(position: i64) -> Bytes {
     frame.into()
 }
 
-/// A stored message: its id, its kind as the event name, its JSON as data.
+/// A stored message: its id, its kind as the event name, its JSON as data; rendered once and
+/// shared by every stream that sends it.
 pub fn message(message: &Message) -> Bytes {
+    message
+        .frame
+        .get_or_init(|| render_message(message))
+        .clone()
+}
+
+fn render_message(message: &Message) -> Bytes {
     // The CHECK constraint keeps kinds framing-safe; this guards tables whose constraint an
     // operator dropped.
     let kind = if valid_kind(&message.kind) {
@@ -45,9 +53,12 @@ pub fn message(message: &Message) -> Bytes {
     event(Some(message.id), kind, message.data.get())
 }
 
-/// A signal: no `id:`, so it never moves a client's resume position.
+/// A signal: no `id:`, so it never moves a client's resume position; rendered once.
 pub fn signal(signal: &Signal) -> Bytes {
-    event(None, &signal.kind, signal.data.get())
+    signal
+        .frame
+        .get_or_init(|| event(None, &signal.kind, signal.data.get()))
+        .clone()
 }
 
 /// A control event of the relay's own (`reset`, `token_expired`).

@@ -67,4 +67,4 @@ mod tls;
 pub use app::run;
 pub use config::{ConnectionLimits, RelayConfig, Settings};
 pub use error::Error;
-pub use message::{valid_kind, valid_name, Message, Signal, MAX_NAME_LEN};
+pub use message::{valid_kind, valid_name, valid_room, Addresses, Message, Signal, MAX_NAME_LEN};

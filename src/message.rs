@@ -6,8 +6,14 @@
 //! stream, `GET /v1/messages` and every recipient share the same bytes. The naming rules
 //! ([`valid_kind`], [`valid_name`]) are the ones the SQL enforces on every stored row.
 //!
+//! A message's `participants` are addresses: a person (`alice`), a room (`#general`) or
+//! everyone (`*`). A stream listens on [`Addresses`]: its participant, its rooms and everyone.
+//!
 //! This module depends on no other module of the crate.
 
+use std::sync::OnceLock;
+
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -22,6 +28,8 @@ pub struct Message {
     pub participants: Vec<String>,
     /// The event's JSON, exactly as sent on the stream and in `GET /v1/messages`.
     pub data: Box<RawValue>,
+    /// The SSE frame, rendered by the first stream that sends it and shared by the others.
+    pub frame: OnceLock<Bytes>,
 }
 
 /// The parts of a stored row that a client sees.
@@ -67,6 +75,7 @@ impl Message {
             kind: row.kind,
             participants: row.participants,
             data,
+            frame: OnceLock::new(),
         })
     }
 }
@@ -82,6 +91,8 @@ pub struct Signal {
     /// `{"kind":…,"sender":…,"participants":[…],"payload":…}`; for the relay's own
     /// `presence` signals, just the payload `{"participant":…,"online":…,"at":…}`.
     pub data: Box<RawValue>,
+    /// The SSE frame, rendered once and shared by every stream that sends it.
+    pub frame: OnceLock<Bytes>,
 }
 
 /// The JSON shape of a signal event (`data:`), except for presence, whose data is its payload.
@@ -116,6 +127,7 @@ impl Signal {
             kind,
             participants,
             data,
+            frame: OnceLock::new(),
         })
     }
 }
@@ -189,4 +201,93 @@ fn is_format_character(c: char) -> bool {
         | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
         | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
         | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}
+
+/// The address of every stream: a message to `*` is a broadcast.
+pub const EVERYONE: &str = "*";
+
+/// Whether the address `name` is a room's: rooms start with `#`.
+pub fn is_room(name: &str) -> bool {
+    name.starts_with('#')
+}
+
+/// Whether `name` is a well-formed room: `#`, then at least one more character, within the
+/// participant-name rule.
+///
+/// ```
+/// assert!(pgrelay::valid_room("#general"));
+/// assert!(!pgrelay::valid_room("general"));
+/// assert!(!pgrelay::valid_room("#"));
+/// ```
+pub fn valid_room(name: &str) -> bool {
+    is_room(name) && name.len() > 1 && valid_name(name)
+}
+
+/// Whether `name` may be a token's subject, the participant a stream is for: a valid name that
+/// is neither a room nor everyone.
+pub fn valid_subject(name: &str) -> bool {
+    valid_name(name) && !is_room(name) && name != EVERYONE
+}
+
+/// Where a stream (or a history read) listens: its participant, the rooms it belongs to, and
+/// everyone; or, narrowed to some of its rooms, just those.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Addresses {
+    participant: String,
+    rooms: Vec<String>,
+    /// Whether the participant's own address and `*` are included (not narrowed).
+    whole: bool,
+}
+
+impl Addresses {
+    /// `participant`, the well-formed rooms among `rooms` (each once), and everyone.
+    pub fn new(participant: String, rooms: impl IntoIterator<Item = String>) -> Addresses {
+        let mut kept: Vec<String> = Vec::new();
+        for room in rooms {
+            if valid_room(&room) && !kept.contains(&room) {
+                kept.push(room);
+            }
+        }
+        Addresses {
+            participant,
+            rooms: kept,
+            whole: true,
+        }
+    }
+
+    /// The participant these addresses belong to.
+    pub fn participant(&self) -> &str {
+        &self.participant
+    }
+
+    /// Whether `room` is one of the participant's rooms.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.iter().any(|mine| mine == room)
+    }
+
+    /// Only `rooms`: no direct messages, no broadcasts. Errs with the first room that is not
+    /// among the participant's.
+    pub fn narrow(self, rooms: Vec<String>) -> Result<Addresses, String> {
+        if let Some(stranger) = rooms.iter().find(|room| !self.has_room(room)) {
+            return Err(stranger.clone());
+        }
+        Ok(Addresses {
+            participant: self.participant,
+            rooms,
+            whole: false,
+        })
+    }
+
+    /// The addresses a message must name at least one of.
+    pub fn list(&self) -> Vec<String> {
+        let mut list = Vec::with_capacity(self.rooms.len() + 2);
+        if self.whole {
+            list.push(self.participant.clone());
+        }
+        list.extend(self.rooms.iter().cloned());
+        if self.whole {
+            list.push(EVERYONE.to_owned());
+        }
+        list
+    }
 }

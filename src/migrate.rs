@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../sql/0004_presence.sql"),
     ),
     (5, "0005_trust.sql", include_str!("../sql/0005_trust.sql")),
+    (6, "0006_rooms.sql", include_str!("../sql/0006_rooms.sql")),
 ];
 
 /// Serialises migration runs across every process connected to the database.

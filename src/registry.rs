@@ -1,8 +1,10 @@
-//! Who is listening: participant → open streams, and each stream's bounded inbox.
+//! Who is listening: address → open streams, and each stream's bounded inbox.
 //!
+//! A stream is registered under each of its addresses (its participant, its rooms, and `*`).
 //! The listener hands every message to [`Registry::deliver`], which looks up only the
-//! message's own participants, so fan-out costs grow with a message's recipients, not with
-//! the number of connected subscribers. Each stream owns an [`Inbox`] of bounded size: when a
+//! message's own addresses, so fan-out costs grow with a message's recipients, not with the
+//! number of connected subscribers: a broadcast walks the one list of `*`, a room message its
+//! room's list. Each stream owns an [`Inbox`] of bounded size: when a
 //! reader falls behind and its inbox fills, the inbox drops its queue and asks the stream to
 //! catch up from the database instead. Memory stays bounded and nothing is skipped, because
 //! every dropped message is already committed and the catch-up query will find it.
@@ -19,17 +21,24 @@ use crate::message::{Message, Signal};
 /// How many live messages a stream may hold before it falls back to the database.
 pub const INBOX_CAPACITY: usize = 256;
 
-/// The streams open on this instance, keyed by participant.
+/// The streams open on this instance, keyed by address.
 #[derive(Default)]
 pub struct Registry {
     /// A std mutex: every critical section is a map lookup or a push, never an await.
-    streams: Mutex<HashMap<String, Vec<Arc<Inbox>>>>,
+    streams: Mutex<Streams>,
     /// Gives every inbox an identity, so a closing stream removes exactly its own.
     next_id: AtomicU64,
     /// Bumped whenever a stream opens or closes, so the presence task can skip comparing the
     /// participant sets when nothing changed (with 10,000 idle streams that comparison was
     /// most of the relay's CPU).
     generation: AtomicU64,
+}
+
+/// The open streams by address, and how many each participant has open.
+#[derive(Default)]
+struct Streams {
+    by_address: HashMap<String, Vec<Arc<Inbox>>>,
+    per_participant: HashMap<String, usize>,
 }
 
 /// A live event for a stream: a stored message or a signal.
@@ -120,6 +129,7 @@ impl Inbox {
 pub struct Subscription {
     registry: Arc<Registry>,
     participant: String,
+    addresses: Vec<String>,
     inbox: Arc<Inbox>,
 }
 
@@ -132,16 +142,18 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.registry.remove(&self.participant, self.inbox.id);
+        self.registry
+            .remove(&self.participant, &self.addresses, self.inbox.id);
     }
 }
 
 impl Registry {
-    /// Adds a stream for `participant`, which sees every message delivered from now on;
-    /// `None` when the participant already has `max_streams` open here.
+    /// Adds a stream of `participant` listening on `addresses`, which sees every event
+    /// delivered from now on; `None` when the participant already has `max_streams` open here.
     pub fn subscribe(
         self: &Arc<Self>,
         participant: &str,
+        addresses: Vec<String>,
         max_streams: usize,
     ) -> Option<Subscription> {
         let inbox = Arc::new(Inbox {
@@ -150,58 +162,91 @@ impl Registry {
             wake: Notify::new(),
         });
         let mut streams = self.streams.lock().unwrap();
-        let inboxes = streams.entry(participant.to_owned()).or_default();
-        if inboxes.len() >= max_streams {
+        let open = streams
+            .per_participant
+            .entry(participant.to_owned())
+            .or_default();
+        if *open >= max_streams {
             return None;
         }
-        inboxes.push(Arc::clone(&inbox));
+        *open += 1;
+        for address in &addresses {
+            streams
+                .by_address
+                .entry(address.clone())
+                .or_default()
+                .push(Arc::clone(&inbox));
+        }
         self.generation.fetch_add(1, Ordering::Relaxed);
         Some(Subscription {
             registry: Arc::clone(self),
             participant: participant.to_owned(),
+            addresses,
             inbox,
         })
     }
 
-    fn remove(&self, participant: &str, inbox_id: u64) {
+    fn remove(&self, participant: &str, addresses: &[String], inbox_id: u64) {
         self.generation.fetch_add(1, Ordering::Relaxed);
         let mut streams = self.streams.lock().unwrap();
-        if let Some(inboxes) = streams.get_mut(participant) {
-            inboxes.retain(|inbox| inbox.id != inbox_id);
-            if inboxes.is_empty() {
-                streams.remove(participant);
+        for address in addresses {
+            if let Some(inboxes) = streams.by_address.get_mut(address) {
+                inboxes.retain(|inbox| inbox.id != inbox_id);
+                if inboxes.is_empty() {
+                    streams.by_address.remove(address);
+                }
+            }
+        }
+        if let Some(open) = streams.per_participant.get_mut(participant) {
+            *open -= 1;
+            if *open == 0 {
+                streams.per_participant.remove(participant);
             }
         }
     }
 
-    /// Hands a message or signal to the open streams of its participants.
+    /// Hands a message or signal to the open streams of its addresses, once per stream even
+    /// when a stream has several of them.
     pub fn deliver(&self, event: &Live) {
-        let participants = match event {
+        let addresses = match event {
             Live::Message(message) => &message.participants,
             Live::Signal(signal) => &signal.participants,
         };
-        // A participant listed twice must still get the event once.
-        let mut recipients: Vec<&String> = participants.iter().collect();
-        recipients.sort_unstable();
-        recipients.dedup();
         let streams = self.streams.lock().unwrap();
-        for participant in recipients {
-            for inbox in streams.get(participant).into_iter().flatten() {
+        let mut lists = addresses
+            .iter()
+            .filter_map(|address| streams.by_address.get(address));
+        let Some(first) = lists.next() else { return };
+        let mut rest = lists.peekable();
+        if rest.peek().is_none() {
+            // One address with streams (the usual direct message, room or broadcast): each
+            // stream is in its list once.
+            for inbox in first {
+                inbox.push(event);
+            }
+            return;
+        }
+        let mut reached = std::collections::HashSet::new();
+        for inbox in first.iter().chain(rest.flatten()) {
+            if reached.insert(inbox.id) {
                 inbox.push(event);
             }
         }
     }
 
-    /// Whether any of `participants` has an open stream here.
-    pub fn has_any(&self, participants: &[String]) -> bool {
+    /// Whether any of `addresses` has an open stream here.
+    pub fn has_any(&self, addresses: &[String]) -> bool {
         let streams = self.streams.lock().unwrap();
-        participants.iter().any(|p| streams.contains_key(p))
+        addresses
+            .iter()
+            .any(|address| streams.by_address.contains_key(address))
     }
 
     /// Makes every open stream catch up from the database.
     pub fn request_catch_up_all(&self) {
         let streams = self.streams.lock().unwrap();
-        for inbox in streams.values().flatten() {
+        // A stream is in the list of each of its addresses; asking it twice is harmless.
+        for inbox in streams.by_address.values().flatten() {
             inbox.request_catch_up();
         }
     }
@@ -213,11 +258,13 @@ impl Registry {
 
     /// The participants with at least one open stream here.
     pub fn participants(&self) -> std::collections::HashSet<String> {
-        self.streams.lock().unwrap().keys().cloned().collect()
+        let streams = self.streams.lock().unwrap();
+        streams.per_participant.keys().cloned().collect()
     }
 
     /// How many streams are open.
     pub fn stream_count(&self) -> usize {
-        self.streams.lock().unwrap().values().map(Vec::len).sum()
+        let streams = self.streams.lock().unwrap();
+        streams.per_participant.values().sum()
     }
 }

@@ -22,6 +22,7 @@ use tracing::warn;
 
 use crate::error::Error;
 use crate::frame;
+use crate::message::Addresses;
 use crate::metrics::Metrics;
 use crate::registry::{Delivery, Live, Registry, Subscription};
 use crate::store::{self, DbPool};
@@ -63,7 +64,10 @@ pub struct EventStream {
     streams: Arc<Streams>,
     /// Keeps the stream registered until it is dropped (the client disconnected).
     subscription: Subscription,
+    /// Whose stream this is, for logs.
     participant: String,
+    /// What a message must be addressed to for this stream: the catch-up query's filter.
+    addresses: Vec<String>,
     /// The id of the last message sent (or the opening position): the resume point.
     cursor: i64,
     /// Events read but not yet sent, oldest first.
@@ -102,17 +106,19 @@ enum Interrupt {
 }
 
 impl Streams {
-    /// Registers a stream for `participant`, resuming after `resume` (or live from the newest
-    /// message when `None`), valid until `expires_in` has passed.
+    /// Registers a stream listening on `addresses`, resuming after `resume` (or live from the
+    /// newest message when `None`), valid until `expires_in` has passed.
     pub async fn open(
         self: &Arc<Self>,
-        participant: String,
+        addresses: Addresses,
         resume: Option<i64>,
         expires_in: Duration,
     ) -> Result<EventStream, OpenError> {
+        let participant = addresses.participant().to_owned();
+        let addresses = addresses.list();
         let subscription = self
             .registry
-            .subscribe(&participant, self.max_per_participant)
+            .subscribe(&participant, addresses.clone(), self.max_per_participant)
             .ok_or(OpenError::TooManyStreams)?;
         let mut preamble = VecDeque::new();
         let cursor = match resume {
@@ -139,6 +145,7 @@ impl Streams {
             keepalive_at: Instant::now() + self.keepalive,
             subscription,
             participant,
+            addresses,
             cursor,
             pending: VecDeque::new(),
             preamble,
@@ -221,7 +228,7 @@ impl EventStream {
             let _permit = self.streams.reads.acquire().await;
             store::messages_for(
                 &self.streams.pool,
-                &self.participant,
+                &self.addresses,
                 self.cursor,
                 CATCH_UP_PAGE,
                 CATCH_UP_BYTES,

@@ -11,7 +11,7 @@
 //! * the token must be exactly three unpadded base64url segments,
 //! * the signature is checked, in constant time, before the claims are even
 //!   decoded, so unauthenticated input never reaches the claims parser,
-//! * `sub` and `exp` are required; `nbf`, `iat` and `scope` are optional but
+//! * `sub` and `exp` are required; `nbf`, `iat`, `scope` and `rooms` are optional but
 //!   must have the right type when present,
 //! * a claim (or header field) given twice is refused, rather than read as
 //!   whichever copy a parser happens to keep,
@@ -32,6 +32,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
+
+use crate::message::{valid_room, valid_subject};
 
 mod error;
 
@@ -118,6 +120,18 @@ impl Keys {
     /// not validate `sub`: an empty or over-long one yields a token that
     /// `verify` refuses.
     pub fn mint(&self, sub: &str, ttl: Duration, scope: &[&str]) -> String {
+        self.mint_with_rooms(sub, ttl, scope, &[])
+    }
+
+    /// Like [`Keys::mint`], with a `rooms` claim (when `rooms` is not empty): rooms such as
+    /// `#general` whose messages the token's streams receive.
+    pub fn mint_with_rooms(
+        &self,
+        sub: &str,
+        ttl: Duration,
+        scope: &[&str],
+        rooms: &[&str],
+    ) -> String {
         #[derive(Serialize)]
         struct MintedClaims<'a> {
             sub: &'a str,
@@ -125,6 +139,8 @@ impl Keys {
             exp: u64,
             #[serde(skip_serializing_if = "Option::is_none")]
             scope: Option<String>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            rooms: &'a [&'a str],
         }
 
         let iat = now_unix();
@@ -133,6 +149,7 @@ impl Keys {
             iat,
             exp: iat.saturating_add(ttl.as_secs()),
             scope: (!scope.is_empty()).then(|| scope.join(" ")),
+            rooms,
         };
         // Serializing strings and integers into a Vec cannot fail.
         let claims = serde_json::to_vec(&claims).expect("claims serialize to JSON");
@@ -212,6 +229,17 @@ impl Keys {
                 .collect(),
             Some(_) => return Err(TokenError::Malformed),
         };
+        let rooms = match claims.get("rooms") {
+            None => Vec::new(),
+            Some(Value::Array(rooms)) => rooms
+                .iter()
+                .map(|room| match room {
+                    Value::String(room) if valid_room(room) => Ok(room.clone()),
+                    _ => Err(TokenError::Malformed),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(TokenError::Malformed),
+        };
 
         if exp <= now {
             return Err(TokenError::Expired);
@@ -220,7 +248,12 @@ impl Keys {
             return Err(TokenError::NotYetValid);
         }
         self.policy.check(&claims, exp, now)?;
-        Ok(Claims { sub, exp, scopes })
+        Ok(Claims {
+            sub,
+            exp,
+            scopes,
+            rooms,
+        })
     }
 }
 
@@ -248,11 +281,6 @@ impl TokenPolicy {
         }
         Ok(())
     }
-}
-
-/// A subject is a participant name that is neither a room (`#…`) nor everyone (`*`).
-fn valid_subject(sub: &str) -> bool {
-    crate::message::valid_name(sub) && !sub.starts_with('#') && sub != "*"
 }
 
 impl fmt::Debug for Keys {
@@ -348,6 +376,8 @@ pub struct Claims {
     pub exp: u64,
     /// The space-separated entries of `scope`, empty when it is absent.
     pub scopes: Vec<String>,
+    /// The rooms of the `rooms` claim (each `#…`), empty when it is absent.
+    pub rooms: Vec<String>,
 }
 
 impl Claims {

@@ -458,3 +458,30 @@ fn mutated_tokens_never_verify_and_never_panic() {
     assert!(refusals.contains("invalid_token"), "{refusals:?}");
     assert!(refusals.contains("bad_signature"), "{refusals:?}");
 }
+
+#[test]
+fn rooms_claim_is_an_array_of_rooms() {
+    let keys = keys(SECRET);
+    let token = keys.mint_with_rooms("alice", Duration::from_secs(60), &[], &["#general"]);
+    assert_eq!(keys.verify(&token, now_unix()).unwrap().rooms, ["#general"]);
+    assert!(
+        verify_claims(&format!(r#"{{"sub":"alice","exp":{}}}"#, NOW + 60))
+            .unwrap()
+            .rooms
+            .is_empty()
+    );
+    for rooms in [
+        r##""#general""##,
+        r#"["general"]"#,
+        r#"[1]"#,
+        r##"["#"]"##,
+        r#"{}"#,
+    ] {
+        let claims = format!(r#"{{"sub":"alice","exp":{},"rooms":{rooms}}}"#, NOW + 60);
+        assert_eq!(
+            verify_claims(&claims),
+            Err(TokenError::Malformed),
+            "{rooms}"
+        );
+    }
+}

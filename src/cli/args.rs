@@ -300,9 +300,13 @@ pub struct TokenArgs {
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
 
-    /// Scopes to grant, e.g. `publish` (repeatable).
+    /// Scopes to grant, e.g. `publish` or `broadcast` (repeatable).
     #[arg(long)]
     pub scope: Vec<String>,
+
+    /// Rooms the token's streams receive, e.g. `#general` (repeatable).
+    #[arg(long)]
+    pub room: Vec<String>,
 
     /// HS256 key(s); the first one signs.
     #[arg(long, env = "PGRELAY_SECRET", hide_env_values = true)]

@@ -52,6 +52,10 @@ async fn migrate_database(args: MigrateArgs) -> Result<(), Error> {
 fn print_token(args: TokenArgs) -> Result<(), Error> {
     let keys = args::keys(&args.secret)?;
     let scopes: Vec<&str> = args.scope.iter().map(String::as_str).collect();
-    println!("{}", keys.mint(&args.sub, args.ttl, &scopes));
+    let rooms: Vec<&str> = args.room.iter().map(String::as_str).collect();
+    println!(
+        "{}",
+        keys.mint_with_rooms(&args.sub, args.ttl, &scopes, &rooms)
+    );
     Ok(())
 }

@@ -9,6 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::addresses;
 use super::extract::{parse_id, Authenticated, Params};
 use super::{ApiError, AppState};
 use crate::store;
@@ -25,6 +26,7 @@ const MAX_PAGE_BYTES: i64 = 1024 * 1024;
 pub struct HistoryParams {
     since_id: Option<String>,
     limit: Option<String>,
+    rooms: Option<String>,
 }
 
 /// A page of `GET /v1/messages`; the events' JSON is copied as stored, not re-encoded.
@@ -62,9 +64,12 @@ pub async fn list_messages(
             "this participant has too many history requests in flight; wait for one to finish",
         ));
     };
+    let addresses = addresses::listening(&state, &claims, params.rooms.as_deref())
+        .await?
+        .list();
     let page = {
         let _connection = state.streams.reads.acquire().await;
-        store::messages_for(&state.pool, &claims.sub, since, limit, MAX_PAGE_BYTES)
+        store::messages_for(&state.pool, &addresses, since, limit, MAX_PAGE_BYTES)
             .await
             .map_err(|error| ApiError::internal("listing messages failed", &error))?
     };

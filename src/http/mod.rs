@@ -7,10 +7,12 @@
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`assets`]: the browser client, the OpenAPI document and the demo page;
 //! - [`extract`]: the token and query-string extractors every route shares;
+//! - [`addresses`]: whom a caller hears and may address (person, rooms, everyone);
 //! - [`error`]: [`ApiError`], the JSON answer of every failure.
 //!
 //! Every failure is an [`ApiError`], so every error answer is JSON with its status.
 
+mod addresses;
 mod assets;
 mod error;
 mod extract;

@@ -18,10 +18,11 @@ use futures::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::addresses;
 use super::extract::Authenticated;
 use super::{ApiError, AppState};
 use crate::auth::Claims;
-use crate::message::{valid_kind, valid_name, NewMessage, MAX_NAME_LEN};
+use crate::message::{is_room, valid_kind, valid_name, valid_room, NewMessage, MAX_NAME_LEN};
 use crate::store;
 
 /// Largest signal payload, in bytes of JSON: signals are small and frequent.
@@ -124,6 +125,7 @@ async fn read_publication(
             "the payload is larger than {max_payload} bytes"
         )));
     }
+    addresses::check_may_address(state, &claims, &participants).await?;
     Ok(Publication {
         sender: claims.sub,
         participants,
@@ -240,9 +242,10 @@ fn validate_participants(
         let Value::String(name) = value else {
             return Err(ApiError::invalid("every participant must be a string"));
         };
-        if !valid_name(&name) {
+        if !valid_name(&name) || (is_room(&name) && !valid_room(&name)) {
             return Err(ApiError::invalid(format!(
-                "participant names must be 1 to {} bytes with no control or format characters",
+                "participants must be names, rooms (#name) or * of 1 to {} bytes with no \
+                 control or format characters",
                 MAX_NAME_LEN
             )));
         }

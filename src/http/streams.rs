@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::addresses;
 use super::extract::{parse_id, Authenticated, Params};
 use super::{ApiError, AppState};
 use crate::auth;
@@ -18,6 +19,7 @@ use crate::stream::OpenError;
 #[derive(Deserialize, Default)]
 pub struct StreamParams {
     since_id: Option<String>,
+    rooms: Option<String>,
 }
 
 /// Opens the stream, resuming after `Last-Event-ID` (a browser's reconnect) or `since_id`.
@@ -42,9 +44,10 @@ pub async fn stream(
         .transpose()?;
     let resume = last_event_id.or(since_id);
     let expires_in = Duration::from_secs(claims.exp.saturating_sub(auth::now_unix()));
+    let addresses = addresses::listening(&state, &claims, params.rooms.as_deref()).await?;
     let events = state
         .streams
-        .open(claims.sub, resume, expires_in)
+        .open(addresses, resume, expires_in)
         .await
         .map_err(|error| match error {
             OpenError::TooManyStreams => ApiError::new(

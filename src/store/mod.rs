@@ -118,22 +118,23 @@ pub fn connect_pool(database_url: &str, size: usize) -> Result<DbPool, Error> {
         .map_err(|error| Error::setup(format!("cannot build the connection pool: {error}")))
 }
 
-/// Messages addressed to `participant` with `id > since`, oldest first: at most `limit`
-/// rows and `max_bytes` of payload and participants (but always one, if there is one).
+/// Messages addressed to any of `addresses` with `id > since`, oldest first: at most `limit`
+/// rows and `max_bytes` of payload and participants (but always one, if there is one). The
+/// GIN index on `participants` answers the overlap, however many rooms the addresses hold.
 pub async fn messages_for(
     pool: &DbPool,
-    participant: &str,
+    addresses: &[String],
     since: i64,
     limit: i64,
     max_bytes: i64,
 ) -> Result<Page, Error> {
     let client = pool.get().await?;
-    let sql = page_sql("participants @> ARRAY[$1::text] AND id > $2", 3, 4);
+    let sql = page_sql("participants && $1::text[] AND id > $2", 3, 4);
     let rows = client
         .query_typed(
             &sql,
             &[
-                (&participant, Type::TEXT),
+                (&addresses, Type::TEXT_ARRAY),
                 (&since, Type::INT8),
                 (&limit, Type::INT8),
                 (&max_bytes, Type::INT8),
@@ -273,6 +274,19 @@ pub async fn presence(
             })
         })
         .collect()
+}
+
+/// The rooms `pgrelay.member_rooms` says `participant` belongs to (the app's membership).
+pub async fn member_rooms(pool: &DbPool, participant: &str) -> Result<Vec<String>, Error> {
+    let client = pool.get().await?;
+    let row = client
+        .query_typed_one(
+            "SELECT coalesce(pgrelay.member_rooms($1), '{}')",
+            &[(&participant, Type::TEXT)],
+        )
+        .await?;
+    let rooms: Vec<Option<String>> = row.try_get(0)?;
+    Ok(rooms.into_iter().flatten().collect())
 }
 
 /// Whether the database answers a trivial query within `timeout`.

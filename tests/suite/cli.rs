@@ -40,7 +40,10 @@ async fn migrate_command() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
-    assert!(String::from_utf8_lossy(&output.stdout).contains("0 migration(s) applied"));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("0 migration(s) applied"),
+        "{output:?}"
+    );
 
     let output = Command::new(PGRELAY)
         .args(["migrate", "--channel", "no spaces allowed"])

@@ -24,6 +24,7 @@ mod presence;
 mod proxies;
 mod relay;
 mod resume;
+mod rooms;
 mod signals;
 mod sql;
 mod sse_libraries;

@@ -60,7 +60,8 @@ const RELAY_GRANTS: &[&str] = &[
     "GRANT EXECUTE ON FUNCTION pgrelay.publish(text[], jsonb, text, text), \
      pgrelay.signal(text[], text, jsonb, text), \
      pgrelay.presence_update(text, text[], text[], interval), pgrelay.presence_expire(interval), \
-     pgrelay.presence_visible(text, text), pgrelay.presence_audience(text) TO {role}",
+     pgrelay.presence_visible(text, text), pgrelay.presence_audience(text), \
+     pgrelay.member_rooms(text) TO {role}",
 ];
 
 /// Injected events: a LOGIN-only role NOTIFYs payloads shaped like a signal, a presence change
