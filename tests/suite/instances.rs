@@ -18,11 +18,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-/// A token for `sub` signed with the test secret, valid for `ttl`.
+/// The rooms each subscriber of these tests belongs to, through its token.
+fn rooms_of(participant: &str) -> &'static [&'static str] {
+    match participant {
+        "alice" | "carol" => &["#ops"],
+        _ => &[],
+    }
+}
+
+/// What `participant`'s streams listen on: itself, its rooms and everyone.
+fn addresses_of(participant: &str) -> Vec<String> {
+    let mut addresses = vec![participant.to_owned()];
+    addresses.extend(rooms_of(participant).iter().map(|room| room.to_string()));
+    addresses.push("*".to_owned());
+    addresses
+}
+
+/// A token for `sub` with its rooms, signed with the test secret, valid for `ttl`.
 fn token_for(sub: &str, ttl: Duration, scopes: &[&str]) -> String {
     Keys::from_secret_list(SECRET)
         .unwrap()
-        .mint(sub, ttl, scopes)
+        .mint_with_rooms(sub, ttl, scopes, rooms_of(sub))
 }
 
 /// A subscription token valid for an hour.
@@ -30,10 +46,10 @@ fn token(sub: &str) -> String {
     token_for(sub, Duration::from_secs(3600), &[])
 }
 
-/// Who message `n` of a writer schedule is for; `dave` is nobody's subscriber, so every
-/// eighth message must reach no one in these tests.
+/// Who message `n` of a writer schedule is for: people, the room `#ops` (alice and carol),
+/// everyone, and `dave`, who is nobody's subscriber, so that message must reach no one.
 fn mix(n: usize) -> &'static [&'static str] {
-    match n % 8 {
+    match n % 11 {
         0 => &["alice"],
         1 => &["bob"],
         2 => &["carol"],
@@ -41,14 +57,18 @@ fn mix(n: usize) -> &'static [&'static str] {
         4 => &["bob", "carol"],
         5 => &["alice", "carol"],
         6 => &["alice", "bob", "carol"],
+        7 => &["#ops"],
+        8 => &["*"],
+        9 => &["bob", "#ops"],
         _ => &["dave"],
     }
 }
 
-/// How many of the first `total` scheduled messages are for `participant`.
+/// How many of the first `total` scheduled messages are for `participant`'s addresses.
 fn expected_count(participant: &str, total: usize) -> usize {
+    let addresses = addresses_of(participant);
     (0..total)
-        .filter(|&n| mix(n).contains(&participant))
+        .filter(|&n| mix(n).iter().any(|to| addresses.iter().any(|a| a == to)))
         .count()
 }
 
@@ -93,8 +113,11 @@ fn check_message(participant: &str, last: i64, id: i64, data: &Value) {
     );
     assert_eq!(data["id"], id, "{participant}: data.id differs from id:");
     let participants = data["participants"].as_array().unwrap();
+    let addresses = addresses_of(participant);
     assert!(
-        participants.iter().any(|p| p == participant),
+        participants
+            .iter()
+            .any(|p| addresses.iter().any(|a| p == a)),
         "{participant} received message {id} addressed to {participants:?}"
     );
 }
@@ -177,7 +200,7 @@ async fn subscribers_hopping_between_three_instances_get_exactly_their_messages(
     let mut readers = Vec::new();
     for (i, participant) in ["alice", "bob", "carol"].into_iter().enumerate() {
         // Each starts live on a different instance, before anything is written.
-        let mut stream = relays[i].subscribe(participant, "", None).await;
+        let mut stream = Subscriber::open(&relays[i].base, &token(participant), "", None).await;
         let start = stream.opening_position().await;
         let bases: Vec<String> = bases[i..].iter().chain(&bases[..i]).cloned().collect();
         let expected = expected_count(participant, TOTAL);
@@ -200,7 +223,7 @@ async fn subscribers_hopping_between_three_instances_get_exactly_their_messages(
         );
         assert_eq!(
             received,
-            ids_for(&client, participant).await,
+            ids_for_addresses(&client, &addresses_of(participant)).await,
             "{participant}"
         );
         assert_nothing_after(&bases[0], participant, *received.last().unwrap()).await;
@@ -219,7 +242,7 @@ async fn sigkill_mid_stream_loses_nothing() {
     let delivered = Arc::new(AtomicUsize::new(0));
     let mut readers = Vec::new();
     for participant in ["alice", "bob", "carol"] {
-        let mut stream = a.subscribe(participant, "", None).await;
+        let mut stream = Subscriber::open(&a.base, &token(participant), "", None).await;
         let start = stream.opening_position().await;
         let expected = expected_count(participant, TOTAL);
         let fallback = b.base.clone();
@@ -289,7 +312,7 @@ async fn sigkill_mid_stream_loses_nothing() {
         );
         assert_eq!(
             received,
-            ids_for(&client, participant).await,
+            ids_for_addresses(&client, &addresses_of(participant)).await,
             "{participant}"
         );
         assert_nothing_after(&b.base, participant, *received.last().unwrap()).await;

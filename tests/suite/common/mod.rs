@@ -435,6 +435,20 @@ pub async fn ids_for(client: &Client, participant: &str) -> Vec<i64> {
         .collect()
 }
 
+/// The ids of every message addressed to one of `addresses` (people, rooms, `*`), in order.
+pub async fn ids_for_addresses(client: &Client, addresses: &[String]) -> Vec<i64> {
+    client
+        .query(
+            "SELECT id FROM pgrelay.messages WHERE participants && $1 ORDER BY id",
+            &[&addresses],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
 /// A `pgrelay serve` child process, for tests that kill, signal or measure a real process.
 /// Killed (SIGKILL) when dropped.
 pub struct RelayProcess {
