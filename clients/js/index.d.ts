@@ -51,6 +51,11 @@ export interface PgRelayClientOptions {
   token: string | (() => string | Promise<string>);
   /** Resume after this message id; omit to start live from now. */
   sinceId?: number;
+  /**
+   * Narrow the stream to these rooms (`['#general']`): only messages that name one of them.
+   * Default: everything the participant receives (its own, its rooms', broadcasts to `*`).
+   */
+  rooms?: string[];
   /** Message kinds to deliver (default `['message']`). */
   kinds?: string[];
   /** Signal kinds to deliver (default `['typing']`; `presence` always). */

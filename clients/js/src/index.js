@@ -39,6 +39,7 @@
  *   url: 'https://relay.example.com',            // '' = the page's own origin
  *   token: async () => (await fetch('/my-app/relay-token')).text(),
  *   sinceId: lastRenderedId,                     // omit for live-from-now
+ *   // rooms: ['#general'],                      // only this room (default: everything)
  *   onMessage: (data, kind) => render(data),
  *   onSignal: (kind, data) => kind === 'typing' && showTyping(data.sender, data.participants),
  *   onPresence: ({ participant, online }) => setDot(participant, online),
@@ -64,6 +65,7 @@ export class PgRelayClient {
   #url;
   #token;
   #sinceId;
+  #rooms;
   #kinds;
   #signalKinds;
   #onMessage;
@@ -94,6 +96,9 @@ export class PgRelayClient {
    * @param {(() => Promise<string> | string) | string} options.token returns a token for the
    *   current user; called for each (re)connect and each request
    * @param {number} [options.sinceId] resume after this id; omit to start live from now
+   * @param {string[]} [options.rooms] narrow the stream to these rooms (`['#general']`): only
+   *   messages that name one of them, no direct or broadcast message. Omit for everything the
+   *   token's participant receives: its own messages, its rooms', and broadcasts to `*`.
    * @param {string[]} [options.kinds] message kinds to listen for (EventSource dispatches only
    *   named events someone subscribed to); default `['message']`
    * @param {string[]} [options.signalKinds] signal kinds to listen for; default `['typing']`.
@@ -115,6 +120,7 @@ export class PgRelayClient {
     url = '',
     token,
     sinceId,
+    rooms = [],
     kinds = ['message'],
     signalKinds = ['typing'],
     onMessage = () => {},
@@ -129,6 +135,7 @@ export class PgRelayClient {
     this.#token = typeof token === 'function' ? token : () => token;
     this.#sinceId = Number.isSafeInteger(sinceId) ? sinceId : null;
     this.#lastId = this.#sinceId;
+    this.#rooms = [...new Set(rooms)];
     this.#kinds = [...new Set(kinds)];
     this.#signalKinds = [...new Set([...signalKinds, 'presence'])];
     this.#onMessage = onMessage;
@@ -275,6 +282,7 @@ export class PgRelayClient {
     if (this.#transport === 'fetch') {
       const query = new URLSearchParams();
       if (this.#lastId !== null) query.set('since_id', String(this.#lastId));
+      if (this.#rooms.length > 0) query.set('rooms', this.#rooms.join(','));
       const source = new FetchSource(`${this.#url}/v1/stream?${query}`, token, {
         open: opened,
         event: handle,
@@ -286,6 +294,7 @@ export class PgRelayClient {
     }
     const query = new URLSearchParams({ token });
     if (this.#lastId !== null) query.set('since_id', String(this.#lastId));
+    if (this.#rooms.length > 0) query.set('rooms', this.#rooms.join(','));
     const source = new EventSource(`${this.#url}/v1/stream?${query}`);
     this.#source = source;
     source.onopen = opened;

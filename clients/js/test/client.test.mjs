@@ -10,11 +10,15 @@ import { PgRelayClient } from '@pgrelay/client';
 const RELAY = process.env.RELAY_URL;
 const SECRET = process.env.PGRELAY_SECRET.split(',')[0].trim();
 
-/** An HS256 token for `sub`, valid for `seconds`, with scope `publish` unless told otherwise. */
-function mint(sub, seconds = 600, scope = 'publish') {
+/**
+ * An HS256 token for `sub`, valid for `seconds`, with scope `publish` unless told otherwise,
+ * and membership of `rooms`.
+ */
+function mint(sub, seconds = 600, scope = 'publish', rooms = []) {
   const segment = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
   const claims = { sub, exp: Math.floor(Date.now() / 1000) + seconds };
   if (scope) claims.scope = scope;
+  if (rooms.length > 0) claims.rooms = rooms;
   const input = `${segment({ alg: 'HS256', typ: 'JWT' })}.${segment(claims)}`;
   return `${input}.${createHmac('sha256', SECRET).update(input).digest('base64url')}`;
 }
@@ -28,7 +32,7 @@ async function until(check, what, ms = 10_000) {
   }
 }
 
-/** A client for a fresh participant that records what it hands over. */
+/** A client for a fresh participant (a member of `options.rooms`) that records what it hands over. */
 function recorder(options = {}) {
   const me = `user-${randomUUID()}`;
   const seen = { messages: [], statuses: [], tokens: 0 };
@@ -37,7 +41,7 @@ function recorder(options = {}) {
     transport: 'fetch',
     token: () => {
       seen.tokens += 1;
-      return mint(me, options.lifetime);
+      return mint(me, options.lifetime, 'publish', options.rooms);
     },
     onMessage: (message) => seen.messages.push(message),
     onStatus: (status) => seen.statuses.push(status),
@@ -107,6 +111,25 @@ test('signals and presence', async (t) => {
     if (!online) await new Promise((resolve) => setTimeout(resolve, 100));
   }
   assert.equal(online, true);
+});
+
+test('a room reaches its members, and `rooms` narrows a stream to it', async (t) => {
+  const room = `#room-${randomUUID()}`;
+  const alice = recorder({ rooms: [room] });
+  const bob = recorder({ rooms: [room], client: { rooms: [room] } });
+  t.after(() => {
+    alice.client.close();
+    bob.client.close();
+  });
+  alice.client.start();
+  bob.client.start();
+  await until(() => alice.client.status === 'live' && bob.client.status === 'live', 'live');
+  await alice.client.send({ participants: [bob.me], payload: { n: 1 } });
+  const id = await alice.client.send({ participants: [room], payload: { n: 2 } });
+  await until(() => alice.seen.messages.length === 2, "alice's copies of both");
+  await until(() => bob.seen.messages.length === 1, 'the room message');
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.deepEqual(bob.seen.messages.map((m) => m.id), [id], 'the direct message is not in the room');
 });
 
 test('a refused request rejects with the relay status and code', async () => {
