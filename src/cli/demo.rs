@@ -14,6 +14,9 @@ use pgrelay_cluster::TempCluster;
 use super::args::{self, DatabaseArgs, DemoArgs};
 use super::{bind, shutdown};
 
+/// The room alice and bob are members of, through their tokens.
+const DEMO_ROOMS: &[&str] = &["#general"];
+
 /// How long the printed tokens stay valid.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -72,8 +75,8 @@ fn print_instructions(base: &str, secret: &str, keys: &Keys, database_url: &str)
     let exe = std::env::current_exe()
         .map(|path| path.display().to_string())
         .unwrap_or_else(|_| "pgrelay".into());
-    let alice = keys.mint("alice", DEMO_TOKEN_TTL, &["publish"]);
-    let bob = keys.mint("bob", DEMO_TOKEN_TTL, &["publish"]);
+    let alice = keys.mint_with_rooms("alice", DEMO_TOKEN_TTL, &["publish"], DEMO_ROOMS);
+    let bob = keys.mint_with_rooms("bob", DEMO_TOKEN_TTL, &["publish"], DEMO_ROOMS);
     println!(
         r#"
 pgrelay demo is running at {base}
@@ -88,8 +91,10 @@ Watch bob's messages (in another terminal):
 or with curl:
   curl -N -H 'Authorization: Bearer {bob}' {base}/v1/stream
 
-Send from psql:
+Send from psql (to bob and alice; to the room #general; to everyone, as a banner):
   psql '{database_url}' -c "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{{alice,bob}}', '{{\"text\":\"hi bob\"}}')"
+  psql '{database_url}' -c "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{{#general}}', '{{\"text\":\"hi room\"}}')"
+  psql '{database_url}' -c "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{{*}}', '{{\"text\":\"maintenance at 22:00\"}}')"
 
 Send over HTTP as alice:
   curl -H 'Authorization: Bearer {alice}' -H 'Content-Type: application/json' \
@@ -98,7 +103,7 @@ Send over HTTP as alice:
 Read alice's history:
   curl -H 'Authorization: Bearer {alice}' '{base}/v1/messages?since_id=0'
 
-Tokens (valid 24 h, scope publish):
+Tokens (valid 24 h, scope publish, members of #general):
   alice: {alice}
   bob:   {bob}
 

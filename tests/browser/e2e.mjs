@@ -4,7 +4,7 @@
 // passes everything in the environment:
 //   RELAY_URL         the relay, serving the demo page at /
 //   OTHER_ORIGIN_URL  another origin serving the same page bytes
-//   ALICE_TOKEN, BOB_TOKEN  tokens with scope publish
+//   ALICE_TOKEN, BOB_TOKEN  tokens with scope publish, members of the room #general
 //   CHROMIUM_PATH     the browser binary (default /usr/bin/chromium)
 //   SCREENSHOT_PATH   where to save alice's page (bob online and typing) in scenario (e)
 //   TOKEN_SECRET      the relay's HS256 secret, to mint short-lived tokens (scenario d)
@@ -13,7 +13,8 @@
 // Control channel (the relay is a process of the Rust test, not of this script): this script
 // prints `RESTART_RELAY <json>` on stdout, the Rust side stops the relay, inserts the json's
 // messages with SQL while it is down, starts it again on the same port and answers
-// `RELAY_RESTARTED` on stdin.
+// `RELAY_RESTARTED` on stdin. `INSERT_ROWS <json>` asks it to insert the json's messages with
+// SQL while the relay runs; it answers `INSERTED`.
 //
 // Exit status 0 means every scenario passed.
 
@@ -34,7 +35,7 @@ const SECRET = required('TOKEN_SECRET');
 const DEBOUNCE_MS = Number(process.env.PRESENCE_DEBOUNCE_MS || 3_000);
 
 /** The whole script must finish within this, whatever hangs. */
-const WATCHDOG_MS = 50_000;
+const WATCHDOG_MS = 70_000;
 /** How long one expected change on a page may take. */
 const PATIENCE_MS = 10_000;
 /** The promise the brief makes about live delivery between two pages. */
@@ -446,6 +447,39 @@ async function scenarios(browser) {
   const dots = await alice.$$eval('[data-testid="conversation-presence"]', (nodes) => nodes.map((n) => n.dataset.online));
   check(dots.every((online) => online === 'false'), `alice's conversation list still shows someone online: ${dots}`);
   log('(e) passed: presence online/offline, typing indicator shown, replaced by the message, timed out');
+
+  // (f) Rooms and broadcast. Alice and bob are members of #general through their tokens'
+  // rooms claim; carol (a token minted here, no rooms) is not.
+  const bobRoom = await openPage(browser, 'bob (rooms)', `${RELAY}/?token=${BOB}`);
+  const carol = await openPage(browser, 'carol', `${RELAY}/?token=${mint('carol', 600)}`);
+  await waitForStatus(bobRoom, 'live', 'bob (rooms)');
+  await waitForStatus(carol, 'live', 'carol');
+  await alice.fill('[data-testid="new-conversation"]', '#general');
+  await alice.click('[data-testid="start-conversation"]');
+  await send(alice, 'hello #general');
+  const roomAtBob = '[data-testid="conversation"][data-key="#general"]';
+  await bobRoom.waitForSelector(roomAtBob, { timeout: PATIENCE_MS });
+  await bobRoom.click(roomAtBob);
+  await waitForBubble(bobRoom, 'hello #general', 'bob (rooms)');
+  await send(bobRoom, 'hello back, room');
+  await waitForBubble(alice, 'hello back, room', 'alice');
+  check((await bubbleTexts(alice)).join('|') === 'hello #general|hello back, room',
+    `alice's #general reads ${JSON.stringify(await bubbleTexts(alice))}`);
+  await carol.waitForTimeout(300);
+  check((await carol.locator(roomAtBob).count()) === 0, 'carol, who is not in #general, sees the room');
+  log('(f) the room conversation reaches its members and nobody else');
+
+  // An announcement inserted with SQL, as from psql, to everyone (`*`): every open page shows it.
+  const announcement = 'maintenance at 22:00';
+  console.log(`INSERT_ROWS ${JSON.stringify({ participants: ['*'], texts: [announcement] })}`);
+  const inserted = await nextStdinLine(10_000);
+  check(inserted === 'INSERTED', `the Rust side answered ${JSON.stringify(inserted)}`);
+  for (const [page, name] of [[alice, 'alice'], [bobRoom, 'bob (rooms)'], [carol, 'carol']]) {
+    await page.locator('[data-testid="broadcast"]').filter({ hasText: announcement })
+      .waitFor({ timeout: PATIENCE_MS })
+      .catch(() => { throw new Error(`${name}'s page shows no broadcast banner`); });
+  }
+  log('(f) passed: room messages reach members only; the broadcast banner shows on every open page');
 
   check(pageErrors.length === 0, `uncaught errors in pages: ${pageErrors.join('; ')}`);
 }

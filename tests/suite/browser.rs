@@ -28,7 +28,7 @@ use tokio::process::Command;
 use tokio::time::{timeout, Instant};
 
 /// The whole browser session, restart included; the e2e script's own watchdog is 50 s.
-const NODE_BUDGET: Duration = Duration::from_secs(55);
+const NODE_BUDGET: Duration = Duration::from_secs(75);
 
 /// How long the relay may take to become ready after a (re)start.
 const READY_BUDGET: Duration = Duration::from_secs(15);
@@ -90,7 +90,10 @@ async fn demo_page_in_a_real_browser() {
     let page_server = tokio::spawn(serve_page(other, Arc::new(page.into_bytes())));
 
     let keys = Keys::from_secret_list(SECRET).unwrap();
-    let token = |sub: &str| keys.mint(sub, Duration::from_secs(600), &["publish"]);
+    // alice and bob are members of #general through their tokens.
+    let token = |sub: &str| {
+        keys.mint_with_rooms(sub, Duration::from_secs(600), &["publish"], &["#general"])
+    };
     let screenshot = target.join("browser-screenshot.png");
     let _ = std::fs::remove_file(&screenshot);
 
@@ -172,12 +175,36 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// What the e2e script asks to have inserted while the relay is down.
+/// Messages the e2e script asks to have inserted with SQL, as psql would: while the relay is
+/// down (`RESTART_RELAY`), or while it runs (`INSERT_ROWS`, a broadcast).
 #[derive(Deserialize)]
-struct RestartRequest {
+struct InsertRequest {
     participants: Vec<String>,
-    sender: String,
+    sender: Option<String>,
     texts: Vec<String>,
+}
+
+impl InsertRequest {
+    /// Inserts the texts in separate statements, so separate transactions: the ids follow
+    /// the texts' order.
+    async fn insert(&self, database_url: &str) -> Result<(), String> {
+        let client = connect(database_url).await;
+        for text in &self.texts {
+            client
+                .execute(
+                    "INSERT INTO pgrelay.messages (participants, sender, payload) \
+                     VALUES ($1, $2, $3)",
+                    &[
+                        &self.participants,
+                        &self.sender,
+                        &serde_json::json!({ "text": text }),
+                    ],
+                )
+                .await
+                .map_err(|e| format!("insert failed: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Relays node's stdout to the transcript and serves its `RESTART_RELAY` request; returns
@@ -194,28 +221,23 @@ async fn drive(
         // Shown live with --nocapture, and in the panic message on failure.
         println!("{line}");
         transcript.lock().unwrap().push(line.clone());
+        if let Some(request) = line.strip_prefix("INSERT_ROWS ") {
+            let request: InsertRequest =
+                serde_json::from_str(request).map_err(|e| format!("bad INSERT_ROWS: {e}"))?;
+            request.insert(database_url).await?;
+            stdin
+                .write_all(b"INSERTED\n")
+                .await
+                .map_err(|e| format!("cannot answer node: {e}"))?;
+            continue;
+        }
         let Some(request) = line.strip_prefix("RESTART_RELAY ") else {
             continue;
         };
-        let request: RestartRequest =
+        let request: InsertRequest =
             serde_json::from_str(request).map_err(|e| format!("bad RESTART_RELAY: {e}"))?;
         relay.stop().await?;
-        // Separate statements, so separate transactions: the ids follow the texts' order.
-        let client = connect(database_url).await;
-        for text in &request.texts {
-            client
-                .execute(
-                    "INSERT INTO pgrelay.messages (participants, sender, payload) \
-                     VALUES ($1, $2, $3)",
-                    &[
-                        &request.participants,
-                        &request.sender,
-                        &serde_json::json!({ "text": text }),
-                    ],
-                )
-                .await
-                .map_err(|e| format!("insert during downtime failed: {e}"))?;
-        }
+        request.insert(database_url).await?;
         relay.start().await;
         let note = format!(
             "[rust] relay restarted on {} after inserting {} message(s)",
