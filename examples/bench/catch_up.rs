@@ -12,16 +12,25 @@ pub(crate) struct CatchUp {
     pub(crate) first_event_ms: Vec<f64>,
     /// `GET /v1/messages?limit=1000`, each repeat.
     pub(crate) page_ms: Vec<f64>,
-    /// EXPLAIN ANALYZE of one stream page (100 rows) and of the 1,000-row page.
+    /// EXPLAIN ANALYZE of one stream page (100 rows) and of the 1,000-row page, for the
+    /// participant and for the member of 20 rooms.
     pub(crate) plans: Vec<(String, String)>,
+    /// The same for a member of [`ROOMS`] rooms whose messages are spread over the table.
+    pub(crate) rooms_missed: usize,
+    pub(crate) rooms_stream_ms: Vec<f64>,
+    pub(crate) rooms_page_ms: Vec<f64>,
 }
+
+/// Rooms the catch-up member belongs to; one row in 1,000 is addressed to one of them.
+pub(crate) const ROOMS: usize = 20;
 
 /// How many messages the catch-up participant has; also the size of the catch-up.
 pub(crate) const MISSED: usize = 1_000;
 
 /// Fills the outbox with `rows` messages for 10,000 participants (groups of 10, one message
 /// per group per 1,000 rows, so every participant has 1,000 messages spread over the whole
-/// table), then times serving one participant's 1,000 messages.
+/// table; one row in 1,000 also goes to one of [`ROOMS`] rooms), then times serving one
+/// participant's 1,000 messages, and a member of the 20 rooms theirs.
 pub(crate) async fn catch_up_phase(
     url: &str,
     relay_bin: &Path,
@@ -43,7 +52,9 @@ pub(crate) async fn catch_up_phase(
     // row: that is a million notifications nobody listens to.
     let fill = format!(
         "INSERT INTO pgrelay.messages (id, participants, payload) \
-         SELECT nextval('pgrelay.message_id_seq'), ARRAY[{}], \
+         SELECT nextval('pgrelay.message_id_seq'), ARRAY[{}] \
+                || CASE WHEN g % 1000 = 500 THEN ARRAY['#r' || ((g / 1000) % {ROOMS})] \
+                        ELSE '{{}}'::text[] END, \
                 jsonb_build_object('s', g, 'x', '{TEXT}') \
          FROM generate_series($1::int8, $2::int8) AS g ORDER BY g",
         members.join(", ")
@@ -95,23 +106,43 @@ pub(crate) async fn catch_up_phase(
     }
     let since = expected[0] - 1;
 
+    let rooms: Vec<String> = (0..ROOMS).map(|n| format!("#r{n}")).collect();
+    let mut rooms_expected: Vec<i64> = db
+        .query(
+            "SELECT id FROM pgrelay.messages WHERE participants && $1 ORDER BY id DESC LIMIT $2",
+            &[&rooms, &(MISSED as i64)],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    rooms_expected.reverse();
+    let rooms_since = rooms_expected.first().map_or(0, |id| id - 1);
+
     let mut plans = Vec::new();
-    for limit in [100i64, MISSED as i64] {
-        let explained = db
-            .query(
-                "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) \
-                 SELECT id, kind, sender, participants, payload, created_at FROM pgrelay.messages \
-                 WHERE participants @> ARRAY[$1::text] AND id > $2 ORDER BY id LIMIT $3",
-                &[participant, &since, &limit],
-            )
-            .await?;
-        let lines: Vec<String> = explained.iter().map(|row| row.get(0)).collect();
-        let execution = lines
-            .iter()
-            .find(|line| line.starts_with("Execution Time"))
-            .cloned()
-            .unwrap_or_default();
-        plans.push((format!("LIMIT {limit}: {execution}"), lines.join("\n")));
+    let one = vec![participant.clone()];
+    for (who, addresses, from) in [
+        ("one participant", &one, since),
+        ("a member of 20 rooms", &rooms, rooms_since),
+    ] {
+        for limit in [100i64, MISSED as i64] {
+            let explained = db
+                .query(
+                    "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) \
+                     SELECT id, kind, sender, participants, payload, created_at \
+                     FROM pgrelay.messages \
+                     WHERE participants && $1 AND id > $2 ORDER BY id LIMIT $3",
+                    &[addresses, &from, &limit],
+                )
+                .await?;
+            let lines: Vec<String> = explained.iter().map(|row| row.get(0)).collect();
+            let execution = lines
+                .iter()
+                .find(|line| line.starts_with("Execution Time"))
+                .cloned()
+                .unwrap_or_default();
+            plans.push((format!("{who}, LIMIT {limit}: {execution}"), lines.join("\n")));
+        }
     }
 
     let mut relay = RelayChild::spawn(relay_bin, url, logs.file("relay-catch-up.log"))?;
@@ -131,6 +162,18 @@ pub(crate) async fn catch_up_phase(
         page_ms.push(time_catch_up_page(relay.addr, &token, since, &expected).await?);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let room_names: Vec<&str> = rooms.iter().map(String::as_str).collect();
+    let member = keys.mint_with_rooms("member", Duration::from_secs(3600), &[], &room_names);
+    let (mut rooms_stream_ms, mut rooms_page_ms) = (Vec::new(), Vec::new());
+    for _ in 0..profile.catch_up_repeats {
+        let (total, _) =
+            time_catch_up_stream(relay.addr, &member, rooms_since, &rooms_expected).await?;
+        rooms_stream_ms.push(total);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let page = time_catch_up_page(relay.addr, &member, rooms_since, &rooms_expected).await?;
+        rooms_page_ms.push(page);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(relay);
     let catch_up = CatchUp {
         rows,
@@ -140,6 +183,9 @@ pub(crate) async fn catch_up_phase(
         first_event_ms,
         page_ms,
         plans,
+        rooms_missed: rooms_expected.len(),
+        rooms_stream_ms,
+        rooms_page_ms,
     };
     progress(format!(
         "  stream: {} ms (median {:.2}); GET: {} ms (median {:.2})",
@@ -147,6 +193,14 @@ pub(crate) async fn catch_up_phase(
         median(&mut catch_up.stream_ms.clone()),
         list_ms(&catch_up.page_ms),
         median(&mut catch_up.page_ms.clone())
+    ));
+    progress(format!(
+        "  member of {ROOMS} rooms, {} messages: stream {} ms (median {:.2}); GET {} ms (median {:.2})",
+        catch_up.rooms_missed,
+        list_ms(&catch_up.rooms_stream_ms),
+        median(&mut catch_up.rooms_stream_ms.clone()),
+        list_ms(&catch_up.rooms_page_ms),
+        median(&mut catch_up.rooms_page_ms.clone())
     ));
     Ok(catch_up)
 }

@@ -51,6 +51,7 @@ pub(crate) struct Report {
     pub(crate) ladders: Vec<(usize, Vec<Step>)>,
     pub(crate) socket_floors: Vec<SocketFloor>,
     pub(crate) catch_up: Option<CatchUp>,
+    pub(crate) broadcast: Option<Broadcast>,
     pub(crate) signals: u64,
     pub(crate) problems: Vec<String>,
 }
@@ -216,6 +217,30 @@ impl Report {
                 verdict(per <= 16.0),
             );
         }
+        if let Some(broadcast) = &self.broadcast {
+            row(
+                &format!(
+                    "Broadcast to {} open streams: commit → last stream's receipt, p50 / p90 / p99 / max over {BROADCASTS}",
+                    broadcast.streams
+                ),
+                broadcast.last.describe(),
+                "",
+                "",
+            );
+            row(
+                "Broadcast: relay CPU per delivered event, beside the socket writes alone",
+                format!(
+                    "{:.2} µs vs {:.2} µs ({:.1}×); relay {:.2} CPU s for {} deliveries",
+                    broadcast.relay_us_per_event(),
+                    broadcast.floor_us,
+                    broadcast.relay_us_per_event() / broadcast.floor_us,
+                    broadcast.relay_cpu_seconds(),
+                    broadcast.deliveries
+                ),
+                "(reference)",
+                "",
+            );
+        }
         if let Some(catch_up) = &self.catch_up {
             let stream = median(&mut catch_up.stream_ms.clone());
             let page = median(&mut catch_up.page_ms.clone());
@@ -235,6 +260,17 @@ impl Report {
                 format!("{page:.2} ms"),
                 "≤ 20 ms",
                 verdict(page <= 20.0),
+            );
+            let rooms_stream = median(&mut catch_up.rooms_stream_ms.clone());
+            let rooms_page = median(&mut catch_up.rooms_page_ms.clone());
+            row(
+                &format!(
+                    "Catch-up, member of {ROOMS} rooms: {} of {of} rows, stream / GET, median",
+                    catch_up.rooms_missed
+                ),
+                format!("{rooms_stream:.2} ms / {rooms_page:.2} ms"),
+                "",
+                "",
             );
         }
         if !self.cold_starts.is_empty() {
@@ -404,6 +440,21 @@ impl Report {
                     if step.passes() { "yes".to_owned() } else { format!("no: {}", step.why()) }
                 );
             }
+        }
+        if let Some(broadcast) = &self.broadcast {
+            println!();
+            println!(
+                "Broadcast: {BROADCASTS} messages to `*`, one at a time, each to {} streams: commit → first stream p50 / p90 / p99 / max {}, → last stream {}. Relay {:.1}% of a core ({:.0}% of it in the kernel) over {:.1} s, machine {}; the socket writes alone (one thread, {}-byte frames over {FEW} loopback connections): {:.2} µs of CPU each.",
+                broadcast.streams,
+                broadcast.first.describe(),
+                broadcast.last.describe(),
+                broadcast.cpu.relay_cores * 100.0,
+                broadcast.cpu.relay_system_cores / broadcast.cpu.relay_cores.max(1e-9) * 100.0,
+                broadcast.cpu.seconds,
+                broadcast.cpu.machine(),
+                SOCKET_FLOOR_FRAME,
+                broadcast.floor_us
+            );
         }
         if let Some(catch_up) = &self.catch_up {
             println!();

@@ -331,6 +331,7 @@ pub(crate) async fn latency_phases(
     });
 
     report.latency_many = Some(latency_step(ctx, heard, MANY, profile, report).await?);
+    report.broadcast = Some(broadcast_phase(ctx, heard, MANY).await?);
 
     progress("presence costs with 10,000 participants on one instance…");
     report.presence = Some(presence_costs(db).await?);
