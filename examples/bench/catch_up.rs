@@ -120,28 +120,40 @@ pub(crate) async fn catch_up_phase(
     let rooms_since = rooms_expected.first().map_or(0, |id| id - 1);
 
     let mut plans = Vec::new();
-    let one = vec![participant.clone()];
+    let mut one = vec![participant.clone()];
+    let mut member = vec!["member".to_owned()];
+    member.extend(rooms.iter().cloned());
+    // As the relay asks: the participant's own name, its rooms, and everyone.
+    one.push("*".to_owned());
+    member.push("*".to_owned());
+    let bytes: i64 = 256 * 1024;
     for (who, addresses, from) in [
         ("one participant", &one, since),
-        ("a member of 20 rooms", &rooms, rooms_since),
+        ("a member of 20 rooms", &member, rooms_since),
     ] {
+        let sql = format!(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
+            pgrelay::store::messages_for_sql(addresses.len())
+        );
         for limit in [100i64, MISSED as i64] {
-            let explained = db
-                .query(
-                    "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) \
-                     SELECT id, kind, sender, participants, payload, created_at \
-                     FROM pgrelay.messages \
-                     WHERE participants && $1 AND id > $2 ORDER BY id LIMIT $3",
-                    &[addresses, &from, &limit],
-                )
-                .await?;
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                vec![&from, &limit, &bytes];
+            params.extend(
+                addresses
+                    .iter()
+                    .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)),
+            );
+            let explained = db.query(&sql, &params).await?;
             let lines: Vec<String> = explained.iter().map(|row| row.get(0)).collect();
             let execution = lines
                 .iter()
                 .find(|line| line.starts_with("Execution Time"))
                 .cloned()
                 .unwrap_or_default();
-            plans.push((format!("{who}, LIMIT {limit}: {execution}"), lines.join("\n")));
+            plans.push((
+                format!("{who}, LIMIT {limit}: {execution}"),
+                lines.join("\n"),
+            ));
         }
     }
 
