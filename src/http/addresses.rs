@@ -4,6 +4,7 @@
 
 use axum::http::StatusCode;
 
+use super::extract::comma_list;
 use super::{ApiError, AppState};
 use crate::auth::Claims;
 use crate::message::{is_room, valid_room, Addresses, EVERYONE};
@@ -46,17 +47,7 @@ pub async fn listening(
 
 /// `?rooms=#a,#b`: well-formed rooms, each once.
 fn parse_rooms(list: &str) -> Result<Vec<String>, ApiError> {
-    let mut rooms: Vec<String> = Vec::new();
-    for room in list.split(',') {
-        if !valid_room(room) {
-            return Err(ApiError::invalid(
-                "`rooms` must be a comma-separated list of rooms such as %23general",
-            ));
-        }
-        if !rooms.iter().any(|known| known == room) {
-            rooms.push(room.to_owned());
-        }
-    }
+    let rooms = comma_list(list, valid_room, "rooms", "rooms such as %23general")?;
     if rooms.len() > MAX_NARROWED_ROOMS {
         return Err(ApiError::invalid(format!(
             "`rooms` may name at most {MAX_NARROWED_ROOMS} rooms"

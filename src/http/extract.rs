@@ -84,3 +84,26 @@ pub fn parse_id(name: &str, value: &str) -> Result<i64, ApiError> {
         ))),
     }
 }
+
+/// A comma-separated list from a query string, each entry once, in the order given. Entries
+/// are taken exactly as given (white space may be part of a name); the first one `valid`
+/// refuses makes the whole list invalid, answered with `what` ("a comma-separated list of …").
+pub fn comma_list(
+    list: &str,
+    valid: impl Fn(&str) -> bool,
+    name: &str,
+    what: &str,
+) -> Result<Vec<String>, ApiError> {
+    let mut entries: Vec<String> = Vec::new();
+    for entry in list.split(',') {
+        if !valid(entry) {
+            return Err(ApiError::invalid(format!(
+                "`{name}` must be a comma-separated list of {what}"
+            )));
+        }
+        if !entries.iter().any(|known| known == entry) {
+            entries.push(entry.to_owned());
+        }
+    }
+    Ok(entries)
+}

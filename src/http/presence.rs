@@ -8,7 +8,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::extract::{Authenticated, Params};
+use super::extract::{comma_list, Authenticated, Params};
 use super::{ApiError, AppState};
 use crate::message::valid_name;
 use crate::store;
@@ -34,18 +34,12 @@ pub async fn presence(
             wait,
         ));
     }
-    let mut asked: Vec<String> = Vec::new();
-    for name in params.participants.as_deref().unwrap_or("").split(',') {
-        // Names are taken exactly as given: white space may be part of one.
-        if !valid_name(name) {
-            return Err(ApiError::invalid(
-                "`participants` must be a comma-separated list of participant names",
-            ));
-        }
-        if !asked.iter().any(|known| known == name) {
-            asked.push(name.to_owned());
-        }
-    }
+    let asked = comma_list(
+        params.participants.as_deref().unwrap_or(""),
+        valid_name,
+        "participants",
+        "participant names",
+    )?;
     if asked.len() > MAX_PRESENCE_QUERY {
         return Err(ApiError::invalid(format!(
             "ask about at most {MAX_PRESENCE_QUERY} participants at once"

@@ -423,16 +423,7 @@ pub fn spawn_writer(
 
 /// Every message id addressed to `participant`, ascending.
 pub async fn ids_for(client: &Client, participant: &str) -> Vec<i64> {
-    client
-        .query(
-            "SELECT id FROM pgrelay.messages WHERE $1 = ANY(participants) ORDER BY id",
-            &[&participant],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+    ids_for_addresses(client, &[participant.to_owned()]).await
 }
 
 /// The ids of every message addressed to one of `addresses` (people, rooms, `*`), in order.
