@@ -32,20 +32,25 @@ pub type DbPool = Pool;
 const MESSAGE_COLUMNS: &str = "id, kind, sender, participants, payload, \
      to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
 
-/// The messages matching `filter` in id order, at most `$rows` of them and cut to `$bytes` of
-/// payload and participants (always at least one row), plus how many rows the row limit
-/// alone would have given. The cut happens in SQL, so a page of large messages is never read
-/// only to be thrown away. `$rows` and `$bytes` are the parameters numbered `rows`/`bytes`.
-pub(crate) fn page_sql(filter: &str, rows: u8, bytes: u8) -> String {
+/// The messages `source` selects (rows of `pgrelay.messages`, in id order, at most `$rows`
+/// of them), cut to `$bytes` of payload and participants (always at least one row), plus how
+/// many rows the row limit alone would have given. The cut happens in SQL, so a page of large
+/// messages is never read only to be thrown away. `$bytes` is the parameter numbered `bytes`.
+pub(crate) fn page_sql(source: &str, bytes: u8) -> String {
     format!(
         "SELECT {MESSAGE_COLUMNS}, (extract(epoch FROM committed_at) * 1000000)::int8, fetched \
          FROM (SELECT m.*, s.size, sum(s.size) OVER (ORDER BY m.id) AS upto, \
                       count(*) OVER () AS fetched \
-                 FROM (SELECT * FROM pgrelay.messages WHERE {filter} ORDER BY id LIMIT ${rows}) m, \
+                 FROM ({source}) m, \
                       LATERAL (SELECT octet_length(m.payload::text) \
                                       + octet_length(m.participants::text) AS size) s) page \
          WHERE upto - size < ${bytes} ORDER BY id"
     )
+}
+
+/// The first `$rows` messages matching `filter`, for [`page_sql`].
+pub(crate) fn matching(filter: &str, rows: u8) -> String {
+    format!("SELECT * FROM pgrelay.messages WHERE {filter} ORDER BY id LIMIT ${rows}")
 }
 
 /// Column index of the commit time (microseconds since the epoch) in a [`page_sql`] row.
@@ -153,7 +158,7 @@ const MAX_ADDRESS_BRANCHES: usize = 64;
 /// The query of [`messages_for`] for `addresses` addresses, with `$1` the position, `$2` the
 /// row limit, `$3` the byte limit and `$4`… the addresses (or, past 64 of them, `$4` an array).
 ///
-/// One branch per address, each the first `$2` ids of that address after `$1`, found through
+/// One branch per address, each the first `$2` messages of that address after `$1`, found through
 /// the GIN index on `participants` (or, for a recent `$1`, the primary key's range), planned
 /// with that address's own statistics. `ORDER BY id + 0` keeps PostgreSQL from the plan it
 /// otherwise picks for a name it has no statistics for: walking the primary key in order and
@@ -163,21 +168,24 @@ const MAX_ADDRESS_BRANCHES: usize = 64;
 /// address has after `$1`. (Past 64 addresses, one `&&` keeps the statement small.)
 /// Public for `EXPLAIN` in the tests and the benchmark.
 pub fn messages_for_sql(addresses: usize) -> String {
-    let filter = if addresses > MAX_ADDRESS_BRANCHES {
-        "participants && $4::text[] AND id > $1".to_owned()
-    } else {
-        let branches: Vec<String> = (0..addresses)
-            .map(|k| {
-                format!(
-                    "(SELECT id FROM pgrelay.messages WHERE participants @> ARRAY[${}::text] \
-                       AND id > $1 ORDER BY id + 0 LIMIT $2)",
-                    k + 4
-                )
-            })
-            .collect();
-        format!("id IN ({})", branches.join(" UNION ALL "))
-    };
-    page_sql(&filter, 2, 3)
+    if addresses > MAX_ADDRESS_BRANCHES {
+        return page_sql(&matching("participants && $4::text[] AND id > $1", 2), 3);
+    }
+    let branches: Vec<String> = (0..addresses)
+        .map(|k| {
+            format!(
+                "(SELECT * FROM pgrelay.messages WHERE participants @> ARRAY[${}::text] \
+                   AND id > $1 ORDER BY id + 0 LIMIT $2)",
+                k + 4
+            )
+        })
+        .collect();
+    // A message to several of the addresses comes out of several branches: once it is.
+    let source = format!(
+        "SELECT DISTINCT ON (id) * FROM ({}) branches ORDER BY id LIMIT $2",
+        branches.join(" UNION ALL ")
+    );
+    page_sql(&source, 3)
 }
 
 /// The newest visible message id (0 when there is none). Because ids are commit-ordered,

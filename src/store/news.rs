@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use tokio_postgres::types::{Json, Type};
 use tokio_postgres::{Client, Row, Statement};
 
-use super::{message_from_row, page_sql, COMMITTED_AT, FETCHED};
+use super::{matching, message_from_row, page_sql, COMMITTED_AT, FETCHED};
 use crate::error::Error;
 use crate::message::{Message, Signal};
 
@@ -15,7 +15,7 @@ use crate::message::{Message, Signal};
 /// of at most `$2` rows and `$3` bytes) and every signal after `$4` (at most `$2`), in one
 /// round trip. Wake-ups carry nothing, so this is all the relay knows of what is new.
 pub async fn prepare_news(client: &Client) -> Result<Statement, Error> {
-    let messages = page_sql("id > $1", 2, 3);
+    let messages = page_sql(&matching("id > $1", 2), 3);
     let sql = format!(
         "SELECT false, * FROM ({messages}) messages \
          UNION ALL \
