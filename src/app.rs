@@ -16,6 +16,7 @@ use crate::http::{self, AppState, RequestLimits};
 use crate::listener::{self, Listener};
 use crate::metrics::Metrics;
 use crate::presence::{self, Presence};
+use crate::publisher::Publisher;
 use crate::registry::Registry;
 use crate::stream::Streams;
 use crate::{migrate, retention, server, store};
@@ -78,6 +79,7 @@ pub async fn run(
         max_per_participant: settings.max_streams_per_participant,
         shutdown: stopping.clone(),
     });
+    let publish_batch = settings.publish_batch;
     let app = http::app(Arc::new(AppState {
         limits: RequestLimits::new(&settings),
         settings,
@@ -86,6 +88,7 @@ pub async fn run(
         streams,
         metrics,
         listener_up,
+        publisher: Publisher::start(pool.clone(), publish_batch),
     }));
     let mut server = tokio::spawn(server::serve(listener, app, limits, stopping.clone()));
     info!("relay ready");

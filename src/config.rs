@@ -60,6 +60,8 @@ pub struct Settings {
     pub publish_rate: f64,
     /// Messages each sender may publish over HTTP in a burst.
     pub publish_burst: f64,
+    /// Most `POST /v1/messages` one transaction commits (group commit); 1 commits each alone.
+    pub publish_batch: usize,
     /// Most `GET /v1/messages` requests of one participant in flight on this instance.
     pub max_history_requests: usize,
 }
@@ -84,6 +86,7 @@ impl Default for Settings {
             signal_burst: 10.0,
             publish_rate: 20.0,
             publish_burst: 50.0,
+            publish_batch: 100,
             max_history_requests: 4,
         }
     }

@@ -21,8 +21,9 @@
 //!    shutdown).
 //! 4. **Tasks**: `stream` (one subscriber's SSE stream: catch-up, live, keepalive, expiry),
 //!    `listener` (the LISTEN connection: reconnects, wake-ups, dispatch), `presence` (who
-//!    is online, across instances) and [`retention`] (pruning, one instance at a time). Each
-//!    gets a narrow handle with just what it uses.
+//!    is online, across instances), [`retention`] (pruning, one instance at a time) and
+//!    `publisher` (group commit for `POST /v1/messages`). Each gets a narrow handle with just
+//!    what it uses.
 //! 5. **Routing and storage**: `registry` (participant → open streams, each with a bounded
 //!    inbox), [`store`] (the query pool and every query), [`migrate`] (the SQL in `sql/`),
 //!    `tls` (`sslmode` as libpq means it), `frame` (the SSE wire format), `limits`
@@ -56,6 +57,7 @@ mod message;
 mod metrics;
 pub mod migrate;
 mod presence;
+mod publisher;
 mod registry;
 pub mod retention;
 mod server;

@@ -133,15 +133,16 @@ impl Signal {
 }
 
 /// A message to publish (or a signal to send), already validated.
-pub struct NewMessage<'a> {
+#[derive(Debug)]
+pub struct NewMessage {
     /// Recipients, the sender included.
-    pub participants: &'a [String],
+    pub participants: Vec<String>,
     /// The SSE event name.
-    pub kind: &'a str,
+    pub kind: String,
     /// The token's subject.
-    pub sender: &'a str,
+    pub sender: String,
     /// Any JSON value.
-    pub payload: &'a RawValue,
+    pub payload: Box<RawValue>,
 }
 
 /// The event name of a stream's opening block, which carries the stream's position.

@@ -143,6 +143,11 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_PUBLISH_BURST", default_value_t = 50.0)]
     pub publish_burst: f64,
 
+    /// Most messages one transaction of `POST /v1/messages` commits: requests that arrive
+    /// while a commit is in flight share the next one (group commit); 1 commits each alone.
+    #[arg(long, env = "PGRELAY_PUBLISH_BATCH", default_value_t = 100)]
+    pub publish_batch: usize,
+
     /// Most `GET /v1/messages` requests one participant may have in flight; more are answered
     /// 429.
     #[arg(long, env = "PGRELAY_MAX_HISTORY_REQUESTS", default_value_t = 4)]
@@ -240,6 +245,7 @@ impl RelayArgs {
             signal_burst: self.signal_burst,
             publish_rate: self.publish_rate,
             publish_burst: self.publish_burst,
+            publish_batch: self.publish_batch.max(1),
             max_history_requests: self.max_history_requests.max(1),
         })
     }

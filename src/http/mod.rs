@@ -41,6 +41,7 @@ use crate::auth::Keys;
 use crate::config::Settings;
 use crate::limits::{ConcurrencyLimit, RateLimiter};
 use crate::metrics::Metrics;
+use crate::publisher::Publisher;
 use crate::store::DbPool;
 use crate::stream::Streams;
 
@@ -60,6 +61,8 @@ pub struct AppState {
     pub listener_up: Arc<AtomicBool>,
     /// Per-client rate and concurrency limits.
     pub limits: RequestLimits,
+    /// Stores `POST /v1/messages` in shared transactions (group commit).
+    pub publisher: Publisher,
 }
 
 /// Per-client limits, so one token holder cannot exhaust the relay for everyone else.

@@ -150,12 +150,14 @@ pub async fn post_message(
         ));
     }
     let message = NewMessage {
-        participants: &publication.participants,
-        kind: publication.kind.as_deref().unwrap_or("message"),
-        sender: &publication.sender,
-        payload: &publication.payload,
+        participants: publication.participants,
+        kind: publication.kind.unwrap_or_else(|| "message".to_owned()),
+        sender: publication.sender,
+        payload: publication.payload,
     };
-    let id = store::publish(&state.pool, &message)
+    let id = state
+        .publisher
+        .publish(message)
         .await
         .map_err(|error| ApiError::from_database("publishing a message failed", &error))?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
@@ -169,7 +171,7 @@ pub async fn post_signal(
     body: Body,
 ) -> Result<Response, ApiError> {
     let publication = read_publication(&state, claims, &headers, body, MAX_SIGNAL_PAYLOAD).await?;
-    let Some(kind) = publication.kind.as_deref() else {
+    let Some(kind) = publication.kind else {
         return Err(ApiError::invalid(
             "a signal needs a `kind`, such as \"typing\"",
         ));
@@ -178,10 +180,10 @@ pub async fn post_signal(
         return Err(ApiError::rate_limited("too many signals; slow down", wait));
     }
     let signal = NewMessage {
-        participants: &publication.participants,
+        participants: publication.participants,
         kind,
-        sender: &publication.sender,
-        payload: &publication.payload,
+        sender: publication.sender,
+        payload: publication.payload,
     };
     store::signal(&state.pool, &signal)
         .await

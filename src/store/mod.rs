@@ -236,25 +236,47 @@ pub async fn retention_bounds(pool: &DbPool) -> Result<RetentionBounds, Error> {
 }
 
 /// Stores a message and returns its commit-ordered id.
-pub async fn publish(pool: &DbPool, message: &NewMessage<'_>) -> Result<i64, Error> {
-    let client = pool.get().await?;
-    let payload = Json(message.payload);
-    let params: [(&(dyn ToSql + Sync), Type); 4] = [
-        (&message.participants, Type::TEXT_ARRAY),
-        (&payload, Type::JSONB),
-        (&message.kind, Type::TEXT),
-        (&message.sender, Type::TEXT),
-    ];
-    let row = client
-        .query_typed_one("SELECT pgrelay.publish($1, $2, $3, $4)", &params)
-        .await?;
-    Ok(row.try_get(0)?)
+pub async fn publish(pool: &DbPool, message: &NewMessage) -> Result<i64, Error> {
+    let ids = publish_all(pool, &[message]).await?;
+    Ok(ids[0])
+}
+
+/// Stores `messages` in one transaction (one commit, consecutive ids in this order) and
+/// returns their ids. The calls are pipelined: one round trip for all of them, then the commit.
+pub async fn publish_all(pool: &DbPool, messages: &[&NewMessage]) -> Result<Vec<i64>, Error> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let payloads: Vec<Json<&RawValue>> = messages
+        .iter()
+        .map(|message| Json(&*message.payload))
+        .collect();
+    let calls = messages.iter().zip(&payloads).map(|(message, payload)| {
+        let params: [(&(dyn ToSql + Sync), Type); 4] = [
+            (&message.participants, Type::TEXT_ARRAY),
+            (payload, Type::JSONB),
+            (&message.kind, Type::TEXT),
+            (&message.sender, Type::TEXT),
+        ];
+        let transaction = &transaction;
+        async move {
+            transaction
+                .query_typed_one("SELECT pgrelay.publish($1, $2, $3, $4)", &params)
+                .await
+        }
+    });
+    let rows = futures::future::try_join_all(calls).await?;
+    let ids = rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<Vec<i64>, _>>()?;
+    transaction.commit().await?;
+    Ok(ids)
 }
 
 /// Sends a signal (a message that is never stored) through `pgrelay.signal`.
-pub async fn signal(pool: &DbPool, signal: &NewMessage<'_>) -> Result<(), Error> {
+pub async fn signal(pool: &DbPool, signal: &NewMessage) -> Result<(), Error> {
     let client = pool.get().await?;
-    let payload = Json(signal.payload);
+    let payload = Json(&*signal.payload);
     let params: [(&(dyn ToSql + Sync), Type); 4] = [
         (&signal.participants, Type::TEXT_ARRAY),
         (&signal.kind, Type::TEXT),

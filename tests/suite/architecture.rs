@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("composition", &["app"]),
     ("HTTP", &["http", "server"]),
-    ("tasks", &["stream", "listener", "presence", "retention"]),
+    (
+        "tasks",
+        &["stream", "listener", "presence", "retention", "publisher"],
+    ),
     (
         "routing and storage",
         &[

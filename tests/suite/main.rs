@@ -14,6 +14,7 @@ mod browser;
 mod cli;
 mod faults;
 mod framing;
+mod group_commit;
 mod http_errors;
 mod instances;
 mod js_client;

@@ -1,0 +1,100 @@
+//! Group commit for `POST /v1/messages`.
+//!
+//! Every message commits under pgrelay's order lock and PostgreSQL's cluster-wide notify lock,
+//! held through the WAL flush, so one message per transaction caps the whole database at one
+//! publish per flush. Apps that insert from SQL can put many rows in a transaction; HTTP
+//! publishers cannot. So the handlers hand their messages to one task, which inserts whatever
+//! arrived while its previous commit was in flight as the next transaction (up to
+//! `--publish-batch` rows) and answers each request with its own id once that commit is done.
+//! A row the database refuses fails its whole transaction; then each message of it is tried
+//! alone, so a bad row fails only its own request.
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::error::Error;
+use crate::message::NewMessage;
+use crate::store::{self, DbPool};
+
+/// Requests that may wait for the publishing task; more make their handlers wait too, so a
+/// flood of publishers holds bounded memory.
+const QUEUE: usize = 4096;
+
+/// The handle the HTTP handlers publish through.
+pub struct Publisher {
+    queue: mpsc::Sender<Pending>,
+}
+
+/// A message waiting for its commit, and where its id goes.
+struct Pending {
+    message: NewMessage,
+    reply: oneshot::Sender<Result<i64, Error>>,
+}
+
+impl Publisher {
+    /// Starts the publishing task, which commits at most `max_batch` messages per
+    /// transaction; it ends once the last handle is dropped and the queue is empty.
+    pub fn start(pool: DbPool, max_batch: usize) -> Publisher {
+        let (queue, pending) = mpsc::channel(QUEUE);
+        tokio::spawn(run(pool, pending, max_batch.max(1)));
+        Publisher { queue }
+    }
+
+    /// Stores `message`; returns its commit-ordered id once it is committed.
+    pub async fn publish(&self, message: NewMessage) -> Result<i64, Error> {
+        let (reply, id) = oneshot::channel();
+        self.queue
+            .send(Pending { message, reply })
+            .await
+            .map_err(|_| Error::connection("the publishing task has stopped"))?;
+        id.await
+            .map_err(|_| Error::connection("the publishing task has stopped"))?
+    }
+}
+
+/// Commits what is waiting, one transaction at a time.
+async fn run(pool: DbPool, mut pending: mpsc::Receiver<Pending>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while pending.recv_many(&mut batch, max_batch).await > 0 {
+        debug!(messages = batch.len(), "publishing");
+        commit(&pool, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Commits `batch` as one transaction and answers each request; when the database refuses
+/// the data of one of them, tries each alone.
+async fn commit(pool: &DbPool, batch: Vec<Pending>) {
+    let messages: Vec<&NewMessage> = batch.iter().map(|pending| &pending.message).collect();
+    match store::publish_all(pool, &messages).await {
+        Ok(ids) => {
+            for (pending, id) in batch.into_iter().zip(ids) {
+                let _ = pending.reply.send(Ok(id));
+            }
+        }
+        Err(error) if batch.len() == 1 => {
+            if let Some(pending) = batch.into_iter().next() {
+                let _ = pending.reply.send(Err(error));
+            }
+        }
+        Err(error) if refused(&error) => {
+            for pending in batch {
+                let id = store::publish(pool, &pending.message).await;
+                let _ = pending.reply.send(id);
+            }
+        }
+        Err(error) => {
+            // The database is away or broken, not this data: the same answer for everyone.
+            let cause = error.to_string();
+            for pending in batch {
+                let _ = pending.reply.send(Err(Error::connection(format!(
+                    "publishing failed: {cause}"
+                ))));
+            }
+        }
+    }
+}
+
+/// Whether the database refused one row's data (which fails only that row when alone).
+fn refused(error: &Error) -> bool {
+    error.is_refused_data() || error.is_too_large() || error.is_id_conflict()
+}

@@ -1,0 +1,81 @@
+//! Group commit: `POST /v1/messages` requests that arrive together share transactions, each
+//! still answered with its own id, and a row the database refuses fails only its own request.
+
+use std::collections::HashSet;
+
+use futures::future::join_all;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// Sends `bodies` as concurrent `POST /v1/messages` from different senders; returns each
+/// answer's status and JSON, in order.
+async fn post_together(relay: &Relay, bodies: Vec<Value>) -> Vec<(u16, Value)> {
+    let posts = bodies.into_iter().enumerate().map(|(n, body)| async move {
+        let token = relay.token(&format!("sender{n}"), &["publish"]);
+        status_and_json(post(&relay.base, "/v1/messages", &token, body).await).await
+    });
+    join_all(posts).await
+}
+
+/// Fifty concurrent publishers: every request gets its own id, every message is stored once,
+/// and they took fewer transactions than messages (rows of one transaction share `xmin`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_transactions() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let bodies = (0..50)
+        .map(|n| json!({"participants": ["inbox"], "payload": {"n": n}}))
+        .collect();
+    let answers = post_together(&relay, bodies).await;
+    let ids: HashSet<i64> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 201, "{body}");
+            body["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 50, "every request has an id of its own");
+
+    let client = connect(&db).await;
+    let rows = client
+        .query(
+            "SELECT id, xmin::text, payload->>'n' FROM pgrelay.messages ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: HashSet<i64> = rows.iter().map(|row| row.get(0)).collect();
+    assert_eq!(stored, ids, "the ids answered are the ids stored");
+    let transactions: HashSet<String> = rows.iter().map(|row| row.get(1)).collect();
+    println!("50 messages in {} transactions", transactions.len());
+    assert!(
+        transactions.len() < 50,
+        "no two concurrent publishes shared a transaction"
+    );
+}
+
+/// A message PostgreSQL refuses (a `\u0000` in its payload) among concurrent ones fails with
+/// its own 422; the others are stored and answered 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_row_fails_only_its_own_request() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let bodies = (0..20)
+        .map(|n| {
+            let text = if n == 7 {
+                "bad \u{0} byte".to_owned()
+            } else {
+                format!("ok {n}")
+            };
+            json!({"participants": ["inbox"], "payload": {"text": text}})
+        })
+        .collect();
+    let answers = post_together(&relay, bodies).await;
+    for (n, (status, body)) in answers.iter().enumerate() {
+        let expected = if n == 7 { 422 } else { 201 };
+        assert_eq!(*status, expected, "request {n}: {body}");
+    }
+    let count = message_count(&connect(&db).await).await;
+    assert_eq!(count, 19);
+}
