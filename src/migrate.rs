@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (5, "0005_trust.sql", include_str!("../sql/0005_trust.sql")),
     (6, "0006_rooms.sql", include_str!("../sql/0006_rooms.sql")),
+    (
+        7,
+        "0007_publish_many.sql",
+        include_str!("../sql/0007_publish_many.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -21,12 +21,15 @@ use crate::store::{self, DbPool};
 const QUEUE: usize = 4096;
 
 /// The handle the HTTP handlers publish through.
-pub struct Publisher {
-    queue: mpsc::Sender<Pending>,
+pub enum Publisher {
+    /// Group commit: the publishing task's queue.
+    Grouped(mpsc::Sender<Pending>),
+    /// `--publish-batch 1`: each request commits alone, concurrently through the pool.
+    OneByOne(DbPool),
 }
 
 /// A message waiting for its commit, and where its id goes.
-struct Pending {
+pub struct Pending {
     message: NewMessage,
     reply: oneshot::Sender<Result<i64, Error>>,
 }
@@ -35,15 +38,22 @@ impl Publisher {
     /// Starts the publishing task, which commits at most `max_batch` messages per
     /// transaction; it ends once the last handle is dropped and the queue is empty.
     pub fn start(pool: DbPool, max_batch: usize) -> Publisher {
+        if max_batch <= 1 {
+            return Publisher::OneByOne(pool);
+        }
         let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, pending, max_batch.max(1)));
-        Publisher { queue }
+        tokio::spawn(run(pool, pending, max_batch));
+        Publisher::Grouped(queue)
     }
 
     /// Stores `message`; returns its commit-ordered id once it is committed.
     pub async fn publish(&self, message: NewMessage) -> Result<i64, Error> {
+        let queue = match self {
+            Publisher::Grouped(queue) => queue,
+            Publisher::OneByOne(pool) => return store::publish(pool, &message).await,
+        };
         let (reply, id) = oneshot::channel();
-        self.queue
+        queue
             .send(Pending { message, reply })
             .await
             .map_err(|_| Error::connection("the publishing task has stopped"))?;

@@ -5,6 +5,7 @@
 //! cargo run --release --example bench -- --quick   # smoke run, under 2 minutes
 //! cargo run --release --example bench -- --throughput  # ceilings and ladders only, ~2 minutes
 //! cargo run --release --example bench -- --latency     # floor and commit-to-SSE latency, ~1 minute
+//! cargo run --release --example bench -- --publish     # POST throughput, group commit, ~1 minute
 //! ```
 //!
 //! The example first runs `cargo build --release --bin pgrelay` (a no-op when the binary is
@@ -49,6 +50,7 @@ mod catch_up;
 mod cold_start;
 mod measure;
 mod postgres;
+mod publishing;
 mod relay;
 mod report;
 mod rooms;
@@ -62,6 +64,7 @@ use catch_up::*;
 use cold_start::*;
 use measure::*;
 use postgres::*;
+use publishing::*;
 use relay::*;
 use report::*;
 use rooms::*;
@@ -141,13 +144,15 @@ pub(crate) const WANTED_FILES: libc::rlim_t = 65_536;
 pub(crate) const NEEDED_FILES: libc::rlim_t = MANY as libc::rlim_t + 1_000;
 
 pub(crate) const USAGE: &str =
-    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency] [-- --no-build]
+    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish] [-- --no-build]
 
   --quick      short smoke run (under 2 minutes): shorter phases, fewer throughput steps
   --throughput only the ceilings and the throughput ladders (with 1,000 subscribers), for
                trying a change to the hot path in about two minutes
   --latency    only the LISTEN floor and commit-to-SSE latency with 1,000 subscribers, in
                about a minute (add --quick for a shorter run)
+  --publish    only the 1-row ceiling and POST /v1/messages throughput from 100 publishers,
+               with group commit and without (--publish-batch 1), in about a minute
   --no-build   do not run `cargo build --release --bin pgrelay` first
 
 Starts its own throwaway PostgreSQL and its own `target/release/pgrelay serve` processes on
@@ -160,6 +165,8 @@ pub(crate) struct Profile {
     pub(crate) throughput_only: bool,
     /// Only the floor and the latency with 1,000 subscribers (`--latency`).
     pub(crate) latency_only: bool,
+    /// Only the ceiling and `POST` throughput with and without group commit (`--publish`).
+    pub(crate) publish_only: bool,
     pub(crate) floor: Duration,
     pub(crate) latency: Duration,
     pub(crate) ceiling: Duration,
@@ -180,6 +187,7 @@ impl Profile {
             quick: false,
             throughput_only: false,
             latency_only: false,
+            publish_only: false,
             floor: Duration::from_secs(20),
             latency: Duration::from_secs(30),
             ceiling: Duration::from_secs(5),
@@ -200,6 +208,7 @@ impl Profile {
             quick: true,
             throughput_only: false,
             latency_only: false,
+            publish_only: false,
             floor: Duration::from_secs(3),
             latency: Duration::from_secs(3),
             ceiling: Duration::from_millis(1500),
@@ -229,11 +238,13 @@ impl Options {
         };
         let mut throughput_only = false;
         let mut latency_only = false;
+        let mut publish_only = false;
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => options.profile = Profile::quick(),
                 "--throughput" => throughput_only = true,
                 "--latency" => latency_only = true,
+                "--publish" => publish_only = true,
                 "--no-build" => options.build = false,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -244,6 +255,7 @@ impl Options {
         }
         options.profile.throughput_only = throughput_only;
         options.profile.latency_only = latency_only;
+        options.profile.publish_only = publish_only;
         Ok(options)
     }
 }

@@ -12,6 +12,16 @@ pub(crate) struct RelayChild {
 
 impl RelayChild {
     pub(crate) fn spawn(bin: &Path, url: &str, log: PathBuf) -> Res<RelayChild> {
+        RelayChild::spawn_with(bin, url, log, &[])
+    }
+
+    /// [`RelayChild::spawn`] with more `serve` flags.
+    pub(crate) fn spawn_with(
+        bin: &Path,
+        url: &str,
+        log: PathBuf,
+        flags: &[&str],
+    ) -> Res<RelayChild> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -23,6 +33,7 @@ impl RelayChild {
             .args(["--bind", &addr.to_string()])
             // Room for 10,000 streams plus the odd request.
             .args(["--max-connections", "20000"])
+            .args(flags)
             .env_clear()
             .env("DATABASE_URL", url)
             .env("PGRELAY_SECRET", SECRET)

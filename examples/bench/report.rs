@@ -52,6 +52,7 @@ pub(crate) struct Report {
     pub(crate) socket_floors: Vec<SocketFloor>,
     pub(crate) catch_up: Option<CatchUp>,
     pub(crate) broadcast: Option<Broadcast>,
+    pub(crate) publishing: Vec<Publishing>,
     pub(crate) signals: u64,
     pub(crate) problems: Vec<String>,
 }
@@ -239,6 +240,44 @@ impl Report {
                 ),
                 "(reference)",
                 "",
+            );
+        }
+        let ceiling = self.ceiling(1, 1).map(Ceiling::rows_per_second);
+        let one_by_one = self
+            .publishing
+            .iter()
+            .find(|p| p.batch == 1)
+            .map(Publishing::per_second);
+        for publishing in &self.publishing {
+            let versus = match ceiling {
+                Some(ceiling) => format!(
+                    ", {:.0}% of the 1-row ceiling",
+                    publishing.per_second() / ceiling * 100.0
+                ),
+                None => String::new(),
+            };
+            let grouped = publishing.batch > 1;
+            let gain = one_by_one
+                .filter(|_| grouped)
+                .map(|one| publishing.per_second() / one);
+            row(
+                &format!(
+                    "POST /v1/messages, {PUBLISHERS} publishers, --publish-batch {}: messages/s; request → 201 p50 / p99",
+                    publishing.batch
+                ),
+                format!(
+                    "{:.0}/s in {} transactions{versus}{}; {} / {}",
+                    publishing.per_second(),
+                    publishing.transactions,
+                    gain.map_or(String::new(), |gain| format!(" = {gain:.1}× one per transaction")),
+                    ms(publishing.latency.p50),
+                    ms(publishing.latency.p99)
+                ),
+                if grouped { "≥ 3× one per transaction" } else { "(reference)" },
+                match gain {
+                    Some(gain) => verdict(gain >= 3.0),
+                    None => "",
+                },
             );
         }
         if let Some(catch_up) = &self.catch_up {

@@ -4,10 +4,14 @@ use super::*;
 
 pub(crate) async fn run(options: &Options, report: &mut Report) -> Res<()> {
     let profile = &options.profile;
-    report.mode = match (profile.latency_only, profile.quick) {
-        (true, _) => "latency",
-        (false, true) => "quick",
-        (false, false) => "full",
+    report.mode = if profile.latency_only {
+        "latency"
+    } else if profile.publish_only {
+        "publish"
+    } else if profile.quick {
+        "quick"
+    } else {
+        "full"
     };
     let relay_bin = relay_binary(options.build)?;
     report.load_start = load_average();
@@ -51,6 +55,12 @@ pub(crate) async fn phases(
 
     if profile.latency_only {
         return latency_only(
+            cluster, &admin, relay_bin, profile, logs, &names, &keys, report,
+        )
+        .await;
+    }
+    if profile.publish_only {
+        return publish_phases(
             cluster, &admin, relay_bin, profile, logs, &names, &keys, report,
         )
         .await;
@@ -113,6 +123,11 @@ pub(crate) async fn phases(
     )
     .await?;
 
+    publish_phases(
+        cluster, &admin, relay_bin, profile, logs, &names, &keys, report,
+    )
+    .await?;
+
     let catch_up_db = create_database(cluster, &admin, "bench_catch_up").await?;
     report.catch_up =
         Some(catch_up_phase(&catch_up_db, relay_bin, profile, logs, &keys, &names).await?);
@@ -158,6 +173,40 @@ pub(crate) async fn latency_only(
     report.problems.extend(hub.take_problems());
     drop(subscribers);
     relay.stop();
+    Ok(())
+}
+
+/// `POST /v1/messages` from 100 publishers, one message per transaction and with group
+/// commit, beside the database's own one-row-per-transaction ceiling (measured here too, so
+/// `--publish` alone has it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn publish_phases(
+    cluster: &TempCluster,
+    admin: &Client,
+    relay_bin: &Path,
+    profile: &Profile,
+    logs: &LogDir,
+    names: &Names,
+    keys: &Keys,
+    report: &mut Report,
+) -> Res<()> {
+    if report.ceiling(1, 1).is_none() {
+        let ceiling_db = create_database(cluster, admin, "bench_publish_ceiling").await?;
+        progress("ceiling: 8 writers flat out, 1 row per transaction, 1 listener…");
+        let ceiling = ceiling_phase(&ceiling_db, WRITERS, 1, 1, profile, names).await?;
+        progress(format!("  {:.0} rows/s", ceiling.rows_per_second()));
+        report.ceilings.push(ceiling);
+    }
+    let duration = if profile.quick {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(10)
+    };
+    for batch in [1, 100] {
+        let db = create_database(cluster, admin, &format!("bench_publish_{batch}")).await?;
+        let publishing = publishing_phase(&db, relay_bin, logs, keys, batch, duration).await?;
+        report.publishing.push(publishing);
+    }
     Ok(())
 }
 

@@ -241,35 +241,37 @@ pub async fn publish(pool: &DbPool, message: &NewMessage) -> Result<i64, Error> 
     Ok(ids[0])
 }
 
-/// Stores `messages` in one transaction (one commit, consecutive ids in this order) and
-/// returns their ids. The calls are pipelined: one round trip for all of them, then the commit.
+/// Stores `messages` in one transaction, one call of `pgrelay.publish_many` (one lock, one
+/// commit, consecutive ids in this order), and returns their ids in that order.
 pub async fn publish_all(pool: &DbPool, messages: &[&NewMessage]) -> Result<Vec<i64>, Error> {
+    #[derive(Debug, serde::Serialize)]
+    struct Row<'a> {
+        participants: &'a [String],
+        payload: &'a RawValue,
+        kind: &'a str,
+        sender: &'a str,
+    }
+    let rows: Vec<Row> = messages
+        .iter()
+        .map(|message| Row {
+            participants: &message.participants,
+            payload: &message.payload,
+            kind: &message.kind,
+            sender: &message.sender,
+        })
+        .collect();
+    let batch = Json(rows);
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
-    let payloads: Vec<Json<&RawValue>> = messages
-        .iter()
-        .map(|message| Json(&*message.payload))
-        .collect();
-    let calls = messages.iter().zip(&payloads).map(|(message, payload)| {
-        let params: [(&(dyn ToSql + Sync), Type); 4] = [
-            (&message.participants, Type::TEXT_ARRAY),
-            (payload, Type::JSONB),
-            (&message.kind, Type::TEXT),
-            (&message.sender, Type::TEXT),
-        ];
-        let transaction = &transaction;
-        async move {
-            transaction
-                .query_typed_one("SELECT pgrelay.publish($1, $2, $3, $4)", &params)
-                .await
-        }
-    });
-    let rows = futures::future::try_join_all(calls).await?;
-    let ids = rows
+    let mut ids = transaction
+        .query_typed("SELECT pgrelay.publish_many($1)", &[(&batch, Type::JSONB)])
+        .await?
         .iter()
         .map(|row| row.try_get(0))
         .collect::<Result<Vec<i64>, _>>()?;
     transaction.commit().await?;
+    // Drawn one after another in the array's order.
+    ids.sort_unstable();
     Ok(ids)
 }
 

@@ -58,6 +58,7 @@ const RELAY_GRANTS: &[&str] = &[
     "GRANT DELETE ON pgrelay.messages TO {role}",
     "GRANT UPDATE ON pgrelay.retention, pgrelay.presence TO {role}",
     "GRANT EXECUTE ON FUNCTION pgrelay.publish(text[], jsonb, text, text), \
+     pgrelay.publish_many(jsonb), \
      pgrelay.signal(text[], text, jsonb, text), \
      pgrelay.presence_update(text, text[], text[], interval), pgrelay.presence_expire(interval), \
      pgrelay.presence_visible(text, text), pgrelay.presence_audience(text), \
