@@ -6,6 +6,7 @@
 //! cargo run --release --example bench -- --throughput  # ceilings and ladders only, ~2 minutes
 //! cargo run --release --example bench -- --latency     # floor and commit-to-SSE latency, ~1 minute
 //! cargo run --release --example bench -- --publish     # POST throughput, group commit, ~1 minute
+//! cargo run --release --example bench -- --fleet       # 1, 3 and 10 instances on one database
 //! ```
 //!
 //! The example first runs `cargo build --release --bin pgrelay` (a no-op when the binary is
@@ -48,6 +49,7 @@
 
 mod catch_up;
 mod cold_start;
+mod fleet;
 mod measure;
 mod postgres;
 mod publishing;
@@ -62,6 +64,7 @@ mod writers;
 
 use catch_up::*;
 use cold_start::*;
+use fleet::*;
 use measure::*;
 use postgres::*;
 use publishing::*;
@@ -144,7 +147,7 @@ pub(crate) const WANTED_FILES: libc::rlim_t = 65_536;
 pub(crate) const NEEDED_FILES: libc::rlim_t = MANY as libc::rlim_t + 1_000;
 
 pub(crate) const USAGE: &str =
-    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish] [-- --no-build]
+    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish | --fleet] [-- --no-build]
 
   --quick      short smoke run (under 2 minutes): shorter phases, fewer throughput steps
   --throughput only the ceilings and the throughput ladders (with 1,000 subscribers), for
@@ -153,6 +156,8 @@ pub(crate) const USAGE: &str =
                about a minute (add --quick for a shorter run)
   --publish    only the 1-row ceiling and POST /v1/messages throughput from 100 publishers,
                with group commit and without (--publish-batch 1), in about a minute
+  --fleet      only 1, 3 and 10 instances on one database under the latency load, and what
+               each adds to the database per message
   --no-build   do not run `cargo build --release --bin pgrelay` first
 
 Starts its own throwaway PostgreSQL and its own `target/release/pgrelay serve` processes on
@@ -167,6 +172,8 @@ pub(crate) struct Profile {
     pub(crate) latency_only: bool,
     /// Only the ceiling and `POST` throughput with and without group commit (`--publish`).
     pub(crate) publish_only: bool,
+    /// Only 1, 3 and 10 instances on one database (`--fleet`).
+    pub(crate) fleet_only: bool,
     pub(crate) floor: Duration,
     pub(crate) latency: Duration,
     pub(crate) ceiling: Duration,
@@ -188,6 +195,7 @@ impl Profile {
             throughput_only: false,
             latency_only: false,
             publish_only: false,
+            fleet_only: false,
             floor: Duration::from_secs(20),
             latency: Duration::from_secs(30),
             ceiling: Duration::from_secs(5),
@@ -209,6 +217,7 @@ impl Profile {
             throughput_only: false,
             latency_only: false,
             publish_only: false,
+            fleet_only: false,
             floor: Duration::from_secs(3),
             latency: Duration::from_secs(3),
             ceiling: Duration::from_millis(1500),
@@ -239,12 +248,14 @@ impl Options {
         let mut throughput_only = false;
         let mut latency_only = false;
         let mut publish_only = false;
+        let mut fleet_only = false;
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => options.profile = Profile::quick(),
                 "--throughput" => throughput_only = true,
                 "--latency" => latency_only = true,
                 "--publish" => publish_only = true,
+                "--fleet" => fleet_only = true,
                 "--no-build" => options.build = false,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -256,6 +267,7 @@ impl Options {
         options.profile.throughput_only = throughput_only;
         options.profile.latency_only = latency_only;
         options.profile.publish_only = publish_only;
+        options.profile.fleet_only = fleet_only;
         Ok(options)
     }
 }

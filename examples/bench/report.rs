@@ -53,6 +53,7 @@ pub(crate) struct Report {
     pub(crate) catch_up: Option<CatchUp>,
     pub(crate) broadcast: Option<Broadcast>,
     pub(crate) publishing: Vec<Publishing>,
+    pub(crate) fleet: Vec<FleetRun>,
     pub(crate) signals: u64,
     pub(crate) problems: Vec<String>,
 }
@@ -278,6 +279,24 @@ impl Report {
                     Some(gain) => verdict(gain >= 3.0),
                     None => "",
                 },
+            );
+        }
+        for run in &self.fleet {
+            row(
+                &format!(
+                    "Fleet of {}: 1,000 msg/s × 3 recipients, 1,000 subscribers; p50 / p99; per instance and message: LISTEN-backend CPU, database transactions; relay CPU per message (one instance)",
+                    run.instances
+                ),
+                format!(
+                    "{} / {}; {:.0} µs, {:.2}; {:.0} µs",
+                    ms(run.step.latencies.p50),
+                    ms(run.step.latencies.p99),
+                    run.listen_us_per_instance(),
+                    run.transactions_per_instance(),
+                    run.step.per_message_us(run.step.cpu.relay_cores * run.step.cpu.seconds)
+                ),
+                "(reference)",
+                "",
             );
         }
         if let Some(catch_up) = &self.catch_up {

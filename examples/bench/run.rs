@@ -8,6 +8,8 @@ pub(crate) async fn run(options: &Options, report: &mut Report) -> Res<()> {
         "latency"
     } else if profile.publish_only {
         "publish"
+    } else if profile.fleet_only {
+        "fleet"
     } else if profile.quick {
         "quick"
     } else {
@@ -58,6 +60,11 @@ pub(crate) async fn phases(
             cluster, &admin, relay_bin, profile, logs, &names, &keys, report,
         )
         .await;
+    }
+    if profile.fleet_only {
+        report.fleet =
+            fleet_phase(cluster, &admin, relay_bin, profile, logs, &names, &keys).await?;
+        return Ok(());
     }
     if profile.publish_only {
         return publish_phases(
