@@ -30,15 +30,16 @@ impl FleetRun {
 
 /// For each size in [`FLEET_SIZES`]: that many `pgrelay serve` processes on a fresh database,
 /// `FEW` subscribers spread over them round-robin by block, and the latency load.
-pub(crate) async fn fleet_phase(
-    cluster: &TempCluster,
-    admin: &Client,
-    relay_bin: &Path,
-    profile: &Profile,
-    logs: &LogDir,
-    names: &Names,
-    keys: &Keys,
-) -> Res<Vec<FleetRun>> {
+pub(crate) async fn fleet_phase(bench: &Bench<'_>) -> Res<Vec<FleetRun>> {
+    let Bench {
+        cluster,
+        admin,
+        relay_bin,
+        profile,
+        logs,
+        names,
+        keys,
+    } = *bench;
     let mut runs = Vec::new();
     for instances in FLEET_SIZES {
         progress(format!("fleet: {instances} instance(s) on one database…"));
@@ -51,8 +52,7 @@ pub(crate) async fn fleet_phase(
             relays.push(relay);
         }
         let db = connect(&url, "pgrelay-bench").await?;
-        let (arrivals, mut heard) = mpsc::unbounded_channel::<Arrival>();
-        let hub = Arc::new(Hub::new(arrivals));
+        let (hub, mut heard) = Hub::start();
         let mut subscribers = Subscribers::default();
         let share = FEW / instances as u32;
         for (n, relay) in relays.iter().enumerate() {

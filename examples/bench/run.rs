@@ -43,6 +43,18 @@ pub(crate) async fn run(options: &Options, report: &mut Report) -> Res<()> {
     Ok(())
 }
 
+/// What the phases that set up their own databases and relays share.
+#[derive(Clone, Copy)]
+pub(crate) struct Bench<'a> {
+    pub(crate) cluster: &'a TempCluster,
+    pub(crate) admin: &'a Client,
+    pub(crate) relay_bin: &'a Path,
+    pub(crate) profile: &'a Profile,
+    pub(crate) logs: &'a LogDir,
+    pub(crate) names: &'a Names,
+    pub(crate) keys: &'a Keys,
+}
+
 pub(crate) async fn phases(
     cluster: &TempCluster,
     relay_bin: &Path,
@@ -55,22 +67,24 @@ pub(crate) async fn phases(
     let names: Names = Arc::new((0..MANY).map(|i| format!("p{i:05}")).collect());
     let keys = Keys::from_secret_list(SECRET)?;
 
+    let bench = Bench {
+        cluster,
+        admin: &admin,
+        relay_bin,
+        profile,
+        logs,
+        names: &names,
+        keys: &keys,
+    };
     if profile.latency_only {
-        return latency_only(
-            cluster, &admin, relay_bin, profile, logs, &names, &keys, report,
-        )
-        .await;
+        return latency_only(&bench, report).await;
     }
     if profile.fleet_only {
-        report.fleet =
-            fleet_phase(cluster, &admin, relay_bin, profile, logs, &names, &keys).await?;
+        report.fleet = fleet_phase(&bench).await?;
         return Ok(());
     }
     if profile.publish_only {
-        return publish_phases(
-            cluster, &admin, relay_bin, profile, logs, &names, &keys, report,
-        )
-        .await;
+        return publish_phases(&bench, report).await;
     }
     let main = create_database(cluster, &admin, "bench_main").await?;
     if profile.throughput_only {
@@ -130,10 +144,7 @@ pub(crate) async fn phases(
     )
     .await?;
 
-    publish_phases(
-        cluster, &admin, relay_bin, profile, logs, &names, &keys, report,
-    )
-    .await?;
+    publish_phases(&bench, report).await?;
 
     let catch_up_db = create_database(cluster, &admin, "bench_catch_up").await?;
     report.catch_up =
@@ -144,17 +155,16 @@ pub(crate) async fn phases(
 /// `--latency`: the LISTEN floor and commit-to-SSE latency with 1,000 subscribers, nothing
 /// else. (This was examples/latency.rs, with one in-process subscriber; the relay now runs as
 /// its own process, as in every other phase.)
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn latency_only(
-    cluster: &TempCluster,
-    admin: &Client,
-    relay_bin: &Path,
-    profile: &Profile,
-    logs: &LogDir,
-    names: &Names,
-    keys: &Keys,
-    report: &mut Report,
-) -> Res<()> {
+pub(crate) async fn latency_only(bench: &Bench<'_>, report: &mut Report) -> Res<()> {
+    let Bench {
+        cluster,
+        admin,
+        relay_bin,
+        profile,
+        logs,
+        names,
+        keys,
+    } = *bench;
     let floor_db = create_database(cluster, admin, "bench_floor").await?;
     progress("floor: raw LISTEN at 1,000 messages/s…");
     report.floor = Some(floor_phase(&floor_db, profile, names).await?);
@@ -163,8 +173,7 @@ pub(crate) async fn latency_only(
     let db = connect(&url, "pgrelay-bench").await?;
     let mut relay = RelayChild::spawn(relay_bin, &url, logs.file("relay-latency.log"))?;
     relay.wait_ready(Duration::from_secs(20)).await?;
-    let (arrivals, mut heard) = mpsc::unbounded_channel::<Arrival>();
-    let hub = Arc::new(Hub::new(arrivals));
+    let (hub, mut heard) = Hub::start();
     let mut subscribers = Subscribers::default();
     subscribers
         .open(relay.addr, keys, names, 0..FEW, &hub)
@@ -186,17 +195,16 @@ pub(crate) async fn latency_only(
 /// `POST /v1/messages` from 100 publishers, one message per transaction and with group
 /// commit, beside the database's own one-row-per-transaction ceiling (measured here too, so
 /// `--publish` alone has it).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn publish_phases(
-    cluster: &TempCluster,
-    admin: &Client,
-    relay_bin: &Path,
-    profile: &Profile,
-    logs: &LogDir,
-    names: &Names,
-    keys: &Keys,
-    report: &mut Report,
-) -> Res<()> {
+pub(crate) async fn publish_phases(bench: &Bench<'_>, report: &mut Report) -> Res<()> {
+    let Bench {
+        cluster,
+        admin,
+        relay_bin,
+        profile,
+        logs,
+        names,
+        keys,
+    } = *bench;
     if report.ceiling(1, 1).is_none() {
         let ceiling_db = create_database(cluster, admin, "bench_publish_ceiling").await?;
         progress("ceiling: 8 writers flat out, 1 row per transaction, 1 listener…");
@@ -237,8 +245,7 @@ pub(crate) async fn relay_phases(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = relay.rss_kib()?;
 
-    let (arrivals, mut heard) = mpsc::unbounded_channel::<Arrival>();
-    let hub = Arc::new(Hub::new(arrivals));
+    let (hub, mut heard) = Hub::start();
     let mut subscribers = Subscribers::default();
 
     let ctx = RelayCtx {

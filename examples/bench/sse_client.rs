@@ -195,13 +195,16 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub(crate) fn new(arrivals: mpsc::UnboundedSender<Arrival>) -> Hub {
-        Hub {
+    /// A hub, and the channel its subscribers report their arrivals on.
+    pub(crate) fn start() -> (Arc<Hub>, mpsc::UnboundedReceiver<Arrival>) {
+        let (arrivals, heard) = mpsc::unbounded_channel();
+        let hub = Hub {
             arrivals,
             closed: AtomicUsize::new(0),
             signals: AtomicU64::new(0),
             problems: Mutex::new(Vec::new()),
-        }
+        };
+        (Arc::new(hub), heard)
     }
 
     pub(crate) fn problem(&self, problem: String) {
