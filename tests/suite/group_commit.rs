@@ -18,8 +18,9 @@ async fn post_together(relay: &Relay, bodies: Vec<Value>) -> Vec<(u16, Value)> {
     join_all(posts).await
 }
 
-/// Fifty concurrent publishers: every request gets its own id, every message is stored once,
-/// and they took fewer transactions than messages (rows of one transaction share `xmin`).
+/// Fifty concurrent publishers: every request gets the id of its own message, every message is
+/// stored once, and they took fewer transactions than messages (rows of one transaction share
+/// `xmin`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_share_transactions() {
     let db = fresh_database().await;
@@ -47,6 +48,16 @@ async fn concurrent_publishes_share_transactions() {
         .unwrap();
     let stored: HashSet<i64> = rows.iter().map(|row| row.get(0)).collect();
     assert_eq!(stored, ids, "the ids answered are the ids stored");
+    // Each answer names its own message, not a neighbour's in the same transaction.
+    for (n, (_, body)) in answers.iter().enumerate() {
+        let id = body["id"].as_i64().unwrap();
+        let row = rows.iter().find(|row| row.get::<_, i64>(0) == id).unwrap();
+        assert_eq!(
+            row.get::<_, String>(2),
+            n.to_string(),
+            "request {n} got id {id}"
+        );
+    }
     let transactions: HashSet<String> = rows.iter().map(|row| row.get(1)).collect();
     println!("50 messages in {} transactions", transactions.len());
     assert!(
