@@ -106,5 +106,5 @@ async fn commit(pool: &DbPool, batch: Vec<Pending>) {
 
 /// Whether the database refused one row's data (which fails only that row when alone).
 fn refused(error: &Error) -> bool {
-    error.is_refused_data() || error.is_too_large() || error.is_id_conflict()
+    error.is_refused_data() || error.is_id_conflict()
 }
