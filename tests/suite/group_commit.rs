@@ -25,6 +25,8 @@ async fn post_together(relay: &Relay, bodies: Vec<Value>) -> Vec<(u16, Value)> {
 async fn concurrent_publishes_share_transactions() {
     let db = fresh_database().await;
     let relay = Relay::start(&db).await;
+    let mut inbox = relay.subscribe("inbox", "", None).await;
+    inbox.opening_position().await;
     let bodies = (0..50)
         .map(|n| json!({"participants": ["inbox"], "payload": {"n": n}}))
         .collect();
@@ -58,6 +60,19 @@ async fn concurrent_publishes_share_transactions() {
             "request {n} got id {id}"
         );
     }
+    // A live subscriber gets all fifty, once each, in id order.
+    let mut live = Vec::new();
+    for _ in 0..50 {
+        live.push(inbox.next_message().await.0);
+    }
+    let mut in_order = live.clone();
+    in_order.sort_unstable();
+    in_order.dedup();
+    assert_eq!(
+        live, in_order,
+        "delivered in increasing id order, once each"
+    );
+    assert_eq!(live.into_iter().collect::<HashSet<_>>(), ids);
     let transactions: HashSet<String> = rows.iter().map(|row| row.get(1)).collect();
     println!("50 messages in {} transactions", transactions.len());
     assert!(
