@@ -7,15 +7,19 @@
 //! graceful shutdown closes idle keep-alive connections while the open streams end on the
 //! shared shutdown token.
 //!
+//! A connection whose first request opens a stream is not given to hyper at all: the relay
+//! reads that head itself (`first_request`) and writes the stream straight to the socket
+//! (`stream_writer`), which keeps hyper's two 8 KiB buffers out of every idle stream.
+//!
 //! The relay speaks HTTP/1.1 only. Browsers should reach it through an HTTP/2 front (Fly's
 //! edge, nginx, a CDN), which is what lifts HTTP/1.1's six-streams-per-origin limit; cleartext
 //! HTTP/2 to the relay itself would add nothing but connections that no header timeout covers.
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
+mod first_request;
+mod io;
+mod stream_writer;
+
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -24,16 +28,16 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::ConnectionLimits;
+use first_request::FirstRequest;
+use io::{Replayed, StallTimeout};
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then waits for open connections
 /// to finish (the caller bounds that wait).
@@ -45,7 +49,7 @@ pub async fn serve(
 ) {
     let max_connections = fit_open_files(limits.max_connections);
     let slots = Arc::new(Semaphore::new(max_connections));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -70,22 +74,68 @@ pub async fn serve(
         let _ = socket.set_nodelay(true);
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             debug!(%peer, "connection refused: over the connection limit");
-            tokio::spawn(refuse(builder.clone(), socket));
+            connections.spawn(refuse(builder.clone(), socket));
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
-        let socket = StallTimeout::new(socket, limits.write_timeout);
-        let connection = builder.serve_connection(TokioIo::new(socket), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
+        let connection = Connection {
+            app: app.clone(),
+            http1: builder.clone(),
+            limits: limits.clone(),
+            shutdown: shutdown.clone(),
+        };
+        connections.spawn(async move {
+            if let Err(error) = connection.serve(socket).await {
                 debug!(%peer, %error, "connection ended with an error");
             }
             drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
+}
+
+/// What one connection is served with.
+struct Connection {
+    app: Router,
+    http1: http1::Builder,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    /// Serves a first request that opens a stream with the relay's own writer, and anything
+    /// else with hyper. At shutdown an open stream ends (its body watches the same token) and
+    /// hyper closes the connection once the request in flight is answered.
+    async fn serve(
+        self,
+        mut socket: TcpStream,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let first = first_request::read(&mut socket, self.limits.header_timeout, &self.shutdown);
+        match first.await {
+            FirstRequest::Gone => Ok(()),
+            FirstRequest::Stream(request) => {
+                let write_timeout = self.limits.write_timeout;
+                stream_writer::respond(socket, self.app, *request, write_timeout).await?;
+                Ok(())
+            }
+            FirstRequest::Other(read_before) => {
+                let socket = Replayed::new(read_before, socket);
+                let socket = StallTimeout::new(socket, self.limits.write_timeout);
+                let service = TowerToHyperService::new(self.app);
+                let connection = self.http1.serve_connection(TokioIo::new(socket), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    result = connection.as_mut() => result?,
+                    _ = self.shutdown.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Answers one request on a connection over the limit with 503 JSON, then closes it. The
@@ -151,86 +201,4 @@ fn fit_open_files(max_connections: usize) -> usize {
          connections (raise the hard limit, e.g. LimitNOFILE= in systemd)"
     );
     fits as usize
-}
-
-/// A connection whose writes may stall for at most `timeout`: a client that stops reading
-/// would otherwise pin its response (or stream) buffers forever. A stalled write fails with
-/// `TimedOut`, which ends the connection. The timer exists only while a write is stalled.
-struct StallTimeout<S> {
-    inner: S,
-    timeout: Duration,
-    stalled: Option<Pin<Box<Sleep>>>,
-}
-
-impl<S> StallTimeout<S> {
-    fn new(inner: S, timeout: Duration) -> StallTimeout<S> {
-        StallTimeout {
-            inner,
-            timeout,
-            stalled: None,
-        }
-    }
-
-    /// Passes a write's outcome through, arming the timer when it is pending and failing
-    /// once the timer has run out.
-    fn guard<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if poll.is_ready() {
-            self.stalled = None;
-            return poll;
-        }
-        let timeout = self.timeout;
-        let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client has not read for the write timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for StallTimeout<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for StallTimeout<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.guard(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.guard(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.guard(cx, poll)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
