@@ -29,5 +29,6 @@ mod rooms;
 mod signals;
 mod sql;
 mod sse_libraries;
+mod stream_wire;
 mod tls;
 mod trust;
