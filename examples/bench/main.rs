@@ -4,7 +4,7 @@
 //! cargo run --release --example bench              # full run, about 5 minutes
 //! cargo run --release --example bench -- --quick   # smoke run, under 2 minutes
 //! cargo run --release --example bench -- --throughput  # ceilings and ladders only, ~2 minutes
-//! cargo run --release --example bench -- --latency     # floor and commit-to-SSE latency, ~1 minute
+//! cargo run --release --example bench -- --latency     # floor, memory, latency, CPU per event, ~2 minutes
 //! cargo run --release --example bench -- --publish     # POST throughput, group commit, ~1 minute
 //! cargo run --release --example bench -- --fleet       # 1, 3 and 10 instances on one database
 //! ```
@@ -50,6 +50,7 @@
 mod catch_up;
 mod cold_start;
 mod fleet;
+mod many_streams;
 mod measure;
 mod postgres;
 mod publishing;
@@ -65,6 +66,7 @@ mod writers;
 use catch_up::*;
 use cold_start::*;
 use fleet::*;
+use many_streams::*;
 use measure::*;
 use postgres::*;
 use publishing::*;
@@ -79,7 +81,7 @@ use writers::*;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -147,17 +149,20 @@ pub(crate) const WANTED_FILES: libc::rlim_t = 65_536;
 pub(crate) const NEEDED_FILES: libc::rlim_t = MANY as libc::rlim_t + 1_000;
 
 pub(crate) const USAGE: &str =
-    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish | --fleet] [-- --no-build]
+    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish | --fleet | --streams] [-- --no-build]
 
   --quick      short smoke run (under 2 minutes): shorter phases, fewer throughput steps
   --throughput only the ceilings and the throughput ladders (with 1,000 subscribers), for
                trying a change to the hot path in about two minutes
-  --latency    only the LISTEN floor and commit-to-SSE latency with 1,000 subscribers, in
-               about a minute (add --quick for a shorter run)
+  --latency    only the LISTEN floor, memory per idle stream, commit-to-SSE latency with
+               10,000 and 1,000 subscribers and the relay's CPU per event against the socket
+               floor, in about two minutes (add --quick for a shorter run)
   --publish    only the 1-row ceiling and POST /v1/messages throughput from 100 publishers,
                with group commit and without (--publish-batch 1), in about a minute
   --fleet      only 1, 3 and 10 instances on one database under the latency load, and what
                each adds to the database per message
+  --streams    only the many-streams phase: 19,000 streams on one instance, then 100,000
+               over six instances (client side in child processes), in about two minutes
   --no-build   do not run `cargo build --release --bin pgrelay` first
 
 Starts its own throwaway PostgreSQL and its own `target/release/pgrelay serve` processes on
@@ -168,12 +173,14 @@ pub(crate) struct Profile {
     pub(crate) quick: bool,
     /// Only the ceilings and the throughput ladders (`--throughput`).
     pub(crate) throughput_only: bool,
-    /// Only the floor and the latency with 1,000 subscribers (`--latency`).
+    /// Only the floor, memory, latency and CPU per event (`--latency`).
     pub(crate) latency_only: bool,
     /// Only the ceiling and `POST` throughput with and without group commit (`--publish`).
     pub(crate) publish_only: bool,
     /// Only 1, 3 and 10 instances on one database (`--fleet`).
     pub(crate) fleet_only: bool,
+    /// Only the many-streams phase (`--streams`).
+    pub(crate) streams_only: bool,
     pub(crate) floor: Duration,
     pub(crate) latency: Duration,
     pub(crate) ceiling: Duration,
@@ -196,6 +203,7 @@ impl Profile {
             latency_only: false,
             publish_only: false,
             fleet_only: false,
+            streams_only: false,
             floor: Duration::from_secs(20),
             latency: Duration::from_secs(30),
             ceiling: Duration::from_secs(5),
@@ -218,6 +226,7 @@ impl Profile {
             latency_only: false,
             publish_only: false,
             fleet_only: false,
+            streams_only: false,
             floor: Duration::from_secs(3),
             latency: Duration::from_secs(3),
             ceiling: Duration::from_millis(1500),
@@ -249,6 +258,7 @@ impl Options {
         let mut latency_only = false;
         let mut publish_only = false;
         let mut fleet_only = false;
+        let mut streams_only = false;
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => options.profile = Profile::quick(),
@@ -256,6 +266,7 @@ impl Options {
                 "--latency" => latency_only = true,
                 "--publish" => publish_only = true,
                 "--fleet" => fleet_only = true,
+                "--streams" => streams_only = true,
                 "--no-build" => options.build = false,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -268,11 +279,16 @@ impl Options {
         options.profile.latency_only = latency_only;
         options.profile.publish_only = publish_only;
         options.profile.fleet_only = fleet_only;
+        options.profile.streams_only = streams_only;
         Ok(options)
     }
 }
 
 pub(crate) fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(HOLD_STREAMS) {
+        return hold_streams_main(&args[1..]);
+    }
     let options = match Options::from_args() {
         Ok(options) => options,
         Err(error) => {

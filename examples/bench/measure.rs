@@ -73,6 +73,17 @@ pub(crate) fn backend_cpu_seconds(pid: i32) -> Option<f64> {
     Some(nanos / 1e9)
 }
 
+/// CPU time (user and system) of the calling thread so far.
+pub(crate) fn thread_cpu_seconds() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the struct passed to it.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
 /// write-family system calls and context switches (all threads) of a process so far, from
 /// /proc/<pid>/io and /proc/<pid>/task/*/status.
 pub(crate) fn process_switches(pid: u32) -> (u64, u64) {

@@ -10,6 +10,8 @@ pub(crate) async fn run(options: &Options, report: &mut Report) -> Res<()> {
         "publish"
     } else if profile.fleet_only {
         "fleet"
+    } else if profile.streams_only {
+        "streams"
     } else if profile.quick {
         "quick"
     } else {
@@ -64,7 +66,7 @@ pub(crate) async fn phases(
 ) -> Res<()> {
     let admin = connect(&cluster.url("postgres"), "pgrelay-bench").await?;
     report.machine = Machine::describe(&admin).await?;
-    let names: Names = Arc::new((0..MANY).map(|i| format!("p{i:05}")).collect());
+    let names = participant_names();
     let keys = Keys::from_secret_list(SECRET)?;
 
     let bench = Bench {
@@ -82,6 +84,9 @@ pub(crate) async fn phases(
     if profile.fleet_only {
         report.fleet = fleet_phase(&bench).await?;
         return Ok(());
+    }
+    if profile.streams_only {
+        return many_streams(&bench, report).await;
     }
     if profile.publish_only {
         return publish_phases(&bench, report).await;
@@ -149,12 +154,42 @@ pub(crate) async fn phases(
     let catch_up_db = create_database(cluster, &admin, "bench_catch_up").await?;
     report.catch_up =
         Some(catch_up_phase(&catch_up_db, relay_bin, profile, logs, &keys, &names).await?);
+    report.fleet = fleet_phase(&bench).await?;
+    many_streams(&bench, report).await
+}
+
+/// The many-streams phase, its misses recorded as problems.
+async fn many_streams(bench: &Bench<'_>, report: &mut Report) -> Res<()> {
+    let many = many_streams_phase(bench).await?;
+    if !many.complete() {
+        report.problems.push(format!(
+            "many streams: {} of {} deliveries arrived, {} duplicates, {} misrouted",
+            many.collected.received,
+            many.plan.count * RECIPIENTS,
+            many.collected.duplicates,
+            many.collected.misrouted
+        ));
+    }
+    if many.readyz_failures > 0 {
+        report.problems.push(format!(
+            "many streams: {} of {} /readyz checks failed",
+            many.readyz_failures, many.readyz_checks
+        ));
+    }
+    report.many_streams = Some(many);
     Ok(())
 }
 
-/// `--latency`: the LISTEN floor and commit-to-SSE latency with 1,000 subscribers, nothing
-/// else. (This was examples/latency.rs, with one in-process subscriber; the relay now runs as
-/// its own process, as in every other phase.)
+/// The participants' names, `p00000` to `p99999`: the first 10,000 are the subscribers of
+/// most phases, all of them the streams of the many-streams phase.
+pub(crate) fn participant_names() -> Names {
+    Arc::new((0..FLEET_STREAMS).map(|i| format!("p{i:05}")).collect())
+}
+
+/// `--latency`: the LISTEN floor, memory at 10,000 idle streams, commit-to-SSE latency with
+/// 10,000 and 1,000 subscribers, and the relay's CPU per event against the socket floor;
+/// nothing else. (This was examples/latency.rs, with one in-process subscriber; the relay
+/// now runs as its own process, as in every other phase.)
 pub(crate) async fn latency_only(bench: &Bench<'_>, report: &mut Report) -> Res<()> {
     let Bench {
         cluster,
@@ -173,18 +208,22 @@ pub(crate) async fn latency_only(bench: &Bench<'_>, report: &mut Report) -> Res<
     let db = connect(&url, "pgrelay-bench").await?;
     let mut relay = RelayChild::spawn(relay_bin, &url, logs.file("relay-latency.log"))?;
     relay.wait_ready(Duration::from_secs(20)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = relay.rss_kib()?;
     let (hub, mut heard) = Hub::start();
     let mut subscribers = Subscribers::default();
-    subscribers
-        .open(relay.addr, keys, names, 0..FEW, &hub)
-        .await?;
-    presence_settled(&db, i64::from(FEW), Duration::from_secs(60)).await?;
     let ctx = RelayCtx {
         url: &url,
         relay: &relay,
         names,
         db: &db,
     };
+    report.memory =
+        Some(idle_memory(&ctx, &mut subscribers, &hub, keys, profile, rss_before).await?);
+    report.latency_many = Some(latency_step(&ctx, &mut heard, MANY, profile, report).await?);
+    subscribers.close_from(FEW);
+    report.event_floor = Some(event_floor(profile).await?);
+    presence_settled(&db, i64::from(FEW), Duration::from_secs(60)).await?;
     report.latency_few = Some(latency_step(&ctx, &mut heard, FEW, profile, report).await?);
     report.problems.extend(hub.take_problems());
     drop(subscribers);
@@ -292,7 +331,7 @@ pub(crate) async fn relay_phases(
         progress(format!(
             "socket floor: {floor_rate:.0} msg/s x 3 events, {rows} row(s) per transaction, no relay…"
         ));
-        let floor = socket_floor(floor_rate, rows, profile.step).await?;
+        let floor = socket_floor(floor_rate, rows, FEW, profile.step).await?;
         progress(format!(
             "  {:.1} µs CPU per event, {:.0}% of a core",
             floor.us_per_event(),
@@ -329,6 +368,64 @@ pub(crate) async fn relay_phases(
     Ok(())
 }
 
+/// Opens 10,000 idle streams and measures the relay's RSS growth and its idle CPU with them.
+pub(crate) async fn idle_memory(
+    ctx: &RelayCtx<'_>,
+    subscribers: &mut Subscribers,
+    hub: &Arc<Hub>,
+    keys: &Keys,
+    profile: &Profile,
+    rss_before: u64,
+) -> Res<Memory> {
+    let (relay, names, db) = (ctx.relay, ctx.names, ctx.db);
+    progress(format!("memory: opening {MANY} idle streams…"));
+    let opening = subscribers
+        .open(relay.addr, keys, names, 0..MANY, hub)
+        .await?;
+    progress(format!(
+        "  opened in {:.2} s ({:.0} streams/s)",
+        opening.as_secs_f64(),
+        f64::from(MANY) / opening.as_secs_f64()
+    ));
+    let settled = presence_settled(db, i64::from(MANY), Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = relay.rss_kib()?;
+    progress(format!(
+        "  RSS {rss_before} KiB -> {rss_after} KiB ({:.2} KiB per stream); presence announced {:.1} s after the last open",
+        (rss_after as f64 - rss_before as f64) / f64::from(MANY),
+        settled.as_secs_f64()
+    ));
+    let idle = measure_idle(relay, profile.idle).await?;
+    progress(format!(
+        "  idle with {MANY} streams: relay {:.1}% of a core",
+        idle.relay_cores * 100.0
+    ));
+    Ok(Memory {
+        streams: MANY,
+        rss_before,
+        rss_after,
+        opening,
+        presence_settled: settled,
+        idle,
+    })
+}
+
+/// Connections of the socket floor held against the 10,000-stream latency phase: this process
+/// holds both ends of each, and one process may hold 20,000 files here, so 9,000 (with the
+/// 1,000 subscribers still open) is as close to 10,000 as fits.
+pub(crate) const EVENT_FLOOR_CONNECTIONS: u32 = 9_000;
+
+/// The socket floor at the latency phase's load (1,000 messages/s × 3 events over about
+/// 10,000 connections): what the relay's CPU per delivered event is held against.
+pub(crate) async fn event_floor(profile: &Profile) -> Res<SocketFloor> {
+    progress(format!(
+        "socket floor: 1,000 msg/s x 3 events over {EVENT_FLOOR_CONNECTIONS} connections, no relay…"
+    ));
+    let floor = socket_floor(LATENCY_RATE, 1, EVENT_FLOOR_CONNECTIONS, profile.latency).await?;
+    progress(format!("  {:.1} µs CPU per event", floor.us_per_event()));
+    Ok(floor)
+}
+
 /// The latency phase with `subscribers` connected: 1,000 messages/s × 3 recipients, checked
 /// for lost, doubled or misrouted deliveries.
 pub(crate) async fn latency_step(
@@ -361,37 +458,8 @@ pub(crate) async fn latency_phases(
     rss_before: u64,
     report: &mut Report,
 ) -> Res<()> {
-    let (url, relay, names, db) = (ctx.url, ctx.relay, ctx.names, ctx.db);
-    progress(format!("memory: opening {MANY} idle streams…"));
-    let opening = subscribers
-        .open(relay.addr, keys, names, 0..MANY, hub)
-        .await?;
-    progress(format!(
-        "  opened in {:.2} s ({:.0} streams/s)",
-        opening.as_secs_f64(),
-        f64::from(MANY) / opening.as_secs_f64()
-    ));
-    let settled = presence_settled(db, i64::from(MANY), Duration::from_secs(60)).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = relay.rss_kib()?;
-    progress(format!(
-        "  RSS {rss_before} KiB -> {rss_after} KiB ({:.2} KiB per stream); presence announced {:.1} s after the last open",
-        (rss_after as f64 - rss_before as f64) / f64::from(MANY),
-        settled.as_secs_f64()
-    ));
-    let idle = measure_idle(relay, profile.idle).await?;
-    progress(format!(
-        "  idle with {MANY} streams: relay {:.1}% of a core",
-        idle.relay_cores * 100.0
-    ));
-    report.memory = Some(Memory {
-        streams: MANY,
-        rss_before,
-        rss_after,
-        opening,
-        presence_settled: settled,
-        idle,
-    });
+    let (url, db) = (ctx.url, ctx.db);
+    report.memory = Some(idle_memory(ctx, subscribers, hub, keys, profile, rss_before).await?);
 
     report.latency_many = Some(latency_step(ctx, heard, MANY, profile, report).await?);
     report.broadcast = Some(broadcast_phase(ctx, heard, MANY).await?);
@@ -401,6 +469,7 @@ pub(crate) async fn latency_phases(
 
     progress(format!("closing {} streams…", MANY - FEW));
     subscribers.close_from(FEW);
+    report.event_floor = Some(event_floor(profile).await?);
     presence_settled(db, i64::from(FEW), Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 

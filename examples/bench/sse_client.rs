@@ -103,7 +103,39 @@ pub(crate) async fn open_stream(
     token: &str,
     since: Option<i64>,
 ) -> Res<OpenStream> {
-    let mut socket = TcpStream::connect(addr).await?;
+    read_opening(TcpStream::connect(addr).await?, token, since).await
+}
+
+/// [`open_stream`] from the loopback address `source`: one source address runs out of
+/// ephemeral ports near 28,000 connections.
+pub(crate) async fn open_stream_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    token: &str,
+) -> Res<OpenStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    // Leave the port to `connect`, which needs it unique per destination only: a port picked
+    // by `bind` must be free for every destination, and finding one slows down as they fill.
+    let yes: libc::c_int = 1;
+    // SAFETY: the option value is a c_int that outlives the call, and the descriptor is open.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&yes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    socket.bind(SocketAddr::new(source, 0))?;
+    read_opening(socket.connect(addr).await?, token, None).await
+}
+
+/// Sends the stream request on `socket` and reads up to and including the opening block.
+async fn read_opening(mut socket: TcpStream, token: &str, since: Option<i64>) -> Res<OpenStream> {
     socket.set_nodelay(true)?;
     let since = since
         .map(|id| format!("&since_id={id}"))
@@ -288,15 +320,30 @@ impl Subscribers {
         range: Range<u32>,
         hub: &Arc<Hub>,
     ) -> Res<Duration> {
+        self.open_from(None, addr, keys, names, range, hub).await
+    }
+
+    /// [`Subscribers::open`], from the loopback address `source` when given.
+    pub(crate) async fn open_from(
+        &mut self,
+        source: Option<IpAddr>,
+        addr: SocketAddr,
+        keys: &Keys,
+        names: &Names,
+        range: Range<u32>,
+        hub: &Arc<Hub>,
+    ) -> Res<Duration> {
         let started = Instant::now();
         let opened: Vec<(u32, AbortHandle)> = futures::stream::iter(range)
             .map(|index| {
                 let token = keys.mint(&names[index as usize], Duration::from_secs(7200), &[]);
                 let hub = Arc::clone(hub);
                 async move {
-                    let stream = open_stream(addr, &token, None)
-                        .await
-                        .map_err(|error| format!("subscriber {index}: {error}"))?;
+                    let stream = match source {
+                        Some(source) => open_stream_from(source, addr, &token).await,
+                        None => open_stream(addr, &token, None).await,
+                    }
+                    .map_err(|error| format!("subscriber {index}: {error}"))?;
                     let reader = tokio::spawn(read_live(stream, index, hub));
                     Ok::<_, String>((index, reader.abort_handle()))
                 }

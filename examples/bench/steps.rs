@@ -426,14 +426,17 @@ pub(crate) const SOCKET_FLOOR_FRAME: usize = 300;
 
 /// The socket floor: what the kernel and the subscribers alone cost to carry events over
 /// loopback TCP, with no relay, HTTP or database. One thread writes frames of
-/// [`SOCKET_FLOOR_FRAME`] bytes to `FEW` connections, `3 × rows` of them (to random
+/// [`SOCKET_FLOOR_FRAME`] bytes to `connections` connections, `3 × rows` of them (to random
 /// connections) for each transaction of the same schedule as a throughput step at `rate`
 /// messages/s; tokio tasks on this process's runtime read them, as the subscribers do.
 pub(crate) struct SocketFloor {
     pub(crate) rate: f64,
     pub(crate) rows: usize,
+    pub(crate) connections: u32,
     pub(crate) events: u64,
     pub(crate) cpu: CpuUse,
+    /// CPU seconds of the writing thread alone (its `write` calls, kernel side included).
+    pub(crate) writer_seconds: f64,
 }
 
 impl SocketFloor {
@@ -441,15 +444,25 @@ impl SocketFloor {
     pub(crate) fn us_per_event(&self) -> f64 {
         self.cpu.bench_cores * self.cpu.seconds * 1e6 / self.events as f64
     }
+
+    /// The writing thread's part of [`Self::us_per_event`]: the sending side alone.
+    pub(crate) fn writer_us_per_event(&self) -> f64 {
+        self.writer_seconds * 1e6 / self.events as f64
+    }
 }
 
-pub(crate) async fn socket_floor(rate: f64, rows: usize, duration: Duration) -> Res<SocketFloor> {
+pub(crate) async fn socket_floor(
+    rate: f64,
+    rows: usize,
+    connections: u32,
+    duration: Duration,
+) -> Res<SocketFloor> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let received = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     let mut writers = Vec::new();
-    for _ in 0..FEW {
+    for _ in 0..connections {
         let reader = TcpStream::connect(addr).await?;
         let (writer, _) = listener.accept()?;
         writer.set_nodelay(true)?;
@@ -466,8 +479,9 @@ pub(crate) async fn socket_floor(rate: f64, rows: usize, duration: Duration) -> 
     let transactions = (rate * duration.as_secs_f64() / rows as f64).round() as u64;
     let events = transactions * rows as u64 * 3;
     let before = CpuSnapshot::take(None);
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+    let writer = std::thread::spawn(move || -> std::io::Result<f64> {
         use std::io::Write;
+        let cpu_at_start = thread_cpu_seconds();
         let frame = [b'x'; SOCKET_FLOOR_FRAME];
         let interval = Duration::from_secs_f64(rows as f64 / rate);
         let started = Instant::now();
@@ -487,12 +501,12 @@ pub(crate) async fn socket_floor(rate: f64, rows: usize, duration: Duration) -> 
                 writers[index].write_all(&frame)?;
             }
         }
-        Ok(())
+        Ok(thread_cpu_seconds() - cpu_at_start)
     });
     let written = tokio::task::spawn_blocking(move || writer.join())
         .await?
         .map_err(|_| "the socket floor writer panicked")?;
-    written?;
+    let writer_seconds = written?;
     let expected = events * SOCKET_FLOOR_FRAME as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
     while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
@@ -508,8 +522,10 @@ pub(crate) async fn socket_floor(rate: f64, rows: usize, duration: Duration) -> 
     Ok(SocketFloor {
         rate,
         rows,
+        connections,
         events,
         cpu,
+        writer_seconds,
     })
 }
 
