@@ -18,7 +18,7 @@
 //!    the tasks, serves, and stops them in order.
 //! 3. **HTTP**: `http` (the router, one module per route family, the token extractor and
 //!    the JSON errors) and `server` (the accept loop: connection limit, timeouts, graceful
-//!    shutdown).
+//!    shutdown; a stream's response written straight to its socket, the rest through hyper).
 //! 4. **Tasks**: `stream` (one subscriber's SSE stream: catch-up, live, keepalive, expiry),
 //!    `listener` (the LISTEN connection: reconnects, wake-ups, dispatch), `presence` (who
 //!    is online, across instances), [`retention`] (pruning, one instance at a time) and

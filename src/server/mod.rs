@@ -123,8 +123,9 @@ impl Connection {
                 let socket = Replayed::new(read_before, socket);
                 let socket = StallTimeout::new(socket, self.limits.write_timeout);
                 let service = TowerToHyperService::new(self.app);
-                let connection = self.http1.serve_connection(TokioIo::new(socket), service);
-                tokio::pin!(connection);
+                // Boxed: inline, hyper's connection state would size every stream's task too.
+                let mut connection =
+                    Box::pin(self.http1.serve_connection(TokioIo::new(socket), service));
                 tokio::select! {
                     result = connection.as_mut() => result?,
                     _ = self.shutdown.cancelled() => {

@@ -33,7 +33,9 @@ pub async fn respond(
     write_timeout: Duration,
 ) -> io::Result<()> {
     let chunked = request.version() == Version::HTTP_11;
-    let Ok(response) = app.oneshot(request).await;
+    // Boxed: the router's future is needed only until the head, and inline it would stay in
+    // the connection's task for the stream's whole life.
+    let Ok(response) = Box::pin(app.oneshot(request)).await;
     let (head, body) = response_head(response, chunked);
     let writer = Writer {
         socket: &socket,
@@ -117,48 +119,16 @@ impl Writer<'_> {
     /// Writes `head` (if any) and `frames` as one chunk, then the last chunk if `last`, in as
     /// few system calls as the socket takes.
     async fn write(&self, head: Option<Bytes>, frames: &[Bytes], last: bool) -> io::Result<()> {
-        let length: usize = frames.iter().map(Bytes::len).sum();
-        let framed = self.chunked && length > 0;
-        let mut size_line = [0u8; 20];
-        let size_line = if framed {
-            let mut cursor = io::Cursor::new(&mut size_line[..]);
-            // 20 bytes hold any usize in hex and CRLF.
-            let _ = write!(cursor, "{length:x}\r\n");
-            let used = cursor.position() as usize;
-            &size_line[..used]
-        } else {
-            &[]
-        };
-        let chunk_end: &[u8] = if framed { b"\r\n" } else { &[] };
-        let last_chunk: &[u8] = if self.chunked && last {
-            b"0\r\n\r\n"
-        } else {
-            &[]
-        };
-        let parts = [head.as_deref().unwrap_or(&[]), size_line]
-            .into_iter()
-            .chain(frames.iter().map(|frame| &frame[..]))
-            .chain([chunk_end, last_chunk])
-            .filter(|part| !part.is_empty());
-        let mut slices = [IoSlice::new(&[]); MOST_FRAMES_PER_WRITE + 4];
-        let mut count = 0;
-        for part in parts {
-            slices[count] = IoSlice::new(part);
-            count += 1;
-        }
-        self.write_all(&mut slices[..count]).await
-    }
-
-    /// Writes every byte of `slices`, waiting while the socket is full, at most
-    /// `write_timeout` at a time.
-    async fn write_all(&self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-        while !slices.is_empty() {
-            match self.socket.try_write_vectored(slices) {
+        let write = Write::new(head, frames, self.chunked, last);
+        let mut written = 0;
+        while written < write.len() {
+            match write.try_write_from(self.socket, written) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => IoSlice::advance_slices(&mut slices, written),
+                Ok(more) => written += more,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    // Boxed: a timer inline would size every idle stream's task.
                     let writable = tokio::time::timeout(self.write_timeout, self.socket.writable());
-                    writable.await.map_err(|_| {
+                    Box::pin(writable).await.map_err(|_| {
                         io::Error::new(
                             io::ErrorKind::TimedOut,
                             "the client has not read for the write timeout",
@@ -169,6 +139,74 @@ impl Writer<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The bytes of one write: the head, one chunk around the frames, maybe the last chunk.
+///
+/// The I/O slices are built on the stack for each attempt, not kept: the writer's future
+/// holds what it holds across a wait for every idle stream, so it stays small.
+struct Write<'a> {
+    head: Option<Bytes>,
+    size_line: [u8; 20],
+    size_line_len: usize,
+    frames: &'a [Bytes],
+    chunk_end: &'static [u8],
+    last_chunk: &'static [u8],
+}
+
+impl<'a> Write<'a> {
+    fn new(head: Option<Bytes>, frames: &'a [Bytes], chunked: bool, last: bool) -> Write<'a> {
+        let length: usize = frames.iter().map(Bytes::len).sum();
+        let framed = chunked && length > 0;
+        let mut size_line = [0u8; 20];
+        let mut size_line_len = 0;
+        if framed {
+            let mut cursor = io::Cursor::new(&mut size_line[..]);
+            // 20 bytes hold any usize in hex and CRLF.
+            let _ = write!(cursor, "{length:x}\r\n");
+            size_line_len = cursor.position() as usize;
+        }
+        Write {
+            head,
+            size_line,
+            size_line_len,
+            frames,
+            chunk_end: if framed { b"\r\n" } else { b"" },
+            last_chunk: if chunked && last { b"0\r\n\r\n" } else { b"" },
+        }
+    }
+
+    /// The parts in order, empty ones included.
+    fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        [
+            self.head.as_deref().unwrap_or(&[]),
+            &self.size_line[..self.size_line_len],
+        ]
+        .into_iter()
+        .chain(self.frames.iter().map(|frame| &frame[..]))
+        .chain([self.chunk_end, self.last_chunk])
+    }
+
+    fn len(&self) -> usize {
+        self.parts().map(<[u8]>::len).sum()
+    }
+
+    /// One `writev` of everything after the first `written` bytes (as much as fits in one
+    /// call's slices); how many bytes the socket took.
+    fn try_write_from(&self, socket: &TcpStream, mut written: usize) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); MOST_FRAMES_PER_WRITE + 4];
+        let mut count = 0;
+        for part in self.parts() {
+            if written >= part.len() {
+                written -= part.len();
+                continue;
+            }
+            slices[count] = IoSlice::new(&part[written..]);
+            written = 0;
+            count += 1;
+        }
+        socket.try_write_vectored(&slices[..count])
     }
 }
 
