@@ -26,8 +26,6 @@ pub const INBOX_CAPACITY: usize = 256;
 pub struct Registry {
     /// A std mutex: every critical section is a map lookup or a push, never an await.
     streams: Mutex<Streams>,
-    /// Gives every inbox an identity, so a closing stream removes exactly its own.
-    next_id: AtomicU64,
     /// Bumped whenever a stream opens or closes, so the presence task can skip comparing the
     /// participant sets when nothing changed (with 10,000 idle streams that comparison was
     /// most of the relay's CPU).
@@ -63,7 +61,6 @@ pub enum Delivery {
 
 /// One stream's bounded queue of live messages. The registry pushes, the stream takes.
 pub struct Inbox {
-    id: u64,
     state: Mutex<InboxState>,
     /// Wakes the stream; `notify_one` keeps a permit, so a push between `take` and the
     /// stream's wait is never missed.
@@ -157,7 +154,6 @@ impl Registry {
         max_streams: usize,
     ) -> Option<Subscription> {
         let inbox = Arc::new(Inbox {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
             state: Mutex::default(),
             wake: Notify::new(),
         });
@@ -230,9 +226,10 @@ impl Registry {
             }
             return;
         }
+        // An inbox's address is its identity.
         let mut reached = std::collections::HashSet::new();
         for inbox in first.iter().chain(rest.flatten()) {
-            if reached.insert(inbox.id) {
+            if reached.insert(Arc::as_ptr(inbox)) {
                 inbox.push(event);
             }
         }
