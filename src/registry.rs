@@ -135,6 +135,16 @@ impl Subscription {
     pub fn inbox(&self) -> &Inbox {
         &self.inbox
     }
+
+    /// Whose stream this is.
+    pub fn participant(&self) -> &str {
+        &self.participant
+    }
+
+    /// The addresses the stream is registered under: what a message must name one of.
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
 }
 
 impl Drop for Subscription {

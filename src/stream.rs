@@ -62,12 +62,9 @@ pub struct Streams {
 /// One open stream.
 pub struct EventStream {
     streams: Arc<Streams>,
-    /// Keeps the stream registered until it is dropped (the client disconnected).
+    /// Keeps the stream registered until it is dropped (the client disconnected); its
+    /// addresses are the catch-up query's filter.
     subscription: Subscription,
-    /// Whose stream this is, for logs.
-    participant: String,
-    /// What a message must be addressed to for this stream: the catch-up query's filter.
-    addresses: Vec<String>,
     /// The id of the last message sent (or the opening position): the resume point.
     cursor: i64,
     /// Events read but not yet sent, oldest first.
@@ -114,11 +111,13 @@ impl Streams {
         resume: Option<i64>,
         expires_in: Duration,
     ) -> Result<EventStream, OpenError> {
-        let participant = addresses.participant().to_owned();
-        let addresses = addresses.list();
         let subscription = self
             .registry
-            .subscribe(&participant, addresses.clone(), self.max_per_participant)
+            .subscribe(
+                addresses.participant(),
+                addresses.list(),
+                self.max_per_participant,
+            )
             .ok_or(OpenError::TooManyStreams)?;
         let mut preamble = VecDeque::new();
         let cursor = match resume {
@@ -144,8 +143,6 @@ impl Streams {
             streams: Arc::clone(self),
             keepalive_at: Instant::now() + self.keepalive,
             subscription,
-            participant,
-            addresses,
             cursor,
             pending: VecDeque::new(),
             preamble,
@@ -228,7 +225,7 @@ impl EventStream {
             let _permit = self.streams.reads.acquire().await;
             store::messages_for(
                 &self.streams.pool,
-                &self.addresses,
+                self.subscription.addresses(),
                 self.cursor,
                 CATCH_UP_PAGE,
                 CATCH_UP_BYTES,
@@ -247,7 +244,7 @@ impl EventStream {
                 Ok(())
             }
             Err(error) => {
-                warn!(%error, participant = %self.participant, "catch-up query failed; retrying");
+                warn!(%error, participant = %self.subscription.participant(), "catch-up query failed; retrying");
                 let delay = Duration::from_millis(100)
                     .saturating_mul(1 << self.failures.min(6))
                     .min(MAX_RETRY_DELAY);
