@@ -57,6 +57,12 @@ pub async fn serve(
         // Request heads beyond 128 KiB are refused (431, by hyper, without a JSON body).
         // Below that the relay answers everything itself, even a 100 KB token (401 JSON).
         .max_buf_size(128 * 1024);
+    let shared = Arc::new(Connection {
+        app,
+        http1: builder,
+        limits,
+        shutdown: shutdown.clone(),
+    });
 
     loop {
         let (socket, peer) = tokio::select! {
@@ -74,17 +80,12 @@ pub async fn serve(
         let _ = socket.set_nodelay(true);
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             debug!(%peer, "connection refused: over the connection limit");
-            connections.spawn(refuse(builder.clone(), socket));
+            connections.spawn(refuse(shared.http1.clone(), socket));
             continue;
         };
-        let connection = Connection {
-            app: app.clone(),
-            http1: builder.clone(),
-            limits: limits.clone(),
-            shutdown: shutdown.clone(),
-        };
+        let shared = Arc::clone(&shared);
         connections.spawn(async move {
-            if let Err(error) = connection.serve(socket).await {
+            if let Err(error) = shared.serve(socket).await {
                 debug!(%peer, %error, "connection ended with an error");
             }
             drop(slot);
@@ -95,7 +96,8 @@ pub async fn serve(
     connections.wait().await;
 }
 
-/// What one connection is served with.
+/// What every connection is served with, shared: a stream holds one pointer to it for its
+/// whole life, not copies.
 struct Connection {
     app: Router,
     http1: http1::Builder,
@@ -108,7 +110,7 @@ impl Connection {
     /// else with hyper. At shutdown an open stream ends (its body watches the same token) and
     /// hyper closes the connection once the request in flight is answered.
     async fn serve(
-        self,
+        self: Arc<Self>,
         mut socket: TcpStream,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let first = first_request::read(&mut socket, self.limits.header_timeout, &self.shutdown);
@@ -116,13 +118,13 @@ impl Connection {
             FirstRequest::Gone => Ok(()),
             FirstRequest::Stream(request) => {
                 let write_timeout = self.limits.write_timeout;
-                stream_writer::respond(socket, self.app, *request, write_timeout).await?;
+                stream_writer::respond(socket, self.app.clone(), *request, write_timeout).await?;
                 Ok(())
             }
             FirstRequest::Other(read_before) => {
                 let socket = Replayed::new(read_before, socket);
                 let socket = StallTimeout::new(socket, self.limits.write_timeout);
-                let service = TowerToHyperService::new(self.app);
+                let service = TowerToHyperService::new(self.app.clone());
                 // Boxed: inline, hyper's connection state would size every stream's task too.
                 let mut connection =
                     Box::pin(self.http1.serve_connection(TokioIo::new(socket), service));

@@ -32,22 +32,23 @@ pub async fn respond(
     request: Request<Body>,
     write_timeout: Duration,
 ) -> io::Result<()> {
-    let chunked = request.version() == Version::HTTP_11;
+    let http_1_1 = request.version() == Version::HTTP_11;
     // Boxed: the router's future is needed only until the head, and inline it would stay in
     // the connection's task for the stream's whole life.
     let Ok(response) = Box::pin(app.oneshot(request)).await;
-    let (head, body) = response_head(response, chunked);
+    let (head, body, chunked) = response_head(response, http_1_1);
     let writer = Writer {
         socket: &socket,
         write_timeout,
-        chunked: chunked && body.size_hint().exact().is_none(),
+        chunked,
     };
     writer.send(head, body).await?;
     socket.shutdown().await
 }
 
-/// The response's head in HTTP/1.1 form, and its body.
-fn response_head(response: Response, chunked: bool) -> (Bytes, Body) {
+/// The response's head in HTTP/1.1 form, its body, and whether the body goes in chunks (a
+/// body of unknown length to an HTTP/1.1 client; an HTTP/1.0 client reads to the close).
+fn response_head(response: Response, http_1_1: bool) -> (Bytes, Body, bool) {
     let (parts, body) = response.into_parts();
     let mut head = Vec::with_capacity(256);
     let status = parts.status;
@@ -62,17 +63,18 @@ fn response_head(response: Response, chunked: bool) -> (Bytes, Body) {
     }
     let date = httpdate::fmt_http_date(SystemTime::now());
     let _ = write!(head, "date: {date}\r\n");
-    match body.size_hint().exact() {
-        Some(length) if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+    let length = body.size_hint().exact();
+    if let Some(length) = length {
+        if !parts.headers.contains_key(header::CONTENT_LENGTH) {
             let _ = write!(head, "content-length: {length}\r\n");
         }
-        Some(_) => {}
-        None if chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        // An HTTP/1.0 client reads to the close.
-        None => {}
+    }
+    let chunked = http_1_1 && length.is_none();
+    if chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     head.extend_from_slice(b"connection: close\r\n\r\n");
-    (head.into(), body)
+    (head.into(), body, chunked)
 }
 
 /// Writes one response to a socket.
