@@ -241,10 +241,13 @@ impl Report {
         }
         if let Some(many) = &self.many_streams {
             let per = many.kib_per_stream_one();
-            let (streams, before, after, opened) = many.one;
+            let (before, after) = many.one_rss;
             row(
-                &format!("RSS per idle stream ({streams} streams, one instance)"),
-                format!("{per:.1} KiB ({before} → {after} KiB; opened in {opened:.1} s)"),
+                &format!("RSS per idle stream ({ONE_INSTANCE_STREAMS} streams, one instance)"),
+                format!(
+                    "{per:.1} KiB ({before} → {after} KiB; opened in {:.1} s)",
+                    many.one_opened_seconds
+                ),
                 "≤ 8 KiB",
                 verdict(per <= 8.0),
             );
