@@ -2,7 +2,6 @@
 //! tasks, serves HTTP until shutdown, and stops them in order.
 
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -13,7 +12,7 @@ use tracing::{info, warn};
 use crate::config::RelayConfig;
 use crate::error::Error;
 use crate::http::{self, AppState, RequestLimits};
-use crate::listener::{self, Listener};
+use crate::listener::{self, Health, Listener};
 use crate::metrics::Metrics;
 use crate::presence::{self, Presence};
 use crate::publisher::Publisher;
@@ -42,7 +41,7 @@ pub async fn run(
     let stopping = CancellationToken::new();
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
-    let listener_up = Arc::new(AtomicBool::new(false));
+    let listener_health = Arc::new(Health::default());
 
     let listener_task = tokio::spawn(listener::run(
         Listener {
@@ -51,7 +50,7 @@ pub async fn run(
             pool: pool.clone(),
             registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
-            up: Arc::clone(&listener_up),
+            health: Arc::clone(&listener_health),
             shutdown: stopping.clone(),
         },
         listen_database_url,
@@ -87,7 +86,7 @@ pub async fn run(
         keys,
         streams,
         metrics,
-        listener_up,
+        listener: listener_health,
         publisher: Publisher::start(pool.clone(), publish_batch),
     }));
     let mut server = tokio::spawn(server::serve(listener, app, limits, stopping.clone()));
@@ -139,8 +138,8 @@ fn instance_name() -> String {
     format!("{host}:{}:{started}", std::process::id())
 }
 
-/// Refuses to start against a database without the schema, or whose trigger notifies on
-/// another channel: either way no message would ever arrive.
+/// Refuses to start against a database without the schema, with a schema too old to number
+/// messages, or whose trigger notifies on another channel: no message would ever arrive.
 async fn check_schema(pool: &store::DbPool, channel: &str) -> Result<(), Error> {
     let client = pool.get().await?;
     match migrate::installed_channel(&client).await? {
@@ -151,6 +150,10 @@ async fn check_schema(pool: &store::DbPool, channel: &str) -> Result<(), Error> 
             "the outbox trigger notifies on channel {installed:?} but --channel is {channel:?}; \
              run `pgrelay migrate --channel {channel}` or change --channel"
         ))),
+        Some(_) if !migrate::has_sequencer(&client).await? => Err(Error::setup(
+            "the pgrelay schema in this database predates this relay (no pgrelay.sequence); \
+             run `pgrelay migrate` first",
+        )),
         Some(_) => Ok(()),
     }
 }

@@ -88,7 +88,12 @@ pub struct Metrics {
     pub catch_up_queries: Counter,
     /// Times the LISTEN connection was lost.
     pub listener_reconnects: Counter,
-    /// From a writer's commit to handing the message to its streams.
+    /// Pending messages and signals this instance gave ids to.
+    pub rows_numbered: Counter,
+    /// Passes whose numbering failed (the order lock stayed taken, a missing grant, …).
+    pub numbering_failures: Counter,
+    /// From the moment a message got its id (at or after its writer's commit) to handing it to
+    /// its streams.
     pub commit_to_send: Histogram,
     /// `pg_notification_queue_usage()` as f64 bits, read at every heartbeat: a queue filling
     /// up means some listener in the cluster stopped reading, and commits will soon fail.
@@ -102,8 +107,9 @@ impl Metrics {
             .store(fraction.to_bits(), Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition of all metrics; `streams` is the open-stream gauge.
-    pub fn render(&self, streams: usize, listener_up: bool) -> String {
+    /// The Prometheus text exposition of all metrics; `streams` is the open-stream gauge and
+    /// `numbering_lag` how long committed rows may have waited for their ids.
+    pub fn render(&self, streams: usize, listener_up: bool, numbering_lag: f64) -> String {
         let mut out = String::new();
         let gauges = [
             (
@@ -144,6 +150,16 @@ impl Metrics {
                 "Times the LISTEN connection was lost.",
                 &self.listener_reconnects,
             ),
+            (
+                "pgrelay_rows_numbered_total",
+                "Committed messages and signals this instance gave their ids to.",
+                &self.rows_numbered,
+            ),
+            (
+                "pgrelay_numbering_failures_total",
+                "Passes that could not number committed rows (order lock taken too long, missing grant).",
+                &self.numbering_failures,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(
@@ -153,15 +169,28 @@ impl Metrics {
             );
         }
         let usage = f64::from_bits(self.notify_queue_usage.load(Ordering::Relaxed));
-        let name = "pgrelay_notification_queue_usage_ratio";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Fraction of PostgreSQL's notification queue in use (pg_notification_queue_usage).\n# TYPE {name} gauge\n{name} {usage}"
-        );
+        let measured = [
+            (
+                "pgrelay_notification_queue_usage_ratio",
+                "Fraction of PostgreSQL's notification queue in use (pg_notification_queue_usage).",
+                usage,
+            ),
+            (
+                "pgrelay_numbering_lag_seconds",
+                "How long committed messages may have waited for their ids on this instance (0 while numbering keeps up).",
+                numbering_lag,
+            ),
+        ];
+        for (name, help, value) in measured {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
         self.commit_to_send.render(
             &mut out,
             "pgrelay_commit_to_send_seconds",
-            "From a writer's commit (database clock) to the relay handing the message to its streams.",
+            "From a message getting its id, at or after its writer's commit (database clock), to the relay handing it to its streams.",
         );
         out
     }

@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0007_publish_many.sql",
         include_str!("../sql/0007_publish_many.sql"),
     ),
+    (
+        9,
+        "0009_sequencer.sql",
+        include_str!("../sql/0009_sequencer.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.
@@ -138,4 +143,15 @@ pub async fn installed_channel(client: &Client) -> Result<Option<String>, Error>
         .query_typed_one("SELECT pgrelay.channel()", &[])
         .await?;
     Ok(Some(row.get(0)))
+}
+
+/// Whether the schema numbers messages after commit (0009): a relay needs `pgrelay.sequence`.
+pub async fn has_sequencer(client: &Client) -> Result<bool, Error> {
+    let row = client
+        .query_typed_one(
+            "SELECT to_regprocedure('pgrelay.sequence(integer)') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
 }

@@ -3,9 +3,15 @@
 //! Every instance runs the pruner, but each round first locks the one row of
 //! `pgrelay.retention` with `FOR UPDATE SKIP LOCKED`, so at most one instance prunes at a time
 //! and the others skip the round. (Not an advisory lock: any login may take one of those and
-//! hold it, and pruning would stop for good.) Pruning deletes by id, up to the newest message older than the retention
-//! period, and records that id in `pgrelay.retention.pruned_through`: a stream resuming below
-//! it is told with a `reset` event that history was truncated.
+//! hold it, and pruning would stop for good.)
+//!
+//! A message's age counts from `committed_at`, the moment its id was assigned (at or after its
+//! writer's commit), which only pgrelay's own SQL sets. `created_at` is the writer's to set
+//! (and a long transaction's rows carry its start time), so a backdated row or a transaction
+//! left open must not make fresh messages look old. Pruning deletes the oldest messages in id
+//! order and stops at the first one younger than the retention period: what is gone is always
+//! a prefix of the ids, up to `pgrelay.retention.pruned_through`, and a stream whose position
+//! is below it is told with a `reset` event that history was truncated.
 
 use std::time::Duration;
 
@@ -53,16 +59,20 @@ pub async fn prune(pool: &DbPool, retention: Duration) -> Result<u64, Error> {
         if locked.is_empty() {
             return Ok(deleted);
         }
-        // The boundary is an id, so "everything at or below pruned_through is gone" holds
-        // exactly, even though created_at (taken at insert) is not in commit order.
+        // The next `PRUNE_BATCH` ids after what is already gone, up to (not including) the
+        // first one that is not old enough: "everything at or below pruned_through is gone"
+        // holds exactly, and each batch reads only the rows it deletes and one more. Rows
+        // numbered before committed_at existed (0005) fall back to created_at.
         let row = transaction
             .query_typed_one(
-                "WITH boundary AS ( \
-                     SELECT max(id) AS id FROM pgrelay.messages \
-                     WHERE id > 0 AND created_at < now() - make_interval(secs => $1)), \
+                "WITH next AS ( \
+                     SELECT m.id, coalesce(m.committed_at, m.created_at) \
+                                  < now() - make_interval(secs => $1) AS old \
+                       FROM pgrelay.messages m, pgrelay.retention r \
+                      WHERE m.id > greatest(r.pruned_through, 0) ORDER BY m.id LIMIT $2), \
                  doomed AS ( \
-                     SELECT m.id FROM pgrelay.messages m, boundary \
-                     WHERE m.id > 0 AND m.id <= boundary.id ORDER BY m.id LIMIT $2), \
+                     SELECT id FROM next \
+                      WHERE id < coalesce((SELECT min(id) FROM next WHERE NOT old), 9223372036854775807)), \
                  gone AS (DELETE FROM pgrelay.messages WHERE id IN (SELECT id FROM doomed) RETURNING id) \
                  SELECT count(*)::int8, coalesce(max(id), 0)::int8 FROM gone",
                 &[(&retention_seconds, Type::FLOAT8), (&PRUNE_BATCH, Type::INT8)],

@@ -69,7 +69,8 @@ pub struct EventStream {
     cursor: i64,
     /// Events read but not yet sent, oldest first.
     pending: VecDeque<Live>,
-    /// Frames to send before anything else: the opening position and maybe `reset`.
+    /// Frames to send before anything else: the opening position, and `reset` whenever
+    /// retention removed messages after the cursor.
     preamble: VecDeque<Bytes>,
     /// When to send a keepalive if nothing else is sent before.
     keepalive_at: Instant,
@@ -123,13 +124,16 @@ impl Streams {
         let cursor = match resume {
             Some(since) => {
                 let bounds = store::retention_bounds(&self.pool).await?;
-                let (cursor, reset) = resume_point(since, &bounds);
-                preamble.push_back(frame::opening(cursor));
+                let (position, reset) = resume_point(since, &bounds);
+                preamble.push_back(frame::opening(position));
                 if let Some(reset) = reset {
                     preamble.push_back(frame::control("reset", &reset.to_string()));
                 }
                 subscription.inbox().request_catch_up();
-                cursor
+                // Everything up to pruned_through is gone, and the client has just been told
+                // (or asked for all that is retained, with 0): catch-ups start after it, and
+                // only a later prune past the cursor is news.
+                position.max(bounds.pruned_through)
             }
             None => {
                 // Read after subscribing: a message committed in between has an id at or
@@ -173,6 +177,10 @@ impl EventStream {
             return None;
         }
         loop {
+            // A catch-up may have queued a `reset` to go before its page.
+            if let Some(event) = self.preamble.pop_front() {
+                return Some(event);
+            }
             while let Some(event) = self.pending.pop_front() {
                 match event {
                     Live::Message(message) if message.id > self.cursor => {
@@ -235,6 +243,12 @@ impl EventStream {
         match interruptible(&self.streams.shutdown, self.expires, query).await? {
             Ok(page) => {
                 self.failures = 0;
+                if page.pruned_through > self.cursor {
+                    // Retention removed messages after the cursor before this stream read them
+                    // (it fell behind, or was quiet longer than the retention period): say so
+                    // before going on, never skip silently.
+                    self.truncated(page.pruned_through).await;
+                }
                 if page.more {
                     // Read the next page once this one is sent.
                     self.subscription.inbox().request_catch_up();
@@ -262,6 +276,21 @@ impl EventStream {
                 waited
             }
         }
+    }
+}
+
+impl EventStream {
+    /// Sends `history_truncated` before anything else and moves the cursor past what
+    /// retention removed, so the next catch-up does not report it again.
+    async fn truncated(&mut self, pruned_through: i64) {
+        let oldest_id = match store::retention_bounds(&self.streams.pool).await {
+            Ok(bounds) => bounds.oldest_id,
+            Err(_) => pruned_through + 1,
+        };
+        let reset = serde_json::json!({"reason": "history_truncated", "oldest_id": oldest_id});
+        self.preamble
+            .push_back(frame::control("reset", &reset.to_string()));
+        self.cursor = pruned_through;
     }
 }
 

@@ -529,8 +529,9 @@ pub(crate) async fn socket_floor(
     })
 }
 
-/// Round trip of the dispatcher's fetch query (`store::news`, the relay's own code, prepared
-/// once as on the relay's LISTEN connection), by how many new rows it reads, in microseconds.
+/// Round trip of the dispatcher's pass (`store::news`, the relay's own code, prepared once as on
+/// the relay's LISTEN connection: numbering, which finds nothing pending here, and the read, in
+/// one transaction), by how many new rows it reads, in microseconds.
 pub(crate) async fn fetch_cost(url: &str, calls: usize) -> Res<Vec<(usize, f64)>> {
     let client = connect(url, "pgrelay-bench").await?;
     let fetch = pgrelay::store::prepare_news(&client).await?;
@@ -541,7 +542,8 @@ pub(crate) async fn fetch_cost(url: &str, calls: usize) -> Res<Vec<(usize, f64)>
             message: newest.message - size as i64,
             ..newest
         };
-        let read = || pgrelay::store::news(&client, &fetch, position, 500, 4 << 20, |_| true);
+        let read =
+            || pgrelay::store::news(&client, &fetch, position, 500, 4 << 20, 10_000, |_| true);
         for _ in 0..20 {
             read().await?;
         }

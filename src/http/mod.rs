@@ -22,7 +22,6 @@ mod presence;
 mod publish;
 mod streams;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +39,7 @@ pub use error::ApiError;
 use crate::auth::Keys;
 use crate::config::Settings;
 use crate::limits::{ConcurrencyLimit, RateLimiter};
+use crate::listener::Health;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 use crate::store::DbPool;
@@ -57,8 +57,8 @@ pub struct AppState {
     pub streams: Arc<Streams>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// True while the LISTEN connection is up; `/readyz` reads it.
-    pub listener_up: Arc<AtomicBool>,
+    /// Whether the LISTEN connection is up and numbering keeps up; `/readyz` reads it.
+    pub listener: Arc<Health>,
     /// Per-client rate and concurrency limits.
     pub limits: RequestLimits,
     /// Stores `POST /v1/messages` in shared transactions (group commit).

@@ -1,6 +1,5 @@
 //! Operations: liveness, readiness and Prometheus metrics.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +17,21 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: 200 only while the LISTEN connection is up and the database answers.
+/// `GET /readyz`: 200 only while the LISTEN connection is up, numbering keeps up and the
+/// database answers.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    if !state.listener_up.load(Ordering::SeqCst) {
+    if !state.listener.is_up() {
         return Err(not_ready("the LISTEN connection is down"));
+    }
+    // A pass takes milliseconds; one heartbeat interval without a successful one means
+    // committed messages are waiting for their ids (a relay stuck holding the order lock, or
+    // this relay's role lacking the grant for pgrelay.sequence).
+    let lag = state.listener.numbering_lag();
+    if lag >= state.settings.heartbeat {
+        return Err(not_ready(&format!(
+            "committed messages have waited {:.1} s for their ids",
+            lag.as_secs_f64()
+        )));
     }
     if !store::ping(&state.pool, Duration::from_secs(2)).await {
         return Err(not_ready("the database does not answer"));
@@ -37,7 +47,8 @@ fn not_ready(message: &str) -> ApiError {
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = state.metrics.render(
         state.streams.registry.stream_count(),
-        state.listener_up.load(Ordering::SeqCst),
+        state.listener.is_up(),
+        state.listener.numbering_lag().as_secs_f64(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -2,16 +2,22 @@
 //!
 //! A notification is only a wake-up, and an empty one: any login of the database may NOTIFY on
 //! any channel, so nothing in a notification is trusted, and any login may LISTEN, so nothing
-//! private travels in one. On a wake-up the dispatcher reads, with its own role, every message
-//! and signal committed after the last ones it read (ids are commit-ordered, so that range is
-//! exact), in one query per batch of wake-ups, and hands the rows that local streams want to
-//! the registry. A forged wake-up costs one query that finds nothing; a missing or reordered
-//! one delays nothing that the next wake-up or heartbeat does not read.
+//! private travels in one. On a wake-up the dispatcher makes one pass, with its own role: it
+//! numbers the messages and signals writers have committed since (`pgrelay.sequence()`: rows
+//! are stored pending and get their ids from the relays, in commit order, in transactions no
+//! writer can hold open), then reads every message and signal after the last ones it read (ids
+//! are commit-ordered, so that range is exact), in one round trip per batch of wake-ups, and
+//! hands the rows that local streams want to the registry. A forged wake-up costs one pass that
+//! finds nothing; a missing or reordered one delays nothing that the next wake-up or heartbeat
+//! does not read. Every instance numbers; the order lock makes them take turns, and a pass
+//! that finds nothing pending takes no lock.
 //!
-//! The fetch is a statement prepared on the LISTEN connection itself: the connection is a
-//! session of its own, so the statement survives, and the database neither parses and plans
-//! the query for every batch nor wakes a second backend. A fetch that fails ends the session
-//! like any other connection failure, and the reconnect's catch-up fills the gap.
+//! The pass's statements are prepared on the LISTEN connection itself: the connection is a
+//! session of its own, so they survive, and the database neither parses and plans them for
+//! every batch nor wakes a second backend. A read that fails ends the session like any other
+//! connection failure, and the reconnect's catch-up fills the gap. Numbering that fails (a
+//! peer relay stuck holding the order lock, a role without the grant) is retried at the next
+//! wake-up or heartbeat, and [`Health`] reports how long numbering has lagged.
 //!
 //! Two tasks share the work so the socket is always read: the connection driver raises a flag
 //! for every notification without ever waiting (a listener that stops reading fills
@@ -32,8 +38,8 @@
 mod heartbeat;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -60,10 +66,50 @@ pub struct Listener {
     pub registry: Arc<Registry>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// True while the LISTEN connection is up; `/readyz` reads it.
-    pub up: Arc<AtomicBool>,
+    /// What `/readyz` and `/metrics` learn of the listener.
+    pub health: Arc<Health>,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
+}
+
+/// The listener's state as `/readyz` and `/metrics` see it.
+#[derive(Default)]
+pub struct Health {
+    /// True while the LISTEN connection is up.
+    up: AtomicBool,
+    /// When the oldest pass that has not numbered successfully yet began; `None` while
+    /// numbering keeps up. A std mutex: set and read in a few instructions, never held across
+    /// an await.
+    lagging_since: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    /// Whether the LISTEN connection is up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    /// How long committed rows may have waited for their ids: since the oldest pass that has
+    /// not numbered successfully yet began (zero while every pass succeeds).
+    pub fn numbering_lag(&self) -> Duration {
+        self.lagging_since
+            .lock()
+            .unwrap()
+            .map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// A pass begins: lag counts from here until one succeeds.
+    fn pass_begins(&self) {
+        self.lagging_since
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+    }
+
+    /// A pass numbered everything pending when it began.
+    fn numbering_caught_up(&self) {
+        *self.lagging_since.lock().unwrap() = None;
+    }
 }
 
 /// Most rows one fetch reads (of messages, and of signals); more are read right after.
@@ -71,6 +117,9 @@ const FETCH_ROWS: i64 = 500;
 
 /// Most bytes of messages one fetch reads; more are read right after.
 const FETCH_BYTES: i64 = 4 * 1024 * 1024;
+
+/// Most pending messages (and signals) one pass numbers; more are numbered right after.
+const NUMBER_ROWS: i32 = 10_000;
 
 /// The first and the longest wait between reconnect attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -85,7 +134,7 @@ pub async fn run(listener: Listener, listen_url: String) {
         let result = session(&listener, &listen_url, &mut attempt)
             .instrument(span)
             .await;
-        listener.up.store(false, Ordering::SeqCst);
+        listener.health.up.store(false, Ordering::SeqCst);
         match result {
             Ok(()) => return,
             Err(error) => warn!(%error, "LISTEN connection lost; reconnecting"),
@@ -122,8 +171,8 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// An established LISTEN connection.
 struct ListenConnection {
     client: tokio_postgres::Client,
-    /// The dispatcher's fetch, prepared on `client`.
-    fetch: tokio_postgres::Statement,
+    /// The dispatcher's statements, prepared on `client`.
+    statements: store::NewsStatements,
     /// The last message and signal read: the next fetch starts after them.
     position: store::NewsPosition,
     /// Reads the socket; ends when the connection does.
@@ -170,7 +219,7 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
     client
         .batch_execute(&format!("LISTEN {}", quote_ident(&listener.channel)))
         .await?;
-    let fetch = store::prepare_news(&client).await?;
+    let statements = store::prepare_news(&client).await?;
     // Everything committed from here on has a larger id. Streams catch up on what came before
     // from their own positions.
     let position = store::news_position(&client).await?;
@@ -179,7 +228,7 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
     heartbeat.round_trip(listener, &client).await?;
     Ok(ListenConnection {
         client,
-        fetch,
+        statements,
         position,
         driver,
         _abort_driver: abort_driver,
@@ -203,7 +252,10 @@ async fn session(listener: &Listener, listen_url: &str, attempt: &mut u32) -> Re
     // Notifications that arrived with the LISTEN reply are already queued behind this point,
     // so every stream sees the catch-up request before any of them.
     listener.registry.request_catch_up_all();
-    listener.up.store(true, Ordering::SeqCst);
+    // Rows committed while no relay was listening are still pending: number them before
+    // reporting ready.
+    dispatch(listener, &mut connection).await?;
+    listener.health.up.store(true, Ordering::SeqCst);
     *attempt = 0;
     info!("listening");
 
@@ -261,21 +313,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Reads everything committed since the last fetch and delivers what local streams want.
+/// Numbers what has committed, reads everything after the last read and delivers what local
+/// streams want; repeats while a page or a numbering batch was full.
 async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Result<(), Error> {
-    // While the fetch runs no heartbeat is checked, so it gets the heartbeat's own patience
+    // While the pass runs no heartbeat is checked, so it gets the heartbeat's own patience
     // (sent at one tick, missed at the next): a half-open connection is found as quickly.
     let patience = 2 * listener.heartbeat;
     loop {
-        let fetch = store::news(
+        listener.health.pass_begins();
+        let pass = store::news(
             &connection.client,
-            &connection.fetch,
+            &connection.statements,
             connection.position,
             FETCH_ROWS,
             FETCH_BYTES,
+            NUMBER_ROWS,
             |participants| listener.registry.has_any(participants),
         );
-        let news = tokio::time::timeout(patience, fetch)
+        let news = tokio::time::timeout(patience, pass)
             .await
             .map_err(|_| {
                 Error::connection(format!(
@@ -283,6 +338,20 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
                 ))
             })?
             .map_err(|error| Error::connection(format!("reading new messages failed: {error}")))?;
+        let more_pending = match &news.numbered {
+            Ok(numbered) => {
+                listener.metrics.rows_numbered.add(*numbered);
+                *numbered >= NUMBER_ROWS as u64
+            }
+            Err(error) => {
+                listener.metrics.numbering_failures.inc();
+                warn!(%error, "numbering committed messages failed; retrying at the next wake-up");
+                false
+            }
+        };
+        if news.numbered.is_ok() && !more_pending {
+            listener.health.numbering_caught_up();
+        }
         for signal in news.signals {
             listener.registry.deliver(&Live::Signal(signal));
         }
@@ -296,7 +365,7 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
             }
         }
         connection.position = news.position;
-        if !news.more {
+        if !news.more && !more_pending {
             return Ok(());
         }
     }

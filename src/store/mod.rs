@@ -2,8 +2,8 @@
 //!
 //! Pool queries use `query_typed`, which sends the unnamed statement with explicit parameter
 //! types: named prepared statements break behind PgBouncer in transaction mode, and the
-//! unnamed statement costs no extra round trip. The one prepared statement is the
-//! dispatcher's fetch ([`prepare_news`]), which runs on the LISTEN connection: that
+//! unnamed statement costs no extra round trip. The only prepared statements are the
+//! dispatcher's ([`prepare_news`]), which run on the LISTEN connection: that
 //! is always a session of its own (LISTEN does not work through a transaction-mode pooler),
 //! and the fetch runs for every batch of wake-ups, where parsing and planning each time cost the
 //! database more than executing.
@@ -22,7 +22,7 @@ use crate::tls;
 
 mod news;
 
-pub use news::{news, news_position, prepare_news, News, NewsPosition};
+pub use news::{news, news_position, prepare_news, News, NewsPosition, NewsStatements};
 
 /// The pool of query connections, shared by every request and stream.
 pub type DbPool = Pool;
@@ -64,22 +64,45 @@ pub struct Page {
     pub messages: Vec<Arc<Message>>,
     /// Whether more may follow right after the last one (the page hit its row or byte limit).
     pub more: bool,
+    /// The highest id retention had removed when the page was read (same snapshot): a reader
+    /// whose position is below it may have lost messages it never saw.
+    pub pruned_through: i64,
 }
 
 impl Page {
+    /// Reads the rows of [`with_pruned_through`]: column 0 the bound, the message from column
+    /// 1 (all NULL in the one row of an empty page).
     fn from_rows(rows: &[Row], limit: i64) -> Result<Page, Error> {
-        let fetched = match rows.first() {
-            Some(row) => row.try_get::<_, i64>(FETCHED)?,
+        let pruned_through = match rows.first() {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        };
+        let found: Vec<&Row> = rows
+            .iter()
+            .filter(|row| matches!(row.try_get::<_, Option<i64>>(1), Ok(Some(_))))
+            .collect();
+        let fetched = match found.first() {
+            Some(row) => row.try_get::<_, i64>(1 + FETCHED)?,
             None => 0,
         };
         Ok(Page {
-            more: fetched == limit || (rows.len() as i64) < fetched,
-            messages: rows
-                .iter()
-                .map(|row| message_from_row(row, 0))
+            more: fetched == limit || (found.len() as i64) < fetched,
+            messages: found
+                .into_iter()
+                .map(|row| message_from_row(row, 1))
                 .collect::<Result<_, _>>()?,
+            pruned_through,
         })
     }
+}
+
+/// `page` (a [`page_sql`] query) with `pgrelay.retention.pruned_through` in front of every row,
+/// and one row of NULLs when the page is empty, so the bound comes from the same snapshot.
+fn with_pruned_through(page: &str) -> String {
+    format!(
+        "SELECT r.pruned_through, page.* FROM pgrelay.retention r \
+           LEFT JOIN ({page}) page ON true ORDER BY page.id"
+    )
 }
 
 /// Reads the message whose [`MESSAGE_COLUMNS`] start at column `at` of `row`.
@@ -133,7 +156,7 @@ pub async fn messages_for(
     max_bytes: i64,
 ) -> Result<Page, Error> {
     let client = pool.get().await?;
-    let sql = messages_for_sql(addresses.len());
+    let sql = with_pruned_through(&messages_for_sql(addresses.len()));
     let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
         (&since, Type::INT8),
         (&limit, Type::INT8),

@@ -1,30 +1,44 @@
-//! The dispatcher's fetch: everything committed after a position, messages and signals in
-//! one round trip, read with the listener's own role on the LISTEN connection.
+//! The dispatcher's pass: number what has committed, then read everything after a position,
+//! messages and signals, in one round trip on the LISTEN connection, with the listener's role.
 
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use tokio_postgres::types::{Json, Type};
+use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
 
 use super::{matching, message_from_row, page_sql, COMMITTED_AT, FETCHED};
 use crate::error::Error;
 use crate::message::{Message, Signal};
 
-/// The dispatcher's fetch, prepared on the LISTEN connection: every message after `$1` (a page
-/// of at most `$2` rows and `$3` bytes) and every signal after `$4` (at most `$2`), in one
-/// round trip. Wake-ups carry nothing, so this is all the relay knows of what is new.
-pub async fn prepare_news(client: &Client) -> Result<Statement, Error> {
+/// The dispatcher's two statements, prepared on the LISTEN connection.
+pub struct NewsStatements {
+    /// `pgrelay.sequence($1)`: numbers at most `$1` committed pending messages (and as many
+    /// signals); answers how many it numbered.
+    number: Statement,
+    /// Every message after `$1` (a page of at most `$2` rows and `$3` bytes) and every signal
+    /// after `$4` (at most `$2`). Wake-ups carry nothing, so this is all the relay knows of
+    /// what is new.
+    read: Statement,
+}
+
+/// Prepares the dispatcher's statements on the LISTEN connection.
+pub async fn prepare_news(client: &Client) -> Result<NewsStatements, Error> {
     let messages = page_sql(&matching("id > $1", 2), 3);
-    let sql = format!(
+    let read = format!(
         "SELECT false, * FROM ({messages}) messages \
          UNION ALL \
          SELECT true, id, kind, sender, participants, payload, NULL, NULL, NULL \
            FROM (SELECT * FROM pgrelay.signals WHERE id > $4 ORDER BY id LIMIT $2) signals"
     );
-    Ok(client
-        .prepare_typed(&sql, &[Type::INT8, Type::INT8, Type::INT8, Type::INT8])
-        .await?)
+    Ok(NewsStatements {
+        number: client
+            .prepare_typed("SELECT pgrelay.sequence($1)", &[Type::INT4])
+            .await?,
+        read: client
+            .prepare_typed(&read, &[Type::INT8, Type::INT8, Type::INT8, Type::INT8])
+            .await?,
+    })
 }
 
 /// Where the dispatcher has read up to: the last message id and the last signal id.
@@ -51,40 +65,72 @@ pub async fn news_position(client: &Client) -> Result<NewsPosition, Error> {
     })
 }
 
-/// What one fetch of [`prepare_news`] found.
+/// What one pass found.
 pub struct News {
-    /// New messages for a local stream, each with its commit time (microseconds since the
-    /// epoch) when known.
+    /// New messages for a local stream, each with the time its id was assigned (microseconds
+    /// since the epoch) when known.
     pub messages: Vec<(Arc<Message>, Option<i64>)>,
     /// New signals for a local stream.
     pub signals: Vec<Arc<Signal>>,
-    /// Where the next fetch starts.
+    /// Where the next read starts.
     pub position: NewsPosition,
-    /// Whether more messages may follow (the page hit a limit): fetch again right away.
+    /// Whether more messages may follow (the page hit a limit): read again right away.
     pub more: bool,
+    /// How numbering went: how many pending rows this pass numbered, or why it could not.
+    pub numbered: Result<u64, Error>,
 }
 
-/// Reads what was committed after `position`; rows none of whose participants `wanted`
-/// are skipped before their JSON is rendered.
+/// One pass of the dispatcher: numbers at most `max_numbered` committed pending messages and
+/// signals, then reads what is visible after `position`. Rows none of whose participants
+/// `wanted` are skipped before their JSON is rendered.
+///
+/// Both run in one READ COMMITTED transaction, sent in one round trip (tokio-postgres pipelines
+/// requests that are issued together), so the rows this pass numbered are read by the same
+/// transaction that numbered them and are handed on only once its COMMIT has succeeded. When
+/// numbering fails (the order lock stays taken past `lock_timeout`, or the role may not run
+/// it), the transaction rolls back and the rows are read on their own: what other relays
+/// numbered is still delivered, and [`News::numbered`] says why this pass numbered nothing.
 pub async fn news(
     client: &Client,
-    statement: &Statement,
+    statements: &NewsStatements,
     position: NewsPosition,
     rows: i64,
     max_bytes: i64,
+    max_numbered: i32,
     wanted: impl Fn(&[String]) -> bool,
 ) -> Result<News, Error> {
-    let found = client
-        .query(
-            statement,
-            &[&position.message, &rows, &max_bytes, &position.signal],
-        )
-        .await?;
+    let params: [&(dyn ToSql + Sync); 4] = [&position.message, &rows, &max_bytes, &position.signal];
+    let number_params: [&(dyn ToSql + Sync); 1] = [&max_numbered];
+    let (begun, numbered, read, committed) = tokio::join!(
+        client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+        client.query_one(&statements.number, &number_params),
+        client.query(&statements.read, &params),
+        client.batch_execute("COMMIT"),
+    );
+    begun?;
+    let (numbered, found) = match numbered {
+        Ok(row) => {
+            let found = read?;
+            committed?;
+            let count: i32 = row.try_get(0)?;
+            (Ok(count.max(0) as u64), found)
+        }
+        // A closed connection fails the session; anything else only this pass's numbering.
+        Err(error) if error.is_closed() => return Err(error.into()),
+        Err(error) => {
+            committed?;
+            (
+                Err(error.into()),
+                client.query(&statements.read, &params).await?,
+            )
+        }
+    };
     let mut news = News {
         messages: Vec::new(),
         signals: Vec::new(),
         position,
         more: false,
+        numbered,
     };
     // Column 0 says which part of the UNION a row comes from; the row proper starts at 1.
     let mut message_rows = 0;

@@ -512,7 +512,8 @@ async fn listen_fetch_fails_then_recovers() {
         .batch_execute(
             "CREATE ROLE relay_listener LOGIN; \
              GRANT USAGE ON SCHEMA pgrelay TO relay_listener; \
-             GRANT SELECT ON pgrelay.messages, pgrelay.signals TO relay_listener;",
+             GRANT SELECT ON pgrelay.messages, pgrelay.signals TO relay_listener; \
+             GRANT EXECUTE ON FUNCTION pgrelay.sequence(integer) TO relay_listener;",
         )
         .await
         .unwrap();

@@ -32,3 +32,4 @@ mod sse_libraries;
 mod stream_wire;
 mod tls;
 mod trust;
+mod writers;

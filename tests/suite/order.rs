@@ -20,10 +20,12 @@ async fn first_insert_committed_last_gets_larger_id() {
     insert(&late, &["alice"], json!({"who": "late"})).await;
     late.batch_execute("COMMIT").await.unwrap();
 
-    // A reader now sees the late row, and nothing it could later miss below it.
+    // A reader now sees the late row (once a relay numbered it), and nothing it could later
+    // miss below it.
     let seen = ids_for(&late, "alice").await;
     assert_eq!(seen.len(), 1);
     early.batch_execute("COMMIT").await.unwrap();
+    number_pending(&early).await;
 
     let rows = early
         .query(
@@ -108,6 +110,9 @@ async fn concurrent_writers_leave_no_holes() {
     for writer in writers {
         writer.await.unwrap();
     }
+    // The relay numbers as the rows commit; make sure the last ones are numbered before the
+    // reader's final look.
+    number_pending(&setup).await;
     done.store(true, Ordering::SeqCst);
     let seen = reader.await.unwrap();
 

@@ -107,6 +107,7 @@ async fn silent_stream_resumes_from_opening_position() {
     let client = connect(&db).await;
     insert(&client, &["alice"], json!({"n": "old"})).await;
     insert(&client, &["bob"], json!({"n": "other"})).await;
+    number_pending(&client).await;
 
     let mut stream = relay.subscribe("alice", "", None).await;
     let position = stream.opening_position().await;
@@ -219,7 +220,7 @@ async fn resume_below_retained_history_gets_reset() {
     let ids = ids_for(&client, "alice").await;
     client
         .execute(
-            "UPDATE pgrelay.messages SET created_at = now() - interval '8 days' WHERE id <= $1",
+            "UPDATE pgrelay.messages SET committed_at = now() - interval '8 days' WHERE id <= $1",
             &[&ids[2]],
         )
         .await

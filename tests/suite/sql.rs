@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use serde_json::json;
+use std::time::Duration;
 
 /// The migration files in sql/, in order.
 fn sql_files() -> Vec<std::path::PathBuf> {
@@ -146,10 +147,12 @@ async fn outbox_refuses_what_would_break_streams() {
     assert_eq!(ids_for(&client, "a").await, vec![id]);
 }
 
-/// `pgrelay.publish` returns the commit-ordered id; a plain INSERT's RETURNING sees only the
-/// negative placeholder, which is replaced at commit.
+/// A row is stored pending (a negative placeholder id) and numbered after its transaction
+/// commits. `pgrelay.publish` returns that pending id, and `pgrelay.message_id` the real one
+/// once assigned: refused inside the publishing transaction, NULL until numbered (or waiting for
+/// it with `wait`), and the id in commit order afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_returns_id_and_insert_returns_placeholder() {
+async fn publish_returns_pending_id_and_message_id_resolves_it() {
     let db = fresh_database().await;
     let client = connect(&db).await;
     let placeholder: i64 = client
@@ -161,7 +164,9 @@ async fn publish_returns_id_and_insert_returns_placeholder() {
         .unwrap()
         .get(0);
     assert!(placeholder < 0);
-    let published: i64 = client
+
+    client.batch_execute("BEGIN").await.unwrap();
+    let pending: i64 = client
         .query_one(
             "SELECT pgrelay.publish('{a}', '{\"x\":1}', 'chat', 'me')",
             &[],
@@ -169,11 +174,57 @@ async fn publish_returns_id_and_insert_returns_placeholder() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(ids_for(&client, "a").await, vec![published - 1, published]);
+    assert!(
+        pending < 0,
+        "publish returns the pending id, not an id: {pending}"
+    );
+    let inside = client
+        .query_one("SELECT pgrelay.message_id($1)", &[&pending])
+        .await
+        .unwrap_err();
+    let message = inside.as_db_error().unwrap().message();
+    assert!(
+        message.contains("before its transaction commits"),
+        "{message}"
+    );
+    client.batch_execute("ROLLBACK; BEGIN").await.unwrap();
+    let pending: i64 = client
+        .query_one(
+            "SELECT pgrelay.publish('{a}', '{\"x\":1}', 'chat', 'me')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client.batch_execute("COMMIT").await.unwrap();
+    let unnumbered: Option<i64> = client
+        .query_one("SELECT pgrelay.message_id($1)", &[&pending])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unnumbered, None, "no relay has numbered it yet");
+
+    // Numbered by a relay meanwhile (here, by a second session standing in for one).
+    let numberer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            number_pending(&connect(&db).await).await;
+        })
+    };
+    let waited: Option<i64> = client
+        .query_one("SELECT pgrelay.message_id($1, '5 s')", &[&pending])
+        .await
+        .unwrap()
+        .get(0);
+    numberer.await.unwrap();
+    let ids = ids_for(&client, "a").await;
+    assert_eq!(ids.len(), 2);
+    assert_eq!(waited, Some(ids[1]), "the plain insert committed first");
     let row = client
         .query_one(
             "SELECT kind, sender FROM pgrelay.messages WHERE id = $1",
-            &[&published],
+            &[&ids[1]],
         )
         .await
         .unwrap();

@@ -10,40 +10,6 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-/// A role made for one test (role names are cluster-wide, so each carries the database's name).
-struct Role {
-    url: String,
-}
-
-impl Role {
-    /// Creates a LOGIN role with nothing else granted, plus `grants` (SQL run as the superuser,
-    /// with `{role}` standing for the role's name).
-    async fn create(db: &str, label: &str, grants: &[&str]) -> Role {
-        let database = db.rsplit('/').next().unwrap();
-        let name = format!("{label}_{database}");
-        let admin = connect(db).await;
-        admin
-            .batch_execute(&format!(
-                "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN"
-            ))
-            .await
-            .unwrap();
-        for grant in grants {
-            admin
-                .batch_execute(&grant.replace("{role}", &name))
-                .await
-                .unwrap();
-        }
-        Role {
-            url: db.replacen("postgres://postgres@", &format!("postgres://{name}@"), 1),
-        }
-    }
-
-    async fn connect(&self) -> Client {
-        connect(&self.url).await
-    }
-}
-
 /// The grants an application role that writes messages gets (see the README's security model).
 const WRITER_GRANTS: &[&str] = &[
     "GRANT USAGE ON SCHEMA pgrelay TO {role}",
@@ -57,8 +23,7 @@ const RELAY_GRANTS: &[&str] = &[
      pgrelay.presence_last_seen, pgrelay.message_id_seq TO {role}",
     "GRANT DELETE ON pgrelay.messages TO {role}",
     "GRANT UPDATE ON pgrelay.retention, pgrelay.presence TO {role}",
-    "GRANT EXECUTE ON FUNCTION pgrelay.publish(text[], jsonb, text, text), \
-     pgrelay.publish_many(jsonb), \
+    "GRANT EXECUTE ON FUNCTION pgrelay.sequence(integer), pgrelay.publish_many(jsonb), \
      pgrelay.signal(text[], text, jsonb, text), \
      pgrelay.presence_update(text, text[], text[], interval), pgrelay.presence_expire(interval), \
      pgrelay.presence_visible(text, text), pgrelay.presence_audience(text), \

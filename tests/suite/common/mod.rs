@@ -383,8 +383,42 @@ impl Subscriber {
     }
 }
 
+/// A role made for one test (role names are cluster-wide, so each carries the database's name).
+pub struct Role {
+    pub url: String,
+}
+
+impl Role {
+    /// Creates a LOGIN role with nothing else granted, plus `grants` (SQL run as the superuser,
+    /// with `{role}` standing for the role's name).
+    pub async fn create(db: &str, label: &str, grants: &[&str]) -> Role {
+        let database = db.rsplit('/').next().unwrap();
+        let name = format!("{label}_{database}");
+        let admin = connect(db).await;
+        admin
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN"
+            ))
+            .await
+            .unwrap();
+        for grant in grants {
+            admin
+                .batch_execute(&grant.replace("{role}", &name))
+                .await
+                .unwrap();
+        }
+        Role {
+            url: db.replacen("postgres://postgres@", &format!("postgres://{name}@"), 1),
+        }
+    }
+
+    pub async fn connect(&self) -> Client {
+        connect(&self.url).await
+    }
+}
+
 /// Inserts a message the way an application would from psql; returns nothing, since the id is
-/// assigned at commit.
+/// assigned after commit (by a relay, or by [`number_pending`]).
 pub async fn insert(client: &Client, participants: &[&str], payload: Value) {
     let participants: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
     client
@@ -421,13 +455,24 @@ pub fn spawn_writer(
     })
 }
 
-/// Every message id addressed to `participant`, ascending.
+/// Gives every committed pending message its id now, as a relay's next pass would (the test
+/// connects as the schema owner, who may run `pgrelay.sequence`).
+pub async fn number_pending(client: &Client) {
+    client
+        .batch_execute("SELECT pgrelay.sequence(1000000)")
+        .await
+        .unwrap();
+}
+
+/// Every message id addressed to `participant`, ascending (pending messages numbered first).
 pub async fn ids_for(client: &Client, participant: &str) -> Vec<i64> {
     ids_for_addresses(client, &[participant.to_owned()]).await
 }
 
-/// The ids of every message addressed to one of `addresses` (people, rooms, `*`), in order.
+/// The ids of every message addressed to one of `addresses` (people, rooms, `*`), in order,
+/// once pending messages are numbered.
 pub async fn ids_for_addresses(client: &Client, addresses: &[String]) -> Vec<i64> {
+    number_pending(client).await;
     client
         .query(
             "SELECT id FROM pgrelay.messages WHERE participants && $1 ORDER BY id",

@@ -1,0 +1,264 @@
+//! What a role granted to write can do to everyone else: nothing. Whatever it does inside its
+//! own transaction, other commits, the relay's publishes, signals and presence are not held up,
+//! and no message is pruned before the retention period has passed since its commit.
+//!
+//! The writer has exactly the grants docs/security.md gives an application role.
+
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::json;
+
+/// docs/security.md's grants for an application role that writes messages, sends signals and
+/// wants ids back.
+const APP_WRITER_GRANTS: &[&str] = &[
+    "GRANT USAGE ON SCHEMA pgrelay TO {role}",
+    "GRANT INSERT ON pgrelay.messages TO {role}",
+    "GRANT EXECUTE ON FUNCTION pgrelay.signal(text[], text, jsonb, text), \
+     pgrelay.publish(text[], jsonb, text, text), pgrelay.message_id(bigint, interval) TO {role}",
+];
+
+/// Settings with presence fast enough to see within a test.
+fn quick_presence() -> pgrelay::Settings {
+    let mut settings = test_settings();
+    settings.presence_debounce = Duration::from_millis(300);
+    settings.presence_ttl = Duration::from_secs(2);
+    settings
+}
+
+/// A writer fires every trigger and function it may inside its transaction (a message, `SET
+/// CONSTRAINTS ALL IMMEDIATE`, `pgrelay.signal`, `pgrelay.publish`) and keeps the transaction
+/// open. Meanwhile POST /v1/messages, POST /v1/signals, the owner's INSERT, another writer's
+/// INSERT and presence all arrive, and the relay stays ready. Only the holder's own message
+/// and signal wait for its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_holding_its_transaction_open_delays_no_one() {
+    let db = fresh_database().await;
+    let owner = connect(&db).await;
+    // Consent for presence: alice wrote to bob.
+    owner
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, sender, payload) \
+             VALUES ('{alice,bob}', 'alice', '{}')",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::start_with(&db, quick_presence()).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    bob.keep_presence = true;
+    bob.opening_position().await;
+
+    let holder = Role::create(&db, "holder", APP_WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    holder
+        .batch_execute(
+            "BEGIN; \
+             INSERT INTO pgrelay.messages (participants, payload) VALUES ('{bob}', '{\"by\":\"holder\"}'); \
+             SET CONSTRAINTS ALL IMMEDIATE; \
+             SELECT pgrelay.signal('{bob}', 'typing', '{\"by\":\"holder\"}'); \
+             SELECT pgrelay.publish('{bob}', '{\"by\":\"holder publish\"}'); \
+             SET CONSTRAINTS ALL IMMEDIATE;",
+        )
+        .await
+        .unwrap();
+
+    let others = async {
+        let publisher = relay.token("carol", &["publish"]);
+        let posted = post(
+            &relay.base,
+            "/v1/messages",
+            &publisher,
+            json!({"participants": ["bob"], "payload": {"by": "POST"}}),
+        )
+        .await;
+        assert_eq!(posted.status(), 201);
+        let signalled = post(
+            &relay.base,
+            "/v1/signals",
+            &publisher,
+            json!({"participants": ["bob"], "kind": "typing", "payload": {"by": "POST"}}),
+        )
+        .await;
+        assert_eq!(signalled.status(), 202);
+        insert(&owner, &["bob"], json!({"by": "owner"})).await;
+        let other_writer = Role::create(&db, "other", APP_WRITER_GRANTS)
+            .await
+            .connect()
+            .await;
+        insert(&other_writer, &["bob"], json!({"by": "other writer"})).await;
+        let _alice = relay.subscribe("alice", "", None).await;
+
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            let event = bob.next().await;
+            let data: serde_json::Value =
+                serde_json::from_str(event.data.as_deref().unwrap()).unwrap();
+            let who = match event.event.as_deref() {
+                Some("presence") => format!("presence {}", data["participant"]),
+                Some(kind) => format!("{kind} {}", data["payload"]["by"]),
+                None => continue,
+            };
+            seen.push(who);
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "message \"POST\"",
+                "message \"other writer\"",
+                "message \"owner\"",
+                "presence \"alice\"",
+                "typing \"POST\"",
+            ]
+        );
+        let ready = reqwest::get(format!("{}/readyz", relay.base))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200, "the relay stays ready");
+    };
+    // Everything above must happen while the holder's transaction is still open: if any of it
+    // waited for that transaction, it would wait forever here.
+    tokio::time::timeout(3 * PATIENCE, others)
+        .await
+        .expect("someone waited for the writer's open transaction");
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    let mut own = Vec::new();
+    while own.len() < 3 {
+        let event = bob.next().await;
+        let data: serde_json::Value = serde_json::from_str(event.data.as_deref().unwrap()).unwrap();
+        own.push(format!(
+            "{} {}",
+            event.event.unwrap(),
+            data["payload"]["by"]
+        ));
+    }
+    own.sort();
+    assert_eq!(
+        own,
+        [
+            "message \"holder publish\"",
+            "message \"holder\"",
+            "typing \"holder\"",
+        ]
+    );
+}
+
+/// Retention counts from the commit, not from `created_at`, which writers set: 500 fresh
+/// messages and then one backdated to 2000 lose nothing to the next prune (the backdated one
+/// is fresh too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backdated_row_prunes_nothing_fresh() {
+    let db = fresh_database().await;
+    let writer = Role::create(&db, "backdater", APP_WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    writer
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{alice}', jsonb_build_object('n', n) FROM generate_series(1, 500) n; \
+             INSERT INTO pgrelay.messages (participants, payload, created_at) \
+             VALUES ('{alice}', '{\"n\":\"backdated\"}', '2000-01-01')",
+        )
+        .await
+        .unwrap();
+    let owner = connect(&db).await;
+    number_pending(&owner).await;
+    let pool = pgrelay::store::connect_pool(&db, 1).unwrap();
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let pruned = pgrelay::retention::prune(&pool, week).await.unwrap();
+    assert_eq!(pruned, 0, "fresh messages were pruned");
+    assert_eq!(message_count(&owner).await, 501);
+}
+
+/// A transaction that stays open longer than the retention period does not make its own
+/// messages look old: they are kept for the retention period after it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_is_not_pruned_early() {
+    let db = fresh_database().await;
+    let writer = Role::create(&db, "slow", APP_WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    let retention = Duration::from_secs(2);
+    writer
+        .batch_execute(
+            "BEGIN; INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{alice}', jsonb_build_object('n', n) FROM generate_series(1, 100) n",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(retention + Duration::from_secs(1)).await;
+    writer.batch_execute("COMMIT").await.unwrap();
+    let owner = connect(&db).await;
+    number_pending(&owner).await;
+    let pool = pgrelay::store::connect_pool(&db, 1).unwrap();
+    let pruned = pgrelay::retention::prune(&pool, retention).await.unwrap();
+    assert_eq!(pruned, 0, "messages committed just now were pruned");
+
+    tokio::time::sleep(retention + Duration::from_millis(500)).await;
+    let pruned = pgrelay::retention::prune(&pool, retention).await.unwrap();
+    assert_eq!(
+        pruned, 100,
+        "once the period has passed since the commit, they go"
+    );
+}
+
+/// A stream that is behind when retention prunes past its position (here: its relay lost the
+/// LISTEN connection, so it catches up from its cursor) is told with `reset` before it goes on,
+/// and gets every retained message after it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_behind_the_pruned_point_gets_reset() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let owner = connect(&db).await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    let opened_at = alice.opening_position().await;
+
+    // Messages the relay is never woken for (no trigger, so no NOTIFY), numbered as a relay
+    // would and committed long ago: the stream has not read them.
+    owner
+        .batch_execute(
+            "BEGIN; SET LOCAL session_replication_role = replica; \
+             LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE; \
+             INSERT INTO pgrelay.messages (id, participants, payload, committed_at) \
+             SELECT nextval('pgrelay.message_id_seq'), '{alice}', jsonb_build_object('n', n), \
+                    now() - interval '8 days' \
+               FROM generate_series(1, 10) n; \
+             COMMIT",
+        )
+        .await
+        .unwrap();
+    let pool = pgrelay::store::connect_pool(&db, 1).unwrap();
+    let week = Duration::from_secs(7 * 24 * 3600);
+    assert_eq!(pgrelay::retention::prune(&pool, week).await.unwrap(), 10);
+
+    // The LISTEN session is cut: on reconnecting, every stream catches up from its cursor.
+    owner
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'pgrelay-listen' AND datname = current_database()",
+        )
+        .await
+        .unwrap();
+    let reset = alice.next().await;
+    assert_eq!(reset.event.as_deref(), Some("reset"), "{reset:?}");
+    assert!(reset.id.is_none(), "reset must not move Last-Event-ID");
+    let data: serde_json::Value = serde_json::from_str(reset.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["reason"], "history_truncated");
+
+    insert(&owner, &["alice"], json!({"n": "after"})).await;
+    let (id, _, data) = alice.next_message().await;
+    assert_eq!(data["payload"]["n"], "after");
+    assert!(id > opened_at + 10);
+    assert!(
+        alice
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "one reset, no repeats"
+    );
+}
