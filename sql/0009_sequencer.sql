@@ -142,13 +142,13 @@ END $$;
 -- the pending rows and draws their ids (so that statement sees everything committed by the
 -- previous holder), and it is released only after this transaction is visible. Only trusted
 -- roles can take it (locking a table needs UPDATE, DELETE or TRUNCATE on it), and they hold it
--- for one short transaction: `lock_timeout` bounds the wait for a peer relay that stalls, and
--- `idle_in_transaction_session_timeout` ends a relay's transaction that its client abandoned.
+-- for one short transaction: the relay bounds its wait for a peer that stalls with
+-- `SET LOCAL lock_timeout`, and `idle_in_transaction_session_timeout` ends a relay's
+-- transaction that its client abandoned.
 CREATE OR REPLACE FUNCTION pgrelay.sequence(max_rows integer DEFAULT 10000)
     RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pgrelay
-    SET lock_timeout = '5s'
     AS $$
 DECLARE
     messages_numbered integer := 0;

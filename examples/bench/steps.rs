@@ -542,8 +542,13 @@ pub(crate) async fn fetch_cost(url: &str, calls: usize) -> Res<Vec<(usize, f64)>
             message: newest.message - size as i64,
             ..newest
         };
-        let read =
-            || pgrelay::store::news(&client, &fetch, position, 500, 4 << 20, 10_000, |_| true);
+        let limits = pgrelay::store::PassLimits {
+            rows: 500,
+            bytes: 4 << 20,
+            numbered: 10_000,
+            lock_wait: Duration::from_secs(1),
+        };
+        let read = || pgrelay::store::news(&client, &fetch, position, limits, |_| true);
         for _ in 0..20 {
             read().await?;
         }

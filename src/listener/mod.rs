@@ -112,14 +112,14 @@ impl Health {
     }
 }
 
-/// Most rows one fetch reads (of messages, and of signals); more are read right after.
-const FETCH_ROWS: i64 = 500;
-
-/// Most bytes of messages one fetch reads; more are read right after.
-const FETCH_BYTES: i64 = 4 * 1024 * 1024;
-
-/// Most pending messages (and signals) one pass numbers; more are numbered right after.
-const NUMBER_ROWS: i32 = 10_000;
+/// What one pass may do: read at most 500 messages (and 500 signals) and 4 MiB of messages,
+/// number at most 10,000 pending messages (and as many signals); more follow right after.
+const PASS: store::PassLimits = store::PassLimits {
+    rows: 500,
+    bytes: 4 * 1024 * 1024,
+    numbered: 10_000,
+    lock_wait: Duration::ZERO,
+};
 
 /// The first and the longest wait between reconnect attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -321,13 +321,18 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
     let patience = 2 * listener.heartbeat;
     loop {
         listener.health.pass_begins();
+        let limits = store::PassLimits {
+            // Well within the pass's patience: a peer relay stuck holding the order lock
+            // fails this pass's numbering, not the session.
+            lock_wait: (listener.heartbeat / 2)
+                .clamp(Duration::from_millis(100), Duration::from_secs(5)),
+            ..PASS
+        };
         let pass = store::news(
             &connection.client,
             &connection.statements,
             connection.position,
-            FETCH_ROWS,
-            FETCH_BYTES,
-            NUMBER_ROWS,
+            limits,
             |participants| listener.registry.has_any(participants),
         );
         let news = tokio::time::timeout(patience, pass)
@@ -341,7 +346,7 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
         let more_pending = match &news.numbered {
             Ok(numbered) => {
                 listener.metrics.rows_numbered.add(*numbered);
-                *numbered >= NUMBER_ROWS as u64
+                *numbered >= PASS.numbered as u64
             }
             Err(error) => {
                 listener.metrics.numbering_failures.inc();

@@ -22,7 +22,7 @@ use crate::tls;
 
 mod news;
 
-pub use news::{news, news_position, prepare_news, News, NewsPosition, NewsStatements};
+pub use news::{news, news_position, prepare_news, News, NewsPosition, NewsStatements, PassLimits};
 
 /// The pool of query connections, shared by every request and stream.
 pub type DbPool = Pool;

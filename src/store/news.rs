@@ -2,6 +2,7 @@
 //! messages and signals, in one round trip on the LISTEN connection, with the listener's role.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use tokio_postgres::types::{Json, ToSql, Type};
@@ -80,9 +81,22 @@ pub struct News {
     pub numbered: Result<u64, Error>,
 }
 
-/// One pass of the dispatcher: numbers at most `max_numbered` committed pending messages and
-/// signals, then reads what is visible after `position`. Rows none of whose participants
-/// `wanted` are skipped before their JSON is rendered.
+/// How much one pass may do.
+#[derive(Debug, Clone, Copy)]
+pub struct PassLimits {
+    /// Most messages (and, separately, signals) read.
+    pub rows: i64,
+    /// Most bytes of messages' payload and participants read (at least one message is).
+    pub bytes: i64,
+    /// Most pending messages (and, separately, signals) numbered.
+    pub numbered: i32,
+    /// Longest wait for the order lock before numbering gives up for this pass.
+    pub lock_wait: Duration,
+}
+
+/// One pass of the dispatcher: numbers committed pending messages and signals, then reads
+/// what is visible after `position`, within `limits`. Rows none of whose participants `wanted`
+/// are skipped before their JSON is rendered.
 ///
 /// Both run in one READ COMMITTED transaction, sent in one round trip (tokio-postgres pipelines
 /// requests that are issued together), so the rows this pass numbered are read by the same
@@ -94,15 +108,22 @@ pub async fn news(
     client: &Client,
     statements: &NewsStatements,
     position: NewsPosition,
-    rows: i64,
-    max_bytes: i64,
-    max_numbered: i32,
+    limits: PassLimits,
     wanted: impl Fn(&[String]) -> bool,
 ) -> Result<News, Error> {
-    let params: [&(dyn ToSql + Sync); 4] = [&position.message, &rows, &max_bytes, &position.signal];
-    let number_params: [&(dyn ToSql + Sync); 1] = [&max_numbered];
+    let begin = format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {}",
+        limits.lock_wait.as_millis().max(1)
+    );
+    let params: [&(dyn ToSql + Sync); 4] = [
+        &position.message,
+        &limits.rows,
+        &limits.bytes,
+        &position.signal,
+    ];
+    let number_params: [&(dyn ToSql + Sync); 1] = [&limits.numbered];
     let (begun, numbered, read, committed) = tokio::join!(
-        client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+        client.batch_execute(&begin),
         client.query_one(&statements.number, &number_params),
         client.query(&statements.read, &params),
         client.batch_execute("COMMIT"),
@@ -149,7 +170,7 @@ pub async fn news(
         news.position.message = id;
         message_rows += 1;
         let fetched: i64 = row.try_get(1 + FETCHED)?;
-        news.more = fetched == rows || message_rows < fetched;
+        news.more = fetched == limits.rows || message_rows < fetched;
         if wanted(&participants) {
             let committed_at: Option<i64> = row.try_get(1 + COMMITTED_AT)?;
             news.messages

@@ -139,27 +139,6 @@ async fn ids_after(client: &Client, participant: &str, after: i64) -> Vec<i64> {
     ids
 }
 
-/// The status `/readyz` answers (0 when the request itself fails).
-async fn readyz(http: &reqwest::Client, base: &str) -> u16 {
-    match http.get(format!("{base}/readyz")).send().await {
-        Ok(response) => response.status().as_u16(),
-        Err(_) => 0,
-    }
-}
-
-/// Polls `/readyz` every 5 ms until it answers `status`; when it did, within `within`.
-async fn wait_readyz(base: &str, status: u16, within: Duration) -> Option<Instant> {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if readyz(&http, base).await == status {
-            return Some(Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    None
-}
-
 /// `pgrelay_listener_reconnects_total` from `/metrics`.
 async fn listener_reconnects(base: &str) -> u64 {
     metric(base, "pgrelay_listener_reconnects_total").await

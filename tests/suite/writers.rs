@@ -262,3 +262,51 @@ async fn a_stream_behind_the_pruned_point_gets_reset() {
         "one reset, no repeats"
     );
 }
+
+/// A relay that cannot number (here the order lock is held, as by a peer relay stuck inside
+/// its transaction) says so: `/readyz` answers 503 and `pgrelay_numbering_lag_seconds` grows.
+/// Once the lock is free, the waiting message is numbered and delivered, and the relay is
+/// ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_cannot_number_says_so() {
+    let db = fresh_database().await;
+    let settings = pgrelay::Settings {
+        heartbeat: Duration::from_secs(1),
+        ..test_settings()
+    };
+    let relay = Relay::start_with(&db, settings).await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let stuck_peer = connect(&db).await;
+    stuck_peer
+        .batch_execute("BEGIN; LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    insert(&connect(&db).await, &["alice"], json!({"n": "waiting"})).await;
+
+    assert!(
+        wait_readyz(&relay.base, 503, PATIENCE).await.is_some(),
+        "numbering could not progress and /readyz did not say so"
+    );
+    let answer = reqwest::get(format!("{}/readyz", relay.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(answer.contains("waited"), "{answer}");
+    let lag = try_metric(&relay.base, "pgrelay_numbering_lag_seconds")
+        .await
+        .unwrap();
+    assert!(lag >= 1.0, "lag {lag}");
+    assert!(metric(&relay.base, "pgrelay_numbering_failures_total").await > 0);
+
+    stuck_peer.batch_execute("COMMIT").await.unwrap();
+    let (_, _, data) = alice.next_message().await;
+    assert_eq!(data["payload"]["n"], "waiting");
+    assert!(wait_readyz(&relay.base, 200, PATIENCE).await.is_some());
+    assert_eq!(
+        try_metric(&relay.base, "pgrelay_numbering_lag_seconds").await,
+        Some(0.0)
+    );
+}

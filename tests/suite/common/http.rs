@@ -1,6 +1,9 @@
 //! HTTP helpers the tests share: reading `/metrics`, history pages, JSON error answers.
 
+use std::time::Duration;
+
 use serde_json::Value;
+use tokio::time::Instant;
 
 /// A counter or gauge from the relay's `/metrics`, or `None` when the relay does not answer
 /// or does not export it.
@@ -102,4 +105,25 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The status `/readyz` answers (0 when the request itself fails).
+pub async fn readyz(http: &reqwest::Client, base: &str) -> u16 {
+    match http.get(format!("{base}/readyz")).send().await {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Polls `/readyz` every 5 ms until it answers `status`; when it did, within `within`.
+pub async fn wait_readyz(base: &str, status: u16, within: Duration) -> Option<Instant> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if readyz(&http, base).await == status {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
 }
