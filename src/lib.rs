@@ -35,10 +35,11 @@
 //!
 //! # Data flow
 //!
-//! `INSERT INTO pgrelay.messages` → at COMMIT the deferred trigger draws the id under a table
-//! lock and sends an empty `NOTIFY pgrelay` (sql/) → the listener reads every message and
-//! signal committed since the last ones it read, from the tables, with its own role (one
-//! prepared query per batch of wake-ups, on the LISTEN connection itself) → the registry
+//! `INSERT INTO pgrelay.messages` stores the row pending, and its COMMIT sends an empty
+//! `NOTIFY pgrelay` (sql/) → the listener numbers every committed pending row in commit order
+//! (`pgrelay.sequence()`, in a short transaction of its own) and reads every message and
+//! signal after the last ones it read, from the tables, with its own role (one round trip per
+//! batch of wake-ups, on the LISTEN connection itself) → the registry
 //! pushes each row that has local subscribers into the inboxes of its participants' streams
 //! → each stream drops ids it already sent and writes the rest as SSE events. A stream
 //! whose inbox overflowed, or that may have missed notifications while the listener
