@@ -7,6 +7,7 @@
 //! cargo run --release --example bench -- --latency     # floor, memory, latency, CPU per event, ~2 minutes
 //! cargo run --release --example bench -- --publish     # POST throughput, group commit, ~1 minute
 //! cargo run --release --example bench -- --fleet       # 1, 3 and 10 instances on one database
+//! cargo run --release --example bench -- --attacks     # a hostile writer and retention, ~2 minutes
 //! ```
 //!
 //! The example first runs `cargo build --release --bin pgrelay` (a no-op when the binary is
@@ -52,6 +53,7 @@
 //! [`SseParser`]) on tokio `TcpStream`s, so 10,000 of them are cheap; the open-file limit is
 //! raised for this process and inherited by the relay. BENCHMARKS.md has the method in full.
 
+mod attacks;
 mod catch_up;
 mod cold_start;
 mod fleet;
@@ -68,6 +70,7 @@ mod sse_client;
 mod steps;
 mod writers;
 
+use attacks::*;
 use catch_up::*;
 use cold_start::*;
 use fleet::*;
@@ -154,7 +157,7 @@ pub(crate) const WANTED_FILES: libc::rlim_t = 65_536;
 pub(crate) const NEEDED_FILES: libc::rlim_t = MANY as libc::rlim_t + 1_000;
 
 pub(crate) const USAGE: &str =
-    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish | --fleet | --streams] [-- --no-build]
+    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish | --fleet | --streams | --attacks] [-- --no-build]
 
   --quick      short smoke run (under 2 minutes): shorter phases, fewer throughput steps
   --throughput only the ceilings and the throughput ladders (with 1,000 subscribers), for
@@ -168,6 +171,9 @@ pub(crate) const USAGE: &str =
                each adds to the database per message
   --streams    only the many-streams phase: 19,000 streams on one instance, then 100,000
                over six instances (client side in child processes), in about two minutes
+  --attacks    only the database-side attacks: how long others wait while a writer holds its
+               transaction open (12 s), and what retention deletes after a backdated row and
+               a long transaction, and whether a stream behind the pruned point gets reset
   --no-build   do not run `cargo build --release --bin pgrelay` first
 
 Starts its own throwaway PostgreSQL and its own `target/release/pgrelay serve` processes on
@@ -186,6 +192,8 @@ pub(crate) struct Profile {
     pub(crate) fleet_only: bool,
     /// Only the many-streams phase (`--streams`).
     pub(crate) streams_only: bool,
+    /// Only the database-side attacks (`--attacks`).
+    pub(crate) attacks_only: bool,
     pub(crate) floor: Duration,
     pub(crate) latency: Duration,
     pub(crate) ceiling: Duration,
@@ -209,6 +217,7 @@ impl Profile {
             publish_only: false,
             fleet_only: false,
             streams_only: false,
+            attacks_only: false,
             floor: Duration::from_secs(20),
             latency: Duration::from_secs(30),
             ceiling: Duration::from_secs(5),
@@ -232,6 +241,7 @@ impl Profile {
             publish_only: false,
             fleet_only: false,
             streams_only: false,
+            attacks_only: false,
             floor: Duration::from_secs(3),
             latency: Duration::from_secs(3),
             ceiling: Duration::from_millis(1500),
@@ -264,6 +274,7 @@ impl Options {
         let mut publish_only = false;
         let mut fleet_only = false;
         let mut streams_only = false;
+        let mut attacks_only = false;
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => options.profile = Profile::quick(),
@@ -272,6 +283,7 @@ impl Options {
                 "--publish" => publish_only = true,
                 "--fleet" => fleet_only = true,
                 "--streams" => streams_only = true,
+                "--attacks" => attacks_only = true,
                 "--no-build" => options.build = false,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -285,6 +297,7 @@ impl Options {
         options.profile.publish_only = publish_only;
         options.profile.fleet_only = fleet_only;
         options.profile.streams_only = streams_only;
+        options.profile.attacks_only = attacks_only;
         Ok(options)
     }
 }

@@ -105,8 +105,13 @@ pub(crate) async fn floor_phase(url: &str, profile: &Profile, names: &Names) -> 
     drop(listener);
     let written = written?;
 
-    // Wake-ups name nothing, but the k-th one is the k-th commit, which drew the k-th id:
-    // map them through the table.
+    // Wake-ups name nothing, but the k-th one is the k-th commit: number the rows (no relay
+    // ran) and map them through the table. Numbering orders one-row transactions by their
+    // insert, which differs from commit order only where two writers' inserts and commits
+    // interleave within microseconds.
+    client
+        .batch_execute("SELECT pgrelay.sequence(1000000)")
+        .await?;
     let rows = client
         .query(
             "SELECT (payload->>'s')::int8 FROM pgrelay.messages WHERE id > $1 ORDER BY id",
@@ -153,7 +158,63 @@ pub(crate) async fn floor_phase(url: &str, profile: &Profile, names: &Names) -> 
     Ok(floor)
 }
 
-/// NOTIFY through the outbox trigger with nothing else in the way.
+/// Gives committed rows their ids as a relay's dispatcher would (`pgrelay.sequence()` after
+/// every batch of wake-ups), so that a ceiling includes numbering; stops when dropped.
+pub(crate) struct Numberer {
+    task: tokio::task::JoinHandle<Res<()>>,
+    /// Rows numbered so far.
+    pub(crate) numbered: Arc<AtomicU64>,
+}
+
+impl Numberer {
+    pub(crate) async fn start(url: &str) -> Res<Numberer> {
+        let mut config: tokio_postgres::Config = url.parse()?;
+        config.application_name("pgrelay-bench-numberer");
+        let (client, mut connection) = config.connect(NoTls).await?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let woken = Arc::clone(&wake);
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let AsyncMessage::Notification(_) = message {
+                    woken.notify_one();
+                }
+            }
+        });
+        client.batch_execute("LISTEN pgrelay").await?;
+        let numbered = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&numbered);
+        let task = tokio::spawn(async move {
+            let _driver = AbortOnDrop(driver.abort_handle());
+            loop {
+                wake.notified().await;
+                let row = client
+                    .query_one("SELECT pgrelay.sequence(100000)", &[])
+                    .await?;
+                count.fetch_add(row.get::<_, i32>(0) as u64, Ordering::Relaxed);
+            }
+        });
+        Ok(Numberer { task, numbered })
+    }
+}
+
+impl Drop for Numberer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// NOTIFY through the outbox trigger, and numbering as one relay does it, with nothing else in
+/// the way.
 pub(crate) struct Ceiling {
     /// Measured again before a throughput ladder.
     pub(crate) repeat: bool,
@@ -163,7 +224,7 @@ pub(crate) struct Ceiling {
     pub(crate) rows: u64,
     pub(crate) commits: u64,
     pub(crate) seconds: f64,
-    /// Every listener heard every notification.
+    /// Every listener heard every notification, and every row was numbered.
     pub(crate) all_heard: bool,
     pub(crate) cpu: CpuUse,
     /// CPU seconds of the writers' backends and of all the listeners' backends.
@@ -192,7 +253,8 @@ impl Ceiling {
 }
 
 /// `writer_count` writers insert as fast as they can for `profile.ceiling`, `rows` per
-/// transaction, while `listeners` raw LISTEN connections drain the notification queue.
+/// transaction, while `listeners` raw LISTEN connections drain the notification queue and a
+/// [`Numberer`] numbers the rows.
 pub(crate) async fn ceiling_phase(
     url: &str,
     writer_count: usize,
@@ -205,6 +267,8 @@ pub(crate) async fn ceiling_phase(
     for _ in 0..listeners {
         raw.push(RawListener::start(url, None).await?);
     }
+    let numberer = Numberer::start(url).await?;
+    let numbered_before = numberer.numbered.load(Ordering::Relaxed);
     let heard_before: Vec<u64> = raw
         .iter()
         .map(|l| l.heard.load(Ordering::Relaxed))
@@ -260,10 +324,12 @@ pub(crate) async fn ceiling_phase(
     // Let the listeners drain what is queued.
     let drained = Instant::now() + Duration::from_secs(10);
     let all_heard = loop {
-        let done = raw
-            .iter()
-            .zip(&heard_before)
-            .all(|(l, before)| l.heard.load(Ordering::Relaxed) - before >= committed_rows);
+        let numbered = numberer.numbered.load(Ordering::Relaxed) - numbered_before;
+        let done = numbered >= committed_rows
+            && raw
+                .iter()
+                .zip(&heard_before)
+                .all(|(l, before)| l.heard.load(Ordering::Relaxed) - before >= committed_rows);
         if done || Instant::now() > drained {
             break done;
         }

@@ -57,6 +57,7 @@ pub(crate) struct Report {
     pub(crate) publishing: Vec<Publishing>,
     pub(crate) fleet: Vec<FleetRun>,
     pub(crate) many_streams: Option<ManyStreams>,
+    pub(crate) attacks: Option<Attacks>,
     pub(crate) signals: u64,
     pub(crate) problems: Vec<String>,
 }
@@ -389,6 +390,57 @@ impl Report {
                 format!("{rooms_stream:.2} ms / {rooms_page:.2} ms"),
                 "",
                 "",
+            );
+        }
+        if let Some(attacks) = &self.attacks {
+            for (what, before, held) in &attacks.hold_waits {
+                row(
+                    &format!("Writer holding its transaction open {HOLD_SECONDS} s: {what}, without / during the hold"),
+                    format!(
+                        "{:.1} ms / {:.1} ms",
+                        before.as_secs_f64() * 1e3,
+                        held.as_secs_f64() * 1e3
+                    ),
+                    "≤ 1 s",
+                    verdict(held.as_secs_f64() <= 1.0),
+                );
+            }
+            row(
+                "/readyz during the hold",
+                if attacks.ready_during_hold {
+                    "200 throughout"
+                } else {
+                    "not ready at times"
+                }
+                .into(),
+                "200",
+                verdict(attacks.ready_during_hold),
+            );
+            row(
+                "Fresh messages deleted at the next relay start after a row backdated to 2000",
+                format!("{} of 500", attacks.backdated_deleted),
+                "0",
+                verdict(attacks.backdated_deleted == 0),
+            );
+            row(
+                "--retention 20s: messages of a transaction open 22 s deleted within 12 s of its commit",
+                format!("{} of 100", attacks.long_transaction_deleted),
+                "0",
+                verdict(attacks.long_transaction_deleted == 0),
+            );
+            row(
+                "A stream that stopped reading, behind when its 600 messages were pruned: delivered; resets; next message",
+                format!(
+                    "{} of 600; {} reset; {}",
+                    attacks.behind_delivered,
+                    attacks.behind_resets,
+                    if attacks.behind_continued { "delivered" } else { "lost" }
+                ),
+                "a reset wherever it was behind",
+                verdict(
+                    (attacks.behind_delivered == 600 || attacks.behind_resets == 1)
+                        && attacks.behind_continued
+                ),
             );
         }
         if !self.cold_starts.is_empty() {

@@ -12,6 +12,8 @@ pub(crate) async fn run(options: &Options, report: &mut Report) -> Res<()> {
         "fleet"
     } else if profile.streams_only {
         "streams"
+    } else if profile.attacks_only {
+        "attacks"
     } else if profile.quick {
         "quick"
     } else {
@@ -90,6 +92,10 @@ pub(crate) async fn phases(
     }
     if profile.publish_only {
         return publish_phases(&bench, report).await;
+    }
+    if profile.attacks_only {
+        report.attacks = Some(attacks_phase(&bench).await?);
+        return Ok(());
     }
     let main = create_database(cluster, &admin, "bench_main").await?;
     if profile.throughput_only {
