@@ -105,6 +105,11 @@ CREATE TRIGGER signals_wake_relays
 DROP FUNCTION IF EXISTS pgrelay.assign_id();
 DROP FUNCTION IF EXISTS pgrelay.assign_signal_id();
 
+-- One lock now orders the numbering of messages and of signals.
+DROP TABLE IF EXISTS pgrelay.signal_order;
+COMMENT ON TABLE pgrelay.id_order IS
+    'Never holds rows: locking it orders the numbering of messages and signals.';
+
 -- Gives the committed pending messages (at most `max_rows` of them, NULL for all) their ids,
 -- one transaction's rows after another, all with the same `committed_at`; returns how many. Only for callers that
 -- hold the order lock (sequence() and publish_many()).

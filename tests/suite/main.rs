@@ -26,6 +26,7 @@ mod proxies;
 mod relay;
 mod resume;
 mod rooms;
+mod schema;
 mod signals;
 mod sql;
 mod sse_libraries;

@@ -1,0 +1,594 @@
+-- pgrelay's schema as `pgrelay migrate` leaves it: the current definition of every table,
+-- index, trigger, sequence and function in schema `pgrelay`, in one place.
+--
+-- GENERATED from a freshly migrated database by tests/suite/schema.rs; do not edit. The
+-- migrations (sql/NNNN_*.sql) are what databases run, and their comments say why each object
+-- is as it is; after adding one, regenerate this file with
+-- `PGRELAY_WRITE_SCHEMA=1 cargo test --test suite schema` (the test fails until then).
+
+-- Sequences
+
+CREATE SEQUENCE pgrelay.message_id_seq AS bigint;
+
+CREATE SEQUENCE pgrelay.pending_key_seq AS bigint;
+
+CREATE SEQUENCE pgrelay.signal_id_seq AS bigint;
+
+-- Tables
+
+CREATE TABLE pgrelay.id_order (
+);
+COMMENT ON TABLE pgrelay.id_order IS 'Never holds rows: locking it orders the numbering of messages and signals.';
+
+CREATE TABLE pgrelay.messages (
+    id bigint NOT NULL,
+    participants text[] NOT NULL,
+    kind text NOT NULL DEFAULT 'message'::text,
+    sender text,
+    payload jsonb NOT NULL,
+    created_at timestamp with time zone NOT NULL DEFAULT now(),
+    committed_at timestamp with time zone,
+    pending_id bigint,
+    CONSTRAINT messages_kind_valid CHECK (pgrelay.valid_kind(kind)),
+    CONSTRAINT messages_participants_nonempty CHECK (((cardinality(participants) > 0) AND (array_position(participants, NULL::text) IS NULL))),
+    CONSTRAINT messages_pkey PRIMARY KEY (id)
+);
+
+CREATE UNLOGGED TABLE pgrelay.presence (
+    participant text NOT NULL,
+    instance text NOT NULL,
+    since timestamp with time zone NOT NULL DEFAULT now(),
+    heartbeat_at timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT presence_pkey PRIMARY KEY (participant, instance)
+);
+
+CREATE TABLE pgrelay.presence_last_seen (
+    participant text NOT NULL,
+    last_seen timestamp with time zone NOT NULL,
+    CONSTRAINT presence_last_seen_pkey PRIMARY KEY (participant)
+);
+
+CREATE TABLE pgrelay.presence_order (
+);
+COMMENT ON TABLE pgrelay.presence_order IS 'Never holds rows: locking it serialises presence changes.';
+
+CREATE TABLE pgrelay.retention (
+    singleton boolean NOT NULL DEFAULT true,
+    pruned_through bigint NOT NULL DEFAULT 0,
+    CONSTRAINT retention_pkey PRIMARY KEY (singleton),
+    CONSTRAINT retention_singleton_check CHECK (singleton)
+);
+
+CREATE TABLE pgrelay.schema_migrations (
+    version integer NOT NULL,
+    applied_at timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT schema_migrations_pkey PRIMARY KEY (version)
+);
+
+CREATE UNLOGGED TABLE pgrelay.signals (
+    id bigint NOT NULL,
+    participants text[] NOT NULL,
+    kind text NOT NULL,
+    sender text,
+    payload jsonb NOT NULL,
+    created_at timestamp with time zone NOT NULL DEFAULT now(),
+    numbered_at timestamp with time zone,
+    CONSTRAINT signals_pkey PRIMARY KEY (id)
+);
+
+-- Indexes
+
+CREATE INDEX messages_participants_idx ON pgrelay.messages USING gin (participants);
+
+CREATE UNIQUE INDEX messages_pending_id_idx ON pgrelay.messages USING btree (pending_id) WHERE (pending_id IS NOT NULL);
+
+CREATE INDEX presence_instance_idx ON pgrelay.presence USING btree (instance);
+
+-- Triggers
+
+CREATE TRIGGER messages_before_insert BEFORE INSERT ON pgrelay.messages FOR EACH ROW EXECUTE FUNCTION pgrelay.before_insert();
+
+CREATE TRIGGER messages_forbid_id_change BEFORE UPDATE OF id ON pgrelay.messages FOR EACH ROW EXECUTE FUNCTION pgrelay.forbid_id_change();
+
+CREATE TRIGGER messages_wake_relays AFTER INSERT ON pgrelay.messages FOR EACH STATEMENT EXECUTE FUNCTION pgrelay.wake_relays();
+
+CREATE TRIGGER signals_wake_relays AFTER INSERT ON pgrelay.signals FOR EACH STATEMENT EXECUTE FUNCTION pgrelay.wake_relays();
+
+-- Functions
+
+CREATE OR REPLACE FUNCTION pgrelay.announce_presence(participant text, online boolean)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    audience text[];
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT member), '{}') INTO audience
+      FROM unnest(pgrelay.presence_audience(participant)) AS member
+     WHERE member IS NOT NULL AND member <> participant AND pgrelay.valid_name(member);
+    IF cardinality(audience) > 0 THEN
+        PERFORM pgrelay.send_signal(audience, 'presence', jsonb_build_object(
+            'participant', participant,
+            'online', online,
+            'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')), NULL);
+    END IF;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.attach(source regclass, participants text, kind text DEFAULT 'message'::text, payload text DEFAULT 'to_jsonb(NEW)'::text, sender text DEFAULT 'NULL'::text)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $functionx$
+DECLARE
+    function_name text := pgrelay.attached_function_name(source);
+    kind_expression text;
+BEGIN
+    IF participants IS NULL OR kind IS NULL OR payload IS NULL OR sender IS NULL THEN
+        RAISE EXCEPTION 'pgrelay.attach: participants, kind, payload and sender must not be NULL';
+    END IF;
+    IF kind ~ '^[A-Za-z0-9_.:-]{1,64}$' AND kind !~* '^new\.' THEN
+        IF NOT pgrelay.valid_kind(kind) THEN
+            RAISE EXCEPTION 'pgrelay.attach: kind % is reserved for the relay', kind;
+        END IF;
+        kind_expression := quote_literal(kind);
+    ELSE
+        kind_expression := kind;
+    END IF;
+
+    -- Validation: plan the expressions against the table's row type, with NEW bound to a row
+    -- of that type. Unknown columns, syntax errors and impossible casts fail here.
+    BEGIN
+        EXECUTE format(
+            'SELECT (%s)::text[], (%s)::text, (%s)::jsonb, (%s)::text FROM (SELECT (NULL::%s).*) AS new LIMIT 0',
+            participants, kind_expression, payload, sender, source);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE EXCEPTION 'pgrelay.attach(%): an expression is invalid: %', source, SQLERRM
+            USING ERRCODE = SQLSTATE;
+    END;
+
+    EXECUTE format($function$
+        CREATE OR REPLACE FUNCTION %s() RETURNS trigger
+            LANGUAGE plpgsql
+            AS $body$
+        DECLARE
+            recipients text[] := (%s)::text[];
+        BEGIN
+            IF cardinality(recipients) > 0 THEN
+                INSERT INTO pgrelay.messages (participants, kind, payload, sender)
+                VALUES (recipients, (%s)::text, (%s)::jsonb, (%s)::text);
+            END IF;
+            RETURN NULL;
+        END $body$
+        $function$, function_name, participants, kind_expression, payload, sender);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_outbox ON %s', source);
+    EXECUTE format(
+        'CREATE TRIGGER pgrelay_outbox AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s()',
+        source, function_name);
+END $functionx$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.attached_function_name(source regclass)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$ SELECT format('pgrelay.%I', 'attached_' || source::oid) $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.before_insert()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+BEGIN
+    IF NOT pgrelay.valid_names(NEW.participants)
+       OR NOT coalesce(pgrelay.valid_name(NEW.sender), true) THEN
+        RAISE EXCEPTION 'participant and sender names must be 1 to 256 bytes with no control or format characters'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.id IS NULL THEN
+        NEW.id := pgrelay.pending_key();
+        NEW.pending_id := NULL;
+        NEW.committed_at := NULL;
+        RETURN NEW;
+    END IF;
+    IF current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
+                        WHERE oid = 'pgrelay.messages'::regclass) THEN
+        IF NEW.id < 0 AND NEW.pending_id = NEW.id THEN
+            NEW.committed_at := NULL;
+            RETURN NEW;
+        END IF;
+        -- currval fails (and so refuses the row) when this session has drawn no id at all.
+        IF NEW.id > 0 AND NEW.id = currval('pgrelay.message_id_seq') THEN
+            RETURN NEW;
+        END IF;
+    END IF;
+    RAISE EXCEPTION 'pgrelay.messages.id is assigned after commit; leave it out of the INSERT'
+        USING ERRCODE = 'check_violation';
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.channel()
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$ SELECT 'pgrelay'::text $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.detach(source regclass)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_outbox ON %s', source);
+    EXECUTE format('DROP FUNCTION IF EXISTS %s()', pgrelay.attached_function_name(source));
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.forbid_id_change()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+BEGIN
+    IF OLD.id > 0 AND NEW.id IS DISTINCT FROM OLD.id THEN
+        RAISE EXCEPTION 'pgrelay.messages.id cannot be changed' USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.member_rooms(participant text)
+ RETURNS text[]
+ LANGUAGE sql
+ STABLE PARALLEL SAFE
+AS $function$SELECT '{}'::text[]$function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.message_id(pending_id bigint, wait interval DEFAULT '00:00:00'::interval)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    deadline timestamptz := clock_timestamp() + least(greatest(wait, '0'), interval '10 s');
+    found_id bigint;
+    own_row boolean;
+BEGIN
+    LOOP
+        SELECT m.id, m.xmin = pg_current_xact_id_if_assigned()::xid INTO found_id, own_row
+          FROM pgrelay.messages m WHERE m.pending_id = message_id.pending_id;
+        IF found_id > 0 THEN
+            RETURN found_id;
+        END IF;
+        IF own_row THEN
+            RAISE EXCEPTION 'message % is not numbered before its transaction commits', pending_id
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        EXIT WHEN clock_timestamp() >= deadline;
+        PERFORM pg_sleep(0.005);
+    END LOOP;
+    RETURN NULL;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, numbered_at timestamp with time zone)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    numbered integer;
+BEGIN
+    -- Placeholders are negated insert counters: descending placeholder is insertion order.
+    -- Each transaction's rows stay together (same inserting xid, hence the same age), in the
+    -- order of each transaction's first insert.
+    WITH numbering AS (
+        SELECT pending.id AS placeholder, nextval('pgrelay.message_id_seq') AS id
+          FROM (SELECT id FROM (
+                    SELECT id, max(id) OVER (PARTITION BY age(xmin)) AS first_insert
+                      FROM pgrelay.messages WHERE id < 0) committed
+                 ORDER BY first_insert DESC, id DESC LIMIT max_rows) pending)
+    UPDATE pgrelay.messages m
+       SET id = numbering.id, committed_at = number_pending_messages.numbered_at
+      FROM numbering
+     WHERE m.id = numbering.placeholder;
+    GET DIAGNOSTICS numbered = ROW_COUNT;
+    RETURN numbered;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.pending_key()
+ RETURNS bigint
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$ SELECT -nextval('pgrelay.pending_key_seq') $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.presence_audience(participant text)
+ RETURNS text[]
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT coalesce(array_agg(DISTINCT other), '{}')
+      FROM pgrelay.messages m, unnest(m.participants) AS other
+     WHERE m.participants @> ARRAY[participant] AND m.id > 0 AND other <> participant
+       AND (m.sender = participant OR m.sender IS NULL)
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.presence_expire(ttl interval)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    who text;
+    gone integer := 0;
+BEGIN
+    LOCK TABLE pgrelay.presence_order IN SHARE ROW EXCLUSIVE MODE;
+    FOR who IN
+        WITH stale AS (
+            DELETE FROM pgrelay.presence WHERE heartbeat_at <= now() - ttl RETURNING participant)
+        SELECT DISTINCT participant FROM stale ORDER BY participant
+    LOOP
+        IF NOT pgrelay.presence_online(who, ttl) THEN
+            INSERT INTO pgrelay.presence_last_seen VALUES (who, now())
+                ON CONFLICT (participant) DO UPDATE SET last_seen = excluded.last_seen;
+            PERFORM pgrelay.announce_presence(who, false);
+            gone := gone + 1;
+        END IF;
+    END LOOP;
+    RETURN gone;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.presence_online(participant text, ttl interval)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT EXISTS (SELECT 1 FROM pgrelay.presence p
+                    WHERE p.participant = presence_online.participant
+                      AND p.heartbeat_at > now() - ttl)
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.presence_update(relay_instance text, joined text[], left_ text[], ttl interval)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    who text;
+    was_online boolean;
+BEGIN
+    LOCK TABLE pgrelay.presence_order IN SHARE ROW EXCLUSIVE MODE;
+    FOR who IN SELECT DISTINCT p FROM unnest(joined) AS p LOOP
+        was_online := pgrelay.presence_online(who, ttl);
+        INSERT INTO pgrelay.presence AS p (participant, instance) VALUES (who, relay_instance)
+            ON CONFLICT (participant, instance) DO UPDATE SET heartbeat_at = now();
+        IF NOT was_online THEN
+            PERFORM pgrelay.announce_presence(who, true);
+        END IF;
+    END LOOP;
+    FOR who IN SELECT DISTINCT p FROM unnest(left_) AS p LOOP
+        DELETE FROM pgrelay.presence p WHERE p.participant = who AND p.instance = relay_instance;
+        IF NOT pgrelay.presence_online(who, ttl) THEN
+            INSERT INTO pgrelay.presence_last_seen VALUES (who, now())
+                ON CONFLICT (participant) DO UPDATE SET last_seen = excluded.last_seen;
+            PERFORM pgrelay.announce_presence(who, false);
+        END IF;
+    END LOOP;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.presence_visible(participant text, viewer text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+        BEGIN
+            IF (SELECT prosrc FROM pg_proc
+                 WHERE oid = 'pgrelay.presence_audience(text)'::regprocedure) = '
+    SELECT coalesce(array_agg(DISTINCT other), ''{}'')
+      FROM pgrelay.messages m, unnest(m.participants) AS other
+     WHERE m.participants @> ARRAY[participant] AND m.id > 0 AND other <> participant
+       AND (m.sender = participant OR m.sender IS NULL)
+' THEN
+                RETURN participant <> viewer AND EXISTS (
+                    SELECT 1 FROM pgrelay.messages m
+                     WHERE m.participants @> ARRAY[participant, viewer] AND m.id > 0
+                       AND (m.sender = participant OR m.sender IS NULL));
+            END IF;
+            RETURN viewer = ANY(coalesce(pgrelay.presence_audience(participant), '{}'));
+        END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.publish(participants text[], payload jsonb, kind text DEFAULT 'message'::text, sender text DEFAULT NULL::text)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    pending bigint := pgrelay.pending_key();
+BEGIN
+    INSERT INTO pgrelay.messages (id, pending_id, participants, kind, sender, payload)
+        VALUES (pending, pending, publish.participants, publish.kind, publish.sender,
+                publish.payload);
+    RETURN pending;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.publish_many(messages jsonb)
+ RETURNS SETOF bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+ SET lock_timeout TO '5s'
+AS $function$
+BEGIN
+    PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
+    LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE;
+    IF EXISTS (SELECT 1 FROM pgrelay.messages WHERE id < 0) THEN
+        PERFORM pgrelay.number_pending_messages(NULL, clock_timestamp());
+    END IF;
+    RETURN QUERY
+    INSERT INTO pgrelay.messages (id, participants, kind, sender, payload, committed_at)
+    SELECT nextval('pgrelay.message_id_seq'),
+           ARRAY(SELECT jsonb_array_elements_text(m -> 'participants')),
+           coalesce(m ->> 'kind', 'message'), m ->> 'sender', m -> 'payload', clock_timestamp()
+      FROM jsonb_array_elements(messages) AS m
+    RETURNING id;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.send_signal(participants text[], kind text, payload jsonb, sender text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+BEGIN
+    IF participants IS NULL OR cardinality(participants) = 0
+       OR array_position(participants, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'a signal needs at least one participant' USING ERRCODE = 'check_violation';
+    END IF;
+    IF NOT pgrelay.valid_names(participants) OR NOT coalesce(pgrelay.valid_name(sender), true) THEN
+        RAISE EXCEPTION 'participant and sender names must be 1 to 256 bytes with no control or format characters'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    INSERT INTO pgrelay.signals (id, participants, kind, sender, payload)
+        VALUES (pgrelay.pending_key(), participants, kind, sender, coalesce(payload, 'null'));
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.sequence(max_rows integer DEFAULT 10000)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    messages_numbered integer := 0;
+    signals_numbered integer := 0;
+    now_numbered timestamptz;
+    highest_signal bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pgrelay.messages WHERE id < 0)
+       AND NOT EXISTS (SELECT 1 FROM pgrelay.signals WHERE id < 0) THEN
+        RETURN 0;
+    END IF;
+    -- Under REPEATABLE READ the statements below would not see what the previous holder of
+    -- the lock committed: the relay reading in the same transaction would skip those ids.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pgrelay.sequence() must run in a READ COMMITTED transaction';
+    END IF;
+    PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
+    LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE;
+    now_numbered := clock_timestamp();
+    messages_numbered := pgrelay.number_pending_messages(max_rows, now_numbered);
+
+    WITH numbering AS (
+        SELECT pending.id AS placeholder, nextval('pgrelay.signal_id_seq') AS id
+          FROM (SELECT id FROM pgrelay.signals WHERE id < 0
+                 ORDER BY id DESC LIMIT max_rows) pending)
+    UPDATE pgrelay.signals s
+       SET id = numbering.id, numbered_at = now_numbered
+      FROM numbering
+     WHERE s.id = numbering.placeholder;
+    GET DIAGNOSTICS signals_numbered = ROW_COUNT;
+
+    IF signals_numbered > 0 THEN
+        -- Now and then, sweep the signals every relay has long read.
+        highest_signal := currval('pgrelay.signal_id_seq');
+        IF highest_signal / 1000 <> (highest_signal - signals_numbered) / 1000 THEN
+            DELETE FROM pgrelay.signals
+             WHERE id > 0 AND numbered_at < now_numbered - interval '1 minute';
+        END IF;
+    END IF;
+    IF messages_numbered + signals_numbered > 0 THEN
+        -- Wakes the relays that did not number these rows.
+        PERFORM pg_notify(pgrelay.channel(), '');
+    END IF;
+    RETURN messages_numbered + signals_numbered;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.signal(participants text[], kind text, payload jsonb DEFAULT 'null'::jsonb, sender text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+BEGIN
+    IF NOT pgrelay.valid_kind(kind) THEN
+        RAISE EXCEPTION 'invalid signal kind %: it must match [A-Za-z0-9_.:-]{1,64} and not be reserved', kind
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF octet_length(payload::text) > 1024 THEN
+        RAISE EXCEPTION 'a signal payload is at most 1024 bytes'
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    PERFORM pgrelay.send_signal(participants, kind, payload, sender);
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.valid_kind(kind text)
+ RETURNS boolean
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$ SELECT kind ~ '^[A-Za-z0-9_.:-]{1,64}$'
+                 AND kind NOT IN ('presence', 'position', 'reset', 'token_expired') $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.valid_name(name text)
+ RETURNS boolean
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$ SELECT octet_length(name) BETWEEN 1 AND 256
+                 AND name !~ '[\x01-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]' $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.valid_names(names text[])
+ RETURNS boolean
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY coalesce(names, '{}') LOOP
+        IF NOT pgrelay.valid_name(name) THEN
+            RETURN false;
+        END IF;
+    END LOOP;
+    RETURN true;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.wake_relays()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+BEGIN
+    PERFORM pg_notify(pgrelay.channel(), '');
+    RETURN NULL;
+END $function$
+;
+
+-- Functions everyone may execute
+
+-- pgrelay.channel()
+-- pgrelay.pending_key()
+-- pgrelay.valid_kind(text)
+-- pgrelay.valid_name(text)
+-- pgrelay.valid_names(text[])
