@@ -4,13 +4,14 @@ use crate::common::*;
 use serde_json::json;
 use std::time::Duration;
 
-/// The migration files in sql/, in order.
+/// The migration files in sql/ (`NNNN_….sql`; not `schema.sql`), in order.
 fn sql_files() -> Vec<std::path::PathBuf> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
+        .filter(|path| path.file_name().unwrap().as_encoded_bytes()[0].is_ascii_digit())
         .collect();
     files.sort();
     files
@@ -37,6 +38,56 @@ async fn empty_database() -> String {
         .await
         .unwrap();
     migrated
+}
+
+/// A database running the schema before 0009 (ids drawn at commit by a trigger) migrates in
+/// place: its messages keep their ids, a message committed before the migration and resumed
+/// from after it arrives once, and new rows are numbered after the old ones by the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_before_the_sequencer_migrates_in_place() {
+    let db = empty_database().await;
+    let client = connect(&db).await;
+    for path in sql_files() {
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() >= "0008" {
+            break;
+        }
+        let sql = std::fs::read_to_string(&path).unwrap();
+        client
+            .batch_execute(&format!("BEGIN; {sql}; COMMIT"))
+            .await
+            .unwrap();
+    }
+    insert(&client, &["alice"], json!({"n": "old 1"})).await;
+    insert(&client, &["alice"], json!({"n": "old 2"})).await;
+    let old: Vec<i64> = client
+        .query("SELECT id FROM pgrelay.messages ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(old.iter().all(|&id| id > 0), "ids drawn at commit: {old:?}");
+
+    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+    insert(&client, &["alice"], json!({"n": "new, before any relay"})).await;
+    let relay = Relay::start(&db).await;
+    insert(&client, &["alice"], json!({"n": "new, live"})).await;
+    let mut alice = relay.subscribe("alice", "", Some(old[0])).await;
+    alice.opening_position().await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (id, _, data) = alice.next_message().await;
+        seen.push((id, data["payload"]["n"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(seen[0], (old[1], "old 2".to_owned()));
+    assert_eq!(seen[1].1, "new, before any relay");
+    assert_eq!(seen[2].1, "new, live");
+    assert!(old[1] < seen[1].0 && seen[1].0 < seen[2].0, "{seen:?}");
+    assert!(alice
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_none());
 }
 
 /// `migrate` is idempotent: a second run applies nothing and changes nothing.
