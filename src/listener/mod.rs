@@ -175,6 +175,8 @@ struct ListenConnection {
     statements: store::NewsStatements,
     /// The last message and signal read: the next fetch starts after them.
     position: store::NewsPosition,
+    /// Whether the last pass could not number (its failure is logged once, not every pass).
+    numbering_failed: bool,
     /// Reads the socket; ends when the connection does.
     driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
     /// Aborts the driver (closing the socket) when the connection is dropped.
@@ -230,6 +232,7 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
         client,
         statements,
         position,
+        numbering_failed: false,
         driver,
         _abort_driver: abort_driver,
         wakeups,
@@ -350,12 +353,21 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
             }
             Err(error) => {
                 listener.metrics.numbering_failures.inc();
-                warn!(%error, "numbering committed messages failed; retrying at the next wake-up");
+                // Once per outage: wake-ups keep coming, and so would the same line.
+                if !connection.numbering_failed {
+                    warn!(%error, "numbering committed messages failed; retrying at every wake-up");
+                }
+                connection.numbering_failed = true;
                 false
             }
         };
-        if news.numbered.is_ok() && !more_pending {
-            listener.health.numbering_caught_up();
+        if news.numbered.is_ok() {
+            if std::mem::take(&mut connection.numbering_failed) {
+                info!("numbering committed messages works again");
+            }
+            if !more_pending {
+                listener.health.numbering_caught_up();
+            }
         }
         for signal in news.signals {
             listener.registry.deliver(&Live::Signal(signal));
