@@ -173,11 +173,12 @@ pub fn valid_kind(kind: &str) -> bool {
 /// Longest participant (or sender, or token subject) name, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
 
-/// Whether `name` may name a participant, a sender or a token's subject: 1 to 256 bytes with
-/// no control characters and no Unicode format characters (invisible ones such as U+200B, and
-/// U+202E, which reverses how the rest of a name is displayed). Names appear in other people's
-/// streams, so one must not be able to pass for another. The SQL function
-/// `pgrelay.valid_name` is the same rule and guards every stored row.
+/// Whether `name` may name a participant, a sender or a token's subject: 1 to 256 bytes of
+/// which no character could hide, pass for another or break a display. Names appear in other
+/// people's streams, so `alice` must not be forgeable as `ali\u{200B}ce`, `\u{202E}ecila`,
+/// `alice\u{2028}` or a blank-looking `\u{3164}`. [`REFUSED_IN_NAMES`] lists what is refused
+/// and why; the SQL function `pgrelay.valid_name` is the same rule and guards every stored row
+/// (a test compares the two on every code point).
 ///
 /// ```
 /// assert!(pgrelay::valid_name("alice"));
@@ -186,22 +187,67 @@ pub const MAX_NAME_LEN: usize = 256;
 /// assert!(!pgrelay::valid_name("bob\u{0}"));
 /// assert!(!pgrelay::valid_name("\u{202E}ecila"));
 /// assert!(!pgrelay::valid_name("ali\u{200B}ce"));
+/// assert!(!pgrelay::valid_name("alice\u{2028}"));
+/// assert!(!pgrelay::valid_name("\u{3164}"));
 /// ```
 pub fn valid_name(name: &str) -> bool {
-    (1..=MAX_NAME_LEN).contains(&name.len())
-        && !name
-            .chars()
-            .any(|c| c.is_control() || is_format_character(c))
+    (1..=MAX_NAME_LEN).contains(&name.len()) && !name.chars().any(refused_in_names)
 }
 
-/// Unicode's format characters (general category Cf), as of Unicode 15; the SQL rule lists
-/// the same ranges.
-fn is_format_character(c: char) -> bool {
-    matches!(u32::from(c),
-        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
-        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
-        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
-        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+/// The code points no name may contain, as sorted, disjoint, inclusive ranges. They are the
+/// union of (Unicode 16, `DerivedCoreProperties.txt` and the General_Category of
+/// `UnicodeData.txt`):
+///
+/// - controls (Cc) and format characters (Cf): invisible, or reorder what follows (U+202E);
+/// - line and paragraph separators (Zl U+2028, Zp U+2029), which break a line in a display;
+/// - space separators (Zs) other than U+0020 SPACE, each of which passes for a space;
+/// - `Default_Ignorable_Code_Point`: what a renderer shows as nothing when it has no glyph,
+///   among them U+034F, the variation selectors (so an emoji written with U+FE0F is refused;
+///   the same emoji without it is fine), the Hangul fillers U+115F, U+1160, U+3164 and U+FFA0,
+///   and the reserved default-ignorable ranges, so a future assignment there stays refused;
+/// - U+2800 BRAILLE PATTERN BLANK, a symbol (So) that renders blank and is the usual way to
+///   make a name look empty.
+///
+/// The SQL `pgrelay.valid_name` (sql/0008) lists the same ranges.
+pub const REFUSED_IN_NAMES: &[(char, char)] = &[
+    ('\u{0}', '\u{1F}'),
+    ('\u{7F}', '\u{A0}'),
+    ('\u{AD}', '\u{AD}'),
+    ('\u{34F}', '\u{34F}'),
+    ('\u{600}', '\u{605}'),
+    ('\u{61C}', '\u{61C}'),
+    ('\u{6DD}', '\u{6DD}'),
+    ('\u{70F}', '\u{70F}'),
+    ('\u{890}', '\u{891}'),
+    ('\u{8E2}', '\u{8E2}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{1680}', '\u{1680}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{2000}', '\u{200F}'),
+    ('\u{2028}', '\u{202F}'),
+    ('\u{205F}', '\u{206F}'),
+    ('\u{2800}', '\u{2800}'),
+    ('\u{3000}', '\u{3000}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0000}', '\u{E0FFF}'),
+];
+
+/// Whether `c` is in [`REFUSED_IN_NAMES`].
+fn refused_in_names(c: char) -> bool {
+    let after = REFUSED_IN_NAMES.partition_point(|&(_, last)| last < c);
+    REFUSED_IN_NAMES
+        .get(after)
+        .is_some_and(|&(first, _)| first <= c)
 }
 
 /// The address of every stream: a message to `*` is a broadcast.
@@ -290,5 +336,33 @@ impl Addresses {
             list.push(EVERYONE.to_owned());
         }
         list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The refused ranges are exactly the classes the rule names, as Unicode 16 defines them
+    /// (regex-syntax's tables): controls, format characters, line and paragraph separators,
+    /// spaces but U+0020, default-ignorable code points, and U+2800. Also sorted and merged,
+    /// which the lookup relies on.
+    #[test]
+    fn the_refused_ranges_are_the_unicode_classes_the_rule_names() {
+        let hir = regex_syntax::parse(
+            r"[[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Zs}\p{Default_Ignorable_Code_Point}\x{2800}]--\x20]",
+        )
+        .unwrap();
+        let regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class)) =
+            hir.kind()
+        else {
+            panic!("{hir:?}");
+        };
+        let expected: Vec<(char, char)> = class
+            .ranges()
+            .iter()
+            .map(|range| (range.start(), range.end()))
+            .collect();
+        assert_eq!(REFUSED_IN_NAMES, expected.as_slice());
     }
 }

@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0007_publish_many.sql",
         include_str!("../sql/0007_publish_many.sql"),
     ),
+    (
+        8,
+        "0008_attach_names_kinds.sql",
+        include_str!("../sql/0008_attach_names_kinds.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

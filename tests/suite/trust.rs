@@ -660,8 +660,9 @@ async fn a_bad_subject_cannot_stop_presence() {
     }
 }
 
-/// Loose names: control and Unicode format characters are refused in a token's `sub`, in
-/// participants over HTTP and in rows inserted from SQL, so no name can pass for another.
+/// Loose names: control and format characters, line and paragraph separators, spaces other
+/// than U+0020, default-ignorable and blank-looking characters are refused in a token's `sub`,
+/// in participants over HTTP and in rows inserted from SQL, so no name can pass for another.
 #[tokio::test]
 async fn names_with_invisible_characters_are_refused_everywhere() {
     let db = fresh_database().await;
@@ -673,6 +674,16 @@ async fn names_with_invisible_characters_are_refused_everywhere() {
         "ali\u{200B}ce",
         "bob\u{7}",
         "\u{FEFF}carol",
+        "alice\u{2028}",
+        "alice\u{2029}",
+        "alice\u{A0}",
+        "ali\u{34F}ce",
+        "\u{3164}",
+        "\u{115F}\u{1160}",
+        "\u{FFA0}",
+        "\u{2800}",
+        "alice\u{FE0F}",
+        "alice\u{E0100}",
     ] {
         let token = relay.token(name, &[]);
         let response = history(&relay.base, &token, "").await;
@@ -704,6 +715,45 @@ async fn names_with_invisible_characters_are_refused_everywhere() {
         );
     }
     assert!(ids_for(&app, "bob").await.is_empty());
+}
+
+/// The name rule is one rule: the relay's (tokens, HTTP) and the SQL one (every stored row)
+/// refuse exactly the same code points, checked on every one of them.
+#[tokio::test]
+async fn rust_and_sql_refuse_the_same_characters_in_names() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    // PostgreSQL text holds no U+0000 and no surrogates; the rest of the code space is asked in
+    // one query.
+    let refused_in_sql: Vec<i32> = client
+        .query_one(
+            "SELECT coalesce(array_agg(code ORDER BY code), '{}') FROM generate_series(1, 1114111) code
+              WHERE code NOT BETWEEN 55296 AND 57343 AND NOT pgrelay.valid_name(chr(code))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let refused_in_rust: Vec<i32> = (1..=0x10FFFF_u32)
+        .filter_map(char::from_u32)
+        .filter(|&c| !pgrelay::valid_name(&c.to_string()))
+        .map(|c| u32::from(c) as i32)
+        .collect();
+    let only_sql: Vec<_> = refused_in_sql
+        .iter()
+        .filter(|code| refused_in_rust.binary_search(code).is_err())
+        .map(|code| format!("U+{code:04X}"))
+        .collect();
+    let only_rust: Vec<_> = refused_in_rust
+        .iter()
+        .filter(|code| refused_in_sql.binary_search(code).is_err())
+        .map(|code| format!("U+{code:04X}"))
+        .collect();
+    assert!(
+        only_sql.is_empty() && only_rust.is_empty(),
+        "refused only in SQL: {only_sql:?}; only in Rust: {only_rust:?}"
+    );
+    assert!(refused_in_rust.len() > 4000, "{}", refused_in_rust.len());
 }
 
 /// Signs raw claims JSON with the test secret (HS256), for tokens `mint` would never make.
