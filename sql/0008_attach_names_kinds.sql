@@ -1,9 +1,23 @@
--- pgrelay 0008: names refuse everything that could hide or pass for something else.
+-- pgrelay 0008: names refuse everything that could hide or pass for something else; three
+-- more kinds are the relay's own.
 --
 -- * The name rule (participants, senders, rooms, token subjects) also refuses line and
 --   paragraph separators, spaces other than U+0020, default-ignorable code points and U+2800.
+-- * The kinds `oversized`, `rooms` and `revoked` are reserved. Only the function behind the
+--   kind's CHECK constraint changes, and PostgreSQL does not check stored rows again when that
+--   happens, so a database whose rows already use these kinds migrates; the relay serves such
+--   a row as kind `message`. (An UPDATE of such a row is checked, so it must change the kind.)
 --
 -- Never edit this file after it has been applied anywhere: add a new numbered file.
+
+-- Kinds become the SSE `event:` field: framing-safe, and never one of the relay's own events
+-- (the stream's opening `position`, `presence`, `reset`, `token_expired`, the stand-in
+-- `oversized`, a stream's `rooms` change and `revoked`). src/message.rs has the same list.
+CREATE OR REPLACE FUNCTION pgrelay.valid_kind(kind text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT kind ~ '^[A-Za-z0-9_.:-]{1,64}$'
+                 AND kind NOT IN ('oversized', 'position', 'presence', 'reset', 'revoked',
+                                  'rooms', 'token_expired') $$;
 
 -- One rule for names: 1 to 256 bytes, none of them a control (Cc) or format (Cf) character, a
 -- line or paragraph separator (U+2028, U+2029), a space other than U+0020 (Zs), a

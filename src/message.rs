@@ -22,7 +22,8 @@ use serde_json::value::RawValue;
 pub struct Message {
     /// The commit-ordered id: the SSE `id:` field and the resume position.
     pub id: i64,
-    /// The SSE `event:` name; the SQL CHECK `pgrelay.valid_kind` keeps it framing-safe.
+    /// The SSE `event:` name: always a [`valid_kind`], so framing-safe and never one of the
+    /// relay's own events (see [`Message::from_row`]).
     pub kind: String,
     /// Who receives it; the registry routes on this.
     pub participants: Vec<String>,
@@ -60,11 +61,20 @@ struct MessageData<'a> {
 }
 
 impl Message {
-    /// A message as clients see it, its JSON rendered from `row`.
+    /// A message as clients see it, its JSON rendered from `row`. A stored kind that is not a
+    /// valid one is served as [`DEFAULT_KIND`], in the event name and the JSON alike, so that
+    /// no row can pass for one of the relay's own events or break the framing: rows stored
+    /// before their kind was reserved (`rooms` before migration 0008, say; a CHECK constraint
+    /// is not re-checked against old rows), or while an operator had dropped the constraint.
     pub fn from_row(row: StoredRow<'_>) -> Result<Message, serde_json::Error> {
+        let kind = if valid_kind(&row.kind) {
+            row.kind
+        } else {
+            DEFAULT_KIND.to_owned()
+        };
         let data = serde_json::value::to_raw_value(&MessageData {
             id: row.id,
-            kind: &row.kind,
+            kind: &kind,
             sender: row.sender,
             participants: &row.participants,
             payload: row.payload,
@@ -72,7 +82,7 @@ impl Message {
         })?;
         Ok(Message {
             id: row.id,
-            kind: row.kind,
+            kind,
             participants: row.participants,
             data,
             frame: OnceLock::new(),
@@ -148,8 +158,22 @@ pub struct NewMessage {
 /// The event name of a stream's opening block, which carries the stream's position.
 pub const POSITION_EVENT: &str = "position";
 
-/// Event names the relay sends itself, which no message or signal may use.
-pub const RESERVED_KINDS: [&str; 4] = ["presence", POSITION_EVENT, "reset", "token_expired"];
+/// Event names the relay sends itself, which no message or signal may use. The SQL
+/// `pgrelay.valid_kind` reserves the same (`oversized`, `rooms` and `revoked` since
+/// migration 0008, whose rows from before are served as [`DEFAULT_KIND`]).
+pub const RESERVED_KINDS: [&str; 7] = [
+    "oversized",
+    POSITION_EVENT,
+    "presence",
+    "reset",
+    "revoked",
+    "rooms",
+    "token_expired",
+];
+
+/// The kind of a message that names none, and the kind a stored row is served as when its
+/// own kind is not (or no longer) a valid one.
+pub const DEFAULT_KIND: &str = "message";
 
 /// Whether `kind` may name a message or signal: it becomes the SSE `event:` field, so it must
 /// not be able to break the framing, and the relay's own event names are reserved. The SQL
@@ -161,6 +185,7 @@ pub const RESERVED_KINDS: [&str; 4] = ["presence", POSITION_EVENT, "reset", "tok
 /// assert!(!pgrelay::valid_kind("line\nbreak"));
 /// assert!(!pgrelay::valid_kind("presence")); // reserved for the relay
 /// assert!(!pgrelay::valid_kind("position")); // the stream's opening event
+/// assert!(!pgrelay::valid_kind("oversized")); // the stand-in for a large message
 /// ```
 pub fn valid_kind(kind: &str) -> bool {
     (1..=64).contains(&kind.len())
@@ -364,5 +389,30 @@ mod tests {
             .map(|range| (range.start(), range.end()))
             .collect();
         assert_eq!(REFUSED_IN_NAMES, expected.as_slice());
+    }
+
+    /// A stored row whose kind is not (or no longer) valid is served as `message`, in the
+    /// event name and the JSON alike.
+    #[test]
+    fn a_stored_row_with_a_reserved_kind_is_served_as_a_message() {
+        let payload = RawValue::from_string("{}".to_owned()).unwrap();
+        for (stored, served) in [
+            ("rooms", "message"),
+            ("two words", "message"),
+            ("chat", "chat"),
+        ] {
+            let message = Message::from_row(StoredRow {
+                id: 7,
+                kind: stored.to_owned(),
+                sender: None,
+                participants: vec!["alice".to_owned()],
+                payload: &payload,
+                created_at: "2026-01-01T00:00:00.000000Z",
+            })
+            .unwrap();
+            assert_eq!(message.kind, served);
+            let data: serde_json::Value = serde_json::from_str(message.data.get()).unwrap();
+            assert_eq!(data["kind"], served);
+        }
     }
 }

@@ -38,6 +38,19 @@ async fn empty_database() -> String {
     migrated
 }
 
+/// A database as a relay of migration `version` left it: the files up to it applied.
+async fn database_at(version: i32) -> String {
+    let db = empty_database().await;
+    let client = connect(&db).await;
+    for (path, file_version) in sql_files().iter().zip(all_versions()) {
+        if file_version <= version {
+            let sql = std::fs::read_to_string(path).unwrap();
+            client.batch_execute(&sql).await.unwrap();
+        }
+    }
+    db
+}
+
 /// `migrate` is idempotent: a second run applies nothing and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_twice_applies_once() {
@@ -260,4 +273,65 @@ async fn insert_privilege_is_enough_to_publish() {
         .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
         .await
         .unwrap();
+}
+
+/// Rows stored with `oversized`, `rooms` or `revoked` before those kinds were reserved do not
+/// stop `migrate`; afterwards the kinds are refused, and the relay serves the old rows as
+/// `message` (event name and JSON), on the stream and in `GET /v1/messages`, so no client
+/// takes one for the relay's own event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_with_kinds_reserved_since_migrate_and_are_served_as_messages() {
+    let db = database_at(7).await;
+    let app = connect(&db).await;
+    app.batch_execute(
+        "INSERT INTO pgrelay.messages (participants, kind, payload) VALUES
+             ('{alice}', 'oversized', '{\"n\": 1}'),
+             ('{alice}', 'rooms', '{\"n\": 2}'),
+             ('{alice}', 'revoked', '{\"n\": 3}'),
+             ('{alice}', 'chat', '{\"n\": 4}')",
+    )
+    .await
+    .unwrap();
+    pgrelay::migrate::migrate(&db, "pgrelay")
+        .await
+        .expect("stored rows do not stop the migration");
+    for kind in ["oversized", "rooms", "revoked"] {
+        let refused = app
+            .execute(
+                "INSERT INTO pgrelay.messages (participants, kind, payload) VALUES ('{alice}', $1, '{}')",
+                &[&kind],
+            )
+            .await
+            .expect_err(kind);
+        assert_eq!(refused.code().unwrap().code(), "23514", "{refused}");
+    }
+
+    let relay = Relay::start(&db).await;
+    let mut alice = relay.subscribe("alice", "since_id=0", None).await;
+    alice.opening_position().await;
+    let mut streamed = Vec::new();
+    for _ in 0..4 {
+        let (_, kind, data) = alice.next_message().await;
+        streamed.push((kind, data["kind"].clone(), data["payload"]["n"].clone()));
+    }
+    let expected = [
+        ("message", json!("message"), json!(1)),
+        ("message", json!("message"), json!(2)),
+        ("message", json!("message"), json!(3)),
+        ("chat", json!("chat"), json!(4)),
+    ]
+    .map(|(event, kind, n)| (event.to_owned(), kind, n));
+    assert_eq!(streamed, expected);
+    let page = history_page(&relay.base, &relay.token("alice", &[]), "since_id=0").await;
+    let listed: Vec<_> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| (message["kind"].clone(), message["payload"]["n"].clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        expected.map(|(_, kind, n)| (kind, n)),
+        "GET /v1/messages serves them alike"
+    );
 }
