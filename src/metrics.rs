@@ -88,6 +88,9 @@ pub struct Metrics {
     pub catch_up_queries: Counter,
     /// Times the LISTEN connection was lost.
     pub listener_reconnects: Counter,
+    /// Rows of attached tables committed without being published, as this instance reported
+    /// them from `pgrelay.attach_skips` (each is reported by one instance).
+    pub attach_skips: Counter,
     /// From a writer's commit to handing the message to its streams.
     pub commit_to_send: Histogram,
     /// `pg_notification_queue_usage()` as f64 bits, read at every heartbeat: a queue filling
@@ -143,6 +146,11 @@ impl Metrics {
                 "pgrelay_listener_reconnects_total",
                 "Times the LISTEN connection was lost.",
                 &self.listener_reconnects,
+            ),
+            (
+                "pgrelay_attach_skips_total",
+                "Rows of attached tables committed but not published (see pgrelay.attach_skips), reported by this instance.",
+                &self.attach_skips,
             ),
         ];
         for (name, help, counter) in counters {

@@ -275,6 +275,71 @@ async fn insert_privilege_is_enough_to_publish() {
         .unwrap();
 }
 
+/// A table attached before migration 8 gets the new trigger from `migrate`: its expressions
+/// are read back, recorded, and a NULL or refused address no longer fails the app's insert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_attached_before_migration_8_are_upgraded() {
+    let db = database_at(7).await;
+    let app = connect(&db).await;
+    app.batch_execute(
+        "CREATE TABLE chat (id bigserial PRIMARY KEY, sender text, recipient text, body text);
+         SELECT pgrelay.attach('chat'::regclass,
+             participants => 'ARRAY[NEW.sender, NEW.recipient]', kind => 'chat',
+             payload => 'jsonb_build_object(''body'', NEW.body)', sender => 'NEW.sender')",
+    )
+    .await
+    .unwrap();
+    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+
+    app.batch_execute(
+        "INSERT INTO chat (sender, recipient, body) VALUES ('alice', NULL, 'to nobody else'),
+                                                          ('alice', E'b\\u2028ob', 'refused')",
+    )
+    .await
+    .expect("the upgraded trigger leaves bad addresses out");
+    let recorded = app
+        .query_one(
+            "SELECT participants, kind, payload, sender FROM pgrelay.attached WHERE source = 'chat'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    let recorded: Vec<String> = (0..4).map(|column| recorded.get(column)).collect();
+    assert_eq!(
+        recorded,
+        [
+            "ARRAY[NEW.sender, NEW.recipient]",
+            "chat",
+            "jsonb_build_object('body', NEW.body)",
+            "NEW.sender"
+        ]
+    );
+    let rows = app
+        .query(
+            "SELECT participants, kind, sender, payload->>'body' FROM pgrelay.messages ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let published: Vec<(Vec<String>, String, String, String)> = rows
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect();
+    let alice = || vec!["alice".to_owned()];
+    assert_eq!(
+        published,
+        [
+            (
+                alice(),
+                "chat".into(),
+                "alice".into(),
+                "to nobody else".into()
+            ),
+            (alice(), "chat".into(), "alice".into(), "refused".into()),
+        ]
+    );
+}
+
 /// Rows stored with `oversized`, `rooms` or `revoked` before those kinds were reserved do not
 /// stop `migrate`; afterwards the kinds are refused, and the relay serves the old rows as
 /// `message` (event name and JSON), on the stream and in `GET /v1/messages`, so no client

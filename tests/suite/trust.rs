@@ -57,6 +57,7 @@ const RELAY_GRANTS: &[&str] = &[
      pgrelay.presence_last_seen, pgrelay.message_id_seq TO {role}",
     "GRANT DELETE ON pgrelay.messages TO {role}",
     "GRANT UPDATE ON pgrelay.retention, pgrelay.presence TO {role}",
+    "GRANT SELECT, UPDATE (reported) ON pgrelay.attach_skips TO {role}",
     "GRANT EXECUTE ON FUNCTION pgrelay.publish(text[], jsonb, text, text), \
      pgrelay.publish_many(jsonb), \
      pgrelay.signal(text[], text, jsonb, text), \
@@ -957,7 +958,8 @@ async fn writers_and_strangers_cannot_forge_signals_or_stall_commits() {
 }
 
 /// The README's grants for a relay that does not run as the schema owner are enough for
-/// everything it does: streams, publishing, signals, presence, history and pruning.
+/// everything it does: streams, publishing, signals, presence, history, reporting attach
+/// skips and pruning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_role_with_the_documented_grants_works() {
     let db = fresh_database().await;
@@ -969,6 +971,7 @@ async fn a_relay_role_with_the_documented_grants_works() {
     insert(&app, &["alice", "bob"], json!({"text": "from the app"})).await;
     let mut options = RelayOptions::new(&relay_role.url);
     options.settings = quick_presence();
+    options.settings.heartbeat = Duration::from_millis(200);
     let relay = Relay::launch(options).await;
 
     let mut bob = relay.subscribe("bob", "since_id=0", None).await;
@@ -998,6 +1001,23 @@ async fn a_relay_role_with_the_documented_grants_works() {
     let presence = presence_of(&relay.base, &relay.token("bob", &[]), "alice").await;
     assert_eq!(presence.status(), 200, "{:?}", presence.text().await);
     assert_eq!(history(&relay.base, &alice_token, "").await.status(), 200);
+    connect(&db)
+        .await
+        .batch_execute(
+            "CREATE TABLE notes (body text);
+             SELECT pgrelay.attach('notes'::regclass, participants => 'NULL');
+             INSERT INTO notes VALUES ('to nobody')",
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&relay.base, "pgrelay_attach_skips_total").await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the skip was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let pool = pgrelay::store::connect_pool(&relay_role.url, 1).unwrap();
     assert_eq!(
         pgrelay::retention::prune(&pool, Duration::ZERO)
