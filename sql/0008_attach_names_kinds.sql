@@ -253,12 +253,21 @@ BEGIN
     DELETE FROM pgrelay.attached a WHERE a.source = detach.source;
 END $$;
 
+-- Writers (attach_skip, attached_publish) and what generates code are the owner's, and the
+-- roles it grants; valid_kind and valid_name stay executable by everyone (CREATE OR REPLACE
+-- keeps their grants), since the CHECK constraint and the insert trigger call them.
+REVOKE EXECUTE ON FUNCTION pgrelay.attach_skip(regclass, text, text),
+    pgrelay.attached_publish(regclass, text[], text, jsonb, text),
+    pgrelay.install_attached(regclass, text, text, text, text) FROM PUBLIC;
+
 -- Tables attached before this file: their trigger functions (0002's) fail the application's
 -- insert on a NULL or refused address. Read each one's expressions back from its source, which
 -- 0002 generated from a fixed template (a split is accepted only if it rebuilds the source
--- exactly), and generate it again, under this migration's search_path. A function that cannot
--- be read or replaced (another role owns it) is left as it was, with a warning: running
--- pgrelay.attach() on the table again, as its owner, upgrades it.
+-- exactly), and generate it again, under this migration's search_path. The new function runs
+-- with its owner's rights, so it is generated only for an owner that may publish (as attach()
+-- checks for its caller); a function that cannot be read or replaced, or whose owner may not
+-- publish, is left as it was, with a warning: running pgrelay.attach() on the table again, as
+-- the schema owner, upgrades it.
 DO $upgrade$
 DECLARE
     template text := E'\n        DECLARE\n            recipients text[] := (%s)::text[];\n        BEGIN\n'
@@ -273,7 +282,7 @@ BEGIN
     pattern := '^' || replace(regexp_replace(template, '([][(){}.*+?^$|\\])', '\\\1', 'g'),
                               '%s', '(.*)') || '$';
     FOR legacy IN
-        SELECT t.tgrelid::regclass AS source, p.prosrc
+        SELECT t.tgrelid::regclass AS source, p.prosrc, p.proowner AS owner
           FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
          WHERE t.tgname = 'pgrelay_outbox'
            AND p.pronamespace = 'pgrelay'::regnamespace
@@ -285,6 +294,15 @@ BEGIN
            OR format(template, parts[1], parts[2], parts[3], parts[4]) <> legacy.prosrc THEN
             RAISE WARNING 'pgrelay: the trigger on % was not made by pgrelay.attach(); run pgrelay.attach() on it again',
                 legacy.source;
+            CONTINUE;
+        END IF;
+        IF NOT (has_table_privilege(legacy.owner, 'pgrelay.messages', 'INSERT')
+                AND has_function_privilege(legacy.owner,
+                    'pgrelay.attached_publish(regclass, text[], text, jsonb, text)', 'EXECUTE')
+                AND has_function_privilege(legacy.owner,
+                    'pgrelay.attach_skip(regclass, text, text)', 'EXECUTE')) THEN
+            RAISE WARNING 'pgrelay: the trigger on % belongs to %, who may not publish; run pgrelay.attach() on it again as the schema owner',
+                legacy.source, legacy.owner::regrole;
             CONTINUE;
         END IF;
         -- 0002 quoted a literal kind name; attach() takes it unquoted.
@@ -299,12 +317,5 @@ BEGIN
         END;
     END LOOP;
 END $upgrade$;
-
--- Writers (attach_skip, attached_publish) and what generates code are the owner's, and the
--- roles it grants; valid_kind and valid_name stay executable by everyone (CREATE OR REPLACE
--- keeps their grants), since the CHECK constraint and the insert trigger call them.
-REVOKE EXECUTE ON FUNCTION pgrelay.attach_skip(regclass, text, text),
-    pgrelay.attached_publish(regclass, text[], text, jsonb, text),
-    pgrelay.install_attached(regclass, text, text, text, text) FROM PUBLIC;
 
 INSERT INTO pgrelay.schema_migrations (version) VALUES (8) ON CONFLICT DO NOTHING;

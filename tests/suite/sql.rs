@@ -340,6 +340,66 @@ async fn tables_attached_before_migration_8_are_upgraded() {
     );
 }
 
+/// A table attached before migration 8 by a role that may not publish through the new trigger
+/// (which runs with its owner's rights) keeps its old trigger, so the app's inserts keep working
+/// until the schema owner attaches it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_attached_by_a_role_that_may_not_publish_keeps_its_trigger() {
+    let db = database_at(7).await;
+    let app = connect(&db).await;
+    let role = format!("legacy_attacher_{}", db.rsplit('/').next().unwrap());
+    app.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role};
+         GRANT USAGE ON SCHEMA pgrelay TO {role};
+         GRANT INSERT ON pgrelay.messages TO {role};
+         CREATE TABLE notes (body text);
+         SELECT pgrelay.attach('notes'::regclass, participants => 'ARRAY[''alice'']',
+                               payload => 'jsonb_build_object(''body'', NEW.body)');"
+    ))
+    .await
+    .unwrap();
+    let function: String = app
+        .query_one(
+            "SELECT pgrelay.attached_function_name('notes'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    app.batch_execute(&format!("ALTER FUNCTION {function}() OWNER TO {role}"))
+        .await
+        .unwrap();
+    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+
+    app.batch_execute("INSERT INTO notes VALUES ('still published')")
+        .await
+        .expect("the old trigger still publishes");
+    let bodies: Vec<String> = app
+        .query("SELECT payload->>'body' FROM pgrelay.messages", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(bodies, ["still published"]);
+    let upgraded = app
+        .query_opt(
+            "SELECT 1 FROM pgrelay.attached WHERE source = 'notes'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        upgraded.is_none(),
+        "left for the schema owner to attach again"
+    );
+    app.batch_execute(&format!(
+        "DROP TABLE notes; DROP FUNCTION {function}(); DROP OWNED BY {role}; DROP ROLE {role}"
+    ))
+    .await
+    .unwrap();
+}
+
 /// Rows stored with `oversized`, `rooms` or `revoked` before those kinds were reserved do not
 /// stop `migrate`; afterwards the kinds are refused, and the relay serves the old rows as
 /// `message` (event name and JSON), on the stream and in `GET /v1/messages`, so no client
