@@ -130,8 +130,12 @@ BEGIN
                     SELECT id, max(id) OVER (PARTITION BY age(xmin)) AS first_insert
                       FROM pgrelay.messages WHERE id < 0) committed
                  ORDER BY first_insert DESC, id DESC LIMIT max_rows) pending)
+    -- The UPDATE checks the row's constraints again: a kind reserved since the row was
+    -- inserted (0008) would fail it, and one such row would stop numbering for everyone. It
+    -- becomes `message`, as the relay serves such rows anyway.
     UPDATE pgrelay.messages m
-       SET id = numbering.id, committed_at = number_pending_messages.numbered_at
+       SET id = numbering.id, committed_at = number_pending_messages.numbered_at,
+           kind = CASE WHEN pgrelay.valid_kind(m.kind) THEN m.kind ELSE 'message' END
       FROM numbering
      WHERE m.id = numbering.placeholder;
     GET DIAGNOSTICS numbered = ROW_COUNT;

@@ -8,6 +8,8 @@
 
 -- Sequences
 
+CREATE SEQUENCE pgrelay.attach_skips_id_seq AS bigint;
+
 CREATE SEQUENCE pgrelay.message_id_seq AS bigint;
 
 CREATE SEQUENCE pgrelay.pending_key_seq AS bigint;
@@ -15,6 +17,27 @@ CREATE SEQUENCE pgrelay.pending_key_seq AS bigint;
 CREATE SEQUENCE pgrelay.signal_id_seq AS bigint;
 
 -- Tables
+
+CREATE TABLE pgrelay.attach_skips (
+    id bigint NOT NULL,
+    skipped_at timestamp with time zone NOT NULL DEFAULT now(),
+    source regclass NOT NULL,
+    reason text NOT NULL,
+    detail text,
+    reported boolean NOT NULL DEFAULT false,
+    CONSTRAINT attach_skips_pkey PRIMARY KEY (id)
+);
+
+CREATE TABLE pgrelay.attached (
+    source regclass NOT NULL,
+    participants text NOT NULL,
+    kind text NOT NULL,
+    payload text NOT NULL,
+    sender text NOT NULL,
+    search_path text NOT NULL,
+    attached_at timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT attached_pkey PRIMARY KEY (source)
+);
 
 CREATE TABLE pgrelay.id_order (
 );
@@ -120,53 +143,45 @@ END $function$
 CREATE OR REPLACE FUNCTION pgrelay.attach(source regclass, participants text, kind text DEFAULT 'message'::text, payload text DEFAULT 'to_jsonb(NEW)'::text, sender text DEFAULT 'NULL'::text)
  RETURNS void
  LANGUAGE plpgsql
-AS $functionx$
-DECLARE
-    function_name text := pgrelay.attached_function_name(source);
-    kind_expression text;
+AS $function$
 BEGIN
-    IF participants IS NULL OR kind IS NULL OR payload IS NULL OR sender IS NULL THEN
-        RAISE EXCEPTION 'pgrelay.attach: participants, kind, payload and sender must not be NULL';
+    -- The trigger publishes with its creator's rights: check them now, not at an insert.
+    IF NOT has_table_privilege('pgrelay.messages', 'INSERT')
+       OR NOT has_function_privilege(
+           'pgrelay.attached_publish(regclass, text[], text, jsonb, text)', 'EXECUTE')
+       OR NOT has_function_privilege('pgrelay.attach_skip(regclass, text, text)', 'EXECUTE') THEN
+        RAISE EXCEPTION 'pgrelay.attach: % may not publish (it needs INSERT on pgrelay.messages and EXECUTE on pgrelay.attached_publish and pgrelay.attach_skip)',
+            current_user USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF kind ~ '^[A-Za-z0-9_.:-]{1,64}$' AND kind !~* '^new\.' THEN
-        IF NOT pgrelay.valid_kind(kind) THEN
-            RAISE EXCEPTION 'pgrelay.attach: kind % is reserved for the relay', kind;
-        END IF;
-        kind_expression := quote_literal(kind);
-    ELSE
-        kind_expression := kind;
+    IF kind ~ '^[A-Za-z0-9_.:-]{1,64}$' AND kind !~* '^new\.' AND NOT pgrelay.valid_kind(kind) THEN
+        RAISE EXCEPTION 'pgrelay.attach: kind % is reserved for the relay', kind;
     END IF;
-
-    -- Validation: plan the expressions against the table's row type, with NEW bound to a row
-    -- of that type. Unknown columns, syntax errors and impossible casts fail here.
-    BEGIN
-        EXECUTE format(
-            'SELECT (%s)::text[], (%s)::text, (%s)::jsonb, (%s)::text FROM (SELECT (NULL::%s).*) AS new LIMIT 0',
-            participants, kind_expression, payload, sender, source);
-    EXCEPTION WHEN OTHERS THEN
-        RAISE EXCEPTION 'pgrelay.attach(%): an expression is invalid: %', source, SQLERRM
-            USING ERRCODE = SQLSTATE;
-    END;
-
-    EXECUTE format($function$
-        CREATE OR REPLACE FUNCTION %s() RETURNS trigger
-            LANGUAGE plpgsql
-            AS $body$
-        DECLARE
-            recipients text[] := (%s)::text[];
-        BEGIN
-            IF cardinality(recipients) > 0 THEN
-                INSERT INTO pgrelay.messages (participants, kind, payload, sender)
-                VALUES (recipients, (%s)::text, (%s)::jsonb, (%s)::text);
-            END IF;
-            RETURN NULL;
-        END $body$
-        $function$, function_name, participants, kind_expression, payload, sender);
+    PERFORM pgrelay.install_attached(source, participants, kind, payload, sender);
     EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_outbox ON %s', source);
     EXECUTE format(
         'CREATE TRIGGER pgrelay_outbox AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s()',
-        source, function_name);
-END $functionx$
+        source, pgrelay.attached_function_name(source));
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.attach_skip(source regclass, reason text, detail text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    skip_id bigint;
+BEGIN
+    INSERT INTO pgrelay.attach_skips (source, reason, detail)
+        VALUES (source, reason, left(detail, 500))
+        RETURNING id INTO skip_id;
+    IF skip_id % 100 = 0 THEN
+        DELETE FROM pgrelay.attach_skips WHERE id IN (
+            SELECT id FROM pgrelay.attach_skips WHERE id <= skip_id - 1000
+               FOR UPDATE SKIP LOCKED);
+    END IF;
+END $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.attached_function_name(source regclass)
@@ -174,6 +189,45 @@ CREATE OR REPLACE FUNCTION pgrelay.attached_function_name(source regclass)
  LANGUAGE sql
  IMMUTABLE
 AS $function$ SELECT format('pgrelay.%I', 'attached_' || source::oid) $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.attached_publish(source regclass, participants text[], kind text, payload jsonb, sender text)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    addresses text[] := participants;
+    address text;
+BEGIN
+    IF participants IS NULL OR cardinality(participants) = 0 THEN
+        PERFORM pgrelay.attach_skip(source, 'no_participants', NULL);
+        RETURN;
+    END IF;
+    FOREACH address IN ARRAY participants LOOP
+        IF address IS NULL OR NOT pgrelay.valid_name(address) THEN
+            addresses := NULL;
+            EXIT;
+        END IF;
+    END LOOP;
+    IF addresses IS NULL OR array_ndims(addresses) > 1 THEN
+        addresses := ARRAY(SELECT a FROM unnest(participants) WITH ORDINALITY AS u(a, n)
+                            WHERE pgrelay.valid_name(a) ORDER BY n);
+        IF cardinality(addresses) = 0 THEN
+            PERFORM pgrelay.attach_skip(source, 'participants_refused', participants::text);
+            RETURN;
+        END IF;
+    END IF;
+    IF payload IS NULL THEN
+        PERFORM pgrelay.attach_skip(source, 'payload_null', NULL);
+    ELSIF kind IS NULL OR NOT pgrelay.valid_kind(kind) THEN
+        PERFORM pgrelay.attach_skip(source, 'kind_invalid', quote_nullable(left(kind, 100)));
+    ELSIF sender IS NOT NULL AND NOT pgrelay.valid_name(sender) THEN
+        PERFORM pgrelay.attach_skip(source, 'sender_invalid', quote_literal(left(sender, 100)));
+    ELSE
+        INSERT INTO pgrelay.messages (participants, kind, payload, sender)
+            VALUES (addresses, kind, payload, sender);
+    END IF;
+END $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.before_insert()
@@ -223,6 +277,7 @@ AS $function$
 BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_outbox ON %s', source);
     EXECUTE format('DROP FUNCTION IF EXISTS %s()', pgrelay.attached_function_name(source));
+    DELETE FROM pgrelay.attached a WHERE a.source = detach.source;
 END $function$
 ;
 
@@ -237,6 +292,73 @@ BEGIN
         RAISE EXCEPTION 'pgrelay.messages.id cannot be changed' USING ERRCODE = 'check_violation';
     END IF;
     RETURN NEW;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.install_attached(source regclass, participants text, kind text, payload text, sender text)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    kind_expression text;
+    path text := current_setting('search_path') || ', pg_temp';
+    body text;
+BEGIN
+    IF participants IS NULL OR kind IS NULL OR payload IS NULL OR sender IS NULL THEN
+        RAISE EXCEPTION 'pgrelay.attach: participants, kind, payload and sender must not be NULL';
+    END IF;
+    IF kind ~ '^[A-Za-z0-9_.:-]{1,64}$' AND kind !~* '^new\.' THEN
+        kind_expression := quote_literal(kind);
+    ELSE
+        kind_expression := kind;
+    END IF;
+
+    -- Plan the expressions against the table's row type, with NEW bound to a row of that
+    -- type: unknown columns, syntax errors, impossible casts and missing privileges fail here.
+    BEGIN
+        EXECUTE format(
+            'SELECT (%s)::text[], (%s)::text, (%s)::jsonb, (%s)::text FROM (SELECT (NULL::%s).*) AS new LIMIT 0',
+            participants, kind_expression, payload, sender, source);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE EXCEPTION 'pgrelay.attach(%): an expression is invalid: %', source, SQLERRM
+            USING ERRCODE = SQLSTATE;
+    END;
+
+    -- use_column: a column an expression names is never mistaken for a variable here.
+    body := format($body$
+#variable_conflict use_column
+DECLARE
+    event_participants text[];
+    event_kind text;
+    event_payload jsonb;
+    event_sender text;
+BEGIN
+    BEGIN
+        event_participants := (%s)::text[];
+        event_kind := (%s)::text;
+        event_payload := (%s)::jsonb;
+        event_sender := (%s)::text;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM pgrelay.attach_skip(TG_RELID, 'expression_failed', SQLSTATE || ': ' || SQLERRM);
+        RETURN NULL;
+    END;
+    PERFORM pgrelay.attached_publish(
+        TG_RELID, event_participants, event_kind, event_payload, event_sender);
+    RETURN NULL;
+END
+$body$, participants, kind_expression, payload, sender);
+    EXECUTE format(
+        'CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = %s AS %L',
+        pgrelay.attached_function_name(source), path, body);
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s() FROM PUBLIC',
+        pgrelay.attached_function_name(source));
+
+    INSERT INTO pgrelay.attached AS a (source, participants, kind, payload, sender, search_path)
+        VALUES (source, participants, kind, payload, sender, path)
+        ON CONFLICT ON CONSTRAINT attached_pkey DO UPDATE
+           SET participants = excluded.participants, kind = excluded.kind,
+               payload = excluded.payload, sender = excluded.sender,
+               search_path = excluded.search_path, attached_at = now();
 END $function$
 ;
 
@@ -292,8 +414,12 @@ BEGIN
                     SELECT id, max(id) OVER (PARTITION BY age(xmin)) AS first_insert
                       FROM pgrelay.messages WHERE id < 0) committed
                  ORDER BY first_insert DESC, id DESC LIMIT max_rows) pending)
+    -- The UPDATE checks the row's constraints again: a kind reserved since the row was
+    -- inserted (0008) would fail it, and one such row would stop numbering for everyone. It
+    -- becomes `message`, as the relay serves such rows anyway.
     UPDATE pgrelay.messages m
-       SET id = numbering.id, committed_at = number_pending_messages.numbered_at
+       SET id = numbering.id, committed_at = number_pending_messages.numbered_at,
+           kind = CASE WHEN pgrelay.valid_kind(m.kind) THEN m.kind ELSE 'message' END
       FROM numbering
      WHERE m.id = numbering.placeholder;
     GET DIAGNOSTICS numbered = ROW_COUNT;
@@ -546,7 +672,8 @@ CREATE OR REPLACE FUNCTION pgrelay.valid_kind(kind text)
  LANGUAGE sql
  IMMUTABLE PARALLEL SAFE
 AS $function$ SELECT kind ~ '^[A-Za-z0-9_.:-]{1,64}$'
-                 AND kind NOT IN ('presence', 'position', 'reset', 'token_expired') $function$
+                 AND kind NOT IN ('oversized', 'position', 'presence', 'reset', 'revoked',
+                                  'rooms', 'token_expired') $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.valid_name(name text)
@@ -554,7 +681,7 @@ CREATE OR REPLACE FUNCTION pgrelay.valid_name(name text)
  LANGUAGE sql
  IMMUTABLE PARALLEL SAFE
 AS $function$ SELECT octet_length(name) BETWEEN 1 AND 256
-                 AND name !~ '[\x01-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]' $function$
+                 AND name !~ '[\x01-\x1f\x7f-\xa0\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f\u2000-\u200f\u2028-\u202f\u205f-\u206f\u2800\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]' $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.valid_names(names text[])

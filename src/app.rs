@@ -18,7 +18,7 @@ use crate::presence::{self, Presence};
 use crate::publisher::Publisher;
 use crate::registry::Registry;
 use crate::stream::Streams;
-use crate::{migrate, retention, server, store};
+use crate::{attach_skips, migrate, retention, server, store};
 
 /// Serves the relay on `listener` until `shutdown` resolves, then ends every stream, stops
 /// the listener and returns within the grace period.
@@ -58,6 +58,12 @@ pub async fn run(
     let pruner_task = tokio::spawn(retention::run(
         pool.clone(),
         settings.retention,
+        stopping.clone(),
+    ));
+    let skips_task = tokio::spawn(attach_skips::run(
+        pool.clone(),
+        Arc::clone(&metrics),
+        settings.heartbeat,
         stopping.clone(),
     ));
     let presence_task = tokio::spawn(presence::run(Presence {
@@ -109,7 +115,7 @@ pub async fn run(
             }
         }
     }
-    let _ = tokio::join!(listener_task, pruner_task, presence_task);
+    let _ = tokio::join!(listener_task, pruner_task, skips_task, presence_task);
     pool.close();
     info!("stopped");
     Ok(())

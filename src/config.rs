@@ -43,7 +43,8 @@ pub struct Settings {
     /// CORS origins allowed from browsers; empty means any.
     pub allow_origins: Vec<String>,
     /// How often the listener proves its connection with a heartbeat NOTIFY to itself; a
-    /// heartbeat that has not come back one interval later means the connection is lost.
+    /// heartbeat that has not come back one interval later means the connection is lost. Also
+    /// how often the relay looks for new rows in `pgrelay.attach_skips`.
     pub heartbeat: Duration,
     /// How long shutdown waits for open work.
     pub grace: Duration,

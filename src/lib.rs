@@ -21,7 +21,8 @@
 //!    shutdown; a stream's response written straight to its socket, the rest through hyper).
 //! 4. **Tasks**: `stream` (one subscriber's SSE stream: catch-up, live, keepalive, expiry),
 //!    `listener` (the LISTEN connection: reconnects, wake-ups, dispatch), `presence` (who
-//!    is online, across instances), [`retention`] (pruning, one instance at a time) and
+//!    is online, across instances), [`retention`] (pruning, one instance at a time),
+//!    `attach_skips` (telling operators about attached rows that were not published) and
 //!    `publisher` (group commit for `POST /v1/messages`). Each gets a narrow handle with just
 //!    what it uses.
 //! 5. **Routing and storage**: `registry` (participant → open streams, each with a bounded
@@ -47,6 +48,7 @@
 //! login may send one, so nothing in it is read.
 
 mod app;
+mod attach_skips;
 pub mod auth;
 pub mod config;
 mod error;

@@ -22,7 +22,8 @@ use serde_json::value::RawValue;
 pub struct Message {
     /// The commit-ordered id: the SSE `id:` field and the resume position.
     pub id: i64,
-    /// The SSE `event:` name; the SQL CHECK `pgrelay.valid_kind` keeps it framing-safe.
+    /// The SSE `event:` name: always a [`valid_kind`], so framing-safe and never one of the
+    /// relay's own events (see [`Message::from_row`]).
     pub kind: String,
     /// Who receives it; the registry routes on this.
     pub participants: Vec<String>,
@@ -60,11 +61,20 @@ struct MessageData<'a> {
 }
 
 impl Message {
-    /// A message as clients see it, its JSON rendered from `row`.
+    /// A message as clients see it, its JSON rendered from `row`. A stored kind that is not a
+    /// valid one is served as [`DEFAULT_KIND`], in the event name and the JSON alike, so that
+    /// no row can pass for one of the relay's own events or break the framing: rows stored
+    /// before their kind was reserved (`rooms` before migration 0008, say; a CHECK constraint
+    /// is not re-checked against old rows), or while an operator had dropped the constraint.
     pub fn from_row(row: StoredRow<'_>) -> Result<Message, serde_json::Error> {
+        let kind = if valid_kind(&row.kind) {
+            row.kind
+        } else {
+            DEFAULT_KIND.to_owned()
+        };
         let data = serde_json::value::to_raw_value(&MessageData {
             id: row.id,
-            kind: &row.kind,
+            kind: &kind,
             sender: row.sender,
             participants: &row.participants,
             payload: row.payload,
@@ -72,7 +82,7 @@ impl Message {
         })?;
         Ok(Message {
             id: row.id,
-            kind: row.kind,
+            kind,
             participants: row.participants,
             data,
             frame: OnceLock::new(),
@@ -148,8 +158,22 @@ pub struct NewMessage {
 /// The event name of a stream's opening block, which carries the stream's position.
 pub const POSITION_EVENT: &str = "position";
 
-/// Event names the relay sends itself, which no message or signal may use.
-pub const RESERVED_KINDS: [&str; 4] = ["presence", POSITION_EVENT, "reset", "token_expired"];
+/// Event names the relay sends itself, which no message or signal may use. The SQL
+/// `pgrelay.valid_kind` reserves the same (`oversized`, `rooms` and `revoked` since
+/// migration 0008, whose rows from before are served as [`DEFAULT_KIND`]).
+pub const RESERVED_KINDS: [&str; 7] = [
+    "oversized",
+    POSITION_EVENT,
+    "presence",
+    "reset",
+    "revoked",
+    "rooms",
+    "token_expired",
+];
+
+/// The kind of a message that names none, and the kind a stored row is served as when its
+/// own kind is not (or no longer) a valid one.
+pub const DEFAULT_KIND: &str = "message";
 
 /// Whether `kind` may name a message or signal: it becomes the SSE `event:` field, so it must
 /// not be able to break the framing, and the relay's own event names are reserved. The SQL
@@ -161,6 +185,7 @@ pub const RESERVED_KINDS: [&str; 4] = ["presence", POSITION_EVENT, "reset", "tok
 /// assert!(!pgrelay::valid_kind("line\nbreak"));
 /// assert!(!pgrelay::valid_kind("presence")); // reserved for the relay
 /// assert!(!pgrelay::valid_kind("position")); // the stream's opening event
+/// assert!(!pgrelay::valid_kind("oversized")); // the stand-in for a large message
 /// ```
 pub fn valid_kind(kind: &str) -> bool {
     (1..=64).contains(&kind.len())
@@ -173,11 +198,12 @@ pub fn valid_kind(kind: &str) -> bool {
 /// Longest participant (or sender, or token subject) name, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
 
-/// Whether `name` may name a participant, a sender or a token's subject: 1 to 256 bytes with
-/// no control characters and no Unicode format characters (invisible ones such as U+200B, and
-/// U+202E, which reverses how the rest of a name is displayed). Names appear in other people's
-/// streams, so one must not be able to pass for another. The SQL function
-/// `pgrelay.valid_name` is the same rule and guards every stored row.
+/// Whether `name` may name a participant, a sender or a token's subject: 1 to 256 bytes of
+/// which no character could hide, pass for another or break a display. Names appear in other
+/// people's streams, so `alice` must not be forgeable as `ali\u{200B}ce`, `\u{202E}ecila`,
+/// `alice\u{2028}` or a blank-looking `\u{3164}`. [`REFUSED_IN_NAMES`] lists what is refused
+/// and why; the SQL function `pgrelay.valid_name` is the same rule and guards every stored row
+/// (a test compares the two on every code point).
 ///
 /// ```
 /// assert!(pgrelay::valid_name("alice"));
@@ -186,22 +212,67 @@ pub const MAX_NAME_LEN: usize = 256;
 /// assert!(!pgrelay::valid_name("bob\u{0}"));
 /// assert!(!pgrelay::valid_name("\u{202E}ecila"));
 /// assert!(!pgrelay::valid_name("ali\u{200B}ce"));
+/// assert!(!pgrelay::valid_name("alice\u{2028}"));
+/// assert!(!pgrelay::valid_name("\u{3164}"));
 /// ```
 pub fn valid_name(name: &str) -> bool {
-    (1..=MAX_NAME_LEN).contains(&name.len())
-        && !name
-            .chars()
-            .any(|c| c.is_control() || is_format_character(c))
+    (1..=MAX_NAME_LEN).contains(&name.len()) && !name.chars().any(refused_in_names)
 }
 
-/// Unicode's format characters (general category Cf), as of Unicode 15; the SQL rule lists
-/// the same ranges.
-fn is_format_character(c: char) -> bool {
-    matches!(u32::from(c),
-        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
-        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
-        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
-        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+/// The code points no name may contain, as sorted, disjoint, inclusive ranges. They are the
+/// union of (Unicode 16, `DerivedCoreProperties.txt` and the General_Category of
+/// `UnicodeData.txt`):
+///
+/// - controls (Cc) and format characters (Cf): invisible, or reorder what follows (U+202E);
+/// - line and paragraph separators (Zl U+2028, Zp U+2029), which break a line in a display;
+/// - space separators (Zs) other than U+0020 SPACE, each of which passes for a space;
+/// - `Default_Ignorable_Code_Point`: what a renderer shows as nothing when it has no glyph,
+///   among them U+034F, the variation selectors (so an emoji written with U+FE0F is refused;
+///   the same emoji without it is fine), the Hangul fillers U+115F, U+1160, U+3164 and U+FFA0,
+///   and the reserved default-ignorable ranges, so a future assignment there stays refused;
+/// - U+2800 BRAILLE PATTERN BLANK, a symbol (So) that renders blank and is the usual way to
+///   make a name look empty.
+///
+/// The SQL `pgrelay.valid_name` (sql/0008) lists the same ranges.
+pub const REFUSED_IN_NAMES: &[(char, char)] = &[
+    ('\u{0}', '\u{1F}'),
+    ('\u{7F}', '\u{A0}'),
+    ('\u{AD}', '\u{AD}'),
+    ('\u{34F}', '\u{34F}'),
+    ('\u{600}', '\u{605}'),
+    ('\u{61C}', '\u{61C}'),
+    ('\u{6DD}', '\u{6DD}'),
+    ('\u{70F}', '\u{70F}'),
+    ('\u{890}', '\u{891}'),
+    ('\u{8E2}', '\u{8E2}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{1680}', '\u{1680}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{2000}', '\u{200F}'),
+    ('\u{2028}', '\u{202F}'),
+    ('\u{205F}', '\u{206F}'),
+    ('\u{2800}', '\u{2800}'),
+    ('\u{3000}', '\u{3000}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0000}', '\u{E0FFF}'),
+];
+
+/// Whether `c` is in [`REFUSED_IN_NAMES`].
+fn refused_in_names(c: char) -> bool {
+    let after = REFUSED_IN_NAMES.partition_point(|&(_, last)| last < c);
+    REFUSED_IN_NAMES
+        .get(after)
+        .is_some_and(|&(first, _)| first <= c)
 }
 
 /// The address of every stream: a message to `*` is a broadcast.
@@ -290,5 +361,58 @@ impl Addresses {
             list.push(EVERYONE.to_owned());
         }
         list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The refused ranges are exactly the classes the rule names, as Unicode 16 defines them
+    /// (regex-syntax's tables): controls, format characters, line and paragraph separators,
+    /// spaces but U+0020, default-ignorable code points, and U+2800. Also sorted and merged,
+    /// which the lookup relies on.
+    #[test]
+    fn the_refused_ranges_are_the_unicode_classes_the_rule_names() {
+        let hir = regex_syntax::parse(
+            r"[[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Zs}\p{Default_Ignorable_Code_Point}\x{2800}]--\x20]",
+        )
+        .unwrap();
+        let regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class)) =
+            hir.kind()
+        else {
+            panic!("{hir:?}");
+        };
+        let expected: Vec<(char, char)> = class
+            .ranges()
+            .iter()
+            .map(|range| (range.start(), range.end()))
+            .collect();
+        assert_eq!(REFUSED_IN_NAMES, expected.as_slice());
+    }
+
+    /// A stored row whose kind is not (or no longer) valid is served as `message`, in the
+    /// event name and the JSON alike.
+    #[test]
+    fn a_stored_row_with_a_reserved_kind_is_served_as_a_message() {
+        let payload = RawValue::from_string("{}".to_owned()).unwrap();
+        for (stored, served) in [
+            ("rooms", "message"),
+            ("two words", "message"),
+            ("chat", "chat"),
+        ] {
+            let message = Message::from_row(StoredRow {
+                id: 7,
+                kind: stored.to_owned(),
+                sender: None,
+                participants: vec!["alice".to_owned()],
+                payload: &payload,
+                created_at: "2026-01-01T00:00:00.000000Z",
+            })
+            .unwrap();
+            assert_eq!(message.kind, served);
+            let data: serde_json::Value = serde_json::from_str(message.data.get()).unwrap();
+            assert_eq!(data["kind"], served);
+        }
     }
 }

@@ -92,6 +92,9 @@ pub struct Metrics {
     pub rows_numbered: Counter,
     /// Passes whose numbering failed (the order lock stayed taken, a missing grant, …).
     pub numbering_failures: Counter,
+    /// Rows of attached tables committed without being published, as this instance reported
+    /// them from `pgrelay.attach_skips` (each is reported by one instance).
+    pub attach_skips: Counter,
     /// From the moment a message got its id (at or after its writer's commit) to handing it to
     /// its streams.
     pub commit_to_send: Histogram,
@@ -159,6 +162,11 @@ impl Metrics {
                 "pgrelay_numbering_failures_total",
                 "Passes that could not number committed rows (order lock taken too long, missing grant).",
                 &self.numbering_failures,
+            ),
+            (
+                "pgrelay_attach_skips_total",
+                "Rows of attached tables committed but not published (see pgrelay.attach_skips), reported by this instance.",
+                &self.attach_skips,
             ),
         ];
         for (name, help, counter) in counters {

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../sql/0007_publish_many.sql"),
     ),
     (
+        8,
+        "0008_attach_names_kinds.sql",
+        include_str!("../sql/0008_attach_names_kinds.sql"),
+    ),
+    (
         9,
         "0009_sequencer.sql",
         include_str!("../sql/0009_sequencer.sql"),

@@ -68,8 +68,8 @@ impl fmt::Display for TokenError {
             TokenError::MissingExpiry => "the token has no expiry time",
             TokenError::MissingSubject => "the token has no subject",
             TokenError::InvalidSubject => {
-                "the token subject is not a name of 1 to 256 bytes without control or format \
-                 characters, or names a room or everyone"
+                "the token subject is not a name of 1 to 256 bytes without control, format, \
+                 separator, invisible or blank-looking characters, or names a room or everyone"
             }
             TokenError::LivesTooLong => "the token expires further ahead than this relay accepts",
             TokenError::WrongAudience => "the token is not meant for this relay (aud)",

@@ -94,7 +94,8 @@ pub struct RelayArgs {
     pub max_participants: usize,
 
     /// How often the relay proves its LISTEN connection with a heartbeat NOTIFY sent from a
-    /// pool session; one not heard by the next interval triggers a reconnect.
+    /// pool session; one not heard by the next interval triggers a reconnect. Also how often
+    /// it reports new rows of pgrelay.attach_skips.
     #[arg(long, env = "PGRELAY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 

@@ -247,7 +247,7 @@ fn validate_participants(
         if !valid_name(&name) || (is_room(&name) && !valid_room(&name)) {
             return Err(ApiError::invalid(format!(
                 "participants must be names, rooms (#name) or * of 1 to {} bytes with no \
-                 control or format characters",
+                 control, format, separator, invisible or blank-looking characters",
                 MAX_NAME_LEN
             )));
         }

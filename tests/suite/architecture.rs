@@ -12,7 +12,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("HTTP", &["http", "server"]),
     (
         "tasks",
-        &["stream", "listener", "presence", "retention", "publisher"],
+        &[
+            "stream",
+            "listener",
+            "presence",
+            "retention",
+            "attach_skips",
+            "publisher",
+        ],
     ),
     (
         "routing and storage",

@@ -217,7 +217,16 @@ fn kind_is_valid(kind: &str) -> bool {
         && kind
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
-        && !["presence", "position", "reset", "token_expired"].contains(&kind)
+        && ![
+            "oversized",
+            "position",
+            "presence",
+            "reset",
+            "revoked",
+            "rooms",
+            "token_expired",
+        ]
+        .contains(&kind)
 }
 
 /// Kinds: valid ones, ones just too long, reserved ones, and tricky text.
@@ -228,6 +237,9 @@ fn any_kind() -> impl Strategy<Value = String> {
         Just("presence".to_owned()),
         Just("reset".to_owned()),
         Just("token_expired".to_owned()),
+        Just("oversized".to_owned()),
+        Just("rooms".to_owned()),
+        Just("revoked".to_owned()),
         Just("message\ndata: injected".to_owned()),
         Just("x\r".to_owned()),
         tricky_text(),

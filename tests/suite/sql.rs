@@ -45,19 +45,8 @@ async fn empty_database() -> String {
 /// from after it arrives once, and new rows are numbered after the old ones by the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_before_the_sequencer_migrates_in_place() {
-    let db = empty_database().await;
+    let db = database_at(7).await;
     let client = connect(&db).await;
-    for path in sql_files() {
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if name.as_str() >= "0008" {
-            break;
-        }
-        let sql = std::fs::read_to_string(&path).unwrap();
-        client
-            .batch_execute(&format!("BEGIN; {sql}; COMMIT"))
-            .await
-            .unwrap();
-    }
     insert(&client, &["alice"], json!({"n": "old 1"})).await;
     insert(&client, &["alice"], json!({"n": "old 2"})).await;
     let old: Vec<i64> = client
@@ -88,6 +77,19 @@ async fn a_database_before_the_sequencer_migrates_in_place() {
         .next_within(Duration::from_millis(300))
         .await
         .is_none());
+}
+
+/// A database as a relay of migration `version` left it: the files up to it applied.
+async fn database_at(version: i32) -> String {
+    let db = empty_database().await;
+    let client = connect(&db).await;
+    for (path, file_version) in sql_files().iter().zip(all_versions()) {
+        if file_version <= version {
+            let sql = std::fs::read_to_string(path).unwrap();
+            client.batch_execute(&sql).await.unwrap();
+        }
+    }
+    db
 }
 
 /// `migrate` is idempotent: a second run applies nothing and changes nothing.
@@ -362,4 +364,191 @@ async fn insert_privilege_is_enough_to_publish() {
         .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
         .await
         .unwrap();
+}
+
+/// A table attached before migration 8 gets the new trigger from `migrate`: its expressions
+/// are read back, recorded, and a NULL or refused address no longer fails the app's insert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_attached_before_migration_8_are_upgraded() {
+    let db = database_at(7).await;
+    let app = connect(&db).await;
+    app.batch_execute(
+        "CREATE TABLE chat (id bigserial PRIMARY KEY, sender text, recipient text, body text);
+         SELECT pgrelay.attach('chat'::regclass,
+             participants => 'ARRAY[NEW.sender, NEW.recipient]', kind => 'chat',
+             payload => 'jsonb_build_object(''body'', NEW.body)', sender => 'NEW.sender')",
+    )
+    .await
+    .unwrap();
+    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+
+    app.batch_execute(
+        "INSERT INTO chat (sender, recipient, body) VALUES ('alice', NULL, 'to nobody else'),
+                                                          ('alice', E'b\\u2028ob', 'refused')",
+    )
+    .await
+    .expect("the upgraded trigger leaves bad addresses out");
+    let recorded = app
+        .query_one(
+            "SELECT participants, kind, payload, sender FROM pgrelay.attached WHERE source = 'chat'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    let recorded: Vec<String> = (0..4).map(|column| recorded.get(column)).collect();
+    assert_eq!(
+        recorded,
+        [
+            "ARRAY[NEW.sender, NEW.recipient]",
+            "chat",
+            "jsonb_build_object('body', NEW.body)",
+            "NEW.sender"
+        ]
+    );
+    number_pending(&app).await;
+    let rows = app
+        .query(
+            "SELECT participants, kind, sender, payload->>'body' FROM pgrelay.messages ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let published: Vec<(Vec<String>, String, String, String)> = rows
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect();
+    let alice = || vec!["alice".to_owned()];
+    assert_eq!(
+        published,
+        [
+            (
+                alice(),
+                "chat".into(),
+                "alice".into(),
+                "to nobody else".into()
+            ),
+            (alice(), "chat".into(), "alice".into(), "refused".into()),
+        ]
+    );
+}
+
+/// A table attached before migration 8 by a role that may not publish through the new trigger
+/// (which runs with its owner's rights) keeps its old trigger, so the app's inserts keep working
+/// until the schema owner attaches it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_attached_by_a_role_that_may_not_publish_keeps_its_trigger() {
+    let db = database_at(7).await;
+    let app = connect(&db).await;
+    let role = format!("legacy_attacher_{}", db.rsplit('/').next().unwrap());
+    app.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role};
+         GRANT USAGE ON SCHEMA pgrelay TO {role};
+         GRANT INSERT ON pgrelay.messages TO {role};
+         CREATE TABLE notes (body text);
+         SELECT pgrelay.attach('notes'::regclass, participants => 'ARRAY[''alice'']',
+                               payload => 'jsonb_build_object(''body'', NEW.body)');"
+    ))
+    .await
+    .unwrap();
+    let function: String = app
+        .query_one(
+            "SELECT pgrelay.attached_function_name('notes'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    app.batch_execute(&format!("ALTER FUNCTION {function}() OWNER TO {role}"))
+        .await
+        .unwrap();
+    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+
+    app.batch_execute("INSERT INTO notes VALUES ('still published')")
+        .await
+        .expect("the old trigger still publishes");
+    let bodies: Vec<String> = app
+        .query("SELECT payload->>'body' FROM pgrelay.messages", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(bodies, ["still published"]);
+    let upgraded = app
+        .query_opt(
+            "SELECT 1 FROM pgrelay.attached WHERE source = 'notes'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        upgraded.is_none(),
+        "left for the schema owner to attach again"
+    );
+    app.batch_execute(&format!(
+        "DROP TABLE notes; DROP FUNCTION {function}(); DROP OWNED BY {role}; DROP ROLE {role}"
+    ))
+    .await
+    .unwrap();
+}
+
+/// Rows stored with `oversized`, `rooms` or `revoked` before those kinds were reserved do not
+/// stop `migrate`; afterwards the kinds are refused, and the relay serves the old rows as
+/// `message` (event name and JSON), on the stream and in `GET /v1/messages`, so no client
+/// takes one for the relay's own event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_with_kinds_reserved_since_migrate_and_are_served_as_messages() {
+    let db = database_at(7).await;
+    let app = connect(&db).await;
+    app.batch_execute(
+        "INSERT INTO pgrelay.messages (participants, kind, payload) VALUES
+             ('{alice}', 'oversized', '{\"n\": 1}'),
+             ('{alice}', 'rooms', '{\"n\": 2}'),
+             ('{alice}', 'revoked', '{\"n\": 3}'),
+             ('{alice}', 'chat', '{\"n\": 4}')",
+    )
+    .await
+    .unwrap();
+    pgrelay::migrate::migrate(&db, "pgrelay")
+        .await
+        .expect("stored rows do not stop the migration");
+    for kind in ["oversized", "rooms", "revoked"] {
+        let refused = app
+            .execute(
+                "INSERT INTO pgrelay.messages (participants, kind, payload) VALUES ('{alice}', $1, '{}')",
+                &[&kind],
+            )
+            .await
+            .expect_err(kind);
+        assert_eq!(refused.code().unwrap().code(), "23514", "{refused}");
+    }
+
+    let relay = Relay::start(&db).await;
+    let mut alice = relay.subscribe("alice", "since_id=0", None).await;
+    alice.opening_position().await;
+    let mut streamed = Vec::new();
+    for _ in 0..4 {
+        let (_, kind, data) = alice.next_message().await;
+        streamed.push((kind, data["kind"].clone(), data["payload"]["n"].clone()));
+    }
+    let expected = [
+        ("message", json!("message"), json!(1)),
+        ("message", json!("message"), json!(2)),
+        ("message", json!("message"), json!(3)),
+        ("chat", json!("chat"), json!(4)),
+    ]
+    .map(|(event, kind, n)| (event.to_owned(), kind, n));
+    assert_eq!(streamed, expected);
+    let page = history_page(&relay.base, &relay.token("alice", &[]), "since_id=0").await;
+    let listed: Vec<_> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| (message["kind"].clone(), message["payload"]["n"].clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        expected.map(|(_, kind, n)| (kind, n)),
+        "GET /v1/messages serves them alike"
+    );
 }

@@ -23,6 +23,7 @@ const RELAY_GRANTS: &[&str] = &[
      pgrelay.presence_last_seen, pgrelay.message_id_seq TO {role}",
     "GRANT DELETE ON pgrelay.messages TO {role}",
     "GRANT UPDATE ON pgrelay.retention, pgrelay.presence TO {role}",
+    "GRANT SELECT, UPDATE (reported) ON pgrelay.attach_skips TO {role}",
     "GRANT EXECUTE ON FUNCTION pgrelay.sequence(integer), pgrelay.publish_many(jsonb), \
      pgrelay.signal(text[], text, jsonb, text), \
      pgrelay.presence_update(text, text[], text[], interval), pgrelay.presence_expire(interval), \
@@ -625,8 +626,9 @@ async fn a_bad_subject_cannot_stop_presence() {
     }
 }
 
-/// Loose names: control and Unicode format characters are refused in a token's `sub`, in
-/// participants over HTTP and in rows inserted from SQL, so no name can pass for another.
+/// Loose names: control and format characters, line and paragraph separators, spaces other
+/// than U+0020, default-ignorable and blank-looking characters are refused in a token's `sub`,
+/// in participants over HTTP and in rows inserted from SQL, so no name can pass for another.
 #[tokio::test]
 async fn names_with_invisible_characters_are_refused_everywhere() {
     let db = fresh_database().await;
@@ -638,6 +640,16 @@ async fn names_with_invisible_characters_are_refused_everywhere() {
         "ali\u{200B}ce",
         "bob\u{7}",
         "\u{FEFF}carol",
+        "alice\u{2028}",
+        "alice\u{2029}",
+        "alice\u{A0}",
+        "ali\u{34F}ce",
+        "\u{3164}",
+        "\u{115F}\u{1160}",
+        "\u{FFA0}",
+        "\u{2800}",
+        "alice\u{FE0F}",
+        "alice\u{E0100}",
     ] {
         let token = relay.token(name, &[]);
         let response = history(&relay.base, &token, "").await;
@@ -669,6 +681,45 @@ async fn names_with_invisible_characters_are_refused_everywhere() {
         );
     }
     assert!(ids_for(&app, "bob").await.is_empty());
+}
+
+/// The name rule is one rule: the relay's (tokens, HTTP) and the SQL one (every stored row)
+/// refuse exactly the same code points, checked on every one of them.
+#[tokio::test]
+async fn rust_and_sql_refuse_the_same_characters_in_names() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    // PostgreSQL text holds no U+0000 and no surrogates; the rest of the code space is asked in
+    // one query.
+    let refused_in_sql: Vec<i32> = client
+        .query_one(
+            "SELECT coalesce(array_agg(code ORDER BY code), '{}') FROM generate_series(1, 1114111) code
+              WHERE code NOT BETWEEN 55296 AND 57343 AND NOT pgrelay.valid_name(chr(code))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let refused_in_rust: Vec<i32> = (1..=0x10FFFF_u32)
+        .filter_map(char::from_u32)
+        .filter(|&c| !pgrelay::valid_name(&c.to_string()))
+        .map(|c| u32::from(c) as i32)
+        .collect();
+    let only_sql: Vec<_> = refused_in_sql
+        .iter()
+        .filter(|code| refused_in_rust.binary_search(code).is_err())
+        .map(|code| format!("U+{code:04X}"))
+        .collect();
+    let only_rust: Vec<_> = refused_in_rust
+        .iter()
+        .filter(|code| refused_in_sql.binary_search(code).is_err())
+        .map(|code| format!("U+{code:04X}"))
+        .collect();
+    assert!(
+        only_sql.is_empty() && only_rust.is_empty(),
+        "refused only in SQL: {only_sql:?}; only in Rust: {only_rust:?}"
+    );
+    assert!(refused_in_rust.len() > 4000, "{}", refused_in_rust.len());
 }
 
 /// Signs raw claims JSON with the test secret (HS256), for tokens `mint` would never make.
@@ -872,7 +923,8 @@ async fn writers_and_strangers_cannot_forge_signals_or_stall_commits() {
 }
 
 /// The README's grants for a relay that does not run as the schema owner are enough for
-/// everything it does: streams, publishing, signals, presence, history and pruning.
+/// everything it does: streams, publishing, signals, presence, history, reporting attach
+/// skips and pruning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_role_with_the_documented_grants_works() {
     let db = fresh_database().await;
@@ -884,6 +936,7 @@ async fn a_relay_role_with_the_documented_grants_works() {
     insert(&app, &["alice", "bob"], json!({"text": "from the app"})).await;
     let mut options = RelayOptions::new(&relay_role.url);
     options.settings = quick_presence();
+    options.settings.heartbeat = Duration::from_millis(200);
     let relay = Relay::launch(options).await;
 
     let mut bob = relay.subscribe("bob", "since_id=0", None).await;
@@ -913,6 +966,23 @@ async fn a_relay_role_with_the_documented_grants_works() {
     let presence = presence_of(&relay.base, &relay.token("bob", &[]), "alice").await;
     assert_eq!(presence.status(), 200, "{:?}", presence.text().await);
     assert_eq!(history(&relay.base, &alice_token, "").await.status(), 200);
+    connect(&db)
+        .await
+        .batch_execute(
+            "CREATE TABLE notes (body text);
+             SELECT pgrelay.attach('notes'::regclass, participants => 'NULL');
+             INSERT INTO notes VALUES ('to nobody')",
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&relay.base, "pgrelay_attach_skips_total").await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the skip was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let pool = pgrelay::store::connect_pool(&relay_role.url, 1).unwrap();
     assert_eq!(
         pgrelay::retention::prune(&pool, Duration::ZERO)

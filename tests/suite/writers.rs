@@ -310,3 +310,35 @@ async fn a_relay_that_cannot_number_says_so() {
         Some(0.0)
     );
 }
+
+/// A pending row that no longer passes the kind rule when a relay numbers it (the rule was
+/// changed while it waited, as 0008 reserved three kinds) is numbered as `message`: one such
+/// row must not stop numbering for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_kind_became_reserved_does_not_stop_numbering() {
+    let db = fresh_database().await;
+    let owner = connect(&db).await;
+    owner
+        .batch_execute(
+            "BEGIN; \
+             ALTER TABLE pgrelay.messages DROP CONSTRAINT messages_kind_valid; \
+             INSERT INTO pgrelay.messages (participants, kind, payload) VALUES ('{alice}', 'rooms', '{}'); \
+             ALTER TABLE pgrelay.messages ADD CONSTRAINT messages_kind_valid \
+                 CHECK (pgrelay.valid_kind(kind)) NOT VALID; \
+             COMMIT",
+        )
+        .await
+        .unwrap();
+    insert(&owner, &["alice"], json!({"n": "after"})).await;
+    let ids = ids_for(&owner, "alice").await;
+    assert_eq!(ids.len(), 2, "both numbered: {ids:?}");
+    let kind: String = owner
+        .query_one(
+            "SELECT kind FROM pgrelay.messages WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kind, "message");
+}
