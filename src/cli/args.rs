@@ -77,7 +77,9 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
     pub keepalive: Duration,
 
-    /// How long messages stay available for catch-up.
+    /// How long messages stay available for catch-up, counted from their commit (when the
+    /// relay gave them their ids), never from the writer's `created_at`; one instance at a time
+    /// prunes, at start and every tenth of the period (between 10 s and 1 h).
     #[arg(long, env = "PGRELAY_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention: Duration,
 
@@ -95,7 +97,8 @@ pub struct RelayArgs {
 
     /// How often the relay proves its LISTEN connection with a heartbeat NOTIFY sent from a
     /// pool session; one not heard by the next interval triggers a reconnect. Also how often
-    /// it reports new rows of pgrelay.attach_skips.
+    /// it reports new rows of pgrelay.attach_skips, and how long numbering may lag before
+    /// /readyz says 503.
     #[arg(long, env = "PGRELAY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
