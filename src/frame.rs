@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 
-use crate::message::{valid_kind, Message, Signal, POSITION_EVENT};
+use crate::message::{valid_kind, Message, Signal, OVERSIZED_EVENT, POSITION_EVENT};
 
 /// What the relay sends when a stream has been quiet for the keepalive interval.
 pub const KEEPALIVE: Bytes = Bytes::from_static(b":\n");
@@ -33,8 +33,9 @@ pub fn opening(position: i64) -> Bytes {
     frame.into()
 }
 
-/// A stored message: its id, its kind as the event name, its JSON as data; rendered once and
-/// shared by every stream that sends it.
+/// A stored message: its id, its kind as the event name, its JSON as data (or, for a message
+/// too large to send, its id, `oversized` and the stand-in); rendered once and shared by every
+/// stream that sends it.
 pub fn message(message: &Message) -> Bytes {
     message
         .frame
@@ -45,7 +46,9 @@ pub fn message(message: &Message) -> Bytes {
 fn render_message(message: &Message) -> Bytes {
     // The CHECK constraint keeps kinds framing-safe; this guards tables whose constraint an
     // operator dropped.
-    let kind = if valid_kind(&message.kind) {
+    let kind = if message.oversized {
+        OVERSIZED_EVENT
+    } else if valid_kind(&message.kind) {
         message.kind.as_str()
     } else {
         "message"

@@ -26,11 +26,20 @@ pub struct Message {
     pub kind: String,
     /// Who receives it; the registry routes on this.
     pub participants: Vec<String>,
-    /// The event's JSON, exactly as sent on the stream and in `GET /v1/messages`.
+    /// The event's JSON, exactly as sent on the stream and in `GET /v1/messages`: the message,
+    /// or its stand-in when it is [`oversized`](Message::oversized).
     pub data: Box<RawValue>,
+    /// Whether the message was larger than `--max-event-bytes`, so its payload was never
+    /// loaded: `data` is the stand-in `{"id","kind","sender","participants","bytes"}` and the
+    /// event is named [`OVERSIZED_EVENT`]. `GET /v1/messages/{id}` reads it whole.
+    pub oversized: bool,
     /// The SSE frame, rendered by the first stream that sends it and shared by the others.
     pub frame: OnceLock<Bytes>,
 }
+
+/// The event name of a message too large to send whole: the stand-in that takes its place,
+/// with its id, so streams stay in order and bounded.
+pub const OVERSIZED_EVENT: &str = "oversized";
 
 /// The parts of a stored row that a client sees.
 pub struct StoredRow<'a> {
@@ -42,10 +51,12 @@ pub struct StoredRow<'a> {
     pub sender: Option<&'a str>,
     /// Who receives it.
     pub participants: Vec<String>,
-    /// Any JSON value.
-    pub payload: &'a RawValue,
+    /// Any JSON value; `None` when the message was too large to load.
+    pub payload: Option<&'a RawValue>,
     /// When it was inserted, RFC 3339 in UTC.
     pub created_at: &'a str,
+    /// Its size: the bytes of the payload's JSON and of the participants' text.
+    pub bytes: i64,
 }
 
 /// The JSON shape of a message event (the contract's `data:` object).
@@ -59,24 +70,77 @@ struct MessageData<'a> {
     created_at: &'a str,
 }
 
+/// The JSON shape of an `oversized` stand-in: what routing and a client's display need, and
+/// how large the message is, never its payload.
+#[derive(Serialize)]
+struct StandInData<'a> {
+    id: i64,
+    kind: &'a str,
+    sender: Option<&'a str>,
+    participants: &'a [String],
+    bytes: i64,
+}
+
+/// The start of a message's event JSON, up to its payload: [`Message::around_payload`].
+#[derive(Serialize)]
+struct Head<'a> {
+    id: i64,
+    kind: &'a str,
+    sender: Option<&'a str>,
+    participants: &'a [String],
+}
+
 impl Message {
-    /// A message as clients see it, its JSON rendered from `row`.
+    /// A message as clients see it, its JSON rendered from `row`; the stand-in when the row
+    /// came without its payload.
     pub fn from_row(row: StoredRow<'_>) -> Result<Message, serde_json::Error> {
-        let data = serde_json::value::to_raw_value(&MessageData {
-            id: row.id,
-            kind: &row.kind,
-            sender: row.sender,
-            participants: &row.participants,
-            payload: row.payload,
-            created_at: row.created_at,
-        })?;
+        let data = match row.payload {
+            Some(payload) => serde_json::value::to_raw_value(&MessageData {
+                id: row.id,
+                kind: &row.kind,
+                sender: row.sender,
+                participants: &row.participants,
+                payload,
+                created_at: row.created_at,
+            })?,
+            None => serde_json::value::to_raw_value(&StandInData {
+                id: row.id,
+                kind: &row.kind,
+                sender: row.sender,
+                participants: &row.participants,
+                bytes: row.bytes,
+            })?,
+        };
         Ok(Message {
             id: row.id,
             kind: row.kind,
             participants: row.participants,
             data,
+            oversized: row.payload.is_none(),
             frame: OnceLock::new(),
         })
+    }
+
+    /// The event JSON of a message, in the two parts that go around its payload (the JSON of
+    /// [`Message::data`] is `before`, the payload, `after`): for answers that pass a large
+    /// payload through without parsing or copying it.
+    pub fn around_payload(
+        id: i64,
+        kind: &str,
+        sender: Option<&str>,
+        participants: &[String],
+        created_at: &str,
+    ) -> Result<(String, String), serde_json::Error> {
+        let mut before = serde_json::to_string(&Head {
+            id,
+            kind,
+            sender,
+            participants,
+        })?;
+        before.pop(); // the closing brace
+        before.push_str(r#","payload":"#);
+        let after = format!(r#","created_at":{}}}"#, serde_json::to_string(created_at)?);
+        Ok((before, after))
     }
 }
 
