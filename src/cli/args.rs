@@ -42,7 +42,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print a token signed with the secret.
     Token(TokenArgs),
-    /// Subscribe as a participant and print each event's data as one JSON line.
+    /// Subscribe as a participant and print each event's data as one JSON line; a message too
+    /// large for the stream (`oversized`) is read whole with GET /v1/messages/{id} and printed
+    /// like any other.
     Tail(TailArgs),
     /// Zero-configuration start: a throwaway PostgreSQL, migrated, with the relay serving it.
     #[cfg(feature = "demo")]

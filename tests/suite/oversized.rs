@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 /// Inserts a message for `participants` whose payload is `{"blob": "<bytes hex characters>"}`:
 /// md5 hex, which PostgreSQL's compression cannot shrink, so it is as large on disk as in JSON.
-async fn insert_blob(client: &Client, participants: &[&str], bytes: usize) {
+pub async fn insert_blob(client: &Client, participants: &[&str], bytes: usize) {
     let participants: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
     let md5s = bytes.div_ceil(32) as i32;
     client
