@@ -22,12 +22,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use pgrelay::auth::Keys;
 use pgrelay::sse::{SseItem, SseParser};
-use pgrelay_cluster::TempCluster;
-use tokio_postgres::NoTls;
 
 #[path = "support/relay_process.rs"]
 mod relay_process;
-use relay_process::{rss_kib_of, BoxError, Relay};
+use relay_process::{rss_kib_of, setup, BoxError, Relay, Setup};
 
 const SECRET: &str = "oversized-example-secret";
 
@@ -97,14 +95,12 @@ async fn fetch_whole(base: String, token: String, id: i64) -> Result<(u16, usize
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let binary = std::env::args()
-        .nth(1)
-        .ok_or("usage: cargo run --release --example oversized -- PATH/TO/pgrelay")?;
-    let cluster = TempCluster::start().await?;
-    let url = cluster.url("postgres");
-    pgrelay::migrate::migrate(&url, "pgrelay").await?;
-    let (db, connection) = tokio_postgres::connect(&url, NoTls).await?;
-    tokio::spawn(connection);
+    let Setup {
+        binary,
+        _cluster,
+        url,
+        db,
+    } = setup("oversized").await?;
     let keys = Keys::from_secret_list(SECRET)?;
     let token = keys.mint("alice", Duration::from_secs(3600), &[]);
 

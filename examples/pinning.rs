@@ -18,27 +18,23 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pgrelay::auth::Keys;
-use pgrelay_cluster::TempCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_postgres::NoTls;
 
 const SECRET: &str = "pinning-example-secret";
 
 #[path = "support/relay_process.rs"]
 mod relay_process;
-use relay_process::{BoxError, Relay};
+use relay_process::{setup, BoxError, Relay, Setup};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let binary = std::env::args()
-        .nth(1)
-        .ok_or("usage: cargo run --release --example pinning -- PATH/TO/pgrelay")?;
-    let cluster = TempCluster::start().await?;
-    let url = cluster.url("postgres");
-    pgrelay::migrate::migrate(&url, "pgrelay").await?;
-    let (db, connection) = tokio_postgres::connect(&url, NoTls).await?;
-    tokio::spawn(connection);
+    let Setup {
+        binary,
+        _cluster,
+        url,
+        db,
+    } = setup("pinning").await?;
     let keys = Keys::from_secret_list(SECRET)?;
 
     db.batch_execute(

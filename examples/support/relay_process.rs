@@ -1,11 +1,46 @@
-//! A `pgrelay serve` child process for the examples that measure a given binary: started on a
-//! free loopback port, ready once `/readyz` says so, killed when dropped.
+//! What the examples that measure a given `pgrelay` binary share: the binary named on their
+//! command line, a migrated throwaway PostgreSQL, and `pgrelay serve` as a child process
+//! (started on a free loopback port, ready once `/readyz` says so, killed when dropped).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use pgrelay_cluster::TempCluster;
+use tokio_postgres::NoTls;
+
 /// Any error, for examples.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a measuring example starts.
+pub struct Setup {
+    /// The `pgrelay` binary under test.
+    pub binary: String,
+    /// Kept for its life: the cluster stops when this is dropped.
+    pub _cluster: TempCluster,
+    /// The migrated database.
+    pub url: String,
+    /// A connection to it, as the schema owner.
+    pub db: tokio_postgres::Client,
+}
+
+/// Reads the binary from the command line of `example`, starts and migrates a throwaway
+/// cluster and connects to it.
+pub async fn setup(example: &str) -> Result<Setup, BoxError> {
+    let binary = std::env::args().nth(1).ok_or_else(|| {
+        format!("usage: cargo run --release --example {example} -- PATH/TO/pgrelay")
+    })?;
+    let cluster = TempCluster::start().await?;
+    let url = cluster.url("postgres");
+    pgrelay::migrate::migrate(&url, "pgrelay").await?;
+    let (db, connection) = tokio_postgres::connect(&url, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(Setup {
+        binary,
+        _cluster: cluster,
+        url,
+        db,
+    })
+}
 
 /// The relay under test; killed when dropped.
 pub struct Relay {
