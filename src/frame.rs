@@ -132,6 +132,27 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_message_is_the_oversized_event_with_its_own_id() {
+        let message = Message::from_row(crate::message::StoredRow {
+            id: 9,
+            kind: "chat".into(),
+            sender: None,
+            participants: vec!["bob".into()],
+            payload: None,
+            created_at: "2026-12-04T18:00:00.000000Z",
+            bytes: 2_000_000,
+        })
+        .unwrap();
+        let items = parse(&super::message(&message));
+        let [SseItem::Event(event)] = items.as_slice() else {
+            panic!("{items:?}");
+        };
+        assert_eq!(event.id.as_deref(), Some("9"));
+        assert_eq!(event.event.as_deref(), Some("oversized"));
+        assert_eq!(event.data.as_deref(), Some(message.data.get()));
+    }
+
+    #[test]
     fn line_breaks_in_data_become_data_lines() {
         let items = parse(&control("reset", "a\nb\r\nc"));
         let [SseItem::Event(event)] = items.as_slice() else {

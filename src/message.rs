@@ -356,3 +356,49 @@ impl Addresses {
         list
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(payload: Option<&RawValue>) -> StoredRow<'_> {
+        StoredRow {
+            id: 7,
+            kind: "chat".into(),
+            sender: Some("alice"),
+            participants: vec!["alice".into(), "#ops".into()],
+            payload,
+            created_at: "2026-12-04T18:00:00.000000Z",
+            bytes: 4_000_000,
+        }
+    }
+
+    #[test]
+    fn the_json_around_a_payload_is_the_messages_own() {
+        let payload = RawValue::from_string(r#"{"text":"hi \"there\""}"#.into()).unwrap();
+        let message = Message::from_row(row(Some(&payload))).unwrap();
+        let (before, after) = Message::around_payload(
+            7,
+            "chat",
+            Some("alice"),
+            &message.participants,
+            "2026-12-04T18:00:00.000000Z",
+        )
+        .unwrap();
+        assert_eq!(
+            format!("{before}{}{after}", payload.get()),
+            message.data.get()
+        );
+        assert!(!message.oversized);
+    }
+
+    #[test]
+    fn a_row_without_its_payload_is_the_stand_in() {
+        let message = Message::from_row(row(None)).unwrap();
+        assert!(message.oversized);
+        assert_eq!(
+            message.data.get(),
+            r##"{"id":7,"kind":"chat","sender":"alice","participants":["alice","#ops"],"bytes":4000000}"##
+        );
+    }
+}
