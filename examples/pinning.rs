@@ -14,80 +14,27 @@
 //! 2. **Catch-up**: 1,000 small messages for carol among 100,000 for others; a stream opened
 //!    with `since_id=0` reads all 1,000; median of 5 runs from the request to the last event.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pgrelay::auth::Keys;
-use pgrelay_cluster::TempCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_postgres::NoTls;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const SECRET: &str = "pinning-example-secret";
 
-/// The relay under test; killed when dropped.
-struct Relay {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Relay {
-    async fn start(binary: &str, database_url: &str) -> Result<Relay, BoxError> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new(binary)
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-            .env("DATABASE_URL", database_url)
-            .env("PGRELAY_SECRET", SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let relay = Relay {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..500 {
-            if let Ok(response) = reqwest::get(format!("{}/readyz", relay.base)).await {
-                if response.status() == 200 {
-                    return Ok(relay);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err("the relay never became ready".into())
-    }
-
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
+#[path = "support/relay_process.rs"]
+mod relay_process;
+use relay_process::{setup, BoxError, Relay, Setup};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let binary = std::env::args()
-        .nth(1)
-        .ok_or("usage: cargo run --release --example pinning -- PATH/TO/pgrelay")?;
-    let cluster = TempCluster::start().await?;
-    let url = cluster.url("postgres");
-    pgrelay::migrate::migrate(&url, "pgrelay").await?;
-    let (db, connection) = tokio_postgres::connect(&url, NoTls).await?;
-    tokio::spawn(connection);
+    let Setup {
+        binary,
+        _cluster,
+        url,
+        db,
+    } = setup("pinning").await?;
     let keys = Keys::from_secret_list(SECRET)?;
 
     db.batch_execute(
@@ -96,7 +43,7 @@ async fn main() -> Result<(), BoxError> {
          FROM generate_series(1, 300) AS n",
     )
     .await?;
-    let relay = Relay::start(&binary, &url).await?;
+    let relay = Relay::start(&binary, &url, SECRET).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = relay.rss_kib();
     let token = keys.mint("mallory", Duration::from_secs(3600), &[]);
@@ -138,7 +85,7 @@ async fn main() -> Result<(), BoxError> {
          FROM generate_series(1, 1000) AS n",
     )
     .await?;
-    let relay = Relay::start(&binary, &url).await?;
+    let relay = Relay::start(&binary, &url, SECRET).await?;
     let token = keys.mint("carol", Duration::from_secs(3600), &[]);
     let mut runs = Vec::new();
     for _ in 0..5 {

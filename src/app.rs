@@ -9,7 +9,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::RelayConfig;
+use crate::budget::ByteBudget;
+use crate::config::{RelayConfig, Settings};
 use crate::error::Error;
 use crate::http::{self, AppState, RequestLimits};
 use crate::listener::{self, Health, Listener};
@@ -47,6 +48,7 @@ pub async fn run(
         Listener {
             channel: settings.channel.clone(),
             heartbeat: settings.heartbeat,
+            max_event_bytes: event_limit(&settings),
             pool: pool.clone(),
             registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
@@ -79,6 +81,8 @@ pub async fn run(
         pool: pool.clone(),
         registry,
         reads: Arc::new(Semaphore::new(history_connections(pool_size))),
+        page_budget: ByteBudget::new(settings.catch_up_budget),
+        max_event_bytes: event_limit(&settings),
         metrics: Arc::clone(&metrics),
         keepalive: settings.keepalive,
         max_per_participant: settings.max_streams_per_participant,
@@ -87,6 +91,7 @@ pub async fn run(
     let publish_batch = settings.publish_batch;
     let app = http::app(Arc::new(AppState {
         limits: RequestLimits::new(&settings),
+        fetch_budget: ByteBudget::new(settings.fetch_budget),
         settings,
         pool: pool.clone(),
         keys,
@@ -131,6 +136,11 @@ fn server_failed(error: tokio::task::JoinError) -> Error {
 /// presence, pruning and `/readyz`.
 fn history_connections(pool_size: usize) -> usize {
     (pool_size * 3 / 4).clamp(1, pool_size.saturating_sub(1).max(1))
+}
+
+/// `--max-event-bytes` as the queries take it.
+fn event_limit(settings: &Settings) -> i64 {
+    i64::try_from(settings.max_event_bytes).unwrap_or(i64::MAX)
 }
 
 /// A name for this process, unique per start: host, pid and start time.

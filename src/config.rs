@@ -65,6 +65,13 @@ pub struct Settings {
     pub publish_batch: usize,
     /// Most `GET /v1/messages` requests of one participant in flight on this instance.
     pub max_history_requests: usize,
+    /// A stored message larger than this (its payload's JSON and its participants, in bytes)
+    /// reaches streams and history pages as the `oversized` stand-in, never loaded whole.
+    pub max_event_bytes: u64,
+    /// Most bytes this instance holds for catch-up and history pages at once.
+    pub catch_up_budget: u64,
+    /// Most bytes this instance holds for whole messages (`GET /v1/messages/{id}`) at once.
+    pub fetch_budget: u64,
 }
 
 impl Default for Settings {
@@ -89,6 +96,9 @@ impl Default for Settings {
             publish_burst: 50.0,
             publish_batch: 100,
             max_history_requests: 4,
+            max_event_bytes: 1024 * 1024,
+            catch_up_budget: 32 * 1024 * 1024,
+            fetch_budget: 128 * 1024 * 1024,
         }
     }
 }

@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 
-use crate::message::{Message, Signal, POSITION_EVENT};
+use crate::message::{Message, Signal, OVERSIZED_EVENT, POSITION_EVENT};
 
 /// What the relay sends when a stream has been quiet for the keepalive interval.
 pub const KEEPALIVE: Bytes = Bytes::from_static(b":\n");
@@ -33,8 +33,9 @@ pub fn opening(position: i64) -> Bytes {
     frame.into()
 }
 
-/// A stored message: its id, its kind as the event name, its JSON as data; rendered once and
-/// shared by every stream that sends it.
+/// A stored message: its id, its kind as the event name, its JSON as data (or, for a message
+/// too large to send, its id, `oversized` and the stand-in); rendered once and shared by every
+/// stream that sends it.
 pub fn message(message: &Message) -> Bytes {
     message
         .frame
@@ -45,7 +46,12 @@ pub fn message(message: &Message) -> Bytes {
 /// A message's kind is always a valid one ([`Message::from_row`] sees to stored rows whose
 /// kind is not), so it is safe as the event name.
 fn render_message(message: &Message) -> Bytes {
-    event(Some(message.id), &message.kind, message.data.get())
+    let kind = if message.oversized {
+        OVERSIZED_EVENT
+    } else {
+        message.kind.as_str()
+    };
+    event(Some(message.id), kind, message.data.get())
 }
 
 /// A signal: no `id:`, so it never moves a client's resume position; rendered once.
@@ -121,6 +127,27 @@ mod tests {
             .collect();
         assert_eq!(events.len(), 1, "{items:?}");
         assert_eq!(events[0].event.as_deref(), Some("reset"));
+    }
+
+    #[test]
+    fn an_oversized_message_is_the_oversized_event_with_its_own_id() {
+        let message = Message::from_row(crate::message::StoredRow {
+            id: 9,
+            kind: "chat".into(),
+            sender: None,
+            participants: vec!["bob".into()],
+            payload: None,
+            created_at: "2026-12-04T18:00:00.000000Z",
+            bytes: 2_000_000,
+        })
+        .unwrap();
+        let items = parse(&super::message(&message));
+        let [SseItem::Event(event)] = items.as_slice() else {
+            panic!("{items:?}");
+        };
+        assert_eq!(event.id.as_deref(), Some("9"));
+        assert_eq!(event.event.as_deref(), Some("oversized"));
+        assert_eq!(event.data.as_deref(), Some(message.data.get()));
     }
 
     #[test]

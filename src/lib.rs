@@ -28,7 +28,8 @@
 //! 5. **Routing and storage**: `registry` (participant → open streams, each with a bounded
 //!    inbox), [`store`] (the query pool and every query), [`migrate`] (the SQL in `sql/`),
 //!    `tls` (`sslmode` as libpq means it), `frame` (the SSE wire format), `limits`
-//!    (per-client rate and concurrency limits) and `metrics` (Prometheus counters).
+//!    (per-client rate and concurrency limits), `budget` (the bytes an instance holds for
+//!    readers at once) and `metrics` (Prometheus counters).
 //! 6. **Domain**: `message` (what a [`Message`] and a [`Signal`] are, the naming rules, the JSON
 //!    a client sees), [`auth`] (HS256 tokens), [`config`] (what a relay is configured to
 //!    do), [`Error`] (the crate's error type) and [`sse`] (an event-stream parser for
@@ -50,6 +51,7 @@
 mod app;
 mod attach_skips;
 pub mod auth;
+mod budget;
 pub mod config;
 mod error;
 mod frame;

@@ -27,11 +27,20 @@ pub struct Message {
     pub kind: String,
     /// Who receives it; the registry routes on this.
     pub participants: Vec<String>,
-    /// The event's JSON, exactly as sent on the stream and in `GET /v1/messages`.
+    /// The event's JSON, exactly as sent on the stream and in `GET /v1/messages`: the message,
+    /// or its stand-in when it is [`oversized`](Message::oversized).
     pub data: Box<RawValue>,
+    /// Whether the message was larger than `--max-event-bytes`, so its payload was never
+    /// loaded: `data` is the stand-in `{"id","kind","sender","participants","bytes"}` and the
+    /// event is named [`OVERSIZED_EVENT`]. `GET /v1/messages/{id}` reads it whole.
+    pub oversized: bool,
     /// The SSE frame, rendered by the first stream that sends it and shared by the others.
     pub frame: OnceLock<Bytes>,
 }
+
+/// The event name of a message too large to send whole: the stand-in that takes its place,
+/// with its id, so streams stay in order and bounded.
+pub const OVERSIZED_EVENT: &str = "oversized";
 
 /// The parts of a stored row that a client sees.
 pub struct StoredRow<'a> {
@@ -43,10 +52,12 @@ pub struct StoredRow<'a> {
     pub sender: Option<&'a str>,
     /// Who receives it.
     pub participants: Vec<String>,
-    /// Any JSON value.
-    pub payload: &'a RawValue,
+    /// Any JSON value; `None` when the message was too large to load.
+    pub payload: Option<&'a RawValue>,
     /// When it was inserted, RFC 3339 in UTC.
     pub created_at: &'a str,
+    /// Its size: the bytes of the payload's JSON and of the participants' text.
+    pub bytes: i64,
 }
 
 /// The JSON shape of a message event (the contract's `data:` object).
@@ -60,33 +71,82 @@ struct MessageData<'a> {
     created_at: &'a str,
 }
 
+/// The JSON shape of an `oversized` stand-in: what routing and a client's display need, and
+/// how large the message is, never its payload.
+#[derive(Serialize)]
+struct StandInData<'a> {
+    id: i64,
+    kind: &'a str,
+    sender: Option<&'a str>,
+    participants: &'a [String],
+    bytes: i64,
+}
+
+/// The start of a message's event JSON, up to its payload: [`Message::around_payload`].
+#[derive(Serialize)]
+struct Head<'a> {
+    id: i64,
+    kind: &'a str,
+    sender: Option<&'a str>,
+    participants: &'a [String],
+}
+
 impl Message {
-    /// A message as clients see it, its JSON rendered from `row`. A stored kind that is not a
-    /// valid one is served as [`DEFAULT_KIND`], in the event name and the JSON alike, so that
-    /// no row can pass for one of the relay's own events or break the framing: rows stored
-    /// before their kind was reserved (`rooms` before migration 0008, say; a CHECK constraint
-    /// is not re-checked against old rows), or while an operator had dropped the constraint.
+    /// A message as clients see it, its JSON rendered from `row`; the stand-in when the row
+    /// came without its payload. A stored kind that is not a valid one is served as
+    /// [`DEFAULT_KIND`], in the event name and the JSON alike, so that no row can pass for one
+    /// of the relay's own events or break the framing: rows stored before their kind was
+    /// reserved (`rooms` before migration 0008, say; a CHECK constraint is not re-checked
+    /// against old rows), or while an operator had dropped the constraint.
     pub fn from_row(row: StoredRow<'_>) -> Result<Message, serde_json::Error> {
-        let kind = if valid_kind(&row.kind) {
-            row.kind
-        } else {
-            DEFAULT_KIND.to_owned()
+        let kind = served_kind(row.kind);
+        let data = match row.payload {
+            Some(payload) => serde_json::value::to_raw_value(&MessageData {
+                id: row.id,
+                kind: &kind,
+                sender: row.sender,
+                participants: &row.participants,
+                payload,
+                created_at: row.created_at,
+            })?,
+            None => serde_json::value::to_raw_value(&StandInData {
+                id: row.id,
+                kind: &kind,
+                sender: row.sender,
+                participants: &row.participants,
+                bytes: row.bytes,
+            })?,
         };
-        let data = serde_json::value::to_raw_value(&MessageData {
-            id: row.id,
-            kind: &kind,
-            sender: row.sender,
-            participants: &row.participants,
-            payload: row.payload,
-            created_at: row.created_at,
-        })?;
         Ok(Message {
             id: row.id,
             kind,
             participants: row.participants,
             data,
+            oversized: row.payload.is_none(),
             frame: OnceLock::new(),
         })
+    }
+
+    /// The event JSON of a message, in the two parts that go around its payload (the JSON of
+    /// [`Message::data`] is `before`, the payload, `after`): for answers that pass a large
+    /// payload through without parsing or copying it.
+    pub fn around_payload(
+        id: i64,
+        kind: &str,
+        sender: Option<&str>,
+        participants: &[String],
+        created_at: &str,
+    ) -> Result<(String, String), serde_json::Error> {
+        let mut before = serde_json::to_string(&Head {
+            id,
+            kind,
+            sender,
+            participants,
+        })?;
+        before.pop(); // the closing brace
+        before.push_str(r#","payload":"#);
+        let after = format!(r#","created_at":{}}}"#, serde_json::to_string(created_at)?);
+        Ok((before, after))
     }
 }
 
@@ -193,6 +253,16 @@ pub fn valid_kind(kind: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
         && !RESERVED_KINDS.contains(&kind)
+}
+
+/// The kind a stored row is served as: its own, or [`DEFAULT_KIND`] when that is not (or no
+/// longer) a valid one.
+pub fn served_kind(stored: String) -> String {
+    if valid_kind(&stored) {
+        stored
+    } else {
+        DEFAULT_KIND.to_owned()
+    }
 }
 
 /// Longest participant (or sender, or token subject) name, in bytes.
@@ -368,6 +438,47 @@ impl Addresses {
 mod tests {
     use super::*;
 
+    fn row(payload: Option<&RawValue>) -> StoredRow<'_> {
+        StoredRow {
+            id: 7,
+            kind: "chat".into(),
+            sender: Some("alice"),
+            participants: vec!["alice".into(), "#ops".into()],
+            payload,
+            created_at: "2026-12-04T18:00:00.000000Z",
+            bytes: 4_000_000,
+        }
+    }
+
+    #[test]
+    fn the_json_around_a_payload_is_the_messages_own() {
+        let payload = RawValue::from_string(r#"{"text":"hi \"there\""}"#.into()).unwrap();
+        let message = Message::from_row(row(Some(&payload))).unwrap();
+        let (before, after) = Message::around_payload(
+            7,
+            "chat",
+            Some("alice"),
+            &message.participants,
+            "2026-12-04T18:00:00.000000Z",
+        )
+        .unwrap();
+        assert_eq!(
+            format!("{before}{}{after}", payload.get()),
+            message.data.get()
+        );
+        assert!(!message.oversized);
+    }
+
+    #[test]
+    fn a_row_without_its_payload_is_the_stand_in() {
+        let message = Message::from_row(row(None)).unwrap();
+        assert!(message.oversized);
+        assert_eq!(
+            message.data.get(),
+            r##"{"id":7,"kind":"chat","sender":"alice","participants":["alice","#ops"],"bytes":4000000}"##
+        );
+    }
+
     /// The refused ranges are exactly the classes the rule names, as Unicode 16 defines them
     /// (regex-syntax's tables): controls, format characters, line and paragraph separators,
     /// spaces but U+0020, default-ignorable code points, and U+2800. Also sorted and merged,
@@ -406,8 +517,9 @@ mod tests {
                 kind: stored.to_owned(),
                 sender: None,
                 participants: vec!["alice".to_owned()],
-                payload: &payload,
+                payload: Some(&payload),
                 created_at: "2026-01-01T00:00:00.000000Z",
+                bytes: 2,
             })
             .unwrap();
             assert_eq!(message.kind, served);

@@ -6,6 +6,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::budget::ByteBudget;
+
 /// A monotonically increasing count.
 #[derive(Default)]
 pub struct Counter(AtomicU64);
@@ -110,9 +112,16 @@ impl Metrics {
             .store(fraction.to_bits(), Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition of all metrics; `streams` is the open-stream gauge and
-    /// `numbering_lag` how long committed rows may have waited for their ids.
-    pub fn render(&self, streams: usize, listener_up: bool, numbering_lag: f64) -> String {
+    /// The Prometheus text exposition of all metrics; `streams` is the open-stream gauge,
+    /// `numbering_lag` how long committed rows may have waited for their ids, and `budgets` the
+    /// instance's byte budgets by name (`catch_up`, `fetch`).
+    pub fn render(
+        &self,
+        streams: usize,
+        listener_up: bool,
+        numbering_lag: f64,
+        budgets: &[(&str, &ByteBudget)],
+    ) -> String {
         let mut out = String::new();
         let gauges = [
             (
@@ -195,6 +204,9 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
+        for (name, budget) in budgets {
+            render_budget(&mut out, name, budget);
+        }
         self.commit_to_send.render(
             &mut out,
             "pgrelay_commit_to_send_seconds",
@@ -202,4 +214,32 @@ impl Metrics {
         );
         out
     }
+}
+
+/// A byte budget's gauges and counter: its size, what is reserved now, the most ever reserved
+/// at once, and how many reservations could not be had at once.
+fn render_budget(out: &mut String, name: &str, budget: &ByteBudget) {
+    let gauges = [
+        ("budget_bytes", "Size of the budget.", budget.total()),
+        ("reserved_bytes", "Bytes reserved now.", budget.in_use()),
+        (
+            "reserved_bytes_peak",
+            "Most bytes ever reserved at once.",
+            budget.peak(),
+        ),
+    ];
+    for (suffix, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP pgrelay_{name}_{suffix} {help}\n# TYPE pgrelay_{name}_{suffix} gauge\n\
+             pgrelay_{name}_{suffix} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP pgrelay_{name}_budget_short_total Reservations that waited, or were refused, \
+         because the budget was taken.\n# TYPE pgrelay_{name}_budget_short_total counter\n\
+         pgrelay_{name}_budget_short_total {}",
+        budget.short()
+    );
 }

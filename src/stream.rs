@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::budget::{ByteBudget, Reservation};
 use crate::error::Error;
 use crate::frame;
 use crate::message::Addresses;
@@ -32,8 +33,9 @@ use crate::store::{self, DbPool};
 const CATCH_UP_PAGE: i64 = 1000;
 
 /// Most bytes of payload and participants one catch-up page holds (the query cuts the page,
-/// so nothing is read twice). Bounds a stream's memory when payloads are large (1,000 ×
-/// 64 KiB would be 64 MiB), also while its reader does not read.
+/// so nothing is read twice), plus one message of at most `--max-event-bytes`. Bounds a
+/// stream's memory when payloads are large (1,000 × 64 KiB would be 64 MiB), also while its
+/// reader does not read; the page budget bounds all streams together.
 const CATCH_UP_BYTES: i64 = 256 * 1024;
 
 /// Longest wait between catch-up attempts while the database is unreachable.
@@ -49,6 +51,12 @@ pub struct Streams {
     /// The pool connections catch-ups (and history reads) may hold at once, so that however
     /// many readers fall behind, publishing, presence and `/readyz` still get a connection.
     pub reads: Arc<Semaphore>,
+    /// The bytes catch-up and history pages may hold at once on this instance: each page
+    /// reserves its worst case before it is read, keeps what it holds until it is sent, and
+    /// gives back the rest at once.
+    pub page_budget: ByteBudget,
+    /// Messages larger than this are read as `oversized` stand-ins.
+    pub max_event_bytes: i64,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Interval of the keepalive comment.
@@ -69,6 +77,9 @@ pub struct EventStream {
     cursor: i64,
     /// Events read but not yet sent, oldest first.
     pending: VecDeque<Live>,
+    /// The share of the page budget held by the catch-up page in `pending`; the page's last
+    /// frame carries it to the socket.
+    page: Option<Reservation>,
     /// Frames to send before anything else: the opening position, and `reset` whenever
     /// retention removed messages after the cursor.
     preamble: VecDeque<Bytes>,
@@ -149,6 +160,7 @@ impl Streams {
             subscription,
             cursor,
             pending: VecDeque::new(),
+            page: None,
             preamble,
             expires: Instant::now() + expires_in,
             finished: false,
@@ -182,16 +194,26 @@ impl EventStream {
                 return Some(event);
             }
             while let Some(event) = self.pending.pop_front() {
-                match event {
+                let frame = match event {
                     Live::Message(message) if message.id > self.cursor => {
                         self.cursor = message.id;
                         self.streams.metrics.events_delivered.inc();
-                        return Some(frame::message(&message));
+                        frame::message(&message)
                     }
-                    Live::Message(_) => {} // already sent
-                    Live::Signal(signal) => return Some(frame::signal(&signal)),
-                }
+                    Live::Message(_) => continue, // already sent
+                    Live::Signal(signal) => frame::signal(&signal),
+                };
+                return Some(match self.page.take() {
+                    // The page's last frame: its reservation is given back once it is written.
+                    Some(page) if self.pending.is_empty() => page.held_by(frame),
+                    page => {
+                        self.page = page;
+                        frame
+                    }
+                });
             }
+            // A page whose tail was already sent holds nothing any more.
+            self.page = None;
             let delivery = self.subscription.inbox().take();
             let interrupted = match delivery {
                 Delivery::Events(events) => {
@@ -227,22 +249,34 @@ impl EventStream {
     /// catch-up after a backoff, so a database outage delays messages but never loses them.
     async fn catch_up(&mut self) -> Result<(), Interrupt> {
         self.streams.metrics.catch_up_queries.inc();
+        let streams = &self.streams;
         let query = async {
-            // Catch-ups and history reads share a part of the pool, so however many streams
-            // catch up at once, publishing, presence and /readyz still get a connection.
-            let _permit = self.streams.reads.acquire().await;
-            store::messages_for(
-                &self.streams.pool,
+            // However many streams catch up at once, they hold at most the page budget…
+            let worst = store::page_memory(CATCH_UP_PAGE, CATCH_UP_BYTES, streams.max_event_bytes);
+            let mut reservation = streams.page_budget.reserve(worst).await;
+            // …and a part of the pool, so publishing, presence and /readyz still get a
+            // connection.
+            let _permit = streams.reads.acquire().await;
+            let page = store::messages_for(
+                &streams.pool,
                 self.subscription.addresses(),
                 self.cursor,
                 CATCH_UP_PAGE,
                 CATCH_UP_BYTES,
+                streams.max_event_bytes,
             )
-            .await
+            .await;
+            if let Ok(page) = &page {
+                reservation.shrink_to(page.memory());
+            }
+            (page, reservation)
         };
-        match interruptible(&self.streams.shutdown, self.expires, query).await? {
+        let (page, reservation) =
+            interruptible(&self.streams.shutdown, self.expires, query).await?;
+        match page {
             Ok(page) => {
                 self.failures = 0;
+                self.page = Some(reservation);
                 if page.pruned_through > self.cursor {
                     // Retention removed messages after the cursor before this stream read them
                     // (it fell behind, or was quiet longer than the retention period): say so

@@ -10,6 +10,19 @@ export interface Message<Payload = unknown> {
   created_at: string;
 }
 
+/**
+ * The stand-in of a stored message larger than the relay streams (`--max-event-bytes`): in the
+ * message's place, without its payload. `fetchMessage(id)` reads the message whole.
+ */
+export interface Oversized {
+  id: number;
+  kind: string;
+  sender: string | null;
+  participants: string[];
+  /** The message's size: its payload's JSON and its participants, in bytes. */
+  bytes: number;
+}
+
 /** A live-only signal (`typing`, …): it carries no id. */
 export interface Signal<Payload = unknown> {
   kind: string;
@@ -62,6 +75,11 @@ export interface PgRelayClientOptions {
   signalKinds?: string[];
   /** Each stored message once, in id order. */
   onMessage?: (message: Message, kind: string) => void;
+  /**
+   * In a message's place (once, in id order), when it is larger than the relay streams: its
+   * stand-in. Default: dropped (its id still counts).
+   */
+  onOversized?: (standIn: Oversized) => void;
   /** Each signal (and presence change) as it happens. */
   onSignal?: (kind: string, data: Signal | PresenceChange) => void;
   onPresence?: (change: PresenceChange) => void;
@@ -90,6 +108,8 @@ export class PgRelayClient {
   send(message: { participants: string[]; payload: unknown; kind?: string }): Promise<number>;
   /** Sends a throttled `typing` signal; resolves to whether one was sent. */
   typing(participants: string[]): Promise<boolean>;
+  /** One stored message whole (`GET /v1/messages/{id}`), e.g. the one behind a stand-in. */
+  fetchMessage<Payload = unknown>(id: number): Promise<Message<Payload>>;
   /** Who of `participants` is online (each must be visible to the caller). */
   presence(participants: string[]): Promise<Record<string, PresenceState>>;
 }

@@ -126,7 +126,7 @@ pub(crate) async fn catch_up_phase(
     // As the relay asks: the participant's own name, its rooms, and everyone.
     one.push("*".to_owned());
     member.push("*".to_owned());
-    let bytes: i64 = 256 * 1024;
+    let (bytes, max_event): (i64, i64) = (256 * 1024, 1024 * 1024);
     for (who, addresses, from) in [
         ("one participant", &one, since),
         ("a member of 20 rooms", &member, rooms_since),
@@ -137,7 +137,7 @@ pub(crate) async fn catch_up_phase(
         );
         for limit in [100i64, MISSED as i64] {
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                vec![&from, &limit, &bytes];
+                vec![&from, &limit, &bytes, &max_event];
             params.extend(
                 addresses
                     .iter()

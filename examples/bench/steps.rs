@@ -547,6 +547,7 @@ pub(crate) async fn fetch_cost(url: &str, calls: usize) -> Res<Vec<(usize, f64)>
             bytes: 4 << 20,
             numbered: 10_000,
             lock_wait: Duration::from_secs(1),
+            max_event_bytes: 1 << 20,
         };
         let read = || pgrelay::store::news(&client, &fetch, position, limits, |_| true);
         for _ in 0..20 {

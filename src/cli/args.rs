@@ -42,7 +42,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print a token signed with the secret.
     Token(TokenArgs),
-    /// Subscribe as a participant and print each event's data as one JSON line.
+    /// Subscribe as a participant and print each event's data as one JSON line; a message too
+    /// large for the stream (`oversized`) is read whole with GET /v1/messages/{id} and printed
+    /// like any other.
     Tail(TailArgs),
     /// Zero-configuration start: a throwaway PostgreSQL, migrated, with the relay serving it.
     #[cfg(feature = "demo")]
@@ -157,6 +159,26 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_MAX_HISTORY_REQUESTS", default_value_t = 4)]
     pub max_history_requests: usize,
 
+    /// A stored message larger than this (its payload's JSON and its participants) reaches
+    /// streams and history pages as the stand-in event `oversized` (id, kind, sender,
+    /// participants, bytes), never loaded whole; `GET /v1/messages/{id}` reads it. Sizes take
+    /// B, KiB, MiB, GiB (or kB, MB, GB).
+    #[arg(long, env = "PGRELAY_MAX_EVENT_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_event_bytes: u64,
+
+    /// Most memory this instance holds for catch-up and history pages at once: each page
+    /// reserves its worst case (twice 256 KiB, or 1 MiB for history, plus one message of
+    /// --max-event-bytes) before it reads, waits its turn while the budget is taken, and gives
+    /// back what it does not hold.
+    #[arg(long, env = "PGRELAY_CATCH_UP_BUDGET", default_value = "32MiB", value_parser = parse_bytes)]
+    pub catch_up_budget: u64,
+
+    /// Most memory this instance holds for whole messages (`GET /v1/messages/{id}`) at once;
+    /// a read that does not fit now is answered 503 with Retry-After, a message larger than
+    /// this 503 `message_too_large`.
+    #[arg(long, env = "PGRELAY_FETCH_BUDGET", default_value = "128MiB", value_parser = parse_bytes)]
+    pub fetch_budget: u64,
+
     /// How long a write to a client may stall (the client reads nothing) before the
     /// connection is closed; a stream's client then resumes from its last id.
     #[arg(long, env = "PGRELAY_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -251,6 +273,9 @@ impl RelayArgs {
             publish_burst: self.publish_burst,
             publish_batch: self.publish_batch.max(1),
             max_history_requests: self.max_history_requests.max(1),
+            max_event_bytes: self.max_event_bytes,
+            catch_up_budget: self.catch_up_budget,
+            fetch_budget: self.fetch_budget,
         })
     }
 
@@ -359,6 +384,31 @@ pub struct DemoArgs {
     pub secret: Option<String>,
 }
 
+/// A size in bytes: a whole number, optionally followed by a unit (`B`, `KiB`, `MiB`, `GiB`, or
+/// the decimal `kB`, `MB`, `GB`), such as `1MiB` or `512 KiB`.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let unit_size: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown unit {other:?}: use B, KiB, MiB or GiB")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|number| number.checked_mul(unit_size))
+        .ok_or_else(|| format!("{text:?} is not a size such as 1MiB"))
+}
+
 /// The keys of a `--secret` list: the one place the secret is parsed. The error names entries
 /// by position, never by content.
 pub fn keys(secret_list: &str) -> Result<Keys, Error> {
@@ -416,6 +466,18 @@ mod tests {
             table.push_str(&format!("| `--{long}` | {env} | {default} | {help} |\n"));
         }
         table
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        use super::parse_bytes;
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("1 MiBs").is_err());
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("99999999999GiB").is_err());
     }
 
     #[test]

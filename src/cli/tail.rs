@@ -1,9 +1,10 @@
 //! `pgrelay tail`: a participant's stream as JSON lines, for shells and psql-driven testing.
 //!
 //! Each message event's `data` object goes to stdout on its own line (so `| jq .payload`
-//! works); control events and connection trouble go to stderr. Like the browser client, tail
-//! reconnects with `Last-Event-ID` and mints a fresh token when the old one expires, so it
-//! never misses or repeats a message.
+//! works); control events and connection trouble go to stderr. A message too large for the
+//! stream (its `oversized` stand-in) is read whole with `GET /v1/messages/{id}` and printed in
+//! its place, like any other. Like the browser client, tail reconnects with `Last-Event-ID`
+//! and mints a fresh token when the old one expires, so it never misses or repeats a message.
 
 use std::time::Duration;
 
@@ -32,11 +33,14 @@ pub async fn tail(args: TailArgs) -> Result<(), Error> {
         .connect_timeout(Duration::from_secs(5))
         .build()
         .map_err(|error| Error::setup(format!("cannot make an HTTP client: {error}")))?;
-    let url = format!("{}/v1/stream", args.url.trim_end_matches('/'));
+    let relay = Relay {
+        client,
+        base: args.url.trim_end_matches('/').to_owned(),
+    };
     let mut last_id = args.since_id;
     loop {
         let token = keys.mint(&args.sub, TOKEN_TTL, &[]);
-        match follow(&client, &url, &token, &mut last_id).await? {
+        match relay.follow(&token, &mut last_id).await? {
             Ended::TokenExpired => {}
             Ended::Disconnected(reason) => {
                 eprintln!("pgrelay tail: {reason}; reconnecting");
@@ -46,54 +50,103 @@ pub async fn tail(args: TailArgs) -> Result<(), Error> {
     }
 }
 
-/// Follows one connection. Errors the relay answers with (a bad secret, say) end tail;
-/// transport trouble is returned as `Disconnected`.
-async fn follow(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    last_id: &mut Option<i64>,
-) -> Result<Ended, Error> {
-    let mut request = client.get(url).bearer_auth(token);
-    if let Some(id) = last_id {
-        request = request.header("Last-Event-ID", id.to_string());
-    }
-    let response = match request.send().await {
-        Ok(response) => response,
-        Err(error) => return Ok(Ended::Disconnected(error.to_string())),
-    };
-    let status = response.status();
-    if status.is_server_error() {
-        return Ok(Ended::Disconnected(format!("the relay answered {status}")));
-    }
-    if !status.is_success() {
-        let body = response.text().await.unwrap_or_default();
-        return Err(Error::setup(format!("the relay answered {status}: {body}")));
-    }
-    let mut parser = SseParser::new();
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
+/// The relay tail reads from.
+struct Relay {
+    client: reqwest::Client,
+    /// The base URL, without a trailing slash.
+    base: String,
+}
+
+/// How often tail asks again for a whole message the relay is too busy to read right now.
+const BUSY_RETRIES: u32 = 10;
+
+impl Relay {
+    /// Follows one connection. Errors the relay answers with (a bad secret, say) end tail;
+    /// transport trouble is returned as `Disconnected`.
+    async fn follow(&self, token: &str, last_id: &mut Option<i64>) -> Result<Ended, Error> {
+        let mut request = self
+            .client
+            .get(format!("{}/v1/stream", self.base))
+            .bearer_auth(token);
+        if let Some(id) = last_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
             Err(error) => return Ok(Ended::Disconnected(error.to_string())),
         };
-        for item in parser.feed(&chunk) {
-            let SseItem::Event(event) = item else {
-                continue;
+        let status = response.status();
+        if status.is_server_error() {
+            return Ok(Ended::Disconnected(format!("the relay answered {status}")));
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(Error::setup(format!("the relay answered {status}: {body}")));
+        }
+        let mut parser = SseParser::new();
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(error) => return Ok(Ended::Disconnected(error.to_string())),
             };
-            if let Some(id) = event.id.as_deref().and_then(|id| id.parse().ok()) {
-                *last_id = Some(id);
-            }
-            if event.is_opening() {
-                continue;
-            }
-            let Some(data) = event.data else { continue };
-            match event.event.as_deref() {
-                Some("token_expired") => return Ok(Ended::TokenExpired),
-                Some("reset") => eprintln!("pgrelay tail: reset {data}"),
-                _ => println!("{data}"),
+            for item in parser.feed(&chunk) {
+                let SseItem::Event(event) = item else {
+                    continue;
+                };
+                let id = event.id.as_deref().and_then(|id| id.parse().ok());
+                let opening = event.is_opening();
+                let Some(data) = event.data.filter(|_| !opening) else {
+                    *last_id = id.or(*last_id);
+                    continue;
+                };
+                match event.event.as_deref() {
+                    Some("token_expired") => return Ok(Ended::TokenExpired),
+                    Some("reset") => eprintln!("pgrelay tail: reset {data}"),
+                    Some("oversized") => match id {
+                        Some(id) => println!("{}", self.whole(token, id, data).await),
+                        None => println!("{data}"),
+                    },
+                    _ => println!("{data}"),
+                }
+                // Only once the event is printed: a restart resumes with what was not.
+                *last_id = id.or(*last_id);
             }
         }
+        Ok(Ended::Disconnected("the stream ended".into()))
     }
-    Ok(Ended::Disconnected("the stream ended".into()))
+
+    /// Message `id` whole (`GET /v1/messages/{id}`), asking again while the relay is too busy;
+    /// the stand-in itself, with a warning on stderr, when it cannot be read.
+    async fn whole(&self, token: &str, id: i64, stand_in: String) -> String {
+        let url = format!("{}/v1/messages/{id}", self.base);
+        let mut attempt = 0;
+        let failure = loop {
+            let response = match self.client.get(&url).bearer_auth(token).send().await {
+                Ok(response) => response,
+                Err(error) => break error.to_string(),
+            };
+            let status = response.status();
+            if status.is_success() {
+                match response.text().await {
+                    Ok(message) => return message,
+                    Err(error) => break error.to_string(),
+                }
+            }
+            let wait = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+            let body = response.text().await.unwrap_or_default();
+            match wait {
+                Some(seconds) if attempt < BUSY_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(seconds.clamp(1, 30))).await;
+                }
+                _ => break format!("the relay answered {status}: {body}"),
+            }
+        };
+        eprintln!("pgrelay tail: message {id} is too large for the stream and could not be read whole ({failure}); printing its stand-in");
+        stand_in
+    }
 }

@@ -16,7 +16,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    /// Seconds for `Retry-After`, on 429s that know when to come back.
+    /// Seconds for `Retry-After`, on 429s and 503s that know when to come back.
     retry_after: Option<u64>,
 }
 
@@ -37,6 +37,15 @@ impl ApiError {
         ApiError {
             retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
+    /// 503: this instance is at a limit of its own (not the client's), for a moment:
+    /// `Retry-After` says when to try again.
+    pub fn over_capacity(message: impl Into<String>, retry_after: std::time::Duration) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "over_capacity", message)
         }
     }
 

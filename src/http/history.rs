@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -29,7 +28,8 @@ pub struct HistoryParams {
     rooms: Option<String>,
 }
 
-/// A page of `GET /v1/messages`; the events' JSON is copied as stored, not re-encoded.
+/// A page of `GET /v1/messages`; the events' JSON is copied as stored, not re-encoded (an
+/// `oversized` message is its stand-in, as on the stream).
 #[derive(Serialize)]
 struct MessagePage<'a> {
     messages: Vec<&'a RawValue>,
@@ -67,15 +67,31 @@ pub async fn list_messages(
     let addresses = addresses::listening(&state, &claims, params.rooms.as_deref())
         .await?
         .list();
+    let streams = &state.streams;
+    // History pages share the catch-ups' budget: they are the same reads.
+    let worst = store::page_memory(limit, MAX_PAGE_BYTES, streams.max_event_bytes);
+    let mut reservation = streams.page_budget.reserve(worst).await;
     let page = {
-        let _connection = state.streams.reads.acquire().await;
-        store::messages_for(&state.pool, &addresses, since, limit, MAX_PAGE_BYTES)
-            .await
-            .map_err(|error| ApiError::internal("listing messages failed", &error))?
+        let _connection = streams.reads.acquire().await;
+        store::messages_for(
+            &state.pool,
+            &addresses,
+            since,
+            limit,
+            MAX_PAGE_BYTES,
+            streams.max_event_bytes,
+        )
+        .await
+        .map_err(|error| ApiError::internal("listing messages failed", &error))?
     };
-    let page = MessagePage {
+    let body = serde_json::to_vec(&MessagePage {
         next_since_id: page.messages.last().map_or(since, |message| message.id),
         messages: page.messages.iter().map(|message| &*message.data).collect(),
-    };
-    Ok(Json(page).into_response())
+    })
+    .map_err(|error| ApiError::internal("rendering messages failed", &error))?;
+    drop(page);
+    // The answer holds its share until it is written.
+    reservation.shrink_to(body.len() as u64);
+    let body = reservation.held_by(body.into());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

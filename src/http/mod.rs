@@ -2,6 +2,7 @@
 //!
 //! - [`streams`]: `GET /v1/stream`, the Server-Sent-Events stream;
 //! - [`history`]: `GET /v1/messages`, the same events as JSON pages;
+//! - [`fetch`]: `GET /v1/messages/{id}`, one message whole (an `oversized` one, say);
 //! - [`publish`]: `POST /v1/messages` and `POST /v1/signals`;
 //! - [`presence`]: `GET /v1/presence`;
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`;
@@ -16,6 +17,7 @@ mod addresses;
 mod assets;
 mod error;
 mod extract;
+mod fetch;
 mod history;
 mod ops;
 mod presence;
@@ -37,6 +39,7 @@ use tracing::Instrument;
 pub use error::ApiError;
 
 use crate::auth::Keys;
+use crate::budget::ByteBudget;
 use crate::config::Settings;
 use crate::limits::{ConcurrencyLimit, RateLimiter};
 use crate::listener::Health;
@@ -63,6 +66,8 @@ pub struct AppState {
     pub limits: RequestLimits,
     /// Stores `POST /v1/messages` in shared transactions (group commit).
     pub publisher: Publisher,
+    /// The bytes whole messages (`GET /v1/messages/{id}`) may hold at once on this instance.
+    pub fetch_budget: ByteBudget,
 }
 
 /// Per-client limits, so one token holder cannot exhaust the relay for everyone else.
@@ -106,6 +111,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/v1/messages",
             get(history::list_messages).post(publish::post_message),
         )
+        .route("/v1/messages/{id}", get(fetch::whole_message))
         .route("/v1/signals", post(publish::post_signal))
         .route("/v1/presence", get(presence::presence))
         .route("/v1/client.js", get(assets::client_js))

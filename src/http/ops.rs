@@ -49,6 +49,10 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.streams.registry.stream_count(),
         state.listener.is_up(),
         state.listener.numbering_lag().as_secs_f64(),
+        &[
+            ("catch_up", &state.streams.page_budget),
+            ("fetch", &state.fetch_budget),
+        ],
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

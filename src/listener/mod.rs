@@ -60,6 +60,9 @@ pub struct Listener {
     pub channel: String,
     /// How often the connection proves itself with a heartbeat.
     pub heartbeat: Duration,
+    /// Messages larger than this are read without their payload and delivered as `oversized`
+    /// stand-ins.
+    pub max_event_bytes: i64,
     /// Query connections, for sending heartbeats as an application would.
     pub pool: DbPool,
     /// Where what is read gets delivered.
@@ -113,12 +116,15 @@ impl Health {
 }
 
 /// What one pass may do: read at most 500 messages (and 500 signals) and 4 MiB of messages,
-/// number at most 10,000 pending messages (and as many signals); more follow right after.
+/// number at most 10,000 pending messages (and as many signals); more follow right after. The
+/// wait for the order lock and the largest message read whole are the relay's own (set in
+/// [`dispatch`]), so a pass holds at most 4 MiB plus one message of `--max-event-bytes`.
 const PASS: store::PassLimits = store::PassLimits {
     rows: 500,
     bytes: 4 * 1024 * 1024,
     numbered: 10_000,
     lock_wait: Duration::ZERO,
+    max_event_bytes: 0,
 };
 
 /// The first and the longest wait between reconnect attempts.
@@ -329,6 +335,7 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
             // fails this pass's numbering, not the session.
             lock_wait: (listener.heartbeat / 2)
                 .clamp(Duration::from_millis(100), Duration::from_secs(5)),
+            max_event_bytes: listener.max_event_bytes,
             ..PASS
         };
         let pass = store::news(

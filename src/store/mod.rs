@@ -21,30 +21,54 @@ use crate::message::{Message, NewMessage, StoredRow};
 use crate::tls;
 
 mod news;
+mod whole;
 
 pub use news::{news, news_position, prepare_news, News, NewsPosition, NewsStatements, PassLimits};
+pub use whole::{message_size, whole_message, WholeMessage};
 
 /// The pool of query connections, shared by every request and stream.
 pub type DbPool = Pool;
 
-/// Columns every message query selects, in the order `message_from_row` reads them.
+/// Columns every message query selects, in the order `message_from_row` reads them: the
+/// payload is NULL when the message is over the page's `max_event_bytes` (see [`page_sql`]).
 /// `created_at` is formatted in SQL so the answer does not depend on the session's TimeZone.
-const MESSAGE_COLUMNS: &str = "id, kind, sender, participants, payload, \
+const MESSAGE_COLUMNS: &str = "id, kind, sender, participants, \
+     CASE WHEN size > $MAX_EVENT THEN NULL ELSE payload END, \
      to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+/// A message's size as the relay measures it: the bytes of its payload's JSON text and of its
+/// participants' text, which is what reading it whole costs the relay (the JSON arrives as
+/// text). Measured on the rendered text, not with `pg_column_size`: that is the compressed
+/// size, and a payload of 40 MB that compresses to 1 MB would pass for small. The price is
+/// that PostgreSQL renders each payload it measures (reading a 40 MB row costs the database
+/// about as much as before; the relay, nothing).
+pub(crate) const MESSAGE_SIZE: &str =
+    "octet_length(m.payload::text) + octet_length(m.participants::text)";
 
 /// The messages `source` selects (rows of `pgrelay.messages`, in id order, at most `$rows`
 /// of them), cut to `$bytes` of payload and participants (always at least one row), plus how
 /// many rows the row limit alone would have given. The cut happens in SQL, so a page of large
 /// messages is never read only to be thrown away. `$bytes` is the parameter numbered `bytes`.
-pub(crate) fn page_sql(source: &str, bytes: u8) -> String {
+///
+/// A message larger than `$max_event` bytes ([`MESSAGE_SIZE`]) comes without its payload: the
+/// relay makes its `oversized` stand-in and never loads the payload, and the page counts only
+/// its participants. So a page holds at most `$bytes` plus one message of `$max_event` bytes.
+pub(crate) fn page_sql(source: &str, bytes: u8, max_event: u8) -> String {
+    // Typed here, for clients that let PostgreSQL infer the parameters' types (the sizes are
+    // `integer`; the limit is `bigint`).
+    let columns = MESSAGE_COLUMNS.replace("$MAX_EVENT", &format!("${max_event}::int8"));
     format!(
-        "SELECT {MESSAGE_COLUMNS}, (extract(epoch FROM committed_at) * 1000000)::int8, fetched \
-         FROM (SELECT m.*, s.size, sum(s.size) OVER (ORDER BY m.id) AS upto, \
+        "SELECT {columns}, (extract(epoch FROM committed_at) * 1000000)::int8, fetched, \
+                size::int8 \
+         FROM (SELECT m.*, s.size, s.loaded, sum(s.loaded) OVER (ORDER BY m.id) AS upto, \
                       count(*) OVER () AS fetched \
                  FROM ({source}) m, \
-                      LATERAL (SELECT octet_length(m.payload::text) \
-                                      + octet_length(m.participants::text) AS size) s) page \
-         WHERE upto - size < ${bytes} ORDER BY id"
+                      LATERAL (SELECT size, \
+                                      CASE WHEN size > ${max_event}::int8 \
+                                           THEN octet_length(m.participants::text) \
+                                           ELSE size END AS loaded \
+                                 FROM (SELECT {MESSAGE_SIZE} AS size) measured) s) page \
+         WHERE upto - loaded < ${bytes} ORDER BY id"
     )
 }
 
@@ -57,6 +81,21 @@ pub(crate) fn matching(filter: &str, rows: u8) -> String {
 pub(crate) const COMMITTED_AT: usize = 6;
 /// Column index of the row limit's count in a [`page_sql`] row.
 pub(crate) const FETCHED: usize = 7;
+/// Column index of the message's size ([`MESSAGE_SIZE`]) in a [`page_sql`] row.
+pub(crate) const SIZE: usize = 8;
+
+/// What the relay holds per message beyond its JSON: the `Message`, its participants, the
+/// frame's header. An estimate, generous for ordinary rows.
+const MESSAGE_OVERHEAD: u64 = 256;
+
+/// The most memory a page of at most `rows` messages and `bytes` of payload and participants
+/// can take while it is converted and sent, messages over `max_event_bytes` being stand-ins:
+/// twice its size (each message's JSON, then the frame rendered from it; or the rows the
+/// driver read, then the messages made from them).
+pub fn page_memory(rows: i64, bytes: i64, max_event_bytes: i64) -> u64 {
+    let rows = rows.max(1) as u64;
+    2 * (bytes.max(0) as u64 + max_event_bytes.max(0) as u64 + rows * MESSAGE_OVERHEAD)
+}
 
 /// A page of messages in id order.
 pub struct Page {
@@ -70,6 +109,16 @@ pub struct Page {
 }
 
 impl Page {
+    /// The memory this page takes while it is sent, estimated as [`page_memory`] does.
+    pub fn memory(&self) -> u64 {
+        let json: u64 = self
+            .messages
+            .iter()
+            .map(|message| message.data.get().len() as u64 + MESSAGE_OVERHEAD)
+            .sum();
+        2 * json
+    }
+
     /// Reads the rows of [`with_pruned_through`]: column 0 the bound, the message from column
     /// 1 (all NULL in the one row of an empty page).
     fn from_rows(rows: &[Row], limit: i64) -> Result<Page, Error> {
@@ -105,16 +154,19 @@ fn with_pruned_through(page: &str) -> String {
     )
 }
 
-/// Reads the message whose [`MESSAGE_COLUMNS`] start at column `at` of `row`.
+/// Reads the message of the [`page_sql`] row that starts at column `at` of `row`: the message
+/// itself, or its `oversized` stand-in when the page left its payload out.
 pub(crate) fn message_from_row(row: &Row, at: usize) -> Result<Arc<Message>, Error> {
-    let Json(payload): Json<Box<RawValue>> = row.try_get(at + 4)?;
+    let payload: Option<Json<Box<RawValue>>> = row.try_get(at + 4)?;
+    let payload = payload.map(|Json(payload)| payload);
     let message = Message::from_row(StoredRow {
         id: row.try_get(at)?,
         kind: row.try_get(at + 1)?,
         sender: row.try_get(at + 2)?,
         participants: row.try_get(at + 3)?,
-        payload: &payload,
+        payload: payload.as_deref(),
         created_at: row.try_get(at + 5)?,
+        bytes: row.try_get(at + SIZE)?,
     })?;
     Ok(Arc::new(message))
 }
@@ -147,13 +199,15 @@ pub fn connect_pool(database_url: &str, size: usize) -> Result<DbPool, Error> {
 }
 
 /// Messages addressed to any of `addresses` with `id > since`, oldest first: at most `limit`
-/// rows and `max_bytes` of payload and participants (but always one, if there is one).
+/// rows and `max_bytes` of payload and participants (but always one, if there is one), each
+/// larger than `max_event_bytes` as its `oversized` stand-in.
 pub async fn messages_for(
     pool: &DbPool,
     addresses: &[String],
     since: i64,
     limit: i64,
     max_bytes: i64,
+    max_event_bytes: i64,
 ) -> Result<Page, Error> {
     let client = pool.get().await?;
     let sql = with_pruned_through(&messages_for_sql(addresses.len()));
@@ -161,6 +215,7 @@ pub async fn messages_for(
         (&since, Type::INT8),
         (&limit, Type::INT8),
         (&max_bytes, Type::INT8),
+        (&max_event_bytes, Type::INT8),
     ];
     if addresses.len() > MAX_ADDRESS_BRANCHES {
         params.push((&addresses, Type::TEXT_ARRAY));
@@ -179,7 +234,8 @@ pub async fn messages_for(
 const MAX_ADDRESS_BRANCHES: usize = 64;
 
 /// The query of [`messages_for`] for `addresses` addresses, with `$1` the position, `$2` the
-/// row limit, `$3` the byte limit and `$4`… the addresses (or, past 64 of them, `$4` an array).
+/// row limit, `$3` the byte limit, `$4` the largest message read whole and `$5`… the addresses
+/// (or, past 64 of them, `$5` an array).
 ///
 /// One branch per address, each the first `$2` messages of that address after `$1`, found through
 /// the GIN index on `participants` (or, for a recent `$1`, the primary key's range), planned
@@ -192,14 +248,14 @@ const MAX_ADDRESS_BRANCHES: usize = 64;
 /// Public for `EXPLAIN` in the tests and the benchmark.
 pub fn messages_for_sql(addresses: usize) -> String {
     if addresses > MAX_ADDRESS_BRANCHES {
-        return page_sql(&matching("participants && $4::text[] AND id > $1", 2), 3);
+        return page_sql(&matching("participants && $5::text[] AND id > $1", 2), 3, 4);
     }
     let branches: Vec<String> = (0..addresses)
         .map(|k| {
             format!(
                 "(SELECT * FROM pgrelay.messages WHERE participants @> ARRAY[${}::text] \
                    AND id > $1 ORDER BY id + 0 LIMIT $2)",
-                k + 4
+                k + 5
             )
         })
         .collect();
@@ -208,7 +264,7 @@ pub fn messages_for_sql(addresses: usize) -> String {
         "SELECT DISTINCT ON (id) * FROM ({}) branches ORDER BY id LIMIT $2",
         branches.join(" UNION ALL ")
     );
-    page_sql(&source, 3)
+    page_sql(&source, 3, 4)
 }
 
 /// The newest visible message id (0 when there is none). Because ids are commit-ordered,

@@ -17,19 +17,19 @@ pub struct NewsStatements {
     /// `pgrelay.sequence($1)`: numbers at most `$1` committed pending messages (and as many
     /// signals); answers how many it numbered.
     number: Statement,
-    /// Every message after `$1` (a page of at most `$2` rows and `$3` bytes) and every signal
-    /// after `$4` (at most `$2`). Wake-ups carry nothing, so this is all the relay knows of
-    /// what is new.
+    /// Every message after `$1` (a page of at most `$2` rows and `$3` bytes, messages over `$5`
+    /// bytes without their payload) and every signal after `$4` (at most `$2`). Wake-ups carry
+    /// nothing, so this is all the relay knows of what is new.
     read: Statement,
 }
 
 /// Prepares the dispatcher's statements on the LISTEN connection.
 pub async fn prepare_news(client: &Client) -> Result<NewsStatements, Error> {
-    let messages = page_sql(&matching("id > $1", 2), 3);
+    let messages = page_sql(&matching("id > $1", 2), 3, 5);
     let read = format!(
         "SELECT false, * FROM ({messages}) messages \
          UNION ALL \
-         SELECT true, id, kind, sender, participants, payload, NULL, NULL, NULL \
+         SELECT true, id, kind, sender, participants, payload, NULL, NULL, NULL, NULL \
            FROM (SELECT * FROM pgrelay.signals WHERE id > $4 ORDER BY id LIMIT $2) signals"
     );
     Ok(NewsStatements {
@@ -37,7 +37,10 @@ pub async fn prepare_news(client: &Client) -> Result<NewsStatements, Error> {
             .prepare_typed("SELECT pgrelay.sequence($1)", &[Type::INT4])
             .await?,
         read: client
-            .prepare_typed(&read, &[Type::INT8, Type::INT8, Type::INT8, Type::INT8])
+            .prepare_typed(
+                &read,
+                &[Type::INT8, Type::INT8, Type::INT8, Type::INT8, Type::INT8],
+            )
             .await?,
     })
 }
@@ -88,6 +91,8 @@ pub struct PassLimits {
     pub rows: i64,
     /// Most bytes of messages' payload and participants read (at least one message is).
     pub bytes: i64,
+    /// Messages larger than this are read without their payload, as `oversized` stand-ins.
+    pub max_event_bytes: i64,
     /// Most pending messages (and, separately, signals) numbered.
     pub numbered: i32,
     /// Longest wait for the order lock before numbering gives up for this pass.
@@ -115,11 +120,12 @@ pub async fn news(
         "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {}",
         limits.lock_wait.as_millis().max(1)
     );
-    let params: [&(dyn ToSql + Sync); 4] = [
+    let params: [&(dyn ToSql + Sync); 5] = [
         &position.message,
         &limits.rows,
         &limits.bytes,
         &position.signal,
+        &limits.max_event_bytes,
     ];
     let number_params: [&(dyn ToSql + Sync); 1] = [&limits.numbered];
     let (begun, numbered, read, committed) = tokio::join!(

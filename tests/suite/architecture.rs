@@ -24,7 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "routing and storage",
         &[
-            "registry", "store", "migrate", "tls", "frame", "limits", "metrics",
+            "registry", "store", "migrate", "tls", "frame", "limits", "budget", "metrics",
         ],
     ),
     ("domain", &["message", "auth", "config", "error", "sse"]),

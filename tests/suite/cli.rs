@@ -105,6 +105,57 @@ async fn tail_prints_inserted_rows_as_json_lines() {
     tail.wait().unwrap();
 }
 
+/// `pgrelay tail` prints a message too large for the stream (its `oversized` stand-in) whole,
+/// read with `GET /v1/messages/{id}`, in its place between its neighbours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_oversized_messages_whole() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let client = connect(&db).await;
+    insert(&client, &["alice"], json!({"n": 1})).await;
+    crate::oversized::insert_blob(&client, &["alice"], 1_500_000).await;
+    insert(&client, &["alice"], json!({"n": 3})).await;
+    let ids = ids_for(&client, "alice").await;
+    let mut tail = Command::new(PGRELAY)
+        .args([
+            "tail",
+            "--sub",
+            "alice",
+            "--since-id",
+            "0",
+            "--url",
+            &relay.base,
+        ])
+        .env("PGRELAY_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(3)
+            .map(|line| serde_json::from_str::<serde_json::Value>(&line.unwrap()).unwrap())
+            .collect::<Vec<_>>()
+    });
+    let lines = tokio::time::timeout(PATIENCE, lines)
+        .await
+        .unwrap()
+        .unwrap();
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    let printed: Vec<i64> = lines
+        .iter()
+        .map(|data| data["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(printed, ids);
+    assert_eq!(lines[0]["payload"], json!({"n": 1}));
+    let blob = lines[1]["payload"]["blob"].as_str().unwrap();
+    assert_eq!(blob.len(), 1_500_000, "the whole message, not the stand-in");
+    assert_eq!(lines[2]["payload"], json!({"n": 3}));
+}
+
 /// `pgrelay demo` starts its own PostgreSQL, serves, prints working commands, and on SIGTERM
 /// stops the cluster and removes its folder.
 #[test]

@@ -12,7 +12,8 @@ use crate::common::*;
 #[ignore = "needs Node.js and npm: run .ci/run, or cargo test -- --include-ignored once installed"]
 async fn the_packed_client_passes_its_tests_against_a_relay() {
     let db = fresh_database().await;
-    let relay = RelayProcess::start(&db, &[], None).await;
+    // Small, so the package's test can publish a message the relay streams as a stand-in.
+    let relay = RelayProcess::start(&db, &["--max-event-bytes", "4096"], None).await;
     let package = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js");
     let scratch = tempdir();
     let run = |command: &mut Command| {
@@ -50,6 +51,7 @@ async fn the_packed_client_passes_its_tests_against_a_relay() {
             ])
             .current_dir(&unpacked)
             .env("RELAY_URL", &relay.base)
+            .env("RELAY_MAX_EVENT_BYTES", "4096")
             .env("PGRELAY_SECRET", SECRET))
     })
     .await

@@ -21,6 +21,7 @@ mod js_client;
 mod limits;
 mod openapi;
 mod order;
+mod oversized;
 mod presence;
 mod proxies;
 mod relay;

@@ -300,9 +300,9 @@ async fn catch_up_over_many_addresses_probes_the_participants_index() {
     );
     // History reads default to 100 rows, catch-ups to 1,000: both must probe.
     for limit in [100i64, 1000] {
-        let (since, bytes) = (0i64, 256 * 1024i64);
+        let (since, bytes, max_event) = (0i64, 256 * 1024i64, 1024 * 1024i64);
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            vec![&since, &limit, &bytes];
+            vec![&since, &limit, &bytes, &max_event];
         params.extend(
             addresses
                 .iter()

@@ -19,6 +19,11 @@
  *   status (401, 429, 503: the browser gives up for good), the client closes the stream and
  *   reopens it after a capped, jittered backoff with a fresh token.
  * - **Duplicate suppression.** A message whose id is at or below `lastId` is dropped.
+ * - **Oversized messages.** A stored message larger than the relay's `--max-event-bytes`
+ *   arrives as the stand-in event `oversized` (`{id, kind, sender, participants, bytes}`, no
+ *   payload), in its place in id order: it goes to `onOversized`, deduplicated and moving
+ *   `lastId` like a message, and `fetchMessage(id)` reads the message whole when the
+ *   application wants it.
  * - **Signals and presence.** Events without an id (typing indicators, the relay's `presence`
  *   changes) are live-only: they go to `onSignal` (and `presence` also to `onPresence`), are
  *   never deduplicated and never touch `lastId`. `typing()` sends a throttled typing signal;
@@ -41,6 +46,7 @@
  *   sinceId: lastRenderedId,                     // omit for live-from-now
  *   // rooms: ['#general'],                      // only this room (default: everything)
  *   onMessage: (data, kind) => render(data),
+ *   onOversized: (standIn) => relay.fetchMessage(standIn.id).then(render),
  *   onSignal: (kind, data) => kind === 'typing' && showTyping(data.sender, data.participants),
  *   onPresence: ({ participant, online }) => setDot(participant, online),
  *   onStatus: (status) => (statusDot.className = status),
@@ -69,6 +75,7 @@ export class PgRelayClient {
   #kinds;
   #signalKinds;
   #onMessage;
+  #onOversized;
   #onSignal;
   #onPresence;
   #onStatus;
@@ -105,6 +112,11 @@ export class PgRelayClient {
    *   `presence` is always listened for.
    * @param {(data: any, kind: string) => void} [options.onMessage] a stored message (it has an
    *   id), once, in id order
+   * @param {(standIn: {id: number, kind: string, sender: string | null, participants:
+   *   string[], bytes: number}) => void} [options.onOversized] in a message's place, once and in
+   *   id order, when the message (of one of `kinds`) is larger than the relay streams
+   *   (`--max-event-bytes`): its stand-in, without the payload. Read the message with
+   *   `fetchMessage(standIn.id)`. By default stand-ins are dropped (their ids still count).
    * @param {(kind: string, data: any) => void} [options.onSignal] a live-only event (no id):
    *   `{kind, sender, participants, payload}` for signals, `{participant, online, at}` for
    *   `presence`
@@ -124,6 +136,7 @@ export class PgRelayClient {
     kinds = ['message'],
     signalKinds = ['typing'],
     onMessage = () => {},
+    onOversized = () => {},
     onSignal = () => {},
     onPresence = () => {},
     onStatus = () => {},
@@ -139,6 +152,7 @@ export class PgRelayClient {
     this.#kinds = [...new Set(kinds)];
     this.#signalKinds = [...new Set([...signalKinds, 'presence'])];
     this.#onMessage = onMessage;
+    this.#onOversized = onOversized;
     this.#onSignal = onSignal;
     this.#onPresence = onPresence;
     this.#onStatus = onStatus;
@@ -218,6 +232,19 @@ export class PgRelayClient {
       if (error.status === 429) return false;
       throw error;
     }
+  }
+
+  /**
+   * One stored message, whole (`GET /v1/messages/{id}`): the way to read a message the stream
+   * handed to `onOversized` as a stand-in. Rejects with `error.status === 404` when the message
+   * is not addressed to this participant (or is gone), and with 503 `over_capacity` when the
+   * relay is reading as many large messages as it may hold (retry after a moment).
+   *
+   * @param {number} id the message id
+   * @returns {Promise<object>} the message, as `onMessage` receives one
+   */
+  async fetchMessage(id) {
+    return this.#request('GET', `/v1/messages/${encodeURIComponent(id)}`);
   }
 
   /**
@@ -309,7 +336,14 @@ export class PgRelayClient {
       }
     };
     // EventSource dispatches only the named events someone listens for.
-    const names = [...this.#kinds, ...this.#signalKinds, 'position', 'reset', 'token_expired'];
+    const names = [
+      ...this.#kinds,
+      ...this.#signalKinds,
+      'position',
+      'reset',
+      'token_expired',
+      'oversized',
+    ];
     for (const type of new Set(names)) {
       source.addEventListener(type, (event) => handle(type, event.data, event.lastEventId));
     }
@@ -330,6 +364,13 @@ export class PgRelayClient {
         // The relay ends the stream; reconnect at once with a token minted now.
         this.#reopen(0);
         return;
+      case 'oversized': {
+        const standIn = parse(data);
+        if (this.#kinds.includes(standIn?.kind) && this.#fresh(standIn.id)) {
+          this.#onOversized(standIn);
+        }
+        return;
+      }
       default:
         if (this.#kinds.includes(type) || this.#signalKinds.includes(type)) {
           this.#dispatch(data, type);
@@ -349,9 +390,15 @@ export class PgRelayClient {
       if (kind === 'presence') this.#onPresence(data);
       return;
     }
-    if (this.#lastId !== null && id <= this.#lastId) return; // already delivered
+    if (this.#fresh(id)) this.#onMessage(data, kind);
+  }
+
+  /** Whether message `id` is new (above `lastId`), which it then becomes. */
+  #fresh(id) {
+    if (!Number.isSafeInteger(id)) return false;
+    if (this.#lastId !== null && id <= this.#lastId) return false; // already delivered
     this.#lastId = id;
-    this.#onMessage(data, kind);
+    return true;
   }
 
   /** Moves `lastId` forward to a `lastEventId`, never back. */

@@ -141,3 +141,41 @@ test('a refused request rejects with the relay status and code', async () => {
     return true;
   });
 });
+
+// The relay's suite starts its relay with a small --max-event-bytes and says so here.
+const MAX_EVENT_BYTES = Number(process.env.RELAY_MAX_EVENT_BYTES);
+
+test('a message too large to stream comes as a stand-in, in order, and is fetched whole', {
+  skip: Number.isSafeInteger(MAX_EVENT_BYTES) ? false : 'set RELAY_MAX_EVENT_BYTES to the relay\'s --max-event-bytes',
+}, async (t) => {
+  const standIns = [];
+  const order = [];
+  const { me, seen, client } = recorder({
+    client: {
+      onMessage: (message) => order.push(['message', message.id]),
+      onOversized: (standIn) => {
+        standIns.push(standIn);
+        order.push(['oversized', standIn.id]);
+      },
+    },
+  });
+  t.after(() => client.close());
+  client.start();
+  await until(() => client.status === 'live', 'live');
+  const big = 'x'.repeat(MAX_EVENT_BYTES + 1);
+  const ids = [];
+  for (const payload of [{ n: 1 }, { big }, { n: 3 }]) {
+    ids.push(await client.send({ participants: [me], payload }));
+  }
+  await until(() => order.length === 3, 'the two messages and the stand-in');
+  assert.deepEqual(order, [['message', ids[0]], ['oversized', ids[1]], ['message', ids[2]]]);
+  assert.equal(client.lastId, ids[2]);
+  assert.equal(seen.messages.length, 0, 'onMessage was replaced');
+  const [standIn] = standIns;
+  assert.deepEqual(Object.keys(standIn).sort(), ['bytes', 'id', 'kind', 'participants', 'sender']);
+  assert.ok(standIn.bytes > MAX_EVENT_BYTES);
+  const whole = await client.fetchMessage(standIn.id);
+  assert.equal(whole.payload.big, big);
+  assert.equal(whole.id, ids[1]);
+  await assert.rejects(client.fetchMessage(ids[1] + 1000), (error) => error.status === 404);
+});

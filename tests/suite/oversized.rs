@@ -1,0 +1,392 @@
+//! Bounded whatever the row: a stored message larger than `--max-event-bytes` reaches streams
+//! and history pages as the `oversized` stand-in (its own id, in order), is read whole only
+//! with `GET /v1/messages/{id}` by someone it is addressed to, and no row of any size, read by
+//! any number of streams, swells the relay.
+
+use std::time::Duration;
+
+use crate::common::*;
+use pgrelay::Settings;
+use serde_json::{json, Value};
+use tokio_postgres::Client;
+
+/// Inserts a message for `participants` whose payload is `{"blob": "<bytes hex characters>"}`:
+/// md5 hex, which PostgreSQL's compression cannot shrink, so it is as large on disk as in JSON.
+pub async fn insert_blob(client: &Client, participants: &[&str], bytes: usize) {
+    let participants: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
+    let md5s = bytes.div_ceil(32) as i32;
+    client
+        .execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT $1, jsonb_build_object('blob', left(string_agg(md5(g::text), ''), $3)) \
+               FROM generate_series(1, $2) g",
+            &[&participants, &md5s, &(bytes as i32)],
+        )
+        .await
+        .unwrap();
+}
+
+/// The stored size the relay measures: the payload's JSON text and the participants' text.
+async fn stored_bytes(client: &Client, id: i64) -> i64 {
+    client
+        .query_one(
+            "SELECT (octet_length(payload::text) + octet_length(participants::text))::int8 \
+               FROM pgrelay.messages WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `small`, `big` (1.5 MB, over the default 1 MiB), `small` for alice and bob: returns the
+/// three ids once numbered.
+async fn small_big_small(client: &Client) -> [i64; 3] {
+    insert(client, &["alice", "bob"], json!({"n": 1})).await;
+    insert_blob(client, &["alice", "bob"], 1_500_000).await;
+    insert(client, &["alice", "bob"], json!({"n": 3})).await;
+    let ids = ids_for(client, "alice").await;
+    ids.try_into().expect("three messages")
+}
+
+/// Checks `data` is the stand-in of message `id`, sent by nobody, for alice and bob.
+fn assert_stand_in(data: &Value, id: i64, bytes: i64) {
+    assert_eq!(
+        data,
+        &json!({"id": id, "kind": "message", "sender": null,
+                "participants": ["alice", "bob"], "bytes": bytes}),
+        "the stand-in carries what routing and display need, never the payload"
+    );
+}
+
+/// Reads the next three message events of `stream` and checks they are small, the stand-in of
+/// the big one, small, with their own ids in order.
+async fn assert_small_stand_in_small(stream: &mut Subscriber, ids: [i64; 3], bytes: i64) {
+    let (id, kind, data) = stream.next_message().await;
+    assert_eq!(
+        (id, kind.as_str(), &data["payload"]),
+        (ids[0], "message", &json!({"n": 1}))
+    );
+    let (id, kind, data) = stream.next_message().await;
+    assert_eq!((id, kind.as_str()), (ids[1], "oversized"));
+    assert_stand_in(&data, ids[1], bytes);
+    let (id, kind, data) = stream.next_message().await;
+    assert_eq!(
+        (id, kind.as_str(), &data["payload"]),
+        (ids[2], "message", &json!({"n": 3}))
+    );
+}
+
+/// A row over `--max-event-bytes` arrives as `event: oversized` with its own `id:`, between its
+/// neighbours, live and in catch-up; history pages carry the same stand-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_row_arrives_as_a_stand_in_live_in_catch_up_and_in_history() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let client = connect(&db).await;
+    let mut live = relay.subscribe("alice", "", None).await;
+    let opened_at = live.opening_position().await;
+
+    let ids = small_big_small(&client).await;
+    let bytes = stored_bytes(&client, ids[1]).await;
+    assert_small_stand_in_small(&mut live, ids, bytes).await;
+
+    let mut resumed = relay.subscribe("bob", "", Some(opened_at)).await;
+    assert_small_stand_in_small(&mut resumed, ids, bytes).await;
+
+    let page = history_page(&relay.base, &relay.token("alice", &[]), "since_id=0").await;
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 3, "{page}");
+    assert_eq!(messages[0]["payload"], json!({"n": 1}));
+    assert_stand_in(&messages[1], ids[1], bytes);
+    assert_eq!(messages[2]["payload"], json!({"n": 3}));
+    assert_eq!(page["next_since_id"], ids[2]);
+}
+
+/// `GET /v1/messages/{id}` as `token`.
+async fn get_message(base: &str, token: &str, id: impl std::fmt::Display) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/messages/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `GET /v1/messages/{id}` answers the message whole (the stream's JSON, payload included) to
+/// anyone whose addresses it names (the participant, a room from the token or from
+/// `pgrelay.member_rooms`, everyone) and 404 to anyone else, so nothing about it leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_message_is_read_only_by_its_audience() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let client = connect(&db).await;
+    let [_, big, _] = small_big_small(&client).await;
+    insert_blob(&client, &["#ops"], 1_200_000).await;
+    insert(&client, &["*"], json!({"to": "everyone"})).await;
+    number_pending(&client).await;
+    let ids = ids_for_addresses(&client, &["#ops".into(), "*".into()]).await;
+    let [room, everyone] = ids.try_into().unwrap();
+
+    let whole = get_message(&relay.base, &relay.token("bob", &[]), big).await;
+    assert_eq!(whole.status(), 200);
+    assert_eq!(
+        whole.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let whole: Value = whole.json().await.unwrap();
+    assert_eq!(whole["id"], big);
+    assert_eq!(whole["kind"], "message");
+    assert_eq!(whole["participants"], json!(["alice", "bob"]));
+    assert_eq!(whole["payload"]["blob"].as_str().unwrap().len(), 1_500_000);
+    assert!(whole["created_at"].as_str().unwrap().ends_with('Z'));
+
+    // A stranger learns nothing, not even that the id exists.
+    let mallory = relay.token("mallory", &[]);
+    for id in [big, room] {
+        let refused = get_message(&relay.base, &mallory, id).await;
+        assert_json_error(refused, 404, "not_found", "a stranger").await;
+    }
+    let anyone = get_message(&relay.base, &mallory, everyone).await;
+    assert_eq!(
+        anyone.json::<Value>().await.unwrap()["payload"]["to"],
+        "everyone"
+    );
+
+    // A room's members read it: by the token's claim, or by the app's membership.
+    let claimed = relay
+        .keys
+        .mint_with_rooms("carol", Duration::from_secs(600), &[], &["#ops"]);
+    let by_claim = get_message(&relay.base, &claimed, room).await;
+    assert_eq!(by_claim.status(), 200);
+    client
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION pgrelay.member_rooms(participant text) RETURNS text[] \
+             LANGUAGE sql STABLE AS $$ SELECT CASE WHEN participant = 'dave' \
+             THEN ARRAY['#ops'] ELSE '{}'::text[] END $$",
+        )
+        .await
+        .unwrap();
+    let dave = relay.token("dave", &[]);
+    let by_membership: Value = get_message(&relay.base, &dave, room)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_membership["participants"], json!(["#ops"]));
+
+    // No such id, a malformed one.
+    let token = relay.token("alice", &[]);
+    let missing = get_message(&relay.base, &token, everyone + 100).await;
+    assert_json_error(missing, 404, "not_found", "no such id").await;
+    let malformed = get_message(&relay.base, &token, "12abc").await;
+    assert_json_error(malformed, 400, "bad_request", "malformed id").await;
+    let unauthenticated = reqwest::get(format!("{}/v1/messages/{big}", relay.base)).await;
+    assert_json_error(unauthenticated.unwrap(), 401, "missing_token", "no token").await;
+}
+
+/// The issue's attack: one 40 MB row and 12 streams resuming from before it. Each stream used to
+/// read the whole row into the relay (the catch-up page always holds one row): from 19 MiB to
+/// 981 MiB. Now each gets the stand-in and the relay stays within 64 MiB of where it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forty_megabyte_row_and_twelve_resuming_streams_do_not_swell_the_relay() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    insert(&client, &["alice"], json!({"n": "before"})).await;
+    let [before] = ids_for(&client, "alice").await.try_into().unwrap();
+    let relay = RelayProcess::start(&db, &[], None).await;
+    let rss_before = relay.rss_kib();
+
+    insert_blob(&client, &["alice"], 40_000_000).await;
+    insert(&client, &["alice"], json!({"n": "after"})).await;
+    let ids = ids_for(&client, "alice").await;
+    let mut streams = Vec::new();
+    for _ in 0..12 {
+        streams.push(relay.subscribe("alice", "", Some(before)).await);
+    }
+    let sampler = {
+        let pid = relay.child.id();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while let Some(rss) = rss_kib_of(pid) {
+                peak = rss.max(peak);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            peak
+        })
+    };
+    for stream in &mut streams {
+        let mut received = Vec::new();
+        while received.len() < 2 {
+            // Generous: before the fix each stream carried the whole row.
+            let event = stream.next_within(6 * PATIENCE).await.expect("an event");
+            if let (Some(id), Some(kind)) = (event.id, event.event) {
+                if kind != "position" {
+                    received.push((id.parse::<i64>().unwrap(), kind));
+                }
+            }
+        }
+        assert_eq!(received[0].0, ids[1]);
+        assert_eq!(received[1], (ids[2], "message".to_owned()));
+    }
+    let rss_after = relay.rss_kib();
+    drop(streams);
+    drop(relay);
+    let peak = sampler.await.unwrap().max(rss_after);
+    eprintln!("relay RSS: {rss_before} KiB before, {peak} KiB at the peak");
+    assert!(
+        peak.saturating_sub(rss_before) <= 64 * 1024,
+        "one 40 MB row and 12 resuming streams grew the relay from {rss_before} KiB to {peak} KiB"
+    );
+}
+
+/// The resident set size of process `pid` in KiB, while it runs.
+fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Catch-ups of many streams share one page budget: each reserves its worst case before it
+/// reads and holds what its page holds until the page is written. With a budget of a single
+/// worst-case page, 16 streams resuming over ~2.5 MB each (an oversized row among them) all get
+/// every message in order (they wait their turn, nobody waits forever), the relay never
+/// reserved more than the budget, and everything is given back once the pages are sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_ups_take_turns_within_one_page_budget() {
+    let db = fresh_database().await;
+    let max_event_bytes = 64 * 1024;
+    let budget = pgrelay::store::page_memory(1000, 256 * 1024, max_event_bytes as i64);
+    let relay = Relay::start_with(
+        &db,
+        Settings {
+            max_event_bytes,
+            catch_up_budget: budget,
+            ..test_settings()
+        },
+    )
+    .await;
+    let client = connect(&db).await;
+    client
+        .execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{*}', jsonb_build_object('n', n, 'text', repeat('x', 8000)) \
+               FROM generate_series(1, 300) n",
+            &[],
+        )
+        .await
+        .unwrap();
+    insert_blob(&client, &["*"], 100_000).await;
+    insert(&client, &["*"], json!({"n": "last"})).await;
+    let expected = ids_for(&client, "*").await;
+
+    let mut readers = tokio::task::JoinSet::new();
+    for n in 0..16 {
+        let mut stream = relay
+            .subscribe(&format!("reader{n}"), "since_id=0", None)
+            .await;
+        let expected = expected.clone();
+        readers.spawn(async move {
+            let mut received = Vec::new();
+            let mut oversized = 0;
+            while received.len() < expected.len() {
+                let (id, kind, _) = stream.next_message().await;
+                oversized += usize::from(kind == "oversized");
+                received.push(id);
+            }
+            assert_eq!(received, expected, "every message once, in order");
+            assert_eq!(oversized, 1);
+            stream
+        });
+    }
+    let streams = readers.join_all().await;
+    assert!(
+        metric(&relay.base, "pgrelay_catch_up_budget_short_total").await > 0,
+        "with room for one page at a time, catch-ups waited for each other"
+    );
+    let peak = metric(&relay.base, "pgrelay_catch_up_reserved_bytes_peak").await;
+    assert!(0 < peak && peak <= budget, "peak {peak} of {budget}");
+    assert_eq!(
+        metric(&relay.base, "pgrelay_catch_up_budget_bytes").await,
+        budget
+    );
+    // Every page has been written: nothing is held any more.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&relay.base, "pgrelay_catch_up_reserved_bytes").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a page kept its bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(streams);
+}
+
+/// Whole reads share the fetch budget: a message larger than the budget is refused for good
+/// (503 `message_too_large`); while a client that does not read holds an 8 MB message, another
+/// read is answered 503 `over_capacity` with `Retry-After` (nothing queues behind it); once that
+/// client is gone, the message is read whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_reads_are_bounded_by_the_fetch_budget() {
+    use tokio::io::AsyncWriteExt;
+    let db = fresh_database().await;
+    let relay = Relay::start_with(
+        &db,
+        Settings {
+            fetch_budget: 12 * 1024 * 1024,
+            ..test_settings()
+        },
+    )
+    .await;
+    let client = connect(&db).await;
+    insert_blob(&client, &["alice"], 8_000_000).await;
+    insert_blob(&client, &["alice"], 20_000_000).await;
+    let [eight, twenty] = ids_for(&client, "alice").await.try_into().unwrap();
+    let token = relay.token("alice", &[]);
+
+    let too_large = get_message(&relay.base, &token, twenty).await;
+    assert_json_error(too_large, 503, "message_too_large", "over the budget").await;
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket
+        .connect(address(&relay.base).parse().unwrap())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /v1/messages/{eight} HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&relay.base, "pgrelay_fetch_reserved_bytes").await < 8_000_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let busy = get_message(&relay.base, &token, eight).await;
+    let retry_after = busy.headers().get("retry-after").cloned();
+    assert_json_error(busy, 503, "over_capacity", "budget taken").await;
+    assert!(
+        retry_after.is_some(),
+        "503 over_capacity says when to retry"
+    );
+
+    drop(stalled);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&relay.base, "pgrelay_fetch_reserved_bytes").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed read kept its bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let whole = get_message(&relay.base, &token, eight).await;
+    assert_eq!(whole.status(), 200);
+    let whole: Value = whole.json().await.unwrap();
+    assert_eq!(whole["payload"]["blob"].as_str().unwrap().len(), 8_000_000);
+    assert!(metric(&relay.base, "pgrelay_fetch_budget_short_total").await >= 1);
+}
