@@ -26,6 +26,13 @@ CREATE OR REPLACE FUNCTION pgrelay.valid_kind(kind text) RETURNS boolean
                  AND kind NOT IN ('oversized', 'position', 'presence', 'reset', 'revoked',
                                   'rooms', 'token_expired') $$;
 
+-- Most addresses one message may name (HTTP's own limit, --max-participants, is lower): with
+-- names of at most 256 bytes, a message's participants stay within 2.5 MiB, and a stand-in for
+-- an oversized message, which carries them, stays bounded too.
+CREATE OR REPLACE FUNCTION pgrelay.max_participants() RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT 10000 $$;
+
 -- One rule for names: 1 to 256 bytes, none of them a control (Cc) or format (Cf) character, a
 -- line or paragraph separator (U+2028, U+2029), a space other than U+0020 (Zs), a
 -- Default_Ignorable_Code_Point (Unicode 16's DerivedCoreProperties.txt: among others U+034F,
@@ -107,6 +114,11 @@ DECLARE
 BEGIN
     IF participants IS NULL OR cardinality(participants) = 0 THEN
         PERFORM pgrelay.attach_skip(source, 'no_participants', NULL);
+        RETURN;
+    END IF;
+    IF cardinality(participants) > pgrelay.max_participants() THEN
+        PERFORM pgrelay.attach_skip(source, 'participants_too_many',
+                                    cardinality(participants)::text);
         RETURN;
     END IF;
     FOREACH address IN ARRAY participants LOOP

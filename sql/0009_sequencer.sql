@@ -43,7 +43,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_pending_id_idx
 ALTER TABLE pgrelay.signals ADD COLUMN IF NOT EXISTS numbered_at timestamptz;
 
 -- BEFORE INSERT on messages (not SECURITY DEFINER: `current_user` is the writer, or the schema
--- owner inside publish() and publish_many()). Applies the name rule, and leaves a writer's
+-- owner inside publish() and publish_many()). Applies the name rule and the participants' bound
+-- (pgrelay.max_participants(), 0008), and leaves a writer's
 -- row pending: the placeholder id, no pending_id, no committed_at, whatever the INSERT said.
 -- Explicit ids come only from the owner: a pending one from publish(), or from publish_many()
 -- the id it has just drawn under the order lock (anything else could commit out of order).
@@ -52,6 +53,10 @@ CREATE OR REPLACE FUNCTION pgrelay.before_insert() RETURNS trigger
     SET search_path = pg_catalog, pgrelay
     AS $$
 BEGIN
+    IF cardinality(NEW.participants) > pgrelay.max_participants() THEN
+        RAISE EXCEPTION 'a message names at most % participants', pgrelay.max_participants()
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
     IF NOT pgrelay.valid_names(NEW.participants)
        OR NOT coalesce(pgrelay.valid_name(NEW.sender), true) THEN
         RAISE EXCEPTION 'participant and sender names must be 1 to 256 bytes with no control or format characters'

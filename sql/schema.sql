@@ -203,6 +203,11 @@ BEGIN
         PERFORM pgrelay.attach_skip(source, 'no_participants', NULL);
         RETURN;
     END IF;
+    IF cardinality(participants) > pgrelay.max_participants() THEN
+        PERFORM pgrelay.attach_skip(source, 'participants_too_many',
+                                    cardinality(participants)::text);
+        RETURN;
+    END IF;
     FOREACH address IN ARRAY participants LOOP
         IF address IS NULL OR NOT pgrelay.valid_name(address) THEN
             addresses := NULL;
@@ -236,6 +241,10 @@ CREATE OR REPLACE FUNCTION pgrelay.before_insert()
  SET search_path TO 'pg_catalog', 'pgrelay'
 AS $function$
 BEGIN
+    IF cardinality(NEW.participants) > pgrelay.max_participants() THEN
+        RAISE EXCEPTION 'a message names at most % participants', pgrelay.max_participants()
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
     IF NOT pgrelay.valid_names(NEW.participants)
        OR NOT coalesce(pgrelay.valid_name(NEW.sender), true) THEN
         RAISE EXCEPTION 'participant and sender names must be 1 to 256 bytes with no control or format characters'
@@ -360,6 +369,13 @@ $body$, participants, kind_expression, payload, sender);
                payload = excluded.payload, sender = excluded.sender,
                search_path = excluded.search_path, attached_at = now();
 END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.max_participants()
+ RETURNS integer
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$ SELECT 10000 $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.member_rooms(participant text)
@@ -715,6 +731,7 @@ END $function$
 -- Functions everyone may execute
 
 -- pgrelay.channel()
+-- pgrelay.max_participants()
 -- pgrelay.pending_key()
 -- pgrelay.valid_kind(text)
 -- pgrelay.valid_name(text)

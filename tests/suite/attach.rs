@@ -457,3 +457,34 @@ async fn writers_need_no_grants_and_cannot_redirect_messages() {
         .await
         .unwrap();
 }
+
+/// A message names at most `pgrelay.max_participants()` addresses (10,000), so no row's
+/// participants, which even an oversized message's stand-in carries, can grow without bound:
+/// a plain INSERT naming more is refused (SQLSTATE 54000), and an attached table's row that
+/// would is skipped, its own insert untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_are_bounded() {
+    let (_db, app) = database_with(POSTS).await;
+    let many = "(SELECT array_agg('user' || n) FROM generate_series(1, 10001) n)";
+    let refused = app
+        .batch_execute(&format!(
+            "INSERT INTO pgrelay.messages (participants, payload) VALUES ({many}, '{{}}')"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code().unwrap().code(), "54000", "{refused:?}");
+    app.batch_execute(&format!(
+        "INSERT INTO pgrelay.messages (participants, payload) \
+         VALUES ((SELECT array_agg('user' || n) FROM generate_series(1, 10000) n), '{{}}')"
+    ))
+    .await
+    .expect("10,000 addresses are allowed");
+
+    app.batch_execute(&format!(
+        "INSERT INTO posts (author, audience, kind, body) VALUES ('alice', {many}, 'chat', 'hi')"
+    ))
+    .await
+    .expect("the app's own insert commits");
+    let reasons: Vec<String> = skips(&app).await.into_iter().map(|(r, _)| r).collect();
+    assert_eq!(reasons, ["participants_too_many"]);
+}
