@@ -21,6 +21,11 @@ use crate::message::{Message, Signal};
 /// How many live messages a stream may hold before it falls back to the database.
 pub const INBOX_CAPACITY: usize = 256;
 
+/// How many bytes of messages' JSON a stream may hold before it falls back to the database:
+/// messages are shared by their recipients, but a slow reader of 256 distinct messages of up
+/// to `--max-event-bytes` each would otherwise pin 256 of them.
+pub const INBOX_BYTES: usize = 1024 * 1024;
+
 /// The streams open on this instance, keyed by address.
 #[derive(Default)]
 pub struct Registry {
@@ -48,6 +53,16 @@ pub enum Live {
     Signal(Arc<Signal>),
 }
 
+impl Live {
+    /// The bytes of its event JSON, what an inbox holding it pins.
+    fn size(&self) -> usize {
+        match self {
+            Live::Message(message) => message.data.get().len(),
+            Live::Signal(signal) => signal.data.get().len(),
+        }
+    }
+}
+
 /// What a stream finds when it looks into its inbox.
 pub enum Delivery {
     /// Live events, oldest first.
@@ -70,6 +85,8 @@ pub struct Inbox {
 #[derive(Default)]
 struct InboxState {
     queue: VecDeque<Live>,
+    /// The JSON bytes of the messages in `queue`.
+    bytes: usize,
     needs_catch_up: bool,
 }
 
@@ -81,10 +98,16 @@ impl Inbox {
                 // The catch-up query will read a message from the table; a signal is dropped.
                 return;
             }
-            if state.queue.len() >= INBOX_CAPACITY {
+            let size = event.size();
+            // One message always fits, however large: an empty inbox takes it.
+            let full = state.queue.len() >= INBOX_CAPACITY
+                || (!state.queue.is_empty() && state.bytes + size > INBOX_BYTES);
+            if full {
                 state.queue.clear();
+                state.bytes = 0;
                 state.needs_catch_up = true;
             } else {
+                state.bytes += size;
                 state.queue.push_back(event.clone());
             }
         }
@@ -96,6 +119,7 @@ impl Inbox {
         {
             let mut state = self.state.lock().unwrap();
             state.queue.clear();
+            state.bytes = 0;
             state.needs_catch_up = true;
         }
         self.wake.notify_one();
@@ -105,6 +129,7 @@ impl Inbox {
     /// cleared, because everything in it was committed before the catch-up query runs.
     pub fn take(&self) -> Delivery {
         let mut state = self.state.lock().unwrap();
+        state.bytes = 0;
         if state.needs_catch_up {
             state.needs_catch_up = false;
             state.queue.clear();
@@ -277,5 +302,60 @@ impl Registry {
     pub fn stream_count(&self) -> usize {
         let streams = self.streams.lock().unwrap();
         streams.per_participant.values().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::StoredRow;
+    use serde_json::value::RawValue;
+
+    /// A message to alice whose payload is a string of `size` bytes.
+    fn message(id: i64, size: usize) -> Live {
+        let payload = RawValue::from_string(format!("\"{}\"", "x".repeat(size))).unwrap();
+        let message = Message::from_row(StoredRow {
+            id,
+            kind: "message".into(),
+            sender: None,
+            participants: vec!["alice".into()],
+            payload: Some(&payload),
+            created_at: "2026-12-04T00:00:00.000000Z",
+            bytes: size as i64,
+        })
+        .unwrap();
+        Live::Message(Arc::new(message))
+    }
+
+    fn inbox_of(registry: &Arc<Registry>) -> Subscription {
+        registry
+            .subscribe("alice", vec!["alice".into()], 1)
+            .unwrap()
+    }
+
+    /// An inbox falls back to the database once it holds INBOX_BYTES of messages, long before
+    /// INBOX_CAPACITY of them; and one message larger than that still fits an empty inbox.
+    #[test]
+    fn an_inbox_is_bounded_in_bytes_too() {
+        let registry = Arc::new(Registry::default());
+        let stream = inbox_of(&registry);
+        let large = INBOX_BYTES / 4;
+        for id in 1..=4 {
+            registry.deliver(&message(id, large));
+        }
+        assert!(matches!(stream.inbox().take(), Delivery::CatchUp));
+
+        registry.deliver(&message(5, 2 * INBOX_BYTES));
+        let Delivery::Events(events) = stream.inbox().take() else {
+            panic!("one message, however large, fits an empty inbox");
+        };
+        assert_eq!(events.len(), 1);
+        for id in 6..=8 {
+            registry.deliver(&message(id, large));
+        }
+        assert!(
+            matches!(stream.inbox().take(), Delivery::Events(events) if events.len() == 3),
+            "taking empties the inbox's byte count"
+        );
     }
 }

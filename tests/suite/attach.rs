@@ -473,10 +473,10 @@ async fn participants_are_bounded() {
         .await
         .unwrap_err();
     assert_eq!(refused.code().unwrap().code(), "54000", "{refused:?}");
-    app.batch_execute(&format!(
+    app.batch_execute(
         "INSERT INTO pgrelay.messages (participants, payload) \
-         VALUES ((SELECT array_agg('user' || n) FROM generate_series(1, 10000) n), '{{}}')"
-    ))
+         VALUES ((SELECT array_agg('user' || n) FROM generate_series(1, 10000) n), '{}')",
+    )
     .await
     .expect("10,000 addresses are allowed");
 
