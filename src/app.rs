@@ -80,6 +80,7 @@ pub async fn run(
         shutdown: stopping.clone(),
     });
     let publish_batch = settings.publish_batch;
+    let max_body = http::largest_body(&settings);
     let app = http::app(Arc::new(AppState {
         limits: RequestLimits::new(&settings),
         settings,
@@ -90,7 +91,13 @@ pub async fn run(
         listener_up,
         publisher: Publisher::start(pool.clone(), publish_batch),
     }));
-    let mut server = tokio::spawn(server::serve(listener, app, limits, stopping.clone()));
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        app,
+        limits,
+        max_body,
+        stopping.clone(),
+    ));
     info!("relay ready");
     tokio::select! {
         result = &mut server => {

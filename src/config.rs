@@ -97,7 +97,9 @@ impl Default for Settings {
 pub struct ConnectionLimits {
     /// Most open HTTP connections; streams are connections, so this also caps streams.
     pub max_connections: usize,
-    /// How long a client may take to send a request's headers.
+    /// One deadline for each request head: from the connection's start for its first request,
+    /// from the end of the previous answer for the next. A body must then keep arriving: no
+    /// read of it waits longer.
     pub header_timeout: Duration,
     /// How long a write may stall before the connection is closed.
     pub write_timeout: Duration,

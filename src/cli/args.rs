@@ -98,9 +98,9 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
-    /// Most open HTTP connections (streams included); one more is answered 503. At start the
-    /// relay raises its open-files limit to the hard limit, and accepts fewer (saying so in the
-    /// log) if even that cannot hold this many.
+    /// Most open HTTP connections (streams included); when all serve requests, one more is
+    /// answered 503. At start the relay raises its open-files limit to the hard limit, and
+    /// accepts fewer (saying so in the log) if even that cannot hold this many.
     #[arg(long, env = "PGRELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
@@ -112,7 +112,10 @@ pub struct RelayArgs {
     )]
     pub max_streams_per_participant: usize,
 
-    /// How long a client may take to send its request headers (defeats slowloris).
+    /// One deadline for each request head, from the connection's start (or the previous
+    /// answer); a body must then keep arriving. Until its request is whole a connection counts
+    /// as waiting: waiting ones hold at most half of --max-connections, the oldest giving way
+    /// to a newcomer (defeats slowloris and slot floods).
     #[arg(long, env = "PGRELAY_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 

@@ -36,6 +36,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
 pub use error::ApiError;
+pub use publish::largest_body;
 
 use crate::auth::Keys;
 use crate::config::Settings;
@@ -100,8 +101,9 @@ pub fn app(state: Arc<AppState>) -> Router {
     if state.settings.demo_page {
         router = router.route("/", get(assets::demo_page));
     }
+    let stream = get(streams::stream).layer(middleware::map_response(streams::end_connection));
     router
-        .route("/v1/stream", get(streams::stream))
+        .route("/v1/stream", stream)
         .route(
             "/v1/messages",
             get(history::list_messages).post(publish::post_message),

@@ -16,6 +16,7 @@ mod faults;
 mod framing;
 mod group_commit;
 mod http_errors;
+mod http_wire;
 mod instances;
 mod js_client;
 mod limits;
