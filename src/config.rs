@@ -3,7 +3,10 @@
 //! The command line (`src/cli/args.rs`) builds a [`RelayConfig`]; an application embedding
 //! the relay builds one itself, starting from the defaults, which are the command line's.
 
+use std::fmt;
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use crate::auth::Keys;
 
@@ -64,6 +67,8 @@ pub struct Settings {
     pub publish_batch: usize,
     /// Most `GET /v1/messages` requests of one participant in flight on this instance.
     pub max_history_requests: usize,
+    /// The bearer credential `/metrics` wants, if any.
+    pub metrics_token: Option<MetricsToken>,
 }
 
 impl Default for Settings {
@@ -88,6 +93,7 @@ impl Default for Settings {
             publish_burst: 50.0,
             publish_batch: 100,
             max_history_requests: 4,
+            metrics_token: None,
         }
     }
 }
@@ -116,6 +122,36 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// The bearer credential a Prometheus scraper sends for `/metrics`. Its `Debug` output hides
+/// it, so no log line can carry it.
+#[derive(Clone)]
+pub struct MetricsToken(String);
+
+impl MetricsToken {
+    /// The credential `token`.
+    pub fn new(token: impl Into<String>) -> MetricsToken {
+        MetricsToken(token.into())
+    }
+
+    /// Whether `presented` is the credential. The comparison is of SHA-256 digests, byte by
+    /// byte without stopping early, so its time tells nothing of how close a guess came.
+    pub fn matches(&self, presented: &str) -> bool {
+        let expected = Sha256::digest(self.0.as_bytes());
+        let presented = Sha256::digest(presented.as_bytes());
+        let difference = expected
+            .iter()
+            .zip(presented.iter())
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b));
+        difference == 0
+    }
+}
+
+impl fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MetricsToken(..)")
+    }
+}
+
 /// Channel names are identifiers: the SQL quotes them, but a plain name keeps
 /// `LISTEN`/`NOTIFY` from psql simple too.
 pub fn validate_channel(channel: &str) -> Result<(), String> {
@@ -129,5 +165,20 @@ pub fn validate_channel(channel: &str) -> Result<(), String> {
         Err(format!(
             "--channel {channel:?} must be 1 to 63 letters, digits or underscores"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metrics_token_matches_itself_only_and_never_shows() {
+        let token = MetricsToken::new("scrape-secret");
+        assert!(token.matches("scrape-secret"));
+        assert!(!token.matches("scrape-secreT"));
+        assert!(!token.matches("scrape-secret "));
+        assert!(!token.matches(""));
+        assert!(!format!("{token:?}").contains("scrape"));
     }
 }

@@ -67,7 +67,7 @@ pub mod store;
 mod stream;
 mod tls;
 
-pub use app::run;
-pub use config::{ConnectionLimits, RelayConfig, Settings};
+pub use app::{run, Listeners};
+pub use config::{ConnectionLimits, MetricsToken, RelayConfig, Settings};
 pub use error::Error;
 pub use message::{valid_kind, valid_name, valid_room, Addresses, Message, Signal, MAX_NAME_LEN};

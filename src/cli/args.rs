@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pgrelay::auth::{Keys, TokenPolicy};
 use pgrelay::config::validate_channel;
-use pgrelay::{ConnectionLimits, Error, RelayConfig, Settings};
+use pgrelay::{ConnectionLimits, Error, MetricsToken, RelayConfig, Settings};
 
 /// PostgreSQL as a real-time message broker for browsers.
 #[derive(Debug, Parser)]
@@ -68,6 +68,16 @@ pub struct RelayArgs {
     /// HTTP address [default: 0.0.0.0:$PORT when PORT is set, else 127.0.0.1:8080].
     #[arg(long, env = "PGRELAY_BIND")]
     pub bind: Option<SocketAddr>,
+
+    /// A separate address for Prometheus scrapers: `/metrics` is served there only, and the
+    /// public address answers it 404 [default: `/metrics` on the public address].
+    #[arg(long, env = "PGRELAY_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+
+    /// A bearer credential `/metrics` wants (`Authorization: Bearer <token>`), wherever it is
+    /// served [default: none].
+    #[arg(long, env = "PGRELAY_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 
     /// NOTIFY channel the outbox trigger wakes relays on.
     #[arg(long, env = "PGRELAY_CHANNEL", default_value = "pgrelay")]
@@ -250,6 +260,7 @@ impl RelayArgs {
             publish_burst: self.publish_burst,
             publish_batch: self.publish_batch.max(1),
             max_history_requests: self.max_history_requests.max(1),
+            metrics_token: self.metrics_token.clone().map(MetricsToken::new),
         })
     }
 
