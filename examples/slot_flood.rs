@@ -12,8 +12,8 @@
 //!
 //! 1. **Flood**: 320 sockets each send one byte and wait; each is opened again as soon as the
 //!    relay closes it. From the third second on, 24 genuine streams open one a second (a whole
-//!    `GET /v1/stream` head in one write) and stay open; each counts as let in when answered
-//!    200 within 10 s.
+//!    `GET /v1/stream` head in one write, from a thread of their own) and stay open; each
+//!    counts as let in when answered 200 within 10 s.
 //! 2. **Trickled heads**, one at a time after the flood: a small head trickled a byte every
 //!    500 ms, and a large one whose first 16,000 bytes arrive at once and 1,000 more at 9 s
 //!    (past where an earlier relay handed heads over to hyper and its second timer), then a
@@ -154,6 +154,36 @@ async fn open_stream(addr: &str, token: &str) -> Result<TcpStream, String> {
     }
 }
 
+/// Opens `count` genuine streams, one a second from the third second on, each kept open until
+/// all are done; how many were answered 200, and what the others got. They run on a thread
+/// and runtime of their own, as clients on other machines would: on the flood's runtime a
+/// head could wait behind hundreds of flooding tasks after its connection opened.
+fn genuine_opens(addr: &str, keys: &Keys, count: usize) -> Res<(usize, Vec<String>)> {
+    let tokens: Vec<String> = (0..count)
+        .map(|n| keys.mint(&format!("genuine{n}"), Duration::from_secs(3600), &[]))
+        .collect();
+    let addr = addr.to_owned();
+    let opener = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let started = Instant::now();
+            let mut streams = Vec::new();
+            let mut refused = Vec::new();
+            for (n, token) in tokens.iter().enumerate() {
+                tokio::time::sleep_until(started + Duration::from_secs(3 + n as u64)).await;
+                match open_stream(&addr, token).await {
+                    Ok(socket) => streams.push(socket),
+                    Err(what) => refused.push(what),
+                }
+            }
+            Ok((streams.len(), refused))
+        })
+    });
+    opener.join().map_err(|_| "the genuine clients' thread panicked")?
+}
+
 /// Sends `first` at once, `later` (if any) at `later_at`, then a byte every 500 ms; how long
 /// the relay kept the connection open (capped at [`TRICKLE_LIMIT`]).
 async fn trickle(addr: &str, first: Vec<u8>, later: Option<(Duration, Vec<u8>)>) -> Res<Duration> {
@@ -204,22 +234,10 @@ async fn main() -> Res<()> {
         flooders.spawn(flood(relay.addr.clone(), Arc::clone(&opened), stop.clone()));
     }
     let flood_started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut streams = Vec::new();
-    let mut refused = Vec::new();
-    for n in 0..options.genuine {
-        let token = keys.mint(&format!("genuine{n}"), Duration::from_secs(3600), &[]);
-        match open_stream(&relay.addr, &token).await {
-            Ok(socket) => streams.push(socket),
-            Err(what) => refused.push(what),
-        }
-        tokio::time::sleep_until(flood_started + Duration::from_secs(4 + n as u64)).await;
-    }
+    let (let_in, refused) = genuine_opens(&relay.addr, &keys, options.genuine)?;
     stop.cancel();
     while flooders.join_next().await.is_some() {}
     let flood_seconds = flood_started.elapsed().as_secs_f64();
-    let let_in = streams.len();
-    drop(streams);
     println!(
         "flood: {} sockets sending one byte, {} connections opened in {flood_seconds:.1} s \
          ({:.0}/s), --max-connections {MAX_CONNECTIONS}",
