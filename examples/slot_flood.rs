@@ -181,7 +181,9 @@ fn genuine_opens(addr: &str, keys: &Keys, count: usize) -> Res<(usize, Vec<Strin
             Ok((streams.len(), refused))
         })
     });
-    opener.join().map_err(|_| "the genuine clients' thread panicked")?
+    opener
+        .join()
+        .map_err(|_| "the genuine clients' thread panicked")?
 }
 
 /// Sends `first` at once, `later` (if any) at `later_at`, then a byte every 500 ms; how long

@@ -121,6 +121,11 @@ impl Chunked {
         self.state == State::Done
     }
 
+    /// The memory the data decoded so far holds.
+    pub fn held(&self) -> usize {
+        self.body.capacity()
+    }
+
     /// The body's data.
     pub fn into_body(self) -> Bytes {
         Bytes::from(self.body)

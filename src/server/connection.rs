@@ -180,7 +180,7 @@ impl Server {
                 return Ok(Some(length));
             }
             if !self
-                .read_more(socket, input, ticket.as_deref_mut(), deadline)
+                .read_more(socket, input, ticket.as_deref_mut(), deadline, 0)
                 .await
             {
                 return Ok(None);
@@ -223,8 +223,9 @@ impl Server {
                     return Ok(Some(Body::from(chunked.into_body())));
                 }
                 let deadline = Instant::now() + stall;
+                let decoded = chunked.held();
                 if !self
-                    .read_more(socket, input, ticket.as_deref_mut(), deadline)
+                    .read_more(socket, input, ticket.as_deref_mut(), deadline, decoded)
                     .await
                 {
                     return Ok(None);
@@ -234,7 +235,7 @@ impl Server {
         while input.len() < length {
             let deadline = Instant::now() + stall;
             if !self
-                .read_more(socket, input, ticket.as_deref_mut(), deadline)
+                .read_more(socket, input, ticket.as_deref_mut(), deadline, 0)
                 .await
             {
                 return Ok(None);
@@ -243,21 +244,28 @@ impl Server {
         Ok(Some(Body::from(input.take(length))))
     }
 
-    /// Waits for more bytes until `deadline`; false if the client closed its side or failed,
-    /// the deadline passed, the connection gave way, or the relay is stopping.
+    /// Waits for more bytes until `deadline`, then tells the waiting set what the connection
+    /// holds (its input, and `held_elsewhere`: a body decoded so far); false if the client
+    /// closed its side or failed, the deadline passed, the connection gave way, or the relay
+    /// is stopping.
     async fn read_more(
         &self,
         socket: &mut TcpStream,
         input: &mut Input,
-        ticket: Option<&mut Ticket>,
+        mut ticket: Option<&mut Ticket>,
         deadline: Instant,
+        held_elsewhere: usize,
     ) -> bool {
-        tokio::select! {
+        let read = tokio::select! {
             read = input.read_from(socket) => matches!(read, Ok(read) if read > 0),
             () = tokio::time::sleep_until(deadline) => false,
-            () = given_way(ticket) => false,
+            () = given_way(ticket.as_deref_mut()) => false,
             () = self.shutdown.cancelled() => false,
+        };
+        if let (true, Some(ticket)) = (read, ticket) {
+            ticket.holds(input.held() + held_elsewhere);
         }
+        read
     }
 
     /// Answers `refusal` and closes the connection, reading (and dropping) what the client

@@ -33,6 +33,11 @@ impl Input {
         self.bytes.len()
     }
 
+    /// The memory the buffer holds.
+    pub fn held(&self) -> usize {
+        self.bytes.capacity()
+    }
+
     /// Reads what the socket has (as much again as is waiting, within bounds); how many bytes
     /// arrived, 0 when the client closed its side.
     pub async fn read_from(&mut self, socket: &mut TcpStream) -> io::Result<usize> {

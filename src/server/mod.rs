@@ -72,7 +72,7 @@ pub async fn serve(
         app,
         limits,
         max_body,
-        waiting: Waiting::new(max_connections),
+        waiting: Waiting::new(max_connections, waiting::MOST_WAITING_BYTES),
         shutdown: shutdown.clone(),
     });
     loop {

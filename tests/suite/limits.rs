@@ -705,3 +705,39 @@ async fn an_idle_kept_alive_connection_gives_way_under_pressure() {
     }
     relay.stop().await;
 }
+
+/// Connections that send a large body and never finish it (so never reach a route, or a token
+/// check) cannot pile their bytes up in the relay: the bytes held by waiting connections are
+/// bounded together, the oldest giving way, so 800 of them leave the relay's memory bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_bodies_cannot_pile_up_in_memory() {
+    let db = fresh_database().await;
+    let relay = RelayProcess::start(&db, &[], None).await;
+    let before = relay.rss_kib();
+    let head = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 330000\r\n\r\n";
+    let most_of_the_body = vec![b' '; 320_000];
+    let mut sockets = Vec::new();
+    for _ in 0..800 {
+        let mut socket = TcpStream::connect(address(&relay.base)).await.unwrap();
+        // A connection that gave way is closed while it writes: that is the point.
+        let _ = socket.write_all(head.as_bytes()).await;
+        let _ = socket.write_all(&most_of_the_body).await;
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown_kib = relay.rss_kib().saturating_sub(before);
+    println!("800 unfinished bodies of 320,000 bytes: the relay grew by {grown_kib} KiB");
+    // 256 MB were sent; the waiting connections may hold 32 MiB of it together.
+    assert!(
+        grown_kib < 128 * 1024,
+        "800 unfinished bodies grew the relay by {grown_kib} KiB"
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", relay.base))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
