@@ -186,8 +186,9 @@ fn genuine_opens(addr: &str, keys: &Keys, count: usize) -> Res<(usize, Vec<Strin
         .map_err(|_| "the genuine clients' thread panicked")?
 }
 
-/// Sends `first` at once, `later` (if any) at `later_at`, then a byte every 500 ms; how long
-/// the relay kept the connection open (capped at [`TRICKLE_LIMIT`]).
+/// Sends `first` at once, then a byte every 500 ms, except that the first tick at or after
+/// `later`'s time (if any) sends its bytes instead; how long the relay kept the connection
+/// open (capped at [`TRICKLE_LIMIT`]).
 async fn trickle(addr: &str, first: Vec<u8>, later: Option<(Duration, Vec<u8>)>) -> Res<Duration> {
     let socket = TcpStream::connect(addr).await?;
     let started = Instant::now();

@@ -39,6 +39,7 @@ const MOST_LINGER_BYTES: usize = 8 * 1024 * 1024;
 pub struct Server {
     /// The routes.
     pub app: Router,
+    /// Connection cap, header timeout (also how long a body may stall), write timeout.
     pub limits: ConnectionLimits,
     /// Largest request body any route takes; a larger one is refused (413) unread.
     pub max_body: usize,
@@ -66,7 +67,7 @@ impl Server {
         let mut deadline = Instant::now() + self.limits.header_timeout;
         loop {
             // Boxed: inline, reading's state would size every open stream's task.
-            let incoming = self.read(&mut socket, &mut input, Some(&mut ticket), deadline);
+            let incoming = self.read(&mut socket, &mut input, &mut ticket, deadline);
             let (request, answering) = match Box::pin(incoming).await {
                 Incoming::Request(request, answering) => (request, answering),
                 Incoming::Refused(refusal) => {
@@ -99,6 +100,8 @@ impl Server {
                 }
             }
             ticket = self.waiting.wait_with(slot);
+            // What the client sent after the request (pipelined) is held while it waits, too.
+            ticket.holds(input.held());
             deadline = Instant::now() + self.limits.header_timeout;
         }
     }
@@ -109,9 +112,8 @@ impl Server {
     pub async fn refuse(self: Arc<Self>, mut socket: TcpStream) {
         let deadline = Instant::now() + self.limits.header_timeout.min(Duration::from_secs(5));
         let mut input = Input::default();
-        let mut end = HeadEnd::default();
         let refusal = match self
-            .read_head(&mut socket, &mut input, &mut end, None, deadline)
+            .read_head(&mut socket, &mut input, None, deadline)
             .await
         {
             Ok(Some(_)) => Refusal::over_capacity(),
@@ -121,18 +123,17 @@ impl Server {
         self.refuse_with(socket, refusal, None).await;
     }
 
-    /// Reads the next request: its head, then its body. While a `ticket` is held the read
-    /// ends when the connection gives way.
+    /// Reads the next request: its head, then its body; the read ends if the connection
+    /// holding `ticket` gives way.
     async fn read(
         &self,
         socket: &mut TcpStream,
         input: &mut Input,
-        mut ticket: Option<&mut Ticket>,
+        ticket: &mut Ticket,
         deadline: Instant,
     ) -> Incoming {
-        let mut end = HeadEnd::default();
         let length = match self
-            .read_head(socket, input, &mut end, ticket.as_deref_mut(), deadline)
+            .read_head(socket, input, Some(&mut *ticket), deadline)
             .await
         {
             Ok(Some(length)) => length,
@@ -166,15 +167,15 @@ impl Server {
     }
 
     /// Reads until `input` holds a whole head; its length, or `None` if the connection ends
-    /// first.
+    /// first (or gives way, when it holds a `ticket`).
     async fn read_head(
         &self,
         socket: &mut TcpStream,
         input: &mut Input,
-        end: &mut HeadEnd,
         mut ticket: Option<&mut Ticket>,
         deadline: Instant,
     ) -> Result<Option<usize>, Refusal> {
+        let mut end = HeadEnd::default();
         loop {
             if let Some(length) = end.find(input.bytes())? {
                 return Ok(Some(length));
@@ -196,7 +197,7 @@ impl Server {
         input: &mut Input,
         framing: Framing,
         expects_continue: bool,
-        mut ticket: Option<&mut Ticket>,
+        ticket: &mut Ticket,
     ) -> Result<Option<Body>, Refusal> {
         let stall = self.limits.header_timeout;
         let length = match framing {
@@ -225,7 +226,7 @@ impl Server {
                 let deadline = Instant::now() + stall;
                 let decoded = chunked.held();
                 if !self
-                    .read_more(socket, input, ticket.as_deref_mut(), deadline, decoded)
+                    .read_more(socket, input, Some(&mut *ticket), deadline, decoded)
                     .await
                 {
                     return Ok(None);
@@ -235,7 +236,7 @@ impl Server {
         while input.len() < length {
             let deadline = Instant::now() + stall;
             if !self
-                .read_more(socket, input, ticket.as_deref_mut(), deadline, 0)
+                .read_more(socket, input, Some(&mut *ticket), deadline, 0)
                 .await
             {
                 return Ok(None);

@@ -132,11 +132,14 @@ fn response_head(
     let reason = status.canonical_reason().unwrap_or("");
     // Writes to a Vec cannot fail.
     let _ = write!(head, "HTTP/1.1 {} {reason}\r\n", status.as_str());
-    let bodiless_status = status.is_informational() || status == StatusCode::NO_CONTENT;
+    // No length where there is no body by status, or where the body goes in chunks.
+    let lengthless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || delimited == Delimited::Chunks;
     for (name, value) in &parts.headers {
         let servers = name == header::CONNECTION
             || name == header::TRANSFER_ENCODING
-            || (name == header::CONTENT_LENGTH && bodiless_status);
+            || (name == header::CONTENT_LENGTH && lengthless);
         if servers {
             continue;
         }
