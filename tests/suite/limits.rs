@@ -473,10 +473,10 @@ async fn abandoned_connections_leave_nothing_behind() {
     relay.stop().await;
 }
 
-/// Headers past hyper's limits get 431 or a closed connection, never a crash.
+/// Heads past the relay's limits get 431 or a closed connection, never a crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_refused() {
-    // hyper's limits: about 408 KiB of buffered head, and 100 header fields.
+    // The relay's limits: 160 KiB of head, and 100 header fields.
     let db = fresh_database().await;
     let relay = Relay::start(&db).await;
     let addr = address(&relay.base).to_owned();
