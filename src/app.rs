@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::budget::ByteBudget;
-use crate::config::{RelayConfig, Settings};
+use crate::config::{ConnectionLimits, RelayConfig, Settings};
 use crate::error::Error;
-use crate::http::{self, AppState, RequestLimits};
+use crate::http::{self, AppState, MetricsAt, RequestLimits};
 use crate::listener::{self, Health, Listener};
 use crate::metrics::Metrics;
 use crate::presence::{self, Presence};
@@ -21,13 +21,39 @@ use crate::registry::Registry;
 use crate::stream::Streams;
 use crate::{attach_skips, migrate, retention, server, store};
 
-/// Serves the relay on `listener` until `shutdown` resolves, then ends every stream, stops
+/// The sockets a relay serves HTTP on: the public address, and optionally one of its own for
+/// `/metrics` scrapers (then the public address answers `/metrics` with 404). A bare
+/// `TcpListener` is the public address alone.
+pub struct Listeners {
+    /// The API, streams, health checks (and `/metrics` when `metrics` is `None`).
+    pub public: TcpListener,
+    /// `/metrics` only (`--metrics-bind`).
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(public: TcpListener) -> Listeners {
+        Listeners {
+            public,
+            metrics: None,
+        }
+    }
+}
+
+/// Connections the metrics address holds at once: scrapers are few.
+const METRICS_CONNECTIONS: usize = 16;
+
+/// Serves the relay on `listeners` until `shutdown` resolves, then ends every stream, stops
 /// the listener and returns within the grace period.
 pub async fn run(
     config: RelayConfig,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let Listeners {
+        public: listener,
+        metrics: metrics_listener,
+    } = listeners.into();
     let RelayConfig {
         database_url,
         listen_database_url,
@@ -89,7 +115,8 @@ pub async fn run(
         shutdown: stopping.clone(),
     });
     let publish_batch = settings.publish_batch;
-    let app = http::app(Arc::new(AppState {
+    let max_body = http::largest_body(&settings);
+    let state = Arc::new(AppState {
         limits: RequestLimits::new(&settings),
         fetch_budget: ByteBudget::new(settings.fetch_budget),
         settings,
@@ -99,8 +126,33 @@ pub async fn run(
         metrics,
         listener: listener_health,
         publisher: Publisher::start(pool.clone(), publish_batch),
-    }));
-    let mut server = tokio::spawn(server::serve(listener, app, limits, stopping.clone()));
+    });
+    let metrics_at = match metrics_listener {
+        Some(_) => MetricsAt::Apart,
+        None => MetricsAt::Public,
+    };
+    let metrics_task = metrics_listener.map(|metrics_listener| {
+        let metrics_limits = ConnectionLimits {
+            max_connections: METRICS_CONNECTIONS,
+            ..limits.clone()
+        };
+        let app = http::metrics_app(Arc::clone(&state));
+        tokio::spawn(server::serve(
+            metrics_listener,
+            app,
+            metrics_limits,
+            0,
+            stopping.clone(),
+        ))
+    });
+    let app = http::app(state, metrics_at);
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        app,
+        limits,
+        max_body,
+        stopping.clone(),
+    ));
     info!("relay ready");
     tokio::select! {
         result = &mut server => {
@@ -119,6 +171,10 @@ pub async fn run(
                 }
             }
         }
+    }
+    if let Some(metrics_task) = metrics_task {
+        // Its connections are short requests: it has stopped by now or stops at once.
+        let _ = tokio::time::timeout(grace, metrics_task).await;
     }
     let _ = tokio::join!(listener_task, pruner_task, skips_task, presence_task);
     pool.close();

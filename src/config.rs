@@ -3,7 +3,10 @@
 //! The command line (`src/cli/args.rs`) builds a [`RelayConfig`]; an application embedding
 //! the relay builds one itself, starting from the defaults, which are the command line's.
 
+use std::fmt;
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use crate::auth::Keys;
 
@@ -72,6 +75,8 @@ pub struct Settings {
     pub catch_up_budget: u64,
     /// Most bytes this instance holds for whole messages (`GET /v1/messages/{id}`) at once.
     pub fetch_budget: u64,
+    /// The bearer credential `/metrics` wants, if any.
+    pub metrics_token: Option<MetricsToken>,
 }
 
 impl Default for Settings {
@@ -99,6 +104,7 @@ impl Default for Settings {
             max_event_bytes: 1024 * 1024,
             catch_up_budget: 32 * 1024 * 1024,
             fetch_budget: 128 * 1024 * 1024,
+            metrics_token: None,
         }
     }
 }
@@ -108,7 +114,9 @@ impl Default for Settings {
 pub struct ConnectionLimits {
     /// Most open HTTP connections; streams are connections, so this also caps streams.
     pub max_connections: usize,
-    /// How long a client may take to send a request's headers.
+    /// One deadline for each request head: from the connection's start for its first request,
+    /// from the end of the previous answer for the next. A body must then keep arriving: no
+    /// read of it waits longer.
     pub header_timeout: Duration,
     /// How long a write may stall before the connection is closed.
     pub write_timeout: Duration,
@@ -125,6 +133,36 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// The bearer credential a Prometheus scraper sends for `/metrics`. Its `Debug` output hides
+/// it, so no log line can carry it.
+#[derive(Clone)]
+pub struct MetricsToken(String);
+
+impl MetricsToken {
+    /// The credential `token`.
+    pub fn new(token: impl Into<String>) -> MetricsToken {
+        MetricsToken(token.into())
+    }
+
+    /// Whether `presented` is the credential. The comparison is of SHA-256 digests, byte by
+    /// byte without stopping early, so its time tells nothing of how close a guess came.
+    pub fn matches(&self, presented: &str) -> bool {
+        let expected = Sha256::digest(self.0.as_bytes());
+        let presented = Sha256::digest(presented.as_bytes());
+        let difference = expected
+            .iter()
+            .zip(presented.iter())
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b));
+        difference == 0
+    }
+}
+
+impl fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MetricsToken(..)")
+    }
+}
+
 /// Channel names are identifiers: the SQL quotes them, but a plain name keeps
 /// `LISTEN`/`NOTIFY` from psql simple too.
 pub fn validate_channel(channel: &str) -> Result<(), String> {
@@ -138,5 +176,20 @@ pub fn validate_channel(channel: &str) -> Result<(), String> {
         Err(format!(
             "--channel {channel:?} must be 1 to 63 letters, digits or underscores"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metrics_token_matches_itself_only_and_never_shows() {
+        let token = MetricsToken::new("scrape-secret");
+        assert!(token.matches("scrape-secret"));
+        assert!(!token.matches("scrape-secreT"));
+        assert!(!token.matches("scrape-secret "));
+        assert!(!token.matches(""));
+        assert!(!format!("{token:?}").contains("scrape"));
     }
 }

@@ -17,8 +17,9 @@
 //! 2. **Composition**: `app` — [`run`] builds every part from a [`RelayConfig`], starts
 //!    the tasks, serves, and stops them in order.
 //! 3. **HTTP**: `http` (the router, one module per route family, the token extractor and
-//!    the JSON errors) and `server` (the accept loop: connection limit, timeouts, graceful
-//!    shutdown; a stream's response written straight to its socket, the rest through hyper).
+//!    the JSON errors) and `server` (the relay's own HTTP/1.1: connection slots that waiting
+//!    connections give up under pressure, one deadline per request head, every request parsed
+//!    once and answered straight on its socket, graceful shutdown).
 //! 4. **Tasks**: `stream` (one subscriber's SSE stream: catch-up, live, keepalive, expiry),
 //!    `listener` (the LISTEN connection: reconnects, wake-ups, dispatch), `presence` (who
 //!    is online, across instances), [`retention`] (pruning, one instance at a time),
@@ -71,7 +72,7 @@ pub mod store;
 mod stream;
 mod tls;
 
-pub use app::run;
-pub use config::{ConnectionLimits, RelayConfig, Settings};
+pub use app::{run, Listeners};
+pub use config::{ConnectionLimits, MetricsToken, RelayConfig, Settings};
 pub use error::Error;
 pub use message::{valid_kind, valid_name, valid_room, Addresses, Message, Signal, MAX_NAME_LEN};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pgrelay::auth::{Keys, TokenPolicy};
 use pgrelay::config::validate_channel;
-use pgrelay::{ConnectionLimits, Error, RelayConfig, Settings};
+use pgrelay::{ConnectionLimits, Error, MetricsToken, RelayConfig, Settings};
 
 /// PostgreSQL as a real-time message broker for browsers.
 #[derive(Debug, Parser)]
@@ -71,6 +71,16 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_BIND")]
     pub bind: Option<SocketAddr>,
 
+    /// A separate address for Prometheus scrapers: `/metrics` is served there only, and the
+    /// public address answers it 404 [default: `/metrics` on the public address].
+    #[arg(long, env = "PGRELAY_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+
+    /// A bearer credential `/metrics` wants (`Authorization: Bearer <token>`), wherever it is
+    /// served [default: none].
+    #[arg(long, env = "PGRELAY_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// NOTIFY channel the outbox trigger wakes relays on.
     #[arg(long, env = "PGRELAY_CHANNEL", default_value = "pgrelay")]
     pub channel: String,
@@ -104,9 +114,9 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
-    /// Most open HTTP connections (streams included); one more is answered 503. At start the
-    /// relay raises its open-files limit to the hard limit, and accepts fewer (saying so in the
-    /// log) if even that cannot hold this many.
+    /// Most open HTTP connections (streams included); when all serve requests, one more is
+    /// answered 503. At start the relay raises its open-files limit to the hard limit, and
+    /// accepts fewer (saying so in the log) if even that cannot hold this many.
     #[arg(long, env = "PGRELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
@@ -118,7 +128,10 @@ pub struct RelayArgs {
     )]
     pub max_streams_per_participant: usize,
 
-    /// How long a client may take to send its request headers (defeats slowloris).
+    /// One deadline for each request head, from the connection's start (or the previous
+    /// answer); a body must then keep arriving. Until its request is whole a connection counts
+    /// as waiting: waiting ones hold at most half of --max-connections, the oldest giving way
+    /// to a newcomer (defeats slowloris and slot floods).
     #[arg(long, env = "PGRELAY_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 
@@ -276,6 +289,7 @@ impl RelayArgs {
             max_event_bytes: self.max_event_bytes,
             catch_up_budget: self.catch_up_budget,
             fetch_budget: self.fetch_budget,
+            metrics_token: self.metrics_token.clone().map(MetricsToken::new),
         })
     }
 

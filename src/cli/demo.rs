@@ -47,16 +47,16 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
     let config = args.relay.config(database, keys.clone(), true)?;
     migrate::migrate(&database_url, &config.settings.channel).await?;
 
-    let listener = bind(args.relay.bind_addr()?).await?;
+    let listeners = bind(&args.relay).await?;
     // Links must be clickable: a wildcard bind address is reached through loopback.
-    let mut local = listener.local_addr()?;
+    let mut local = listeners.public.local_addr()?;
     if local.ip().is_unspecified() {
         local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let base = format!("http://{local}");
     print_instructions(&base, &secret, &keys, &database_url);
 
-    let served = pgrelay::run(config, listener, shutdown::signal()).await;
+    let served = pgrelay::run(config, listeners, shutdown::signal()).await;
     if let Some(cluster) = cluster {
         cluster.shutdown().await.map_err(cluster_failed)?;
         eprintln!("pgrelay demo: throwaway PostgreSQL stopped and removed");

@@ -27,16 +27,29 @@ pub async fn run(command: Command) -> Result<(), Error> {
 async fn serve(args: ServeArgs) -> Result<(), Error> {
     let keys = args::keys(&args.secret)?;
     let config = args.relay.config(args.database, keys, args.demo)?;
-    let listener = bind(args.relay.bind_addr()?).await?;
-    pgrelay::run(config, listener, shutdown::signal()).await
+    let listeners = bind(&args.relay).await?;
+    pgrelay::run(config, listeners, shutdown::signal()).await
 }
 
-/// Listens for HTTP on `addr`.
-async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+/// Listens for HTTP where `relay` says: the public address, and the metrics one if it is
+/// set apart.
+async fn bind(relay: &args::RelayArgs) -> Result<pgrelay::Listeners, Error> {
+    let metrics = match relay.metrics_bind {
+        Some(addr) => Some(listen(addr, "metrics").await?),
+        None => None,
+    };
+    Ok(pgrelay::Listeners {
+        public: listen(relay.bind_addr()?, "HTTP").await?,
+        metrics,
+    })
+}
+
+/// Listens on `addr`, which serves `what`.
+async fn listen(addr: std::net::SocketAddr, what: &str) -> Result<tokio::net::TcpListener, Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|error| Error::setup(format!("cannot listen on {addr}: {error}")))?;
-    tracing::info!(%addr, "listening for HTTP");
+    tracing::info!(%addr, "listening for {what}");
     Ok(listener)
 }
 

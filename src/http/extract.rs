@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -49,16 +49,8 @@ impl FromRequestParts<Arc<AppState>> for Authenticated {
     ) -> Result<Self, ApiError> {
         // A malformed query string is answered as such even when the token is in the header.
         let TokenParam { token: from_query } = parse_query(parts.uri.query())?;
-        let token = match parts.headers.get(header::AUTHORIZATION) {
-            Some(value) => value
-                .to_str()
-                .ok()
-                .and_then(|value| value.split_once(' '))
-                // The scheme name is case-insensitive (RFC 7235).
-                .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
-                .ok_or_else(|| {
-                    unauthorized("bad_authorization", "use `Authorization: Bearer <token>`")
-                })?,
+        let token = match bearer(&parts.headers)? {
+            Some(token) => token,
             None => from_query
                 .as_deref()
                 .ok_or_else(|| unauthorized("missing_token", "a token is required"))?,
@@ -71,7 +63,24 @@ impl FromRequestParts<Arc<AppState>> for Authenticated {
     }
 }
 
-fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
+/// The token of an `Authorization: Bearer <token>` header; `None` without the header, 401
+/// `bad_authorization` when it names another scheme.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|value| value.split_once(' '))
+        // The scheme name is case-insensitive (RFC 7235).
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
+        .map(Some)
+        .ok_or_else(|| unauthorized("bad_authorization", "use `Authorization: Bearer <token>`"))
+}
+
+/// 401 with `code`.
+pub fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, code, message)
 }
 

@@ -5,7 +5,8 @@
 //! - [`fetch`]: `GET /v1/messages/{id}`, one message whole (an `oversized` one, say);
 //! - [`publish`]: `POST /v1/messages` and `POST /v1/signals`;
 //! - [`presence`]: `GET /v1/presence`;
-//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`;
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics` (on the public address, or on one of its own
+//!   with [`metrics_app`]);
 //! - [`assets`]: the browser client, the OpenAPI document and the demo page;
 //! - [`extract`]: the token and query-string extractors every route shares;
 //! - [`addresses`]: whom a caller hears and may address (person, rooms, everyone);
@@ -37,6 +38,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
 pub use error::ApiError;
+pub use publish::largest_body;
 
 use crate::auth::Keys;
 use crate::budget::ByteBudget;
@@ -98,15 +100,28 @@ impl RequestLimits {
     }
 }
 
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAt {
+    /// With the API, on the public address.
+    Public,
+    /// Only on an address of its own ([`metrics_app`]); the public one answers 404.
+    Apart,
+}
+
 /// Builds the relay's router.
-pub fn app(state: Arc<AppState>) -> Router {
+pub fn app(state: Arc<AppState>, metrics_at: MetricsAt) -> Router {
     let cors = cors_layer(&state.settings.allow_origins);
     let mut router = Router::new();
     if state.settings.demo_page {
         router = router.route("/", get(assets::demo_page));
     }
+    if metrics_at == MetricsAt::Public {
+        router = router.route("/metrics", get(ops::metrics));
+    }
+    let stream = get(streams::stream).layer(middleware::map_response(streams::end_connection));
     router
-        .route("/v1/stream", get(streams::stream))
+        .route("/v1/stream", stream)
         .route(
             "/v1/messages",
             get(history::list_messages).post(publish::post_message),
@@ -118,10 +133,20 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/openapi.json", get(assets::openapi_json))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)
+        .layer(middleware::from_fn(request_span))
+        .with_state(state)
+}
+
+/// The router of the address that serves `/metrics` apart from the API (`--metrics-bind`):
+/// that route only, so a scraper's network reaches nothing else.
+pub fn metrics_app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_span))
         .with_state(state)
 }

@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::extract::{bearer, unauthorized};
 use super::{ApiError, AppState};
 use crate::store;
 
@@ -43,8 +44,23 @@ fn not_ready(message: &str) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// `GET /metrics`: Prometheus text format, to a scraper that sends the configured bearer
+/// credential, if there is one (the query string is not looked at: it would be logged by
+/// proxies).
+pub async fn metrics(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.settings.metrics_token {
+        let presented = bearer(&headers)?
+            .ok_or_else(|| unauthorized("missing_token", "/metrics wants a bearer credential"))?;
+        if !token.matches(presented.trim()) {
+            return Err(unauthorized(
+                "invalid_token",
+                "that is not the metrics credential",
+            ));
+        }
+    }
     let body = state.metrics.render(
         state.streams.registry.stream_count(),
         state.listener.is_up(),
@@ -54,5 +70,5 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             ("fetch", &state.fetch_budget),
         ],
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

@@ -22,6 +22,7 @@ use super::addresses;
 use super::extract::Authenticated;
 use super::{ApiError, AppState};
 use crate::auth::Claims;
+use crate::config::Settings;
 use crate::message::{is_room, valid_kind, valid_name, valid_room, NewMessage, MAX_NAME_LEN};
 use crate::store;
 
@@ -85,6 +86,20 @@ struct Publication {
     payload: Box<RawValue>,
 }
 
+/// The largest body of a publish with payloads of at most `max_payload` bytes: room for the
+/// payload plus the largest participant list and the field names.
+fn body_limit(max_payload: usize, max_participants: usize) -> usize {
+    max_payload + max_participants * (MAX_NAME_LEN + 8) + 4096
+}
+
+/// The largest request body any route takes (a publish's): the server reads no larger one.
+pub fn largest_body(settings: &Settings) -> usize {
+    body_limit(
+        settings.max_payload.max(MAX_SIGNAL_PAYLOAD),
+        settings.max_participants,
+    )
+}
+
 /// Validates a publish request's body (with payloads of at most `max_payload` bytes) from a
 /// token with scope `publish`.
 async fn read_publication(
@@ -103,8 +118,7 @@ async fn read_publication(
     }
     require_json(headers)?;
     let max_participants = state.settings.max_participants;
-    // Room for the payload plus the largest participant list and the field names.
-    let body_limit = max_payload + max_participants * (MAX_NAME_LEN + 8) + 4096;
+    let body_limit = body_limit(max_payload, max_participants);
     let mut fields = parse_object(&read_body(body, body_limit).await?)?;
 
     let participants = validate_participants(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -64,4 +64,15 @@ pub async fn stream(
         (HeaderName::from_static("x-accel-buffering"), "no"),
     ];
     Ok((headers, Body::from_stream(events.into_body())).into_response())
+}
+
+/// Marks every answer of the stream route, refusals included, `Connection: close`. A
+/// stream's connection is its own: a client that opened one sends nothing more on it (an
+/// EventSource never does, even after an error), so once the stream or its refusal is
+/// answered the connection closes rather than idling in a slot until the header timeout.
+pub async fn end_connection(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

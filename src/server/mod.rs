@@ -1,69 +1,80 @@
-//! The accept loop: bounded connections, timeouts against slow clients, graceful shutdown.
+//! The HTTP/1.1 server: the accept loop, its connection slots, and the relay's own reading of
+//! requests and writing of answers.
 //!
 //! axum's `serve` has no connection limit and no header timeout, and a relay holds long-lived
-//! connections by design, so it gets its own loop over hyper: a semaphore caps open
-//! connections (one over the cap is answered 503 JSON and closed), the header read timeout
-//! drops clients that trickle their request in (slowloris) or send nothing at all, and hyper's
-//! graceful shutdown closes idle keep-alive connections while the open streams end on the
-//! shared shutdown token.
+//! connections by design, so it has a server of its own. A connection holds one of
+//! `--max-connections` slots; until it has sent a whole request it counts as waiting, and the
+//! waiting ones hold at most half the slots, the oldest giving way to a newcomer (`waiting`),
+//! so sockets that send a byte and nothing more cannot lock genuine clients out. A connection
+//! accepted while every slot serves a request is answered 503 JSON. Each request head has one
+//! deadline, `--header-timeout`; shutdown closes waiting connections at once, answers the
+//! requests in flight with `connection: close`, and ends streams through their bodies.
 //!
-//! A connection whose first request opens a stream is not given to hyper at all: the relay
-//! reads that head itself (`first_request`) and writes the stream straight to the socket
-//! (`stream_writer`), which keeps hyper's two 8 KiB buffers out of every idle stream.
+//! # Why not hyper
 //!
-//! The relay speaks HTTP/1.1 only. Browsers should reach it through an HTTP/2 front (Fly's
-//! edge, nginx, a CDN), which is what lifts HTTP/1.1's six-streams-per-origin limit; cleartext
-//! HTTP/2 to the relay itself would add nothing but connections that no header timeout covers.
+//! The relay used to hand connections to hyper, after reading a stream's first head itself.
+//! That left three things it could not fix from outside: hyper answers malformed heads itself
+//! (empty 400 and 431 bodies, with no hook to make them JSON); hyper starts its own header
+//! timer when it takes a connection over, so a trickled head had two deadlines; and hyper
+//! keeps two 8 KiB buffers for every connection's whole life (three quarters of an idle
+//! stream's memory, BENCHMARKS.md). A pre-parser in front of hyper would have to be at least
+//! as strict as hyper on every head and find where every request ends, bodies included, to
+//! see the next head of a kept-alive connection: a second parser of the same bytes, which is
+//! how request smuggling happens when two parsers disagree. So the relay parses every request
+//! itself, and only once: httparse finds the head's fields (`head`), the body is read whole by
+//! its length or its chunks (`body`), the request goes to the axum router as a tower
+//! `Service`, and the answer is written straight to the socket (`writer`). What it supports is
+//! what a relay's clients use: HTTP/1.1 with keep-alive and pipelining (requests are answered
+//! in order), `Expect: 100-continue`, `HEAD`, `Connection: close`, and HTTP/1.0 (one request
+//! per connection). Upgrades and HTTP/2 are not served: browsers reach the relay through an
+//! HTTP/2 front (Fly's edge, nginx, a CDN), which is what lifts HTTP/1.1's six-streams-per-
+//! origin limit.
 
-mod first_request;
-mod io;
-mod stream_writer;
+mod body;
+mod connection;
+mod head;
+mod input;
+mod refusal;
+mod waiting;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Response, StatusCode};
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::ConnectionLimits;
-use first_request::FirstRequest;
-use io::{Replayed, StallTimeout};
+use connection::Server;
+use waiting::Waiting;
+
+/// Most connections answered 503 at once; more are closed unanswered. Their files come out
+/// of [`RESERVED_FILES`].
+const MOST_REFUSALS: usize = 64;
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then waits for open connections
-/// to finish (the caller bounds that wait).
+/// to finish (the caller bounds that wait). No request body may be larger than `max_body`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    max_body: usize,
     shutdown: CancellationToken,
 ) {
     let max_connections = fit_open_files(limits.max_connections);
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let refusals = Arc::new(Semaphore::new(MOST_REFUSALS));
     let connections = TaskTracker::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        // Request heads beyond 128 KiB are refused (431, by hyper, without a JSON body).
-        // Below that the relay answers everything itself, even a 100 KB token (401 JSON).
-        .max_buf_size(128 * 1024);
-    let shared = Arc::new(Connection {
+    let server = Arc::new(Server {
         app,
-        http1: builder,
         limits,
+        max_body,
+        waiting: Waiting::new(max_connections, waiting::MOST_WAITING_BYTES),
         shutdown: shutdown.clone(),
     });
-
     loop {
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -78,86 +89,27 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let _ = socket.set_nodelay(true);
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            debug!(%peer, "connection refused: over the connection limit");
-            connections.spawn(refuse(shared.http1.clone(), socket));
+        if let Some(ticket) = server.waiting.admit() {
+            connections.spawn(Arc::clone(&server).serve(socket, ticket));
+            // Let the new connection read what it has before the next one is accepted (tokio
+            // runs the task spawned last first): a genuine client's head is usually there
+            // already, and read at once it leaves the waiting set before a flood of newer
+            // connections could make it give way.
+            tokio::task::yield_now().await;
             continue;
-        };
-        let shared = Arc::clone(&shared);
-        connections.spawn(async move {
-            if let Err(error) = shared.serve(socket).await {
-                debug!(%peer, %error, "connection ended with an error");
-            }
-            drop(slot);
-        });
+        }
+        debug!(%peer, "connection refused: every slot serves a request");
+        if let Ok(refusing) = Arc::clone(&refusals).try_acquire_owned() {
+            let server = Arc::clone(&server);
+            connections.spawn(async move {
+                server.refuse(socket).await;
+                drop(refusing);
+            });
+        }
     }
     drop(listener);
     connections.close();
     connections.wait().await;
-}
-
-/// What every connection is served with, shared: a stream holds one pointer to it for its
-/// whole life, not copies.
-struct Connection {
-    app: Router,
-    http1: http1::Builder,
-    limits: ConnectionLimits,
-    shutdown: CancellationToken,
-}
-
-impl Connection {
-    /// Serves a first request that opens a stream with the relay's own writer, and anything
-    /// else with hyper. At shutdown an open stream ends (its body watches the same token) and
-    /// hyper closes the connection once the request in flight is answered.
-    async fn serve(
-        self: Arc<Self>,
-        mut socket: TcpStream,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let first = first_request::read(&mut socket, self.limits.header_timeout, &self.shutdown);
-        match first.await {
-            FirstRequest::Gone => Ok(()),
-            FirstRequest::Stream(request) => {
-                let write_timeout = self.limits.write_timeout;
-                stream_writer::respond(socket, self.app.clone(), *request, write_timeout).await?;
-                Ok(())
-            }
-            FirstRequest::Other(read_before) => {
-                let socket = Replayed::new(read_before, socket);
-                let socket = StallTimeout::new(socket, self.limits.write_timeout);
-                let service = TowerToHyperService::new(self.app.clone());
-                // Boxed: inline, hyper's connection state would size every stream's task too.
-                let mut connection =
-                    Box::pin(self.http1.serve_connection(TokioIo::new(socket), service));
-                tokio::select! {
-                    result = connection.as_mut() => result?,
-                    _ = self.shutdown.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await?;
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Answers one request on a connection over the limit with 503 JSON, then closes it. The
-/// request is read first: clients (hyper, browsers) reject an answer to a request they have
-/// not sent yet.
-async fn refuse(mut builder: http1::Builder, socket: TcpStream) {
-    let service = service_fn(|_request| async {
-        let body =
-            r#"{"error":"over_capacity","message":"too many connections; retry in a moment"}"#;
-        Response::builder()
-            .status(StatusCode::SERVICE_UNAVAILABLE)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::RETRY_AFTER, "5")
-            .body(Body::from(body))
-    });
-    let connection = builder
-        .keep_alive(false)
-        .serve_connection(TokioIo::new(socket), service);
-    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
 }
 
 /// File descriptors kept for everything but client connections: the pool, the LISTEN

@@ -473,10 +473,10 @@ async fn abandoned_connections_leave_nothing_behind() {
     relay.stop().await;
 }
 
-/// Headers past hyper's limits get 431 or a closed connection, never a crash.
+/// Heads past the relay's limits get 431 or a closed connection, never a crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_refused() {
-    // hyper's limits: about 408 KiB of buffered head, and 100 header fields.
+    // The relay's limits: 160 KiB of head, and 100 header fields.
     let db = fresh_database().await;
     let relay = Relay::start(&db).await;
     let addr = address(&relay.base).to_owned();
@@ -542,4 +542,202 @@ async fn oversized_headers_are_refused() {
     assert_json_error(response, 401, "token_too_long", "").await;
     assert_healthy(&relay.base).await;
     relay.stop().await;
+}
+
+/// Holds one flooding connection that sends a single byte and waits, opening a new one each
+/// time the relay closes it, until `stop`; returns how many it opened.
+async fn flood_one_byte(addr: String, stop: tokio_util::sync::CancellationToken) -> u32 {
+    let mut opened = 0;
+    while !stop.is_cancelled() {
+        let Ok(mut socket) = TcpStream::connect(&addr).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        opened += 1;
+        let _ = socket.write_all(b"G").await;
+        let mut buffer = [0u8; 256];
+        tokio::select! {
+            _ = socket.read(&mut buffer) => {}
+            _ = stop.cancelled() => {}
+        }
+        // Re-opened once it is closed, after a pause that keeps the churn within what this
+        // test's two shared cores can schedule (examples/slot_flood.rs floods flat out).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    opened
+}
+
+/// A flood of connections that send one byte and never finish a head cannot lock genuine
+/// clients out: they hold at most half the slots, and the oldest gives way to a newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_flood_leaves_room_for_genuine_clients() {
+    let db = fresh_database().await;
+    let limits = ConnectionLimits {
+        max_connections: 100,
+        header_timeout: Duration::from_secs(5),
+        ..ConnectionLimits::default()
+    };
+    let relay = limited_relay(&db, limits).await;
+    let addr = address(&relay.base).to_owned();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut flooders = JoinSet::new();
+    for _ in 0..120 {
+        flooders.spawn(flood_one_byte(addr.clone(), stop.clone()));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Genuine streams open one after another and stay open, as a page's would.
+    let mut streams = Vec::new();
+    let mut refused = Vec::new();
+    for n in 0..12 {
+        let token = relay.token(&format!("genuine{n}"), &[]);
+        match reqwest::get(stream_url(&relay.base, &token)).await {
+            Ok(response) if response.status() == 200 => streams.push(response),
+            Ok(response) => refused.push(format!("{}", response.status())),
+            Err(error) => refused.push(format!("{error}")),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let mut opened = 0;
+    while let Some(count) = flooders.join_next().await {
+        opened += count.unwrap();
+    }
+    assert!(opened >= 120, "the flood opened only {opened} connections");
+    assert!(
+        refused.is_empty(),
+        "{} of 12 genuine streams refused during the flood: {refused:?}",
+        refused.len()
+    );
+    drop(streams);
+    relay.stop().await;
+}
+
+/// A head whose first 16,000 bytes arrive at once, 1,000 more at 1.5 s (past what a first
+/// reader might buffer before handing the connection on) and then a byte every 100 ms, is
+/// closed at one header timeout (2 s) from the connection's start, whoever parses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_large_head_is_closed_at_one_header_timeout() {
+    let db = fresh_database().await;
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_secs(2),
+        ..short_header_timeout()
+    };
+    let relay = limited_relay(&db, limits).await;
+    let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: c=".to_vec();
+    head.resize(16_000, b'c');
+    let mut connection = RawConnection::open(&relay.base).await;
+    let started = Instant::now();
+    connection.send(&head).await;
+    let (mut read, mut write) = connection.socket.into_split();
+    let trickler = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if write.write_all(&[b'c'; 1000]).await.is_err() {
+            return;
+        }
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if write.write_all(b"c").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buffer = [0u8; 1024];
+    let closed_after = loop {
+        match tokio::time::timeout_at(started + Duration::from_secs(6), read.read(&mut buffer))
+            .await
+        {
+            Err(_) | Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            Ok(Ok(_)) => continue,
+        }
+    };
+    trickler.abort();
+    // 3.5 s would mean a second deadline started when the head changed hands at 1.5 s.
+    assert!(
+        closed_after >= Duration::from_millis(1800) && closed_after < Duration::from_millis(3000),
+        "a trickling head was closed after {closed_after:?} (header timeout 2 s)"
+    );
+    relay.stop().await;
+}
+
+/// A kept-alive connection idle between requests counts as waiting: when newcomers fill the
+/// waiting share it gives way (closed long before its header timeout), and a connection
+/// serving a stream does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_kept_alive_connection_gives_way_under_pressure() {
+    let db = fresh_database().await;
+    let limits = ConnectionLimits {
+        max_connections: 5,
+        header_timeout: Duration::from_secs(10),
+        ..ConnectionLimits::default()
+    };
+    let relay = limited_relay(&db, limits).await;
+    // Let the start-up check's connection close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stream = open_stream_when_a_slot_is_free(&relay.base, &relay.token("alice", &[])).await;
+    let mut idle = RawConnection::open(&relay.base).await;
+    idle.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(idle.answer(false).await.status, 200);
+
+    // Two silent newcomers fill the share of two: the idle connection, the oldest, gives way.
+    let _silent: Vec<TcpStream> = vec![
+        TcpStream::connect(address(&relay.base)).await.unwrap(),
+        TcpStream::connect(address(&relay.base)).await.unwrap(),
+    ];
+    let closed_after = idle.closed_within(Duration::from_secs(3)).await;
+    assert!(
+        closed_after.is_some(),
+        "an idle kept-alive connection held its slot under pressure"
+    );
+    // The stream kept its slot and still delivers.
+    let client = connect(&db).await;
+    insert(&client, &["alice"], json!({"still": "open"})).await;
+    let mut events = stream.bytes_stream();
+    let deadline = Instant::now() + PATIENCE;
+    let mut received = Vec::new();
+    while !String::from_utf8_lossy(&received).contains("still") {
+        let chunk = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut events))
+            .await
+            .expect("the stream delivered nothing")
+            .expect("the stream ended")
+            .unwrap();
+        received.extend_from_slice(&chunk);
+    }
+    relay.stop().await;
+}
+
+/// Connections that send a large body and never finish it (so never reach a route, or a token
+/// check) cannot pile their bytes up in the relay: the bytes held by waiting connections are
+/// bounded together, the oldest giving way, so 800 of them leave the relay's memory bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_bodies_cannot_pile_up_in_memory() {
+    let db = fresh_database().await;
+    let relay = RelayProcess::start(&db, &[], None).await;
+    let before = relay.rss_kib();
+    let head = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 330000\r\n\r\n";
+    let most_of_the_body = vec![b' '; 320_000];
+    let mut sockets = Vec::new();
+    for _ in 0..800 {
+        let mut socket = TcpStream::connect(address(&relay.base)).await.unwrap();
+        // A connection that gave way is closed while it writes: that is the point.
+        let _ = socket.write_all(head.as_bytes()).await;
+        let _ = socket.write_all(&most_of_the_body).await;
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown_kib = relay.rss_kib().saturating_sub(before);
+    println!("800 unfinished bodies of 320,000 bytes: the relay grew by {grown_kib} KiB");
+    // 256 MB were sent; the waiting connections may hold 32 MiB of it together.
+    assert!(
+        grown_kib < 128 * 1024,
+        "800 unfinished bodies grew the relay by {grown_kib} KiB"
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", relay.base))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }

@@ -95,7 +95,7 @@ async fn listen_through_pgbouncer_is_never_ready() {
 }
 
 /// Streams pass through nginx configured with deploy/nginx-location.conf, unbuffered: each
-/// event arrives while the connection stays open.
+/// event arrives while the connection stays open; `/metrics` is not served through it.
 #[ignore = "needs nginx: run .ci/run, or cargo test -- --include-ignored once installed"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_through_nginx_unbuffered() {
@@ -120,6 +120,9 @@ async fn streams_through_nginx_unbuffered() {
         .await
         .unwrap();
     assert_eq!(history.status(), 200);
+    // Traffic figures stay off the public proxy.
+    let metrics = reqwest::get(format!("{via_nginx}/metrics")).await.unwrap();
+    assert_json_error(metrics, 404, "not_found", "/metrics through nginx").await;
     drop(alice);
     // Tokens travel in query strings (EventSource cannot send headers): nginx's default
     // access log would record them.

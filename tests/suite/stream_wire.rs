@@ -1,6 +1,6 @@
-//! The stream's HTTP/1.1 on the wire, read off raw sockets: a connection whose first request
-//! opens a stream is answered by the relay's own writer (src/server/stream_writer.rs), not by
-//! hyper, so its framing, its refusals and its end are checked byte by byte here.
+//! The stream's HTTP/1.1 on the wire, read off raw sockets: streams are written by the relay's
+//! own writer (src/server/writer.rs), so their framing, their refusals and their end are
+//! checked byte by byte here.
 
 use std::time::Duration;
 
@@ -141,8 +141,7 @@ async fn a_stream_request_in_pieces_opens_the_stream() {
     relay.stop().await;
 }
 
-/// A head too large for the relay's own reader (a browser with big cookies) is served by
-/// hyper instead, as the same stream.
+/// A large head (a browser with big cookies, 40 KiB) still opens the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_stream_request_head_is_still_served() {
     let db = fresh_database().await;

@@ -6,8 +6,10 @@
 
 pub mod external;
 mod http;
+mod raw;
 
 pub use http::*;
+pub use raw::*;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
