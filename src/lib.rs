@@ -29,9 +29,9 @@
 //!    `tls` (`sslmode` as libpq means it), `frame` (the SSE wire format), `limits`
 //!    (per-client rate and concurrency limits) and `metrics` (Prometheus counters).
 //! 6. **Domain**: `message` (what a [`Message`] and a [`Signal`] are, the naming rules, the JSON
-//!    a client sees), [`auth`] (HS256 tokens), [`config`] (what a relay is configured to
-//!    do), [`Error`] (the crate's error type) and [`sse`] (an event-stream parser for
-//!    clients: `pgrelay tail` and the tests).
+//!    a client sees), [`jsonb`] (the JSON PostgreSQL's `jsonb` refuses), [`auth`] (HS256
+//!    tokens), [`config`] (what a relay is configured to do), [`Error`] (the crate's error
+//!    type) and [`sse`] (an event-stream parser for clients: `pgrelay tail` and the tests).
 //!
 //! # Data flow
 //!
@@ -51,6 +51,7 @@ pub mod config;
 mod error;
 mod frame;
 mod http;
+pub mod jsonb;
 mod limits;
 mod listener;
 mod message;

@@ -20,7 +20,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "registry", "store", "migrate", "tls", "frame", "limits", "metrics",
         ],
     ),
-    ("domain", &["message", "auth", "config", "error", "sse"]),
+    (
+        "domain",
+        &["message", "jsonb", "auth", "config", "error", "sse"],
+    ),
 ];
 
 /// Height of `module`'s layer (the top layer is the highest), or `None` for an unknown module.

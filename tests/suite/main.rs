@@ -18,6 +18,7 @@ mod group_commit;
 mod http_errors;
 mod instances;
 mod js_client;
+mod jsonb;
 mod limits;
 mod openapi;
 mod order;
