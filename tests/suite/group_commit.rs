@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use futures::future::join_all;
 use serde_json::{json, Value};
+use tokio::task::JoinHandle;
 
 use crate::common::*;
 
@@ -81,8 +82,8 @@ async fn concurrent_publishes_share_transactions() {
     );
 }
 
-/// A message PostgreSQL refuses (a `\u0000` in its payload) among concurrent ones fails with
-/// its own 422; the others are stored and answered 201.
+/// A message PostgreSQL would refuse (a `\u0000` in its payload) among concurrent ones fails
+/// with its own 422; the others are stored and answered 201.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_row_fails_only_its_own_request() {
     let db = fresh_database().await;
@@ -104,4 +105,52 @@ async fn a_refused_row_fails_only_its_own_request() {
     }
     let count = message_count(&connect(&db).await).await;
     assert_eq!(count, 19);
+}
+
+/// Locks the outbox against inserts in `transaction`, so that no batch can commit until it
+/// ends.
+async fn lock_outbox(transaction: &tokio_postgres::Transaction<'_>) {
+    transaction
+        .batch_execute("LOCK TABLE pgrelay.messages IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+}
+
+/// Publishes one message from `sender` in the background; its answer's status and JSON.
+fn publish_in_background(relay: &Relay, sender: &str) -> JoinHandle<(u16, Value)> {
+    let (base, token) = (relay.base.clone(), relay.token(sender, &["publish"]));
+    tokio::spawn(async move {
+        let body = json!({"participants": ["inbox"], "payload": {"from": "background"}});
+        status_and_json(post(&base, "/v1/messages", &token, body).await).await
+    })
+}
+
+/// A payload jsonb refuses is answered 422 before it joins a batch: while the outbox is
+/// locked, so that no batch can commit and an honest publish waits, each such payload is
+/// still answered at once; then the honest one commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_payloads_are_answered_without_joining_a_batch() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let mut locker = connect(&db).await;
+    let lock = locker.transaction().await.unwrap();
+    lock_outbox(&lock).await;
+    let honest = publish_in_background(&relay, "honest");
+    let poisoner = relay.token("poisoner", &["publish"]);
+    for payload in [r#""\u0000""#, r#""\ud800""#, "1e999999", r#"{"\u0000": 1}"#] {
+        let body = format!(r#"{{"participants": ["inbox"], "payload": {payload}}}"#);
+        let post = post_text(&relay.base, "/v1/messages", &poisoner, body);
+        let answer = tokio::time::timeout(PATIENCE, post)
+            .await
+            .unwrap_or_else(|_| panic!("{payload} waited for the locked outbox"));
+        assert_json_error(answer, 422, "invalid", payload).await;
+    }
+    assert!(
+        !honest.is_finished(),
+        "the honest publish waits for the lock"
+    );
+    lock.rollback().await.unwrap();
+    let (status, body) = honest.await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(message_count(&locker).await, 1);
 }
