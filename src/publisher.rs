@@ -6,8 +6,13 @@
 //! publishers cannot. So the handlers hand their messages to one task, which inserts whatever
 //! arrived while its previous commit was in flight as the next transaction (up to
 //! `--publish-batch` rows) and answers each request with its own id once that commit is done.
-//! A row the database refuses fails its whole transaction; then each message of it is tried
-//! alone, so a bad row fails only its own request.
+//!
+//! A row the database refuses fails its whole transaction, so one sender's bad message must
+//! not reach the others' transactions. The HTTP handlers refuse what `jsonb` would (see
+//! `jsonb`) before it gets here; this module takes what they cannot foresee, such as a
+//! constraint an application added. A refused transaction is split in halves until the guilty
+//! message fails alone: it fails only its own request and costs the others a few transactions,
+//! not one each.
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
@@ -71,34 +76,49 @@ async fn run(pool: DbPool, mut pending: mpsc::Receiver<Pending>, max_batch: usiz
     }
 }
 
-/// Commits `batch` as one transaction and answers each request; when the database refuses
-/// the data of one of them, tries each alone.
+/// Commits `batch` and answers each request. When the database refuses the data of a
+/// transaction of several messages, that transaction is split in halves, each committed on its
+/// own, down to the guilty message alone: one refused message among n costs about 2·log2(n)
+/// extra transactions, not n, and the others keep their place in line. When the database
+/// fails otherwise (it is away, say), this transaction's and every later part's requests get
+/// the same error at once.
 async fn commit(pool: &DbPool, batch: Vec<Pending>) {
-    let messages: Vec<&NewMessage> = batch.iter().map(|pending| &pending.message).collect();
-    match store::publish_all(pool, &messages).await {
-        Ok(ids) => {
-            for (pending, id) in batch.into_iter().zip(ids) {
-                let _ = pending.reply.send(Ok(id));
+    // Parts still to commit, the next one last; the first half goes before the second, so ids
+    // still follow the order of arrival.
+    let mut parts = vec![batch];
+    while let Some(mut part) = parts.pop() {
+        let messages: Vec<&NewMessage> = part.iter().map(|pending| &pending.message).collect();
+        match store::publish_all(pool, &messages).await {
+            Ok(ids) => {
+                for (pending, id) in part.into_iter().zip(ids) {
+                    let _ = pending.reply.send(Ok(id));
+                }
             }
-        }
-        Err(error) if batch.len() == 1 => {
-            if let Some(pending) = batch.into_iter().next() {
-                let _ = pending.reply.send(Err(error));
+            Err(error) if refused(&error) && part.len() > 1 => {
+                // The SQLSTATE only: the server's message may quote the row, payload and all.
+                let sqlstate = error.sqlstate().map(|state| state.code());
+                debug!(
+                    messages = part.len(),
+                    ?sqlstate,
+                    "a batch was refused; splitting it"
+                );
+                let second = part.split_off(part.len() / 2);
+                parts.push(second);
+                parts.push(part);
             }
-        }
-        Err(error) if refused(&error) => {
-            for pending in batch {
-                let id = store::publish(pool, &pending.message).await;
-                let _ = pending.reply.send(id);
+            Err(error) if refused(&error) => {
+                if let Some(pending) = part.pop() {
+                    let _ = pending.reply.send(Err(error));
+                }
             }
-        }
-        Err(error) => {
-            // The database is away or broken, not this data: the same answer for everyone.
-            let cause = error.to_string();
-            for pending in batch {
-                let _ = pending.reply.send(Err(Error::connection(format!(
-                    "publishing failed: {cause}"
-                ))));
+            Err(error) => {
+                // The database is away or broken, not this data: the same answer for everyone.
+                let cause = error.to_string();
+                for pending in part.into_iter().chain(parts.drain(..).flatten()) {
+                    let _ = pending.reply.send(Err(Error::connection(format!(
+                        "publishing failed: {cause}"
+                    ))));
+                }
             }
         }
     }

@@ -2,6 +2,7 @@
 //! still answered with its own id, and a row the database refuses fails only its own request.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{json, Value};
@@ -107,6 +108,37 @@ async fn a_refused_row_fails_only_its_own_request() {
     assert_eq!(count, 19);
 }
 
+/// Makes the outbox refuse payloads with a key `poison`, as an application's own constraint
+/// might, and count the statements that try to insert into it (in a sequence, which does not
+/// roll back with the statements that fail): see [`insert_attempts`].
+async fn refuse_poison_and_count_attempts(client: &tokio_postgres::Client) {
+    client
+        .batch_execute(
+            "ALTER TABLE pgrelay.messages
+                 ADD CONSTRAINT app_refuses_poison CHECK (NOT payload ? 'poison');
+             CREATE SEQUENCE public.insert_attempts;
+             CREATE FUNCTION public.count_insert_attempt() RETURNS trigger
+                 LANGUAGE plpgsql AS $$
+                 BEGIN PERFORM nextval('public.insert_attempts'); RETURN NULL; END $$;
+             CREATE TRIGGER count_insert_attempts BEFORE INSERT ON pgrelay.messages
+                 FOR EACH STATEMENT EXECUTE FUNCTION public.count_insert_attempt();",
+        )
+        .await
+        .unwrap();
+}
+
+/// Statements that tried to insert into the outbox so far.
+async fn insert_attempts(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.insert_attempts",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Locks the outbox against inserts in `transaction`, so that no batch can commit until it
 /// ends.
 async fn lock_outbox(transaction: &tokio_postgres::Transaction<'_>) {
@@ -114,6 +146,28 @@ async fn lock_outbox(transaction: &tokio_postgres::Transaction<'_>) {
         .batch_execute("LOCK TABLE pgrelay.messages IN EXCLUSIVE MODE")
         .await
         .unwrap();
+}
+
+/// Returns once a `pgrelay.publish_many` call waits for a lock. Asked through a connection
+/// of its own, outside any transaction: within one, `pg_stat_activity` keeps the snapshot it
+/// read first.
+async fn publish_waits_for_lock(db: &str) {
+    let client = connect(db).await;
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                  WHERE wait_event_type = 'Lock' AND query LIKE '%publish_many%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Publishes one message from `sender` in the background; its answer's status and JSON.
@@ -153,4 +207,67 @@ async fn refused_payloads_are_answered_without_joining_a_batch() {
     let (status, body) = honest.await.unwrap();
     assert_eq!(status, 201, "{body}");
     assert_eq!(message_count(&locker).await, 1);
+}
+
+/// A row the database refuses for a reason the relay cannot foresee (here a CHECK constraint
+/// an application added) fails only its own request, and its batch is split in halves rather
+/// than retried one message per transaction: 64 publishes queued together, one of them
+/// refused, cost at most 2·log2(64) + 1 attempts, not 65. Every other request gets 201 and the
+/// id of its own message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_row_splits_its_batch_in_halves() {
+    const QUEUED: usize = 64;
+    const GUILTY: usize = 37;
+    let db = fresh_database().await;
+    let mut admin = connect(&db).await;
+    refuse_poison_and_count_attempts(&admin).await;
+    let relay = Relay::start(&db).await;
+
+    // Hold the publishing task on a first publish while the others queue up behind it.
+    let lock = admin.transaction().await.unwrap();
+    lock_outbox(&lock).await;
+    let first = publish_in_background(&relay, "first");
+    tokio::time::timeout(PATIENCE, publish_waits_for_lock(&db))
+        .await
+        .expect("the first publish reached the locked outbox");
+    let bodies = (0..QUEUED)
+        .map(|n| {
+            let key = if n == GUILTY { "poison" } else { "n" };
+            json!({"participants": ["inbox"], "payload": {key: n.to_string()}})
+        })
+        .collect();
+    // Long enough for every request to reach the queue on a busy machine.
+    let release = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        lock.rollback().await.unwrap();
+    };
+    let (answers, ()) = tokio::join!(post_together(&relay, bodies), release);
+    assert_eq!(first.await.unwrap().0, 201);
+
+    let rows = admin
+        .query("SELECT id, payload->>'n' FROM pgrelay.messages", &[])
+        .await
+        .unwrap();
+    let mut ids = HashSet::new();
+    for (n, (status, body)) in answers.iter().enumerate() {
+        if n == GUILTY {
+            assert_eq!(*status, 422, "the refused request: {body}");
+            assert_eq!(body["error"], "invalid");
+            continue;
+        }
+        assert_eq!(*status, 201, "request {n}: {body}");
+        let id = body["id"].as_i64().unwrap();
+        assert!(ids.insert(id), "id {id} answered twice");
+        let row = rows.iter().find(|row| row.get::<_, i64>(0) == id).unwrap();
+        assert_eq!(row.get::<_, String>(1), n.to_string(), "request {n}");
+    }
+    assert_eq!(rows.len(), QUEUED, "the first and every request but one");
+
+    let attempts = insert_attempts(&admin).await;
+    // The first publish, then the queued batch: whole, and two halves per level down to the
+    // guilty message alone. A request that missed the queue would cost an attempt of its
+    // own: two are allowed for.
+    let bound = 1 + 2 * QUEUED.ilog2() as i64 + 1 + 2;
+    println!("{QUEUED} queued publishes, one refused: {attempts} insert attempts (bound {bound})");
+    assert!(attempts <= bound, "{attempts} attempts");
 }
