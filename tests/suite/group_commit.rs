@@ -271,3 +271,50 @@ async fn a_refused_row_splits_its_batch_in_halves() {
     println!("{QUEUED} queued publishes, one refused: {attempts} insert attempts (bound {bound})");
     assert!(attempts <= bound, "{attempts} attempts");
 }
+
+/// Once the database has refused one of its messages, a sender publishes alone for a while:
+/// its next message, sent while a batch of others is queued, commits (here: fails) in a
+/// transaction of its own instead of failing the batch again, so that batch costs one attempt,
+/// not 2·log2(n) + 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_the_database_refused_publishes_alone_for_a_while() {
+    const QUEUED: usize = 32;
+    let db = fresh_database().await;
+    let mut admin = connect(&db).await;
+    refuse_poison_and_count_attempts(&admin).await;
+    let relay = Relay::start(&db).await;
+    let poisoner = relay.token("poisoner", &["publish"]);
+    let poison = json!({"participants": ["inbox"], "payload": {"poison": true}});
+    let refused = post(&relay.base, "/v1/messages", &poisoner, poison.clone()).await;
+    assert_json_error(refused, 422, "invalid", "the first poison").await;
+    let before = insert_attempts(&admin).await;
+
+    let lock = admin.transaction().await.unwrap();
+    lock_outbox(&lock).await;
+    let first = publish_in_background(&relay, "first");
+    tokio::time::timeout(PATIENCE, publish_waits_for_lock(&db))
+        .await
+        .expect("the first publish reached the locked outbox");
+    let bodies = (0..QUEUED)
+        .map(|n| json!({"participants": ["inbox"], "payload": {"n": n}}))
+        .collect();
+    let release = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        lock.rollback().await.unwrap();
+    };
+    let (answers, again, ()) = tokio::join!(
+        post_together(&relay, bodies),
+        post(&relay.base, "/v1/messages", &poisoner, poison),
+        release
+    );
+    assert_eq!(first.await.unwrap().0, 201);
+    for (n, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 201, "request {n}: {body}");
+    }
+    assert_json_error(again, 422, "invalid", "the second poison").await;
+    let attempts = insert_attempts(&admin).await - before;
+    println!("{QUEUED} queued publishes beside a quarantined poisoner: {attempts} insert attempts");
+    // The first publish, the queued batch, and the poison alone; a request that missed the
+    // queue would cost an attempt of its own: two are allowed for.
+    assert!(attempts <= 3 + 2, "{attempts} attempts");
+}
