@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
+use tokio_postgres::{Client, Transaction};
 
 use crate::common::*;
 
@@ -111,7 +112,7 @@ async fn a_refused_row_fails_only_its_own_request() {
 /// Makes the outbox refuse payloads with a key `poison`, as an application's own constraint
 /// might, and count the statements that try to insert into it (in a sequence, which does not
 /// roll back with the statements that fail): see [`insert_attempts`].
-async fn refuse_poison_and_count_attempts(client: &tokio_postgres::Client) {
+async fn refuse_poison_and_count_attempts(client: &Client) {
     client
         .batch_execute(
             "ALTER TABLE pgrelay.messages
@@ -128,7 +129,7 @@ async fn refuse_poison_and_count_attempts(client: &tokio_postgres::Client) {
 }
 
 /// Statements that tried to insert into the outbox so far.
-async fn insert_attempts(client: &tokio_postgres::Client) -> i64 {
+async fn insert_attempts(client: &Client) -> i64 {
     client
         .query_one(
             "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.insert_attempts",
@@ -139,13 +140,29 @@ async fn insert_attempts(client: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
-/// Locks the outbox against inserts in `transaction`, so that no batch can commit until it
-/// ends.
-async fn lock_outbox(transaction: &tokio_postgres::Transaction<'_>) {
-    transaction
-        .batch_execute("LOCK TABLE pgrelay.messages IN EXCLUSIVE MODE")
+/// Holds the publishing task of `relay`, on database `db`: locks the outbox against inserts in
+/// a transaction of `client`'s (connected to `db`) and publishes a first message, which then
+/// waits for the lock, so that publishes sent meanwhile queue behind it. Rolling the
+/// transaction back lets everything commit; the handle gives the first publish's status and
+/// JSON.
+async fn hold_publishing<'a>(
+    client: &'a mut Client,
+    relay: &Relay,
+    db: &str,
+) -> (Transaction<'a>, JoinHandle<(u16, Value)>) {
+    let lock = client.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE pgrelay.messages IN EXCLUSIVE MODE")
         .await
         .unwrap();
+    let (base, token) = (relay.base.clone(), relay.token("first", &["publish"]));
+    let first = tokio::spawn(async move {
+        let body = json!({"participants": ["inbox"], "payload": {"from": "the first"}});
+        status_and_json(post(&base, "/v1/messages", &token, body).await).await
+    });
+    tokio::time::timeout(PATIENCE, publish_waits_for_lock(db))
+        .await
+        .expect("the first publish reached the locked outbox");
+    (lock, first)
 }
 
 /// Returns once a `pgrelay.publish_many` call waits for a lock. Asked through a connection
@@ -170,15 +187,6 @@ async fn publish_waits_for_lock(db: &str) {
     }
 }
 
-/// Publishes one message from `sender` in the background; its answer's status and JSON.
-fn publish_in_background(relay: &Relay, sender: &str) -> JoinHandle<(u16, Value)> {
-    let (base, token) = (relay.base.clone(), relay.token(sender, &["publish"]));
-    tokio::spawn(async move {
-        let body = json!({"participants": ["inbox"], "payload": {"from": "background"}});
-        status_and_json(post(&base, "/v1/messages", &token, body).await).await
-    })
-}
-
 /// A payload jsonb refuses is answered 422 before it joins a batch: while the outbox is
 /// locked, so that no batch can commit and an honest publish waits, each such payload is
 /// still answered at once; then the honest one commits.
@@ -187,9 +195,7 @@ async fn refused_payloads_are_answered_without_joining_a_batch() {
     let db = fresh_database().await;
     let relay = Relay::start(&db).await;
     let mut locker = connect(&db).await;
-    let lock = locker.transaction().await.unwrap();
-    lock_outbox(&lock).await;
-    let honest = publish_in_background(&relay, "honest");
+    let (lock, honest) = hold_publishing(&mut locker, &relay, &db).await;
     let poisoner = relay.token("poisoner", &["publish"]);
     for payload in [r#""\u0000""#, r#""\ud800""#, "1e999999", r#"{"\u0000": 1}"#] {
         let body = format!(r#"{{"participants": ["inbox"], "payload": {payload}}}"#);
@@ -223,13 +229,7 @@ async fn a_refused_row_splits_its_batch_in_halves() {
     refuse_poison_and_count_attempts(&admin).await;
     let relay = Relay::start(&db).await;
 
-    // Hold the publishing task on a first publish while the others queue up behind it.
-    let lock = admin.transaction().await.unwrap();
-    lock_outbox(&lock).await;
-    let first = publish_in_background(&relay, "first");
-    tokio::time::timeout(PATIENCE, publish_waits_for_lock(&db))
-        .await
-        .expect("the first publish reached the locked outbox");
+    let (lock, first) = hold_publishing(&mut admin, &relay, &db).await;
     let bodies = (0..QUEUED)
         .map(|n| {
             let key = if n == GUILTY { "poison" } else { "n" };
@@ -289,12 +289,7 @@ async fn a_sender_the_database_refused_publishes_alone_for_a_while() {
     assert_json_error(refused, 422, "invalid", "the first poison").await;
     let before = insert_attempts(&admin).await;
 
-    let lock = admin.transaction().await.unwrap();
-    lock_outbox(&lock).await;
-    let first = publish_in_background(&relay, "first");
-    tokio::time::timeout(PATIENCE, publish_waits_for_lock(&db))
-        .await
-        .expect("the first publish reached the locked outbox");
+    let (lock, first) = hold_publishing(&mut admin, &relay, &db).await;
     let bodies = (0..QUEUED)
         .map(|n| json!({"participants": ["inbox"], "payload": {"n": n}}))
         .collect();
