@@ -32,9 +32,9 @@
 //!    (per-client rate and concurrency limits), `budget` (the bytes an instance holds for
 //!    readers at once) and `metrics` (Prometheus counters).
 //! 6. **Domain**: `message` (what a [`Message`] and a [`Signal`] are, the naming rules, the JSON
-//!    a client sees), [`auth`] (HS256 tokens), [`config`] (what a relay is configured to
-//!    do), [`Error`] (the crate's error type) and [`sse`] (an event-stream parser for
-//!    clients: `pgrelay tail` and the tests).
+//!    a client sees), [`jsonb`] (the JSON PostgreSQL's `jsonb` refuses), [`auth`] (HS256
+//!    tokens), [`config`] (what a relay is configured to do), [`Error`] (the crate's error
+//!    type) and [`sse`] (an event-stream parser for clients: `pgrelay tail` and the tests).
 //!
 //! # Data flow
 //!
@@ -57,6 +57,7 @@ pub mod config;
 mod error;
 mod frame;
 mod http;
+pub mod jsonb;
 mod limits;
 mod listener;
 mod message;

@@ -5,7 +5,7 @@
 //! cargo run --release --example bench -- --quick   # smoke run, under 2 minutes
 //! cargo run --release --example bench -- --throughput  # ceilings and ladders only, ~2 minutes
 //! cargo run --release --example bench -- --latency     # floor, memory, latency, CPU per event, ~2 minutes
-//! cargo run --release --example bench -- --publish     # POST throughput, group commit, ~1 minute
+//! cargo run --release --example bench -- --publish     # POST throughput, group commit, poisoning, ~2 minutes
 //! cargo run --release --example bench -- --fleet       # 1, 3 and 10 instances on one database
 //! cargo run --release --example bench -- --attacks     # a hostile writer and retention, ~2 minutes
 //! ```
@@ -39,6 +39,11 @@
 //!   messages delivered exactly and `/readyz` polled throughout.
 //! - **Catch-up**: 1,000 missed messages of one participant out of 1,000,000 rows, served by a
 //!   stream opened with `since_id` and by `GET /v1/messages?limit=1000`.
+//! - **Publishing** (`publishing.rs`): `POST /v1/messages` from 100 publishers flat out, one
+//!   transaction per request and with group commit.
+//! - **Poisoning** (`poisoning.rs`): 50 honest publishers flat out, alone and beside one sender
+//!   posting 200 a second (ten times the default per-sender limit) payloads `jsonb` refuses or
+//!   rows a CHECK constraint refuses: the honest throughput as a share of alone, and latency.
 //! - **Cold start**: spawn to the first `/readyz` 200, median of 10.
 //!
 //! Latency runs from the moment a writer's `INSERT` (its own transaction) returns to the moment
@@ -59,6 +64,7 @@ mod cold_start;
 mod fleet;
 mod many_streams;
 mod measure;
+mod poisoning;
 mod postgres;
 mod publishing;
 mod relay;
@@ -76,6 +82,7 @@ use cold_start::*;
 use fleet::*;
 use many_streams::*;
 use measure::*;
+use poisoning::*;
 use postgres::*;
 use publishing::*;
 use relay::*;
@@ -165,8 +172,9 @@ pub(crate) const USAGE: &str =
   --latency    only the LISTEN floor, memory per idle stream, commit-to-SSE latency with
                10,000 and 1,000 subscribers and the relay's CPU per event against the socket
                floor, in about two minutes (add --quick for a shorter run)
-  --publish    only the 1-row ceiling and POST /v1/messages throughput from 100 publishers,
-               with group commit and without (--publish-batch 1), in about a minute
+  --publish    only the 1-row ceiling, POST /v1/messages throughput from 100 publishers,
+               with group commit and without (--publish-batch 1), and 50 publishers beside
+               one sender posting payloads the database refuses, in about two minutes
   --fleet      only 1, 3 and 10 instances on one database under the latency load, and what
                each adds to the database per message
   --streams    only the many-streams phase: 19,000 streams on one instance, then 100,000
@@ -186,7 +194,8 @@ pub(crate) struct Profile {
     pub(crate) throughput_only: bool,
     /// Only the floor, memory, latency and CPU per event (`--latency`).
     pub(crate) latency_only: bool,
-    /// Only the ceiling and `POST` throughput with and without group commit (`--publish`).
+    /// Only the ceiling, `POST` throughput with and without group commit, and poisoning
+    /// (`--publish`).
     pub(crate) publish_only: bool,
     /// Only 1, 3 and 10 instances on one database (`--fleet`).
     pub(crate) fleet_only: bool,

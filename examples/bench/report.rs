@@ -55,6 +55,7 @@ pub(crate) struct Report {
     pub(crate) catch_up: Option<CatchUp>,
     pub(crate) broadcast: Option<Broadcast>,
     pub(crate) publishing: Vec<Publishing>,
+    pub(crate) poisoning: Vec<Poisoning>,
     pub(crate) fleet: Vec<FleetRun>,
     pub(crate) many_streams: Option<ManyStreams>,
     pub(crate) attacks: Option<Attacks>,
@@ -339,6 +340,45 @@ impl Report {
                 match gain {
                     Some(gain) => verdict(gain >= 3.0),
                     None => "",
+                },
+            );
+        }
+        let alone = self
+            .poisoning
+            .iter()
+            .find(|run| run.poison == Poison::None)
+            .map(Poisoning::per_second);
+        for run in &self.poisoning {
+            let share = alone.map(|alone| run.per_second() / alone);
+            let targeted = run.poison == Poison::Jsonb;
+            let poisoner = match run.poison {
+                Poison::None => String::new(),
+                _ => format!(
+                    "; the poisoner's {} posts answered 422 ({} otherwise)",
+                    run.refused, run.other_answers
+                ),
+            };
+            row(
+                &format!(
+                    "Poisoning: {HONEST} honest publishers {}: honest messages/s; request → 201 p50 / p99",
+                    run.poison.describe()
+                ),
+                format!(
+                    "{:.0}/s{}; {} / {}{poisoner}",
+                    run.per_second(),
+                    match share {
+                        Some(share) if run.poison != Poison::None => {
+                            format!(" = {:.0}% of alone", share * 100.0)
+                        }
+                        _ => String::new(),
+                    },
+                    ms(run.latency.p50),
+                    ms(run.latency.p99)
+                ),
+                if targeted { "≥ 80% of alone" } else { "(reference)" },
+                match share {
+                    Some(share) if targeted => verdict(share >= 0.8),
+                    _ => "",
                 },
             );
         }

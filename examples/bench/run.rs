@@ -239,7 +239,7 @@ pub(crate) async fn latency_only(bench: &Bench<'_>, report: &mut Report) -> Res<
 
 /// `POST /v1/messages` from 100 publishers, one message per transaction and with group
 /// commit, beside the database's own one-row-per-transaction ceiling (measured here too, so
-/// `--publish` alone has it).
+/// `--publish` alone has it); then 50 publishers alone and beside a poisoner.
 pub(crate) async fn publish_phases(bench: &Bench<'_>, report: &mut Report) -> Res<()> {
     let Bench {
         cluster,
@@ -266,6 +266,16 @@ pub(crate) async fn publish_phases(bench: &Bench<'_>, report: &mut Report) -> Re
         let db = create_database(cluster, admin, &format!("bench_publish_{batch}")).await?;
         let publishing = publishing_phase(&db, relay_bin, logs, keys, batch, duration).await?;
         report.publishing.push(publishing);
+    }
+    for poisoning in poisoning_phase(bench, 3 * duration).await? {
+        if poisoning.other_answers > 0 {
+            report.problems.push(format!(
+                "poisoning {}: {} of the poisoner's posts were not answered 422",
+                poisoning.poison.describe(),
+                poisoning.other_answers
+            ));
+        }
+        report.poisoning.push(poisoning);
     }
     Ok(())
 }

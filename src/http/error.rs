@@ -69,9 +69,9 @@ impl ApiError {
         )
     }
 
-    /// Maps a failed write: data PostgreSQL refuses ([`Error::is_refused_data`], e.g. a
-    /// `\u0000` in a payload or JSON nested past PostgreSQL's stack depth limit) is the
-    /// client's mistake, anything else is ours. A taken id is ours too: the client does not
+    /// Maps a failed write: data PostgreSQL refuses ([`Error::is_refused_data`], e.g. a row
+    /// that breaks a constraint the application added; what `jsonb` itself refuses is
+    /// answered before it gets this far) is the client's mistake, anything else is ours. A taken id is ours too: the client does not
     /// choose ids, so a conflict means ids were tampered with.
     pub fn from_database(context: &str, error: &Error) -> ApiError {
         if error.is_id_conflict() {

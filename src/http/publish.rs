@@ -23,6 +23,7 @@ use super::extract::Authenticated;
 use super::{ApiError, AppState};
 use crate::auth::Claims;
 use crate::config::Settings;
+use crate::jsonb;
 use crate::message::{is_room, valid_kind, valid_name, valid_room, NewMessage, MAX_NAME_LEN};
 use crate::store;
 
@@ -139,6 +140,10 @@ async fn read_publication(
             "the payload is larger than {max_payload} bytes"
         )));
     }
+    // Here, not in the database: a message the database refuses would fail its whole
+    // group-commit batch first, and cost every other sender in it a retry.
+    jsonb::check(payload.get())
+        .map_err(|refused| ApiError::invalid(format!("the payload cannot be stored: {refused}")))?;
     addresses::check_may_address(state, &claims, &participants).await?;
     Ok(Publication {
         sender: claims.sub,

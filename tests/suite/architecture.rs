@@ -27,7 +27,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "registry", "store", "migrate", "tls", "frame", "limits", "budget", "metrics",
         ],
     ),
-    ("domain", &["message", "auth", "config", "error", "sse"]),
+    (
+        "domain",
+        &["message", "jsonb", "auth", "config", "error", "sse"],
+    ),
 ];
 
 /// Height of `module`'s layer (the top layer is the highest), or `None` for an unknown module.

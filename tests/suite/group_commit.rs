@@ -2,9 +2,12 @@
 //! still answered with its own id, and a row the database refuses fails only its own request.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, Transaction};
 
 use crate::common::*;
 
@@ -81,8 +84,8 @@ async fn concurrent_publishes_share_transactions() {
     );
 }
 
-/// A message PostgreSQL refuses (a `\u0000` in its payload) among concurrent ones fails with
-/// its own 422; the others are stored and answered 201.
+/// A message PostgreSQL would refuse (a `\u0000` in its payload) among concurrent ones fails
+/// with its own 422; the others are stored and answered 201.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_row_fails_only_its_own_request() {
     let db = fresh_database().await;
@@ -104,4 +107,209 @@ async fn a_refused_row_fails_only_its_own_request() {
     }
     let count = message_count(&connect(&db).await).await;
     assert_eq!(count, 19);
+}
+
+/// Makes the outbox refuse payloads with a key `poison`, as an application's own constraint
+/// might, and count the statements that try to insert into it (in a sequence, which does not
+/// roll back with the statements that fail): see [`insert_attempts`].
+async fn refuse_poison_and_count_attempts(client: &Client) {
+    client
+        .batch_execute(
+            "ALTER TABLE pgrelay.messages
+                 ADD CONSTRAINT app_refuses_poison CHECK (NOT payload ? 'poison');
+             CREATE SEQUENCE public.insert_attempts;
+             CREATE FUNCTION public.count_insert_attempt() RETURNS trigger
+                 LANGUAGE plpgsql AS $$
+                 BEGIN PERFORM nextval('public.insert_attempts'); RETURN NULL; END $$;
+             CREATE TRIGGER count_insert_attempts BEFORE INSERT ON pgrelay.messages
+                 FOR EACH STATEMENT EXECUTE FUNCTION public.count_insert_attempt();",
+        )
+        .await
+        .unwrap();
+}
+
+/// Statements that tried to insert into the outbox so far.
+async fn insert_attempts(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.insert_attempts",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Holds the publishing task of `relay`, on database `db`: locks the outbox against inserts in
+/// a transaction of `client`'s (connected to `db`) and publishes a first message, which then
+/// waits for the lock, so that publishes sent meanwhile queue behind it. Rolling the
+/// transaction back lets everything commit; the handle gives the first publish's status and
+/// JSON.
+async fn hold_publishing<'a>(
+    client: &'a mut Client,
+    relay: &Relay,
+    db: &str,
+) -> (Transaction<'a>, JoinHandle<(u16, Value)>) {
+    let lock = client.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE pgrelay.messages IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let (base, token) = (relay.base.clone(), relay.token("first", &["publish"]));
+    let first = tokio::spawn(async move {
+        let body = json!({"participants": ["inbox"], "payload": {"from": "the first"}});
+        status_and_json(post(&base, "/v1/messages", &token, body).await).await
+    });
+    tokio::time::timeout(PATIENCE, publish_waits_for_lock(db))
+        .await
+        .expect("the first publish reached the locked outbox");
+    (lock, first)
+}
+
+/// Returns once a `pgrelay.publish_many` call waits for a lock. Asked through a connection
+/// of its own, outside any transaction: within one, `pg_stat_activity` keeps the snapshot it
+/// read first.
+async fn publish_waits_for_lock(db: &str) {
+    let client = connect(db).await;
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                  WHERE wait_event_type = 'Lock' AND query LIKE '%publish_many%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A payload jsonb refuses is answered 422 before it joins a batch: while the outbox is
+/// locked, so that no batch can commit and an honest publish waits, each such payload is
+/// still answered at once; then the honest one commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_payloads_are_answered_without_joining_a_batch() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let mut locker = connect(&db).await;
+    let (lock, honest) = hold_publishing(&mut locker, &relay, &db).await;
+    let poisoner = relay.token("poisoner", &["publish"]);
+    for payload in [r#""\u0000""#, r#""\ud800""#, "1e999999", r#"{"\u0000": 1}"#] {
+        let body = format!(r#"{{"participants": ["inbox"], "payload": {payload}}}"#);
+        let post = post_text(&relay.base, "/v1/messages", &poisoner, body);
+        let answer = tokio::time::timeout(PATIENCE, post)
+            .await
+            .unwrap_or_else(|_| panic!("{payload} waited for the locked outbox"));
+        assert_json_error(answer, 422, "invalid", payload).await;
+    }
+    assert!(
+        !honest.is_finished(),
+        "the honest publish waits for the lock"
+    );
+    lock.rollback().await.unwrap();
+    let (status, body) = honest.await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(message_count(&locker).await, 1);
+}
+
+/// A row the database refuses for a reason the relay cannot foresee (here a CHECK constraint
+/// an application added) fails only its own request, and its batch is split in halves rather
+/// than retried one message per transaction: 64 publishes queued together, one of them
+/// refused, cost at most 2·log2(64) + 1 attempts, not 65. Every other request gets 201 and the
+/// id of its own message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_row_splits_its_batch_in_halves() {
+    const QUEUED: usize = 64;
+    const GUILTY: usize = 37;
+    let db = fresh_database().await;
+    let mut admin = connect(&db).await;
+    refuse_poison_and_count_attempts(&admin).await;
+    let relay = Relay::start(&db).await;
+
+    let (lock, first) = hold_publishing(&mut admin, &relay, &db).await;
+    let bodies = (0..QUEUED)
+        .map(|n| {
+            let key = if n == GUILTY { "poison" } else { "n" };
+            json!({"participants": ["inbox"], "payload": {key: n.to_string()}})
+        })
+        .collect();
+    // Long enough for every request to reach the queue on a busy machine.
+    let release = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        lock.rollback().await.unwrap();
+    };
+    let (answers, ()) = tokio::join!(post_together(&relay, bodies), release);
+    assert_eq!(first.await.unwrap().0, 201);
+
+    let rows = admin
+        .query("SELECT id, payload->>'n' FROM pgrelay.messages", &[])
+        .await
+        .unwrap();
+    let mut ids = HashSet::new();
+    for (n, (status, body)) in answers.iter().enumerate() {
+        if n == GUILTY {
+            assert_eq!(*status, 422, "the refused request: {body}");
+            assert_eq!(body["error"], "invalid");
+            continue;
+        }
+        assert_eq!(*status, 201, "request {n}: {body}");
+        let id = body["id"].as_i64().unwrap();
+        assert!(ids.insert(id), "id {id} answered twice");
+        let row = rows.iter().find(|row| row.get::<_, i64>(0) == id).unwrap();
+        assert_eq!(row.get::<_, String>(1), n.to_string(), "request {n}");
+    }
+    assert_eq!(rows.len(), QUEUED, "the first and every request but one");
+
+    let attempts = insert_attempts(&admin).await;
+    // The first publish, then the queued batch: whole, and two halves per level down to the
+    // guilty message alone. A request that missed the queue would cost an attempt of its
+    // own: two are allowed for.
+    let bound = 1 + 2 * QUEUED.ilog2() as i64 + 1 + 2;
+    println!("{QUEUED} queued publishes, one refused: {attempts} insert attempts (bound {bound})");
+    assert!(attempts <= bound, "{attempts} attempts");
+}
+
+/// Once the database has refused one of its messages, a sender publishes alone for a while:
+/// its next message, sent while a batch of others is queued, commits (here: fails) in a
+/// transaction of its own instead of failing the batch again, so that batch costs one attempt,
+/// not 2·log2(n) + 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_the_database_refused_publishes_alone_for_a_while() {
+    const QUEUED: usize = 32;
+    let db = fresh_database().await;
+    let mut admin = connect(&db).await;
+    refuse_poison_and_count_attempts(&admin).await;
+    let relay = Relay::start(&db).await;
+    let poisoner = relay.token("poisoner", &["publish"]);
+    let poison = json!({"participants": ["inbox"], "payload": {"poison": true}});
+    let refused = post(&relay.base, "/v1/messages", &poisoner, poison.clone()).await;
+    assert_json_error(refused, 422, "invalid", "the first poison").await;
+    let before = insert_attempts(&admin).await;
+
+    let (lock, first) = hold_publishing(&mut admin, &relay, &db).await;
+    let bodies = (0..QUEUED)
+        .map(|n| json!({"participants": ["inbox"], "payload": {"n": n}}))
+        .collect();
+    let release = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        lock.rollback().await.unwrap();
+    };
+    let (answers, again, ()) = tokio::join!(
+        post_together(&relay, bodies),
+        post(&relay.base, "/v1/messages", &poisoner, poison),
+        release
+    );
+    assert_eq!(first.await.unwrap().0, 201);
+    for (n, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 201, "request {n}: {body}");
+    }
+    assert_json_error(again, 422, "invalid", "the second poison").await;
+    let attempts = insert_attempts(&admin).await - before;
+    println!("{QUEUED} queued publishes beside a quarantined poisoner: {attempts} insert attempts");
+    // The first publish, the queued batch, and the poison alone; a request that missed the
+    // queue would cost an attempt of its own: two are allowed for.
+    assert!(attempts <= 3 + 2, "{attempts} attempts");
 }

@@ -19,6 +19,7 @@ mod http_errors;
 mod http_wire;
 mod instances;
 mod js_client;
+mod jsonb;
 mod limits;
 mod metrics_access;
 mod openapi;

@@ -58,6 +58,19 @@ pub async fn post(base: &str, route: &str, token: &str, body: Value) -> reqwest:
         .unwrap()
 }
 
+/// `POST {route}` as `token` with a JSON text `body` sent as is (for JSON a `Value` cannot
+/// hold: lone surrogates, numbers past `f64`, depths past serde_json's limit).
+pub async fn post_text(base: &str, route: &str, token: &str, body: String) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}{route}"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// An answer's status and JSON body.
 pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
