@@ -759,12 +759,7 @@ async fn clients_that_never_read_their_answers_cannot_hold_the_slots() {
     let request = b"GET /v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(400);
     let mut non_readers = Vec::new();
     for _ in 0..6 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut socket = socket
-            .connect(address(&relay.base).parse().unwrap())
-            .await
-            .unwrap();
+        let mut socket = slow_reader(address(&relay.base).parse().unwrap()).await;
         // Sent whole (the relay reads requests while it answers), never read.
         socket.write_all(&request).await.unwrap();
         non_readers.push(socket);
