@@ -213,6 +213,9 @@ mod tests {
         assert_eq!(refused(b"2\r\nabc\r\n0\r\n\r\n"), 400);
         assert_eq!(refused(b"2\r\nab\r\n0\r\nX: a\rb\r\n\r\n"), 400);
         assert_eq!(refused(b"ffffffffffffffffff\r\n"), 400);
+        // A stray CR is refused even when what has arrived ends in another.
+        let stray = Chunked::new(10).feed(b"\r00\r");
+        assert_eq!(stray.map_err(|r| r.status.as_u16()), Err(400));
         assert_eq!(refused(b"b\r\n"), 413);
         assert_eq!(refused(b"6\r\nabcdef\r\n6\r\n"), 413);
         let long = format!("1;{}\r\n", "x".repeat(MOST_LINE_BYTES));
