@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -38,9 +39,11 @@ const BUSY_RETRY: Duration = Duration::from_secs(1);
 pub async fn whole_message(
     State(state): State<Arc<AppState>>,
     Authenticated(claims): Authenticated,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id("the message id", &id)?;
+    // A path axum cannot decode (percent-encoded bytes that are not UTF-8) is no id either;
+    // axum's own rejection would be plain text.
+    let id = parse_id("the message id", id.as_ref().map_or("", |Path(id)| id))?;
     let Some(_in_flight) = state.limits.history.enter(&claims.sub) else {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

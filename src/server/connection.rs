@@ -4,8 +4,8 @@
 //! Each request's head has one deadline, `--header-timeout`, counted from the connection's
 //! start for the first request and from the end of the previous answer for the next ones;
 //! a body must then keep arriving (no read waits longer than that timeout). Until its whole
-//! request has arrived the connection is among the waiting ones ([`super::waiting`]), where it
-//! may have to give way. A request the relay cannot take is answered with JSON and the
+//! request has arrived, and again while an answer other than a stream is written, the
+//! connection is among the waiting ones ([`super::waiting`]), where it may have to give way. A request the relay cannot take is answered with JSON and the
 //! connection closed.
 
 use std::sync::Arc;
@@ -87,8 +87,28 @@ impl Server {
                 keep_alive: answering.keep_alive && !self.shutdown.is_cancelled(),
                 ..answering
             };
+            let stream = writer::is_stream(&response, answering);
             let write_timeout = self.limits.write_timeout;
-            match writer::answer(&socket, response, answering, write_timeout).await {
+            let writing = writer::answer(&socket, response, answering, write_timeout);
+            let written = if stream {
+                // A stream holds its slot for as long as it runs.
+                let written = writing.await;
+                ticket = self.waiting.wait_with(slot);
+                written
+            } else {
+                // Any other answer is over once the client has read it, so its connection
+                // waits again while it is written: a client that never reads cannot keep its
+                // slot for the write timeout, and under pressure gives way like an idle one.
+                ticket = self.waiting.wait_with(slot);
+                ticket.holds(input.held());
+                // Boxed as reading is; biased, so that an answer written at once is not cut.
+                tokio::select! {
+                    biased;
+                    written = Box::pin(writing) => written,
+                    () = ticket.given_way() => return,
+                }
+            };
+            match written {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = socket.shutdown().await;
@@ -99,9 +119,6 @@ impl Server {
                     return;
                 }
             }
-            ticket = self.waiting.wait_with(slot);
-            // What the client sent after the request (pipelined) is held while it waits, too.
-            ticket.holds(input.held());
             deadline = Instant::now() + self.limits.header_timeout;
         }
     }

@@ -311,4 +311,48 @@ mod tests {
         let expect = parse(b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
         assert!(expect.unwrap().expects_continue);
     }
+
+    /// Bytes a request head is made of, and the ones that break one.
+    fn head_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just(b"GET / HTTP/1.1\r\n".to_vec()),
+            Just(b"POST /v1/messages?token=x HTTP/1.0\r\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"Content-Length: 12\r\n".to_vec()),
+            Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
+            Just(b"Connection: close\r\n".to_vec()),
+            Just(b"Expect: 100-continue\r\n".to_vec()),
+            Just(b"Host: x\r\n".to_vec()),
+            Just(b": ".to_vec()),
+            Just(b" ".to_vec()),
+            Just(b"\t".to_vec()),
+            Just(b"http://a@b:c/%ff?#".to_vec()),
+            Just(b"*".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// Whatever the bytes, and however they arrive, the search for the end agrees with
+        /// itself and a delimited head is parsed or refused, never a panic.
+        #[test]
+        fn any_bytes_are_delimited_alike_and_parsed_or_refused(
+            input in head_bytes(),
+            step in 1usize..40,
+        ) {
+            let whole = HeadEnd::default().find(&input).map_err(|r| r.status);
+            let pieces = end_in_pieces(&input, step).map_err(|r| r.status);
+            proptest::prop_assert_eq!(&whole, &pieces);
+            if let Ok(Some(length)) = whole {
+                let _ = parse(&input[..length]);
+            }
+            let _ = parse(&input);
+        }
+    }
 }

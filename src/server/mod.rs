@@ -3,9 +3,10 @@
 //!
 //! axum's `serve` has no connection limit and no header timeout, and a relay holds long-lived
 //! connections by design, so it has a server of its own. A connection holds one of
-//! `--max-connections` slots; until it has sent a whole request it counts as waiting, and the
-//! waiting ones hold at most half the slots, the oldest giving way to a newcomer (`waiting`),
-//! so sockets that send a byte and nothing more cannot lock genuine clients out. A connection
+//! `--max-connections` slots; until it has sent a whole request, and while any answer but a
+//! stream is written, it counts as waiting, and the waiting ones hold at most half the slots,
+//! the oldest giving way to a newcomer (`waiting`), so sockets that send a byte and nothing
+//! more, or never read what they asked for, cannot lock genuine clients out. A connection
 //! accepted while every slot serves a request is answered 503 JSON. Each request head has one
 //! deadline, `--header-timeout`; shutdown closes waiting connections at once, answers the
 //! requests in flight with `connection: close`, and ends streams through their bodies.

@@ -7,8 +7,10 @@
 //! finds every slot taken, takes the oldest waiting connection's place, and that connection
 //! is closed. A flood of silent or trickling sockets then churns through its own share while a
 //! genuine client, whose head arrives with its connection, gets in and leaves the set with its
-//! slot. A kept-alive connection waiting for its next request is back in the set: it is idle,
-//! and under pressure it gives way like any other.
+//! slot. Only a stream keeps its slot outside the set for long: any other answer is over once
+//! the client has read it, so its connection is back in the set while the answer is written
+//! (a client that never reads would otherwise keep the slot for the write timeout), and stays
+//! there, kept alive, until its next request is whole.
 //!
 //! The bytes a waiting connection has read (a head, a body on its way) are memory nobody has
 //! vouched for either, so the set bounds them too: past [`MOST_WAITING_BYTES`] together, the

@@ -80,22 +80,9 @@ pub async fn answer(
 /// open after it. The response's parts are dropped here, before any write: a stream's task
 /// keeps only what it needs across its waits.
 fn prepare(response: Response, answering: Answering) -> (Bytes, Body, Delimited, bool) {
+    let delimited = delimit(&response, answering);
     let (parts, body) = response.into_parts();
     let length = body.size_hint().exact();
-    let status = parts.status;
-    let delimited = if answering.head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Delimited::Nothing
-    } else if length.is_some() {
-        Delimited::Length
-    } else if answering.http_1_1 {
-        Delimited::Chunks
-    } else {
-        Delimited::Close
-    };
     // A body of unknown length is a stream, whose writer watches the socket for the client's
     // close (and would take the next request for it), so its connection ends with it; a route
     // may also ask for the close with `Connection: close`.
@@ -104,6 +91,33 @@ fn prepare(response: Response, answering: Answering) -> (Bytes, Body, Delimited,
         && !has_token(&parts.headers, &header::CONNECTION, "close");
     let head = response_head(&parts, delimited, length, keep_alive);
     (head, body, delimited, keep_alive)
+}
+
+/// Whether `response` is a stream: a body of unknown length, written as it comes for as long
+/// as it lasts, after which the connection closes.
+pub fn is_stream(response: &Response, answering: Answering) -> bool {
+    matches!(
+        delimit(response, answering),
+        Delimited::Chunks | Delimited::Close
+    )
+}
+
+/// How the body of `response` goes on the wire.
+fn delimit(response: &Response, answering: Answering) -> Delimited {
+    let status = response.status();
+    if answering.head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Delimited::Nothing
+    } else if response.body().size_hint().exact().is_some() {
+        Delimited::Length
+    } else if answering.http_1_1 {
+        Delimited::Chunks
+    } else {
+        Delimited::Close
+    }
 }
 
 /// Writes the interim `100 Continue` that a client sending `Expect: 100-continue` waits for

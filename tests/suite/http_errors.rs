@@ -559,6 +559,33 @@ async fn bad_query_parameters_get_json_errors() {
     }
 }
 
+/// A message id in the path that is not one, percent-encoded bytes that are not UTF-8
+/// included, gets the JSON 400 (axum's path extractor would answer plain text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_message_ids_in_the_path_get_json_errors() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let token = relay.token("alice", &[]);
+    let http = reqwest::Client::new();
+    for id in [
+        "abc",
+        "-1",
+        "99999999999999999999999",
+        "%ZZ",
+        "%FF",
+        "%C3%28",
+        "1%00",
+    ] {
+        let response = http
+            .get(format!("{}/v1/messages/{id}", relay.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_json_error(response, 400, "bad_request", &format!("/v1/messages/{id}")).await;
+    }
+}
+
 /// `limit` above 1000 is clamped to 1000 rather than refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_is_clamped_to_1000() {

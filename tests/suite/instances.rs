@@ -501,10 +501,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 impl RawStream {
     async fn open(base: &str, participant: &str) -> RawStream {
-        let addr = address(base).parse().unwrap();
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut socket = socket.connect(addr).await.unwrap();
+        let mut socket = slow_reader(address(base).parse().unwrap()).await;
         let request = format!(
             "GET /v1/stream?token={} HTTP/1.1\r\nHost: relay\r\nAccept: text/event-stream\r\n\r\n",
             token(participant)

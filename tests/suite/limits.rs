@@ -741,3 +741,38 @@ async fn unfinished_bodies_cannot_pile_up_in_memory() {
         200
     );
 }
+
+/// Connections that send whole requests and never read the answers (a pipelined batch of
+/// `GET /v1/openapi.json`, 50 KB each, to a 4 KiB receive buffer) cannot lock genuine clients
+/// out for the write timeout: an answer of known length is written while its connection counts
+/// as waiting, so under pressure the oldest such connection gives way like an idle one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_their_answers_cannot_hold_the_slots() {
+    let db = fresh_database().await;
+    let limits = ConnectionLimits {
+        max_connections: 6,
+        ..ConnectionLimits::default()
+    };
+    let relay = limited_relay(&db, limits).await;
+    // Let the start-up check's connection close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let request = b"GET /v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(400);
+    let mut non_readers = Vec::new();
+    for _ in 0..6 {
+        let mut socket = slow_reader(address(&relay.base).parse().unwrap()).await;
+        // Sent whole (the relay reads requests while it answers), never read.
+        socket.write_all(&request).await.unwrap();
+        non_readers.push(socket);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Long enough for every answer to stall on a full socket, far short of the 30 s write
+    // timeout.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let genuine = reqwest::get(format!("{}/healthz", relay.base)).await;
+    assert!(
+        genuine.as_ref().is_ok_and(|r| r.status() == 200),
+        "a genuine client was refused while non-readers held the slots: {genuine:?}"
+    );
+    drop(non_readers);
+    relay.stop().await;
+}

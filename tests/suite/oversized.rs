@@ -349,12 +349,7 @@ async fn whole_reads_are_bounded_by_the_fetch_budget() {
     let too_large = get_message(&relay.base, &token, twenty).await;
     assert_json_error(too_large, 503, "message_too_large", "over the budget").await;
 
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket
-        .connect(address(&relay.base).parse().unwrap())
-        .await
-        .unwrap();
+    let mut stalled = slow_reader(address(&relay.base).parse().unwrap()).await;
     let request = format!(
         "GET /v1/messages/{eight} HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\n\r\n"
     );

@@ -417,9 +417,7 @@ async fn clients_that_stop_reading_are_disconnected() {
     let address = relay.base.trim_start_matches("http://").parse().unwrap();
     let mut sockets = Vec::new();
     for n in 0..16 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut socket = socket.connect(address).await.unwrap();
+        let mut socket = slow_reader(address).await;
         let path = if n == 0 {
             "/v1/stream?since_id=0".to_owned()
         } else {
@@ -482,9 +480,7 @@ async fn catch_up_storm_leaves_publishing_and_readiness_alone() {
     raise_own_open_files_limit();
     let mut storm = Vec::new();
     for _ in 0..400 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        storm.push(socket.connect(address).await.unwrap());
+        storm.push(slow_reader(address).await);
     }
     // All at once: every stream asks for its catch-up in the same moment.
     let request = format!(

@@ -10,6 +10,14 @@ use tokio::time::Instant;
 
 use super::{address, PATIENCE};
 
+/// A connection to `address` whose receive buffer holds 4 KiB: a client that reads slowly, or
+/// never, fills it at once and leaves the relay's writes stalled.
+pub async fn slow_reader(address: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(address).await.unwrap()
+}
+
 /// One connection to the relay and the bytes it answered that no answer has used yet.
 pub struct RawConnection {
     pub socket: TcpStream,
