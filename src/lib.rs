@@ -76,4 +76,6 @@ mod tls;
 pub use app::{run, Listeners};
 pub use config::{ConnectionLimits, MetricsToken, RelayConfig, Settings};
 pub use error::Error;
-pub use message::{valid_kind, valid_name, valid_room, Addresses, Message, Signal, MAX_NAME_LEN};
+pub use message::{
+    valid_kind, valid_name, valid_room, Addresses, Message, Signal, MAX_NAME_LEN, REFUSED_IN_NAMES,
+};

@@ -80,3 +80,36 @@ async fn schemathesis_finds_nothing() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+/// Every name pattern in the document refuses exactly the characters the relay refuses (in the
+/// Basic Multilingual Plane, all a JSON Schema pattern can list portably), so a fuzzer or a
+/// generated client that trusts the document never sends a name the relay answers 422.
+#[test]
+fn name_patterns_refuse_what_the_relay_refuses() {
+    let refused: String = pgrelay::REFUSED_IN_NAMES
+        .iter()
+        .filter(|&&(first, _)| first <= '\u{FFFF}')
+        .map(|&(first, last)| {
+            if first == last {
+                format!("\\u{:04x}", first as u32)
+            } else {
+                format!("\\u{:04x}-\\u{:04x}", first as u32, last as u32)
+            }
+        })
+        .collect();
+    let document = include_str!("../../docs/openapi.json");
+    let classes: Vec<&str> = document
+        .match_indices("[^")
+        .map(|(at, _)| &document[at..at + document[at..].find(']').unwrap() + 1])
+        .filter(|class| class.contains("\\\\u0000-"))
+        .collect();
+    assert!(classes.len() >= 4, "{classes:?}");
+    let single = format!("[^{}]", refused.replace('\\', "\\\\"));
+    let listed = format!("[^,{}]", refused.replace('\\', "\\\\"));
+    for class in classes {
+        assert!(
+            class == single || class == listed,
+            "{class}\nshould be\n{listed}"
+        );
+    }
+}
