@@ -217,9 +217,8 @@ impl Keys {
             Some(exp) => numeric_date(exp)?,
         };
         let nbf = claims.get("nbf").map(numeric_date).transpose()?;
-        // `iat` is informational, but a wrongly typed one means the issuer is
-        // not producing the tokens we think it is.
-        claims.get("iat").map(numeric_date).transpose()?;
+        // A wrongly typed `iat` means the issuer is not producing the tokens we think it is.
+        let iat = claims.get("iat").map(numeric_date).transpose()?;
         let scopes = match claims.get("scope") {
             None => Vec::new(),
             Some(Value::String(scope)) => scope
@@ -251,6 +250,7 @@ impl Keys {
         Ok(Claims {
             sub,
             exp,
+            iat,
             scopes,
             rooms,
         })
@@ -374,6 +374,9 @@ pub struct Claims {
     pub sub: String,
     /// When the token expires, in seconds since the Unix epoch (`exp`).
     pub exp: u64,
+    /// When the token was issued, in seconds since the Unix epoch (`iat`), if it says: a
+    /// revocation refuses the tokens issued before it, and those that do not say.
+    pub iat: Option<u64>,
     /// The space-separated entries of `scope`, empty when it is absent.
     pub scopes: Vec<String>,
     /// The rooms of the `rooms` claim (each `#…`), empty when it is absent.
