@@ -51,6 +51,11 @@ async fn schemathesis_finds_nothing() {
     )
     .await;
     let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi");
+    let refused_outside_bmp: Vec<String> = pgrelay::REFUSED_IN_NAMES
+        .iter()
+        .filter(|&&(first, _)| first > '\u{FFFF}')
+        .map(|&(first, last)| format!("{:x}-{:x}", first as u32, last as u32))
+        .collect();
     let run = tokio::task::spawn_blocking({
         let url = format!("{}/v1/openapi.json", relay.base);
         move || {
@@ -58,6 +63,7 @@ async fn schemathesis_finds_nothing() {
                 .current_dir(&folder)
                 .env("SCHEMATHESIS_HOOKS", "hooks")
                 .env("PGRELAY_SECRET", SECRET)
+                .env("PGRELAY_REFUSED_OUTSIDE_BMP", refused_outside_bmp.join(","))
                 .args(["run", &url, "--checks", "all", "--max-examples", "50"])
                 // One worker: hypothesis' source introspection is not thread-safe.
                 .args(["--request-timeout", "5", "--workers", "1", "--no-color"])
