@@ -417,6 +417,7 @@ CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, num
  RETURNS integer
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pgrelay'
+ SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     numbered integer;
@@ -575,6 +576,7 @@ CREATE OR REPLACE FUNCTION pgrelay.publish_many(messages jsonb)
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgrelay'
  SET lock_timeout TO '5s'
+ SET enable_seqscan TO 'off'
 AS $function$
 BEGIN
     PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
@@ -617,6 +619,7 @@ CREATE OR REPLACE FUNCTION pgrelay.sequence(max_rows integer DEFAULT 10000)
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgrelay'
+ SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     messages_numbered integer := 0;

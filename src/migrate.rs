@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0009_sequencer.sql",
         include_str!("../sql/0009_sequencer.sql"),
     ),
+    (
+        12,
+        "0012_pending_by_index.sql",
+        include_str!("../sql/0012_pending_by_index.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

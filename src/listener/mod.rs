@@ -37,7 +37,7 @@
 
 mod heartbeat;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -215,7 +215,9 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
                 // dispatcher cannot make a healthy connection look dead.
                 AsyncMessage::Notification(notification)
                     if driver_heartbeat.is_heartbeat(notification.payload()) => {}
-                AsyncMessage::Notification(_) => driver_wakeups.raise(),
+                AsyncMessage::Notification(notification) => {
+                    driver_wakeups.raise(notification.process_id())
+                }
                 AsyncMessage::Notice(notice) => debug!(%notice, "notice on LISTEN connection"),
                 _ => {}
             }
@@ -228,6 +230,11 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
         .batch_execute(&format!("LISTEN {}", quote_ident(&listener.channel)))
         .await?;
     let statements = store::prepare_news(&client).await?;
+    let backend: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .try_get(0)?;
+    wakeups.own_backend.store(backend, Ordering::Relaxed);
     // Everything committed from here on has a larger id. Streams catch up on what came before
     // from their own positions.
     let position = store::news_position(&client).await?;
@@ -304,12 +311,19 @@ struct Wakeups {
     raised: Notify,
     /// How many arrived since the dispatcher last looked, for `/metrics`.
     heard: AtomicU64,
+    /// The process id of this session's backend (0 until known). When a pass numbers rows,
+    /// `pgrelay.sequence()` notifies to wake the *other* relays; this relay read those rows in
+    /// the same pass, so its own notification is no wake-up (heeding it would double the
+    /// passes under steady traffic).
+    own_backend: AtomicI32,
 }
 
 impl Wakeups {
-    fn raise(&self) {
-        self.heard.fetch_add(1, Ordering::Relaxed);
-        self.raised.notify_one();
+    fn raise(&self, sender: i32) {
+        if sender != self.own_backend.load(Ordering::Relaxed) {
+            self.heard.fetch_add(1, Ordering::Relaxed);
+            self.raised.notify_one();
+        }
     }
 }
 

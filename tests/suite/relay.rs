@@ -221,3 +221,35 @@ async fn shutdown_ends_open_streams() {
     );
     assert!(alice.next_within(Duration::from_secs(2)).await.is_none());
 }
+
+/// A commit wakes the relay once. When a pass numbers rows, `pgrelay.sequence()` notifies the
+/// other relays; this relay read those rows in the same pass, so its own notification must not
+/// make it run another (which doubled the passes, and the database's work, under traffic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_wakes_the_relay_once() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let wakeups = || async {
+        let metrics = reqwest::get(format!("{}/metrics", relay.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("pgrelay_notifications_received_total "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = wakeups().await;
+    let client = connect(&db).await;
+    insert(&client, &["alice"], json!({"n": 1})).await;
+    alice.next_message().await;
+    // Long enough for the relay's own notification to arrive, which it did at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(wakeups().await - before, 1);
+}

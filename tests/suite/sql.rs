@@ -552,3 +552,44 @@ async fn rows_with_kinds_reserved_since_migrate_and_are_served_as_messages() {
         "GET /v1/messages serves them alike"
     );
 }
+
+/// Numbering reads the pending rows by index whatever the planner's statistics say. An
+/// `ANALYZE` that sampled the table while many rows were pending leaves statistics in which a
+/// large share of ids is negative; by them, reading the table whole looked cheaper, and every
+/// numbering pass read every row (seen at 1,000 messages/s: 1.4 ms a pass on 20,000 rows,
+/// growing with the table, where the index takes 0.2 ms).
+#[tokio::test]
+async fn numbering_never_reads_the_whole_table() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+               SELECT '{alice}', '{}' FROM generate_series(1, 2000); \
+             ANALYZE pgrelay.messages; \
+             SELECT pgrelay.sequence(); \
+             INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', '{}'); \
+             SELECT pgrelay.signal('{alice}', 'typing', '{}', NULL)",
+        )
+        .await
+        .unwrap();
+    for numbering in [
+        "SELECT pgrelay.sequence()",
+        "SELECT pgrelay.sequence()",
+        "SELECT pgrelay.publish_many('[]')",
+    ] {
+        client.batch_execute("BEGIN").await.unwrap();
+        client.batch_execute(numbering).await.unwrap();
+        let whole_reads: i64 = client
+            .query_one(
+                "SELECT seq_scan FROM pg_stat_xact_user_tables \
+                  WHERE relid = 'pgrelay.messages'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        client.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(whole_reads, 0, "{numbering}");
+    }
+}
