@@ -123,9 +123,11 @@ impl Jwks {
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
         if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
-            return Err("the key set must be fetched over https (http only from a loopback \
+            return Err(
+                "the key set must be fetched over https (http only from a loopback \
                         address)"
-                .into());
+                    .into(),
+            );
         }
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -242,7 +244,10 @@ impl Jwks {
             }
             Err((outcome, detail)) => (outcome, detail),
         };
-        let index = FetchOutcome::ALL.iter().position(|o| *o == outcome).unwrap();
+        let index = FetchOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap();
         self.shared.fetches[index].fetch_add(1, Ordering::Relaxed);
         let millis = started.elapsed().as_millis() as u64;
         if outcome == FetchOutcome::Loaded {

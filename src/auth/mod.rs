@@ -332,10 +332,7 @@ impl Keys {
                 Err(TokenError::BadSignature)
             };
         }
-        let jwks = self
-            .jwks
-            .as_ref()
-            .ok_or(TokenError::UnsupportedAlgorithm)?;
+        let jwks = self.jwks.as_ref().ok_or(TokenError::UnsupportedAlgorithm)?;
         // Keys are chosen by `kid`: a token that names none cannot be matched to a key.
         let kid = kid.ok_or(TokenError::UnknownKey)?;
         jwks.verify(algorithm, kid, signing_input, signature)

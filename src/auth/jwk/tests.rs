@@ -184,14 +184,17 @@ fn documents_that_are_not_key_sets_are_refused() {
         r#"{"keys": [1]}"#.to_owned(),
         format!(r#"{{"keys": [{key}], "keys": [{key}]}}"#),
         // A member given twice inside a key: which `x` is the key?
-        format!(r#"{{"keys": [{{"kty": "OKP", "crv": "Ed25519", "kid": "o", "x": "{x}", "x": "{x}"}}]}}"#),
+        format!(
+            r#"{{"keys": [{{"kty": "OKP", "crv": "Ed25519", "kid": "o", "x": "{x}", "x": "{x}"}}]}}"#
+        ),
     ] {
         assert!(
             KeySet::parse(document.as_bytes()).is_err(),
             "{document} was taken"
         );
     }
-    let once = format!(r#"{{"keys": [{{"kty": "OKP", "crv": "Ed25519", "kid": "o", "x": "{x}"}}]}}"#);
+    let once =
+        format!(r#"{{"keys": [{{"kty": "OKP", "crv": "Ed25519", "kid": "o", "x": "{x}"}}]}}"#);
     assert_eq!(KeySet::parse(once.as_bytes()).unwrap().len(), 1);
     assert!(set(&[]).is_err(), "a set with no usable key was taken");
     assert!(set(&[with(rsa_jwk("a"), "use", json!("enc"))]).is_err());
