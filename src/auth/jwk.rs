@@ -48,16 +48,6 @@ impl Algorithm {
             _ => None,
         }
     }
-
-    /// The name JWS gives it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Hs256 => "HS256",
-            Algorithm::Rs256 => "RS256",
-            Algorithm::Es256 => "ES256",
-            Algorithm::EdDsa => "EdDSA",
-        }
-    }
 }
 
 /// A public key, of one type, verifying one algorithm.
@@ -108,7 +98,7 @@ pub struct KeySet {
     /// is the provider's.
     by_algorithm: HashMap<Algorithm, HashMap<String, Vec<PublicKey>>>,
     /// How many keys were usable.
-    len: usize,
+    usable: usize,
     /// How many were left out (other types, curves, uses or algorithms, or malformed).
     skipped: usize,
 }
@@ -143,12 +133,12 @@ impl KeySet {
                         .entry(kid)
                         .or_default()
                         .push(key);
-                    set.len += 1;
+                    set.usable += 1;
                 }
                 None => set.skipped += 1,
             }
         }
-        if set.len == 0 {
+        if set.usable == 0 {
             return Err(format!(
                 "the set has no usable signing key (RS256, ES256 on P-256 or EdDSA on Ed25519, \
                  with a kid); {} left out",
@@ -159,8 +149,8 @@ impl KeySet {
     }
 
     /// How many usable keys the set holds.
-    pub fn len(&self) -> usize {
-        self.len
+    pub fn usable(&self) -> usize {
+        self.usable
     }
 
     /// How many keys of the document were left out.
@@ -193,7 +183,7 @@ impl KeySet {
 
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeySet({} keys, {} left out)", self.len, self.skipped)
+        write!(f, "KeySet({} keys, {} left out)", self.usable, self.skipped)
     }
 }
 

@@ -151,7 +151,7 @@ impl Jwks {
 
     /// Checks a token's signature with the set's keys for `algorithm` named `kid`.
     /// [`TokenError::KeysUnavailable`] while no set has loaded.
-    pub fn verify(
+    pub(super) fn verify(
         &self,
         algorithm: Algorithm,
         kid: &str,
@@ -164,7 +164,7 @@ impl Jwks {
 
     /// Fetches the set because a token named a `kid` it lacks, unless a fetch started less
     /// than `min_refetch` ago; waits for a fetch in flight either way.
-    pub async fn refetch_for_unknown_kid(&self) {
+    pub(super) async fn refetch_for_unknown_kid(&self) {
         let mut last_start = self.shared.fetching.lock().await;
         if last_start.is_some_and(|start| start.elapsed() < self.shared.timing.min_refetch) {
             return;
@@ -210,7 +210,7 @@ impl Jwks {
 
     /// How many usable keys the current set holds (0 before one loads).
     pub fn key_count(&self) -> usize {
-        self.current().map_or(0, |set| set.len())
+        self.current().map_or(0, |set| set.usable())
     }
 
     /// Fetches so far, by outcome.
@@ -238,7 +238,7 @@ impl Jwks {
         let url = self.shown_url();
         let (outcome, detail) = match self.download().await {
             Ok(set) => {
-                let detail = format!("{} keys ({} left out)", set.len(), set.skipped());
+                let detail = format!("{} keys ({} left out)", set.usable(), set.skipped());
                 *self.shared.current.write().unwrap() = Some(Arc::new(set));
                 (FetchOutcome::Loaded, detail)
             }
@@ -254,7 +254,7 @@ impl Jwks {
             tracing::info!(%url, outcome = outcome.label(), millis, "key set fetched: {detail}");
         } else {
             let keeping = match self.current() {
-                Some(set) => format!("keeping the last good set ({} keys)", set.len()),
+                Some(set) => format!("keeping the last good set ({} keys)", set.usable()),
                 None => "no set has loaded yet".to_owned(),
             };
             tracing::warn!(%url, outcome = outcome.label(), millis, "key set fetch failed: {detail}; {keeping}");

@@ -39,11 +39,11 @@ use sha2::Sha256;
 use crate::message::{valid_room, valid_subject};
 
 mod error;
-pub mod jwk;
+mod jwk;
 mod jwks;
 
 pub use error::TokenError;
-pub use jwk::Algorithm;
+use jwk::Algorithm;
 pub use jwks::{FetchOutcome, Jwks, JwksTiming, MAX_SET_BYTES};
 
 type HmacSha256 = Hmac<Sha256>;

@@ -570,3 +570,77 @@ async fn a_flood_of_unknown_kids_fetches_at_most_twice() {
     println!("key-set fetches during a burst of 200 unknown-kid tokens: {fetches}");
     assert!((1..=2).contains(&fetches), "{fetches} fetches");
 }
+
+/// `pgrelay serve` needs a secret, a key set or both, and refuses a key set fetched over
+/// plain http from another machine, before it touches the database.
+#[test]
+fn serve_needs_a_secret_or_a_key_set_over_https() {
+    let serve = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
+            .arg("serve")
+            .args(extra)
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env_remove("PGRELAY_SECRET")
+            .env_remove("PGRELAY_JWKS_URL")
+            .output()
+            .unwrap()
+    };
+    let neither = serve(&[]);
+    let stderr = String::from_utf8_lossy(&neither.stderr);
+    assert!(!neither.status.success());
+    assert!(
+        stderr.contains("--secret") && stderr.contains("--jwks-url"),
+        "{stderr}"
+    );
+
+    let plain = serve(&["--jwks-url", "http://idp.example.com/.well-known/jwks.json"]);
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(!plain.status.success());
+    assert!(
+        stderr.contains("--jwks-url") && stderr.contains("https"),
+        "{stderr}"
+    );
+}
+
+/// `pgrelay serve --jwks-url …` without a secret serves the provider's tokens and refuses
+/// HS256 ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_a_key_set_alone() {
+    let db = fresh_database().await;
+    let key = SigningKey::ed25519();
+    let server = KeySetServer::start(Answer::Set(json!({"keys": [key.jwk("k")]}))).await;
+    let port = free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db)
+        .env("PGRELAY_JWKS_URL", &server.url)
+        .env_remove("PGRELAY_SECRET")
+        .env_remove("LISTEN_DATABASE_URL")
+        .env_remove("PORT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_readyz(&base, 200, PATIENCE).await.is_some(),
+        "never ready"
+    );
+    assert_eq!(list(&base, &key.token("k", &claims("ana"))).await.0, 200);
+    let hs256 = hs256_token(SECRET.as_bytes(), &json!({"alg": "HS256"}), &claims("ana"));
+    assert_json_error(
+        history(&base, &hs256, "").await,
+        401,
+        "unsupported_algorithm",
+        "HS256",
+    )
+    .await;
+}
