@@ -644,3 +644,69 @@ async fn serve_with_a_key_set_alone() {
     )
     .await;
 }
+
+/// A measurement, not a check: what verifying (and opening a stream with) an ES256, EdDSA or
+/// RS256 token costs next to an HS256 one. Run with
+/// `cargo test --release --test suite jwks::verify_cost -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it with --release and --nocapture"]
+async fn verify_cost() {
+    let db = fresh_database().await;
+    let (es, ed, rsa) = (
+        SigningKey::p256(),
+        SigningKey::ed25519(),
+        SigningKey::rsa("rsa-a.pk8"),
+    );
+    let set = json!({"keys": [es.jwk("es"), ed.jwk("ed"), rsa.jwk("rsa")]});
+    let server = KeySetServer::start(Answer::Set(set)).await;
+    let relay = relay_with_key_set(
+        &db,
+        &server.url,
+        JwksTiming::default(),
+        TokenPolicy::default(),
+    )
+    .await;
+    let tokens = [
+        ("HS256", relay.token("ana", &[])),
+        ("ES256", es.token("es", &claims("ana"))),
+        ("EdDSA", ed.token("ed", &claims("ana"))),
+        ("RS256", rsa.token("rsa", &claims("ana"))),
+    ];
+    let now = pgrelay::auth::now_unix();
+    const VERIFIES: u32 = 2000;
+    const OPENS: u32 = 300;
+    let http = reqwest::Client::new();
+    // Stream opens are noisy (connections, the pool, the scheduler): each algorithm's best
+    // of three rounds, after a warm-up.
+    let mut best_open = [Duration::MAX; 4];
+    for round in 0..4 {
+        for (index, (_, token)) in tokens.iter().enumerate() {
+            let started = std::time::Instant::now();
+            for _ in 0..OPENS {
+                let response = http
+                    .get(format!("{}/v1/stream", relay.base))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+            if round > 0 {
+                best_open[index] = best_open[index].min(started.elapsed() / OPENS);
+            }
+        }
+    }
+    for ((alg, token), open) in tokens.iter().zip(best_open) {
+        relay.keys.verify(token, now).unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..VERIFIES {
+            relay.keys.verify(token, now).unwrap();
+        }
+        let verify = started.elapsed() / VERIFIES;
+        println!(
+            "{alg}: {:.1} µs per verify, {:.0} µs per stream open (to the response head)",
+            verify.as_secs_f64() * 1e6,
+            open.as_secs_f64() * 1e6
+        );
+    }
+}
