@@ -184,6 +184,8 @@ async fn tokens_of_each_provider_are_accepted() {
         let server = KeySetServer::start(Answer::Set(provider.key_set)).await;
         let relay = relay_with_key_set(&db, &server.url, QUICK, provider.policy.clone()).await;
         insert(&client, &["#team-1"], json!({"for": name})).await;
+        // Numbered now, so the page below has it however busy the relay's listener is.
+        number_pending(&client).await;
         let (status, page) = list(&relay.base, &provider.token).await;
         assert_eq!(status, 200, "{name}: {page}");
         let payloads: Vec<&Value> = page["messages"]
