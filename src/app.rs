@@ -94,6 +94,11 @@ pub async fn run(
         settings.heartbeat,
         stopping.clone(),
     ));
+    // Started before serving, and never waited for: a relay whose identity provider is down
+    // serves HS256 tokens and says on /readyz that it is not ready until a key set loads.
+    let jwks_task = keys
+        .jwks()
+        .map(|jwks| tokio::spawn(jwks.clone().keep_fresh(stopping.clone())));
     let presence_task = tokio::spawn(presence::run(Presence {
         pool: pool.clone(),
         registry: Arc::clone(&registry),
@@ -175,6 +180,10 @@ pub async fn run(
     if let Some(metrics_task) = metrics_task {
         // Its connections are short requests: it has stopped by now or stops at once.
         let _ = tokio::time::timeout(grace, metrics_task).await;
+    }
+    if let Some(jwks_task) = jwks_task {
+        // It stops at the token, except in a fetch, which its timeout bounds.
+        let _ = tokio::time::timeout(grace, jwks_task).await;
     }
     let _ = tokio::join!(listener_task, pruner_task, skips_task, presence_task);
     pool.close();

@@ -33,7 +33,7 @@
 //!    readers at once) and `metrics` (Prometheus counters).
 //! 6. **Domain**: `message` (what a [`Message`] and a [`Signal`] are, the naming rules, the JSON
 //!    a client sees), [`jsonb`] (the JSON PostgreSQL's `jsonb` refuses), [`auth`] (HS256
-//!    tokens), [`config`] (what a relay is configured to do), [`Error`] (the crate's error
+//!    tokens, and an identity provider's key set, kept fresh), [`config`] (what a relay is configured to do), [`Error`] (the crate's error
 //!    type) and [`sse`] (an event-stream parser for clients: `pgrelay tail` and the tests).
 //!
 //! # Data flow

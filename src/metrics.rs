@@ -6,6 +6,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::auth::Jwks;
 use crate::budget::ByteBudget;
 
 /// A monotonically increasing count.
@@ -241,5 +242,29 @@ fn render_budget(out: &mut String, name: &str, budget: &ByteBudget) {
          because the budget was taken.\n# TYPE pgrelay_{name}_budget_short_total counter\n\
          pgrelay_{name}_budget_short_total {}",
         budget.short()
+    );
+}
+
+/// The identity provider's key set (`--jwks-url`): fetches by outcome, and the usable keys
+/// held now.
+pub fn render_jwks(out: &mut String, jwks: &Jwks) {
+    let _ = writeln!(
+        out,
+        "# HELP pgrelay_jwks_fetches_total Fetches of the --jwks-url key set, by outcome \
+         (loaded, unreachable, status, too_large, malformed); only `loaded` replaces the keys.\n\
+         # TYPE pgrelay_jwks_fetches_total counter"
+    );
+    for (outcome, count) in jwks.fetch_counts() {
+        let _ = writeln!(
+            out,
+            "pgrelay_jwks_fetches_total{{outcome=\"{}\"}} {count}",
+            outcome.label()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP pgrelay_jwks_keys Usable keys of the last key set that loaded (0 before one \
+         has).\n# TYPE pgrelay_jwks_keys gauge\npgrelay_jwks_keys {}",
+        jwks.key_count()
     );
 }

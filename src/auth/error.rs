@@ -13,8 +13,15 @@ pub enum TokenError {
     Malformed,
     /// Longer than 8 KiB, refused before any decoding.
     TooLong,
-    /// The header names an algorithm other than HS256.
+    /// The header names an algorithm this relay does not verify: one other than HS256,
+    /// RS256, ES256 and EdDSA, HS256 without a secret, or an asymmetric one without
+    /// `--jwks-url`.
     UnsupportedAlgorithm,
+    /// The identity provider's key set has no key of the token's algorithm with its `kid`
+    /// (or the token names no `kid`), even after fetching the set again.
+    UnknownKey,
+    /// No key set has loaded from `--jwks-url` yet: the relay cannot tell, and is not ready.
+    KeysUnavailable,
     /// No configured key produced the signature.
     BadSignature,
     /// The `exp` time has been reached.
@@ -43,6 +50,8 @@ impl TokenError {
             TokenError::Malformed => "invalid_token",
             TokenError::TooLong => "token_too_long",
             TokenError::UnsupportedAlgorithm => "unsupported_algorithm",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::KeysUnavailable => "not_ready",
             TokenError::BadSignature => "bad_signature",
             TokenError::Expired => "token_expired",
             TokenError::NotYetValid => "token_not_yet_valid",
@@ -61,7 +70,15 @@ impl fmt::Display for TokenError {
         f.write_str(match self {
             TokenError::Malformed => "the token is not a well-formed JWT",
             TokenError::TooLong => "the token is longer than 8 KiB",
-            TokenError::UnsupportedAlgorithm => "the token is not signed with HS256",
+            TokenError::UnsupportedAlgorithm => {
+                "the token is signed with an algorithm this relay does not accept"
+            }
+            TokenError::UnknownKey => {
+                "the token's kid names no key of its algorithm in the identity provider's key set"
+            }
+            TokenError::KeysUnavailable => {
+                "the identity provider's key set has not loaded yet; retry shortly"
+            }
             TokenError::BadSignature => "the token signature does not match any configured key",
             TokenError::Expired => "the token has expired",
             TokenError::NotYetValid => "the token is not valid yet",

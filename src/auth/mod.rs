@@ -1,15 +1,18 @@
-//! Bearer tokens: HS256 JSON Web Tokens (RFC 7519), implemented by hand.
+//! Bearer tokens: JSON Web Tokens (RFC 7519) signed with HS256 and the configured secrets,
+//! or, with an identity provider's key set (`--jwks-url`, [`Jwks`]), with RS256, ES256 or
+//! EdDSA.
 //!
-//! pgrelay only ever needs one kind of token, a JWT signed with a secret shared
-//! between the relay and whatever backend hands tokens to browsers. A general
-//! JWT library would bring key formats, algorithms and options we would then
-//! have to switch off again; the classic JWT vulnerabilities (`alg: none`,
-//! algorithm confusion, lenient parsing) live exactly in that flexibility. So
-//! this module accepts one shape of token and refuses everything else:
+//! The HS256 side is written by hand; the asymmetric signatures are checked by `ring`
+//! ([`jwk`]). A general JWT library would bring key formats, algorithms and options we
+//! would then have to switch off again; the classic JWT vulnerabilities (`alg: none`,
+//! algorithm confusion, lenient parsing) live exactly in that flexibility. So this module
+//! accepts one shape of token and refuses everything else:
 //!
-//! * the header must say `"alg": "HS256"` (and, if present, `"typ": "JWT"`),
+//! * the header's `alg` is `HS256` (checked with the secrets only, never with a key of the
+//!   set), or `RS256`, `ES256` or `EdDSA` with a `kid` naming a key of the set of that very
+//!   type (checked with that key only); `typ`, if present, is `"JWT"`,
 //! * the token must be exactly three unpadded base64url segments,
-//! * the signature is checked, in constant time, before the claims are even
+//! * the signature is checked (HS256 in constant time) before the claims are even
 //!   decoded, so unauthenticated input never reaches the claims parser,
 //! * `sub` and `exp` are required; `nbf`, `iat`, `scope` and `rooms` are optional but
 //!   must have the right type when present,
@@ -20,8 +23,8 @@
 //! * a [`TokenPolicy`] can refuse tokens that live too long, or lack the
 //!   expected `aud` or `iss`.
 //!
-//! Several secrets can be configured so they can be rotated without
-//! downtime: the first one signs, every one of them verifies.
+//! The claim rules are the same whatever signed the token. Several secrets can be configured
+//! so they can be rotated without downtime: the first one signs, every one of them verifies.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,8 +39,12 @@ use sha2::Sha256;
 use crate::message::{valid_room, valid_subject};
 
 mod error;
+mod jwk;
+mod jwks;
 
 pub use error::TokenError;
+use jwk::Algorithm;
+pub use jwks::{FetchOutcome, Jwks, JwksTiming, MAX_SET_BYTES};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -48,13 +55,16 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// The only header `mint` produces.
 const HEADER_JSON: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
-/// The HS256 keys: the first signs, every one verifies.
+/// The keys tokens are verified with: HS256 secrets (the first signs, every one verifies)
+/// and an identity provider's key set, either or both.
 #[derive(Clone)]
 pub struct Keys {
     /// One keyed HMAC state per secret, cloned for every use so the key
-    /// schedule is computed once. Never empty: `from_secret_list` is the only
-    /// constructor and refuses empty lists.
+    /// schedule is computed once. Empty only for keys made by [`Keys::from_jwks`], which
+    /// then refuse HS256 tokens and cannot mint.
     macs: Vec<HmacSha256>,
+    /// The identity provider's key set, for RS256, ES256 and EdDSA tokens.
+    jwks: Option<Jwks>,
     /// What a verified token must also satisfy.
     policy: TokenPolicy,
 }
@@ -94,8 +104,33 @@ impl Keys {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             macs,
+            jwks: None,
             policy: TokenPolicy::default(),
         })
+    }
+
+    /// Keys that verify with an identity provider's key set only: HS256 tokens are refused,
+    /// and [`Keys::mint`] cannot be used.
+    pub fn from_jwks(jwks: Jwks) -> Keys {
+        Keys {
+            macs: Vec::new(),
+            jwks: Some(jwks),
+            policy: TokenPolicy::default(),
+        }
+    }
+
+    /// These keys, also verifying RS256, ES256 and EdDSA tokens with `jwks`.
+    pub fn with_jwks(self, jwks: Jwks) -> Keys {
+        Keys {
+            jwks: Some(jwks),
+            ..self
+        }
+    }
+
+    /// The identity provider's key set, if there is one: the relay keeps it fresh and
+    /// reports on it.
+    pub fn jwks(&self) -> Option<&Jwks> {
+        self.jwks.as_ref()
     }
 
     /// These keys, verifying with `policy` as well.
@@ -119,6 +154,11 @@ impl Keys {
     /// `ttl` is rounded down to whole seconds, as JWT times are. Minting does
     /// not validate `sub`: an empty or over-long one yields a token that
     /// `verify` refuses.
+    ///
+    /// # Panics
+    ///
+    /// With keys made by [`Keys::from_jwks`]: without a secret there is nothing to sign
+    /// with (the provider mints those tokens).
     pub fn mint(&self, sub: &str, ttl: Duration, scope: &[&str]) -> String {
         self.mint_with_rooms(sub, ttl, scope, &[])
     }
@@ -157,7 +197,10 @@ impl Keys {
         let mut token = URL_SAFE_NO_PAD.encode(HEADER_JSON);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(claims, &mut token);
-        let signature = self.macs[0]
+        let signature = self
+            .macs
+            .first()
+            .expect("minting needs a secret; keys from a key set alone only verify")
             .clone()
             .chain_update(token.as_bytes())
             .finalize()
@@ -167,7 +210,22 @@ impl Keys {
         token
     }
 
-    /// Verifies signature, algorithm and times against `now` (seconds since the Unix epoch).
+    /// Like [`Keys::verify`], but a token whose `kid` the identity provider's set lacks (or
+    /// that arrives before a set has loaded) first has the set fetched again, at most once
+    /// per interval however many such tokens arrive (see [`Jwks`]), so a key the provider
+    /// has just rotated in works at once.
+    pub async fn verify_fetching_keys(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        match (self.verify(token, now), &self.jwks) {
+            (Err(TokenError::UnknownKey | TokenError::KeysUnavailable), Some(jwks)) => {
+                jwks.refetch_for_unknown_kid().await;
+                self.verify(token, now)
+            }
+            (verified, _) => verified,
+        }
+    }
+
+    /// Verifies signature, algorithm and times against `now` (seconds since the Unix epoch),
+    /// with the keys at hand (see [`Keys::verify_fetching_keys`]).
     ///
     /// There is no leeway: a token is expired from its `exp` second on and
     /// valid from its `nbf` second on. Fractional times are rounded down.
@@ -187,7 +245,8 @@ impl Keys {
 
         // The header decides how the signature is checked, so it has to be
         // read first; it is the only unauthenticated input that gets parsed.
-        check_header(&decode_object(header)?)?;
+        let header_fields = decode_object(header)?;
+        let (algorithm, kid) = check_header(&header_fields)?;
 
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
@@ -195,15 +254,7 @@ impl Keys {
         // The signing input is the header and claims segments as transmitted,
         // joined by their dot: exactly the token up to the second dot.
         let signing_input = &token.as_bytes()[..header.len() + 1 + claims.len()];
-        let signed_by_a_key = self.macs.iter().any(|mac| {
-            mac.clone()
-                .chain_update(signing_input)
-                .verify_slice(&signature)
-                .is_ok()
-        });
-        if !signed_by_a_key {
-            return Err(TokenError::BadSignature);
-        }
+        self.check_signature(algorithm, kid, signing_input, &signature)?;
 
         let mut claims = decode_object(claims)?;
         let sub = match claims.remove("sub") {
@@ -255,6 +306,37 @@ impl Keys {
             rooms,
         })
     }
+
+    /// Checks the signature with the keys of `algorithm`'s kind only: HS256 with the secrets,
+    /// the others with the set's keys of that type named `kid`.
+    fn check_signature(
+        &self,
+        algorithm: Algorithm,
+        kid: Option<&str>,
+        signing_input: &[u8],
+        signature: &[u8],
+    ) -> Result<(), TokenError> {
+        if algorithm == Algorithm::Hs256 {
+            if self.macs.is_empty() {
+                return Err(TokenError::UnsupportedAlgorithm);
+            }
+            let signed_by_a_key = self.macs.iter().any(|mac| {
+                mac.clone()
+                    .chain_update(signing_input)
+                    .verify_slice(signature)
+                    .is_ok()
+            });
+            return if signed_by_a_key {
+                Ok(())
+            } else {
+                Err(TokenError::BadSignature)
+            };
+        }
+        let jwks = self.jwks.as_ref().ok_or(TokenError::UnsupportedAlgorithm)?;
+        // Keys are chosen by `kid`: a token that names none cannot be matched to a key.
+        let kid = kid.ok_or(TokenError::UnknownKey)?;
+        jwks.verify(algorithm, kid, signing_input, signature)
+    }
 }
 
 impl TokenPolicy {
@@ -286,7 +368,10 @@ impl TokenPolicy {
 impl fmt::Debug for Keys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Only the count: secrets must never reach logs.
-        write!(f, "Keys({} keys)", self.macs.len())
+        match &self.jwks {
+            None => write!(f, "Keys({} keys)", self.macs.len()),
+            Some(jwks) => write!(f, "Keys({} keys, {jwks:?})", self.macs.len()),
+        }
     }
 }
 
@@ -333,24 +418,31 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
     }
 }
 
-/// Accepts only the header `mint` would write, give or take `typ`.
-fn check_header(header: &Map<String, Value>) -> Result<(), TokenError> {
-    match header.get("alg") {
-        Some(Value::String(alg)) if alg == "HS256" => {}
-        Some(Value::String(_)) => return Err(TokenError::UnsupportedAlgorithm),
+/// The algorithm of a header we accept, and its `kid` if it names one: `mint`'s header, or
+/// an identity provider's (`RS256`, `ES256` or `EdDSA`, with a `kid`); `typ` may be left out.
+fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, Option<&str>), TokenError> {
+    let algorithm = match header.get("alg") {
+        Some(Value::String(alg)) => {
+            Algorithm::from_name(alg).ok_or(TokenError::UnsupportedAlgorithm)?
+        }
         _ => return Err(TokenError::Malformed),
-    }
+    };
     match header.get("typ") {
         None => {}
         Some(Value::String(typ)) if typ == "JWT" => {}
         Some(_) => return Err(TokenError::Malformed),
     }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.as_str()),
+        Some(_) => return Err(TokenError::Malformed),
+    };
     // RFC 7515 §4.1.11: a token listing critical extensions must be refused
     // by anyone who does not implement them, and we implement none.
     if header.contains_key("crit") {
         return Err(TokenError::Malformed);
     }
-    Ok(())
+    Ok((algorithm, kid))
 }
 
 /// Reads a JWT `NumericDate`: any JSON number, rounded down to whole seconds.

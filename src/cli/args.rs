@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use pgrelay::auth::{Keys, TokenPolicy};
+use pgrelay::auth::{Jwks, JwksTiming, Keys, TokenPolicy};
 use pgrelay::config::validate_channel;
 use pgrelay::{ConnectionLimits, Error, MetricsToken, RelayConfig, Settings};
 
@@ -210,6 +210,13 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_TOKEN_ISSUER")]
     pub token_issuer: Option<String>,
 
+    /// An identity provider's JSON Web Key Set whose RS256, ES256 and EdDSA keys verify
+    /// tokens, chosen by `kid` and bound to their type (docs/identity-providers.md); fetched
+    /// at start, every 5 minutes, and when a token names an unknown `kid` (at most every
+    /// 10 s); a failed fetch keeps the last good keys. https, or http to a loopback address.
+    #[arg(long, env = "PGRELAY_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
     /// How long shutdown waits for open work before exiting.
     #[arg(long, env = "PGRELAY_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -220,11 +227,12 @@ pub struct RelayArgs {
 }
 
 impl RelayArgs {
-    /// The relay's whole configuration; errors name the flag that is wrong.
+    /// The relay's whole configuration, verifying tokens with `secrets` (if any) and
+    /// `--jwks-url` (if set); errors name the flag that is wrong.
     pub fn config(
         &self,
         database: DatabaseArgs,
-        keys: Keys,
+        secrets: Option<Keys>,
         demo_page: bool,
     ) -> Result<RelayConfig, Error> {
         Ok(RelayConfig {
@@ -233,7 +241,7 @@ impl RelayArgs {
                 .unwrap_or_else(|| database.database_url.clone()),
             database_url: database.database_url,
             pool_size: self.pool_size,
-            keys: keys.with_policy(self.token_policy()),
+            keys: self.keys(secrets)?.with_policy(self.token_policy()),
             settings: self.settings(demo_page).map_err(Error::setup)?,
             limits: ConnectionLimits {
                 max_connections: self.max_connections.max(1),
@@ -241,6 +249,27 @@ impl RelayArgs {
                 write_timeout: self.write_timeout,
             },
         })
+    }
+
+    /// The keys tokens are verified with: the secrets, the key set, or both.
+    fn keys(&self, secrets: Option<Keys>) -> Result<Keys, Error> {
+        let jwks = self
+            .jwks_url
+            .as_deref()
+            .map(|url| {
+                Jwks::new(url, JwksTiming::default())
+                    .map_err(|error| Error::setup(format!("--jwks-url: {error}")))
+            })
+            .transpose()?;
+        match (secrets, jwks) {
+            (Some(secrets), Some(jwks)) => Ok(secrets.with_jwks(jwks)),
+            (Some(secrets), None) => Ok(secrets),
+            (None, Some(jwks)) => Ok(Keys::from_jwks(jwks)),
+            (None, None) => Err(Error::setup(
+                "tokens need keys: set --secret (PGRELAY_SECRET), --jwks-url (PGRELAY_JWKS_URL) \
+                 or both",
+            )),
+        }
     }
 
     /// What tokens must satisfy beyond their signature and times.
@@ -317,9 +346,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub relay: RelayArgs,
 
-    /// HS256 key(s), comma-separated: the first signs, any one verifies (rotation).
+    /// HS256 key(s), comma-separated: the first signs, any one verifies (rotation). Required
+    /// unless --jwks-url is set.
     #[arg(long, env = "PGRELAY_SECRET", hide_env_values = true)]
-    pub secret: String,
+    pub secret: Option<String>,
 
     /// Also serve the demo chat page at `/`.
     #[arg(long, env = "PGRELAY_DEMO")]

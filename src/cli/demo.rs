@@ -44,7 +44,7 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
         database_url: database_url.clone(),
         listen_database_url: None,
     };
-    let config = args.relay.config(database, keys.clone(), true)?;
+    let config = args.relay.config(database, Some(keys.clone()), true)?;
     migrate::migrate(&database_url, &config.settings.channel).await?;
 
     let listeners = bind(&args.relay).await?;

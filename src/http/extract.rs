@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::auth::{self, Claims};
+use crate::auth::{self, Claims, TokenError};
 
 /// The verified claims of the request's token: `Authorization: Bearer …`, else `?token=`.
 pub struct Authenticated(pub Claims);
@@ -55,11 +55,20 @@ impl FromRequestParts<Arc<AppState>> for Authenticated {
                 .as_deref()
                 .ok_or_else(|| unauthorized("missing_token", "a token is required"))?,
         };
-        state
+        match state
             .keys
-            .verify(token.trim(), auth::now_unix())
-            .map(Authenticated)
-            .map_err(|error| unauthorized(error.code(), error.to_string()))
+            .verify_fetching_keys(token.trim(), auth::now_unix())
+            .await
+        {
+            Ok(claims) => Ok(Authenticated(claims)),
+            // Not the token's fault: a 401 would make clients give up on a good token.
+            Err(error @ TokenError::KeysUnavailable) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                error.code(),
+                error.to_string(),
+            )),
+            Err(error) => Err(unauthorized(error.code(), error.to_string())),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::extract::{bearer, unauthorized};
 use super::{ApiError, AppState};
-use crate::store;
+use crate::{metrics, store};
 
 /// `GET /healthz`: the process is running.
 pub async fn healthz() -> Json<Value> {
@@ -32,6 +32,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, A
         return Err(not_ready(&format!(
             "committed messages have waited {:.1} s for their ids",
             lag.as_secs_f64()
+        )));
+    }
+    if let Some(Err(why)) = state.keys.jwks().map(|jwks| jwks.readiness()) {
+        return Err(not_ready(&format!(
+            "the identity provider's key set (--jwks-url) has not loaded: {why}"
         )));
     }
     if !store::ping(&state.pool, Duration::from_secs(2)).await {
@@ -61,7 +66,7 @@ pub async fn metrics(
             ));
         }
     }
-    let body = state.metrics.render(
+    let mut body = state.metrics.render(
         state.streams.registry.stream_count(),
         state.listener.is_up(),
         state.listener.numbering_lag().as_secs_f64(),
@@ -70,5 +75,8 @@ pub async fn metrics(
             ("fetch", &state.fetch_budget),
         ],
     );
+    if let Some(jwks) = state.keys.jwks() {
+        metrics::render_jwks(&mut body, jwks);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

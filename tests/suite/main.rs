@@ -20,6 +20,7 @@ mod http_wire;
 mod instances;
 mod js_client;
 mod jsonb;
+mod jwks;
 mod limits;
 mod metrics_access;
 mod openapi;

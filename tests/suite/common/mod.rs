@@ -6,6 +6,7 @@
 
 pub mod external;
 mod http;
+pub mod idp;
 mod raw;
 
 pub use http::*;
@@ -132,6 +133,8 @@ pub struct RelayOptions {
     pub listen_database_url: Option<String>,
     /// Comma-separated token secrets.
     pub secrets: String,
+    /// Keys to verify with instead of `secrets` (an identity provider's key set, a policy).
+    pub keys: Option<Keys>,
     pub settings: Settings,
     pub limits: pgrelay::ConnectionLimits,
 }
@@ -142,6 +145,7 @@ impl RelayOptions {
             database_url: database_url.to_owned(),
             listen_database_url: None,
             secrets: SECRET.to_owned(),
+            keys: None,
             settings: test_settings(),
             limits: test_limits(),
         }
@@ -179,7 +183,16 @@ impl Relay {
 
     /// Starts a relay as `options` say and waits until it is ready.
     pub async fn launch(options: RelayOptions) -> Relay {
-        let keys = Keys::from_secret_list(&options.secrets).unwrap();
+        let relay = Relay::spawn(options).await;
+        relay.wait_ready().await;
+        relay
+    }
+
+    /// Starts a relay as `options` say, without waiting for it to be ready.
+    pub async fn spawn(options: RelayOptions) -> Relay {
+        let keys = options
+            .keys
+            .unwrap_or_else(|| Keys::from_secret_list(&options.secrets).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let config = RelayConfig {
@@ -200,14 +213,12 @@ impl Relay {
             .await
             .expect("the relay failed");
         });
-        let relay = Relay {
+        Relay {
             base,
             keys,
             stop: Some(stop),
             task: Some(task),
-        };
-        relay.wait_ready().await;
-        relay
+        }
     }
 
     /// Waits until `/readyz` answers 200.
