@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0009_sequencer.sql",
         include_str!("../sql/0009_sequencer.sql"),
     ),
+    (
+        11,
+        "0011_idempotency.sql",
+        include_str!("../sql/0011_idempotency.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

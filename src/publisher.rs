@@ -17,6 +17,12 @@
 //! such rows would otherwise fail nearly every batch, and since its rows pile up while a batch
 //! is split, later batches would hold more of them and take longer to split (measured: honest
 //! publishers fell to 3–23% of their throughput alone, worse than retrying one by one).
+//!
+//! A request with an `Idempotency-Key` travels with its key, and `pgrelay.publish_many` decides
+//! under its order lock whether the key was used before (in an earlier transaction, on any
+//! instance, or earlier in the same batch): such a request is answered with the first message's
+//! id and stores nothing, and never fails its batch. Halves of a split batch commit in order, so
+//! a key's first request stays first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,7 +33,7 @@ use tracing::debug;
 
 use crate::error::Error;
 use crate::message::NewMessage;
-use crate::store::{self, DbPool};
+use crate::store::{self, DbPool, IdempotencyKey, Published};
 
 /// Requests that may wait for the publishing task; more make their handlers wait too, so a
 /// flood of publishers holds bounded memory.
@@ -58,10 +64,12 @@ pub struct Publisher {
     alone: Semaphore,
 }
 
-/// A message waiting for its commit, and where its id goes.
+/// A message waiting for its commit, and where its outcome goes.
 pub struct Pending {
     message: NewMessage,
-    reply: oneshot::Sender<Result<i64, Error>>,
+    /// The request's `Idempotency-Key`, if it sent one.
+    key: Option<IdempotencyKey>,
+    reply: oneshot::Sender<Result<Published, Error>>,
 }
 
 impl Publisher {
@@ -82,14 +90,19 @@ impl Publisher {
         }
     }
 
-    /// Stores `message`; returns its commit-ordered id once it is committed.
-    pub async fn publish(&self, message: NewMessage) -> Result<i64, Error> {
+    /// Stores `message` (once per `key`); returns what came of it, with its commit-ordered id,
+    /// once it is committed.
+    pub async fn publish(
+        &self,
+        message: NewMessage,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Published, Error> {
         let Some(queue) = &self.queue else {
-            return store::publish(&self.pool, &message).await;
+            return store::publish(&self.pool, &message, key.as_ref()).await;
         };
         if self.quarantine.holds(&message.sender) {
             let _permit = self.alone.acquire().await.map_err(|_| stopped())?;
-            let id = store::publish(&self.pool, &message).await;
+            let id = store::publish(&self.pool, &message, key.as_ref()).await;
             if id.as_ref().is_err_and(Error::is_refused_data) {
                 self.quarantine.add(&message.sender);
             }
@@ -97,7 +110,11 @@ impl Publisher {
         }
         let (reply, id) = oneshot::channel();
         queue
-            .send(Pending { message, reply })
+            .send(Pending {
+                message,
+                key,
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         id.await.map_err(|_| stopped())?
@@ -162,11 +179,14 @@ async fn commit(pool: &DbPool, batch: Vec<Pending>, quarantine: &Quarantine) {
     // still follow the order of arrival.
     let mut parts = vec![batch];
     while let Some(mut part) = parts.pop() {
-        let messages: Vec<&NewMessage> = part.iter().map(|pending| &pending.message).collect();
+        let messages: Vec<(&NewMessage, Option<&IdempotencyKey>)> = part
+            .iter()
+            .map(|pending| (&pending.message, pending.key.as_ref()))
+            .collect();
         match store::publish_all(pool, &messages).await {
-            Ok(ids) => {
-                for (pending, id) in part.into_iter().zip(ids) {
-                    let _ = pending.reply.send(Ok(id));
+            Ok(outcomes) => {
+                for (pending, outcome) in part.into_iter().zip(outcomes) {
+                    let _ = pending.reply.send(Ok(outcome));
                 }
             }
             Err(error) if refused(&error) && part.len() > 1 => {

@@ -331,9 +331,15 @@ async fn retries_in_a_split_batch_resolve_to_the_first() {
     let requests: Vec<(Option<String>, Value)> = (0..3 * KEYS)
         .map(|n| {
             let key = n % KEYS;
-            (Some(format!("key-{key}")), json!({"participants": ["inbox"], "payload": {"n": key}}))
+            (
+                Some(format!("key-{key}")),
+                json!({"participants": ["inbox"], "payload": {"n": key}}),
+            )
         })
-        .chain([(None, json!({"participants": ["inbox"], "payload": {"poison": GUILTY}}))])
+        .chain([(
+            None,
+            json!({"participants": ["inbox"], "payload": {"poison": GUILTY}}),
+        )])
         .collect();
     let posts = requests.iter().map(|(key, body)| {
         let mut request = reqwest::Client::new()
@@ -360,7 +366,9 @@ async fn retries_in_a_split_batch_resolve_to_the_first() {
         statuses.sort_unstable();
         assert_eq!(statuses, [200, 200, 201], "key {key}: {copies:?}");
         assert!(
-            copies.iter().all(|(_, body)| body["id"] == copies[0].1["id"]),
+            copies
+                .iter()
+                .all(|(_, body)| body["id"] == copies[0].1["id"]),
             "key {key}: {copies:?}"
         );
     }

@@ -54,7 +54,11 @@ async fn a_service_publishes_for_a_user_to_a_room_it_is_not_in() {
     let rows = stored(&db).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].1.as_deref(), Some("alice"));
-    assert_eq!(rows[0].2, ["#ops", "bob", "alice"], "the sender is added, not the service");
+    assert_eq!(
+        rows[0].2,
+        ["#ops", "bob", "alice"],
+        "the sender is added, not the service"
+    );
 
     // Everyone still needs scope `broadcast`.
     let everyone = json!({"sender": "alice", "participants": ["*"], "payload": {}});
@@ -80,7 +84,8 @@ async fn an_ordinary_token_cannot_set_the_sender() {
         let body = json!({"sender": sender, "participants": ["bob"], "payload": {}});
         let refused = publish(&relay, &mallory, None, &body).await;
         assert_json_error(refused, 403, "sender_not_allowed", sender).await;
-        let signal = json!({"sender": sender, "participants": ["bob"], "kind": "typing", "payload": {}});
+        let signal =
+            json!({"sender": sender, "participants": ["bob"], "kind": "typing", "payload": {}});
         let refused = post(&relay.base, "/v1/signals", &mallory, signal).await;
         assert_json_error(refused, 403, "sender_not_allowed", sender).await;
     }
@@ -135,8 +140,14 @@ async fn racing_retries_with_one_key_store_one_message() {
         for response in join_all(retries).await {
             answers.push(status_and_json(response).await);
         }
-        let ids: Vec<i64> = answers.iter().map(|(_, a)| a["id"].as_i64().unwrap()).collect();
-        assert!(ids.iter().all(|id| *id == ids[0]), "round {round}: {answers:?}");
+        let ids: Vec<i64> = answers
+            .iter()
+            .map(|(_, a)| a["id"].as_i64().unwrap())
+            .collect();
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "round {round}: {answers:?}"
+        );
         let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
         statuses.sort_unstable();
         assert_eq!(statuses, [200, 200, 201], "round {round}: {answers:?}");
@@ -177,7 +188,10 @@ async fn a_key_reused_for_another_message_is_refused() {
     let relay = Relay::start(&db).await;
     let alice = relay.token("alice", &["publish"]);
     let body = json!({"participants": ["bob"], "payload": {"text": "first"}});
-    assert_eq!(publish(&relay, &alice, Some("k"), &body).await.status(), 201);
+    assert_eq!(
+        publish(&relay, &alice, Some("k"), &body).await.status(),
+        201
+    );
     // The same JSON written differently is the same message.
     let spaced = r#"{ "payload" : {"text":"first"}, "participants" : ["bob"] }"#;
     let answer = reqwest::Client::new()
@@ -235,7 +249,12 @@ async fn a_malformed_idempotency_key_is_a_json_400() {
         .unwrap();
     assert_json_error(twice, 400, "invalid_idempotency_key", "two keys").await;
     let longest = "k".repeat(255);
-    assert_eq!(publish(&relay, &alice, Some(&longest), &body).await.status(), 201);
+    assert_eq!(
+        publish(&relay, &alice, Some(&longest), &body)
+            .await
+            .status(),
+        201
+    );
     assert_eq!(stored(&db).await.len(), 1);
 }
 
