@@ -209,8 +209,10 @@ pub async fn post_message(
         Published::New(id) => Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response()),
         // A retry: the first publish's answer, with 200 so a client can tell if it cares.
         Published::Replayed(id) => Ok((StatusCode::OK, Json(json!({ "id": id }))).into_response()),
+        // 409, not 422: the same bytes were acceptable until another message took the key; the
+        // refusal comes from stored state, which is what a conflict is.
         Published::KeyReused(id) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::CONFLICT,
             "idempotency_key_reused",
             format!(
                 "this Idempotency-Key was used for another message (id {id}); a retry must \

@@ -184,8 +184,8 @@ async fn a_retry_answers_the_first_id_and_publishes_nothing() {
     assert_eq!(stored(&db).await.len(), 2);
 }
 
-/// A key reused with another body is refused (422 `idempotency_key_reused`), as Stripe does:
-/// the caller has a bug, and answering the first message's id would hide it.
+/// A key reused with another body is refused (409 `idempotency_key_reused`; Stripe refuses it
+/// too): the caller has a bug, and answering the first message's id would hide it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_reused_for_another_message_is_refused() {
     let db = fresh_database().await;
@@ -214,7 +214,7 @@ async fn a_key_reused_for_another_message_is_refused() {
         json!({"participants": ["bob"], "payload": {"text": "first"}, "kind": "note"}),
     ] {
         let refused = publish(&relay, &alice, Some("k"), &other).await;
-        assert_json_error(refused, 422, "idempotency_key_reused", &other.to_string()).await;
+        assert_json_error(refused, 409, "idempotency_key_reused", &other.to_string()).await;
     }
     assert_eq!(stored(&db).await.len(), 1);
 }
