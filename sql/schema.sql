@@ -115,7 +115,7 @@ CREATE INDEX presence_instance_idx ON pgrelay.presence USING btree (instance);
 
 CREATE TRIGGER messages_before_insert BEFORE INSERT ON pgrelay.messages FOR EACH ROW EXECUTE FUNCTION pgrelay.before_insert();
 
-CREATE TRIGGER messages_clear_foreign_idempotency BEFORE INSERT ON pgrelay.messages FOR EACH ROW EXECUTE FUNCTION pgrelay.clear_foreign_idempotency();
+CREATE TRIGGER messages_clear_foreign_idempotency BEFORE INSERT ON pgrelay.messages FOR EACH ROW WHEN (((new.idempotency_key IS NOT NULL) OR (new.idempotency_subject IS NOT NULL))) EXECUTE FUNCTION pgrelay.clear_foreign_idempotency();
 
 CREATE TRIGGER messages_forbid_id_change BEFORE UPDATE OF id ON pgrelay.messages FOR EACH ROW EXECUTE FUNCTION pgrelay.forbid_id_change();
 
@@ -291,9 +291,8 @@ CREATE OR REPLACE FUNCTION pgrelay.clear_foreign_idempotency()
  SET search_path TO 'pg_catalog', 'pgrelay'
 AS $function$
 BEGIN
-    IF (NEW.idempotency_key IS NOT NULL OR NEW.idempotency_subject IS NOT NULL)
-       AND current_user <> (SELECT pg_get_userbyid(relowner) FROM pg_class
-                             WHERE oid = 'pgrelay.messages'::regclass) THEN
+    IF current_user <> (SELECT pg_get_userbyid(relowner) FROM pg_class
+                         WHERE oid = 'pgrelay.messages'::regclass) THEN
         NEW.idempotency_key := NULL;
         NEW.idempotency_subject := NULL;
     END IF;
@@ -605,6 +604,19 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pgrelay.messages m WHERE m.id < 0) THEN
         PERFORM pgrelay.number_pending_messages(NULL, clock_timestamp());
     END IF;
+    IF NOT jsonb_path_exists(messages, '$[*].idempotency_key') THEN
+        -- No keys, the usual batch: 0009's insert as it was. The statement below costs about a
+        -- quarter more per batch (measured: 2.3 ms against 2.9 ms for 100 messages), under the
+        -- lock every publish waits for.
+        RETURN QUERY
+        INSERT INTO pgrelay.messages (id, participants, kind, sender, payload, committed_at)
+        SELECT nextval('pgrelay.message_id_seq'),
+               ARRAY(SELECT jsonb_array_elements_text(m -> 'participants')),
+               coalesce(m ->> 'kind', 'message'), m ->> 'sender', m -> 'payload', clock_timestamp()
+          FROM jsonb_array_elements(messages) AS m
+        RETURNING messages.id, 'published';
+        RETURN;
+    END IF;
     -- Each statement of this function reads a snapshot taken after the lock was granted, so it
     -- sees the keys of every publish that held the lock before.
     RETURN QUERY
@@ -620,14 +632,20 @@ BEGIN
                                                      r.m ->> 'idempotency_key') END AS first
           FROM jsonb_array_elements(messages) WITH ORDINALITY AS r(m, n)),
     -- The messages earlier transactions stored under this batch's keys.
+    -- One probe of the unique index per key (LATERAL … LIMIT 1 keeps the planner from
+    -- scanning the outbox to join it whole).
     earlier AS MATERIALIZED (
         SELECT r.n, s.id, s.participants, s.kind, s.sender, s.payload
-          FROM request r JOIN pgrelay.messages s
-            ON s.idempotency_subject = r.subject AND s.idempotency_key = r.key
-           AND s.idempotency_key IS NOT NULL
-         WHERE r.n = r.first),
+          FROM request r
+         CROSS JOIN LATERAL (
+                SELECT s.id, s.participants, s.kind, s.sender, s.payload
+                  FROM pgrelay.messages s
+                 WHERE s.idempotency_subject = r.subject AND s.idempotency_key = r.key
+                   AND s.idempotency_key IS NOT NULL
+                 LIMIT 1) s
+         WHERE r.key IS NOT NULL AND r.n = r.first),
     fresh AS MATERIALIZED (
-        SELECT r.*, row_number() OVER (ORDER BY r.n) AS rank
+        SELECT r.*
           FROM request r
          WHERE r.n = r.first AND NOT EXISTS (SELECT 1 FROM earlier e WHERE e.n = r.n)),
     -- Ids are drawn row by row as the rows are inserted, in the batch's order (the insert
@@ -640,11 +658,13 @@ BEGIN
                clock_timestamp(), f.subject, f.key
           FROM (SELECT * FROM fresh ORDER BY n) f
         RETURNING messages.id),
+    -- Each first element (of this batch, or stored earlier) with its id. The two sorted arrays
+    -- are zipped by unnest, once: a join on ranks would sort the ids again for every row.
     stored AS (
-        SELECT f.n, i.id, f.participants, f.kind, f.sender, f.payload, true AS is_new
-          FROM fresh f
-          JOIN (SELECT i.id, row_number() OVER (ORDER BY i.id) AS rank FROM inserted i) i
-            ON i.rank = f.rank
+        SELECT f.n, z.id, f.participants, f.kind, f.sender, f.payload, true AS is_new
+          FROM unnest(ARRAY(SELECT n FROM fresh ORDER BY n),
+                      ARRAY(SELECT i.id FROM inserted i ORDER BY i.id)) AS z(n, id)
+          JOIN fresh f ON f.n = z.n
         UNION ALL
         SELECT e.n, e.id, e.participants, e.kind, e.sender, e.payload, false FROM earlier e)
     SELECT s.id,
