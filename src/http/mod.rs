@@ -179,6 +179,7 @@ fn cors_layer(allow_origins: &[String]) -> CorsLayer {
             header::CONTENT_TYPE,
             header::CACHE_CONTROL,
             HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("idempotency-key"),
         ])
         .max_age(Duration::from_secs(3600))
 }
