@@ -2,6 +2,8 @@
 //! limit of its own) and `Idempotency-Key` on `POST /v1/messages` (a retry publishes nothing
 //! again, also when the retries race).
 
+use std::time::Duration;
+
 use futures::future::join_all;
 use serde_json::{json, Value};
 
@@ -71,6 +73,33 @@ async fn a_service_publishes_for_a_user_to_a_room_it_is_not_in() {
         assert_json_error(refused, 422, "invalid", &format!("sender {sender}")).await;
     }
     assert_eq!(stored(&db).await.len(), 1, "nothing refused was stored");
+}
+
+/// A service's signal, too, comes from the user it names and may go to a room the service is
+/// not in: a member's stream gets it with that sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_signals_for_a_user() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let bob = relay
+        .keys
+        .mint_with_rooms("bob", Duration::from_secs(600), &[], &["#ops"]);
+    let mut stream = Subscriber::open(&relay.base, &bob, "", None).await;
+    stream.opening_position().await;
+    let service = relay.token("billing", &["service"]);
+    let body =
+        json!({"sender": "alice", "participants": ["#ops"], "kind": "typing", "payload": {}});
+    let answer = post(&relay.base, "/v1/signals", &service, body).await;
+    assert_eq!(answer.status(), 202);
+    let event = loop {
+        let event = stream.next().await;
+        if event.event.as_deref() == Some("typing") {
+            break event;
+        }
+    };
+    let data: Value = serde_json::from_str(event.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["sender"], "alice");
+    assert_eq!(data["participants"], json!(["#ops", "alice"]));
 }
 
 /// A token without scope `service` cannot choose its sender, not even its own name: 403
