@@ -202,7 +202,7 @@ pub async fn post_message(
     };
     let published = state
         .publisher
-        .publish(message, key)
+        .publish(message, publication.publisher, key)
         .await
         .map_err(|error| ApiError::from_database("publishing a message failed", &error))?;
     match published {

@@ -278,14 +278,37 @@ async fn a_refused_row_splits_its_batch_in_halves() {
 /// not 2·log2(n) + 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_the_database_refused_publishes_alone_for_a_while() {
+    refused_publisher_publishes_alone(&["publish"], None, None).await;
+}
+
+/// A backend (scope `service`) is set apart by its own name, not by the senders it names: its
+/// second poison, for another user, still publishes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_the_database_refused_publishes_alone_whoever_it_names() {
+    refused_publisher_publishes_alone(&["service"], Some("alice"), Some("bob")).await;
+}
+
+/// `poisoner`'s poison (with scopes `scopes`, as sender `first`, then `second`) is refused; the
+/// second one, sent while a batch is queued, must go alone.
+async fn refused_publisher_publishes_alone(
+    scopes: &[&str],
+    first: Option<&str>,
+    second: Option<&str>,
+) {
     const QUEUED: usize = 32;
     let db = fresh_database().await;
     let mut admin = connect(&db).await;
     refuse_poison_and_count_attempts(&admin).await;
     let relay = Relay::start(&db).await;
-    let poisoner = relay.token("poisoner", &["publish"]);
-    let poison = json!({"participants": ["inbox"], "payload": {"poison": true}});
-    let refused = post(&relay.base, "/v1/messages", &poisoner, poison.clone()).await;
+    let poisoner = relay.token("poisoner", scopes);
+    let poison = |sender: Option<&str>| {
+        let mut body = json!({"participants": ["inbox"], "payload": {"poison": true}});
+        if let Some(sender) = sender {
+            body["sender"] = sender.into();
+        }
+        body
+    };
+    let refused = post(&relay.base, "/v1/messages", &poisoner, poison(first)).await;
     assert_json_error(refused, 422, "invalid", "the first poison").await;
     let before = insert_attempts(&admin).await;
 
@@ -299,7 +322,7 @@ async fn a_sender_the_database_refused_publishes_alone_for_a_while() {
     };
     let (answers, again, ()) = tokio::join!(
         post_together(&relay, bodies),
-        post(&relay.base, "/v1/messages", &poisoner, poison),
+        post(&relay.base, "/v1/messages", &poisoner, poison(second)),
         release
     );
     assert_eq!(first.await.unwrap().0, 201);
