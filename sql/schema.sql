@@ -52,6 +52,8 @@ CREATE TABLE pgrelay.messages (
     created_at timestamp with time zone NOT NULL DEFAULT now(),
     committed_at timestamp with time zone,
     pending_id bigint,
+    idempotency_subject text,
+    idempotency_key text,
     CONSTRAINT messages_kind_valid CHECK (pgrelay.valid_kind(kind)),
     CONSTRAINT messages_participants_nonempty CHECK (((cardinality(participants) > 0) AND (array_position(participants, NULL::text) IS NULL))),
     CONSTRAINT messages_pkey PRIMARY KEY (id)
@@ -101,6 +103,8 @@ CREATE UNLOGGED TABLE pgrelay.signals (
 
 -- Indexes
 
+CREATE UNIQUE INDEX messages_idempotency_idx ON pgrelay.messages USING btree (idempotency_subject, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
 CREATE INDEX messages_participants_idx ON pgrelay.messages USING gin (participants);
 
 CREATE UNIQUE INDEX messages_pending_id_idx ON pgrelay.messages USING btree (pending_id) WHERE (pending_id IS NOT NULL);
@@ -110,6 +114,8 @@ CREATE INDEX presence_instance_idx ON pgrelay.presence USING btree (instance);
 -- Triggers
 
 CREATE TRIGGER messages_before_insert BEFORE INSERT ON pgrelay.messages FOR EACH ROW EXECUTE FUNCTION pgrelay.before_insert();
+
+CREATE TRIGGER messages_clear_foreign_idempotency BEFORE INSERT ON pgrelay.messages FOR EACH ROW WHEN (((new.idempotency_key IS NOT NULL) OR (new.idempotency_subject IS NOT NULL))) EXECUTE FUNCTION pgrelay.clear_foreign_idempotency();
 
 CREATE TRIGGER messages_forbid_id_change BEFORE UPDATE OF id ON pgrelay.messages FOR EACH ROW EXECUTE FUNCTION pgrelay.forbid_id_change();
 
@@ -277,6 +283,21 @@ CREATE OR REPLACE FUNCTION pgrelay.channel()
  LANGUAGE sql
  IMMUTABLE PARALLEL SAFE
 AS $function$ SELECT 'pgrelay'::text $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.clear_foreign_idempotency()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+BEGIN
+    IF current_user <> (SELECT pg_get_userbyid(relowner) FROM pg_class
+                         WHERE oid = 'pgrelay.messages'::regclass) THEN
+        NEW.idempotency_key := NULL;
+        NEW.idempotency_subject := NULL;
+    END IF;
+    RETURN NEW;
+END $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.detach(source regclass)
@@ -571,26 +592,91 @@ END $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.publish_many(messages jsonb)
- RETURNS SETOF bigint
+ RETURNS TABLE(id bigint, outcome text)
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgrelay'
  SET lock_timeout TO '5s'
  SET enable_seqscan TO 'off'
 AS $function$
+#variable_conflict use_column
 BEGIN
     PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
     LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE;
-    IF EXISTS (SELECT 1 FROM pgrelay.messages WHERE id < 0) THEN
+    IF EXISTS (SELECT 1 FROM pgrelay.messages m WHERE m.id < 0) THEN
         PERFORM pgrelay.number_pending_messages(NULL, clock_timestamp());
     END IF;
+    IF NOT jsonb_path_exists(messages, '$[*].idempotency_key') THEN
+        -- No keys, the usual batch: 0009's insert as it was. The statement below costs about a
+        -- quarter more per batch (measured: 2.3 ms against 2.9 ms for 100 messages), under the
+        -- lock every publish waits for.
+        RETURN QUERY
+        INSERT INTO pgrelay.messages (id, participants, kind, sender, payload, committed_at)
+        SELECT nextval('pgrelay.message_id_seq'),
+               ARRAY(SELECT jsonb_array_elements_text(m -> 'participants')),
+               coalesce(m ->> 'kind', 'message'), m ->> 'sender', m -> 'payload', clock_timestamp()
+          FROM jsonb_array_elements(messages) AS m
+        RETURNING messages.id, 'published';
+        RETURN;
+    END IF;
+    -- Each statement of this function reads a snapshot taken after the lock was granted, so it
+    -- sees the keys of every publish that held the lock before.
     RETURN QUERY
-    INSERT INTO pgrelay.messages (id, participants, kind, sender, payload, committed_at)
-    SELECT nextval('pgrelay.message_id_seq'),
-           ARRAY(SELECT jsonb_array_elements_text(m -> 'participants')),
-           coalesce(m ->> 'kind', 'message'), m ->> 'sender', m -> 'payload', clock_timestamp()
-      FROM jsonb_array_elements(messages) AS m
-    RETURNING id;
+    WITH request AS MATERIALIZED (
+        SELECT r.n,
+               ARRAY(SELECT jsonb_array_elements_text(r.m -> 'participants')) AS participants,
+               coalesce(r.m ->> 'kind', 'message') AS kind, r.m ->> 'sender' AS sender,
+               r.m -> 'payload' AS payload,
+               r.m ->> 'idempotency_subject' AS subject, r.m ->> 'idempotency_key' AS key,
+               -- The element this one repeats: the batch's first with the same key, or itself.
+               CASE WHEN r.m ->> 'idempotency_key' IS NULL THEN r.n
+                    ELSE min(r.n) OVER (PARTITION BY r.m ->> 'idempotency_subject',
+                                                     r.m ->> 'idempotency_key') END AS first
+          FROM jsonb_array_elements(messages) WITH ORDINALITY AS r(m, n)),
+    -- The messages earlier transactions stored under this batch's keys.
+    -- One probe of the unique index per key (LATERAL … LIMIT 1 keeps the planner from
+    -- scanning the outbox to join it whole).
+    earlier AS MATERIALIZED (
+        SELECT r.n, s.id, s.participants, s.kind, s.sender, s.payload
+          FROM request r
+         CROSS JOIN LATERAL (
+                SELECT s.id, s.participants, s.kind, s.sender, s.payload
+                  FROM pgrelay.messages s
+                 WHERE s.idempotency_subject = r.subject AND s.idempotency_key = r.key
+                   AND s.idempotency_key IS NOT NULL
+                 LIMIT 1) s
+         WHERE r.key IS NOT NULL AND r.n = r.first),
+    fresh AS MATERIALIZED (
+        SELECT r.*
+          FROM request r
+         WHERE r.n = r.first AND NOT EXISTS (SELECT 1 FROM earlier e WHERE e.n = r.n)),
+    -- Ids are drawn row by row as the rows are inserted, in the batch's order (the insert
+    -- trigger accepts an explicit id only if it is the one just drawn), so the k-th smallest id
+    -- is the k-th fresh element's.
+    inserted AS (
+        INSERT INTO pgrelay.messages (id, participants, kind, sender, payload, committed_at,
+                                      idempotency_subject, idempotency_key)
+        SELECT nextval('pgrelay.message_id_seq'), f.participants, f.kind, f.sender, f.payload,
+               clock_timestamp(), f.subject, f.key
+          FROM (SELECT * FROM fresh ORDER BY n) f
+        RETURNING messages.id),
+    -- Each first element (of this batch, or stored earlier) with its id. The two sorted arrays
+    -- are zipped by unnest, once: a join on ranks would sort the ids again for every row.
+    stored AS (
+        SELECT f.n, z.id, f.participants, f.kind, f.sender, f.payload, true AS is_new
+          FROM unnest(ARRAY(SELECT n FROM fresh ORDER BY n),
+                      ARRAY(SELECT i.id FROM inserted i ORDER BY i.id)) AS z(n, id)
+          JOIN fresh f ON f.n = z.n
+        UNION ALL
+        SELECT e.n, e.id, e.participants, e.kind, e.sender, e.payload, false FROM earlier e)
+    SELECT s.id,
+           CASE WHEN s.is_new AND s.n = r.n THEN 'published'
+                WHEN (r.participants, r.kind, r.sender, r.payload)
+                     IS NOT DISTINCT FROM (s.participants, s.kind, s.sender, s.payload)
+                THEN 'replayed'
+                ELSE 'key_reused' END
+      FROM request r JOIN stored s ON s.n = r.first
+     ORDER BY r.n;
 END $function$
 ;
 

@@ -64,6 +64,11 @@ pub struct Settings {
     pub publish_rate: f64,
     /// Messages each sender may publish over HTTP in a burst.
     pub publish_burst: f64,
+    /// Messages and signals each token with scope `service` (a backend) may publish per
+    /// second, sustained, whichever senders it names: a backend publishes for many people.
+    pub service_publish_rate: f64,
+    /// Messages and signals each `service` token may publish in a burst.
+    pub service_publish_burst: f64,
     /// Most `POST /v1/messages` one transaction commits (group commit); 1 commits each alone.
     pub publish_batch: usize,
     /// Most `GET /v1/messages` requests of one participant in flight on this instance.
@@ -99,6 +104,8 @@ impl Default for Settings {
             signal_burst: 10.0,
             publish_rate: 20.0,
             publish_burst: 50.0,
+            service_publish_rate: 1000.0,
+            service_publish_burst: 2000.0,
             publish_batch: 100,
             max_history_requests: 4,
             max_event_bytes: 1024 * 1024,

@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../sql/0009_sequencer.sql"),
     ),
     (
+        11,
+        "0011_idempotency.sql",
+        include_str!("../sql/0011_idempotency.sql"),
+    ),
+    (
         12,
         "0012_pending_by_index.sql",
         include_str!("../sql/0012_pending_by_index.sql"),

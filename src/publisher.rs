@@ -12,11 +12,18 @@
 //! `jsonb`) before it gets here; this module takes what they cannot foresee, such as a
 //! constraint an application added. A refused transaction is split in halves until the guilty
 //! message fails alone: it fails only its own request and costs the others a few transactions,
-//! not one each. Its sender then publishes alone for a while ([`QUARANTINE`]), each message in
+//! not one each. Its publisher (the token's subject: the sender, or the backend that named it)
+//! then publishes alone for a while ([`QUARANTINE`]), each message in
 //! a transaction of its own beside the batches, a few at a time: a sender that keeps posting
 //! such rows would otherwise fail nearly every batch, and since its rows pile up while a batch
 //! is split, later batches would hold more of them and take longer to split (measured: honest
 //! publishers fell to 3–23% of their throughput alone, worse than retrying one by one).
+//!
+//! A request with an `Idempotency-Key` travels with its key, and `pgrelay.publish_many` decides
+//! under its order lock whether the key was used before (in an earlier transaction, on any
+//! instance, or earlier in the same batch): such a request is answered with the first message's
+//! id and stores nothing, and never fails its batch. Halves of a split batch commit in order, so
+//! a key's first request stays first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,7 +34,7 @@ use tracing::debug;
 
 use crate::error::Error;
 use crate::message::NewMessage;
-use crate::store::{self, DbPool};
+use crate::store::{self, DbPool, IdempotencyKey, Published};
 
 /// Requests that may wait for the publishing task; more make their handlers wait too, so a
 /// flood of publishers holds bounded memory.
@@ -41,8 +48,8 @@ const QUARANTINE: Duration = Duration::from_secs(60);
 /// quarantined sender's burst must not take the connections the batches need.
 const MAX_ALONE: usize = 2;
 
-/// Most senders kept publishing alone at once, so that the list holds bounded memory; past it,
-/// a newly refused sender is not set apart (its later refusals cost batches splits again).
+/// Most publishers kept publishing alone at once, so that the list holds bounded memory; past it,
+/// a newly refused publisher is not set apart (its later refusals cost batches splits again).
 const MAX_QUARANTINED: usize = 10_000;
 
 /// The handle the HTTP handlers publish through.
@@ -52,16 +59,20 @@ pub struct Publisher {
     /// The publishing task's queue; `None` with `--publish-batch 1`, where every message
     /// commits alone.
     queue: Option<mpsc::Sender<Pending>>,
-    /// Senders who publish alone for now; the publishing task adds those it finds guilty.
+    /// Publishers who publish alone for now; the publishing task adds those it finds guilty.
     quarantine: Arc<Quarantine>,
     /// Permits for quarantined messages to commit, [`MAX_ALONE`] at a time.
     alone: Semaphore,
 }
 
-/// A message waiting for its commit, and where its id goes.
+/// A message waiting for its commit, and where its outcome goes.
 pub struct Pending {
     message: NewMessage,
-    reply: oneshot::Sender<Result<i64, Error>>,
+    /// The token subject that sent it, who is quarantined if the database refuses it.
+    publisher: String,
+    /// The request's `Idempotency-Key`, if it sent one.
+    key: Option<IdempotencyKey>,
+    reply: oneshot::Sender<Result<Published, Error>>,
 }
 
 impl Publisher {
@@ -82,22 +93,33 @@ impl Publisher {
         }
     }
 
-    /// Stores `message`; returns its commit-ordered id once it is committed.
-    pub async fn publish(&self, message: NewMessage) -> Result<i64, Error> {
+    /// Stores `message` from `publisher` (the token's subject), once per `key`; returns what
+    /// came of it, with its commit-ordered id, once it is committed.
+    pub async fn publish(
+        &self,
+        message: NewMessage,
+        publisher: String,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Published, Error> {
         let Some(queue) = &self.queue else {
-            return store::publish(&self.pool, &message).await;
+            return store::publish(&self.pool, &message, key.as_ref()).await;
         };
-        if self.quarantine.holds(&message.sender) {
+        if self.quarantine.holds(&publisher) {
             let _permit = self.alone.acquire().await.map_err(|_| stopped())?;
-            let id = store::publish(&self.pool, &message).await;
+            let id = store::publish(&self.pool, &message, key.as_ref()).await;
             if id.as_ref().is_err_and(Error::is_refused_data) {
-                self.quarantine.add(&message.sender);
+                self.quarantine.add(&publisher);
             }
             return id;
         }
         let (reply, id) = oneshot::channel();
         queue
-            .send(Pending { message, reply })
+            .send(Pending {
+                message,
+                publisher,
+                key,
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         id.await.map_err(|_| stopped())?
@@ -109,7 +131,7 @@ fn stopped() -> Error {
     Error::connection("the publishing task has stopped")
 }
 
-/// Senders whose messages the database refused lately, and until when they publish alone.
+/// Publishers whose messages the database refused lately, and until when they publish alone.
 #[derive(Default)]
 struct Quarantine {
     /// Sender → end of its period. A std mutex: held for a map lookup or insert, never across
@@ -118,21 +140,23 @@ struct Quarantine {
 }
 
 impl Quarantine {
-    /// Whether `sender` publishes alone for now.
-    fn holds(&self, sender: &str) -> bool {
+    /// Whether `publisher` publishes alone for now.
+    fn holds(&self, publisher: &str) -> bool {
         let until = self.until.lock().unwrap();
-        until.get(sender).is_some_and(|end| *end > Instant::now())
+        until
+            .get(publisher)
+            .is_some_and(|end| *end > Instant::now())
     }
 
-    /// Sets `sender` apart for [`QUARANTINE`] from now.
-    fn add(&self, sender: &str) {
+    /// Sets `publisher` apart for [`QUARANTINE`] from now.
+    fn add(&self, publisher: &str) {
         let now = Instant::now();
         let mut until = self.until.lock().unwrap();
         if until.len() >= MAX_QUARANTINED {
             until.retain(|_, end| *end > now);
         }
-        if until.len() < MAX_QUARANTINED || until.contains_key(sender) {
-            until.insert(sender.to_owned(), now + QUARANTINE);
+        if until.len() < MAX_QUARANTINED || until.contains_key(publisher) {
+            until.insert(publisher.to_owned(), now + QUARANTINE);
         }
     }
 }
@@ -153,7 +177,7 @@ async fn run(
 
 /// Commits `batch` and answers each request. When the database refuses the data of a
 /// transaction of several messages, that transaction is split in halves, each committed on its
-/// own, down to the guilty message alone, whose sender is then quarantined: one refused message
+/// own, down to the guilty message alone, whose publisher is then quarantined: one refused message
 /// among n costs about 2·log2(n) extra transactions, not n, and the others keep their place in
 /// line. When the database fails otherwise (it is away, say), this transaction's and every
 /// later part's requests get the same error at once.
@@ -162,11 +186,14 @@ async fn commit(pool: &DbPool, batch: Vec<Pending>, quarantine: &Quarantine) {
     // still follow the order of arrival.
     let mut parts = vec![batch];
     while let Some(mut part) = parts.pop() {
-        let messages: Vec<&NewMessage> = part.iter().map(|pending| &pending.message).collect();
+        let messages: Vec<(&NewMessage, Option<&IdempotencyKey>)> = part
+            .iter()
+            .map(|pending| (&pending.message, pending.key.as_ref()))
+            .collect();
         match store::publish_all(pool, &messages).await {
-            Ok(ids) => {
-                for (pending, id) in part.into_iter().zip(ids) {
-                    let _ = pending.reply.send(Ok(id));
+            Ok(outcomes) => {
+                for (pending, outcome) in part.into_iter().zip(outcomes) {
+                    let _ = pending.reply.send(Ok(outcome));
                 }
             }
             Err(error) if refused(&error) && part.len() > 1 => {
@@ -185,7 +212,7 @@ async fn commit(pool: &DbPool, batch: Vec<Pending>, quarantine: &Quarantine) {
                 if let Some(pending) = part.pop() {
                     // A taken id is no fault of the sender's; refused data is.
                     if error.is_refused_data() {
-                        quarantine.add(&pending.message.sender);
+                        quarantine.add(&pending.publisher);
                     }
                     let _ = pending.reply.send(Err(error));
                 }

@@ -45,17 +45,33 @@ export interface Reset {
   newest_id?: number;
 }
 
-export type Status = 'connecting' | 'live' | 'reconnecting' | 'closed';
+/**
+ * `'refused'`: the relay refused the token in a way no retry cures (a bad signature, a
+ * revocation, a room not granted); the client has stopped until `start()` is called again.
+ */
+export type Status = 'connecting' | 'live' | 'reconnecting' | 'refused' | 'closed';
 
 export type PresenceState =
   | { online: true; since: string }
   | { online: false; last_seen: string | null };
 
-/** A failed request: the relay's JSON error, with the HTTP status. */
-export interface RelayError extends Error {
-  status: number;
-  code?: string;
+/**
+ * A refusal by the relay: the HTTP status and the relay's JSON error `code` (`token_expired`,
+ * `token_revoked`, `bad_signature`, `room_not_granted`, `rate_limited` …). Requests reject
+ * with it; `onStatus` receives it with `'reconnecting'` and `'refused'`.
+ */
+export class PgRelayError extends Error {
+  constructor(status: number, code: string | undefined, message?: string);
+  /** The HTTP status (401 for the stream events `token_expired` and `revoked`). */
+  readonly status: number;
+  /** The relay's error code; undefined when the answer was not the relay's JSON. */
+  readonly code: string | undefined;
+  /** Whether retrying cannot help: a 401 or 403 that no new token cures. */
+  readonly final: boolean;
 }
+
+/** @deprecated The earlier name of {@link PgRelayError}. */
+export type RelayError = PgRelayError;
 
 export interface PgRelayClientOptions {
   /** The relay's base URL without a trailing slash; '' is the page's own origin. */
@@ -83,7 +99,13 @@ export interface PgRelayClientOptions {
   /** Each signal (and presence change) as it happens. */
   onSignal?: (kind: string, data: Signal | PresenceChange) => void;
   onPresence?: (change: PresenceChange) => void;
-  onStatus?: (status: Status) => void;
+  /**
+   * The stream's state; with `'reconnecting'` and `'refused'`, the relay's refusal when there
+   * was one (an `EventSource` does not say why: the client asks the relay with a request of its
+   * own). An expiry (`token_expired`) reconnects with a token from `token()`; a refused or
+   * revoked token (`bad_signature`, `token_revoked` …) stops the client.
+   */
+  onStatus?: (status: Status, error?: PgRelayError) => void;
   /** The resume point was older than retained history, or unknown to this database. */
   onReset?: (reset: Reset) => void;
   /**
@@ -100,12 +122,23 @@ export class PgRelayClient {
   readonly lastId: number | null;
   /** The last status reported to `onStatus`. */
   readonly status: Status | null;
+  /** The refusal reported with the last status, or null. */
+  readonly error: PgRelayError | null;
   /** Opens the stream; does nothing while started. */
   start(): void;
   /** Closes the stream until `start()` is called again. */
   close(): void;
-  /** Publishes a message (scope `publish`) and resolves to its id. */
-  send(message: { participants: string[]; payload: unknown; kind?: string }): Promise<number>;
+  /**
+   * Publishes a message (scope `publish`) and resolves to its id. With `idempotencyKey` (1 to
+   * 255 visible ASCII characters), sending it again after a failure stores it once: the relay
+   * answers the first one's id.
+   */
+  send(message: {
+    participants: string[];
+    payload: unknown;
+    kind?: string;
+    idempotencyKey?: string;
+  }): Promise<number>;
   /** Sends a throttled `typing` signal; resolves to whether one was sent. */
   typing(participants: string[]): Promise<boolean>;
   /** One stored message whole (`GET /v1/messages/{id}`), e.g. the one behind a stand-in. */

@@ -162,6 +162,16 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_PUBLISH_BURST", default_value_t = 50.0)]
     pub publish_burst: f64,
 
+    /// Messages and signals each token with scope `service` (a backend publishing for its
+    /// users) may send per second, sustained, counted by the token's `sub` whichever senders it
+    /// names; the per-sender limits above do not apply to it.
+    #[arg(long, env = "PGRELAY_SERVICE_PUBLISH_RATE", default_value_t = 1000.0)]
+    pub service_publish_rate: f64,
+
+    /// Messages and signals each `service` token may send in a burst.
+    #[arg(long, env = "PGRELAY_SERVICE_PUBLISH_BURST", default_value_t = 2000.0)]
+    pub service_publish_burst: f64,
+
     /// Most messages one transaction of `POST /v1/messages` commits: requests that arrive
     /// while a commit is in flight share the next one (group commit); 1 commits each alone.
     #[arg(long, env = "PGRELAY_PUBLISH_BATCH", default_value_t = 100)]
@@ -313,6 +323,8 @@ impl RelayArgs {
             signal_burst: self.signal_burst,
             publish_rate: self.publish_rate,
             publish_burst: self.publish_burst,
+            service_publish_rate: self.service_publish_rate,
+            service_publish_burst: self.service_publish_burst,
             publish_batch: self.publish_batch.max(1),
             max_history_requests: self.max_history_requests.max(1),
             max_event_bytes: self.max_event_bytes,

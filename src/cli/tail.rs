@@ -5,6 +5,10 @@
 //! stream (its `oversized` stand-in) is read whole with `GET /v1/messages/{id}` and printed in
 //! its place, like any other. Like the browser client, tail reconnects with `Last-Event-ID`
 //! and mints a fresh token when the old one expires, so it never misses or repeats a message.
+//! A token the relay refuses otherwise (a wrong secret, a wrong audience …) or revokes
+//! (`event: revoked`, 401 `token_revoked`) cannot be cured by minting another with the same
+//! secret (a revocation refuses tokens issued before it, and its end is the operator's call):
+//! tail prints the relay's reason and exits non-zero instead of retrying forever.
 
 use std::time::Duration;
 
@@ -12,6 +16,7 @@ use futures::StreamExt;
 
 use pgrelay::sse::{SseItem, SseParser};
 use pgrelay::Error;
+use serde_json::Value;
 
 use super::args::{self, TailArgs};
 
@@ -22,8 +27,46 @@ const TOKEN_TTL: Duration = Duration::from_secs(3600);
 enum Ended {
     /// The token expired: mint a new one and resume at once.
     TokenExpired,
-    /// The connection dropped or the relay went away: resume after a pause.
+    /// The connection dropped, the relay went away or was busy: resume after a pause.
     Disconnected(String),
+}
+
+/// The relay's refusal of a stream: its status and JSON error, for a person to read.
+struct Refusal {
+    status: reqwest::StatusCode,
+    /// The relay's error code (`bad_signature`, `token_revoked` …), if the answer was its JSON.
+    code: Option<String>,
+    /// The relay's message, or the body as it came.
+    message: String,
+}
+
+impl Refusal {
+    async fn read(response: reqwest::Response) -> Refusal {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        let answer: Option<Value> = serde_json::from_str(&body).ok();
+        let field = |name: &str| Some(answer.as_ref()?[name].as_str()?.to_owned());
+        Refusal {
+            status,
+            code: field("error"),
+            message: field("message").unwrap_or(body),
+        }
+    }
+
+    /// Whether trying again later may work: the relay is busy or failing, or the freshly
+    /// minted token counts as expired (the relay's clock is ahead).
+    fn is_passing(&self) -> bool {
+        self.status.is_server_error()
+            || self.status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || self.code.as_deref() == Some("token_expired")
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = self.code.as_deref().unwrap_or("no code");
+        write!(f, "{} ({code}): {}", self.status, self.message)
+    }
 }
 
 /// Runs until interrupted, resuming from the last id after every disconnect.
@@ -61,8 +104,9 @@ struct Relay {
 const BUSY_RETRIES: u32 = 10;
 
 impl Relay {
-    /// Follows one connection. Errors the relay answers with (a bad secret, say) end tail;
-    /// transport trouble is returned as `Disconnected`.
+    /// Follows one connection. A refused or revoked token ends tail with the relay's reason;
+    /// an expired one (a clock far ahead of the relay's, say) is `TokenExpired`; transport
+    /// trouble and a busy relay (429, 5xx) are `Disconnected`.
     async fn follow(&self, token: &str, last_id: &mut Option<i64>) -> Result<Ended, Error> {
         let mut request = self
             .client
@@ -75,13 +119,14 @@ impl Relay {
             Ok(response) => response,
             Err(error) => return Ok(Ended::Disconnected(error.to_string())),
         };
-        let status = response.status();
-        if status.is_server_error() {
-            return Ok(Ended::Disconnected(format!("the relay answered {status}")));
-        }
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(Error::setup(format!("the relay answered {status}: {body}")));
+        if !response.status().is_success() {
+            let refusal = Refusal::read(response).await;
+            if refusal.is_passing() {
+                return Ok(Ended::Disconnected(format!("the relay answered {refusal}")));
+            }
+            return Err(Error::setup(format!(
+                "the relay refused the token: {refusal}"
+            )));
         }
         let mut parser = SseParser::new();
         let mut body = response.bytes_stream();
@@ -102,6 +147,12 @@ impl Relay {
                 };
                 match event.event.as_deref() {
                     Some("token_expired") => return Ok(Ended::TokenExpired),
+                    Some("revoked") => {
+                        return Err(Error::setup(format!(
+                            "the relay revoked the token ({data}); mint one after the \
+                             revocation, or ask whoever revoked it"
+                        )))
+                    }
                     Some("reset") => eprintln!("pgrelay tail: reset {data}"),
                     Some("oversized") => match id {
                         Some(id) => println!("{}", self.whole(token, id, data).await),

@@ -20,6 +20,7 @@ mod error;
 mod extract;
 mod fetch;
 mod history;
+mod idempotency;
 mod ops;
 mod presence;
 mod publish;
@@ -78,6 +79,9 @@ pub struct RequestLimits {
     pub signals: RateLimiter,
     /// Per-sender rate of `POST /v1/messages`.
     pub publishing: RateLimiter,
+    /// Per-token-subject rate of both for tokens with scope `service` (backends), which
+    /// publish for many senders.
+    pub service: RateLimiter,
     /// Per-caller rate of `GET /v1/presence`.
     pub presence: RateLimiter,
     /// Per-participant `GET /v1/messages` in flight.
@@ -94,6 +98,10 @@ impl RequestLimits {
         RequestLimits {
             signals: RateLimiter::new(settings.signal_rate, settings.signal_burst),
             publishing: RateLimiter::new(settings.publish_rate, settings.publish_burst),
+            service: RateLimiter::new(
+                settings.service_publish_rate,
+                settings.service_publish_burst,
+            ),
             presence: RateLimiter::new(PRESENCE_RATE, PRESENCE_BURST),
             history: ConcurrencyLimit::new(settings.max_history_requests),
         }
@@ -171,6 +179,7 @@ fn cors_layer(allow_origins: &[String]) -> CorsLayer {
             header::CONTENT_TYPE,
             header::CACHE_CONTROL,
             HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("idempotency-key"),
         ])
         .max_age(Duration::from_secs(3600))
 }

@@ -1,5 +1,6 @@
 //! `POST /v1/messages` and `POST /v1/signals` (scope `publish`): the token's participant sends
-//! to the participants the body names.
+//! to the participants the body names. A backend's token (scope `service`) may name the
+//! `sender` it publishes for, address any person or room, and has a rate limit of its own.
 //!
 //! Bodies are read by hand rather than with axum's `Json` extractor: an oversized body must be
 //! drained before the 413 (or the client sees a reset instead of the answer), and each wrong
@@ -20,12 +21,16 @@ use serde_json::{json, Value};
 
 use super::addresses;
 use super::extract::Authenticated;
+use super::idempotency;
 use super::{ApiError, AppState};
 use crate::auth::Claims;
 use crate::config::Settings;
 use crate::jsonb;
-use crate::message::{is_room, valid_kind, valid_name, valid_room, NewMessage, MAX_NAME_LEN};
-use crate::store;
+use crate::limits::RateLimiter;
+use crate::message::{
+    is_room, valid_kind, valid_name, valid_room, valid_subject, NewMessage, MAX_NAME_LEN,
+};
+use crate::store::{self, Published};
 
 /// Largest signal payload, in bytes of JSON: signals are small and frequent.
 const MAX_SIGNAL_PAYLOAD: usize = 1024;
@@ -77,8 +82,18 @@ fn field<T: serde::de::DeserializeOwned>(
     fields.get(name).map(|raw| serde_json::from_str(raw.get()))
 }
 
-/// A validated publish request (message or signal) from the token's participant.
+/// The scope of a backend's token: it implies `publish`, may set `sender`, may address any
+/// person or room, and publishes under `--service-publish-rate`.
+pub const SERVICE: &str = "service";
+
+/// A validated publish request (message or signal).
 struct Publication {
+    /// The token's subject: who is answerable for the request (its rate limit, its
+    /// idempotency keys).
+    publisher: String,
+    /// Whether the token has scope `service`.
+    service: bool,
+    /// The token's subject, or the `sender` a `service` token named.
     sender: String,
     /// Recipients, deduplicated, the sender included.
     participants: Vec<String>,
@@ -102,7 +117,7 @@ pub fn largest_body(settings: &Settings) -> usize {
 }
 
 /// Validates a publish request's body (with payloads of at most `max_payload` bytes) from a
-/// token with scope `publish`.
+/// token with scope `publish` or `service`.
 async fn read_publication(
     state: &AppState,
     claims: Claims,
@@ -110,7 +125,8 @@ async fn read_publication(
     body: Body,
     max_payload: usize,
 ) -> Result<Publication, ApiError> {
-    if !claims.has_scope("publish") {
+    let service = claims.has_scope(SERVICE);
+    if !claims.has_scope("publish") && !service {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "insufficient_scope",
@@ -122,11 +138,22 @@ async fn read_publication(
     let body_limit = body_limit(max_payload, max_participants);
     let mut fields = parse_object(&read_body(body, body_limit).await?)?;
 
-    let participants = validate_participants(
-        field(&fields, "participants"),
-        &claims.sub,
-        max_participants,
-    )?;
+    let sender = match field::<Value>(&fields, "sender") {
+        None => claims.sub.clone(),
+        Some(_) if !service => return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "sender_not_allowed",
+            "only a token with scope `service` may set `sender`; the sender is the token's `sub`",
+        )),
+        Some(Ok(Value::String(sender))) if valid_subject(&sender) => sender,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`sender` must be a person's name (the name rule; not a room or *)",
+            ))
+        }
+    };
+    let participants =
+        validate_participants(field(&fields, "participants"), &sender, max_participants)?;
     let kind = match field::<String>(&fields, "kind") {
         None => None,
         Some(Ok(kind)) if valid_kind(&kind) => Some(kind),
@@ -146,7 +173,9 @@ async fn read_publication(
         .map_err(|refused| ApiError::invalid(format!("the payload cannot be stored: {refused}")))?;
     addresses::check_may_address(state, &claims, &participants).await?;
     Ok(Publication {
-        sender: claims.sub,
+        publisher: claims.sub,
+        service,
+        sender,
         participants,
         kind,
         payload,
@@ -160,26 +189,52 @@ pub async fn post_message(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let key = idempotency::key(&headers, &claims.sub)?;
     let max_payload = state.settings.max_payload;
     let publication = read_publication(&state, claims, &headers, body, max_payload).await?;
-    if let Err(wait) = state.limits.publishing.try_take(&publication.sender) {
-        return Err(ApiError::rate_limited(
-            "too many messages from this sender; slow down",
-            wait,
-        ));
-    }
+    take_rate(&state, &publication, &state.limits.publishing)
+        .map_err(|wait| ApiError::rate_limited("too many messages; slow down", wait))?;
     let message = NewMessage {
         participants: publication.participants,
         kind: publication.kind.unwrap_or_else(|| "message".to_owned()),
         sender: publication.sender,
         payload: publication.payload,
     };
-    let id = state
+    let published = state
         .publisher
-        .publish(message)
+        .publish(message, publication.publisher, key)
         .await
         .map_err(|error| ApiError::from_database("publishing a message failed", &error))?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+    match published {
+        Published::New(id) => Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response()),
+        // A retry: the first publish's answer, with 200 so a client can tell if it cares.
+        Published::Replayed(id) => Ok((StatusCode::OK, Json(json!({ "id": id }))).into_response()),
+        // 409, not 422: the same bytes were acceptable until another message took the key; the
+        // refusal comes from stored state, which is what a conflict is.
+        Published::KeyReused(id) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            format!(
+                "this Idempotency-Key was used for another message (id {id}); a retry must \
+                 send the same body, and a new message a new key"
+            ),
+        )),
+    }
+}
+
+/// Takes one publish from the request's rate limit: a person's `limiter` (messages or
+/// signals), counted by sender, or for a `service` token the service limit, counted by the
+/// token's subject whichever senders it names.
+fn take_rate(
+    state: &AppState,
+    publication: &Publication,
+    limiter: &RateLimiter,
+) -> Result<(), Duration> {
+    if publication.service {
+        state.limits.service.try_take(&publication.publisher)
+    } else {
+        limiter.try_take(&publication.sender)
+    }
 }
 
 /// `POST /v1/signals`: a live-only event to the participants' open streams.
@@ -189,15 +244,15 @@ pub async fn post_signal(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let publication = read_publication(&state, claims, &headers, body, MAX_SIGNAL_PAYLOAD).await?;
-    let Some(kind) = publication.kind else {
+    let mut publication =
+        read_publication(&state, claims, &headers, body, MAX_SIGNAL_PAYLOAD).await?;
+    let Some(kind) = publication.kind.take() else {
         return Err(ApiError::invalid(
             "a signal needs a `kind`, such as \"typing\"",
         ));
     };
-    if let Err(wait) = state.limits.signals.try_take(&publication.sender) {
-        return Err(ApiError::rate_limited("too many signals; slow down", wait));
-    }
+    take_rate(&state, &publication, &state.limits.signals)
+        .map_err(|wait| ApiError::rate_limited("too many signals; slow down", wait))?;
     let signal = NewMessage {
         participants: publication.participants,
         kind,

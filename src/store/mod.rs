@@ -21,9 +21,11 @@ use crate::message::{Message, NewMessage, StoredRow};
 use crate::tls;
 
 mod news;
+mod publish;
 mod whole;
 
 pub use news::{news, news_position, prepare_news, News, NewsPosition, NewsStatements, PassLimits};
+pub use publish::{publish, publish_all, IdempotencyKey, Published};
 pub use whole::{message_size, whole_message, WholeMessage};
 
 /// The pool of query connections, shared by every request and stream.
@@ -312,46 +314,6 @@ pub async fn retention_bounds(pool: &DbPool) -> Result<RetentionBounds, Error> {
         newest_id: row.try_get(2)?,
         highest_issued: row.try_get(3)?,
     })
-}
-
-/// Stores a message and returns its commit-ordered id.
-pub async fn publish(pool: &DbPool, message: &NewMessage) -> Result<i64, Error> {
-    let ids = publish_all(pool, &[message]).await?;
-    Ok(ids[0])
-}
-
-/// Stores `messages` in one transaction, one call of `pgrelay.publish_many` (one lock, one
-/// commit, consecutive ids in this order), and returns their ids in that order.
-pub async fn publish_all(pool: &DbPool, messages: &[&NewMessage]) -> Result<Vec<i64>, Error> {
-    #[derive(Debug, serde::Serialize)]
-    struct Row<'a> {
-        participants: &'a [String],
-        payload: &'a RawValue,
-        kind: &'a str,
-        sender: &'a str,
-    }
-    let rows: Vec<Row> = messages
-        .iter()
-        .map(|message| Row {
-            participants: &message.participants,
-            payload: &message.payload,
-            kind: &message.kind,
-            sender: &message.sender,
-        })
-        .collect();
-    let batch = Json(rows);
-    let mut client = pool.get().await?;
-    let transaction = client.transaction().await?;
-    let mut ids = transaction
-        .query_typed("SELECT pgrelay.publish_many($1)", &[(&batch, Type::JSONB)])
-        .await?
-        .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<Vec<i64>, _>>()?;
-    transaction.commit().await?;
-    // Drawn one after another in the array's order.
-    ids.sort_unstable();
-    Ok(ids)
 }
 
 /// Sends a signal (a message that is never stored) through `pgrelay.signal`.

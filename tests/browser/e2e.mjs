@@ -133,11 +133,11 @@ function escapeRegExp(text) {
 }
 
 /** An HS256 token minted here, as any backend's JWT code would: the relay must accept it. */
-function mint(sub, ttlSeconds) {
+function mint(sub, ttlSeconds, secret = SECRET) {
   const encode = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
   const now = Math.floor(Date.now() / 1000);
   const input = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode({ sub, iat: now, exp: now + ttlSeconds, scope: 'publish' })}`;
-  return `${input}.${createHmac('sha256', SECRET).update(input).digest('base64url')}`;
+  return `${input}.${createHmac('sha256', secret).update(input).digest('base64url')}`;
 }
 
 /** POSTs a message as alice from Node (no browser involved); returns its id. */
@@ -327,10 +327,10 @@ async function scenarios(browser) {
   await crafted.context().close();
   log('(c2) passed: a link naming an unlisted relay is refused');
 
-  // (d) client.js on its own, in bob's page: a refused token (401, after which EventSource
-  // gives up for good) and an expiring token (the relay's token_expired) must each lead to a
-  // new stream with a fresh token from the callback, resuming at lastId: nothing lost, nothing
-  // repeated.
+  // (d) client.js on its own, in bob's page: an expired token (401, after which EventSource
+  // gives up for good without saying why: the client asks) and an expiring token (the relay's
+  // token_expired) must each lead to a new stream with a fresh token from the callback,
+  // resuming at lastId: nothing lost, nothing repeated.
   const shortLived = mint('bob', 4); // exp is in whole seconds: valid for 3 to 4 s
   await bob.evaluate(async (tokens) => {
     const { PgRelayClient } = await import('/v1/client.js');
@@ -340,12 +340,12 @@ async function scenarios(browser) {
       token: async () => tokens[Math.min(test.tokensUsed++, tokens.length - 1)],
       sinceId: window.pgrelayDemo.client.lastId,
       onMessage: (message) => test.received.push(`${message.id}:${message.payload.text}`),
-      onStatus: (status) => test.statuses.push(status),
+      onStatus: (status, error) => test.statuses.push(error ? `${status}:${error.code}` : status),
     });
     test.client.start();
-  }, ['not-a-token', shortLived, mint('bob', 600)]);
+  }, [mint('bob', -10), shortLived, mint('bob', 600)]);
   await waitInPage(bob, () => window.clientTest.tokensUsed === 2 && window.clientTest.client.status === 'live',
-    'the client to recover from a refused token');
+    'the client to recover from an expired token');
   const group = ['bob', 'carol'];
   const before = await postAsAlice(group, 'before the token expired');
   await waitInPage(bob, () => window.clientTest.received.length === 1, 'the first message');
@@ -363,10 +363,35 @@ async function scenarios(browser) {
   check(JSON.stringify(test.received) === JSON.stringify(expected), `the client received ${JSON.stringify(test.received)}`);
   check(test.lastId === after, `client.lastId is ${test.lastId}, expected ${after}`);
   check(
-    test.statuses.join(' ') === 'connecting reconnecting live reconnecting live closed',
+    test.statuses.join(' ') ===
+      'connecting reconnecting:token_expired live reconnecting:token_expired live closed',
     `the client's statuses were ${test.statuses.join(' → ')}`,
   );
   log(`(d) passed: client statuses ${test.statuses.join(' → ')}, ${test.tokensUsed} tokens, no loss, no duplicates`);
+
+  // (d2) A token the relay refuses for good (signed with another secret): the page learns why
+  // through onStatus, and the client stops instead of reconnecting forever.
+  await bob.evaluate(async (token) => {
+    const { PgRelayClient } = await import('/v1/client.js');
+    const test = { statuses: [], tokensUsed: 0 };
+    window.refusedTest = test;
+    test.client = new PgRelayClient({
+      token: async () => {
+        test.tokensUsed += 1;
+        return token;
+      },
+      onStatus: (status, error) => test.statuses.push(error ? `${status}:${error.code}` : status),
+    });
+    test.client.start();
+  }, mint('bob', 600, 'not-the-relay-secret'));
+  await waitInPage(bob, () => window.refusedTest.client.status === 'refused', 'the refused status');
+  await bob.waitForTimeout(1_500); // more than the first backoff: room for a retry, if there were one
+  const refused = await bob.evaluate(() => ({ ...window.refusedTest, client: undefined }));
+  check(
+    refused.statuses.join(' ') === 'connecting refused:bad_signature' && refused.tokensUsed === 1,
+    `the refused client's statuses were ${refused.statuses.join(' → ')}, with ${refused.tokensUsed} tokens`,
+  );
+  log('(d2) passed: a refused token is reported as refused:bad_signature, and not retried');
   // The demo page's own client put the group messages in a second conversation, unread.
   await bob.waitForSelector('[data-testid="conversation"][data-key="alice,bob,carol"] .badge', { timeout: PATIENCE_MS });
 

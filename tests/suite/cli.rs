@@ -241,3 +241,94 @@ fn demo_without_postgres_binaries_explains() {
     assert!(stderr.contains("initdb"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Runs `pgrelay tail --sub alice` against `url` with `secret`; returns its exit status and
+/// stderr once it exits, failing the test if it is still running after [`PATIENCE`].
+fn tail_until_it_exits(url: &str, secret: &str) -> (std::process::ExitStatus, String) {
+    let mut tail = Command::new(PGRELAY)
+        .args(["tail", "--sub", "alice", "--url", url])
+        .env("PGRELAY_SECRET", secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while tail.try_wait().unwrap().is_none() {
+        if started.elapsed() > PATIENCE {
+            tail.kill().unwrap();
+            let output = tail.wait_with_output().unwrap();
+            panic!(
+                "tail kept running: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = tail.wait_with_output().unwrap();
+    (output.status, String::from_utf8(output.stderr).unwrap())
+}
+
+/// A stub relay answering every request with `answer` (a whole HTTP response), for what a
+/// relay cannot be made to say here; returns its base URL.
+async fn stub_relay(answer: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => head.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    base
+}
+
+/// `pgrelay tail` with a secret the relay does not know prints the relay's reason and exits
+/// non-zero, instead of reconnecting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_with_a_refused_token_says_why_and_exits() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let base = relay.base.clone();
+    let (status, stderr) =
+        tokio::task::spawn_blocking(move || tail_until_it_exits(&base, "not-the-relay-secret"))
+            .await
+            .unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("bad_signature"), "{stderr}");
+}
+
+/// `pgrelay tail` whose stream is revoked (`event: revoked`), or whose token is answered 401
+/// `token_revoked`, prints the reason and exits non-zero: minting another token with the same
+/// secret is no answer to a revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_stops_on_a_revocation() {
+    let revoked_stream = stub_relay(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n\
+         event: position\nid: 3\ndata: {\"position\":3}\n\n\
+         event: revoked\ndata: {\"reason\":\"token_revoked\"}\n\n",
+    )
+    .await;
+    let revoked_answer = stub_relay(
+        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 59\r\n\
+         connection: close\r\n\r\n{\"error\":\"token_revoked\",\"message\":\"the token was revoked\"}",
+    )
+    .await;
+    for base in [revoked_stream, revoked_answer] {
+        let (status, stderr) =
+            tokio::task::spawn_blocking(move || tail_until_it_exits(&base, SECRET))
+                .await
+                .unwrap();
+        assert!(!status.success());
+        assert!(stderr.contains("token_revoked"), "{stderr}");
+    }
+}

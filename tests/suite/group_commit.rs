@@ -278,14 +278,37 @@ async fn a_refused_row_splits_its_batch_in_halves() {
 /// not 2·log2(n) + 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_the_database_refused_publishes_alone_for_a_while() {
+    refused_publisher_publishes_alone(&["publish"], None, None).await;
+}
+
+/// A backend (scope `service`) is set apart by its own name, not by the senders it names: its
+/// second poison, for another user, still publishes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_the_database_refused_publishes_alone_whoever_it_names() {
+    refused_publisher_publishes_alone(&["service"], Some("alice"), Some("bob")).await;
+}
+
+/// `poisoner`'s poison (with scopes `scopes`, as sender `first`, then `second`) is refused; the
+/// second one, sent while a batch is queued, must go alone.
+async fn refused_publisher_publishes_alone(
+    scopes: &[&str],
+    first: Option<&str>,
+    second: Option<&str>,
+) {
     const QUEUED: usize = 32;
     let db = fresh_database().await;
     let mut admin = connect(&db).await;
     refuse_poison_and_count_attempts(&admin).await;
     let relay = Relay::start(&db).await;
-    let poisoner = relay.token("poisoner", &["publish"]);
-    let poison = json!({"participants": ["inbox"], "payload": {"poison": true}});
-    let refused = post(&relay.base, "/v1/messages", &poisoner, poison.clone()).await;
+    let poisoner = relay.token("poisoner", scopes);
+    let poison = |sender: Option<&str>| {
+        let mut body = json!({"participants": ["inbox"], "payload": {"poison": true}});
+        if let Some(sender) = sender {
+            body["sender"] = sender.into();
+        }
+        body
+    };
+    let refused = post(&relay.base, "/v1/messages", &poisoner, poison(first)).await;
     assert_json_error(refused, 422, "invalid", "the first poison").await;
     let before = insert_attempts(&admin).await;
 
@@ -299,7 +322,7 @@ async fn a_sender_the_database_refused_publishes_alone_for_a_while() {
     };
     let (answers, again, ()) = tokio::join!(
         post_together(&relay, bodies),
-        post(&relay.base, "/v1/messages", &poisoner, poison),
+        post(&relay.base, "/v1/messages", &poisoner, poison(second)),
         release
     );
     assert_eq!(first.await.unwrap().0, 201);
@@ -312,4 +335,65 @@ async fn a_sender_the_database_refused_publishes_alone_for_a_while() {
     // The first publish, the queued batch, and the poison alone; a request that missed the
     // queue would cost an attempt of its own: two are allowed for.
     assert!(attempts <= 3 + 2, "{attempts} attempts");
+}
+
+/// Retries with one `Idempotency-Key` queued in one batch, beside a row the database refuses:
+/// the batch is split, yet no retry is refused with the guilty row or stored twice. The first
+/// of each key gets 201, the others 200 with its id, and only the guilty request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_in_a_split_batch_resolve_to_the_first() {
+    const KEYS: usize = 8;
+    const GUILTY: usize = 5;
+    let db = fresh_database().await;
+    let mut admin = connect(&db).await;
+    refuse_poison_and_count_attempts(&admin).await;
+    let relay = Relay::start(&db).await;
+    let (lock, first) = hold_publishing(&mut admin, &relay, &db).await;
+    let token = relay.token("backend", &["publish"]);
+    // Each key three times, the copies spread over the batch, and one poison among them.
+    let requests: Vec<(Option<String>, Value)> = (0..3 * KEYS)
+        .map(|n| {
+            let key = n % KEYS;
+            (
+                Some(format!("key-{key}")),
+                json!({"participants": ["inbox"], "payload": {"n": key}}),
+            )
+        })
+        .chain([(
+            None,
+            json!({"participants": ["inbox"], "payload": {"poison": GUILTY}}),
+        )])
+        .collect();
+    let posts = requests.iter().map(|(key, body)| {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/v1/messages", relay.base))
+            .bearer_auth(&token)
+            .json(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        async move { status_and_json(request.send().await.unwrap()).await }
+    });
+    let release = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        lock.rollback().await.unwrap();
+    };
+    let (answers, ()) = tokio::join!(join_all(posts), release);
+    assert_eq!(first.await.unwrap().0, 201);
+
+    let (poison, answers) = answers.split_last().unwrap();
+    assert_eq!(poison.0, 422, "the guilty request: {}", poison.1);
+    for key in 0..KEYS {
+        let copies: Vec<&(u16, Value)> = answers.iter().skip(key).step_by(KEYS).collect();
+        let mut statuses: Vec<u16> = copies.iter().map(|(status, _)| *status).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 200, 201], "key {key}: {copies:?}");
+        assert!(
+            copies
+                .iter()
+                .all(|(_, body)| body["id"] == copies[0].1["id"]),
+            "key {key}: {copies:?}"
+        );
+    }
+    assert_eq!(message_count(&admin).await, 1 + KEYS as i64);
 }

@@ -661,7 +661,7 @@ async fn preflight_post(http: &reqwest::Client, base: &str, origin: &str) -> req
         .header("Access-Control-Request-Method", "POST")
         .header(
             "Access-Control-Request-Headers",
-            "authorization,content-type",
+            "authorization,content-type,idempotency-key",
         )
         .send()
         .await
@@ -690,7 +690,8 @@ async fn cors_allows_other_origins() {
         "{allowed_origin}"
     );
     let allowed_headers = header("access-control-allow-headers");
-    for name in ["authorization", "content-type"] {
+    // A page's `send({idempotencyKey})` sends Idempotency-Key.
+    for name in ["authorization", "content-type", "idempotency-key"] {
         assert!(allowed_headers.contains(name), "{allowed_headers}");
     }
     assert!(header("access-control-allow-methods").contains("post"));

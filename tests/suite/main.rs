@@ -32,6 +32,7 @@ mod relay;
 mod resume;
 mod rooms;
 mod schema;
+mod service;
 mod signals;
 mod sql;
 mod sse_libraries;

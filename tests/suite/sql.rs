@@ -593,3 +593,44 @@ async fn numbering_never_reads_the_whole_table() {
         assert_eq!(whole_reads, 0, "{numbering}");
     }
 }
+
+/// Migration 11 remakes `pgrelay.publish_many` (its answer gains a column): a relay role
+/// granted it before keeps the grant, and can publish with an idempotency key right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_role_keeps_publish_many_across_migration_11() {
+    let db = database_at(9).await;
+    let relay = Role::create(
+        &db,
+        "relay",
+        &[
+            "GRANT USAGE ON SCHEMA pgrelay TO {role}",
+            "GRANT EXECUTE ON FUNCTION pgrelay.publish_many(jsonb) TO {role}",
+        ],
+    )
+    .await;
+    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+    let batch = json!([{"participants": ["alice"], "payload": {}, "kind": "message",
+                        "sender": "bob", "idempotency_subject": "bob", "idempotency_key": "k"}]);
+    let row = relay
+        .connect()
+        .await
+        .query_one(
+            "SELECT id, outcome FROM pgrelay.publish_many($1)",
+            &[&batch],
+        )
+        .await
+        .expect("the relay role may still publish");
+    assert_eq!(row.get::<_, &str>(1), "published");
+    let stranger = Role::create(
+        &db,
+        "stranger",
+        &["GRANT USAGE ON SCHEMA pgrelay TO {role}"],
+    )
+    .await;
+    let refused = stranger
+        .connect()
+        .await
+        .query_one("SELECT id FROM pgrelay.publish_many($1)", &[&batch])
+        .await;
+    assert!(refused.is_err(), "PUBLIC gained no right to publish");
+}

@@ -29,7 +29,18 @@
  *   never deduplicated and never touch `lastId`. `typing()` sends a throttled typing signal;
  *   `presence()` asks who is online.
  * - **Status.** `onStatus` reports `'connecting'` (first connect), `'live'` (stream open),
- *   `'reconnecting'` (lost; the browser or the client is retrying) and `'closed'`.
+ *   `'reconnecting'` (lost; the browser or the client is retrying), `'refused'` (stopped for
+ *   good: see below) and `'closed'`.
+ * - **Failures a person can see.** When the relay refuses the stream, `onStatus` gets the
+ *   reason as its second argument, a `PgRelayError` with the relay's HTTP status and error
+ *   `code`. An `EventSource` does not expose why it was refused, so the client asks: it sends
+ *   the same request once with `fetch` and reads the relay's JSON error. An expired token
+ *   (`token_expired`, also sent as an event before the relay ends a stream) is cured by a fresh
+ *   one: the client calls `token()` again and reconnects (`'reconnecting'`, with the code).
+ *   A token the relay refuses otherwise (401: a bad signature, a wrong audience …; 403: a
+ *   room not granted) or revokes (`event: revoked`, 401 `token_revoked`) is not: the client
+ *   stops (`'refused'`, with the code) instead of retrying forever, until `start()` is called
+ *   again. Busy or unreachable relays (429, 503, network errors) are retried with backoff.
  * - **Two transports.** With `EventSource` a network error is retried by the browser itself
  *   (with `Last-Event-ID`); with `fetch` every end of the stream is retried by the client,
  *   after a capped, jittered backoff, with a fresh token and `since_id=lastId`.
@@ -67,6 +78,34 @@ const FIRST_BACKOFF_MS = 1_000;
 /** `typing()` sends at most one signal per participant set per this interval. */
 const TYPING_INTERVAL_MS = 2_000;
 
+/** Refusals a fresh token from `token()` can cure: the client reconnects after them. */
+const CURED_BY_A_NEW_TOKEN = new Set(['token_expired', 'token_not_yet_valid']);
+
+/**
+ * A refusal by the relay: its HTTP status and its JSON error's `code` (`token_expired`,
+ * `token_revoked`, `bad_signature`, `room_not_granted`, `rate_limited` …) and `message`.
+ */
+export class PgRelayError extends Error {
+  /**
+   * @param {number} status the HTTP status (401 for the stream events `token_expired` and
+   *   `revoked`, which stand for the answer the relay would now give that token)
+   * @param {string | undefined} code the relay's error code; undefined when the answer was not
+   *   the relay's JSON (a proxy's error page)
+   * @param {string} [message] the relay's human-readable message
+   */
+  constructor(status, code, message) {
+    super(message ?? `the relay answered ${status}`);
+    this.name = 'PgRelayError';
+    this.status = status;
+    this.code = code;
+  }
+
+  /** Whether retrying cannot help: a refused (401, 403) token that no new token cures. */
+  get final() {
+    return (this.status === 401 || this.status === 403) && !CURED_BY_A_NEW_TOKEN.has(this.code);
+  }
+}
+
 export class PgRelayClient {
   #url;
   #token;
@@ -89,6 +128,8 @@ export class PgRelayClient {
   /** @type {number | null} */
   #lastId;
   #status = null;
+  /** The refusal reported with the current status, if any. */
+  #error = null;
   #started = false;
   #everLive = false;
   /** Consecutive failed attempts to open a stream ourselves, for the backoff. */
@@ -122,7 +163,10 @@ export class PgRelayClient {
    *   `presence`
    * @param {(data: {participant: string, online: boolean, at: string}) => void}
    *   [options.onPresence] a presence change of someone whose audience this participant is in
-   * @param {(status: 'connecting'|'live'|'reconnecting'|'closed') => void} [options.onStatus]
+   * @param {(status: 'connecting'|'live'|'reconnecting'|'refused'|'closed', error?:
+   *   PgRelayError) => void} [options.onStatus] the stream's state; with `'reconnecting'` and
+   *   `'refused'`, the relay's refusal when there was one (`error.code`: `token_expired`,
+   *   `token_revoked`, `bad_signature` …)
    * @param {(data: {reason: string, oldest_id: number}) => void} [options.onReset] the resume
    *   point was older than retained history; messages in between are gone
    * @param {'eventsource'|'fetch'} [options.transport] how to read the stream; default
@@ -173,6 +217,11 @@ export class PgRelayClient {
     return this.#status;
   }
 
+  /** The refusal reported with the last status (a `PgRelayError`), or null. */
+  get error() {
+    return this.#error;
+  }
+
   /** Opens the stream. Calling it again while started does nothing. */
   start() {
     if (this.#started) return;
@@ -196,13 +245,16 @@ export class PgRelayClient {
    * relay adds the sender to `participants`. The message also comes back on the stream;
    * render it from there, not from here, and it shows once.
    *
-   * @param {{participants: string[], payload: any, kind?: string}} message
+   * @param {{participants: string[], payload: any, kind?: string, idempotencyKey?: string}}
+   *   message with `idempotencyKey` (1 to 255 visible ASCII characters), sending it again with
+   *   the same key after a failure stores it once: the relay answers the first one's id
    * @returns {Promise<number>} the new message's id
    */
-  async send({ participants, payload, kind } = {}) {
+  async send({ participants, payload, kind, idempotencyKey } = {}) {
     const body = { participants, payload };
     if (kind !== undefined) body.kind = kind;
-    const answer = await this.#request('POST', '/v1/messages', body);
+    const headers = idempotencyKey === undefined ? {} : { 'Idempotency-Key': idempotencyKey };
+    const answer = await this.#request('POST', '/v1/messages', body, headers);
     // A message usually ends a typing burst: let the next keystroke signal again at once.
     this.#typingSentAt.delete(setKey(participants));
     return answer.id;
@@ -261,35 +313,28 @@ export class PgRelayClient {
     return (await this.#request('GET', `/v1/presence?${query}`)).presence;
   }
 
-  /** One JSON request with a fresh token; a non-2xx answer throws with `status` and `code`. */
-  async #request(method, path, body) {
+  /** One JSON request with a fresh token; a non-2xx answer throws a `PgRelayError`. */
+  async #request(method, path, body, extraHeaders = {}) {
     const token = await this.#token();
-    const headers = { Authorization: `Bearer ${token}` };
+    const headers = { ...extraHeaders, Authorization: `Bearer ${token}` };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     const response = await fetch(`${this.#url}${path}`, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
-    let answer = null;
-    try {
-      answer = await response.json();
-    } catch {
-      // Not JSON (a proxy's error page): reported by status below.
-    }
-    if (!response.ok) {
-      const error = new Error(answer?.message ?? `the relay answered ${response.status}`);
-      error.status = response.status;
-      error.code = answer?.error;
-      throw error;
-    }
-    return answer;
+    if (!response.ok) throw await refusal(response);
+    return response.json();
   }
 
   async #connect() {
     const generation = ++this.#generation;
     this.#timer = null;
-    this.#setStatus(this.#everLive || this.#attempts > 0 ? 'reconnecting' : 'connecting');
+    if (this.#everLive || this.#attempts > 0) {
+      this.#setStatus('reconnecting', this.#error); // still for the reason reported
+    } else {
+      this.#setStatus('connecting');
+    }
     let token;
     try {
       token = await this.#token();
@@ -313,8 +358,8 @@ export class PgRelayClient {
       const source = new FetchSource(`${this.#url}/v1/stream?${query}`, token, {
         open: opened,
         event: handle,
-        // Refused, or ended (the relay restarted, the network failed): retry ourselves.
-        end: () => source === this.#source && this.#reopen(this.#backoff()),
+        // Refused, or ended (the relay restarted, the network failed).
+        end: (refused) => source === this.#source && this.#lost(refused),
       });
       this.#source = source;
       return;
@@ -322,14 +367,17 @@ export class PgRelayClient {
     const query = new URLSearchParams({ token });
     if (this.#lastId !== null) query.set('since_id', String(this.#lastId));
     if (this.#rooms.length > 0) query.set('rooms', this.#rooms.join(','));
-    const source = new EventSource(`${this.#url}/v1/stream?${query}`);
+    const url = `${this.#url}/v1/stream?${query}`;
+    const source = new EventSource(url);
     this.#source = source;
     source.onopen = opened;
     source.onerror = () => {
       if (source !== this.#source) return;
       if (source.readyState === EventSource.CLOSED) {
-        // A non-200 answer (401 expired token, 429, 503): the browser will not retry.
-        this.#reopen(this.#backoff());
+        // A non-200 answer (401, 403, 429, 503): the browser will not retry, nor say why.
+        askWhy(url).then((refused) => {
+          if (source === this.#source && generation === this.#generation) this.#lost(refused);
+        });
       } else {
         // A network error: the browser reconnects by itself, sending Last-Event-ID.
         this.#setStatus('reconnecting');
@@ -342,6 +390,7 @@ export class PgRelayClient {
       'position',
       'reset',
       'token_expired',
+      'revoked',
       'oversized',
     ];
     for (const type of new Set(names)) {
@@ -362,7 +411,14 @@ export class PgRelayClient {
       case 'token_expired':
         this.#advance(lastEventId);
         // The relay ends the stream; reconnect at once with a token minted now.
-        this.#reopen(0);
+        this.#reopen(0, new PgRelayError(401, 'token_expired', 'the token expired'));
+        return;
+      case 'revoked':
+        this.#advance(lastEventId);
+        // The relay ends the stream, and refuses this participant's tokens issued until now.
+        this.#stop(
+          new PgRelayError(401, parse(data)?.reason ?? 'token_revoked', 'the token was revoked'),
+        );
         return;
       case 'oversized': {
         const standIn = parse(data);
@@ -410,27 +466,58 @@ export class PgRelayClient {
     }
   }
 
+  /**
+   * The stream was refused (`refused`: the relay's reason) or ended without one: reconnect,
+   * at once for a first expiry, else after a backoff, unless no new token can help.
+   */
+  #lost(refused) {
+    if (refused?.final) {
+      this.#stop(refused);
+    } else {
+      const cure = refused !== null && CURED_BY_A_NEW_TOKEN.has(refused.code);
+      this.#reopen(this.#backoff(cure), refused);
+    }
+  }
+
   /** Closes the current stream and opens a new one (fresh token, since_id) after `delay`. */
-  #reopen(delay) {
+  #reopen(delay, refused = null) {
     this.#source?.close();
     this.#source = null;
     if (!this.#started) return;
-    this.#setStatus('reconnecting');
+    this.#setStatus('reconnecting', refused);
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => this.#connect(), delay);
   }
 
-  /** The next wait: doubling from FIRST_BACKOFF_MS up to MAX_BACKOFF_MS, half of it random. */
-  #backoff() {
-    const ceiling = Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** this.#attempts);
+  /** Stops for good, because the relay refused in a way no retry can cure. */
+  #stop(refused) {
+    this.#started = false;
+    this.#generation += 1;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#source?.close();
+    this.#source = null;
+    this.#setStatus('refused', refused);
+  }
+
+  /**
+   * The next wait: doubling from FIRST_BACKOFF_MS up to MAX_BACKOFF_MS, half of it random;
+   * none for the first attempt when `quick` (a fresh token cures the failure).
+   */
+  #backoff(quick = false) {
+    const attempt = this.#attempts;
     this.#attempts += 1;
+    if (quick && attempt === 0) return 0;
+    const ceiling = Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** attempt);
     return ceiling / 2 + Math.random() * (ceiling / 2);
   }
 
-  #setStatus(status) {
-    if (status === this.#status) return;
+  #setStatus(status, error = null) {
+    if (status === this.#status && error === this.#error) return;
     this.#status = status;
-    this.#onStatus(status);
+    this.#error = error;
+    if (error === null) this.#onStatus(status);
+    else this.#onStatus(status, error);
   }
 }
 
@@ -438,7 +525,8 @@ export class PgRelayClient {
  * A stream read with `fetch`, so that the token can travel in the `Authorization` header. It
  * parses the event stream as the WHATWG specification does (fields, comments, `\r\n`, `\r`
  * or `\n` line ends, the last event id carried over) and calls `end` once when the stream is
- * refused (not 200) or ends for any reason other than `close()`.
+ * refused (not 200: with the relay's `PgRelayError`) or ends for any reason other than
+ * `close()` (with null).
  */
 class FetchSource {
   #abort = new AbortController();
@@ -452,8 +540,8 @@ class FetchSource {
    */
   constructor(url, token, handlers) {
     this.#read(url, token, handlers).then(
-      () => !this.#closed && handlers.end(),
-      () => !this.#closed && handlers.end(),
+      (refused) => !this.#closed && handlers.end(refused ?? null),
+      () => !this.#closed && handlers.end(null),
     );
   }
 
@@ -468,10 +556,7 @@ class FetchSource {
       signal: this.#abort.signal,
       cache: 'no-store',
     });
-    if (response.status !== 200 || !response.body) {
-      await response.body?.cancel();
-      return;
-    }
+    if (response.status !== 200 || !response.body) return refusal(response);
     open();
     const decoder = new TextDecoder();
     const reader = response.body.getReader();
@@ -504,6 +589,38 @@ class FetchSource {
         else if (field === 'id' && !text.includes('\0')) lastEventId = text;
       }
     }
+  }
+}
+
+/** The relay's refusal in `response` (not 2xx): its status and JSON error, if it is JSON. */
+async function refusal(response) {
+  let answer = null;
+  try {
+    answer = await response.json();
+  } catch {
+    // Not JSON (a proxy's error page): the status alone.
+  }
+  return new PgRelayError(response.status, answer?.error, answer?.message);
+}
+
+/**
+ * Why the relay refused an `EventSource`, which does not tell: the same request (the same URL,
+ * token included) sent again with `fetch`, answered with the relay's JSON error; null when it
+ * is answered 200 this time (the failure has passed) or not at all.
+ */
+async function askWhy(url) {
+  const abort = new AbortController();
+  try {
+    const response = await fetch(url, {
+      headers: { Accept: 'text/event-stream' },
+      cache: 'no-store',
+      signal: abort.signal,
+    });
+    return response.status === 200 ? null : await refusal(response);
+  } catch {
+    return null;
+  } finally {
+    abort.abort(); // a stream opened this time is not wanted
   }
 }
 

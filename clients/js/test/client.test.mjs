@@ -3,9 +3,10 @@
 
 import assert from 'node:assert/strict';
 import { createHmac, randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
 import { test } from 'node:test';
 
-import { PgRelayClient } from '@pgrelay/client';
+import { PgRelayClient, PgRelayError } from '@pgrelay/client';
 
 const RELAY = process.env.RELAY_URL;
 const SECRET = process.env.PGRELAY_SECRET.split(',')[0].trim();
@@ -14,13 +15,13 @@ const SECRET = process.env.PGRELAY_SECRET.split(',')[0].trim();
  * An HS256 token for `sub`, valid for `seconds`, with scope `publish` unless told otherwise,
  * and membership of `rooms`.
  */
-function mint(sub, seconds = 600, scope = 'publish', rooms = []) {
+function mint(sub, seconds = 600, scope = 'publish', rooms = [], secret = SECRET) {
   const segment = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
   const claims = { sub, exp: Math.floor(Date.now() / 1000) + seconds };
   if (scope) claims.scope = scope;
   if (rooms.length > 0) claims.rooms = rooms;
   const input = `${segment({ alg: 'HS256', typ: 'JWT' })}.${segment(claims)}`;
-  return `${input}.${createHmac('sha256', SECRET).update(input).digest('base64url')}`;
+  return `${input}.${createHmac('sha256', secret).update(input).digest('base64url')}`;
 }
 
 /** Resolves once `check()` holds, polling; rejects after `ms`. */
@@ -178,4 +179,174 @@ test('a message too large to stream comes as a stand-in, in order, and is fetche
   assert.equal(whole.payload.big, big);
   assert.equal(whole.id, ids[1]);
   await assert.rejects(client.fetchMessage(ids[1] + 1000), (error) => error.status === 404);
+});
+
+/**
+ * Just enough of a browser's `EventSource` for the client's failure paths. Like a browser's,
+ * it never tells why a stream was refused: a non-200 answer is an `error` event and CLOSED. It
+ * dispatches the events of a stream only once the stream has ended (the stubs' streams end).
+ */
+class FakeEventSource {
+  static CONNECTING = 0;
+  static OPEN = 1;
+  static CLOSED = 2;
+  readyState = FakeEventSource.CONNECTING;
+  onopen = null;
+  onerror = null;
+  #listeners = new Map();
+  #abort = new AbortController();
+
+  constructor(url) {
+    this.#run(url).catch(() => {});
+  }
+
+  addEventListener(type, listener) {
+    this.#listeners.set(type, [...(this.#listeners.get(type) ?? []), listener]);
+  }
+
+  close() {
+    this.readyState = FakeEventSource.CLOSED;
+    this.#abort.abort();
+  }
+
+  async #run(url) {
+    const response = await fetch(url, { signal: this.#abort.signal });
+    if (response.status !== 200) {
+      await response.body?.cancel();
+      this.readyState = FakeEventSource.CLOSED;
+      this.onerror?.({});
+      return;
+    }
+    this.readyState = FakeEventSource.OPEN;
+    this.onopen?.({});
+    let lastEventId = '';
+    for (const block of (await response.text()).split('\n\n')) {
+      const fields = Object.fromEntries(block.split('\n').map((line) => line.split(/: ?(.*)/s)));
+      if (fields.id !== undefined) lastEventId = fields.id;
+      if (this.readyState === FakeEventSource.CLOSED || fields.data === undefined) continue;
+      const event = { data: fields.data, lastEventId };
+      for (const listener of this.#listeners.get(fields.event ?? 'message') ?? []) listener(event);
+    }
+    if (this.readyState !== FakeEventSource.CLOSED) {
+      // A browser would reconnect by itself after a stream ends.
+      this.readyState = FakeEventSource.CONNECTING;
+      this.onerror?.({});
+    }
+  }
+}
+globalThis.EventSource = FakeEventSource;
+
+/** A client of `transport` whose every status (with its error) is recorded. */
+function watched(transport, token, url = RELAY) {
+  const seen = { statuses: [], tokens: 0 };
+  const client = new PgRelayClient({
+    url,
+    transport,
+    token: () => {
+      seen.tokens += 1;
+      return token(seen.tokens);
+    },
+    onStatus: (status, error) => seen.statuses.push([status, error?.code]),
+  });
+  return { seen, client };
+}
+
+/** Resolves after `ms`: time for a client that should not retry to have retried. */
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+for (const transport of ['fetch', 'eventsource']) {
+  test(`${transport}: a token the relay refuses is reported with its code, and not retried`, async (t) => {
+    const { seen, client } = watched(transport, () =>
+      mint(`user-${randomUUID()}`, 600, 'publish', [], 'not-the-relay-secret'),
+    );
+    t.after(() => client.close());
+    client.start();
+    await until(() => client.status === 'refused', 'refused');
+    assert.ok(client.error instanceof PgRelayError);
+    assert.equal(client.error.status, 401);
+    assert.equal(client.error.code, 'bad_signature');
+    await pause(1_500); // more than the first backoff
+    assert.deepEqual(seen.statuses, [['connecting', undefined], ['refused', 'bad_signature']]);
+    assert.equal(seen.tokens, 1, 'no new token was asked for');
+  });
+
+  test(`${transport}: an expired token is reported, and token() is asked again`, async (t) => {
+    const me = `user-${randomUUID()}`;
+    const { seen, client } = watched(transport, (n) => mint(me, n === 1 ? -10 : 600));
+    t.after(() => client.close());
+    client.start();
+    await until(() => client.status === 'live', 'live with a fresh token');
+    assert.deepEqual(seen.statuses, [
+      ['connecting', undefined],
+      ['reconnecting', 'token_expired'],
+      ['live', undefined],
+    ]);
+    assert.equal(seen.tokens, 2);
+  });
+}
+
+/**
+ * A stub relay whose `GET /v1/stream` gives `answer(response)`, counting the requests: for what
+ * a relay without revocation cannot produce.
+ */
+async function stubRelay(answer) {
+  const stub = { requests: 0 };
+  const server = createServer((request, response) => {
+    stub.requests += 1;
+    answer(response);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  stub.url = `http://127.0.0.1:${server.address().port}`;
+  stub.close = () => server.close();
+  return stub;
+}
+
+for (const transport of ['fetch', 'eventsource']) {
+  test(`${transport}: a revoked stream stops the client with token_revoked`, async (t) => {
+    const stub = await stubRelay((response) => {
+      response.writeHead(200, { 'Content-Type': 'text/event-stream' });
+      response.end(
+        'event: position\nid: 7\ndata: {"position":7}\n\n' +
+          'event: revoked\ndata: {"reason":"token_revoked"}\n\n',
+      );
+    });
+    const { seen, client } = watched(transport, () => mint('mallory'), stub.url);
+    t.after(() => {
+      client.close();
+      stub.close();
+    });
+    client.start();
+    await until(() => client.status === 'refused', 'refused');
+    await pause(1_500);
+    assert.deepEqual(seen.statuses.at(-1), ['refused', 'token_revoked']);
+    assert.equal(client.lastId, 7);
+    assert.equal(stub.requests, 1, 'no reconnect');
+  });
+
+  test(`${transport}: a 401 token_revoked answer stops the client`, async (t) => {
+    const stub = await stubRelay((response) => {
+      response.writeHead(401, { 'Content-Type': 'application/json' });
+      response.end('{"error":"token_revoked","message":"the token was revoked"}');
+    });
+    const { seen, client } = watched(transport, () => mint('mallory'), stub.url);
+    t.after(() => {
+      client.close();
+      stub.close();
+    });
+    client.start();
+    await until(() => client.status === 'refused', 'refused');
+    await pause(1_500);
+    assert.deepEqual(seen.statuses, [['connecting', undefined], ['refused', 'token_revoked']]);
+    assert.equal(client.error.message, 'the token was revoked');
+    // The stream, and for an EventSource the request that asks why.
+    assert.equal(stub.requests, transport === 'fetch' ? 1 : 2);
+  });
+}
+
+test('a message sent twice with one idempotency key is stored once', async () => {
+  const { me, client } = recorder();
+  const idempotencyKey = randomUUID();
+  const message = { participants: [me], payload: { n: 1 }, idempotencyKey };
+  const first = await client.send(message);
+  assert.equal(await client.send(message), first);
 });
