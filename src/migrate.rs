@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0009_sequencer.sql",
         include_str!("../sql/0009_sequencer.sql"),
     ),
+    (
+        10,
+        "0010_live_access.sql",
+        include_str!("../sql/0010_live_access.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -64,9 +64,8 @@ pub async fn list_messages(
             "this participant has too many history requests in flight; wait for one to finish",
         ));
     };
-    let addresses = addresses::listening(&state, &claims, params.rooms.as_deref())
-        .await?
-        .list();
+    let (access, _) = addresses::listening(&state, &claims, params.rooms.as_deref()).await?;
+    let addresses = access.addresses();
     let streams = &state.streams;
     // History pages share the catch-ups' budget: they are the same reads.
     let worst = store::page_memory(limit, MAX_PAGE_BYTES, streams.max_event_bytes);
@@ -84,9 +83,16 @@ pub async fn list_messages(
         .await
         .map_err(|error| ApiError::internal("listing messages failed", &error))?
     };
+    // Control rows (a participant's rooms, a revocation) are changes of a stream's access,
+    // not messages: a read decides by the access it has now. They still move the position.
     let body = serde_json::to_vec(&MessagePage {
         next_since_id: page.messages.last().map_or(since, |message| message.id),
-        messages: page.messages.iter().map(|message| &*message.data).collect(),
+        messages: page
+            .messages
+            .iter()
+            .filter(|message| message.control.is_none())
+            .map(|message| &*message.data)
+            .collect(),
     })
     .map_err(|error| ApiError::internal("rendering messages failed", &error))?;
     drop(page);
