@@ -640,7 +640,7 @@ BEGIN
         RETURN;
     END IF;
     INSERT INTO pgrelay.room_versions AS v (participant) VALUES (record_rooms.participant)
-        ON CONFLICT (participant) DO NOTHING;
+        ON CONFLICT ON CONSTRAINT room_versions_pkey DO NOTHING;
     PERFORM 1 FROM pgrelay.room_versions v WHERE v.participant = record_rooms.participant
         FOR UPDATE;
     version := nextval('pgrelay.room_version_seq');
@@ -677,7 +677,7 @@ BEGIN
     END IF;
     INSERT INTO pgrelay.revocations AS r (participant, issued_before)
         VALUES (revoke_tokens.participant, revoke_tokens.issued_before)
-        ON CONFLICT (participant) DO UPDATE
+        ON CONFLICT ON CONSTRAINT revocations_pkey DO UPDATE
            SET issued_before = greatest(r.issued_before, excluded.issued_before),
                revoked_at = now()
         RETURNING r.issued_before INTO cutoff;
@@ -946,7 +946,10 @@ BEGIN
             EXECUTE format('SELECT array_agg(DISTINCT (%%s)::text) FROM %%s AS new', %1$L, TG_RELID::regclass)
                 INTO truncated;
         ELSE
-            IF TG_OP <> 'INSERT' THEN
+            IF TG_OP = 'DELETE' THEN
+                NEW := OLD;
+                old_participant := (%1$s)::text;
+            ELSIF TG_OP = 'UPDATE' THEN
                 DECLARE
                     written record := NEW;
                 BEGIN

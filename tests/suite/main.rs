@@ -21,6 +21,7 @@ mod instances;
 mod js_client;
 mod jsonb;
 mod limits;
+mod live_access;
 mod metrics_access;
 mod openapi;
 mod order;
