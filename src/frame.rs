@@ -9,8 +9,8 @@
 //! - A keepalive is a lone comment line, `:`, with no blank line after it: it keeps proxies
 //!   from closing an idle stream but ends no event block, so libraries that hand the
 //!   application an event for every blank line hand it nothing.
-//! - Every other event carries data; only stored messages and the changes of access stored
-//!   like them (`rooms`, `revoked`) carry an `id:`.
+//! - Every other event carries data; only stored messages and `rooms` changes (stored like
+//!   them) carry an `id:`.
 
 use bytes::Bytes;
 
@@ -63,8 +63,8 @@ pub fn signal(signal: &Signal) -> Bytes {
         .clone()
 }
 
-/// A change of the stream's access (`rooms`, `revoked`), at the position of the row that
-/// recorded it, so that a client resuming after it does not see it again.
+/// A change of the stream's rooms, at the position of the row that recorded it, so that a
+/// client resuming after it does not see it again.
 pub fn change(id: i64, name: &str, data: &str) -> Bytes {
     event(Some(id), name, data)
 }

@@ -14,10 +14,10 @@
 //! participant's new rooms, a revocation) is routed to every stream of its participant, and
 //! the registry files those streams under their new addresses before it routes anything else,
 //! so the next row, in the same batch or not, already goes by them. A revoked stream is
-//! filed under nothing: it receives nothing more.
+//! filed under nothing and told to end at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -93,6 +93,9 @@ pub struct Inbox {
     /// Wakes the stream; `notify_one` keeps a permit, so a push between `take` and the
     /// stream's wait is never missed.
     wake: Notify,
+    /// Set when a revocation reached the stream's token: it ends at once, whatever it still
+    /// holds or has yet to catch up on.
+    revoked: AtomicBool,
     /// The stream's access as of the listener's position: the addresses it is filed under.
     /// Changed only under the registry's lock (so never contended), by the listener's control
     /// rows and by the stream's catch-ups, which may read rows the listener routed before the
@@ -130,6 +133,17 @@ impl Inbox {
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Ends the stream: its token was revoked.
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Whether the stream's token was revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 
     /// Makes the stream re-read the database from its cursor before any further live message.
@@ -254,6 +268,7 @@ impl Registry {
         let inbox = Arc::new(Inbox {
             state: Mutex::default(),
             wake: Notify::new(),
+            revoked: AtomicBool::new(false),
             route: Mutex::new(access),
         });
         let mut streams = self.streams.lock().unwrap();
@@ -355,8 +370,8 @@ impl Registry {
         }
     }
 
-    /// Refiles the streams of the control row's participant and hands each one it changed
-    /// the row, to apply at its position.
+    /// Refiles the streams of the control row's participant; hands each one whose rooms it
+    /// changed the row, to apply at its position, and ends each one whose token it revokes.
     fn route_control(&self, event: &Live, participants: &[String], control: &Control) {
         let mut streams = self.streams.lock().unwrap();
         let Some(participant) = participants.first() else {
@@ -366,8 +381,10 @@ impl Registry {
             return;
         };
         for inbox in inboxes {
-            if refile(&mut streams, &inbox, control) != Change::None {
-                inbox.push(event);
+            match refile(&mut streams, &inbox, control) {
+                Change::None => {}
+                Change::Rooms { .. } => inbox.push(event),
+                Change::Revoked => inbox.revoke(),
             }
         }
     }

@@ -12,7 +12,8 @@
 //! deliver the same events: a message is sent only if the access at its position hears it; a
 //! `rooms` change is sent as `event: rooms` and, when it adds a room, the stream reads the
 //! table again from there (the page it came in, or the live messages after it, were chosen
-//! without that room); a revocation of its token is sent as `event: revoked` and ends it.
+//! without that room); a revocation of its token is sent as `event: revoked` and ends it, at
+//! once when the listener routes it (the stream drops what it has not sent yet).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -198,6 +199,9 @@ impl EventStream {
             return None;
         }
         loop {
+            if self.subscription.inbox().is_revoked() {
+                return Some(self.revoked());
+            }
             // A catch-up may have queued a `reset` to go before its page.
             if let Some(event) = self.preamble.pop_front() {
                 return Some(event);
@@ -351,13 +355,18 @@ impl EventStream {
                 let data = serde_json::json!({"added": added, "removed": removed});
                 Some(frame::change(row.id, ROOMS_EVENT, &data.to_string()))
             }
-            Change::Revoked => {
-                self.finished = true;
-                self.pending.clear();
-                let data = r#"{"reason":"token_revoked"}"#;
-                Some(frame::change(row.id, REVOKED_EVENT, data))
-            }
+            Change::Revoked => Some(self.revoked()),
         }
+    }
+
+    /// Ends the stream after `event: revoked`, dropping whatever it still holds: a revoked
+    /// token's stream ends at once, not after its backlog. The event has no `id:`, so a client
+    /// that comes back with a fresh token resumes after the last message it did receive.
+    fn revoked(&mut self) -> Bytes {
+        self.finished = true;
+        self.pending.clear();
+        self.preamble.clear();
+        frame::control(REVOKED_EVENT, r#"{"reason":"token_revoked"}"#)
     }
 
     /// Sends `history_truncated` before anything else and moves the cursor past what

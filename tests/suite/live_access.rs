@@ -596,7 +596,10 @@ async fn ends_after_revoked(stream: &mut Subscriber, committed: Instant) -> Dura
     let event = stream.next().await;
     assert_eq!(event.event.as_deref(), Some("revoked"), "{event:?}");
     assert_eq!(event.data.as_deref(), Some(r#"{"reason":"token_revoked"}"#));
-    assert!(event.id.is_some(), "{event:?}");
+    assert!(
+        event.id.is_none(),
+        "a client resumes after its last message: {event:?}"
+    );
     assert!(
         stream.ends_within(PATIENCE).await,
         "the stream must end after `revoked`"
@@ -709,4 +712,48 @@ async fn updates_count_only_when_they_move_a_grant() {
         .unwrap()
         .get(0);
     assert_eq!(erin["rooms"], json!(["#a"]));
+}
+
+/// A reader with a backlog (its inbox overflowed) ends at the revocation all the same: it
+/// sends nothing with a larger id than the revocation's, then `revoked`, and ends without
+/// working through its backlog first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_reader_with_a_backlog_ends_at_once() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let relay = Relay::start(&db).await;
+    let mut stream = relay.subscribe("mallory", "", None).await;
+    stream.opening_position().await;
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{mallory}', jsonb_build_object('n', n, 'pad', repeat('x', 4000)) \
+             FROM generate_series(1, 3000) AS n;
+             SELECT pgrelay.revoke_tokens('mallory');",
+        )
+        .await
+        .unwrap();
+    insert(&client, &["mallory"], json!({"after": true})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    number_pending(&client).await;
+    let revocation: i64 = client
+        .query_one(
+            "SELECT id FROM pgrelay.messages WHERE control AND kind = 'revoked'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut delivered = 0;
+    loop {
+        let event = stream.next().await;
+        if event.event.as_deref() == Some("revoked") {
+            break;
+        }
+        let id: i64 = event.id.as_deref().unwrap().parse().unwrap();
+        assert!(id < revocation, "message {id} is after the revocation");
+        delivered += 1;
+    }
+    assert!(stream.ends_within(PATIENCE).await);
+    assert!(delivered < 3000, "the backlog was not worked through first");
 }
