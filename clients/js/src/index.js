@@ -28,6 +28,10 @@
  *   changes) are live-only: they go to `onSignal` (and `presence` also to `onPresence`), are
  *   never deduplicated and never touch `lastId`. `typing()` sends a throttled typing signal;
  *   `presence()` asks who is online.
+ * - **Rooms that change.** When the participant's membership changes while the stream is open
+ *   (the app's `pgrelay.rooms_changed`, or a watched membership table), the relay sends
+ *   `rooms` (`{added, removed}`) at the change's position and from there on delivers by the
+ *   new rooms, without reconnecting: it goes to `onRooms`, once, moving `lastId`.
  * - **Status.** `onStatus` reports `'connecting'` (first connect), `'live'` (stream open),
  *   `'reconnecting'` (lost; the browser or the client is retrying) and `'closed'`.
  * - **Two transports.** With `EventSource` a network error is retried by the browser itself
@@ -51,6 +55,7 @@
  *   onPresence: ({ participant, online }) => setDot(participant, online),
  *   onStatus: (status) => (statusDot.className = status),
  *   onReset: ({ oldest_id }) => reloadHistoryFrom(oldest_id),
+ *   onRooms: ({ added, removed }) => updateRoomList(added, removed),
  * });
  * relay.start();
  * const id = await relay.send({ participants: ['bob'], payload: { text: 'hi' } });
@@ -80,6 +85,7 @@ export class PgRelayClient {
   #onPresence;
   #onStatus;
   #onReset;
+  #onRooms;
   #transport;
   /** Participant-set key → when `typing()` last sent for it. */
   #typingSentAt = new Map();
@@ -125,6 +131,9 @@ export class PgRelayClient {
    * @param {(status: 'connecting'|'live'|'reconnecting'|'closed') => void} [options.onStatus]
    * @param {(data: {reason: string, oldest_id: number}) => void} [options.onReset] the resume
    *   point was older than retained history; messages in between are gone
+   * @param {(data: {added: string[], removed: string[]}) => void} [options.onRooms] the
+   *   stream's rooms changed at this point of the message order: from here on it receives the
+   *   added rooms' messages and none of the removed rooms'
    * @param {'eventsource'|'fetch'} [options.transport] how to read the stream; default
    *   `'eventsource'` where `EventSource` exists, else `'fetch'`
    */
@@ -141,6 +150,7 @@ export class PgRelayClient {
     onPresence = () => {},
     onStatus = () => {},
     onReset = () => {},
+    onRooms = () => {},
     transport = typeof EventSource === 'function' ? 'eventsource' : 'fetch',
   } = {}) {
     if (token === undefined) throw new TypeError('PgRelayClient: `token` is required');
@@ -157,6 +167,7 @@ export class PgRelayClient {
     this.#onPresence = onPresence;
     this.#onStatus = onStatus;
     this.#onReset = onReset;
+    this.#onRooms = onRooms;
     if (transport !== 'eventsource' && transport !== 'fetch') {
       throw new TypeError("PgRelayClient: `transport` is 'eventsource' or 'fetch'");
     }
@@ -343,6 +354,8 @@ export class PgRelayClient {
       'reset',
       'token_expired',
       'oversized',
+      'rooms',
+      'revoked',
     ];
     for (const type of new Set(names)) {
       source.addEventListener(type, (event) => handle(type, event.data, event.lastEventId));
@@ -363,6 +376,16 @@ export class PgRelayClient {
         this.#advance(lastEventId);
         // The relay ends the stream; reconnect at once with a token minted now.
         this.#reopen(0);
+        return;
+      case 'rooms': {
+        // Stored like a message: its id orders it among them, and a repeat is dropped.
+        const id = Number(lastEventId);
+        if (this.#fresh(id)) this.#onRooms(parse(data));
+        return;
+      }
+      case 'revoked':
+        // The token was revoked and the relay ends the stream: ask `token()` for a new one.
+        this.#reopen(this.#backoff());
         return;
       case 'oversized': {
         const standIn = parse(data);
