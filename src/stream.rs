@@ -281,6 +281,7 @@ impl EventStream {
             let page = store::messages_for(
                 &streams.pool,
                 &self.access.catch_up_addresses(),
+                store::Rows::WithControl,
                 self.cursor,
                 CATCH_UP_PAGE,
                 CATCH_UP_BYTES,

@@ -1,4 +1,5 @@
-//! `GET /v1/messages?since_id=N&limit=M`: the stream's events as JSON pages.
+//! `GET /v1/messages?since_id=N&limit=M`: the stream's messages as JSON pages (never the
+//! `rooms` and `revoked` rows a stream applies: a read decides by the access it has now).
 
 use std::sync::Arc;
 
@@ -75,6 +76,7 @@ pub async fn list_messages(
         store::messages_for(
             &state.pool,
             &addresses,
+            store::Rows::MessagesOnly,
             since,
             limit,
             MAX_PAGE_BYTES,
@@ -83,16 +85,9 @@ pub async fn list_messages(
         .await
         .map_err(|error| ApiError::internal("listing messages failed", &error))?
     };
-    // Control rows (a participant's rooms, a revocation) are changes of a stream's access,
-    // not messages: a read decides by the access it has now. They still move the position.
     let body = serde_json::to_vec(&MessagePage {
         next_since_id: page.messages.last().map_or(since, |message| message.id),
-        messages: page
-            .messages
-            .iter()
-            .filter(|message| message.control.is_none())
-            .map(|message| &*message.data)
-            .collect(),
+        messages: page.messages.iter().map(|message| &*message.data).collect(),
     })
     .map_err(|error| ApiError::internal("rendering messages failed", &error))?;
     drop(page);

@@ -203,19 +203,30 @@ pub fn connect_pool(database_url: &str, size: usize) -> Result<DbPool, Error> {
         .map_err(|error| Error::setup(format!("cannot build the connection pool: {error}")))
 }
 
-/// Messages addressed to any of `addresses` with `id > since`, oldest first: at most `limit`
+/// Which rows a page of [`messages_for`] holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rows {
+    /// Messages and control rows (a participant's rooms, a revocation): what a stream applies
+    /// at their positions.
+    WithControl,
+    /// Messages only: what `GET /v1/messages` lists, so that a full page has `limit` of them.
+    MessagesOnly,
+}
+
+/// Rows (as `rows` says) addressed to any of `addresses` with `id > since`, oldest first: at most `limit`
 /// rows and `max_bytes` of payload and participants (but always one, if there is one), each
 /// larger than `max_event_bytes` as its `oversized` stand-in.
 pub async fn messages_for(
     pool: &DbPool,
     addresses: &[String],
+    rows: Rows,
     since: i64,
     limit: i64,
     max_bytes: i64,
     max_event_bytes: i64,
 ) -> Result<Page, Error> {
     let client = pool.get().await?;
-    let sql = with_pruned_through(&messages_for_sql(addresses.len()));
+    let sql = with_pruned_through(&messages_sql(addresses.len(), rows));
     let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
         (&since, Type::INT8),
         (&limit, Type::INT8),
@@ -252,14 +263,27 @@ const MAX_ADDRESS_BRANCHES: usize = 64;
 /// address has after `$1`. (Past 64 addresses, one `&&` keeps the statement small.)
 /// Public for `EXPLAIN` in the tests and the benchmark.
 pub fn messages_for_sql(addresses: usize) -> String {
+    messages_sql(addresses, Rows::WithControl)
+}
+
+/// [`messages_for_sql`], holding the rows `rows` says.
+fn messages_sql(addresses: usize, rows: Rows) -> String {
+    let which = match rows {
+        Rows::WithControl => "",
+        Rows::MessagesOnly => " AND NOT control",
+    };
     if addresses > MAX_ADDRESS_BRANCHES {
-        return page_sql(&matching("participants && $5::text[] AND id > $1", 2), 3, 4);
+        return page_sql(
+            &matching(&format!("participants && $5::text[] AND id > $1{which}"), 2),
+            3,
+            4,
+        );
     }
     let branches: Vec<String> = (0..addresses)
         .map(|k| {
             format!(
                 "(SELECT * FROM pgrelay.messages WHERE participants @> ARRAY[${}::text] \
-                   AND id > $1 ORDER BY id + 0 LIMIT $2)",
+                   AND id > $1{which} ORDER BY id + 0 LIMIT $2)",
                 k + 5
             )
         })

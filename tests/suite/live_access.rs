@@ -757,3 +757,31 @@ async fn a_revoked_reader_with_a_backlog_ends_at_once() {
     assert!(stream.ends_within(PATIENCE).await);
     assert!(delivered < 3000, "the backlog was not worked through first");
 }
+
+/// `GET /v1/messages` lists messages, never the changes a stream applies, and a page of
+/// `limit` holds `limit` messages when there are that many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lists_messages_not_changes() {
+    let db = fresh_database().await;
+    let client = membership(&db, true).await;
+    let relay = Relay::start(&db).await;
+    insert(&client, &["dave"], json!({"n": 1})).await;
+    client
+        .batch_execute(
+            "SELECT pgrelay.rooms_changed('dave'); SELECT pgrelay.rooms_changed('dave');
+             SELECT pgrelay.revoke_tokens('dave', now() - interval '1 day');",
+        )
+        .await
+        .unwrap();
+    insert(&client, &["dave"], json!({"n": 2})).await;
+    number_pending(&client).await;
+    let page = history_page(&relay.base, &relay.token("dave", &[]), "limit=2").await;
+    let kinds: Vec<&Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["kind"])
+        .collect();
+    assert_eq!(kinds, [&json!("message"), &json!("message")], "{page}");
+    assert_eq!(page["messages"][1]["payload"]["n"], 2);
+}
