@@ -433,6 +433,22 @@ BEGIN
                 jsonb_build_object('issued_before', extract(epoch FROM cutoff)), true);
 END $$;
 
+-- The relays read revocations when a stream opens: every role that may read the messages (the
+-- relays' roles, granted as docs/security.md says) may read them too, so that upgrading needs
+-- no new grant. Who was revoked is less than what such a role reads already.
+DO $grant$
+DECLARE
+    reader text;
+BEGIN
+    FOR reader IN
+        SELECT quote_ident(rolname) FROM pg_roles
+         WHERE NOT rolsuper AND rolname <> current_user AND rolname !~ '^pg_'
+           AND has_table_privilege(oid, 'pgrelay.messages', 'SELECT')
+    LOOP
+        EXECUTE format('GRANT SELECT ON pgrelay.revocations TO %s', reader);
+    END LOOP;
+END $grant$;
+
 -- Revoking is the owner's, and of the roles it grants (docs/security.md); recording membership
 -- changes is for the app roles it grants; the internals are nobody else's.
 REVOKE EXECUTE ON FUNCTION pgrelay.revoke_tokens(text, timestamptz),

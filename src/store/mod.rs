@@ -296,19 +296,6 @@ fn messages_sql(addresses: usize, rows: Rows) -> String {
     page_sql(&source, 3, 4)
 }
 
-/// The newest visible message id (0 when there is none). Because ids are commit-ordered,
-/// every message committed later has a larger id.
-pub async fn newest_id(pool: &DbPool) -> Result<i64, Error> {
-    let client = pool.get().await?;
-    let row = client
-        .query_typed_one(
-            "SELECT coalesce(max(id), 0)::int8 FROM pgrelay.messages",
-            &[],
-        )
-        .await?;
-    Ok(row.try_get(0)?)
-}
-
 /// What a resuming stream checks its position against.
 pub struct RetentionBounds {
     /// The highest id removed by retention pruning.

@@ -785,3 +785,47 @@ async fn history_lists_messages_not_changes() {
     assert_eq!(kinds, [&json!("message"), &json!("message")], "{page}");
     assert_eq!(page["messages"][1]["payload"]["n"], 2);
 }
+
+/// Migration 0010 applies again in place (as on a database that had 0009), and lets a role
+/// that already reads the messages, such as a relay's, read revocations, which a stream open
+/// checks: upgrading needs no new grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_lets_existing_readers_check_revocations() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let reader = Role::create(
+        &db,
+        "reader",
+        &[
+            "GRANT USAGE ON SCHEMA pgrelay TO {role}",
+            "GRANT SELECT ON pgrelay.messages TO {role}",
+        ],
+    )
+    .await;
+    let name = reader
+        .url
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let readable = || async {
+        client
+            .query_one(
+                "SELECT has_table_privilege($1, 'pgrelay.revocations', 'SELECT')",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    assert!(!readable().await);
+    client
+        .batch_execute("DELETE FROM pgrelay.schema_migrations WHERE version = 10")
+        .await
+        .unwrap();
+    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+    assert!(readable().await);
+}
