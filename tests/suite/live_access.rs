@@ -829,3 +829,45 @@ async fn the_upgrade_lets_existing_readers_check_revocations() {
     pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
     assert!(readable().await);
 }
+
+/// A change committed while an instance's LISTEN connection is lost is applied at its position
+/// by the catch-up that fills the gap, as live delivery would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_during_a_listener_outage_applies_at_its_position() {
+    let db = fresh_database().await;
+    let client = membership(&db, true).await;
+    let relay = Relay::start(&db).await;
+    let mut dave = relay.subscribe("dave", "", None).await;
+    let opened = dave.opening_position().await;
+    send(&client, &["#a", "#b"], 1).await;
+    let cut: i64 = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+              WHERE application_name = 'pgrelay-listen' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .len() as i64;
+    assert_eq!(cut, 1);
+    client
+        .batch_execute(
+            "BEGIN; DELETE FROM app.members WHERE member = 'dave' AND room = '#a';
+             INSERT INTO app.members VALUES ('dave', '#b'); COMMIT;",
+        )
+        .await
+        .unwrap();
+    send(&client, &["#a", "#b"], 2).await;
+    insert(&client, &["dave"], json!({"end": true})).await;
+    let events = events_until_end(&mut dave).await;
+    let change = change_ids(&client, "dave").await[0];
+    assert_eq!(
+        room_events(&events),
+        [(change, json!({"added": ["#b"], "removed": ["#a"]}))]
+    );
+    let a = expected(&client, "#a", &[(opened, change)]).await;
+    let b = expected(&client, "#b", &[(change, i64::MAX)]).await;
+    assert_ids(&ids_to(&events, "#a"), &a, "#a");
+    assert_ids(&ids_to(&events, "#b"), &b, "#b");
+    assert!(metric(&relay.base, "pgrelay_listener_reconnects_total").await >= 1);
+}
