@@ -103,6 +103,9 @@ impl Relay {
                 match event.event.as_deref() {
                     Some("token_expired") => return Ok(Ended::TokenExpired),
                     Some("reset") => eprintln!("pgrelay tail: reset {data}"),
+                    // Changes of the stream's access are not messages: stdout stays messages.
+                    Some("rooms") => eprintln!("pgrelay tail: rooms {data}"),
+                    Some("revoked") => eprintln!("pgrelay tail: revoked {data}"),
                     Some("oversized") => match id {
                         Some(id) => println!("{}", self.whole(token, id, data).await),
                         None => println!("{data}"),
