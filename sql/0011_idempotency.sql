@@ -90,6 +90,7 @@ CREATE OR REPLACE FUNCTION pgrelay.publish_many(messages jsonb)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pgrelay
     SET lock_timeout = '5s'
+    SET enable_seqscan = off  -- pending rows by index (0012)
     AS $$
 #variable_conflict use_column
 BEGIN

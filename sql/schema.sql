@@ -14,6 +14,8 @@ CREATE SEQUENCE pgrelay.message_id_seq AS bigint;
 
 CREATE SEQUENCE pgrelay.pending_key_seq AS bigint;
 
+CREATE SEQUENCE pgrelay.room_version_seq AS bigint;
+
 CREATE SEQUENCE pgrelay.signal_id_seq AS bigint;
 
 -- Tables
@@ -52,9 +54,10 @@ CREATE TABLE pgrelay.messages (
     created_at timestamp with time zone NOT NULL DEFAULT now(),
     committed_at timestamp with time zone,
     pending_id bigint,
+    control boolean NOT NULL DEFAULT false,
     idempotency_subject text,
     idempotency_key text,
-    CONSTRAINT messages_kind_valid CHECK (pgrelay.valid_kind(kind)),
+    CONSTRAINT messages_kind_valid CHECK ((pgrelay.valid_kind(kind) OR (control AND (kind = ANY (ARRAY['rooms'::text, 'revoked'::text]))))) NOT VALID,
     CONSTRAINT messages_participants_nonempty CHECK (((cardinality(participants) > 0) AND (array_position(participants, NULL::text) IS NULL))),
     CONSTRAINT messages_pkey PRIMARY KEY (id)
 );
@@ -84,6 +87,25 @@ CREATE TABLE pgrelay.retention (
     CONSTRAINT retention_singleton_check CHECK (singleton)
 );
 
+CREATE TABLE pgrelay.revocations (
+    participant text NOT NULL,
+    issued_before timestamp with time zone NOT NULL,
+    revoked_at timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT revocations_pkey PRIMARY KEY (participant)
+);
+
+CREATE TABLE pgrelay.room_versions (
+    participant text NOT NULL,
+    CONSTRAINT room_versions_pkey PRIMARY KEY (participant)
+);
+
+CREATE UNLOGGED TABLE pgrelay.rooms_touched (
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    participant text NOT NULL,
+    source regclass NOT NULL,
+    CONSTRAINT rooms_touched_pkey PRIMARY KEY (xid, participant)
+);
+
 CREATE TABLE pgrelay.schema_migrations (
     version integer NOT NULL,
     applied_at timestamp with time zone NOT NULL DEFAULT now(),
@@ -101,7 +123,18 @@ CREATE UNLOGGED TABLE pgrelay.signals (
     CONSTRAINT signals_pkey PRIMARY KEY (id)
 );
 
+CREATE TABLE pgrelay.watched (
+    source regclass NOT NULL,
+    participant text NOT NULL,
+    room text,
+    search_path text NOT NULL,
+    watched_at timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT watched_pkey PRIMARY KEY (source)
+);
+
 -- Indexes
+
+CREATE INDEX messages_control_idx ON pgrelay.messages USING btree ((participants[1]), id) WHERE control;
 
 CREATE UNIQUE INDEX messages_idempotency_idx ON pgrelay.messages USING btree (idempotency_subject, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
@@ -254,6 +287,11 @@ BEGIN
     IF NOT pgrelay.valid_names(NEW.participants)
        OR NOT coalesce(pgrelay.valid_name(NEW.sender), true) THEN
         RAISE EXCEPTION 'participant and sender names must be 1 to 256 bytes with no control or format characters'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.control AND current_user <> (SELECT pg_get_userbyid(relowner) FROM pg_class
+                                         WHERE oid = 'pgrelay.messages'::regclass) THEN
+        RAISE EXCEPTION 'control rows (kinds rooms and revoked) are written by pgrelay''s own functions'
             USING ERRCODE = 'check_violation';
     END IF;
     IF NEW.id IS NULL THEN
@@ -443,21 +481,16 @@ AS $function$
 DECLARE
     numbered integer;
 BEGIN
-    -- Placeholders are negated insert counters: descending placeholder is insertion order.
-    -- Each transaction's rows stay together (same inserting xid, hence the same age), in the
-    -- order of each transaction's first insert.
     WITH numbering AS (
         SELECT pending.id AS placeholder, nextval('pgrelay.message_id_seq') AS id
           FROM (SELECT id FROM (
                     SELECT id, max(id) OVER (PARTITION BY age(xmin)) AS first_insert
                       FROM pgrelay.messages WHERE id < 0) committed
                  ORDER BY first_insert DESC, id DESC LIMIT max_rows) pending)
-    -- The UPDATE checks the row's constraints again: a kind reserved since the row was
-    -- inserted (0008) would fail it, and one such row would stop numbering for everyone. It
-    -- becomes `message`, as the relay serves such rows anyway.
     UPDATE pgrelay.messages m
        SET id = numbering.id, committed_at = number_pending_messages.numbered_at,
-           kind = CASE WHEN pgrelay.valid_kind(m.kind) THEN m.kind ELSE 'message' END
+           kind = CASE WHEN pgrelay.valid_kind(m.kind) OR m.control THEN m.kind
+                       ELSE 'message' END
       FROM numbering
      WHERE m.id = numbering.placeholder;
     GET DIAGNOSTICS numbered = ROW_COUNT;
@@ -680,6 +713,130 @@ BEGIN
 END $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgrelay.record_rooms(participant text, source regclass)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    rooms text[];
+    version bigint;
+BEGIN
+    IF participant IS NULL OR NOT pgrelay.valid_name(participant)
+       OR participant LIKE '#%' OR participant = '*' THEN
+        RETURN;
+    END IF;
+    INSERT INTO pgrelay.room_versions AS v (participant) VALUES (record_rooms.participant)
+        ON CONFLICT ON CONSTRAINT room_versions_pkey DO NOTHING;
+    PERFORM 1 FROM pgrelay.room_versions v WHERE v.participant = record_rooms.participant
+        FOR UPDATE;
+    version := nextval('pgrelay.room_version_seq');
+    BEGIN
+        rooms := ARRAY(SELECT DISTINCT r FROM unnest(pgrelay.member_rooms(participant)) AS r
+                        WHERE r LIKE '#%' AND pgrelay.valid_name(r) ORDER BY r);
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM pgrelay.attach_skip(source, 'member_rooms_failed', SQLSTATE || ': ' || SQLERRM);
+        rooms := '{}';
+    END;
+    INSERT INTO pgrelay.messages (participants, kind, payload, control)
+        VALUES (ARRAY[participant], 'rooms',
+                jsonb_build_object('version', version, 'rooms', to_jsonb(rooms)), true);
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.revoke_tokens(participant text, issued_before timestamp with time zone DEFAULT now())
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    cutoff timestamptz;
+BEGIN
+    IF participant IS NULL OR NOT pgrelay.valid_name(participant)
+       OR participant LIKE '#%' OR participant = '*' THEN
+        RAISE EXCEPTION 'pgrelay.revoke_tokens: % is not a participant', quote_nullable(participant)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF issued_before IS NULL THEN
+        RAISE EXCEPTION 'pgrelay.revoke_tokens: issued_before must not be NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO pgrelay.revocations AS r (participant, issued_before)
+        VALUES (revoke_tokens.participant, revoke_tokens.issued_before)
+        ON CONFLICT ON CONSTRAINT revocations_pkey DO UPDATE
+           SET issued_before = greatest(r.issued_before, excluded.issued_before),
+               revoked_at = now()
+        RETURNING r.issued_before INTO cutoff;
+    INSERT INTO pgrelay.messages (participants, kind, payload, control)
+        VALUES (ARRAY[participant], 'revoked',
+                jsonb_build_object('issued_before', extract(epoch FROM cutoff)), true);
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.rooms_changed(VARIADIC participants text[])
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    participant text;
+BEGIN
+    FOR participant IN SELECT DISTINCT p FROM unnest(participants) AS p WHERE p IS NOT NULL
+                        ORDER BY p LOOP
+        PERFORM pgrelay.record_rooms(participant, 'pgrelay.room_versions'::regclass);
+    END LOOP;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.rooms_record_touched()
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+DECLARE
+    touched record;
+BEGIN
+    FOR touched IN
+        WITH gone AS (DELETE FROM pgrelay.rooms_touched
+                       WHERE xid = pg_current_xact_id() RETURNING participant, source)
+        SELECT participant, min(source::oid)::regclass AS source FROM gone
+         GROUP BY participant ORDER BY participant
+    LOOP
+        PERFORM pgrelay.record_rooms(touched.participant, touched.source);
+    END LOOP;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.rooms_record_trigger()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+BEGIN
+    PERFORM pgrelay.rooms_record_touched();
+    RETURN NULL;
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.rooms_touch(participant text, source regclass)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgrelay'
+AS $function$
+BEGIN
+    IF participant IS NOT NULL THEN
+        INSERT INTO pgrelay.rooms_touched (participant, source)
+            VALUES (participant, source) ON CONFLICT DO NOTHING;
+    END IF;
+END $function$
+;
+
 CREATE OR REPLACE FUNCTION pgrelay.send_signal(participants text[], kind text, payload jsonb, sender text)
  RETURNS void
  LANGUAGE plpgsql
@@ -772,6 +929,20 @@ BEGIN
 END $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgrelay.unwatch_membership(source regclass)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_membership ON %s', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_membership_truncate ON %s', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_membership_record ON %s', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_membership_truncated ON %s', source);
+    EXECUTE format('DROP FUNCTION IF EXISTS %s()', pgrelay.watched_function_name(source));
+    DELETE FROM pgrelay.watched w WHERE w.source = unwatch_membership.source;
+END $function$
+;
+
 CREATE OR REPLACE FUNCTION pgrelay.valid_kind(kind text)
  RETURNS boolean
  LANGUAGE sql
@@ -817,6 +988,121 @@ BEGIN
 END $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgrelay.watch_membership(source regclass, participant text, room text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    path text := current_setting('search_path') || ', pg_temp';
+    function_name text := pgrelay.watched_function_name(source);
+    body text;
+    unchanged text := 'false';
+BEGIN
+    IF participant IS NULL THEN
+        RAISE EXCEPTION 'pgrelay.watch_membership: participant must not be NULL';
+    END IF;
+    IF NOT has_function_privilege('pgrelay.rooms_touch(text, regclass)', 'EXECUTE')
+       OR NOT has_function_privilege('pgrelay.attach_skip(regclass, text, text)', 'EXECUTE') THEN
+        RAISE EXCEPTION 'pgrelay.watch_membership: % may not record membership changes (it needs EXECUTE on pgrelay.rooms_touch and pgrelay.attach_skip)',
+            current_user USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT (%s)::text, (%s)::text FROM (SELECT (NULL::%s).*) AS new LIMIT 0',
+                       participant, coalesce(room, 'NULL'), source);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE EXCEPTION 'pgrelay.watch_membership(%): an expression is invalid: %', source, SQLERRM
+            USING ERRCODE = SQLSTATE;
+    END;
+    IF room IS NOT NULL THEN
+        unchanged := format('TG_OP = ''UPDATE'' AND (%1$s)::text IS NOT DISTINCT FROM old_participant '
+                            'AND (%2$s)::text IS NOT DISTINCT FROM old_room',
+                            participant, room);
+    END IF;
+    -- NEW is the row written, or for a DELETE the row deleted; for an UPDATE the expressions
+    -- are evaluated over OLD too (by swapping it in), so they are written once, over NEW.
+    body := format($body$
+#variable_conflict use_column
+DECLARE
+    old_participant text;
+    old_room text;
+    new_participant text;
+    truncated text[];
+BEGIN
+    -- Only evaluated here: the block is a subtransaction, and one that writes nothing never
+    -- gets an xid of its own (see install_attached in 0008).
+    BEGIN
+        IF TG_OP = 'TRUNCATE' THEN
+            EXECUTE format('SELECT array_agg(DISTINCT (%%s)::text) FROM %%s AS new', %1$L, TG_RELID::regclass)
+                INTO truncated;
+        ELSE
+            IF TG_OP = 'DELETE' THEN
+                NEW := OLD;
+                old_participant := (%1$s)::text;
+            ELSIF TG_OP = 'UPDATE' THEN
+                DECLARE
+                    written record := NEW;
+                BEGIN
+                    NEW := OLD;
+                    old_participant := (%1$s)::text;
+                    old_room := (%2$s)::text;
+                    NEW := written;
+                END;
+            END IF;
+            IF %3$s THEN
+                RETURN NULL;
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                new_participant := (%1$s)::text;
+            END IF;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM pgrelay.attach_skip(TG_RELID, 'expression_failed', SQLSTATE || ': ' || SQLERRM);
+        RETURN NULL;
+    END;
+    PERFORM pgrelay.rooms_touch(p, TG_RELID)
+       FROM unnest(coalesce(truncated, '{}') || ARRAY[old_participant, new_participant]) AS p;
+    RETURN NULL;
+END
+$body$, participant, coalesce(room, 'NULL'), unchanged);
+    EXECUTE format(
+        'CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = %s AS %L',
+        function_name, path, body);
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s() FROM PUBLIC', function_name);
+
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_membership ON %s', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_membership_truncate ON %s', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_membership_record ON %s', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_membership_truncated ON %s', source);
+    EXECUTE format(
+        'CREATE TRIGGER pgrelay_membership AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION %s()',
+        source, function_name);
+    -- Before: the rows are still there to say whom the TRUNCATE removes.
+    EXECUTE format(
+        'CREATE TRIGGER pgrelay_membership_truncate BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+        source, function_name);
+    EXECUTE format(
+        'CREATE CONSTRAINT TRIGGER pgrelay_membership_record AFTER INSERT OR UPDATE OR DELETE ON %s DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgrelay.rooms_record_trigger()',
+        source);
+    -- A TRUNCATE cannot have a deferred trigger: its participants are recorded right after it.
+    EXECUTE format(
+        'CREATE TRIGGER pgrelay_membership_truncated AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgrelay.rooms_record_trigger()',
+        source);
+
+    INSERT INTO pgrelay.watched AS w (source, participant, room, search_path)
+        VALUES (source, participant, room, path)
+        ON CONFLICT ON CONSTRAINT watched_pkey DO UPDATE
+           SET participant = excluded.participant, room = excluded.room,
+               search_path = excluded.search_path, watched_at = now();
+END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.watched_function_name(source regclass)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+AS $function$ SELECT format('pgrelay.%I', 'watch_' || source::oid) $function$
+;
+
 -- Functions everyone may execute
 
 -- pgrelay.channel()
@@ -825,3 +1111,4 @@ END $function$
 -- pgrelay.valid_kind(text)
 -- pgrelay.valid_name(text)
 -- pgrelay.valid_names(text[])
+-- pgrelay.watched_function_name(regclass)

@@ -9,7 +9,8 @@
 //! - A keepalive is a lone comment line, `:`, with no blank line after it: it keeps proxies
 //!   from closing an idle stream but ends no event block, so libraries that hand the
 //!   application an event for every blank line hand it nothing.
-//! - Every other event carries data; only stored messages carry an `id:`.
+//! - Every other event carries data; only stored messages and `rooms` changes (stored like
+//!   them) carry an `id:`.
 
 use bytes::Bytes;
 
@@ -60,6 +61,12 @@ pub fn signal(signal: &Signal) -> Bytes {
         .frame
         .get_or_init(|| event(None, &signal.kind, signal.data.get()))
         .clone()
+}
+
+/// A change of the stream's rooms, at the position of the row that recorded it, so that a
+/// client resuming after it does not see it again.
+pub fn change(id: i64, name: &str, data: &str) -> Bytes {
+    event(Some(id), name, data)
 }
 
 /// A control event of the relay's own (`reset`, `token_expired`).
@@ -139,6 +146,7 @@ mod tests {
             payload: None,
             created_at: "2026-12-04T18:00:00.000000Z",
             bytes: 2_000_000,
+            control: false,
         })
         .unwrap();
         let items = parse(&super::message(&message));

@@ -32,7 +32,8 @@
 //!    (per-client rate and concurrency limits), `budget` (the bytes an instance holds for
 //!    readers at once) and `metrics` (Prometheus counters).
 //! 6. **Domain**: `message` (what a [`Message`] and a [`Signal`] are, the naming rules, the JSON
-//!    a client sees), [`jsonb`] (the JSON PostgreSQL's `jsonb` refuses), [`auth`] (HS256
+//!    a client sees), `access` (whom a stream hears, and how membership changes and
+//!    revocations change that at their positions), [`jsonb`] (the JSON PostgreSQL's `jsonb` refuses), [`auth`] (HS256
 //!    tokens, and an identity provider's key set, kept fresh), [`config`] (what a relay is configured to do), [`Error`] (the crate's error
 //!    type) and [`sse`] (an event-stream parser for clients: `pgrelay tail` and the tests).
 //!
@@ -44,11 +45,15 @@
 //! signal after the last ones it read, from the tables, with its own role (one round trip per
 //! batch of wake-ups, on the LISTEN connection itself) → the registry
 //! pushes each row that has local subscribers into the inboxes of its participants' streams
-//! → each stream drops ids it already sent and writes the rest as SSE events. A stream
+//! → each stream drops ids it already sent and writes the rest as SSE events. A row of a
+//! participant's access (`rooms`, `revoked`) is applied where it stands in that order: the
+//! registry re-files that participant's streams before it routes the next row, and each
+//! stream applies it to its own addresses when it reaches it, live or in a catch-up. A stream
 //! whose inbox overflowed, or that may have missed notifications while the listener
 //! reconnected, reads the table from its cursor instead. A notification is only a hint: any
 //! login may send one, so nothing in it is read.
 
+mod access;
 mod app;
 mod attach_skips;
 pub mod auth;
@@ -77,5 +82,5 @@ pub use app::{run, Listeners};
 pub use config::{ConnectionLimits, MetricsToken, RelayConfig, Settings};
 pub use error::Error;
 pub use message::{
-    valid_kind, valid_name, valid_room, Addresses, Message, Signal, MAX_NAME_LEN, REFUSED_IN_NAMES,
+    valid_kind, valid_name, valid_room, Message, Signal, MAX_NAME_LEN, REFUSED_IN_NAMES,
 };

@@ -7,7 +7,7 @@
 //! ([`valid_kind`], [`valid_name`]) are the ones the SQL enforces on every stored row.
 //!
 //! A message's `participants` are addresses: a person (`alice`), a room (`#general`) or
-//! everyone (`*`). A stream listens on [`Addresses`]: its participant, its rooms and everyone.
+//! everyone (`*`). Whom a stream hears is `crate::access`'s business.
 //!
 //! This module depends on no other module of the crate.
 
@@ -36,7 +36,58 @@ pub struct Message {
     pub oversized: bool,
     /// The SSE frame, rendered by the first stream that sends it and shared by the others.
     pub frame: OnceLock<Bytes>,
+    /// Set when the row is not a message but a change of its one participant's access,
+    /// written by pgrelay's own SQL (`rooms_changed`, `revoke_tokens`): streams apply it at
+    /// the row's position instead of sending the row.
+    pub control: Option<Control>,
 }
+
+/// A change of one participant's access, stored as a `control` row of pgrelay.messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// The participant's member rooms are now `rooms` (what `member_rooms` answered under the
+    /// participant's lock); `version` orders such sets whatever order their rows were numbered
+    /// in (sql/0010_live_access.sql).
+    Rooms { version: i64, rooms: Vec<String> },
+    /// Tokens of the participant issued before this time (seconds since the epoch), or without
+    /// `iat`, are revoked.
+    Revoked { issued_before: f64 },
+}
+
+impl Control {
+    /// Reads a control row's payload; `None` for a row that is not one pgrelay wrote.
+    fn parse(kind: &str, payload: &RawValue) -> Option<Control> {
+        #[derive(serde::Deserialize)]
+        struct RoomsRow {
+            version: i64,
+            rooms: Vec<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct RevokedRow {
+            issued_before: f64,
+        }
+        match kind {
+            ROOMS_EVENT => serde_json::from_str::<RoomsRow>(payload.get())
+                .ok()
+                .map(|row| Control::Rooms {
+                    version: row.version,
+                    rooms: row.rooms,
+                }),
+            REVOKED_EVENT => serde_json::from_str::<RevokedRow>(payload.get())
+                .ok()
+                .map(|row| Control::Revoked {
+                    issued_before: row.issued_before,
+                }),
+            _ => None,
+        }
+    }
+}
+
+/// The event a stream receives when its rooms change.
+pub const ROOMS_EVENT: &str = "rooms";
+
+/// The event a stream receives, before it ends, when its token is revoked.
+pub const REVOKED_EVENT: &str = "revoked";
 
 /// The event name of a message too large to send whole: the stand-in that takes its place,
 /// with its id, so streams stay in order and bounded.
@@ -58,6 +109,8 @@ pub struct StoredRow<'a> {
     pub created_at: &'a str,
     /// Its size: the bytes of the payload's JSON and of the participants' text.
     pub bytes: i64,
+    /// Whether pgrelay's own SQL wrote it as a change of access ([`Control`]).
+    pub control: bool,
 }
 
 /// The JSON shape of a message event (the contract's `data:` object).
@@ -99,6 +152,10 @@ impl Message {
     /// reserved (`rooms` before migration 0008, say; a CHECK constraint is not re-checked
     /// against old rows), or while an operator had dropped the constraint.
     pub fn from_row(row: StoredRow<'_>) -> Result<Message, serde_json::Error> {
+        let control = match (row.control, row.payload) {
+            (true, Some(payload)) => Control::parse(&row.kind, payload),
+            _ => None,
+        };
         let kind = served_kind(row.kind);
         let data = match row.payload {
             Some(payload) => serde_json::value::to_raw_value(&MessageData {
@@ -124,6 +181,7 @@ impl Message {
             data,
             oversized: row.payload.is_none(),
             frame: OnceLock::new(),
+            control,
         })
     }
 
@@ -226,8 +284,8 @@ pub const RESERVED_KINDS: [&str; 7] = [
     POSITION_EVENT,
     "presence",
     "reset",
-    "revoked",
-    "rooms",
+    REVOKED_EVENT,
+    ROOMS_EVENT,
     "token_expired",
 ];
 
@@ -371,69 +429,6 @@ pub fn valid_subject(name: &str) -> bool {
     valid_name(name) && !is_room(name) && name != EVERYONE
 }
 
-/// Where a stream (or a history read) listens: its participant, the rooms it belongs to, and
-/// everyone; or, narrowed to some of its rooms, just those.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Addresses {
-    participant: String,
-    rooms: Vec<String>,
-    /// Whether the participant's own address and `*` are included (not narrowed).
-    whole: bool,
-}
-
-impl Addresses {
-    /// `participant`, the well-formed rooms among `rooms` (each once), and everyone.
-    pub fn new(participant: String, rooms: impl IntoIterator<Item = String>) -> Addresses {
-        let mut kept: Vec<String> = Vec::new();
-        for room in rooms {
-            if valid_room(&room) && !kept.contains(&room) {
-                kept.push(room);
-            }
-        }
-        Addresses {
-            participant,
-            rooms: kept,
-            whole: true,
-        }
-    }
-
-    /// The participant these addresses belong to.
-    pub fn participant(&self) -> &str {
-        &self.participant
-    }
-
-    /// Whether `room` is one of the participant's rooms.
-    pub fn has_room(&self, room: &str) -> bool {
-        self.rooms.iter().any(|mine| mine == room)
-    }
-
-    /// Only `rooms`: no direct messages, no broadcasts. Errs with the first room that is not
-    /// among the participant's.
-    pub fn narrow(self, rooms: Vec<String>) -> Result<Addresses, String> {
-        if let Some(stranger) = rooms.iter().find(|room| !self.has_room(room)) {
-            return Err(stranger.clone());
-        }
-        Ok(Addresses {
-            participant: self.participant,
-            rooms,
-            whole: false,
-        })
-    }
-
-    /// The addresses a message must name at least one of.
-    pub fn list(&self) -> Vec<String> {
-        let mut list = Vec::with_capacity(self.rooms.len() + 2);
-        if self.whole {
-            list.push(self.participant.clone());
-        }
-        list.extend(self.rooms.iter().cloned());
-        if self.whole {
-            list.push(EVERYONE.to_owned());
-        }
-        list
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,6 +442,7 @@ mod tests {
             payload,
             created_at: "2026-12-04T18:00:00.000000Z",
             bytes: 4_000_000,
+            control: false,
         }
     }
 
@@ -520,6 +516,7 @@ mod tests {
                 payload: Some(&payload),
                 created_at: "2026-01-01T00:00:00.000000Z",
                 bytes: 2,
+                control: false,
             })
             .unwrap();
             assert_eq!(message.kind, served);

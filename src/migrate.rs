@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../sql/0009_sequencer.sql"),
     ),
     (
+        10,
+        "0010_live_access.sql",
+        include_str!("../sql/0010_live_access.sql"),
+    ),
+    (
         11,
         "0011_idempotency.sql",
         include_str!("../sql/0011_idempotency.sql"),

@@ -9,14 +9,21 @@
 //! catch up from the database instead. Memory stays bounded and nothing is skipped, because
 //! every dropped message is already committed and the catch-up query will find it.
 //! (Signals are live-only: an overflowing inbox drops them, as it would for an offline client.)
+//!
+//! A stream's addresses change while it is open (`crate::access`): a control row (a
+//! participant's new rooms, a revocation) is routed to every stream of its participant, and
+//! the registry files those streams under their new addresses before it routes anything else,
+//! so the next row, in the same batch or not, already goes by them. A revoked stream is
+//! filed under nothing and told to end at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::message::{Message, Signal};
+use crate::access::{Access, Change};
+use crate::message::{Control, Message, Signal};
 
 /// How many live messages a stream may hold before it falls back to the database.
 pub const INBOX_CAPACITY: usize = 256;
@@ -37,11 +44,17 @@ pub struct Registry {
     generation: AtomicU64,
 }
 
-/// The open streams by address, and how many each participant has open.
+/// The open streams by address and by participant, and how far the listener has routed.
 #[derive(Default)]
 struct Streams {
     by_address: HashMap<String, Vec<Arc<Inbox>>>,
-    per_participant: HashMap<String, usize>,
+    /// Every open stream of each participant, narrowed or not: where its control rows go.
+    by_participant: HashMap<String, Vec<Arc<Inbox>>>,
+    /// The highest message id the listener has routed (or skipped for want of streams).
+    routed_through: i64,
+    /// Whether the listener is routing a pass whose rows it read before a stream that
+    /// subscribes now was filed.
+    in_pass: bool,
 }
 
 /// A live event for a stream: a stored message or a signal.
@@ -80,6 +93,14 @@ pub struct Inbox {
     /// Wakes the stream; `notify_one` keeps a permit, so a push between `take` and the
     /// stream's wait is never missed.
     wake: Notify,
+    /// Set when a revocation reached the stream's token: it ends at once, whatever it still
+    /// holds or has yet to catch up on.
+    revoked: AtomicBool,
+    /// The stream's access as of the listener's position: the addresses it is filed under.
+    /// Changed only under the registry's lock (so never contended), by the listener's control
+    /// rows and by the stream's catch-ups, which may read rows the listener routed before the
+    /// stream was filed.
+    route: Mutex<Access>,
 }
 
 #[derive(Default)]
@@ -112,6 +133,17 @@ impl Inbox {
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Ends the stream: its token was revoked.
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Whether the stream's token was revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 
     /// Makes the stream re-read the database from its cursor before any further live message.
@@ -151,7 +183,6 @@ impl Inbox {
 pub struct Subscription {
     registry: Arc<Registry>,
     participant: String,
-    addresses: Vec<String>,
     inbox: Arc<Inbox>,
 }
 
@@ -166,85 +197,154 @@ impl Subscription {
         &self.participant
     }
 
-    /// The addresses the stream is registered under: what a message must name one of.
-    pub fn addresses(&self) -> &[String] {
-        &self.addresses
+    /// Applies a control row the stream read in a catch-up to the addresses it is filed under
+    /// (a row the listener routed already changes nothing: sets are versioned and a revocation
+    /// applies once).
+    pub fn apply(&self, control: &Control) {
+        let mut streams = self.registry.streams.lock().unwrap();
+        refile(&mut streams, &self.inbox, control);
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.registry
-            .remove(&self.participant, &self.addresses, &self.inbox);
+        self.registry.remove(&self.participant, &self.inbox);
+    }
+}
+
+/// Applies `control` to `inbox`'s route and files it under its new addresses; answers what
+/// changed.
+fn refile(streams: &mut Streams, inbox: &Arc<Inbox>, control: &Control) -> Change {
+    let mut route = inbox.route.lock().unwrap();
+    let before = route.addresses();
+    let change = route.apply(control);
+    if change == Change::None {
+        return change;
+    }
+    let after = route.addresses();
+    for address in before.iter().filter(|address| !after.contains(address)) {
+        unlist(streams, address, inbox);
+    }
+    for address in after
+        .into_iter()
+        .filter(|address| !before.contains(address))
+    {
+        streams
+            .by_address
+            .entry(address)
+            .or_default()
+            .push(Arc::clone(inbox));
+    }
+    change
+}
+
+/// Takes `inbox` off the list of `address`.
+fn unlist(streams: &mut Streams, address: &str, inbox: &Arc<Inbox>) {
+    if let Some(inboxes) = streams.by_address.get_mut(address) {
+        // Comparing pointers reads no inbox: `*` lists every stream, and closing 10,000
+        // streams must not touch 10,000 inboxes each.
+        if let Some(at) = inboxes.iter().position(|open| Arc::ptr_eq(open, inbox)) {
+            inboxes.swap_remove(at);
+        }
+        if inboxes.is_empty() {
+            streams.by_address.remove(address);
+        }
     }
 }
 
 impl Registry {
-    /// Adds a stream of `participant` listening on `addresses`, which sees every event
-    /// delivered from now on; `None` when the participant already has `max_streams` open here.
+    /// Adds a stream with `access`, which sees every event routed from now on; `None` when its
+    /// participant already has `max_streams` open here. `read_at` is the newest message id
+    /// when `access` was read: the answer's flag says whether the listener may have routed a
+    /// later row before the stream was filed, which the stream must then read from the table.
     pub fn subscribe(
         self: &Arc<Self>,
-        participant: &str,
-        addresses: Vec<String>,
+        access: Access,
+        read_at: i64,
         max_streams: usize,
-    ) -> Option<Subscription> {
+    ) -> Option<(Subscription, bool)> {
+        let participant = access.participant().to_owned();
+        let addresses = access.addresses();
         let inbox = Arc::new(Inbox {
             state: Mutex::default(),
             wake: Notify::new(),
+            revoked: AtomicBool::new(false),
+            route: Mutex::new(access),
         });
         let mut streams = self.streams.lock().unwrap();
         let open = streams
-            .per_participant
-            .entry(participant.to_owned())
+            .by_participant
+            .entry(participant.clone())
             .or_default();
-        if *open >= max_streams {
+        if open.len() >= max_streams {
+            if open.is_empty() {
+                streams.by_participant.remove(&participant);
+            }
             return None;
         }
-        *open += 1;
-        for address in &addresses {
+        open.push(Arc::clone(&inbox));
+        for address in addresses {
             streams
                 .by_address
-                .entry(address.clone())
+                .entry(address)
                 .or_default()
                 .push(Arc::clone(&inbox));
         }
+        let missed = streams.in_pass || streams.routed_through > read_at;
         self.generation.fetch_add(1, Ordering::Relaxed);
-        Some(Subscription {
-            registry: Arc::clone(self),
-            participant: participant.to_owned(),
-            addresses,
-            inbox,
-        })
+        Some((
+            Subscription {
+                registry: Arc::clone(self),
+                participant,
+                inbox,
+            },
+            missed,
+        ))
     }
 
-    fn remove(&self, participant: &str, addresses: &[String], inbox: &Arc<Inbox>) {
+    fn remove(&self, participant: &str, inbox: &Arc<Inbox>) {
         self.generation.fetch_add(1, Ordering::Relaxed);
         let mut streams = self.streams.lock().unwrap();
-        for address in addresses {
-            if let Some(inboxes) = streams.by_address.get_mut(address) {
-                // Comparing pointers reads no inbox: `*` lists every stream, and closing
-                // 10,000 streams must not touch 10,000 inboxes each.
-                if let Some(at) = inboxes.iter().position(|open| Arc::ptr_eq(open, inbox)) {
-                    inboxes.swap_remove(at);
-                }
-                if inboxes.is_empty() {
-                    streams.by_address.remove(address);
-                }
+        let addresses = inbox.route.lock().unwrap().addresses();
+        for address in &addresses {
+            unlist(&mut streams, address, inbox);
+        }
+        if let Some(open) = streams.by_participant.get_mut(participant) {
+            if let Some(at) = open.iter().position(|mine| Arc::ptr_eq(mine, inbox)) {
+                open.swap_remove(at);
+            }
+            if open.is_empty() {
+                streams.by_participant.remove(participant);
             }
         }
-        if let Some(open) = streams.per_participant.get_mut(participant) {
-            *open -= 1;
-            if *open == 0 {
-                streams.per_participant.remove(participant);
-            }
-        }
+    }
+
+    /// The listener begins routing a pass: a stream filed from now until [`Registry::routed`]
+    /// may miss its rows.
+    pub fn begin_pass(&self) {
+        self.streams.lock().unwrap().in_pass = true;
+    }
+
+    /// The listener has routed (or skipped) every row up to `position`.
+    pub fn routed(&self, position: i64) {
+        let mut streams = self.streams.lock().unwrap();
+        streams.in_pass = false;
+        streams.routed_through = streams.routed_through.max(position);
     }
 
     /// Hands a message or signal to the open streams of its addresses, once per stream even
     /// when a stream has several of them.
+    /// A control row goes to every stream of its participant whose access it changes, which
+    /// is refiled first.
     pub fn deliver(&self, event: &Live) {
         let addresses = match event {
-            Live::Message(message) => &message.participants,
+            Live::Message(message) => {
+                if let Some(control) = &message.control {
+                    self.route_control(event, &message.participants, control);
+                    return;
+                }
+                &message.participants
+            }
             Live::Signal(signal) => &signal.participants,
         };
         let streams = self.streams.lock().unwrap();
@@ -270,10 +370,35 @@ impl Registry {
         }
     }
 
-    /// Whether any of `addresses` has an open stream here.
-    pub fn has_any(&self, addresses: &[String]) -> bool {
+    /// Refiles the streams of the control row's participant; hands each one whose rooms it
+    /// changed the row, to apply at its position, and ends each one whose token it revokes.
+    fn route_control(&self, event: &Live, participants: &[String], control: &Control) {
+        let mut streams = self.streams.lock().unwrap();
+        let Some(participant) = participants.first() else {
+            return;
+        };
+        let Some(inboxes) = streams.by_participant.get(participant).cloned() else {
+            return;
+        };
+        for inbox in inboxes {
+            match refile(&mut streams, &inbox, control) {
+                Change::None => {}
+                Change::Rooms { .. } => inbox.push(event),
+                Change::Revoked => inbox.revoke(),
+            }
+        }
+    }
+
+    /// Whether a row to `participants` has an open stream here: for a control row, a stream
+    /// of its participant; otherwise a stream filed under one of its addresses.
+    pub fn wants(&self, participants: &[String], control: bool) -> bool {
         let streams = self.streams.lock().unwrap();
-        addresses
+        if control {
+            return participants
+                .first()
+                .is_some_and(|participant| streams.by_participant.contains_key(participant));
+        }
+        participants
             .iter()
             .any(|address| streams.by_address.contains_key(address))
     }
@@ -281,8 +406,7 @@ impl Registry {
     /// Makes every open stream catch up from the database.
     pub fn request_catch_up_all(&self) {
         let streams = self.streams.lock().unwrap();
-        // A stream is in the list of each of its addresses; asking it twice is harmless.
-        for inbox in streams.by_address.values().flatten() {
+        for inbox in streams.by_participant.values().flatten() {
             inbox.request_catch_up();
         }
     }
@@ -295,13 +419,13 @@ impl Registry {
     /// The participants with at least one open stream here.
     pub fn participants(&self) -> std::collections::HashSet<String> {
         let streams = self.streams.lock().unwrap();
-        streams.per_participant.keys().cloned().collect()
+        streams.by_participant.keys().cloned().collect()
     }
 
     /// How many streams are open.
     pub fn stream_count(&self) -> usize {
         let streams = self.streams.lock().unwrap();
-        streams.per_participant.values().sum()
+        streams.by_participant.values().map(Vec::len).sum()
     }
 }
 
@@ -322,15 +446,15 @@ mod tests {
             payload: Some(&payload),
             created_at: "2026-12-04T00:00:00.000000Z",
             bytes: size as i64,
+            control: false,
         })
         .unwrap();
         Live::Message(Arc::new(message))
     }
 
     fn inbox_of(registry: &Arc<Registry>) -> Subscription {
-        registry
-            .subscribe("alice", vec!["alice".into()], 1)
-            .unwrap()
+        let access = Access::new("alice".into(), vec![], vec![], 0, None, None).unwrap();
+        registry.subscribe(access, 0, 1).unwrap().0
     }
 
     /// An inbox falls back to the database once it holds INBOX_BYTES of messages, long before

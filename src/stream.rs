@@ -6,6 +6,14 @@
 //! at or below it is a duplicate and is dropped. Whenever the inbox asks for a catch-up (the
 //! reader fell behind, or the listener reconnected), the stream reads the table from its
 //! cursor in pages before it takes another live message.
+//!
+//! The stream keeps its own [`Access`] as of its cursor and applies its participant's control
+//! rows when it reaches them, whether they came live or from a catch-up page, so both paths
+//! deliver the same events: a message is sent only if the access at its position hears it; a
+//! `rooms` change is sent as `event: rooms` and, when it adds a room, the stream reads the
+//! table again from there (the page it came in, or the live messages after it, were chosen
+//! without that room); a revocation of its token is sent as `event: revoked` and ends it, at
+//! once when the listener routes it (the stream drops what it has not sent yet).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -20,10 +28,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::access::{Access, Change};
 use crate::budget::{ByteBudget, Reservation};
 use crate::error::Error;
 use crate::frame;
-use crate::message::Addresses;
+use crate::message::{Control, Message, REVOKED_EVENT, ROOMS_EVENT};
 use crate::metrics::Metrics;
 use crate::registry::{Delivery, Live, Registry, Subscription};
 use crate::store::{self, DbPool};
@@ -70,9 +79,10 @@ pub struct Streams {
 /// One open stream.
 pub struct EventStream {
     streams: Arc<Streams>,
-    /// Keeps the stream registered until it is dropped (the client disconnected); its
-    /// addresses are the catch-up query's filter.
+    /// Keeps the stream registered until it is dropped (the client disconnected).
     subscription: Subscription,
+    /// What the stream hears as of its cursor: the catch-up query's filter and every event's.
+    access: Access,
     /// The id of the last message sent (or the opening position): the resume point.
     cursor: i64,
     /// Events read but not yet sent, oldest first.
@@ -115,21 +125,18 @@ enum Interrupt {
 }
 
 impl Streams {
-    /// Registers a stream listening on `addresses`, resuming after `resume` (or live from the
-    /// newest message when `None`), valid until `expires_in` has passed.
+    /// Registers a stream with `access` (read when the newest message was `newest`), resuming
+    /// after `resume` (or live from `newest` when `None`), valid until `expires_in` has passed.
     pub async fn open(
         self: &Arc<Self>,
-        addresses: Addresses,
+        access: Access,
+        newest: i64,
         resume: Option<i64>,
         expires_in: Duration,
     ) -> Result<EventStream, OpenError> {
-        let subscription = self
+        let (subscription, missed) = self
             .registry
-            .subscribe(
-                addresses.participant(),
-                addresses.list(),
-                self.max_per_participant,
-            )
+            .subscribe(access.clone(), newest, self.max_per_participant)
             .ok_or(OpenError::TooManyStreams)?;
         let mut preamble = VecDeque::new();
         let cursor = match resume {
@@ -147,9 +154,11 @@ impl Streams {
                 position.max(bounds.pruned_through)
             }
             None => {
-                // Read after subscribing: a message committed in between has an id at or
-                // below the position and is dropped from the inbox as "before the stream".
-                let newest = store::newest_id(&self.pool).await?;
+                // `newest` was read with the access, before the stream was filed: if the
+                // listener routed a later row meanwhile, the stream reads it from the table.
+                if missed {
+                    subscription.inbox().request_catch_up();
+                }
                 preamble.push_back(frame::opening(newest));
                 newest
             }
@@ -158,6 +167,7 @@ impl Streams {
             streams: Arc::clone(self),
             keepalive_at: Instant::now() + self.keepalive,
             subscription,
+            access,
             cursor,
             pending: VecDeque::new(),
             page: None,
@@ -189,18 +199,29 @@ impl EventStream {
             return None;
         }
         loop {
+            if self.subscription.inbox().is_revoked() {
+                return Some(self.revoked());
+            }
             // A catch-up may have queued a `reset` to go before its page.
             if let Some(event) = self.preamble.pop_front() {
                 return Some(event);
             }
             while let Some(event) = self.pending.pop_front() {
                 let frame = match event {
-                    Live::Message(message) if message.id > self.cursor => {
-                        self.cursor = message.id;
-                        self.streams.metrics.events_delivered.inc();
-                        frame::message(&message)
-                    }
-                    Live::Message(_) => continue, // already sent
+                    Live::Message(message) if message.id <= self.cursor => continue, // sent
+                    Live::Message(message) => match &message.control {
+                        Some(control) => match self.apply(&message, control) {
+                            Some(frame) => frame,
+                            None => continue,
+                        },
+                        None if self.access.hears(&message.participants) => {
+                            self.cursor = message.id;
+                            self.streams.metrics.events_delivered.inc();
+                            frame::message(&message)
+                        }
+                        // Not heard at its position: a room removed before it.
+                        None => continue,
+                    },
                     Live::Signal(signal) => frame::signal(&signal),
                 };
                 return Some(match self.page.take() {
@@ -259,7 +280,8 @@ impl EventStream {
             let _permit = streams.reads.acquire().await;
             let page = store::messages_for(
                 &streams.pool,
-                self.subscription.addresses(),
+                &self.access.catch_up_addresses(),
+                store::Rows::WithControl,
                 self.cursor,
                 CATCH_UP_PAGE,
                 CATCH_UP_BYTES,
@@ -314,6 +336,40 @@ impl EventStream {
 }
 
 impl EventStream {
+    /// Applies a control row of the stream's participant at its position; the event to send,
+    /// if it changed anything for this stream.
+    fn apply(&mut self, row: &Message, control: &Control) -> Option<Bytes> {
+        // The listener may have routed this row before the stream was filed, or while it
+        // caught up: its routing takes it now (a second application changes nothing).
+        self.subscription.apply(control);
+        let change = self.access.apply(control);
+        self.cursor = row.id;
+        match change {
+            Change::None => None,
+            Change::Rooms { added, removed } => {
+                if !added.is_empty() {
+                    // What follows was read, or routed, without the added rooms: read again
+                    // from here with them.
+                    self.pending.clear();
+                    self.subscription.inbox().request_catch_up();
+                }
+                let data = serde_json::json!({"added": added, "removed": removed});
+                Some(frame::change(row.id, ROOMS_EVENT, &data.to_string()))
+            }
+            Change::Revoked => Some(self.revoked()),
+        }
+    }
+
+    /// Ends the stream after `event: revoked`, dropping whatever it still holds: a revoked
+    /// token's stream ends at once, not after its backlog. The event has no `id:`, so a client
+    /// that comes back with a fresh token resumes after the last message it did receive.
+    fn revoked(&mut self) -> Bytes {
+        self.finished = true;
+        self.pending.clear();
+        self.preamble.clear();
+        frame::control(REVOKED_EVENT, r#"{"reason":"token_revoked"}"#)
+    }
+
     /// Sends `history_truncated` before anything else and moves the cursor past what
     /// retention removed, so the next catch-up does not report it again.
     async fn truncated(&mut self, pruned_through: i64) {

@@ -1,5 +1,11 @@
 // Type declarations for @pgrelay/client (src/index.js).
 
+/** What `onRooms` receives: the rooms the stream gained and lost. */
+export interface RoomsChange {
+  added: string[];
+  removed: string[];
+}
+
 /** A stored message, exactly as the relay sends it. */
 export interface Message<Payload = unknown> {
   id: number;
@@ -108,6 +114,12 @@ export interface PgRelayClientOptions {
   onStatus?: (status: Status, error?: PgRelayError) => void;
   /** The resume point was older than retained history, or unknown to this database. */
   onReset?: (reset: Reset) => void;
+  /**
+   * The stream's rooms changed at this point of the message order (the participant's
+   * membership changed while it was open): from here on it receives the added rooms' messages
+   * and none of the removed rooms'. Once, moving `lastId`.
+   */
+  onRooms?: (change: RoomsChange) => void;
   /**
    * `'eventsource'` (the token in the URL; the browser retries network errors itself) or
    * `'fetch'` (the token in the `Authorization` header). Default: `'eventsource'` where

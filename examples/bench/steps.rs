@@ -549,7 +549,7 @@ pub(crate) async fn fetch_cost(url: &str, calls: usize) -> Res<Vec<(usize, f64)>
             lock_wait: Duration::from_secs(1),
             max_event_bytes: 1 << 20,
         };
-        let read = || pgrelay::store::news(&client, &fetch, position, limits, |_| true);
+        let read = || pgrelay::store::news(&client, &fetch, position, limits, |_, _| true);
         for _ in 0..20 {
             read().await?;
         }

@@ -154,6 +154,8 @@ impl Relay {
                         )))
                     }
                     Some("reset") => eprintln!("pgrelay tail: reset {data}"),
+                    // Changes of the stream's access are not messages: stdout stays messages.
+                    Some("rooms") => eprintln!("pgrelay tail: rooms {data}"),
                     Some("oversized") => match id {
                         Some(id) => println!("{}", self.whole(token, id, data).await),
                         None => println!("{data}"),

@@ -1,48 +1,66 @@
 //! Whom a caller may hear and address: its participant, the rooms its token grants and those
 //! `pgrelay.member_rooms` returns, and everyone (`*`). Streams and history reads listen on
 //! these (or, with `?rooms=`, on some of the rooms); publishing to a room needs it among them.
+//! Every such request reads the caller's access in one query, which also refuses a revoked
+//! token (401 `token_revoked`), so the revocation check costs no round trip of its own.
 
 use axum::http::StatusCode;
 
-use super::extract::comma_list;
+use super::extract::{comma_list, unauthorized};
 use super::{ApiError, AppState};
+use crate::access::Access;
 use crate::auth::Claims;
-use crate::message::{is_room, valid_room, Addresses, EVERYONE};
-use crate::store;
+use crate::message::{is_room, valid_room, EVERYONE};
+use crate::store::{self, AccessNow};
 
 /// Most rooms one `?rooms=` may name.
 const MAX_NARROWED_ROOMS: usize = 100;
 
-/// The caller's rooms: the token's `rooms` claim and the app's `pgrelay.member_rooms`.
-async fn rooms_of(state: &AppState, claims: &Claims) -> Result<Vec<String>, ApiError> {
-    let mut rooms = claims.rooms.clone();
-    let members = store::member_rooms(&state.pool, &claims.sub)
+/// The caller's access now (member rooms only `with_rooms`); 401 when its token is revoked.
+async fn access_now(
+    state: &AppState,
+    claims: &Claims,
+    with_rooms: bool,
+) -> Result<AccessNow, ApiError> {
+    let now = store::access_now(&state.pool, &claims.sub, claims.iat, with_rooms)
         .await
         .map_err(|error| ApiError::internal("pgrelay.member_rooms failed", &error))?;
-    rooms.extend(members);
-    Ok(rooms)
+    if now.revoked {
+        return Err(unauthorized(
+            "token_revoked",
+            "this token was revoked (pgrelay.revoke_tokens); get a new one",
+        ));
+    }
+    Ok(now)
 }
 
-/// The addresses a stream or history read listens on: all the caller's, or with `?rooms=`
-/// (`narrow`) only those rooms, each of which the caller must have (403 otherwise).
+/// What a stream or history read hears: all the caller's addresses, or with `?rooms=`
+/// (`narrow`) only those rooms, each of which the caller must have (403 otherwise); and the
+/// newest message id when it was read.
 pub async fn listening(
     state: &AppState,
     claims: &Claims,
     narrow: Option<&str>,
-) -> Result<Addresses, ApiError> {
+) -> Result<(Access, i64), ApiError> {
     // Checked before the database is asked anything.
     let narrow = narrow.map(parse_rooms).transpose()?;
-    let addresses = Addresses::new(claims.sub.clone(), rooms_of(state, claims).await?);
-    match narrow {
-        None => Ok(addresses),
-        Some(rooms) => addresses.narrow(rooms).map_err(|room| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "room_not_granted",
-                format!("you are not a member of {room}"),
-            )
-        }),
-    }
+    let now = access_now(state, claims, true).await?;
+    let access = Access::new(
+        claims.sub.clone(),
+        claims.rooms.clone(),
+        now.member_rooms,
+        now.version,
+        claims.iat,
+        narrow,
+    )
+    .map_err(|room| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "room_not_granted",
+            format!("you are not a member of {room}"),
+        )
+    })?;
+    Ok((access, now.newest_id))
 }
 
 /// `?rooms=#a,#b`: well-formed rooms, each once.
@@ -65,6 +83,7 @@ pub async fn check_may_address(
     participants: &[String],
 ) -> Result<(), ApiError> {
     if claims.has_scope("broadcast") {
+        access_now(state, claims, false).await?;
         return Ok(());
     }
     if participants.iter().any(|address| address == EVERYONE) {
@@ -75,6 +94,8 @@ pub async fn check_may_address(
         ));
     }
     if claims.has_scope(super::publish::SERVICE) {
+        // A service's token may be revoked like anyone's.
+        access_now(state, claims, false).await?;
         return Ok(());
     }
     let unlisted: Vec<String> = participants
@@ -82,11 +103,10 @@ pub async fn check_may_address(
         .filter(|address| is_room(address) && !claims.rooms.contains(address))
         .cloned()
         .collect();
-    if unlisted.is_empty() {
-        return Ok(());
-    }
-    // Only now ask the app's membership: direct messages never need it.
-    let members = rooms_of(state, claims).await?;
+    // Only then ask the app's membership: direct messages never need it.
+    let members = access_now(state, claims, !unlisted.is_empty())
+        .await?
+        .member_rooms;
     match unlisted.into_iter().find(|room| !members.contains(room)) {
         None => Ok(()),
         Some(room) => Err(ApiError::new(

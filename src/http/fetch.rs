@@ -51,7 +51,10 @@ pub async fn whole_message(
             "this participant has too many history requests in flight; wait for one to finish",
         ));
     };
-    let addresses = addresses::listening(&state, &claims, None).await?.list();
+    let addresses = addresses::listening(&state, &claims, None)
+        .await?
+        .0
+        .addresses();
     let failed = |error: Error| ApiError::internal("reading a message failed", &error);
     let size = {
         let _connection = state.streams.reads.acquire().await;

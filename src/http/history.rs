@@ -1,4 +1,5 @@
-//! `GET /v1/messages?since_id=N&limit=M`: the stream's events as JSON pages.
+//! `GET /v1/messages?since_id=N&limit=M`: the stream's messages as JSON pages (never the
+//! `rooms` and `revoked` rows a stream applies: a read decides by the access it has now).
 
 use std::sync::Arc;
 
@@ -64,9 +65,8 @@ pub async fn list_messages(
             "this participant has too many history requests in flight; wait for one to finish",
         ));
     };
-    let addresses = addresses::listening(&state, &claims, params.rooms.as_deref())
-        .await?
-        .list();
+    let (access, _) = addresses::listening(&state, &claims, params.rooms.as_deref()).await?;
+    let addresses = access.addresses();
     let streams = &state.streams;
     // History pages share the catch-ups' budget: they are the same reads.
     let worst = store::page_memory(limit, MAX_PAGE_BYTES, streams.max_event_bytes);
@@ -76,6 +76,7 @@ pub async fn list_messages(
         store::messages_for(
             &state.pool,
             &addresses,
+            store::Rows::MessagesOnly,
             since,
             limit,
             MAX_PAGE_BYTES,

@@ -44,10 +44,10 @@ pub async fn stream(
         .transpose()?;
     let resume = last_event_id.or(since_id);
     let expires_in = Duration::from_secs(claims.exp.saturating_sub(auth::now_unix()));
-    let addresses = addresses::listening(&state, &claims, params.rooms.as_deref()).await?;
+    let (access, newest) = addresses::listening(&state, &claims, params.rooms.as_deref()).await?;
     let events = state
         .streams
-        .open(addresses, resume, expires_in)
+        .open(access, newest, resume, expires_in)
         .await
         .map_err(|error| match error {
             OpenError::TooManyStreams => ApiError::new(

@@ -266,7 +266,9 @@ async fn session(listener: &Listener, listen_url: &str, attempt: &mut u32) -> Re
         ))
     })??;
     // Notifications that arrived with the LISTEN reply are already queued behind this point,
-    // so every stream sees the catch-up request before any of them.
+    // so every stream sees the catch-up request before any of them. Rows up to the session's
+    // starting position are never routed: a stream opening from an older position reads them.
+    listener.registry.routed(connection.position.message);
     listener.registry.request_catch_up_all();
     // Rows committed while no relay was listening are still pending: number them before
     // reporting ready.
@@ -352,12 +354,15 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
             max_event_bytes: listener.max_event_bytes,
             ..PASS
         };
+        // Until the pass is routed, a stream that opens cannot know whether it was filed in
+        // time for the pass's rows: it reads them from the table.
+        listener.registry.begin_pass();
         let pass = store::news(
             &connection.client,
             &connection.statements,
             connection.position,
             limits,
-            |participants| listener.registry.has_any(participants),
+            |participants, control| listener.registry.wants(participants, control),
         );
         let news = tokio::time::timeout(patience, pass)
             .await
@@ -403,6 +408,7 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
             }
         }
         connection.position = news.position;
+        listener.registry.routed(news.position.message);
         if !news.more && !more_pending {
             return Ok(());
         }

@@ -35,7 +35,7 @@ pub type DbPool = Pool;
 /// payload is NULL when the message is over the page's `max_event_bytes` (see [`page_sql`]).
 /// `created_at` is formatted in SQL so the answer does not depend on the session's TimeZone.
 const MESSAGE_COLUMNS: &str = "id, kind, sender, participants, \
-     CASE WHEN size > $MAX_EVENT THEN NULL ELSE payload END, \
+     CASE WHEN size > $MAX_EVENT AND NOT control THEN NULL ELSE payload END, \
      to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
 
 /// A message's size as the relay measures it: the bytes of its payload's JSON text and of its
@@ -55,18 +55,20 @@ pub(crate) const MESSAGE_SIZE: &str =
 /// A message larger than `$max_event` bytes ([`MESSAGE_SIZE`]) comes without its payload: the
 /// relay makes its `oversized` stand-in and never loads the payload, and the page counts only
 /// its participants. So a page holds at most `$bytes` plus one message of `$max_event` bytes.
+/// A control row ([`crate::message::Control`], written by pgrelay's SQL: a participant's
+/// rooms or a revocation) always comes whole: the relay needs it to apply it.
 pub(crate) fn page_sql(source: &str, bytes: u8, max_event: u8) -> String {
     // Typed here, for clients that let PostgreSQL infer the parameters' types (the sizes are
     // `integer`; the limit is `bigint`).
     let columns = MESSAGE_COLUMNS.replace("$MAX_EVENT", &format!("${max_event}::int8"));
     format!(
         "SELECT {columns}, (extract(epoch FROM committed_at) * 1000000)::int8, fetched, \
-                size::int8 \
+                size::int8, control \
          FROM (SELECT m.*, s.size, s.loaded, sum(s.loaded) OVER (ORDER BY m.id) AS upto, \
                       count(*) OVER () AS fetched \
                  FROM ({source}) m, \
                       LATERAL (SELECT size, \
-                                      CASE WHEN size > ${max_event}::int8 \
+                                      CASE WHEN size > ${max_event}::int8 AND NOT m.control \
                                            THEN octet_length(m.participants::text) \
                                            ELSE size END AS loaded \
                                  FROM (SELECT {MESSAGE_SIZE} AS size) measured) s) page \
@@ -85,6 +87,8 @@ pub(crate) const COMMITTED_AT: usize = 6;
 pub(crate) const FETCHED: usize = 7;
 /// Column index of the message's size ([`MESSAGE_SIZE`]) in a [`page_sql`] row.
 pub(crate) const SIZE: usize = 8;
+/// Column index of the row's `control` flag in a [`page_sql`] row.
+pub(crate) const CONTROL: usize = 9;
 
 /// What the relay holds per message beyond its JSON: the `Message`, its participants, the
 /// frame's header. An estimate, generous for ordinary rows.
@@ -169,6 +173,7 @@ pub(crate) fn message_from_row(row: &Row, at: usize) -> Result<Arc<Message>, Err
         payload: payload.as_deref(),
         created_at: row.try_get(at + 5)?,
         bytes: row.try_get(at + SIZE)?,
+        control: row.try_get(at + CONTROL)?,
     })?;
     Ok(Arc::new(message))
 }
@@ -200,19 +205,30 @@ pub fn connect_pool(database_url: &str, size: usize) -> Result<DbPool, Error> {
         .map_err(|error| Error::setup(format!("cannot build the connection pool: {error}")))
 }
 
-/// Messages addressed to any of `addresses` with `id > since`, oldest first: at most `limit`
+/// Which rows a page of [`messages_for`] holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rows {
+    /// Messages and control rows (a participant's rooms, a revocation): what a stream applies
+    /// at their positions.
+    WithControl,
+    /// Messages only: what `GET /v1/messages` lists, so that a full page has `limit` of them.
+    MessagesOnly,
+}
+
+/// Rows (as `rows` says) addressed to any of `addresses` with `id > since`, oldest first: at most `limit`
 /// rows and `max_bytes` of payload and participants (but always one, if there is one), each
 /// larger than `max_event_bytes` as its `oversized` stand-in.
 pub async fn messages_for(
     pool: &DbPool,
     addresses: &[String],
+    rows: Rows,
     since: i64,
     limit: i64,
     max_bytes: i64,
     max_event_bytes: i64,
 ) -> Result<Page, Error> {
     let client = pool.get().await?;
-    let sql = with_pruned_through(&messages_for_sql(addresses.len()));
+    let sql = with_pruned_through(&messages_sql(addresses.len(), rows));
     let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
         (&since, Type::INT8),
         (&limit, Type::INT8),
@@ -249,14 +265,27 @@ const MAX_ADDRESS_BRANCHES: usize = 64;
 /// address has after `$1`. (Past 64 addresses, one `&&` keeps the statement small.)
 /// Public for `EXPLAIN` in the tests and the benchmark.
 pub fn messages_for_sql(addresses: usize) -> String {
+    messages_sql(addresses, Rows::WithControl)
+}
+
+/// [`messages_for_sql`], holding the rows `rows` says.
+fn messages_sql(addresses: usize, rows: Rows) -> String {
+    let which = match rows {
+        Rows::WithControl => "",
+        Rows::MessagesOnly => " AND NOT control",
+    };
     if addresses > MAX_ADDRESS_BRANCHES {
-        return page_sql(&matching("participants && $5::text[] AND id > $1", 2), 3, 4);
+        return page_sql(
+            &matching(&format!("participants && $5::text[] AND id > $1{which}"), 2),
+            3,
+            4,
+        );
     }
     let branches: Vec<String> = (0..addresses)
         .map(|k| {
             format!(
                 "(SELECT * FROM pgrelay.messages WHERE participants @> ARRAY[${}::text] \
-                   AND id > $1 ORDER BY id + 0 LIMIT $2)",
+                   AND id > $1{which} ORDER BY id + 0 LIMIT $2)",
                 k + 5
             )
         })
@@ -267,19 +296,6 @@ pub fn messages_for_sql(addresses: usize) -> String {
         branches.join(" UNION ALL ")
     );
     page_sql(&source, 3, 4)
-}
-
-/// The newest visible message id (0 when there is none). Because ids are commit-ordered,
-/// every message committed later has a larger id.
-pub async fn newest_id(pool: &DbPool) -> Result<i64, Error> {
-    let client = pool.get().await?;
-    let row = client
-        .query_typed_one(
-            "SELECT coalesce(max(id), 0)::int8 FROM pgrelay.messages",
-            &[],
-        )
-        .await?;
-    Ok(row.try_get(0)?)
 }
 
 /// What a resuming stream checks its position against.
@@ -385,17 +401,58 @@ pub async fn presence(
         .collect()
 }
 
-/// The rooms `pgrelay.member_rooms` says `participant` belongs to (the app's membership).
-pub async fn member_rooms(pool: &DbPool, participant: &str) -> Result<Vec<String>, Error> {
+/// What decides a request's access, read in one statement (one snapshot): whether the token
+/// is revoked, the rooms `pgrelay.member_rooms` says the participant belongs to (the app's
+/// membership), the newest membership version recorded for it, and the newest message id.
+pub struct AccessNow {
+    /// Whether `pgrelay.revocations` refuses a token of this participant with this `iat`.
+    pub revoked: bool,
+    /// `pgrelay.member_rooms(participant)`; empty when not asked for.
+    pub member_rooms: Vec<String>,
+    /// The newest version among the participant's recorded membership sets (0 for none): the
+    /// member rooms above already show every change up to it (sql/0010_live_access.sql).
+    pub version: i64,
+    /// The newest message id, read before `member_rooms` ran: every change numbered after it
+    /// may be missing from the rooms above, and a stream opening now applies those.
+    pub newest_id: i64,
+}
+
+/// Reads [`AccessNow`] for `participant` holding a token issued at `issued_at` (seconds since
+/// the epoch, `None` without `iat`); `member_rooms` only when `with_rooms` (publishing direct
+/// messages does not need it). The revocation check is a primary-key lookup in the same
+/// statement, so it adds no round trip.
+pub async fn access_now(
+    pool: &DbPool,
+    participant: &str,
+    issued_at: Option<u64>,
+    with_rooms: bool,
+) -> Result<AccessNow, Error> {
     let client = pool.get().await?;
+    let issued_at = issued_at.map(|at| at as f64);
     let row = client
         .query_typed_one(
-            "SELECT coalesce(pgrelay.member_rooms($1), '{}')",
-            &[(&participant, Type::TEXT)],
+            "SELECT EXISTS (SELECT 1 FROM pgrelay.revocations r WHERE r.participant = $1 \
+                              AND ($2::float8 IS NULL \
+                                   OR $2 < extract(epoch FROM r.issued_before))), \
+                    CASE WHEN $3 THEN coalesce(pgrelay.member_rooms($1), '{}') END, \
+                    coalesce((SELECT max((payload ->> 'version')::int8) FROM pgrelay.messages \
+                               WHERE control AND kind = 'rooms' \
+                                 AND participants[1] = $1), 0), \
+                    coalesce((SELECT max(id) FROM pgrelay.messages), 0)::int8",
+            &[
+                (&participant, Type::TEXT),
+                (&issued_at, Type::FLOAT8),
+                (&with_rooms, Type::BOOL),
+            ],
         )
         .await?;
-    let rooms: Vec<Option<String>> = row.try_get(0)?;
-    Ok(rooms.into_iter().flatten().collect())
+    let rooms: Option<Vec<Option<String>>> = row.try_get(1)?;
+    Ok(AccessNow {
+        revoked: row.try_get(0)?,
+        member_rooms: rooms.into_iter().flatten().flatten().collect(),
+        version: row.try_get(2)?,
+        newest_id: row.try_get(3)?,
+    })
 }
 
 /// Whether the database answers a trivial query within `timeout`.

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
 
-use super::{matching, message_from_row, page_sql, COMMITTED_AT, FETCHED};
+use super::{matching, message_from_row, page_sql, COMMITTED_AT, CONTROL, FETCHED};
 use crate::error::Error;
 use crate::message::{Message, Signal};
 
@@ -29,7 +29,7 @@ pub async fn prepare_news(client: &Client) -> Result<NewsStatements, Error> {
     let read = format!(
         "SELECT false, * FROM ({messages}) messages \
          UNION ALL \
-         SELECT true, id, kind, sender, participants, payload, NULL, NULL, NULL, NULL \
+         SELECT true, id, kind, sender, participants, payload, NULL, NULL, NULL, NULL, NULL \
            FROM (SELECT * FROM pgrelay.signals WHERE id > $4 ORDER BY id LIMIT $2) signals"
     );
     Ok(NewsStatements {
@@ -100,8 +100,8 @@ pub struct PassLimits {
 }
 
 /// One pass of the dispatcher: numbers committed pending messages and signals, then reads
-/// what is visible after `position`, within `limits`. Rows none of whose participants `wanted`
-/// are skipped before their JSON is rendered.
+/// what is visible after `position`, within `limits`. Rows that `wanted` refuses (given their
+/// participants and whether they are a control row) are skipped before their JSON is rendered.
 ///
 /// Both run in one READ COMMITTED transaction, sent in one round trip (tokio-postgres pipelines
 /// requests that are issued together), so the rows this pass numbered are read by the same
@@ -114,7 +114,7 @@ pub async fn news(
     statements: &NewsStatements,
     position: NewsPosition,
     limits: PassLimits,
-    wanted: impl Fn(&[String]) -> bool,
+    wanted: impl Fn(&[String], bool) -> bool,
 ) -> Result<News, Error> {
     let begin = format!(
         "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {}",
@@ -167,7 +167,7 @@ pub async fn news(
         let participants: Vec<String> = row.try_get(4)?;
         if is_signal {
             news.position.signal = id;
-            if wanted(&participants) {
+            if wanted(&participants, false) {
                 news.signals
                     .push(Arc::new(signal_from_row(row, participants)?));
             }
@@ -177,7 +177,8 @@ pub async fn news(
         message_rows += 1;
         let fetched: i64 = row.try_get(1 + FETCHED)?;
         news.more = fetched == limits.rows || message_rows < fetched;
-        if wanted(&participants) {
+        let control: bool = row.try_get(1 + CONTROL)?;
+        if wanted(&participants, control) {
             let committed_at: Option<i64> = row.try_get(1 + COMMITTED_AT)?;
             news.messages
                 .push((message_from_row(row, 1)?, committed_at));

@@ -1,4 +1,5 @@
-//! One message read whole, for `GET /v1/messages/{id}`: first its size, so the caller can
+//! One message read whole, for `GET /v1/messages/{id}` (never a control row: those are
+//! changes of access, not messages): first its size, so the caller can
 //! reserve the memory before anything large is read, then the row, whose payload is sent
 //! from the driver's own buffer without a copy.
 
@@ -22,7 +23,7 @@ pub async fn message_size(
         .query_typed(
             &format!(
                 "SELECT ({MESSAGE_SIZE})::int8 FROM pgrelay.messages m \
-                  WHERE id = $1 AND participants && $2::text[]"
+                  WHERE id = $1 AND participants && $2::text[] AND NOT control"
             ),
             &[(&id, Type::INT8), (&addresses, Type::TEXT_ARRAY)],
         )
@@ -44,7 +45,7 @@ pub async fn whole_message(
         .query_typed(
             "SELECT id, kind, sender, participants, payload::text, \
                     to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
-               FROM pgrelay.messages WHERE id = $1 AND participants && $2::text[]",
+               FROM pgrelay.messages WHERE id = $1 AND participants && $2::text[] AND NOT control",
             &[(&id, Type::INT8), (&addresses, Type::TEXT_ARRAY)],
         )
         .await?;

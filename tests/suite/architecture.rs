@@ -29,7 +29,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "domain",
-        &["message", "jsonb", "auth", "config", "error", "sse"],
+        &[
+            "message", "access", "jsonb", "auth", "config", "error", "sse",
+        ],
     ),
 ];
 

@@ -332,3 +332,77 @@ async fn tail_stops_on_a_revocation() {
         assert!(stderr.contains("token_revoked"), "{stderr}");
     }
 }
+
+/// `pgrelay tail` keeps stdout for messages: a change of the stream's rooms goes to stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_reports_room_changes_on_stderr() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE members (member text, room text);
+             CREATE OR REPLACE FUNCTION pgrelay.member_rooms(participant text) RETURNS text[]
+             LANGUAGE sql STABLE AS $$
+                 SELECT coalesce(array_agg(room), '{}') FROM public.members
+                  WHERE member = participant $$;",
+        )
+        .await
+        .unwrap();
+    let mut tail = Command::new(PGRELAY)
+        .args(["tail", "--sub", "alice", "--url", &relay.base])
+        .env("PGRELAY_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let stderr = tail.stderr.take().unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Once a message comes through, the stream is open.
+    let mut open = false;
+    for _ in 0..100 {
+        insert(&client, &["alice"], json!({"n": 0})).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if lines.try_recv().is_ok() {
+            open = true;
+            break;
+        }
+    }
+    assert!(open, "tail never printed a message");
+    client
+        .batch_execute(
+            "INSERT INTO members VALUES ('alice', '#x'); SELECT pgrelay.rooms_changed('alice');
+             INSERT INTO pgrelay.messages (participants, payload) VALUES ('{#x}', '{\"n\": 1}');",
+        )
+        .await
+        .unwrap();
+    loop {
+        let line = tokio::time::timeout(PATIENCE, lines.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let data: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(
+            data.get("added").is_none(),
+            "a rooms change on stdout: {line}"
+        );
+        if data["payload"]["n"] == 1 {
+            break;
+        }
+    }
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    let errors = std::io::read_to_string(stderr).unwrap();
+    assert!(
+        errors.contains(r##"pgrelay tail: rooms {"added":["#x"],"removed":[]}"##),
+        "{errors}"
+    );
+}

@@ -12,6 +12,31 @@ use crate::common::*;
 #[ignore = "needs Node.js and npm: run .ci/run, or cargo test -- --include-ignored once installed"]
 async fn the_packed_client_passes_its_tests_against_a_relay() {
     let db = fresh_database().await;
+    // The join desk: a `join` message (payload `{room}`) makes its sender a member of the
+    // room, through a watched membership table, so the package's test can change a stream's
+    // rooms with nothing but the relay's HTTP API.
+    connect(&db)
+        .await
+        .batch_execute(
+            "CREATE SCHEMA app;
+             CREATE TABLE app.members (member text, room text, PRIMARY KEY (member, room));
+             CREATE OR REPLACE FUNCTION pgrelay.member_rooms(participant text) RETURNS text[]
+             LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+                 SELECT coalesce(array_agg(room), '{}') FROM app.members
+                  WHERE member = participant $$;
+             SELECT pgrelay.watch_membership('app.members'::regclass,
+                                             participant => 'NEW.member', room => 'NEW.room');
+             CREATE FUNCTION app.join() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO app.members VALUES (NEW.sender, NEW.payload ->> 'room')
+                     ON CONFLICT DO NOTHING;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER app_join AFTER INSERT ON pgrelay.messages
+                 FOR EACH ROW WHEN (NEW.kind = 'join') EXECUTE FUNCTION app.join();",
+        )
+        .await
+        .unwrap();
     // Small, so the package's test can publish a message the relay streams as a stand-in.
     let relay = RelayProcess::start(&db, &["--max-event-bytes", "4096"], None).await;
     let package = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js");
@@ -52,6 +77,7 @@ async fn the_packed_client_passes_its_tests_against_a_relay() {
             .current_dir(&unpacked)
             .env("RELAY_URL", &relay.base)
             .env("RELAY_MAX_EVENT_BYTES", "4096")
+            .env("RELAY_JOIN_KIND", "join")
             .env("PGRELAY_SECRET", SECRET))
     })
     .await

@@ -22,6 +22,7 @@ mod js_client;
 mod jsonb;
 mod jwks;
 mod limits;
+mod live_access;
 mod metrics_access;
 mod openapi;
 mod order;

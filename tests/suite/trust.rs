@@ -20,7 +20,7 @@ const WRITER_GRANTS: &[&str] = &[
 const RELAY_GRANTS: &[&str] = &[
     "GRANT USAGE ON SCHEMA pgrelay TO {role}",
     "GRANT SELECT ON pgrelay.messages, pgrelay.signals, pgrelay.retention, pgrelay.presence, \
-     pgrelay.presence_last_seen, pgrelay.message_id_seq TO {role}",
+     pgrelay.presence_last_seen, pgrelay.message_id_seq, pgrelay.revocations TO {role}",
     "GRANT DELETE ON pgrelay.messages TO {role}",
     "GRANT UPDATE ON pgrelay.retention, pgrelay.presence TO {role}",
     "GRANT SELECT, UPDATE (reported) ON pgrelay.attach_skips TO {role}",

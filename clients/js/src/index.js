@@ -28,6 +28,10 @@
  *   changes) are live-only: they go to `onSignal` (and `presence` also to `onPresence`), are
  *   never deduplicated and never touch `lastId`. `typing()` sends a throttled typing signal;
  *   `presence()` asks who is online.
+ * - **Rooms that change.** When the participant's membership changes while the stream is open
+ *   (the app's `pgrelay.rooms_changed`, or a watched membership table), the relay sends
+ *   `rooms` (`{added, removed}`) at the change's position and from there on delivers by the
+ *   new rooms, without reconnecting: it goes to `onRooms`, once, moving `lastId`.
  * - **Status.** `onStatus` reports `'connecting'` (first connect), `'live'` (stream open),
  *   `'reconnecting'` (lost; the browser or the client is retrying), `'refused'` (stopped for
  *   good: see below) and `'closed'`.
@@ -62,6 +66,7 @@
  *   onPresence: ({ participant, online }) => setDot(participant, online),
  *   onStatus: (status) => (statusDot.className = status),
  *   onReset: ({ oldest_id }) => reloadHistoryFrom(oldest_id),
+ *   onRooms: ({ added, removed }) => updateRoomList(added, removed),
  * });
  * relay.start();
  * const id = await relay.send({ participants: ['bob'], payload: { text: 'hi' } });
@@ -119,6 +124,7 @@ export class PgRelayClient {
   #onPresence;
   #onStatus;
   #onReset;
+  #onRooms;
   #transport;
   /** Participant-set key → when `typing()` last sent for it. */
   #typingSentAt = new Map();
@@ -169,6 +175,9 @@ export class PgRelayClient {
    *   `token_revoked`, `bad_signature` …)
    * @param {(data: {reason: string, oldest_id: number}) => void} [options.onReset] the resume
    *   point was older than retained history; messages in between are gone
+   * @param {(data: {added: string[], removed: string[]}) => void} [options.onRooms] the
+   *   stream's rooms changed at this point of the message order: from here on it receives the
+   *   added rooms' messages and none of the removed rooms'
    * @param {'eventsource'|'fetch'} [options.transport] how to read the stream; default
    *   `'eventsource'` where `EventSource` exists, else `'fetch'`
    */
@@ -185,6 +194,7 @@ export class PgRelayClient {
     onPresence = () => {},
     onStatus = () => {},
     onReset = () => {},
+    onRooms = () => {},
     transport = typeof EventSource === 'function' ? 'eventsource' : 'fetch',
   } = {}) {
     if (token === undefined) throw new TypeError('PgRelayClient: `token` is required');
@@ -201,6 +211,7 @@ export class PgRelayClient {
     this.#onPresence = onPresence;
     this.#onStatus = onStatus;
     this.#onReset = onReset;
+    this.#onRooms = onRooms;
     if (transport !== 'eventsource' && transport !== 'fetch') {
       throw new TypeError("PgRelayClient: `transport` is 'eventsource' or 'fetch'");
     }
@@ -392,6 +403,7 @@ export class PgRelayClient {
       'token_expired',
       'revoked',
       'oversized',
+      'rooms',
     ];
     for (const type of new Set(names)) {
       source.addEventListener(type, (event) => handle(type, event.data, event.lastEventId));
@@ -420,6 +432,12 @@ export class PgRelayClient {
           new PgRelayError(401, parse(data)?.reason ?? 'token_revoked', 'the token was revoked'),
         );
         return;
+      case 'rooms': {
+        // Stored like a message: its id orders it among them, and a repeat is dropped.
+        const id = Number(lastEventId);
+        if (this.#fresh(id)) this.#onRooms(parse(data));
+        return;
+      }
       case 'oversized': {
         const standIn = parse(data);
         if (this.#kinds.includes(standIn?.kind) && this.#fresh(standIn.id)) {

@@ -133,6 +133,31 @@ test('a room reaches its members, and `rooms` narrows a stream to it', async (t)
   assert.deepEqual(bob.seen.messages.map((m) => m.id), [id], 'the direct message is not in the room');
 });
 
+// The relay's tests/suite/js_client.rs sets RELAY_JOIN_KIND: its database then backs
+// member_rooms with a watched table, and a message of that kind (payload `{room}`) makes its
+// sender a member of the room, as an app's own "join" action would.
+test('a room joined while the stream is open is announced and heard without reconnecting', {
+  skip: !process.env.RELAY_JOIN_KIND && 'needs a relay whose database has the join desk',
+}, async (t) => {
+  const room = `#room-${randomUUID()}`;
+  const changes = [];
+  const { me, seen, client } = recorder({ client: { onRooms: (change) => changes.push(change) } });
+  t.after(() => client.close());
+  client.start();
+  await until(() => client.status === 'live', 'live');
+  const tokens = seen.tokens;
+  const join = await client.send({
+    participants: [me], kind: process.env.RELAY_JOIN_KIND, payload: { room },
+  });
+  await until(() => changes.length === 1, 'the rooms event');
+  assert.deepEqual(changes, [{ added: [room], removed: [] }]);
+  assert.ok(client.lastId > join, 'the change has its own position');
+  const id = await client.send({ participants: [room], payload: { n: 1 } });
+  await until(() => seen.messages.length === 1, "the new room's message");
+  assert.deepEqual(seen.messages.map((m) => m.id), [id]);
+  assert.equal(seen.tokens, tokens + 2, 'no reconnect: one token per send only');
+});
+
 test('a refused request rejects with the relay status and code', async () => {
   const me = `user-${randomUUID()}`;
   const client = new PgRelayClient({ url: RELAY, transport: 'fetch', token: mint(me, 600, '') });

@@ -342,6 +342,29 @@ impl Subscriber {
         }
     }
 
+    /// Whether the relay ends the stream within `wait` with no further event (`false` when
+    /// it stays open that long; an event before the end fails the test).
+    pub async fn ends_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                panic!("an event where the stream should end: {event:?}");
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return false,
+                Ok(None | Some(Err(_))) => return true,
+                Ok(Some(Ok(chunk))) => {
+                    for item in self.parser.feed(&chunk) {
+                        match item {
+                            SseItem::Event(event) => self.buffered.push_back(event),
+                            SseItem::Comment(_) => self.comments += 1,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The next event, which must come within `PATIENCE`.
     pub async fn next(&mut self) -> SseEvent {
         self.next_within(PATIENCE)
