@@ -480,6 +480,13 @@ impl Claims {
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|granted| granted == scope)
     }
+
+    /// Whether this is a backend's token (scope `service`): it implies `publish`, may set
+    /// `sender`, may address any person or room, and publishes under
+    /// `--service-publish-rate`.
+    pub fn is_service(&self) -> bool {
+        self.has_scope("service")
+    }
 }
 
 /// Seconds since the Unix epoch, for `verify`.

@@ -93,7 +93,7 @@ pub async fn check_may_address(
             "sending to `*` (everyone) needs a token with scope `broadcast`",
         ));
     }
-    if claims.has_scope(super::publish::SERVICE) {
+    if claims.is_service() {
         // A service's token may be revoked like anyone's.
         access_now(state, claims, false).await?;
         return Ok(());

@@ -82,10 +82,6 @@ fn field<T: serde::de::DeserializeOwned>(
     fields.get(name).map(|raw| serde_json::from_str(raw.get()))
 }
 
-/// The scope of a backend's token: it implies `publish`, may set `sender`, may address any
-/// person or room, and publishes under `--service-publish-rate`.
-pub const SERVICE: &str = "service";
-
 /// A validated publish request (message or signal).
 struct Publication {
     /// The token's subject: who is answerable for the request (its rate limit, its
@@ -125,7 +121,7 @@ async fn read_publication(
     body: Body,
     max_payload: usize,
 ) -> Result<Publication, ApiError> {
-    let service = claims.has_scope(SERVICE);
+    let service = claims.is_service();
     if !claims.has_scope("publish") && !service {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -1,4 +1,4 @@
-//! Request bodies: how a head says one ends, and the decoder of chunked ones.
+//! Request bodies: the decoder of chunked ones (the head says how a body ends: [`Framing`](super::head::Framing)).
 //!
 //! A body is read whole before its request reaches the router: every route that takes one
 //! wants all of it (a JSON object) and bounds it far below what a connection may hold, so one
@@ -9,15 +9,6 @@ use bytes::Bytes;
 
 use super::head::MOST_FIELDS;
 use super::refusal::Refusal;
-
-/// How a request's body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// Exactly this many bytes (0 when the head names no length).
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-}
 
 /// Longest line of a chunked body's framing: a size with its extensions, or a trailer field.
 const MOST_LINE_BYTES: usize = 4 * 1024;

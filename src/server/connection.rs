@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::body::{Chunked, Framing};
+use super::body::Chunked;
+use super::head::Framing;
 use super::head::{self, Head, HeadEnd};
 use super::input::Input;
 use super::refusal::Refusal;

@@ -11,7 +11,6 @@
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
-use super::body::Framing;
 use super::refusal::Refusal;
 
 /// Most bytes of a request head. Browsers send a few KiB; a token with 100 KB of claims (137 KB
@@ -21,6 +20,15 @@ pub const MOST_HEAD_BYTES: usize = 160 * 1024;
 
 /// Most header fields of a head (hyper's limit too).
 pub const MOST_FIELDS: usize = 100;
+
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Exactly this many bytes (0 when the head names no length).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
 
 /// The search for the blank line that ends a head, carried across reads.
 #[derive(Default)]
