@@ -39,6 +39,19 @@ async fn membership(db: &str, watch: bool) -> Client {
     client
 }
 
+/// Two relays on `db`, each with a stream of dave's open, and the smaller of the two streams'
+/// opening positions.
+async fn dave_on_two_instances(db: &str) -> ((Relay, Subscriber), (Relay, Subscriber), i64) {
+    let (one, two) = (Relay::start(db).await, Relay::start(db).await);
+    let mut on_one = one.subscribe("dave", "", None).await;
+    let mut on_two = two.subscribe("dave", "", None).await;
+    let opened = on_one
+        .opening_position()
+        .await
+        .min(on_two.opening_position().await);
+    ((one, on_one), (two, on_two), opened)
+}
+
 /// Inserts one message per address in `to`, each `{"n": n, "to": address}`, in one
 /// transaction.
 async fn send(client: &Client, to: &[&str], n: usize) {
@@ -172,13 +185,7 @@ async fn expected(client: &Client, room: &str, held: &[(i64, i64)]) -> Vec<i64> 
 async fn a_membership_change_applies_at_its_position_on_every_instance() {
     let db = fresh_database().await;
     let client = membership(&db, true).await;
-    let (one, two) = (Relay::start(&db).await, Relay::start(&db).await);
-    let mut on_one = one.subscribe("dave", "", None).await;
-    let mut on_two = two.subscribe("dave", "", None).await;
-    let opened = on_one
-        .opening_position()
-        .await
-        .min(on_two.opening_position().await);
+    let ((_one, mut on_one), (_two, mut on_two), opened) = dave_on_two_instances(&db).await;
 
     let writer = {
         let db = db.clone();
@@ -246,11 +253,7 @@ async fn concurrent_changes_of_one_participant_come_out_right() {
         .batch_execute("SELECT pgrelay.rooms_changed('dave')")
         .await
         .unwrap();
-    let (one, two) = (Relay::start(&db).await, Relay::start(&db).await);
-    let mut on_one = one.subscribe("dave", "", None).await;
-    let mut on_two = two.subscribe("dave", "", None).await;
-    on_one.opening_position().await;
-    on_two.opening_position().await;
+    let ((_one, mut on_one), (_two, mut on_two), _) = dave_on_two_instances(&db).await;
 
     // Nothing is numbered while the test holds the order lock.
     let holder = connect(&db).await;
@@ -327,13 +330,7 @@ async fn concurrent_changes_of_one_participant_come_out_right() {
 async fn remove_then_re_add() {
     let db = fresh_database().await;
     let client = membership(&db, true).await;
-    let (one, two) = (Relay::start(&db).await, Relay::start(&db).await);
-    let mut on_one = one.subscribe("dave", "", None).await;
-    let mut on_two = two.subscribe("dave", "", None).await;
-    let opened = on_one
-        .opening_position()
-        .await
-        .min(on_two.opening_position().await);
+    let ((_one, mut on_one), (_two, mut on_two), opened) = dave_on_two_instances(&db).await;
     send(&client, &["#a"], 1).await;
     client
         .batch_execute("DELETE FROM app.members WHERE member = 'dave' AND room = '#a'")
@@ -382,13 +379,7 @@ async fn remove_then_re_add() {
 async fn changes_inside_a_catch_up_apply_at_their_positions() {
     let db = fresh_database().await;
     let client = membership(&db, true).await;
-    let (one, two) = (Relay::start(&db).await, Relay::start(&db).await);
-    let mut on_one = one.subscribe("dave", "", None).await;
-    let mut on_two = two.subscribe("dave", "", None).await;
-    let opened = on_one
-        .opening_position()
-        .await
-        .min(on_two.opening_position().await);
+    let ((one, mut on_one), (two, mut on_two), opened) = dave_on_two_instances(&db).await;
     // The readers do not read until everything is committed: 3 × 3000 messages of 4 KB fill
     // the sockets and overflow their inboxes.
     let burst = |rooms: &str| {
