@@ -415,6 +415,11 @@ pub struct TailArgs {
     #[arg(long)]
     pub since_id: Option<i64>,
 
+    /// Rooms to follow too, e.g. `#general` (repeatable): the minted token's `rooms` claim,
+    /// beside the rooms `pgrelay.member_rooms` gives the participant.
+    #[arg(long)]
+    pub room: Vec<String>,
+
     /// The relay's base URL.
     #[arg(long, env = "PGRELAY_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,

@@ -86,7 +86,7 @@ Open the chat in a browser, one window per user:
   bob:   {base}/?token={bob}
 
 Watch bob's messages (in another terminal):
-  PGRELAY_SECRET={secret} {exe} tail --sub bob --url {base}
+  PGRELAY_SECRET={secret} {exe} tail --sub bob --room '#general' --url {base}
 
 or with curl:
   curl -N -H 'Authorization: Bearer {bob}' {base}/v1/stream

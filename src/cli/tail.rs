@@ -1,4 +1,5 @@
 //! `pgrelay tail`: a participant's stream as JSON lines, for shells and psql-driven testing.
+//! `--room` adds rooms to the token it mints, as `pgrelay token --room` does.
 //!
 //! Each message event's `data` object goes to stdout on its own line (so `| jq .payload`
 //! works); control events and connection trouble go to stderr. A message too large for the
@@ -80,9 +81,15 @@ pub async fn tail(args: TailArgs) -> Result<(), Error> {
         client,
         base: args.url.trim_end_matches('/').to_owned(),
     };
+    if let Some(room) = args.room.iter().find(|room| !pgrelay::valid_room(room)) {
+        return Err(Error::setup(format!(
+            "--room {room:?} is not a room: a room is `#` and a name, such as '#general'"
+        )));
+    }
+    let rooms: Vec<&str> = args.room.iter().map(String::as_str).collect();
     let mut last_id = args.since_id;
     loop {
-        let token = keys.mint(&args.sub, TOKEN_TTL, &[]);
+        let token = keys.mint_with_rooms(&args.sub, TOKEN_TTL, &[], &rooms);
         match relay.follow(&token, &mut last_id).await? {
             Ended::TokenExpired => {}
             Ended::Disconnected(reason) => {

@@ -54,7 +54,8 @@ async fn migrate_command() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--channel"));
 }
 
-/// `pgrelay tail` prints each message's data as one JSON line as soon as psql inserts it.
+/// `pgrelay tail` prints each message's data as one JSON line as soon as psql inserts it, the
+/// messages of the rooms named with `--room` included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_inserted_rows_as_json_lines() {
     let db = fresh_database().await;
@@ -66,6 +67,8 @@ async fn tail_prints_inserted_rows_as_json_lines() {
             "alice",
             "--since-id",
             "0",
+            "--room",
+            "#general",
             "--url",
             &relay.base,
         ])
@@ -90,9 +93,16 @@ async fn tail_prints_inserted_rows_as_json_lines() {
         .await
         .unwrap();
     insert(&client, &["bob"], json!({"text": "not for alice"})).await;
+    insert(&client, &["#general"], json!({"text": "to the room"})).await;
+    insert(
+        &client,
+        &["#elsewhere"],
+        json!({"text": "not alice's room"}),
+    )
+    .await;
     insert(&client, &["alice", "bob"], json!({"text": "second"})).await;
     let mut payloads = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let line = tokio::time::timeout(PATIENCE, lines.recv())
             .await
             .unwrap()
@@ -100,7 +110,7 @@ async fn tail_prints_inserted_rows_as_json_lines() {
         let data: serde_json::Value = serde_json::from_str(&line).unwrap();
         payloads.push(data["payload"]["text"].as_str().unwrap().to_owned());
     }
-    assert_eq!(payloads, ["hi", "second"]);
+    assert_eq!(payloads, ["hi", "to the room", "second"]);
     tail.kill().unwrap();
     tail.wait().unwrap();
 }
