@@ -63,7 +63,12 @@ pub async fn run(
         limits,
     } = config;
     let pool = store::connect_pool(&database_url, pool_size)?;
-    check_schema(&pool, &settings.channel).await?;
+    check_schema(&pool, &settings.channel).await.map_err(
+        |error| match crate::tls::connect_config(&database_url) {
+            Ok((config, _)) => error.while_connecting(&config),
+            Err(_) => error,
+        },
+    )?;
     let grace = settings.grace;
     let stopping = CancellationToken::new();
     let registry = Arc::new(Registry::default());

@@ -69,6 +69,45 @@ impl Error {
         self.sqlstate() == Some(&SqlState::PROGRAM_LIMIT_EXCEEDED)
     }
 
+    /// This failure to reach the database `to`, said as a person can act on it: where and as
+    /// whom the connection was tried, the cause, and what to check (`migrate` and `serve` both
+    /// say it the same way). Other failures are returned as they are.
+    pub fn while_connecting(self, to: &tokio_postgres::Config) -> Error {
+        let database = match &self.kind {
+            Kind::Database(error) => error,
+            Kind::Pool(deadpool_postgres::PoolError::Backend(error)) => error,
+            _ => return self,
+        };
+        let hint = match (database.code(), refused_connection(database)) {
+            (
+                Some(&SqlState::INVALID_PASSWORD | &SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+                _,
+            ) => "; check the user and password in the database URL",
+            (Some(&SqlState::INVALID_CATALOG_NAME), _) => {
+                "; create that database, or fix the database name in the URL"
+            }
+            (None, true) => "; is PostgreSQL running there, and are the host and port right?",
+            _ => "",
+        };
+        let hosts: Vec<String> = to
+            .get_hosts()
+            .iter()
+            .zip(to.get_ports().iter().chain(std::iter::repeat(&5432)))
+            .map(|(host, port)| match host {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(folder) => {
+                    format!("{}/.s.PGSQL.{port}", folder.display())
+                }
+            })
+            .collect();
+        let user = to.get_user().unwrap_or("(the default user)");
+        Error::setup(format!(
+            "cannot use PostgreSQL at {} as {user}: {self}{hint}",
+            hosts.join(", ")
+        ))
+    }
+
     /// Whether a message id was already taken (SQLSTATE 23505): ids are drawn by pgrelay, so
     /// this means someone inserted ids by hand.
     pub fn is_id_conflict(&self) -> bool {
@@ -79,17 +118,34 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::Database(error) => match error.as_db_error() {
-                // The server's own message (and detail), not just "db error".
-                Some(db) => write!(f, "{db}"),
-                None => write!(f, "{error}"),
-            },
+            Kind::Database(error) => database_error(f, error),
+            Kind::Pool(deadpool_postgres::PoolError::Backend(error)) => database_error(f, error),
             Kind::Pool(error) => write!(f, "no database connection: {error}"),
             Kind::Setup(message) | Kind::Connection(message) => f.write_str(message),
             Kind::Io(error) => write!(f, "{error}"),
             Kind::Json(error) => write!(f, "rendering JSON failed: {error}"),
         }
     }
+}
+
+/// A driver error with its cause: the server's own message (and detail), not just "db error",
+/// or "error connecting to server" followed by why ("Connection refused").
+fn database_error(f: &mut fmt::Formatter<'_>, error: &tokio_postgres::Error) -> fmt::Result {
+    if let Some(db) = error.as_db_error() {
+        return write!(f, "{db}");
+    }
+    write!(f, "{error}")?;
+    match std::error::Error::source(error) {
+        Some(cause) => write!(f, ": {cause}"),
+        None => Ok(()),
+    }
+}
+
+/// Whether nothing accepted the connection (no server at that host and port).
+fn refused_connection(error: &tokio_postgres::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 impl std::error::Error for Error {

@@ -416,3 +416,70 @@ async fn tail_reports_room_changes_on_stderr() {
         "{errors}"
     );
 }
+
+/// `serve` and `migrate` name what is wrong with the database and what to check: where and as
+/// whom they tried, and the cause (nothing listening, an unknown login, no such database, no
+/// schema yet), instead of a bare "db error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_failures_name_their_cause() {
+    let template = server_url_template();
+    let closed = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    };
+    let cases = [
+        (closed.clone(), "127.0.0.1", "is PostgreSQL running there"),
+        (
+            {
+                let url = template.replace("{db}", "postgres");
+                let joint = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{joint}user=nobody_here")
+            },
+            "as nobody_here",
+            "check the user and password",
+        ),
+        (
+            template.replace("{db}", "no_such_database"),
+            "no_such_database",
+            "create that database",
+        ),
+    ];
+    for (url, names, hint) in cases {
+        for command in ["migrate", "serve"] {
+            let output = tokio::task::spawn_blocking({
+                let url = url.clone();
+                move || {
+                    Command::new(PGRELAY)
+                        .args([command, "--database-url", &url])
+                        .env("PGRELAY_SECRET", SECRET)
+                        .env("PGRELAY_BIND", "127.0.0.1:0")
+                        .output()
+                        .unwrap()
+                }
+            })
+            .await
+            .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{command} {url}");
+            assert!(
+                stderr.contains("cannot use PostgreSQL at"),
+                "{command}: {stderr}"
+            );
+            assert!(stderr.contains(names), "{command}: {stderr}");
+            assert!(stderr.contains(hint), "{command}: {stderr}");
+        }
+    }
+    // A database without the schema: serve says how to make it.
+    let output = Command::new(PGRELAY)
+        .args(["serve", "--bind", "127.0.0.1:0", "--database-url"])
+        .arg(template.replace("{db}", "postgres"))
+        .env("PGRELAY_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("run `pgrelay migrate`"), "{stderr}");
+}

@@ -34,7 +34,7 @@ pub const SECRET: &str = "test-secret-0123456789";
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A URL of the test server with `{db}` where the database name goes.
-fn server_url_template() -> &'static str {
+pub fn server_url_template() -> &'static str {
     static TEMPLATE: OnceLock<String> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
         if let Ok(url) = std::env::var("DATABASE_URL") {
