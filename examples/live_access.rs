@@ -32,7 +32,7 @@ use serde_json::Value;
 mod relay_process;
 use relay_process::{setup, BoxError, Relay, Setup};
 
-const SECRET: &str = "live-access-example-secret";
+const SECRET: &str = "live-access-example-secret-0123456789";
 
 /// Membership flips in phase 1.
 const FLIPS: usize = 20;

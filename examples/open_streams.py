@@ -1,12 +1,12 @@
 """Opens N idle pgrelay streams on 127.0.0.1:PORT and holds them, for heap profiles.
 
-Usage: python3 examples/open_streams.py PORT N SECONDS   (the relay must run with --secret heap-secret)
+Usage: python3 examples/open_streams.py PORT N SECONDS   (the relay must run with --secret heap-secret-0123456789-0123456789)
 Each stream is a raw socket: GET /v1/stream with a fresh HS256 token for p00000, p00001, ...,
 read up to the opening position event, then kept open; 200 opens at a time. BENCHMARKS.md
 ("Memory per idle stream") uses it under heaptrack.
 """
 import asyncio, base64, hashlib, hmac, json, sys, time
-SECRET = b"heap-secret"
+SECRET = b"heap-secret-0123456789-0123456789"
 def mint(sub):
     enc = lambda v: base64.urlsafe_b64encode(json.dumps(v, separators=(',', ':')).encode()).rstrip(b'=').decode()
     head = enc({"alg": "HS256", "typ": "JWT"}); body = enc({"sub": sub, "exp": int(time.time()) + 3600})

@@ -27,7 +27,7 @@ use pgrelay::sse::{SseItem, SseParser};
 mod relay_process;
 use relay_process::{rss_kib_of, setup, BoxError, Relay, Setup};
 
-const SECRET: &str = "oversized-example-secret";
+const SECRET: &str = "oversized-example-secret-0123456789";
 
 /// How long any one read may take before the example gives up.
 const PATIENCE: Duration = Duration::from_secs(120);

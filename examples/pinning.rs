@@ -21,7 +21,7 @@ use pgrelay::auth::Keys;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const SECRET: &str = "pinning-example-secret";
+const SECRET: &str = "pinning-example-secret-0123456789";
 
 #[path = "support/relay_process.rs"]
 mod relay_process;

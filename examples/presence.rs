@@ -36,7 +36,7 @@ use tokio_postgres::{Client, NoTls};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const SECRET: &str = "presence-benchmark-secret";
+const SECRET: &str = "presence-benchmark-secret-0123456789";
 
 /// A relay running in this process; `stop` shuts it down gracefully.
 struct Relay {

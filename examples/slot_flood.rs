@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "slot-flood-secret";
+const SECRET: &str = "slot-flood-secret-0123456789-abcdef";
 const MAX_CONNECTIONS: &str = "300";
 /// The relay's default `--header-timeout`.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

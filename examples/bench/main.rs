@@ -119,7 +119,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type Res<T> = Result<T, BoxError>;
 
 /// The secret the relay verifies the subscribers' tokens with.
-pub(crate) const SECRET: &str = "pgrelay-bench-secret-0123456789";
+pub(crate) const SECRET: &str = "pgrelay-bench-secret-0123456789-abcdef";
 
 /// Connected subscribers in the large phases (each a distinct participant).
 pub(crate) const MANY: u32 = 10_000;

@@ -19,7 +19,7 @@ starts is stopped at the end.
 import argparse, asyncio, base64, hashlib, hmac, json, os, random, re, shutil, signal
 import subprocess, sys, tempfile, time
 
-SECRET = b"compare-secret"
+SECRET = b"compare-secret-0123456789-abcdefgh"
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 

@@ -476,6 +476,27 @@ pub fn keys(secret_list: &str) -> Result<Keys, Error> {
     Keys::from_secret_list(secret_list).map_err(|error| Error::setup(format!("--secret: {error}")))
 }
 
+/// The shortest HS256 secret a relay verifies with: as long as SHA-256's output (RFC 7518
+/// §3.2), so that guessing it offline from one token is hopeless.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The keys `serve` and `demo` verify with: as [`keys`], refusing any secret of the list that
+/// is too short to be safe (minting tools may use any, since the relay decides).
+pub fn verifying_keys(secret_list: &str) -> Result<Keys, Error> {
+    let short = secret_list
+        .split(',')
+        .map(str::trim)
+        .find(|secret| !secret.is_empty() && secret.len() < MIN_SECRET_BYTES);
+    if let Some(short) = short {
+        return Err(Error::setup(format!(
+            "--secret: a secret of {} bytes is too short to be safe; use at least \
+             {MIN_SECRET_BYTES} random bytes, such as the output of `openssl rand -base64 32`",
+            short.len()
+        )));
+    }
+    keys(secret_list)
+}
+
 /// The configuration reference in docs/configuration.md is generated from these definitions:
 /// when a flag changes, this fails and prints the new table; `PGRELAY_WRITE_DOCS=1 cargo test
 /// --bin pgrelay` writes it into the page.

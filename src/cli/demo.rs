@@ -26,7 +26,7 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
         Some(secret) => secret,
         None => random_secret()?,
     };
-    let keys = args::keys(&secret)?;
+    let keys = args::verifying_keys(&secret)?;
 
     let cluster = match args.database_url {
         Some(_) => None,

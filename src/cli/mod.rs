@@ -25,7 +25,11 @@ pub async fn run(command: Command) -> Result<(), Error> {
 
 /// `pgrelay serve`: the relay, until SIGTERM or Ctrl-C.
 async fn serve(args: ServeArgs) -> Result<(), Error> {
-    let secrets = args.secret.as_deref().map(args::keys).transpose()?;
+    let secrets = args
+        .secret
+        .as_deref()
+        .map(args::verifying_keys)
+        .transpose()?;
     let config = args.relay.config(args.database, secrets, args.demo)?;
     let listeners = bind(&args.relay).await?;
     pgrelay::run(config, listeners, shutdown::signal()).await

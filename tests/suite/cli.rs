@@ -483,3 +483,22 @@ async fn database_failures_name_their_cause() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("run `pgrelay migrate`"), "{stderr}");
 }
+
+/// `serve` refuses an HS256 secret too short to be safe (each of a rotation list), and says how
+/// to make one, without printing it.
+#[test]
+fn serve_refuses_a_short_secret() {
+    for secrets in ["short-secret", &format!("{SECRET},short-secret")] {
+        let output = Command::new(PGRELAY)
+            .args(["serve", "--database-url", "postgres://127.0.0.1:1/x"])
+            .env("PGRELAY_SECRET", secrets)
+            .env("PGRELAY_BIND", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains("too short"), "{stderr}");
+        assert!(stderr.contains("openssl rand"), "{stderr}");
+        assert!(!stderr.contains("short-secret"), "{stderr}");
+    }
+}

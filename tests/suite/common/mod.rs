@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
 /// The secret every test relay verifies with.
-pub const SECRET: &str = "test-secret-0123456789";
+pub const SECRET: &str = "test-secret-0123456789-0123456789";
 
 /// How long a test waits for something that should happen promptly.
 pub const PATIENCE: Duration = Duration::from_secs(10);
