@@ -80,6 +80,16 @@ impl Histogram {
     }
 }
 
+/// The listener's state at the moment `/metrics` is read.
+pub struct ListenerGauges {
+    /// Whether the LISTEN connection is up.
+    pub up: bool,
+    /// Seconds committed rows may have waited for their ids.
+    pub numbering_lag: f64,
+    /// Seconds the oldest commit heard of has waited to be delivered.
+    pub listener_lag: f64,
+}
+
 /// Every metric the relay exports.
 #[derive(Default)]
 pub struct Metrics {
@@ -114,13 +124,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of all metrics; `streams` is the open-stream gauge,
-    /// `numbering_lag` how long committed rows may have waited for their ids, and `budgets` the
-    /// instance's byte budgets by name (`catch_up`, `fetch`).
+    /// `listener` what the listener reports of itself, and `budgets` the instance's byte budgets
+    /// by name (`catch_up`, `fetch`).
     pub fn render(
         &self,
         streams: usize,
-        listener_up: bool,
-        numbering_lag: f64,
+        listener: ListenerGauges,
         budgets: &[(&str, &ByteBudget)],
     ) -> String {
         let mut out = String::new();
@@ -133,7 +142,7 @@ impl Metrics {
             (
                 "pgrelay_listener_up",
                 "1 while the LISTEN connection is up.",
-                u64::from(listener_up),
+                u64::from(listener.up),
             ),
         ];
         for (name, help, value) in gauges {
@@ -196,7 +205,12 @@ impl Metrics {
             (
                 "pgrelay_numbering_lag_seconds",
                 "How long committed messages may have waited for their ids on this instance (0 while numbering keeps up).",
-                numbering_lag,
+                listener.numbering_lag,
+            ),
+            (
+                "pgrelay_listener_lag_seconds",
+                "How long the oldest commit this instance heard of has waited to be delivered, including while it cannot listen (0 when caught up).",
+                listener.listener_lag,
             ),
         ];
         for (name, help, value) in measured {

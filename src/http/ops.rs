@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 
 use super::extract::{bearer, unauthorized};
 use super::{ApiError, AppState};
-use crate::{metrics, store};
+use crate::metrics::{self, ListenerGauges};
+use crate::store;
 
 /// `GET /healthz`: the process is running.
 pub async fn healthz() -> Json<Value> {
@@ -68,8 +69,11 @@ pub async fn metrics(
     }
     let mut body = state.metrics.render(
         state.streams.registry.stream_count(),
-        state.listener.is_up(),
-        state.listener.numbering_lag().as_secs_f64(),
+        ListenerGauges {
+            up: state.listener.is_up(),
+            numbering_lag: state.listener.numbering_lag().as_secs_f64(),
+            listener_lag: state.listener.listener_lag().as_secs_f64(),
+        },
         &[
             ("catch_up", &state.streams.page_budget),
             ("fetch", &state.fetch_budget),

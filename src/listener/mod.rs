@@ -84,6 +84,9 @@ pub struct Health {
     /// numbering keeps up. A std mutex: set and read in a few instructions, never held across
     /// an await.
     lagging_since: Mutex<Option<Instant>>,
+    /// When this instance first heard of a commit (a wake-up, or the LISTEN connection lost,
+    /// which may hide any number) that it has not delivered yet; `None` while caught up.
+    behind_since: Mutex<Option<Instant>>,
 }
 
 impl Health {
@@ -99,6 +102,34 @@ impl Health {
             .lock()
             .unwrap()
             .map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// How long the oldest commit this instance heard of has waited to be delivered (zero while
+    /// caught up). Unlike the numbering lag it also grows while the LISTEN connection is down,
+    /// when no pass runs at all.
+    pub fn listener_lag(&self) -> Duration {
+        self.behind_since
+            .lock()
+            .unwrap()
+            .map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// Something was committed that the next pass will deliver (or the connection was lost,
+    /// and with it the wake-ups of whatever commits meanwhile).
+    fn fell_behind(&self) {
+        self.behind_since
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+    }
+
+    /// A pass that began at `began` read everything there was: whatever was heard before it
+    /// began is delivered. A wake-up heard during the pass waits for the next one.
+    fn caught_up(&self, began: Instant) {
+        let mut behind_since = self.behind_since.lock().unwrap();
+        if behind_since.is_some_and(|since| since <= began) {
+            *behind_since = None;
+        }
     }
 
     /// A pass begins: lag counts from here until one succeeds.
@@ -141,6 +172,7 @@ pub async fn run(listener: Listener, listen_url: String) {
             .instrument(span)
             .await;
         listener.health.up.store(false, Ordering::SeqCst);
+        listener.health.fell_behind();
         match result {
             Ok(()) => return,
             Err(error) => warn!(%error, "LISTEN connection lost; reconnecting"),
@@ -207,6 +239,7 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
     let wakeups = Arc::new(Wakeups::default());
     let driver_heartbeat = Arc::clone(&heartbeat);
     let driver_wakeups = Arc::clone(&wakeups);
+    let driver_health = Arc::clone(&listener.health);
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
@@ -216,7 +249,9 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
                 AsyncMessage::Notification(notification)
                     if driver_heartbeat.is_heartbeat(notification.payload()) => {}
                 AsyncMessage::Notification(notification) => {
-                    driver_wakeups.raise(notification.process_id())
+                    if driver_wakeups.raise(notification.process_id()) {
+                        driver_health.fell_behind();
+                    }
                 }
                 AsyncMessage::Notice(notice) => debug!(%notice, "notice on LISTEN connection"),
                 _ => {}
@@ -321,11 +356,14 @@ struct Wakeups {
 }
 
 impl Wakeups {
-    fn raise(&self, sender: i32) {
-        if sender != self.own_backend.load(Ordering::Relaxed) {
-            self.heard.fetch_add(1, Ordering::Relaxed);
-            self.raised.notify_one();
+    /// Wakes the dispatcher for a notification from `sender`; false for this session's own.
+    fn raise(&self, sender: i32) -> bool {
+        if sender == self.own_backend.load(Ordering::Relaxed) {
+            return false;
         }
+        self.heard.fetch_add(1, Ordering::Relaxed);
+        self.raised.notify_one();
+        true
     }
 }
 
@@ -345,6 +383,7 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
     // (sent at one tick, missed at the next): a half-open connection is found as quickly.
     let patience = 2 * listener.heartbeat;
     loop {
+        let began = Instant::now();
         listener.health.pass_begins();
         let limits = store::PassLimits {
             // Well within the pass's patience: a peer relay stuck holding the order lock
@@ -410,6 +449,9 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
         connection.position = news.position;
         listener.registry.routed(news.position.message);
         if !news.more && !more_pending {
+            if news.numbered.is_ok() {
+                listener.health.caught_up(began);
+            }
             return Ok(());
         }
     }

@@ -81,3 +81,38 @@ async fn a_metrics_token_is_required_and_never_logged() {
         assert!(!logged.contains(needle), "the log holds {needle:?}");
     }
 }
+
+/// The alert rules docs/operations.md offers name only metrics the relay exports (a renamed
+/// metric would leave an alert that never fires).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_alerts_name_exported_metrics() {
+    let operations =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+            .unwrap();
+    let alerts = operations
+        .split("## Alerts")
+        .nth(1)
+        .and_then(|section| section.split("```yaml").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("docs/operations.md has an Alerts section with a yaml block");
+    let named: std::collections::BTreeSet<&str> = alerts
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("pgrelay_"))
+        .collect();
+    assert!(named.len() >= 5, "{named:?}");
+
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let exported = reqwest::get(format!("{}/metrics", relay.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in named {
+        assert!(
+            exported.contains(&format!("\n{name} ")) || exported.contains(&format!("\n{name}{{")),
+            "the alert rules name {name}, which /metrics does not export"
+        );
+    }
+}

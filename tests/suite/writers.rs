@@ -342,3 +342,59 @@ async fn a_row_whose_kind_became_reserved_does_not_stop_numbering() {
         .get(0);
     assert_eq!(kind, "message");
 }
+
+/// A relay whose LISTEN connection is gone runs no passes, so its numbering lag stays zero;
+/// `pgrelay_listener_lag_seconds` is what says it has stopped delivering. Here the database
+/// refuses new connections while the LISTEN session is cut: the lag grows, and returns to zero
+/// once the relay listens again and has delivered what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_cannot_listen_reports_its_lag() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    assert_eq!(
+        try_metric(&relay.base, "pgrelay_listener_lag_seconds").await,
+        Some(0.0)
+    );
+
+    let owner = connect(&db).await;
+    owner
+        .batch_execute(&format!(
+            "{}; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+              WHERE application_name = 'pgrelay-listen' AND datname = current_database()",
+            allow_connections(false)
+        ))
+        .await
+        .unwrap();
+    insert(&owner, &["alice"], json!({"n": "missed"})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let lag = try_metric(&relay.base, "pgrelay_listener_lag_seconds")
+        .await
+        .unwrap();
+    assert!(lag >= 1.0, "lag {lag} while the relay cannot listen");
+    assert_eq!(
+        try_metric(&relay.base, "pgrelay_numbering_lag_seconds").await,
+        Some(0.0),
+        "no pass ran, so numbering cannot tell"
+    );
+
+    owner.batch_execute(&allow_connections(true)).await.unwrap();
+    let (_, _, data) = alice.next_message().await;
+    assert_eq!(data["payload"]["n"], "missed");
+    // The pass that delivered it marks the relay caught up just after handing it over.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while try_metric(&relay.base, "pgrelay_listener_lag_seconds").await != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener lag stayed above zero after delivering"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SQL that lets (or stops) new sessions connect to the current database, superusers too.
+/// `ALTER DATABASE` refuses to do it from inside the database, so the catalog is set directly.
+fn allow_connections(allow: bool) -> String {
+    format!("UPDATE pg_database SET datallowconn = {allow} WHERE datname = current_database()")
+}
