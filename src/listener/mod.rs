@@ -249,7 +249,8 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
                 AsyncMessage::Notification(notification)
                     if driver_heartbeat.is_heartbeat(notification.payload()) => {}
                 AsyncMessage::Notification(notification) => {
-                    if driver_wakeups.raise(notification.process_id()) {
+                    let woken = driver_wakeups.raise(notification.process_id());
+                    if woken {
                         driver_health.fell_behind();
                     }
                 }
