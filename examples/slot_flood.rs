@@ -104,8 +104,7 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        // SAFETY: kill(2) with the pid of a child this process started and still owns.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let _ = pgrelay_cluster::signal(self.child.id(), libc::SIGINT);
         for _ in 0..200 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;

@@ -30,7 +30,8 @@
 //!    inbox), [`store`] (the query pool and every query), [`migrate`] (the SQL in `sql/`),
 //!    `tls` (`sslmode` as libpq means it), `frame` (the SSE wire format), `limits`
 //!    (per-client rate and concurrency limits), `budget` (the bytes an instance holds for
-//!    readers at once) and `metrics` (Prometheus counters).
+//!    readers at once), `metrics` (Prometheus counters) and [`open_files`] (the process's
+//!    open-files limit).
 //! 6. **Domain**: `message` (what a [`Message`] and a [`Signal`] are, the naming rules, the JSON
 //!    a client sees), `access` (whom a stream hears, and how membership changes and
 //!    revocations change that at their positions), [`jsonb`] (the JSON PostgreSQL's `jsonb` refuses), [`auth`] (HS256
@@ -68,6 +69,7 @@ mod listener;
 mod message;
 mod metrics;
 pub mod migrate;
+pub mod open_files;
 mod presence;
 mod publisher;
 mod registry;

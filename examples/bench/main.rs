@@ -160,8 +160,8 @@ pub(crate) const OPEN_CONCURRENCY: usize = 200;
 
 /// Open files this process (and the relay it spawns) needs: two sockets per subscriber on
 /// loopback are split between the two processes, plus database connections and slack.
-pub(crate) const WANTED_FILES: libc::rlim_t = 65_536;
-pub(crate) const NEEDED_FILES: libc::rlim_t = MANY as libc::rlim_t + 1_000;
+pub(crate) const WANTED_FILES: u64 = 65_536;
+pub(crate) const NEEDED_FILES: u64 = MANY as u64 + 1_000;
 
 pub(crate) const USAGE: &str =
     "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish | --fleet | --streams | --attacks] [-- --no-build]

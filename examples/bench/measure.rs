@@ -56,6 +56,7 @@ pub(crate) fn micros_between(from: Instant, to: Instant) -> f64 {
 
 /// User and system CPU time of a process (all threads, living and exited), from
 /// /proc/<pid>/stat.
+#[allow(unsafe_code)] // sysconf: std cannot read the clock tick
 pub(crate) fn process_cpu_seconds(pid: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -74,6 +75,7 @@ pub(crate) fn backend_cpu_seconds(pid: i32) -> Option<f64> {
 }
 
 /// CPU time (user and system) of the calling thread so far.
+#[allow(unsafe_code)] // clock_gettime: std has no per-thread CPU clock
 pub(crate) fn thread_cpu_seconds() -> f64 {
     let mut now = libc::timespec {
         tv_sec: 0,

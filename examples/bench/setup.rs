@@ -32,35 +32,10 @@ pub(crate) fn relay_binary(build: bool) -> Res<PathBuf> {
     Ok(bin)
 }
 
-/// Raises RLIMIT_NOFILE (soft, and hard when privileged) so 10,000 streams fit; the relay
-/// child inherits it. Returns the new soft limit.
-pub(crate) fn raise_open_file_limit() -> Res<libc::rlim_t> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err("getrlimit(RLIMIT_NOFILE) failed".into());
-        }
-        if limit.rlim_cur < WANTED_FILES {
-            let wanted = libc::rlimit {
-                rlim_cur: WANTED_FILES,
-                rlim_max: limit.rlim_max.max(WANTED_FILES),
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-                // Not allowed to raise the hard limit: take everything it allows.
-                let most = libc::rlimit {
-                    rlim_cur: limit.rlim_max,
-                    rlim_max: limit.rlim_max,
-                };
-                libc::setrlimit(libc::RLIMIT_NOFILE, &most);
-            }
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        }
-    }
-    let soft = limit.rlim_cur;
+/// Raises the open-files limit so 10,000 streams fit; the relay child inherits it. Returns the
+/// new soft limit.
+pub(crate) fn raise_open_file_limit() -> Res<u64> {
+    let soft = pgrelay::open_files::raise_limit(WANTED_FILES)?;
     if soft < NEEDED_FILES {
         return Err(format!(
             "the open-file limit is {soft} and cannot be raised to {NEEDED_FILES}; \

@@ -108,6 +108,7 @@ pub(crate) async fn open_stream(
 
 /// [`open_stream`] from the loopback address `source`: one source address runs out of
 /// ephemeral ports near 28,000 connections.
+#[allow(unsafe_code)] // setsockopt: neither std, tokio nor socket2 sets IP_BIND_ADDRESS_NO_PORT
 pub(crate) async fn open_stream_from(
     source: IpAddr,
     addr: SocketAddr,

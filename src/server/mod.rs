@@ -50,6 +50,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::ConnectionLimits;
+use crate::open_files;
 use connection::Server;
 use waiting::Waiting;
 
@@ -122,36 +123,21 @@ const RESERVED_FILES: u64 = 256;
 /// Services often start with a soft limit of 1,024, and past it `accept` fails while valid
 /// clients wait.
 fn fit_open_files(max_connections: usize) -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return max_connections;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            debug!(
-                from = limit.rlim_cur,
-                to = limit.rlim_max,
-                "raised the open-files limit"
-            );
-            limit = raised;
+    let limit = match open_files::raise_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            warn!(%error, "could not read or raise the open-files limit");
+            return max_connections;
         }
-    }
-    let fits = limit.rlim_cur.saturating_sub(RESERVED_FILES).max(1);
+    };
+    debug!(open_files_limit = limit, "open-files limit");
+    let fits = limit.saturating_sub(RESERVED_FILES).max(1);
     if (max_connections as u64) <= fits {
         return max_connections;
     }
     warn!(
         max_connections,
-        open_files_limit = limit.rlim_cur,
+        open_files_limit = limit,
         effective = fits,
         "--max-connections does not fit the open-files limit; accepting at most {fits} \
          connections (raise the hard limit, e.g. LimitNOFILE= in systemd)"

@@ -476,18 +476,9 @@ mod tests {
         let mut reader = connected.unwrap();
         let socket = accepted.unwrap().0;
         // A send buffer smaller than one write's 32 frames: every write is taken in pieces.
-        let size: libc::c_int = 4096;
-        // SAFETY: setsockopt reads `size` for the duration of the call; the socket is open.
-        let set = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&socket),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(set, 0);
+        socket2::SockRef::from(&socket)
+            .set_send_buffer_size(4096)
+            .unwrap();
         let frames: Vec<Bytes> = (0..2000)
             .map(|n| Bytes::from(format!("id: {n}\ndata: {}\n\n", "y".repeat(n % 300))))
             .collect();

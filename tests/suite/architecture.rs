@@ -24,7 +24,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "routing and storage",
         &[
-            "registry", "store", "migrate", "tls", "frame", "limits", "budget", "metrics",
+            "registry",
+            "store",
+            "migrate",
+            "tls",
+            "frame",
+            "limits",
+            "budget",
+            "metrics",
+            "open_files",
         ],
     ),
     (

@@ -257,8 +257,7 @@ async fn drive(
 /// Stops node with SIGTERM first, so Playwright closes Chromium, then SIGKILL if it lingers.
 async fn stop_node(node: &mut tokio::process::Child) {
     if let Some(pid) = node.id() {
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let _ = pgrelay_cluster::signal(pid, libc::SIGTERM);
         if timeout(Duration::from_secs(3), node.wait()).await.is_ok() {
             return;
         }
@@ -351,8 +350,7 @@ impl RelayChild {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = pgrelay_cluster::signal(child.id(), libc::SIGTERM);
         let deadline = Instant::now() + STOP_BUDGET;
         loop {
             if child.try_wait().map_err(|e| e.to_string())?.is_some() {

@@ -223,7 +223,7 @@ fn demo_runs_and_cleans_up() {
         "the cluster lives in TMPDIR"
     );
 
-    unsafe { libc::kill(demo.id() as i32, libc::SIGTERM) };
+    pgrelay_cluster::signal(demo.id(), libc::SIGTERM).unwrap();
     let status = demo.wait().unwrap();
     assert!(status.success(), "demo exited with {status}");
     assert_eq!(

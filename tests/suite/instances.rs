@@ -859,8 +859,7 @@ async fn logs_carry_no_secrets(json_format: bool) {
     drop(header_stream);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    // SAFETY: kill(2) with a pid we spawned and still own.
-    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    pgrelay_cluster::signal(child.0.id(), libc::SIGTERM).unwrap();
     let status = exit_within(&mut child.0, Duration::from_secs(8))
         .await
         .expect("no exit after SIGTERM");

@@ -31,7 +31,7 @@ async fn tls_cluster(dir: &ScratchDir) -> TempCluster {
     assert!(made.status.success(), "{made:?}");
     // PostgreSQL insists that only its own account can read the key.
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    if unsafe { libc::geteuid() } == 0 {
+    if pgrelay_cluster::is_root() {
         let owner = Command::new("chown")
             .arg("postgres")
             .arg(&key)

@@ -477,7 +477,7 @@ async fn catch_up_storm_leaves_publishing_and_readiness_alone() {
     let relay = RelayProcess::start(&db, &["--pool-size", "4"], None).await;
     let token = relay.token("mallory", &[]);
     let address: std::net::SocketAddr = relay.base.trim_start_matches("http://").parse().unwrap();
-    raise_own_open_files_limit();
+    pgrelay::open_files::raise_limit(u64::MAX).unwrap();
     let mut storm = Vec::new();
     for _ in 0..400 {
         storm.push(slow_reader(address).await);
@@ -810,7 +810,7 @@ async fn tokens_that_live_forever_or_repeat_a_claim_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_open_files_limit_is_raised() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    raise_own_open_files_limit();
+    pgrelay::open_files::raise_limit(u64::MAX).unwrap();
     let db = fresh_database().await;
     let relay =
         RelayProcess::start_under(&["prlimit", "--nofile=1024:", "--"], &db, &[], None).await;
@@ -848,20 +848,6 @@ async fn a_low_open_files_limit_is_raised() {
     })
     .await;
     assert_eq!(served, Ok(1500));
-}
-
-/// Lets this test process open thousands of sockets (its soft limit may be 1,024).
-fn raise_own_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only touch the struct passed to them.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
 }
 
 /// A role that may only insert messages cannot reach past that: no signal or presence change

@@ -11,6 +11,7 @@ pub(crate) static EXIT_CLUSTERS: Mutex<Vec<TempCluster>> = Mutex::new(Vec::new()
 /// Test binaries typically start one shared cluster, keep its URL in a static and hand the cluster
 /// itself to this function. The hook runs when the process exits normally (as test binaries do,
 /// pass or fail); nothing runs if the process is killed by a signal.
+#[allow(unsafe_code)] // atexit: std has no exit hook, and statics are never dropped
 pub fn stop_at_exit(cluster: TempCluster) {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {

@@ -33,11 +33,13 @@ use tokio_postgres::NoTls;
 mod bin_dir;
 mod error;
 mod exit;
+mod os;
 mod process;
 
 pub use bin_dir::find_server_bin_dir;
 pub use error::ClusterError;
 pub use exit::stop_at_exit;
+pub use os::{is_root, signal, signal_group};
 use process::{KillGroupOnDrop, ServerUser, Shutdown};
 
 /// Environment variable naming the server binary directory, which overrides the search.

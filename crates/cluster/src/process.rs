@@ -35,11 +35,8 @@ impl Shutdown {
                     "PostgreSQL is slow to stop; sending a harsher signal"
                 );
             }
-            // SAFETY: kill has no memory-safety preconditions. The pid is still ours: try_wait has
-            // just seen the child unreaped, and an unreaped child's pid cannot be reused.
-            if unsafe { libc::kill(postmaster.id() as libc::pid_t, signal) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            // The pid is still ours: try_wait has just seen the child unreaped.
+            os::signal(postmaster.id(), signal)?;
             self.next_signal += 1;
             self.deadline = Instant::now() + grace;
         }
@@ -53,8 +50,7 @@ pub(crate) struct KillGroupOnDrop(pub(crate) Option<u32>);
 impl Drop for KillGroupOnDrop {
     fn drop(&mut self) {
         if let Some(group) = self.0 {
-            // SAFETY: kill has no memory-safety preconditions; a negative pid names a group.
-            unsafe { libc::kill(-(group as libc::pid_t), libc::SIGKILL) };
+            let _ = os::signal_group(group, libc::SIGKILL);
         }
     }
 }
@@ -69,9 +65,9 @@ pub(crate) struct ServerUser {
 impl ServerUser {
     /// `None` unless we are root. initdb and postgres refuse to run as root (a compromised server
     /// would own the machine), so root hands them to the `postgres` account that packages create.
+    #[allow(unsafe_code)] // getpwnam_r: std cannot look up an account
     pub(crate) fn for_this_process() -> Result<Option<ServerUser>, ClusterError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !os::is_root() {
             return Ok(None);
         }
         // getpwnam_r rather than getpwnam: tests start clusters from several threads at once.

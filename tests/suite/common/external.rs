@@ -95,7 +95,7 @@ pub async fn pgbouncer(pg_port: u16) -> Daemon {
     std::fs::write(dir.0.join("pgbouncer.ini"), config).unwrap();
     let mut command = Command::new(binary);
     // PgBouncer refuses to run as root; -u drops to the postgres user.
-    if unsafe { libc::geteuid() } == 0 {
+    if pgrelay_cluster::is_root() {
         command.args(["-u", "postgres"]);
     }
     let mut child = command

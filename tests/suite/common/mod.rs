@@ -634,8 +634,7 @@ impl RelayProcess {
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) with a pid we spawned and still own; no memory is involved.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        pgrelay_cluster::signal(self.child.id(), signal).unwrap();
     }
 
     /// The process's resident set size in KiB, from /proc.
