@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0012_pending_by_index.sql",
         include_str!("../sql/0012_pending_by_index.sql"),
     ),
+    (
+        13,
+        "0013_revoked_publishers.sql",
+        include_str!("../sql/0013_revoked_publishers.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

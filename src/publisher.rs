@@ -34,7 +34,7 @@ use tracing::debug;
 
 use crate::error::Error;
 use crate::message::NewMessage;
-use crate::store::{self, DbPool, IdempotencyKey, Published};
+use crate::store::{self, Author, DbPool, IdempotencyKey, Outgoing, Published};
 
 /// Requests that may wait for the publishing task; more make their handlers wait too, so a
 /// flood of publishers holds bounded memory.
@@ -68,11 +68,21 @@ pub struct Publisher {
 /// A message waiting for its commit, and where its outcome goes.
 pub struct Pending {
     message: NewMessage,
-    /// The token subject that sent it, who is quarantined if the database refuses it.
-    publisher: String,
+    /// The token that sent it; its subject is quarantined if the database refuses it.
+    author: Author,
     /// The request's `Idempotency-Key`, if it sent one.
     key: Option<IdempotencyKey>,
     reply: oneshot::Sender<Result<Published, Error>>,
+}
+
+impl Pending {
+    fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing {
+            message: &self.message,
+            author: &self.author,
+            key: self.key.as_ref(),
+        }
+    }
 }
 
 impl Publisher {
@@ -93,35 +103,38 @@ impl Publisher {
         }
     }
 
-    /// Stores `message` from `publisher` (the token's subject), once per `key`; returns what
-    /// came of it, with its commit-ordered id, once it is committed.
+    /// Stores `message` from `author` (the token), once per `key`; returns what came of it,
+    /// with its commit-ordered id, once it is committed.
     pub async fn publish(
         &self,
         message: NewMessage,
-        publisher: String,
+        author: Author,
         key: Option<IdempotencyKey>,
     ) -> Result<Published, Error> {
-        let Some(queue) = &self.queue else {
-            return store::publish(&self.pool, &message, key.as_ref()).await;
+        let outgoing = Outgoing {
+            message: &message,
+            author: &author,
+            key: key.as_ref(),
         };
-        if self.quarantine.holds(&publisher) {
+        let Some(queue) = &self.queue else {
+            return store::publish(&self.pool, outgoing).await;
+        };
+        if self.quarantine.holds(&author.subject) {
             let _permit = self.alone.acquire().await.map_err(|_| stopped())?;
-            let id = store::publish(&self.pool, &message, key.as_ref()).await;
+            let id = store::publish(&self.pool, outgoing).await;
             if id.as_ref().is_err_and(Error::is_refused_data) {
-                self.quarantine.add(&publisher);
+                self.quarantine.add(&author.subject);
             }
             return id;
         }
         let (reply, id) = oneshot::channel();
-        queue
-            .send(Pending {
-                message,
-                publisher,
-                key,
-                reply,
-            })
-            .await
-            .map_err(|_| stopped())?;
+        let pending = Pending {
+            message,
+            author,
+            key,
+            reply,
+        };
+        queue.send(pending).await.map_err(|_| stopped())?;
         id.await.map_err(|_| stopped())?
     }
 }
@@ -186,10 +199,7 @@ async fn commit(pool: &DbPool, batch: Vec<Pending>, quarantine: &Quarantine) {
     // still follow the order of arrival.
     let mut parts = vec![batch];
     while let Some(mut part) = parts.pop() {
-        let messages: Vec<(&NewMessage, Option<&IdempotencyKey>)> = part
-            .iter()
-            .map(|pending| (&pending.message, pending.key.as_ref()))
-            .collect();
+        let messages: Vec<Outgoing> = part.iter().map(Pending::outgoing).collect();
         match store::publish_all(pool, &messages).await {
             Ok(outcomes) => {
                 for (pending, outcome) in part.into_iter().zip(outcomes) {
@@ -212,7 +222,7 @@ async fn commit(pool: &DbPool, batch: Vec<Pending>, quarantine: &Quarantine) {
                 if let Some(pending) = part.pop() {
                     // A taken id is no fault of the sender's; refused data is.
                     if error.is_refused_data() {
-                        quarantine.add(&pending.publisher);
+                        quarantine.add(&pending.author.subject);
                     }
                     let _ = pending.reply.send(Err(error));
                 }

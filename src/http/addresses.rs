@@ -2,7 +2,9 @@
 //! `pgrelay.member_rooms` returns, and everyone (`*`). Streams and history reads listen on
 //! these (or, with `?rooms=`, on some of the rooms); publishing to a room needs it among them.
 //! Every such request reads the caller's access in one query, which also refuses a revoked
-//! token (401 `token_revoked`), so the revocation check costs no round trip of its own.
+//! token (401 `token_revoked`), so the revocation check costs no round trip of its own. A
+//! message is the exception: `pgrelay.publish_many` refuses a revoked token in the transaction
+//! that would store it, so a direct message needs no query before it joins its batch.
 
 use axum::http::StatusCode;
 
@@ -26,12 +28,27 @@ async fn access_now(
         .await
         .map_err(|error| ApiError::internal("pgrelay.member_rooms failed", &error))?;
     if now.revoked {
-        return Err(unauthorized(
-            "token_revoked",
-            "this token was revoked (pgrelay.revoke_tokens); get a new one",
-        ));
+        return Err(token_revoked());
     }
     Ok(now)
+}
+
+/// The answer to a revoked token.
+pub fn token_revoked() -> ApiError {
+    unauthorized(
+        "token_revoked",
+        "this token was revoked (pgrelay.revoke_tokens); get a new one",
+    )
+}
+
+/// Where a publish's token is checked against `pgrelay.revocations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationCheck {
+    /// Before anything is sent (a signal: one query).
+    Now,
+    /// By the transaction that stores the message (`pgrelay.publish_many`), exactly and at no
+    /// extra round trip.
+    WhenStored,
 }
 
 /// What a stream or history read hears: all the caller's addresses, or with `?rooms=`
@@ -76,26 +93,27 @@ fn parse_rooms(list: &str) -> Result<Vec<String>, ApiError> {
 
 /// Whether the caller may send to every address in `participants`: `*` needs scope
 /// `broadcast`; a room needs scope `broadcast` or `service` (a backend, which speaks for the
-/// app) or the room among the caller's.
+/// app) or the room among the caller's. Asks the database only for membership the token does
+/// not list, and for revocation when `revocation` says it is checked now.
 pub async fn check_may_address(
     state: &AppState,
     claims: &Claims,
     participants: &[String],
+    revocation: RevocationCheck,
 ) -> Result<(), ApiError> {
-    if claims.has_scope("broadcast") {
-        access_now(state, claims, false).await?;
-        return Ok(());
-    }
-    if participants.iter().any(|address| address == EVERYONE) {
+    let check_now = revocation == RevocationCheck::Now;
+    let broadcast = claims.has_scope("broadcast");
+    if !broadcast && participants.iter().any(|address| address == EVERYONE) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "broadcast_not_allowed",
             "sending to `*` (everyone) needs a token with scope `broadcast`",
         ));
     }
-    if claims.is_service() {
-        // A service's token may be revoked like anyone's.
-        access_now(state, claims, false).await?;
+    if broadcast || claims.is_service() {
+        if check_now {
+            access_now(state, claims, false).await?;
+        }
         return Ok(());
     }
     let unlisted: Vec<String> = participants
@@ -103,6 +121,9 @@ pub async fn check_may_address(
         .filter(|address| is_room(address) && !claims.rooms.contains(address))
         .cloned()
         .collect();
+    if unlisted.is_empty() && !check_now {
+        return Ok(());
+    }
     // Only then ask the app's membership: direct messages never need it.
     let members = access_now(state, claims, !unlisted.is_empty())
         .await?

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::addresses;
+use super::addresses::{self, RevocationCheck};
 use super::extract::Authenticated;
 use super::idempotency;
 use super::{ApiError, AppState};
@@ -30,7 +30,7 @@ use crate::limits::RateLimiter;
 use crate::message::{
     is_room, valid_kind, valid_name, valid_room, valid_subject, NewMessage, MAX_NAME_LEN,
 };
-use crate::store::{self, Published};
+use crate::store::{self, Author, Published};
 
 /// Largest signal payload, in bytes of JSON: signals are small and frequent.
 const MAX_SIGNAL_PAYLOAD: usize = 1024;
@@ -84,9 +84,9 @@ fn field<T: serde::de::DeserializeOwned>(
 
 /// A validated publish request (message or signal).
 struct Publication {
-    /// The token's subject: who is answerable for the request (its rate limit, its
-    /// idempotency keys).
-    publisher: String,
+    /// The token: its subject is answerable for the request (its rate limit, its idempotency
+    /// keys), and the store refuses it if it was revoked.
+    author: Author,
     /// Whether the token has scope `service`.
     service: bool,
     /// The token's subject, or the `sender` a `service` token named.
@@ -120,6 +120,7 @@ async fn read_publication(
     headers: &HeaderMap,
     body: Body,
     max_payload: usize,
+    revocation: RevocationCheck,
 ) -> Result<Publication, ApiError> {
     let service = claims.is_service();
     if !claims.has_scope("publish") && !service {
@@ -167,9 +168,12 @@ async fn read_publication(
     // group-commit batch first, and cost every other sender in it a retry.
     jsonb::check(payload.get())
         .map_err(|refused| ApiError::invalid(format!("the payload cannot be stored: {refused}")))?;
-    addresses::check_may_address(state, &claims, &participants).await?;
+    addresses::check_may_address(state, &claims, &participants, revocation).await?;
     Ok(Publication {
-        publisher: claims.sub,
+        author: Author {
+            subject: claims.sub,
+            issued_at: claims.iat,
+        },
         service,
         sender,
         participants,
@@ -187,7 +191,15 @@ pub async fn post_message(
 ) -> Result<Response, ApiError> {
     let key = idempotency::key(&headers, &claims.sub)?;
     let max_payload = state.settings.max_payload;
-    let publication = read_publication(&state, claims, &headers, body, max_payload).await?;
+    let publication = read_publication(
+        &state,
+        claims,
+        &headers,
+        body,
+        max_payload,
+        RevocationCheck::WhenStored,
+    )
+    .await?;
     take_rate(&state, &publication, &state.limits.publishing)
         .map_err(|wait| ApiError::rate_limited("too many messages; slow down", wait))?;
     let message = NewMessage {
@@ -198,7 +210,7 @@ pub async fn post_message(
     };
     let published = state
         .publisher
-        .publish(message, publication.publisher, key)
+        .publish(message, publication.author, key)
         .await
         .map_err(|error| ApiError::from_database("publishing a message failed", &error))?;
     match published {
@@ -215,6 +227,7 @@ pub async fn post_message(
                  send the same body, and a new message a new key"
             ),
         )),
+        Published::TokenRevoked => Err(addresses::token_revoked()),
     }
 }
 
@@ -227,7 +240,7 @@ fn take_rate(
     limiter: &RateLimiter,
 ) -> Result<(), Duration> {
     if publication.service {
-        state.limits.service.try_take(&publication.publisher)
+        state.limits.service.try_take(&publication.author.subject)
     } else {
         limiter.try_take(&publication.sender)
     }
@@ -240,8 +253,15 @@ pub async fn post_signal(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut publication =
-        read_publication(&state, claims, &headers, body, MAX_SIGNAL_PAYLOAD).await?;
+    let mut publication = read_publication(
+        &state,
+        claims,
+        &headers,
+        body,
+        MAX_SIGNAL_PAYLOAD,
+        RevocationCheck::Now,
+    )
+    .await?;
     let Some(kind) = publication.kind.take() else {
         return Err(ApiError::invalid(
             "a signal needs a `kind`, such as \"typing\"",

@@ -25,7 +25,7 @@ mod publish;
 mod whole;
 
 pub use news::{news, news_position, prepare_news, News, NewsPosition, NewsStatements, PassLimits};
-pub use publish::{publish, publish_all, IdempotencyKey, Published};
+pub use publish::{publish, publish_all, Author, IdempotencyKey, Outgoing, Published};
 pub use whole::{message_size, whole_message, WholeMessage};
 
 /// The pool of query connections, shared by every request and stream.

@@ -1,5 +1,5 @@
 //! Storing what `POST /v1/messages` publishes: one transaction per batch (group commit), each
-//! message once per idempotency key.
+//! message once per idempotency key, none from a revoked token.
 
 use serde_json::value::RawValue;
 use tokio_postgres::types::{Json, Type};
@@ -18,6 +18,30 @@ pub struct IdempotencyKey {
     pub key: String,
 }
 
+/// The token a message is published with. `pgrelay.publish_many` checks it against
+/// `pgrelay.revocations` inside the transaction that would store the message, after the order
+/// lock: exact, and without a query of its own before the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author {
+    /// The token's `sub`: who answers for the request (its rate limit, its keys; a `service`
+    /// token's, not the `sender` it named).
+    pub subject: String,
+    /// The token's `iat` (seconds since the epoch); a token without one counts as issued
+    /// before any revocation.
+    pub issued_at: Option<u64>,
+}
+
+/// One message to publish, with its author and the request's key, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// What to store.
+    pub message: &'a NewMessage,
+    /// The token it comes with.
+    pub author: &'a Author,
+    /// The request's `Idempotency-Key`.
+    pub key: Option<&'a IdempotencyKey>,
+}
+
 /// What publishing one message came to (`pgrelay.publish_many`'s outcome).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Published {
@@ -28,25 +52,23 @@ pub enum Published {
     Replayed(i64),
     /// Its key was used before for another message (this id); nothing was stored.
     KeyReused(i64),
+    /// Its token was revoked (`pgrelay.revoke_tokens`); nothing was stored.
+    TokenRevoked,
 }
 
 /// Stores a message (with its key, if any) and says what came of it.
-pub async fn publish(
-    pool: &DbPool,
-    message: &NewMessage,
-    key: Option<&IdempotencyKey>,
-) -> Result<Published, Error> {
-    let outcomes = publish_all(pool, &[(message, key)]).await?;
+pub async fn publish(pool: &DbPool, outgoing: Outgoing<'_>) -> Result<Published, Error> {
+    let outcomes = publish_all(pool, &[outgoing]).await?;
     Ok(outcomes[0])
 }
 
 /// Stores `messages` in one transaction, one call of `pgrelay.publish_many` (one lock, one
 /// commit, ids in this order), and returns each one's outcome in that order. A key repeated in
 /// the batch, or stored by an earlier transaction, fails nothing: that element is answered
-/// with the first message's id.
+/// with the first message's id. Nor does a revoked token: its message is not stored.
 pub async fn publish_all(
     pool: &DbPool,
-    messages: &[(&NewMessage, Option<&IdempotencyKey>)],
+    messages: &[Outgoing<'_>],
 ) -> Result<Vec<Published>, Error> {
     #[derive(Debug, serde::Serialize)]
     struct Row<'a> {
@@ -58,16 +80,21 @@ pub async fn publish_all(
         idempotency_subject: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         idempotency_key: Option<&'a str>,
+        token_subject: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token_issued_at: Option<u64>,
     }
     let rows: Vec<Row> = messages
         .iter()
-        .map(|(message, key)| Row {
-            participants: &message.participants,
-            payload: &message.payload,
-            kind: &message.kind,
-            sender: &message.sender,
-            idempotency_subject: key.map(|key| key.subject.as_str()),
-            idempotency_key: key.map(|key| key.key.as_str()),
+        .map(|outgoing| Row {
+            participants: &outgoing.message.participants,
+            payload: &outgoing.message.payload,
+            kind: &outgoing.message.kind,
+            sender: &outgoing.message.sender,
+            idempotency_subject: outgoing.key.map(|key| key.subject.as_str()),
+            idempotency_key: outgoing.key.map(|key| key.key.as_str()),
+            token_subject: &outgoing.author.subject,
+            token_issued_at: outgoing.author.issued_at,
         })
         .collect();
     let batch = Json(rows);
@@ -81,12 +108,13 @@ pub async fn publish_all(
         .await?
         .iter()
         .map(|row| {
-            let id: i64 = row.try_get(0)?;
-            match row.try_get::<_, &str>(1)? {
-                "published" => Ok(Published::New(id)),
-                "replayed" => Ok(Published::Replayed(id)),
-                "key_reused" => Ok(Published::KeyReused(id)),
-                other => Err(schema_mismatch(&format!("the outcome {other:?}"))),
+            let id: Option<i64> = row.try_get(0)?;
+            match (row.try_get::<_, &str>(1)?, id) {
+                ("published", Some(id)) => Ok(Published::New(id)),
+                ("replayed", Some(id)) => Ok(Published::Replayed(id)),
+                ("key_reused", Some(id)) => Ok(Published::KeyReused(id)),
+                ("token_revoked", None) => Ok(Published::TokenRevoked),
+                (other, _) => Err(schema_mismatch(&format!("the outcome {other:?}"))),
             }
         })
         .collect::<Result<Vec<Published>, Error>>()?;

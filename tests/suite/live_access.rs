@@ -871,3 +871,75 @@ async fn a_change_during_a_listener_outage_applies_at_its_position() {
     assert_ids(&ids_to(&events, "#b"), &b, "#b");
     assert!(metric(&relay.base, "pgrelay_listener_reconnects_total").await >= 1);
 }
+
+/// A revocation that commits while mallory's message waits to be stored refuses it: the check
+/// runs inside the publishing transaction, after the order lock, not in a query before it.
+/// Here a peer holds the order lock, so the POST passes every check the relay makes up front
+/// and then waits; meanwhile `revoke_tokens` commits. The POST must be answered 401
+/// `token_revoked` and store nothing, and bob's message in the same wait is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_while_a_message_waits_refuses_it() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let relay = Relay::start(&db).await;
+    let (mallory, bob) = (
+        relay.token("mallory", &["publish"]),
+        relay.token("bob", &["publish"]),
+    );
+    let peer = connect(&db).await;
+    peer.batch_execute("BEGIN; LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let base = relay.base.clone();
+    let posts = tokio::spawn(async move {
+        let body = |n: i32| json!({"participants": ["alice"], "payload": {"n": n}});
+        tokio::join!(
+            post(&base, "/v1/messages", &mallory, body(1)),
+            post(&base, "/v1/messages", &bob, body(2))
+        )
+    });
+    // Both wait for the order lock inside publish_many.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                  WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                    AND query LIKE '%publish_many%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the POSTs never reached the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+        .batch_execute("SELECT pgrelay.revoke_tokens('mallory')")
+        .await
+        .unwrap();
+    peer.batch_execute("COMMIT").await.unwrap();
+
+    let (from_mallory, from_bob) = posts.await.unwrap();
+    assert_eq!(from_bob.status(), 201);
+    assert_json_error(from_mallory, 401, "token_revoked", "publish").await;
+    let stored: Vec<i64> = client
+        .query(
+            "SELECT (payload ->> 'n')::int8 FROM pgrelay.messages \
+              WHERE NOT control ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(stored, [2], "only bob's message is stored");
+}

@@ -634,3 +634,87 @@ async fn the_relay_role_keeps_publish_many_across_migration_11() {
         .await;
     assert!(refused.is_err(), "PUBLIC gained no right to publish");
 }
+
+/// `publish_many` refuses the elements whose token `revoke_tokens` revoked (`token_revoked`,
+/// no id, nothing stored) and stores the rest of the batch: with idempotency keys too, where a
+/// revoked element does not take the key from a later element with a fresh token, and a
+/// token without `iat` counts as revoked. Elements without `token_subject` (a relay of the
+/// previous version, which checks first) are not looked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_many_refuses_revoked_tokens_and_stores_the_rest() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    client
+        .batch_execute("SELECT pgrelay.revoke_tokens('mallory', to_timestamp(1000))")
+        .await
+        .unwrap();
+    let element = |n: i32, subject: Option<&str>, iat: Option<i64>, key: Option<&str>| {
+        let mut element = json!({"participants": ["alice"], "payload": {"n": n},
+                                 "kind": "message", "sender": subject.unwrap_or("old")});
+        if let Some(subject) = subject {
+            element["token_subject"] = json!(subject);
+        }
+        if let Some(iat) = iat {
+            element["token_issued_at"] = json!(iat);
+        }
+        if let Some(key) = key {
+            element["idempotency_subject"] = json!(subject);
+            element["idempotency_key"] = json!(key);
+        }
+        element
+    };
+    let batches = [
+        json!([
+            element(1, Some("mallory"), Some(999), None),
+            element(2, Some("bob"), Some(999), None),
+            element(3, Some("mallory"), Some(1001), None),
+            element(4, Some("mallory"), None, None),
+            element(5, None, None, None),
+        ]),
+        json!([
+            element(6, Some("mallory"), Some(999), Some("k")),
+            element(7, Some("mallory"), Some(1001), Some("k")),
+            // A retry of 7 with another fresh token.
+            element(7, Some("mallory"), Some(1002), Some("k")),
+        ]),
+    ];
+    let mut outcomes = Vec::new();
+    for batch in &batches {
+        for row in client
+            .query("SELECT id, outcome FROM pgrelay.publish_many($1)", &[batch])
+            .await
+            .unwrap()
+        {
+            outcomes.push((
+                row.get::<_, Option<i64>>(0).is_some(),
+                row.get::<_, String>(1),
+            ));
+        }
+    }
+    let expected = [
+        (false, "token_revoked"),
+        (true, "published"),
+        (true, "published"),
+        (false, "token_revoked"),
+        (true, "published"),
+        (false, "token_revoked"),
+        (true, "published"),
+        (true, "replayed"),
+    ];
+    let expected: Vec<(bool, String)> = expected
+        .iter()
+        .map(|(id, outcome)| (*id, outcome.to_string()))
+        .collect();
+    assert_eq!(outcomes, expected);
+    let stored: Vec<i64> = client
+        .query(
+            "SELECT (payload ->> 'n')::int8 FROM pgrelay.messages WHERE NOT control ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(stored, [2, 3, 5, 7]);
+}
