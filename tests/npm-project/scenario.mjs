@@ -1,7 +1,7 @@
-// What esm.mjs and cjs.cjs each do with the package they loaded, against the relay at
-// RELAY_URL: a message sent as PARTICIPANT (TOKEN) comes back on the stream, and a token the
-// relay refuses (WRONG_TOKEN) rejects a request, and stops a stream, with the package's error
-// class. Prints nothing: the caller prints what it returns for tests/suite/js_client.rs to check.
+// What esm.mjs, cjs.cjs and browser.mjs each do with the build they loaded, against the relay
+// at RELAY_URL: a message sent as PARTICIPANT (TOKEN) comes back on the stream, and a token
+// the relay refuses (WRONG_TOKEN) rejects a request, and stops a stream, with the build's
+// error class. Prints nothing: the caller prints what it returns for tests/suite/js_client.rs.
 
 const DEADLINE_MS = 10_000;
 

@@ -3,6 +3,7 @@
 // bundler. Each @ts-expect-error is a mistake the declarations must catch: tsc fails when one
 // does not.
 import { PgRelayClient, PgRelayError, type Message } from '@pgrelay/client';
+import * as browser from '@pgrelay/client/browser';
 
 interface Chat {
   text: string;
@@ -53,3 +54,7 @@ const error: PgRelayError = new PgRelayError(403, 'room_not_granted', 'not a mem
 const final: boolean = error.final;
 const code: string | undefined = error.code;
 console.log(final, code, error instanceof Error);
+
+// The browser build has the same declarations.
+const fromBrowser: browser.PgRelayClient<Chat> = relay;
+console.log(fromBrowser);

@@ -135,8 +135,8 @@ async fn the_packed_client_passes_its_tests_against_a_relay() {
 }
 
 /// The tarball installed into a fresh project (tests/npm-project, with TypeScript from the
-/// registry) works as people use it: Node ESM `import` and CommonJS `require` each receive a
-/// message from a real relay and get a `PgRelayError` for a refused token, and `tsc --strict`
+/// registry) works as people use it: Node ESM `import`, CommonJS `require` and the browser
+/// build each receive a message from a real relay and get a `PgRelayError` for a refused token, and `tsc --strict`
 /// accepts the project's typed use of it (generic payloads, the error class) and rejects its
 /// mistakes, under module nodenext (ESM and CommonJS files) and moduleResolution bundler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +179,11 @@ async fn a_fresh_project_uses_the_packed_client_from_esm_commonjs_and_typescript
         "instance": true, "name": "PgRelayError", "status": 401, "code": "bad_signature",
         "final": true,
     });
-    for (script, entry) in [("esm.mjs", "/src/index.js"), ("cjs.cjs", "/dist/index.cjs")] {
+    for (script, entry) in [
+        ("esm.mjs", "/src/index.js"),
+        ("cjs.cjs", "/dist/index.cjs"),
+        ("browser.mjs", "/dist/pgrelay-client.min.js"),
+    ] {
         // The relay is a process of its own: nothing in this runtime needs to run meanwhile.
         let mut report = tokio::task::block_in_place(|| node(script));
         let resolved = report["entry"].take();
