@@ -24,7 +24,8 @@ const BROWSER_FILE: &str = "dist/pgrelay-client.min.js";
 /// The browser file's budget, gzipped (`gzip -c`, level 6, as a server compresses it).
 const GZIP_BUDGET: usize = 8192;
 
-/// The file a browser loads stays small: at most [`GZIP_BUDGET`] bytes gzipped.
+/// The file a browser loads stays small: at most [`GZIP_BUDGET`] bytes gzipped. Runs in plain
+/// `cargo test`: it needs only `gzip`, which every system with PostgreSQL's server has.
 #[test]
 fn the_browser_file_fits_its_gzipped_size_budget() {
     let file = Path::new(PACKAGE).join(BROWSER_FILE);
@@ -63,6 +64,7 @@ fn the_committed_build_is_what_npm_run_build_makes() {
         );
     }
 }
+
 /// The package's own tests (clients/js/test) pass on the unpacked tarball against a relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Node.js and npm: run .ci/run, or cargo test -- --include-ignored once installed"]
@@ -136,9 +138,10 @@ async fn the_packed_client_passes_its_tests_against_a_relay() {
 
 /// The tarball installed into a fresh project (tests/npm-project, with TypeScript from the
 /// registry) works as people use it: Node ESM `import`, CommonJS `require` and the browser
-/// build each receive a message from a real relay and get a `PgRelayError` for a refused token, and `tsc --strict`
-/// accepts the project's typed use of it (generic payloads, the error class) and rejects its
-/// mistakes, under module nodenext (ESM and CommonJS files) and moduleResolution bundler.
+/// build each receive a message from a real relay and get a `PgRelayError` for a refused
+/// token, and `tsc --strict` accepts the project's typed use of it (generic payloads, the
+/// error class) and rejects its mistakes, under module nodenext (ESM and CommonJS files) and
+/// moduleResolution bundler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Node.js and npm: run .ci/run, or cargo test -- --include-ignored once installed"]
 async fn a_fresh_project_uses_the_packed_client_from_esm_commonjs_and_typescript() {
