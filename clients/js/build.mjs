@@ -5,12 +5,12 @@
 // - dist/pgrelay-client.min.js  the file a browser loads: one minified ES module, served by
 //                               every relay at /v1/client.js (size budget: 8 KiB gzipped)
 // - dist/index.cjs              the CommonJS build, for `require('@pgrelay/client')`
-// - dist/index.d.cts            the declarations for `require`: index.d.ts, copied, because
-//                               TypeScript reads a `.d.ts` in this "type": "module" package
-//                               as an ES module's
+// - dist/index.d.cts            the declarations for `require`: index.d.ts under a header,
+//                               because TypeScript reads a `.d.ts` in this "type": "module"
+//                               package as an ES module's
 // Node's and bundlers' `import` take src/index.js as it is: readable, with its comments.
 
-import { copyFile, mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 
 import { build } from 'esbuild';
 
@@ -34,5 +34,11 @@ await Promise.all([
     outfile: 'dist/pgrelay-client.min.js',
   }),
   build({ ...common, format: 'cjs', platform: 'node', outfile: 'dist/index.cjs' }),
-  copyFile('index.d.ts', 'dist/index.d.cts'),
+  readFile('index.d.ts', 'utf8').then((declarations) =>
+    writeFile(
+      'dist/index.d.cts',
+      '// Made by build.mjs from index.d.ts (edit that): the declarations of dist/index.cjs.\n' +
+        declarations,
+    ),
+  ),
 ]);

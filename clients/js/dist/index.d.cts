@@ -1,3 +1,4 @@
+// Made by build.mjs from index.d.ts (edit that): the declarations of dist/index.cjs.
 // Type declarations for @pgrelay/client (src/index.js).
 
 /** What `onRooms` receives: the rooms the stream gained and lost. */
