@@ -14,7 +14,7 @@ COPY src ./src
 COPY sql ./sql
 COPY static ./static
 # Compiled in: the client served at /v1/client.js and the OpenAPI document.
-COPY clients/js/src ./clients/js/src
+COPY clients/js/dist/pgrelay-client.min.js ./clients/js/dist/
 COPY docs/openapi.json ./docs/openapi.json
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --no-default-features
 

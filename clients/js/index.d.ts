@@ -79,7 +79,12 @@ export class PgRelayError extends Error {
 /** @deprecated The earlier name of {@link PgRelayError}. */
 export type RelayError = PgRelayError;
 
-export interface PgRelayClientOptions {
+/**
+ * `Payload` is the type of the stored messages' payloads the application receives and sends
+ * (default `unknown`: narrow it before use). The relay does not check it: it is what the
+ * application's writers agree on.
+ */
+export interface PgRelayClientOptions<Payload = unknown> {
   /** The relay's base URL without a trailing slash; '' is the page's own origin. */
   url?: string;
   /** A token for the current user, or a function called for every (re)connect and request. */
@@ -96,7 +101,7 @@ export interface PgRelayClientOptions {
   /** Signal kinds to deliver (default `['typing']`; `presence` always). */
   signalKinds?: string[];
   /** Each stored message once, in id order. */
-  onMessage?: (message: Message, kind: string) => void;
+  onMessage?: (message: Message<Payload>, kind: string) => void;
   /**
    * In a message's place (once, in id order), when it is larger than the relay streams: its
    * stand-in. Default: dropped (its id still counts).
@@ -128,8 +133,8 @@ export interface PgRelayClientOptions {
   transport?: 'eventsource' | 'fetch';
 }
 
-export class PgRelayClient {
-  constructor(options: PgRelayClientOptions);
+export class PgRelayClient<Payload = unknown> {
+  constructor(options: PgRelayClientOptions<Payload>);
   /** The id of the last message seen, or the stream's position; null before either. */
   readonly lastId: number | null;
   /** The last status reported to `onStatus`. */
@@ -147,14 +152,14 @@ export class PgRelayClient {
    */
   send(message: {
     participants: string[];
-    payload: unknown;
+    payload: Payload;
     kind?: string;
     idempotencyKey?: string;
   }): Promise<number>;
   /** Sends a throttled `typing` signal; resolves to whether one was sent. */
   typing(participants: string[]): Promise<boolean>;
   /** One stored message whole (`GET /v1/messages/{id}`), e.g. the one behind a stand-in. */
-  fetchMessage<Payload = unknown>(id: number): Promise<Message<Payload>>;
+  fetchMessage<Fetched = Payload>(id: number): Promise<Message<Fetched>>;
   /** Who of `participants` is online (each must be visible to the caller). */
   presence(participants: string[]): Promise<Record<string, PresenceState>>;
 }

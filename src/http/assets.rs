@@ -5,8 +5,10 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 
-/// The browser client module, served at `/v1/client.js`.
-const CLIENT_JS: &str = include_str!("../../clients/js/src/index.js");
+/// The browser client module, served at `/v1/client.js`: the package's minified build of
+/// clients/js/src, committed so that building the relay needs no Node (tests/suite/js_client.rs
+/// checks it is what `npm run build` makes).
+const CLIENT_JS: &str = include_str!("../../clients/js/dist/pgrelay-client.min.js");
 
 /// The OpenAPI 3.1 document of this API, served at `/v1/openapi.json` (tests/suite/openapi.rs
 /// checks the live server against it).
