@@ -472,7 +472,7 @@ export class PgRelayClient {
 
   /** An event or a state the holding tab broadcast, heard by a tab that does not hold. */
   #heard({ type, data, lastEventId, at, status, error }) {
-    if (at !== null && !(at <= this.#sharedAt)) this.#sharedAt = at;
+    if (at !== null && (this.#sharedAt === null || at > this.#sharedAt)) this.#sharedAt = at;
     this.#sync();
     if (type === 'state') {
       if (!this.#streaming) this.#mirror(status, error);
