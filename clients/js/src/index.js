@@ -167,6 +167,8 @@ export class PgRelayClient {
   #synced = false;
   /** The shared stream's position: the highest id its holders broadcast as read. */
   #sharedAt = null;
+  /** The token this tab joined with, until a stream uses it or another tab holds the stream. */
+  #joinToken = null;
 
   /**
    * @param {object} options
@@ -377,9 +379,11 @@ export class PgRelayClient {
     } else {
       this.#setStatus('connecting');
     }
-    let token;
+    // The token minted to join the tabs opens the stream if this tab holds it at once.
+    let token = this.#joinToken;
+    this.#joinToken = null;
     try {
-      token = await this.#token();
+      token ??= await this.#token();
     } catch {
       if (generation === this.#generation) this.#reopen(this.#backoff());
       return;
@@ -390,6 +394,7 @@ export class PgRelayClient {
       const key = tabKey(this.#url, token, this.#rooms, this.#kinds, this.#signalKinds);
       if (key !== null) {
         // From here the tabs decide who streams: #hold() or #sync() connect again.
+        this.#joinToken = token;
         this.#tabs = new Tabs(key, {
           hold: () => this.#hold(),
           lose: () => this.#follow(),
@@ -472,6 +477,7 @@ export class PgRelayClient {
 
   /** An event or a state the holding tab broadcast, heard by a tab that does not hold. */
   #heard({ type, data, lastEventId, at, status, error }) {
+    this.#joinToken = null; // another tab holds: by our turn, it may have expired
     if (at !== null && (this.#sharedAt === null || at > this.#sharedAt)) this.#sharedAt = at;
     this.#sync();
     if (type === 'state') {
@@ -552,7 +558,7 @@ export class PgRelayClient {
     this.#tabs?.close();
     this.#tabs = null;
     this.#holding = this.#streaming = this.#synced = false;
-    this.#sharedAt = null;
+    this.#sharedAt = this.#joinToken = null;
   }
 
   /** One event of the stream, whichever transport read it, or whichever tab. */

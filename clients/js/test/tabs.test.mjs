@@ -107,12 +107,15 @@ function watchStreams(t) {
 
 /** A client of `sub` (a tab) that records what it hands over. */
 function tab(sub, options = {}) {
-  const seen = { ids: [], statuses: [], errors: [], rooms: [] };
+  const seen = { ids: [], statuses: [], errors: [], rooms: [], tokens: 0 };
   const token = options.token ?? mint(sub, options.claims);
   const client = new PgRelayClient({
     url: RELAY,
     transport: 'fetch',
-    token: () => token,
+    token: () => {
+      seen.tokens += 1;
+      return token;
+    },
     onMessage: (message) => seen.ids.push(message.id),
     onRooms: (change) => seen.rooms.push(change),
     onStatus: (status, error) => {
@@ -160,6 +163,8 @@ test('clients of one participant share one stream; each gets every message once,
   await until(() => tabs.every(({ client }) => client.status === 'live'), 'every tab live');
   await until(() => tabs.every(({ client }) => client.lastId !== null), 'every tab positioned');
   assert.equal(streams.all.length, 1, 'one stream for four tabs');
+  // One token each: the holder opens the stream with the token it joined with.
+  assert.deepEqual(tabs.map(({ seen }) => seen.tokens), [1, 1, 1, 1]);
   // Sending works from any tab: from the last one, which follows.
   const ids = await publish(tabs[3].client, [me], 20);
   await until(() => tabs.every(({ seen }) => seen.ids.length >= ids.length), 'every message');
