@@ -195,6 +195,38 @@ test("the holder's close() hands the stream over: no gap, no duplicate", async (
   assert.notEqual(streams.open()[0].token, holder.token);
 });
 
+test('a holder gone silent is taken over, and steps down: no gap, no duplicate', async (t) => {
+  browser(t);
+  const streams = watchStreams(t);
+  // The tabs' channels, in the order the clients join: the first to join holds.
+  const channels = [];
+  const Real = globalThis.BroadcastChannel;
+  globalThis.BroadcastChannel = class extends Real {
+    constructor(name) {
+      super(name);
+      channels.push(this);
+    }
+  };
+  t.after(() => (globalThis.BroadcastChannel = Real));
+  const me = `user-${randomUUID()}`;
+  const tabs = [tab(me), tab(me), tab(me)];
+  startAll(t, tabs);
+  await until(() => tabs.every(({ client }) => client.lastId !== null), 'every tab positioned');
+  const [holder] = tabs;
+  assert.equal(streams.open()[0].token, holder.token);
+  const sender = tab(`sender-${randomUUID()}`).client;
+  const sending = publish(sender, [me], 110); // ~6 s
+  await until(() => tabs[1].seen.ids.length >= 10, 'some messages');
+  // The holder still reads its stream but no longer reaches the other tabs, as if hung.
+  channels[0].postMessage = () => {};
+  const ids = await sending;
+  await until(() => tabs.every(({ seen }) => seen.ids.length >= ids.length), 'every message', 15_000);
+  await pause(200);
+  for (const { seen } of tabs) assert.deepEqual(seen.ids, ids);
+  assert.equal(streams.open().length, 1, 'the silent holder closed its stream');
+  assert.notEqual(streams.open()[0].token, holder.token);
+});
+
 test('a client starting behind the shared stream catches up, then follows', async (t) => {
   browser(t);
   const streams = watchStreams(t);
