@@ -92,8 +92,11 @@ const TYPING_INTERVAL_MS = 2_000;
 /** How often the tab holding a shared stream tells the others it is alive. */
 const HEARTBEAT_MS = 1_000;
 
-/** Silence of the holding tab after which another takes the stream over (a frozen tab). */
-const TAKEOVER_MS = 4_000;
+/**
+ * Silence of the holding tab after which another asks whether it is there; unanswered by the
+ * next heartbeat, it takes the stream over (a frozen or hung tab).
+ */
+const TAKEOVER_MS = 3_000;
 
 /** Refusals a fresh token from `token()` can cure: the client reconnects after them. */
 const CURED_BY_A_NEW_TOKEN = new Set(['token_expired', 'token_not_yet_valid']);
@@ -697,8 +700,11 @@ export class PgRelayClient {
  * Every tab queues for the lock; the one that gets it holds the stream (`hold`) until it closes
  * or its page goes (the browser releases the lock), and the next in the queue takes over. The
  * holder broadcasts each event with the stream's position, and its state every HEARTBEAT_MS
- * and whenever a tab joins (`hello`). A holder that froze or hangs keeps its lock, so after
- * TAKEOVER_MS without a word from it a waiting tab steals the lock. If the old holder wakes,
+ * and whenever a tab says `hello` (joining, or asking whether it is there). A holder that froze
+ * or hangs keeps its lock, so after TAKEOVER_MS without a word from it a waiting tab asks, and
+ * if no answer comes by its next heartbeat, steals the lock. Asking spares a holder that is
+ * merely throttled: a hidden tab's timers may run once a minute (Chrome's intensive
+ * throttling), its heartbeat with them, but it answers a message at once. If the old holder wakes,
  * it learns of its loss from the lock (its request rejects) or from the newer holder's
  * messages (`since`: when a holder took the lock), whichever comes first, and follows (`lose`).
  * Its last own events and the new holder's overlap, never leave a gap: the new holder resumed
@@ -716,6 +722,8 @@ class Tabs {
   #since = 0;
   /** When this tab last heard from a holder. */
   #heard = Date.now();
+  /** When this tab last asked a silent holder whether it is there. */
+  #asked = 0;
   #timer;
   #closed = false;
 
@@ -743,8 +751,16 @@ class Tabs {
       on.heard(message);
     };
     this.#timer = setInterval(() => {
-      if (this.#release) on.beat();
-      else if (Date.now() - this.#heard > TAKEOVER_MS) this.#queue(true);
+      if (this.#release) {
+        on.beat();
+      } else if (Date.now() - this.#heard > TAKEOVER_MS) {
+        if (this.#asked > this.#heard) {
+          this.#queue(true); // asked, and no answer since
+        } else {
+          this.#asked = Date.now();
+          this.post({ type: 'hello' });
+        }
+      }
     }, HEARTBEAT_MS);
     this.#queue(false);
     this.post({ type: 'hello' });

@@ -234,6 +234,33 @@ test('a holder gone silent is taken over, and steps down: no gap, no duplicate',
   assert.notEqual(streams.open()[0].token, holder.token);
 });
 
+test('a holder whose timers stall but who answers is not taken over', async (t) => {
+  browser(t);
+  const streams = watchStreams(t);
+  // The first tab's heartbeat never runs, as in a hidden tab whose timers the browser wakes
+  // once a minute; its messages still run at once.
+  const realSetInterval = globalThis.setInterval;
+  let stalled = false;
+  globalThis.setInterval = (callback, ms) => {
+    if (stalled) return realSetInterval(callback, ms);
+    stalled = true;
+    return realSetInterval(() => {}, ms);
+  };
+  t.after(() => (globalThis.setInterval = realSetInterval));
+  const me = `user-${randomUUID()}`;
+  const holder = tab(me);
+  startAll(t, [holder]);
+  await until(() => holder.client.lastId !== null, 'positioned');
+  const others = [tab(me), tab(me)];
+  startAll(t, others);
+  await until(() => others.every(({ client }) => client.lastId !== null), 'the others positioned');
+  await pause(7_000); // more than the silence after which a tab asks, and the next heartbeat
+  assert.equal(streams.all.length, 1, 'nobody took over');
+  const ids = await publish(others[0].client, [me], 3);
+  await until(() => others.every(({ seen }) => seen.ids.length === 3), 'the messages');
+  assert.deepEqual(holder.seen.ids, ids);
+});
+
 test('a client starting behind the shared stream catches up, then follows', async (t) => {
   browser(t);
   const streams = watchStreams(t);
