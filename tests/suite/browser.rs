@@ -8,12 +8,12 @@
 //! and a second origin serving the same page bytes so the cross-origin path (CORS on the stream,
 //! preflighted POSTs, a cross-origin module import) is exercised for real.
 //!
-//! The two halves talk over the node process's stdio: it prints `RESTART_RELAY <json>` and
+//! The two halves talk over the node process's stdio: e2e.mjs prints `RESTART_RELAY <json>` and
 //! waits for `RELAY_RESTARTED` on stdin.
 //!
-//! Needs `node` (18 or newer, Debian 12's) and Chromium (`apt-get install -y chromium nodejs npm`); runs
-//! `npm ci` in `tests/browser` when its `node_modules` is missing. It is `#[ignore]`d, so plain
-//! `cargo test` reports it as not run; `.ci/run` installs what it needs and runs it.
+//! Both need `node` (18 or newer, Debian 12's) and Chromium (`apt-get install -y chromium nodejs npm`); they run
+//! `npm ci` in `tests/browser` when its `node_modules` is missing. They are `#[ignore]`d, so plain
+//! `cargo test` reports them as not run; `.ci/run` installs what they need and runs them.
 //! `PGRELAY_CHROMIUM` names a browser binary elsewhere than `/usr/bin/chromium`.
 
 use std::path::{Path, PathBuf};
