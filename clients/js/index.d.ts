@@ -131,6 +131,14 @@ export interface PgRelayClientOptions<Payload = unknown> {
    * `EventSource` exists, else `'fetch'`.
    */
   transport?: 'eventsource' | 'fetch';
+  /**
+   * Share one stream with this browser's other tabs (same origin) that follow the same stream:
+   * same relay, same participant (the token's `sub`), same `rooms`, `kinds` and
+   * `signalKinds`. One tab holds it, the others receive through it; each still sees each
+   * message once, in order. Default `true`; needs Web Locks and `BroadcastChannel` (elsewhere,
+   * as in Node, each client has its own stream) and a JWT token. `false`: a stream of its own.
+   */
+  shareTabs?: boolean;
 }
 
 export class PgRelayClient<Payload = unknown> {

@@ -330,13 +330,16 @@ async function scenarios(browser) {
   // (d) client.js on its own, in bob's page: an expired token (401, after which EventSource
   // gives up for good without saying why: the client asks) and an expiring token (the relay's
   // token_expired) must each lead to a new stream with a fresh token from the callback,
-  // resuming at lastId: nothing lost, nothing repeated.
+  // resuming at lastId: nothing lost, nothing repeated. It keeps a stream of its own
+  // (shareTabs: false): sharing, it would follow the stream of the page's own client of bob,
+  // and only a holder's token opens a stream (tests/browser/tabs.mjs tests sharing).
   const shortLived = mint('bob', 4); // exp is in whole seconds: valid for 3 to 4 s
   await bob.evaluate(async (tokens) => {
     const { PgRelayClient } = await import('/v1/client.js');
     const test = { received: [], statuses: [], tokensUsed: 0 };
     window.clientTest = test;
     test.client = new PgRelayClient({
+      shareTabs: false,
       token: async () => tokens[Math.min(test.tokensUsed++, tokens.length - 1)],
       sinceId: window.pgrelayDemo.client.lastId,
       onMessage: (message) => test.received.push(`${message.id}:${message.payload.text}`),
@@ -370,12 +373,14 @@ async function scenarios(browser) {
   log(`(d) passed: client statuses ${test.statuses.join(' → ')}, ${test.tokensUsed} tokens, no loss, no duplicates`);
 
   // (d2) A token the relay refuses for good (signed with another secret): the page learns why
-  // through onStatus, and the client stops instead of reconnecting forever.
+  // through onStatus, and the client stops instead of reconnecting forever (on a stream of its
+  // own, as in (d)).
   await bob.evaluate(async (token) => {
     const { PgRelayClient } = await import('/v1/client.js');
     const test = { statuses: [], tokensUsed: 0 };
     window.refusedTest = test;
     test.client = new PgRelayClient({
+      shareTabs: false,
       token: async () => {
         test.tokensUsed += 1;
         return token;

@@ -1,17 +1,19 @@
-//! Browser end-to-end test: the demo page and `/v1/client.js` in headless Chromium.
+//! Browser end-to-end tests: the demo page and `/v1/client.js` in headless Chromium.
 //!
-//! The browser half lives in `tests/browser/e2e.mjs` (Node + `playwright-core`, driving the
-//! system Chromium); this half provides what a browser cannot: a real `pgrelay serve --demo`
+//! Each browser half lives in `tests/browser/*.mjs` (Node + `playwright-core`, driving the
+//! system Chromium). `tabs.mjs` opens many tabs of one participant and checks that they share
+//! one stream, through a closing and a hanging holder, with nothing lost or repeated. For
+//! `e2e.mjs` this half provides what a browser cannot: a real `pgrelay serve --demo`
 //! process that it stops and restarts on the same port mid-test, SQL inserts while it is down,
 //! and a second origin serving the same page bytes so the cross-origin path (CORS on the stream,
 //! preflighted POSTs, a cross-origin module import) is exercised for real.
 //!
-//! The two halves talk over the node process's stdio: it prints `RESTART_RELAY <json>` and
+//! The two halves talk over the node process's stdio: e2e.mjs prints `RESTART_RELAY <json>` and
 //! waits for `RELAY_RESTARTED` on stdin.
 //!
-//! Needs `node` (18 or newer, Debian 12's) and Chromium (`apt-get install -y chromium nodejs npm`); runs
-//! `npm ci` in `tests/browser` when its `node_modules` is missing. It is `#[ignore]`d, so plain
-//! `cargo test` reports it as not run; `.ci/run` installs what it needs and runs it.
+//! Both need `node` (18 or newer, Debian 12's) and Chromium (`apt-get install -y chromium nodejs npm`); they run
+//! `npm ci` in `tests/browser` when its `node_modules` is missing. They are `#[ignore]`d, so plain
+//! `cargo test` reports them as not run; `.ci/run` installs what they need and runs them.
 //! `PGRELAY_CHROMIUM` names a browser binary elsewhere than `/usr/bin/chromium`.
 
 use std::path::{Path, PathBuf};
@@ -27,8 +29,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::time::{timeout, Instant};
 
-/// The whole browser session, restart included; the e2e script's own watchdog is 50 s.
+/// The whole browser session, restart included; the e2e script's own watchdog is 70 s.
 const NODE_BUDGET: Duration = Duration::from_secs(75);
+
+/// The whole tabs session; the tabs script's own watchdog is 100 s.
+const TABS_BUDGET: Duration = Duration::from_secs(120);
 
 /// How long the relay may take to become ready after a (re)start.
 const READY_BUDGET: Duration = Duration::from_secs(15);
@@ -53,19 +58,16 @@ const INSTALL_HINT: &str = "install them with `apt-get install -y chromium nodej
 #[ignore = "needs Chromium and Node.js: run .ci/run, or cargo test -- --include-ignored once installed"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_page_in_a_real_browser() {
-    let chromium = chromium_path().unwrap_or_else(|| {
-        panic!("the browser test needs Chromium at /usr/bin/chromium (or PGRELAY_CHROMIUM): {INSTALL_HINT}")
-    });
-    if let Err(problem) = check_node().await {
-        panic!("the browser test needs Node.js 18 or newer ({problem}): {INSTALL_HINT}");
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    install_playwright(&root.join("tests/browser")).await;
-
+    let (root, chromium) = browser_prerequisites().await;
     let target = root.join("target");
     std::fs::create_dir_all(&target).unwrap();
     let database_url = fresh_database().await;
-    let mut relay = RelayChild::new(&database_url, free_port(), target.join("browser-relay.log"));
+    let mut relay = RelayChild::new(
+        &database_url,
+        free_port(),
+        target.join("browser-relay.log"),
+        &[],
+    );
     relay.start().await;
 
     // The second origin serves the bytes the relay serves at `/`, deployed as an operator
@@ -166,6 +168,85 @@ async fn demo_page_in_a_real_browser() {
             tail(&relay.log, 40)
         ),
     }
+}
+
+/// Seven tabs of one participant (more than HTTP/1.1's six connections per origin) hold one
+/// stream on the relay; when the holding tab closes, and when the next one hangs, another takes
+/// over, and every tab gets every published message once, in order; a tab of another
+/// participant in the same browser has its own stream and none of these messages. Prints the
+/// figures BENCHMARKS.md quotes (`FIGURE` lines; `--nocapture` shows them).
+#[ignore = "needs Chromium and Node.js: run .ci/run, or cargo test -- --include-ignored once installed"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_share_one_stream_in_a_real_browser() {
+    let (root, chromium) = browser_prerequisites().await;
+    let target = root.join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let database_url = fresh_database().await;
+    // The script publishes every 20 ms, faster than a sender's default rate.
+    let mut relay = RelayChild::new(
+        &database_url,
+        free_port(),
+        target.join("browser-tabs-relay.log"),
+        &["--publish-rate", "1000", "--publish-burst", "1000"],
+    );
+    relay.start().await;
+
+    let mut node = Command::new("node")
+        .arg(root.join("tests/browser/tabs.mjs"))
+        .current_dir(root.join("tests/browser"))
+        .env("RELAY_URL", relay.base())
+        .env("TOKEN_SECRET", SECRET)
+        .env("CHROMIUM_PATH", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cannot start node");
+    let transcript = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut stderr = node.stderr.take().unwrap();
+    let stderr_task = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let outcome = timeout(
+        TABS_BUDGET,
+        drive(&mut node, &mut relay, &database_url, &transcript),
+    )
+    .await
+    .unwrap_or_else(|_| Err(format!("the tabs test took longer than {TABS_BUDGET:?}")));
+    if outcome.is_err() {
+        stop_node(&mut node).await;
+    }
+    let stderr = timeout(Duration::from_secs(5), stderr_task)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let transcript = transcript.lock().unwrap().join("\n");
+    if !matches!(outcome, Ok(status) if status.success()) {
+        panic!(
+            "the tabs test failed ({outcome:?})\n--- node stdout ---\n{transcript}\n\
+             --- node stderr ---\n{stderr}\n--- end of {} ---\n{}",
+            relay.log.display(),
+            tail(&relay.log, 40)
+        );
+    }
+}
+
+/// The repository root and Chromium's path, once Node.js and `playwright-core` are there;
+/// panics saying how to install what is missing.
+async fn browser_prerequisites() -> (&'static Path, PathBuf) {
+    let chromium = chromium_path().unwrap_or_else(|| {
+        panic!("the browser test needs Chromium at /usr/bin/chromium (or PGRELAY_CHROMIUM): {INSTALL_HINT}")
+    });
+    if let Err(problem) = check_node().await {
+        panic!("the browser test needs Node.js 18 or newer ({problem}): {INSTALL_HINT}");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    install_playwright(&root.join("tests/browser")).await;
+    (root, chromium)
 }
 
 /// The last `lines` lines of a file, for failure messages.
@@ -272,16 +353,19 @@ struct RelayChild {
     database_url: String,
     port: u16,
     log: PathBuf,
+    /// Flags added to the command line, after the ones every browser test uses.
+    args: Vec<String>,
     child: Option<std::process::Child>,
 }
 
 impl RelayChild {
-    fn new(database_url: &str, port: u16, log: PathBuf) -> RelayChild {
+    fn new(database_url: &str, port: u16, log: PathBuf, args: &[&str]) -> RelayChild {
         let _ = std::fs::remove_file(&log);
         RelayChild {
             database_url: database_url.to_owned(),
             port,
             log,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
             child: None,
         }
     }
@@ -303,6 +387,7 @@ impl RelayChild {
             .args(["--presence-debounce", PRESENCE_DEBOUNCE])
             .args(["--presence-ttl", PRESENCE_TTL])
             .args(["--bind", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.args)
             .env("DATABASE_URL", &self.database_url)
             .env("PGRELAY_SECRET", SECRET)
             .env_remove("LISTEN_DATABASE_URL")

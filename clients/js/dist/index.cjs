@@ -26,6 +26,8 @@ module.exports = __toCommonJS(index_exports);
 var MAX_BACKOFF_MS = 3e4;
 var FIRST_BACKOFF_MS = 1e3;
 var TYPING_INTERVAL_MS = 2e3;
+var HEARTBEAT_MS = 1e3;
+var TAKEOVER_MS = 3e3;
 var CURED_BY_A_NEW_TOKEN = /* @__PURE__ */ new Set(["token_expired", "token_not_yet_valid"]);
 var PgRelayError = class extends Error {
   /**
@@ -77,6 +79,20 @@ var PgRelayClient = class {
   #timer = null;
   /** Bumped by every connect and by close(), so a stale async connect does nothing. */
   #generation = 0;
+  /** Whether to share the stream with this browser's other tabs: asked for, and possible. */
+  #share;
+  /** The tabs this one shares with (a `Tabs`), once joined; null while alone. */
+  #tabs = null;
+  /** Whether this tab holds the shared stream, reading it for all. */
+  #holding = false;
+  /** Whether this tab reads a stream of its own: it holds, or catches up to the shared one. */
+  #streaming = false;
+  /** Whether this follower has met the shared stream, so its events continue this tab's. */
+  #synced = false;
+  /** The shared stream's position: the highest id its holders broadcast as read. */
+  #sharedAt = null;
+  /** The token this tab joined with, until a stream uses it or another tab holds the stream. */
+  #joinToken = null;
   /**
    * @param {object} options
    * @param {string} [options.url] relay base URL without trailing slash; '' = same origin
@@ -113,6 +129,9 @@ var PgRelayClient = class {
    *   added rooms' messages and none of the removed rooms'
    * @param {'eventsource'|'fetch'} [options.transport] how to read the stream; default
    *   `'eventsource'` where `EventSource` exists, else `'fetch'`
+   * @param {boolean} [options.shareTabs] share one stream with this browser's tabs that follow
+   *   the same stream (default true; needs Web Locks and `BroadcastChannel`, and a JWT whose
+   *   `sub` names the participant); false keeps a stream of this tab's own
    */
   constructor({
     url = "",
@@ -135,7 +154,8 @@ var PgRelayClient = class {
     },
     onRooms = () => {
     },
-    transport = typeof EventSource === "function" ? "eventsource" : "fetch"
+    transport = typeof EventSource === "function" ? "eventsource" : "fetch",
+    shareTabs = true
   } = {}) {
     if (token === void 0) throw new TypeError("PgRelayClient: `token` is required");
     this.#url = String(url).replace(/\/+$/, "");
@@ -156,6 +176,7 @@ var PgRelayClient = class {
       throw new TypeError("PgRelayClient: `transport` is 'eventsource' or 'fetch'");
     }
     this.#transport = transport;
+    this.#share = shareTabs && typeof location === "object" && typeof BroadcastChannel === "function" && !!globalThis.navigator?.locks;
   }
   /** The id of the last message seen (or the stream's position), or null if unknown yet. */
   get lastId() {
@@ -178,6 +199,7 @@ var PgRelayClient = class {
   /** Closes the stream for good (until `start()` is called again). */
   close() {
     this.#started = false;
+    this.#leave();
     this.#generation += 1;
     clearTimeout(this.#timer);
     this.#timer = null;
@@ -274,23 +296,38 @@ var PgRelayClient = class {
     } else {
       this.#setStatus("connecting");
     }
-    let token;
+    let token = this.#joinToken;
+    this.#joinToken = null;
     try {
-      token = await this.#token();
+      token ??= await this.#token();
     } catch {
       if (generation === this.#generation) this.#reopen(this.#backoff());
       return;
     }
     if (!this.#started || generation !== this.#generation) return;
+    if (this.#share && !this.#tabs) {
+      const key = tabKey(this.#url, token, this.#rooms, this.#kinds, this.#signalKinds);
+      if (key !== null) {
+        this.#joinToken = token;
+        this.#tabs = new Tabs(key, {
+          hold: () => this.#hold(),
+          lose: () => this.#follow(),
+          heard: (message) => this.#heard(message),
+          beat: () => this.#beat()
+        });
+        return;
+      }
+    }
+    const since = this.#lastId === null ? this.#sharedAt : Math.min(this.#lastId, this.#sharedAt ?? Infinity);
     const opened = () => {
       this.#attempts = 0;
       this.#everLive = true;
       this.#setStatus("live");
     };
-    const handle = (type, data, lastEventId) => this.#handle(type, data, lastEventId);
+    const handle = (type, data, lastEventId) => this.#read(type, data, lastEventId);
     if (this.#transport === "fetch") {
       const query2 = new URLSearchParams();
-      if (this.#lastId !== null) query2.set("since_id", String(this.#lastId));
+      if (since !== null) query2.set("since_id", String(since));
       if (this.#rooms.length > 0) query2.set("rooms", this.#rooms.join(","));
       const source2 = new FetchSource(`${this.#url}/v1/stream?${query2}`, token, {
         open: opened,
@@ -302,7 +339,7 @@ var PgRelayClient = class {
       return;
     }
     const query = new URLSearchParams({ token });
-    if (this.#lastId !== null) query.set("since_id", String(this.#lastId));
+    if (since !== null) query.set("since_id", String(since));
     if (this.#rooms.length > 0) query.set("rooms", this.#rooms.join(","));
     const url = `${this.#url}/v1/stream?${query}`;
     const source = new EventSource(url);
@@ -332,7 +369,93 @@ var PgRelayClient = class {
       source.addEventListener(type, (event) => handle(type, event.data, event.lastEventId));
     }
   }
-  /** One event of the stream, whichever transport read it. */
+  /** One event of this tab's own stream: a holder hands it to the other tabs too. */
+  #read(type, data, lastEventId) {
+    if (this.#holding) {
+      if (lastEventId) this.#sharedAt = Math.max(this.#sharedAt ?? 0, Number(lastEventId));
+      this.#tabs.post({ type, data, lastEventId, at: this.#sharedAt });
+    }
+    this.#handle(type, data, lastEventId);
+    this.#sync();
+  }
+  /** An event or a state the holding tab broadcast, heard by a tab that does not hold. */
+  #heard({ type, data, lastEventId, at, status, error }) {
+    this.#joinToken = null;
+    if (at !== null && (this.#sharedAt === null || at > this.#sharedAt)) this.#sharedAt = at;
+    this.#sync();
+    if (type === "state") {
+      if (!this.#streaming) this.#mirror(status, error);
+    } else if (this.#synced) {
+      this.#handle(type === "token_expired" ? "position" : type, data, lastEventId);
+    }
+  }
+  /**
+   * Meets the shared stream: a tab that starts live starts at its position; one behind it (a
+   * lower `sinceId`) first catches up on a stream of its own, which it closes once it reaches
+   * the position the holder last broadcast (every later event is still to come from it).
+   */
+  #sync() {
+    if (!this.#tabs || this.#synced || this.#holding || this.#sharedAt === null) return;
+    this.#lastId ??= this.#sharedAt;
+    if (this.#lastId >= this.#sharedAt) {
+      this.#synced = true;
+      this.#unstream();
+    } else if (!this.#streaming) {
+      this.#streaming = true;
+      this.#connect();
+    }
+  }
+  /** This tab got the lock: it reads the stream for all (a catch-up stream becomes it). */
+  #hold() {
+    this.#holding = this.#synced = true;
+    this.#beat();
+    if (!this.#streaming) {
+      this.#streaming = true;
+      this.#connect();
+    }
+  }
+  /** Another tab took the stream over (this one froze, say): close ours and follow. */
+  #follow() {
+    this.#holding = false;
+    this.#unstream();
+  }
+  /** The holder's state, for tabs that join and as its heartbeat. */
+  #beat() {
+    const error = this.#error;
+    this.#tabs.post({
+      type: "state",
+      at: this.#sharedAt,
+      status: this.#status,
+      error: error && { status: error.status, code: error.code, message: error.message }
+    });
+  }
+  /** A follower shows the holder's status; a refusal stops it too. */
+  #mirror(status, error) {
+    const refused = error && new PgRelayError(error.status, error.code, error.message);
+    if (status === "refused") {
+      this.#stop(refused);
+    } else if (status !== this.#status || error?.code !== this.#error?.code) {
+      if (status === "live") this.#everLive = true;
+      this.#setStatus(status, refused);
+    }
+  }
+  /** Closes this tab's own stream, if any, and cancels its reconnects. */
+  #unstream() {
+    this.#streaming = false;
+    this.#generation += 1;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#source?.close();
+    this.#source = null;
+  }
+  /** Leaves the shared stream (handing it over if this tab holds it). */
+  #leave() {
+    this.#tabs?.close();
+    this.#tabs = null;
+    this.#holding = this.#streaming = this.#synced = false;
+    this.#sharedAt = this.#joinToken = null;
+  }
+  /** One event of the stream, whichever transport read it, or whichever tab. */
   #handle(type, data, lastEventId) {
     switch (type) {
       case "position":
@@ -419,12 +542,9 @@ var PgRelayClient = class {
   /** Stops for good, because the relay refused in a way no retry can cure. */
   #stop(refused) {
     this.#started = false;
-    this.#generation += 1;
-    clearTimeout(this.#timer);
-    this.#timer = null;
-    this.#source?.close();
-    this.#source = null;
+    this.#unstream();
     this.#setStatus("refused", refused);
+    this.#leave();
   }
   /**
    * The next wait: doubling from FIRST_BACKOFF_MS up to MAX_BACKOFF_MS, half of it random;
@@ -441,8 +561,93 @@ var PgRelayClient = class {
     if (status === this.#status && error === this.#error) return;
     this.#status = status;
     this.#error = error;
+    if (this.#holding) this.#beat();
     if (error === null) this.#onStatus(status);
     else this.#onStatus(status, error);
+  }
+};
+var Tabs = class {
+  #key;
+  #on;
+  #channel;
+  /** Releases the held lock (resolves its callback's promise); null while not holding. */
+  #release = null;
+  /** Takes this tab out of the lock's queue. */
+  #abort = null;
+  /** When this tab took the lock: orders holders, so a tab can tell it was taken over. */
+  #since = 0;
+  /** When this tab last heard from a holder. */
+  #heard = Date.now();
+  /** When this tab last asked a silent holder whether it is there. */
+  #asked = 0;
+  #timer;
+  #closed = false;
+  /**
+   * @param {string} key the stream's key
+   * @param {{hold: () => void, lose: () => void, heard: (message: object) => void,
+   *   beat: () => void}} on what to do on taking the stream, on losing it to a newer holder,
+   *   on a holder's message, and when a holder should say its state
+   */
+  constructor(key, on) {
+    this.#key = key;
+    this.#on = on;
+    this.#channel = new BroadcastChannel(`pgrelay ${key}`);
+    this.#channel.onmessage = ({ data: message }) => {
+      if (message?.key !== key) return;
+      if (message.type === "hello") {
+        if (this.#release) on.beat();
+        return;
+      }
+      this.#heard = Date.now();
+      if (this.#release) {
+        if (!(message.since > this.#since)) return;
+        this.#lost();
+      }
+      on.heard(message);
+    };
+    this.#timer = setInterval(() => {
+      if (this.#release) {
+        on.beat();
+      } else if (Date.now() - this.#heard > TAKEOVER_MS) {
+        if (this.#asked > this.#heard) {
+          this.#queue(true);
+        } else {
+          this.#asked = Date.now();
+          this.post({ type: "hello" });
+        }
+      }
+    }, HEARTBEAT_MS);
+    this.#queue(false);
+    this.post({ type: "hello" });
+  }
+  post(message) {
+    this.#channel.postMessage({ ...message, key: this.#key, since: this.#since });
+  }
+  /** Hands the stream over if this tab holds it, and leaves. */
+  close() {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    this.#abort?.abort();
+    this.#release?.();
+    this.#channel.close();
+  }
+  /** Queues for the lock, or (`steal`) takes it from a silent holder. */
+  #queue(steal) {
+    this.#abort?.abort();
+    const abort = this.#abort = new AbortController();
+    this.#heard = Date.now();
+    let release;
+    navigator.locks.request(`pgrelay ${this.#key}`, steal ? { steal } : { signal: abort.signal }, () => this.#closed ? void 0 : new Promise((resolve) => {
+      this.#release = release = resolve;
+      this.#since = Date.now() + Math.random();
+      this.#on.hold();
+    })).catch(() => release && release === this.#release && this.#lost());
+  }
+  #lost() {
+    this.#release();
+    this.#release = null;
+    this.#on.lose();
+    this.#queue(false);
   }
 };
 var FetchSource = class {
@@ -525,6 +730,23 @@ async function askWhy(url) {
     return null;
   } finally {
     abort.abort();
+  }
+}
+function tabKey(url, token, rooms, kinds, signalKinds) {
+  try {
+    const claims = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    if (typeof claims.sub !== "string") return null;
+    const sorted = (list) => [...list].sort();
+    return JSON.stringify([
+      new URL(`${url}/`, location.href).href,
+      claims.sub,
+      sorted(claims.rooms ?? []),
+      sorted(rooms),
+      sorted(kinds),
+      sorted(signalKinds)
+    ]);
+  } catch {
+    return null;
   }
 }
 function setKey(participants) {

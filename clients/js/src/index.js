@@ -1,8 +1,9 @@
 /**
- * pgrelay client: one ES module, no dependencies, no build step, for browsers and Node.
+ * pgrelay client: one ES module, no dependencies, for browsers and Node.
  *
- * Served by every relay at `/v1/client.js`, and published as the npm package
- * `@pgrelay/client` (clients/js, with TypeScript declarations). It reads the stream with
+ * Served by every relay at `/v1/client.js` (minified: `npm run build` writes it, with a
+ * CommonJS copy, to dist/), and published as the npm package `@pgrelay/client` (clients/js,
+ * with TypeScript declarations). It reads the stream with
  * `EventSource`, or with `fetch` (`transport: 'fetch'`: the token travels in the
  * `Authorization` header instead of the URL; the default where there is no `EventSource`,
  * as in Node), and adds what an application needs to neither lose nor repeat a message:
@@ -48,6 +49,12 @@
  * - **Two transports.** With `EventSource` a network error is retried by the browser itself
  *   (with `Last-Event-ID`); with `fetch` every end of the stream is retried by the client,
  *   after a capped, jittered backoff, with a fresh token and `since_id=lastId`.
+ * - **One stream per browser.** A browser opens at most six HTTP/1.1 connections per origin,
+ *   so the tabs of one origin that follow the same stream (same relay, same participant, same
+ *   `rooms`, `kinds` and `signalKinds`) share one: one tab holds it (a Web Lock), the others
+ *   receive its events through a `BroadcastChannel` and handle them as their own, deduplicated
+ *   by id, so each tab still sees each message once, in order; `send`, `typing` and `presence`
+ *   stay plain requests of each tab. See `Tabs` below.
  *
  * Ids are JavaScript numbers: exact up to 2^53, which a relay reaches after ~285 years at a
  * million messages per second.
@@ -82,6 +89,15 @@ const FIRST_BACKOFF_MS = 1_000;
 
 /** `typing()` sends at most one signal per participant set per this interval. */
 const TYPING_INTERVAL_MS = 2_000;
+
+/** How often the tab holding a shared stream tells the others it is alive. */
+const HEARTBEAT_MS = 1_000;
+
+/**
+ * Silence of the holding tab after which another asks whether it is there; unanswered by the
+ * next heartbeat, it takes the stream over (a frozen or hung tab).
+ */
+const TAKEOVER_MS = 3_000;
 
 /** Refusals a fresh token from `token()` can cure: the client reconnects after them. */
 const CURED_BY_A_NEW_TOKEN = new Set(['token_expired', 'token_not_yet_valid']);
@@ -143,6 +159,20 @@ export class PgRelayClient {
   #timer = null;
   /** Bumped by every connect and by close(), so a stale async connect does nothing. */
   #generation = 0;
+  /** Whether to share the stream with this browser's other tabs: asked for, and possible. */
+  #share;
+  /** The tabs this one shares with (a `Tabs`), once joined; null while alone. */
+  #tabs = null;
+  /** Whether this tab holds the shared stream, reading it for all. */
+  #holding = false;
+  /** Whether this tab reads a stream of its own: it holds, or catches up to the shared one. */
+  #streaming = false;
+  /** Whether this follower has met the shared stream, so its events continue this tab's. */
+  #synced = false;
+  /** The shared stream's position: the highest id its holders broadcast as read. */
+  #sharedAt = null;
+  /** The token this tab joined with, until a stream uses it or another tab holds the stream. */
+  #joinToken = null;
 
   /**
    * @param {object} options
@@ -180,6 +210,9 @@ export class PgRelayClient {
    *   added rooms' messages and none of the removed rooms'
    * @param {'eventsource'|'fetch'} [options.transport] how to read the stream; default
    *   `'eventsource'` where `EventSource` exists, else `'fetch'`
+   * @param {boolean} [options.shareTabs] share one stream with this browser's tabs that follow
+   *   the same stream (default true; needs Web Locks and `BroadcastChannel`, and a JWT whose
+   *   `sub` names the participant); false keeps a stream of this tab's own
    */
   constructor({
     url = '',
@@ -196,6 +229,7 @@ export class PgRelayClient {
     onReset = () => {},
     onRooms = () => {},
     transport = typeof EventSource === 'function' ? 'eventsource' : 'fetch',
+    shareTabs = true,
   } = {}) {
     if (token === undefined) throw new TypeError('PgRelayClient: `token` is required');
     this.#url = String(url).replace(/\/+$/, '');
@@ -216,6 +250,8 @@ export class PgRelayClient {
       throw new TypeError("PgRelayClient: `transport` is 'eventsource' or 'fetch'");
     }
     this.#transport = transport;
+    this.#share = shareTabs && typeof location === 'object' &&
+      typeof BroadcastChannel === 'function' && !!globalThis.navigator?.locks;
   }
 
   /** The id of the last message seen (or the stream's position), or null if unknown yet. */
@@ -243,6 +279,7 @@ export class PgRelayClient {
   /** Closes the stream for good (until `start()` is called again). */
   close() {
     this.#started = false;
+    this.#leave(); // another tab takes the stream over
     this.#generation += 1;
     clearTimeout(this.#timer);
     this.#timer = null;
@@ -346,25 +383,46 @@ export class PgRelayClient {
     } else {
       this.#setStatus('connecting');
     }
-    let token;
+    // The token minted to join the tabs opens the stream if this tab holds it at once.
+    let token = this.#joinToken;
+    this.#joinToken = null;
     try {
-      token = await this.#token();
+      token ??= await this.#token();
     } catch {
       if (generation === this.#generation) this.#reopen(this.#backoff());
       return;
     }
     // close() or another connect happened while the page minted the token.
     if (!this.#started || generation !== this.#generation) return;
+    if (this.#share && !this.#tabs) {
+      const key = tabKey(this.#url, token, this.#rooms, this.#kinds, this.#signalKinds);
+      if (key !== null) {
+        // From here the tabs decide who streams: #hold() or #sync() connect again.
+        this.#joinToken = token;
+        this.#tabs = new Tabs(key, {
+          hold: () => this.#hold(),
+          lose: () => this.#follow(),
+          heard: (message) => this.#heard(message),
+          beat: () => this.#beat(),
+        });
+        return;
+      }
+    }
+    // A new holder resumes where the shared stream was, if that is behind this tab: the others
+    // need what lies between.
+    const since = this.#lastId === null
+      ? this.#sharedAt
+      : Math.min(this.#lastId, this.#sharedAt ?? Infinity);
 
     const opened = () => {
       this.#attempts = 0;
       this.#everLive = true;
       this.#setStatus('live');
     };
-    const handle = (type, data, lastEventId) => this.#handle(type, data, lastEventId);
+    const handle = (type, data, lastEventId) => this.#read(type, data, lastEventId);
     if (this.#transport === 'fetch') {
       const query = new URLSearchParams();
-      if (this.#lastId !== null) query.set('since_id', String(this.#lastId));
+      if (since !== null) query.set('since_id', String(since));
       if (this.#rooms.length > 0) query.set('rooms', this.#rooms.join(','));
       const source = new FetchSource(`${this.#url}/v1/stream?${query}`, token, {
         open: opened,
@@ -376,7 +434,7 @@ export class PgRelayClient {
       return;
     }
     const query = new URLSearchParams({ token });
-    if (this.#lastId !== null) query.set('since_id', String(this.#lastId));
+    if (since !== null) query.set('since_id', String(since));
     if (this.#rooms.length > 0) query.set('rooms', this.#rooms.join(','));
     const url = `${this.#url}/v1/stream?${query}`;
     const source = new EventSource(url);
@@ -410,7 +468,104 @@ export class PgRelayClient {
     }
   }
 
-  /** One event of the stream, whichever transport read it. */
+  /** One event of this tab's own stream: a holder hands it to the other tabs too. */
+  #read(type, data, lastEventId) {
+    if (this.#holding) {
+      // lastEventId is the stream's position after this event, id or not.
+      if (lastEventId) this.#sharedAt = Math.max(this.#sharedAt ?? 0, Number(lastEventId));
+      this.#tabs.post({ type, data, lastEventId, at: this.#sharedAt });
+    }
+    this.#handle(type, data, lastEventId);
+    this.#sync();
+  }
+
+  /** An event or a state the holding tab broadcast, heard by a tab that does not hold. */
+  #heard({ type, data, lastEventId, at, status, error }) {
+    this.#joinToken = null; // another tab holds: by our turn, it may have expired
+    if (at !== null && (this.#sharedAt === null || at > this.#sharedAt)) this.#sharedAt = at;
+    this.#sync();
+    if (type === 'state') {
+      if (!this.#streaming) this.#mirror(status, error);
+    } else if (this.#synced) {
+      // The holder reconnects after token_expired; here it only moves lastId.
+      this.#handle(type === 'token_expired' ? 'position' : type, data, lastEventId);
+    }
+  }
+
+  /**
+   * Meets the shared stream: a tab that starts live starts at its position; one behind it (a
+   * lower `sinceId`) first catches up on a stream of its own, which it closes once it reaches
+   * the position the holder last broadcast (every later event is still to come from it).
+   */
+  #sync() {
+    if (!this.#tabs || this.#synced || this.#holding || this.#sharedAt === null) return;
+    this.#lastId ??= this.#sharedAt;
+    if (this.#lastId >= this.#sharedAt) {
+      this.#synced = true;
+      this.#unstream();
+    } else if (!this.#streaming) {
+      this.#streaming = true;
+      this.#connect();
+    }
+  }
+
+  /** This tab got the lock: it reads the stream for all (a catch-up stream becomes it). */
+  #hold() {
+    this.#holding = this.#synced = true;
+    this.#beat(); // at once, so that no other tab takes over too
+    if (!this.#streaming) {
+      this.#streaming = true;
+      this.#connect();
+    }
+  }
+
+  /** Another tab took the stream over (this one froze, say): close ours and follow. */
+  #follow() {
+    this.#holding = false;
+    this.#unstream();
+  }
+
+  /** The holder's state, for tabs that join and as its heartbeat. */
+  #beat() {
+    const error = this.#error;
+    this.#tabs.post({
+      type: 'state',
+      at: this.#sharedAt,
+      status: this.#status,
+      error: error && { status: error.status, code: error.code, message: error.message },
+    });
+  }
+
+  /** A follower shows the holder's status; a refusal stops it too. */
+  #mirror(status, error) {
+    const refused = error && new PgRelayError(error.status, error.code, error.message);
+    if (status === 'refused') {
+      this.#stop(refused);
+    } else if (status !== this.#status || error?.code !== this.#error?.code) {
+      if (status === 'live') this.#everLive = true;
+      this.#setStatus(status, refused);
+    }
+  }
+
+  /** Closes this tab's own stream, if any, and cancels its reconnects. */
+  #unstream() {
+    this.#streaming = false;
+    this.#generation += 1;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#source?.close();
+    this.#source = null;
+  }
+
+  /** Leaves the shared stream (handing it over if this tab holds it). */
+  #leave() {
+    this.#tabs?.close();
+    this.#tabs = null;
+    this.#holding = this.#streaming = this.#synced = false;
+    this.#sharedAt = this.#joinToken = null;
+  }
+
+  /** One event of the stream, whichever transport read it, or whichever tab. */
   #handle(type, data, lastEventId) {
     switch (type) {
       case 'position':
@@ -510,12 +665,9 @@ export class PgRelayClient {
   /** Stops for good, because the relay refused in a way no retry can cure. */
   #stop(refused) {
     this.#started = false;
-    this.#generation += 1;
-    clearTimeout(this.#timer);
-    this.#timer = null;
-    this.#source?.close();
-    this.#source = null;
-    this.#setStatus('refused', refused);
+    this.#unstream();
+    this.#setStatus('refused', refused); // reaches the other tabs
+    this.#leave();
   }
 
   /**
@@ -534,8 +686,122 @@ export class PgRelayClient {
     if (status === this.#status && error === this.#error) return;
     this.#status = status;
     this.#error = error;
+    if (this.#holding) this.#beat();
     if (error === null) this.#onStatus(status);
     else this.#onStatus(status, error);
+  }
+}
+
+/**
+ * The tabs of one browser that share a stream, as seen from one of them. They meet on a
+ * `BroadcastChannel` and a Web Lock, both named after the stream's key (relay, participant,
+ * narrowing), and every message carries the key, checked on arrival, so a tab never hears
+ * another participant's events.
+ *
+ * Every tab queues for the lock; the one that gets it holds the stream (`hold`) until it closes
+ * or its page goes (the browser releases the lock), and the next in the queue takes over. The
+ * holder broadcasts each event with the stream's position, and its state every HEARTBEAT_MS
+ * and whenever a tab says `hello` (joining, or asking whether it is there). A holder that froze
+ * or hangs keeps its lock, so after TAKEOVER_MS without a word from it a waiting tab asks, and
+ * if no answer comes by its next heartbeat, steals the lock. Asking spares a holder that is
+ * merely throttled: a hidden tab's timers may run once a minute (Chrome's intensive
+ * throttling), its heartbeat with them, but it answers a message at once. If the old holder wakes,
+ * it learns of its loss from the lock (its request rejects) or from the newer holder's
+ * messages (`since`: when a holder took the lock), whichever comes first, and follows (`lose`).
+ * Its last own events and the new holder's overlap, never leave a gap: the new holder resumed
+ * at or before any position the old one broadcast, and every tab drops ids it has seen.
+ */
+class Tabs {
+  #key;
+  #on;
+  #channel;
+  /** Releases the held lock (resolves its callback's promise); null while not holding. */
+  #release = null;
+  /** Takes this tab out of the lock's queue. */
+  #abort = null;
+  /** When this tab took the lock: orders holders, so a tab can tell it was taken over. */
+  #since = 0;
+  /** When this tab last heard from a holder. */
+  #heard = Date.now();
+  /** When this tab last asked a silent holder whether it is there. */
+  #asked = 0;
+  #timer;
+  #closed = false;
+
+  /**
+   * @param {string} key the stream's key
+   * @param {{hold: () => void, lose: () => void, heard: (message: object) => void,
+   *   beat: () => void}} on what to do on taking the stream, on losing it to a newer holder,
+   *   on a holder's message, and when a holder should say its state
+   */
+  constructor(key, on) {
+    this.#key = key;
+    this.#on = on;
+    this.#channel = new BroadcastChannel(`pgrelay ${key}`);
+    this.#channel.onmessage = ({ data: message }) => {
+      if (message?.key !== key) return;
+      if (message.type === 'hello') {
+        if (this.#release) on.beat();
+        return;
+      }
+      this.#heard = Date.now();
+      if (this.#release) {
+        if (!(message.since > this.#since)) return; // an earlier holder's last words
+        this.#lost();
+      }
+      on.heard(message);
+    };
+    this.#timer = setInterval(() => {
+      if (this.#release) {
+        on.beat();
+      } else if (Date.now() - this.#heard > TAKEOVER_MS) {
+        if (this.#asked > this.#heard) {
+          this.#queue(true); // asked, and no answer since
+        } else {
+          this.#asked = Date.now();
+          this.post({ type: 'hello' });
+        }
+      }
+    }, HEARTBEAT_MS);
+    this.#queue(false);
+    this.post({ type: 'hello' });
+  }
+
+  post(message) {
+    this.#channel.postMessage({ ...message, key: this.#key, since: this.#since });
+  }
+
+  /** Hands the stream over if this tab holds it, and leaves. */
+  close() {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    this.#abort?.abort();
+    this.#release?.();
+    this.#channel.close();
+  }
+
+  /** Queues for the lock, or (`steal`) takes it from a silent holder. */
+  #queue(steal) {
+    this.#abort?.abort();
+    const abort = (this.#abort = new AbortController());
+    this.#heard = Date.now(); // give a new holder time to speak
+    let release;
+    navigator.locks
+      .request(`pgrelay ${this.#key}`, steal ? { steal } : { signal: abort.signal }, () =>
+        this.#closed ? undefined : new Promise((resolve) => {
+          this.#release = release = resolve;
+          this.#since = Date.now() + Math.random(); // ties broken
+          this.#on.hold();
+        }))
+      // Rejected: stolen, if this grant is still held; else it only left the queue.
+      .catch(() => release && release === this.#release && this.#lost());
+  }
+
+  #lost() {
+    this.#release();
+    this.#release = null;
+    this.#on.lose();
+    this.#queue(false);
   }
 }
 
@@ -639,6 +905,30 @@ async function askWhy(url) {
     return null;
   } finally {
     abort.abort(); // a stream opened this time is not wanted
+  }
+}
+
+/**
+ * The key of the stream a client reads, for tabs to share it: null when the token is not a JWT
+ * whose payload names a `sub` (read, not verified: the relay verifies it). The payload's
+ * `rooms` claim is part of it, as it widens what the stream carries; `atob` yields the UTF-8
+ * bytes as Latin-1, which keeps different names different.
+ */
+function tabKey(url, token, rooms, kinds, signalKinds) {
+  try {
+    const claims = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+    if (typeof claims.sub !== 'string') return null;
+    const sorted = (list) => [...list].sort();
+    return JSON.stringify([
+      new URL(`${url}/`, location.href).href,
+      claims.sub,
+      sorted(claims.rooms ?? []),
+      sorted(rooms),
+      sorted(kinds),
+      sorted(signalKinds),
+    ]);
+  } catch {
+    return null;
   }
 }
 
