@@ -1,7 +1,7 @@
 //! Browser end-to-end test: the demo page and `/v1/client.js` in headless Chromium.
 //!
 //! The browser half lives in `tests/browser/e2e.mjs` (Node + `playwright-core`, driving the
-//! system Chromium); this half provides what a browser cannot: a real `pgrelay serve --demo`
+//! system Chromium); this half provides what a browser cannot: a real `pgrelay demo`
 //! process that it stops and restarts on the same port mid-test, SQL inserts while it is down,
 //! and a second origin serving the same page bytes so the cross-origin path (CORS on the stream,
 //! preflighted POSTs, a cross-origin module import) is exercised for real.
@@ -266,7 +266,7 @@ async fn stop_node(node: &mut tokio::process::Child) {
     let _ = node.kill().await;
 }
 
-/// A `pgrelay serve --demo` child process that can be stopped and started again on the same
+/// A `pgrelay demo` child process (on the test's database) that can be stopped and started again on the same
 /// port (unlike `crate::common::RelayProcess`, which picks a new port per process): the pages keep
 /// their URLs across the restart, as they would behind a load balancer.
 struct RelayChild {
@@ -297,9 +297,11 @@ impl RelayChild {
             .append(true)
             .open(&self.log)
             .unwrap();
+        // `pgrelay demo`, as a new user runs it, on the test's database: it migrates, seeds
+        // the conversation between alice and bob (once: a restart finds it there) and serves
+        // the demo page.
         std::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
-            .arg("serve")
-            .arg("--demo")
+            .arg("demo")
             .args(["--allow-origin", "*"])
             .args(["--presence-debounce", PRESENCE_DEBOUNCE])
             .args(["--presence-ttl", PRESENCE_TTL])
@@ -332,13 +334,13 @@ impl RelayChild {
             }
             let child = self.child.as_mut().unwrap();
             if let Ok(Some(status)) = child.try_wait() {
-                eprintln!("pgrelay serve exited during start-up ({status}); starting it again");
+                eprintln!("pgrelay demo exited during start-up ({status}); starting it again");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 self.child = Some(self.spawn());
             }
             assert!(
                 Instant::now() < deadline,
-                "pgrelay serve never became ready on port {}; see {}",
+                "pgrelay demo never became ready on port {}; see {}",
                 self.port,
                 self.log.display()
             );
@@ -361,7 +363,7 @@ impl RelayChild {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("pgrelay serve ignored SIGTERM for {STOP_BUDGET:?}"));
+                return Err(format!("pgrelay demo ignored SIGTERM for {STOP_BUDGET:?}"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
