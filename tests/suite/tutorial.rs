@@ -188,10 +188,12 @@ impl Tutorial {
         if let Some(name) = block.option("expect") {
             let expected: Value =
                 serde_json::from_str(&code).unwrap_or_else(|e| panic!("{place}: not JSON: {e}"));
-            let printed = self.wait_for_lines(name, 1).await.remove(0);
+            let printed = self.lines(name, |lines| !lines.is_empty()).await;
             assert!(
-                matches(&expected, &printed),
-                "{place}: {name} printed {printed}, the tutorial shows {expected}"
+                printed
+                    .first()
+                    .is_some_and(|first| matches(&expected, first)),
+                "{place}: {name} printed {printed:?}, the tutorial shows {expected}"
             );
             return;
         }
@@ -306,15 +308,15 @@ impl Tutorial {
     /// Fails the test with what a background command printed.
     fn died(&self, name: &str, place: &str, what: &str) -> ! {
         let background = &self.background[name];
-        panic!(
-            "{place}: {name} {what}:\n{}\n{}",
-            background.stdout.lock().unwrap().join("\n"),
-            background.stderr.lock().unwrap().join("\n")
-        )
+        // Read before panicking: a lock held while panicking would poison it for the reader.
+        let stdout = background.stdout.lock().unwrap().join("\n");
+        let stderr = background.stderr.lock().unwrap().join("\n");
+        panic!("{place}: {name} {what}:\n{stdout}\n{stderr}")
     }
 
-    /// The first `count` JSON lines the background command `name` printed, once it has.
-    async fn wait_for_lines(&self, name: &str, count: usize) -> Vec<Value> {
+    /// The JSON lines the background command `name` printed, once `enough` says they are
+    /// (or `PATIENCE` has passed: the caller's check then says what is missing).
+    async fn lines(&self, name: &str, enough: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let lines: Vec<Value> = self.background[name]
@@ -324,15 +326,8 @@ impl Tutorial {
                 .iter()
                 .map(|line| serde_json::from_str(line).unwrap_or(Value::Null))
                 .collect();
-            if lines.len() >= count {
+            if enough(&lines) || Instant::now() > deadline {
                 return lines;
-            }
-            if Instant::now() > deadline {
-                self.died(
-                    name,
-                    "waiting for its output",
-                    &format!("printed {lines:?}"),
-                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -340,21 +335,11 @@ impl Tutorial {
 
     /// The app's message bodies the `tail` called `name` printed, once it printed `count`.
     async fn bodies(&self, name: &str, count: usize) -> Vec<String> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let bodies: Vec<String> = self.background[name]
-                .stdout
-                .lock()
-                .unwrap()
-                .iter()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .filter_map(|data| Some(data["payload"]["body"].as_str()?.to_owned()))
-                .collect();
-            if bodies.len() >= count || Instant::now() > deadline {
-                return bodies;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let body = |data: &Value| Some(data["payload"]["body"].as_str()?.to_owned());
+        let lines = self
+            .lines(name, |lines| lines.iter().filter_map(body).count() >= count)
+            .await;
+        lines.iter().filter_map(body).collect()
     }
 
     /// What the tails of bob and carol received: each room's messages while they are
