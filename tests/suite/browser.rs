@@ -53,14 +53,8 @@ const INSTALL_HINT: &str = "install them with `apt-get install -y chromium nodej
 #[ignore = "needs Chromium and Node.js: run .ci/run, or cargo test -- --include-ignored once installed"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_page_in_a_real_browser() {
-    let chromium = chromium_path().unwrap_or_else(|| {
-        panic!("the browser test needs Chromium at /usr/bin/chromium (or PGRELAY_CHROMIUM): {INSTALL_HINT}")
-    });
-    if let Err(problem) = check_node().await {
-        panic!("the browser test needs Node.js 18 or newer ({problem}): {INSTALL_HINT}");
-    }
+    let chromium = browser_tools().await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    install_playwright(&root.join("tests/browser")).await;
 
     let target = root.join("target");
     std::fs::create_dir_all(&target).unwrap();
@@ -420,6 +414,20 @@ async fn answer(mut socket: TcpStream, page: &[u8]) -> std::io::Result<()> {
     socket.write_all(header.as_bytes()).await?;
     socket.write_all(body).await?;
     socket.shutdown().await
+}
+
+/// What a browser test needs: Chromium (its path is returned), Node.js, and `playwright-core`
+/// in tests/browser (installed with `npm ci` when missing). Fails the test saying what is
+/// missing and how to install it.
+pub(crate) async fn browser_tools() -> PathBuf {
+    let chromium = chromium_path().unwrap_or_else(|| {
+        panic!("the browser test needs Chromium at /usr/bin/chromium (or PGRELAY_CHROMIUM): {INSTALL_HINT}")
+    });
+    if let Err(problem) = check_node().await {
+        panic!("the browser test needs Node.js 18 or newer ({problem}): {INSTALL_HINT}");
+    }
+    install_playwright(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")).await;
+    chromium
 }
 
 /// The Chromium binary: `PGRELAY_CHROMIUM`, else Debian's or Ubuntu's usual path.

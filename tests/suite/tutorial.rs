@@ -11,7 +11,7 @@
 //! - `file=NAME`: a file the reader saves (written to the folder, not run);
 //! - `name=NAME`: keep the block's output for a check below;
 //! - `expect=NAME`: what the background command NAME prints first, `"…"` matching anything;
-//! - `needs=node` or `needs=python`: run only by the ignored test below, since a machine with
+//! - `needs=node` or `needs=python`: run only by the ignored tests below, since a machine with
 //!   only Rust and PostgreSQL may lack them.
 //!
 //! The reader's terminal setup (`DATABASE_URL`, `PGRELAY_SECRET`) is the test's own: a fresh
@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::common::external::ScratchDir;
@@ -40,7 +41,7 @@ const TUTORIAL_RELAY: &str = "127.0.0.1:8080";
 /// deleted move rooms on open streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tutorial_steps_work() {
-    let run = Tutorial::run(false).await;
+    let run = Tutorial::run(&[]).await;
     run.check_streams().await;
 }
 
@@ -52,9 +53,74 @@ async fn tutorial_backend_steps_work() {
     for (program, package) in [("node", "nodejs"), ("python3", "python3"), ("curl", "curl")] {
         crate::common::external::require_binary(program, package);
     }
-    let run = Tutorial::run(true).await;
+    let run = Tutorial::run(&["node", "python"]).await;
     run.check_streams().await;
     run.check_backends().await;
+}
+
+/// The tutorial's browser page, served by its stand-in backend, in headless Chromium: it
+/// lists carol's rooms' history, says `live`, shows a row the app inserts next, and logs no
+/// console error (tests/browser/tutorial.mjs).
+#[ignore = "needs Chromium, Node.js (18+) and curl: run .ci/run, or cargo test -- --include-ignored once installed"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tutorial_page_in_a_real_browser() {
+    let chromium = crate::browser::browser_tools().await;
+    crate::common::external::require_binary("curl", "curl");
+    let run = Tutorial::run(&["node"]).await;
+    let history = [
+        "#general alice: Hello, general!",
+        "#random alice: Anyone in random?",
+        "#general alice: Welcome to general, carol!",
+        "#random alice: Welcome to random, bob!",
+    ];
+    let live = "#random bob: Back in random!";
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/tutorial.mjs");
+    let mut node = tokio::process::Command::new("node")
+        .arg(&script)
+        .env(
+            "PAGE_URL",
+            format!("http://127.0.0.1:{}/?user=carol", run.app_port),
+        )
+        .env("CHROMIUM_PATH", &chromium)
+        .env("TEXTS", serde_json::to_string(&history).unwrap())
+        .env("LIVE_TEXT", live)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = node.stdin.take().unwrap();
+    let mut stdout = tokio::io::BufReader::new(node.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            if line == "LIVE" {
+                crate::common::connect(run.var("DATABASE_URL"))
+                    .await
+                    .batch_execute(
+                        "INSERT INTO app.messages (room_id, author_id, body) \
+                         VALUES ('random', 'bob', 'Back in random!')",
+                    )
+                    .await
+                    .unwrap();
+                stdin.write_all(b"INSERTED\n").await.unwrap();
+            }
+            printed.push(line);
+        }
+        node.wait().await.unwrap()
+    })
+    .await;
+    let mut stderr = String::new();
+    if let Some(mut pipe) = node.stderr.take() {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), pipe.read_to_string(&mut stderr)).await;
+    }
+    let printed = printed.join("\n");
+    match finished {
+        Ok(status) => assert!(status.success(), "{status}:\n{printed}\n{stderr}"),
+        Err(_) => panic!("the browser script took over a minute:\n{printed}\n{stderr}"),
+    }
 }
 
 /// One fenced code block of the tutorial that the test runs.
@@ -145,8 +211,9 @@ struct Tutorial {
 }
 
 impl Tutorial {
-    /// Runs every `tutorial` block (those that need Node or Python only when `with_needs`).
-    async fn run(with_needs: bool) -> Tutorial {
+    /// Runs every `tutorial` block, but those that need a program other than what `needs`
+    /// names.
+    async fn run(needs: &[&str]) -> Tutorial {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let markdown = std::fs::read_to_string(root.join("docs/tutorial.md")).unwrap();
         let blocks = tutorial_blocks(&markdown);
@@ -169,7 +236,10 @@ impl Tutorial {
             tails: 0,
         };
         for block in &blocks {
-            if block.option("needs").is_some() && !with_needs {
+            if block
+                .option("needs")
+                .is_some_and(|need| !needs.contains(&need))
+            {
                 continue;
             }
             tutorial.step(block).await;
