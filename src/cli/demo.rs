@@ -75,7 +75,7 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
 const SEEDED_CONVERSATION: &[(&str, &str)] = &[
     (
         "alice",
-        "Hi bob! This conversation was written by `pgrelay demo` when it started.",
+        "Hi bob! This conversation was written by pgrelay demo when it started.",
     ),
     (
         "bob",
