@@ -10,6 +10,7 @@ use std::time::Duration;
 use pgrelay::auth::Keys;
 use pgrelay::{migrate, Error};
 use pgrelay_cluster::TempCluster;
+use tokio_postgres::types::Type;
 
 use super::args::{self, DatabaseArgs, DemoArgs};
 use super::{bind, shutdown};
@@ -46,6 +47,7 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
     };
     let config = args.relay.config(database, Some(keys.clone()), true)?;
     migrate::migrate(&database_url, &config.settings.channel).await?;
+    seed_conversation(&database_url).await?;
 
     let listeners = bind(&args.relay).await?;
     // Links must be clickable: a wildcard bind address is reached through loopback.
@@ -62,6 +64,52 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
         eprintln!("pgrelay demo: throwaway PostgreSQL stopped and removed");
     }
     served
+}
+
+/// The conversation the demo starts with, oldest first: (sender, text).
+///
+/// Presence needs consent (`pgrelay.presence_audience`: someone's presence is shown only to
+/// those they have written to), so on an empty database two fresh users could not see each
+/// other until both had written. Having already written to each other, alice and bob see each
+/// other's presence from the moment their pages open, as a new user of a chat expects.
+const SEEDED_CONVERSATION: &[(&str, &str)] = &[
+    (
+        "alice",
+        "Hi bob! This conversation was written by pgrelay demo when it started.",
+    ),
+    (
+        "bob",
+        "Hi alice! Having written to each other, we see each other's presence (online, last seen).",
+    ),
+];
+
+/// Writes [`SEEDED_CONVERSATION`] between alice and bob, unless they already share a message
+/// (a demo started again on the same database, or its own conversation), in one transaction
+/// so its rows keep their order.
+async fn seed_conversation(database_url: &str) -> Result<(), Error> {
+    let pool = pgrelay::store::connect_pool(database_url, 1)?;
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let already: bool = transaction
+        .query_typed_one(
+            "SELECT EXISTS (SELECT 1 FROM pgrelay.messages WHERE participants @> '{alice,bob}')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !already {
+        for (sender, text) in SEEDED_CONVERSATION {
+            transaction
+                .execute_typed(
+                    "INSERT INTO pgrelay.messages (participants, sender, payload) \
+                     VALUES ('{alice,bob}', $1, jsonb_build_object('text', $2::text))",
+                    &[(sender, Type::TEXT), (text, Type::TEXT)],
+                )
+                .await?;
+        }
+    }
+    transaction.commit().await?;
+    Ok(())
 }
 
 /// A 256-bit random key, hex-encoded, for this run only.
@@ -81,7 +129,8 @@ fn print_instructions(base: &str, secret: &str, keys: &Keys, database_url: &str)
         r#"
 pgrelay demo is running at {base}
 
-Open the chat in a browser, one window per user:
+Open the chat in a browser, one window per user (they have already written to each other,
+so each sees the other's presence):
   alice: {base}/?token={alice}
   bob:   {base}/?token={bob}
 

@@ -2,7 +2,7 @@
 //
 // Driven by tests/suite/browser.rs, which starts the relay and a second-origin static server and
 // passes everything in the environment:
-//   RELAY_URL         the relay, serving the demo page at /
+//   RELAY_URL         the relay (`pgrelay demo` on the test's database), serving the demo page at /
 //   OTHER_ORIGIN_URL  another origin serving the same page bytes
 //   ALICE_TOKEN, BOB_TOKEN  tokens with scope publish, members of the room #general
 //   CHROMIUM_PATH     the browser binary (default /usr/bin/chromium)
@@ -95,14 +95,20 @@ async function openPage(browser, name, url) {
     pageErrors.push(`${name}: ${error.message}`);
   });
   page.on('console', (message) => {
-    // Expected: a 403 in (a) (alice asks for bob's presence before they share a message, the
-    // page ignores it) and a 401 in (d).
-    if (message.type() === 'error') log(`${name} console: ${message.text()}`);
+    if (message.type() !== 'error') return;
+    log(`${name} console: ${message.text()}`);
+    // The demo page itself logs none (it never asks for a presence it may not see); only a
+    // page that (d) turns into a harness for client.js meets the 401s it provokes.
+    if (!harnessPages.has(page)) consoleErrors.push(`${name}: ${message.text()}`);
   });
   await page.goto(url, { waitUntil: 'domcontentloaded' });
   return page;
 }
 const pageErrors = [];
+/** Console errors of demo pages, which must stay empty. */
+const consoleErrors = [];
+/** Pages (d) runs client.js in with tokens the relay refuses: their 401s are expected. */
+const harnessPages = new Set();
 
 async function waitForStatus(page, status, name) {
   await page.waitForSelector(`[data-testid="status"][data-state="${status}"]`, { timeout: PATIENCE_MS })
@@ -210,6 +216,15 @@ async function scenarios(browser) {
   check((await alice.textContent('[data-testid="whoami"]')).includes('alice'), 'alice\'s page does not say "signed in as alice"');
   check((await bob.textContent('[data-testid="whoami"]')).includes('bob'), 'bob\'s page does not say "signed in as bob"');
   log('(a) alice and bob are live');
+  // `pgrelay demo` started them with a conversation, so each sees the other's presence at
+  // once: no message to send first, no "presence unknown".
+  await waitForPresence(alice, 'bob', true, 'alice');
+  await waitForPresence(bob, 'alice', true, 'bob');
+  const seeded = await bubbleTexts(bob);
+  check(seeded.length > 0, 'bob\'s page opened on no conversation: the demo seeded none');
+  check(JSON.stringify(await bubbleTexts(alice)) === JSON.stringify(seeded),
+    `alice's and bob's pages open on different conversations: ${JSON.stringify([await bubbleTexts(alice), seeded])}`);
+  log(`(a) each page shows the other online at once, beside the seeded conversation ${JSON.stringify(seeded)}`);
 
   await alice.fill('[data-testid="new-conversation"]', 'bob');
   await alice.click('[data-testid="start-conversation"]');
@@ -248,7 +263,7 @@ async function scenarios(browser) {
   await waitForStatus(bob, 'live', 'bob');
   const bobTexts = await bubbleTexts(bob);
   check(
-    JSON.stringify(bobTexts) === JSON.stringify(['hello bob', ...downtimeTexts]),
+    JSON.stringify(bobTexts) === JSON.stringify([...seeded, 'hello bob', ...downtimeTexts]),
     `bob's conversation reads ${JSON.stringify(bobTexts)}`,
   );
   const statuses = await bob.evaluate(() => window.pgrelayDemo.statuses);
@@ -263,7 +278,7 @@ async function scenarios(browser) {
   for (const text of downtimeTexts) await waitForBubble(alice, text, 'alice');
   const aliceTexts = await bubbleTexts(alice);
   check(
-    JSON.stringify(aliceTexts) === JSON.stringify(['hello bob', ...downtimeTexts]),
+    JSON.stringify(aliceTexts) === JSON.stringify([...seeded, 'hello bob', ...downtimeTexts]),
     `alice's conversation reads ${JSON.stringify(aliceTexts)}`,
   );
   log('(b) passed: missed messages arrived in order, no reload, no duplicates');
@@ -326,6 +341,7 @@ async function scenarios(browser) {
   check(/script-src 'self'/.test(csp) && !/script-src[^;]*(\*|http)/.test(csp), `the demo page's CSP is ${csp}`);
   await crafted.context().close();
   log('(c2) passed: a link naming an unlisted relay is refused');
+  check(consoleErrors.length === 0, `console errors in demo pages: ${consoleErrors.join('; ')}`);
 
   // (d) client.js on its own, in bob's page: an expired token (401, after which EventSource
   // gives up for good without saying why: the client asks) and an expiring token (the relay's
@@ -334,6 +350,7 @@ async function scenarios(browser) {
   // (shareTabs: false): sharing, it would follow the stream of the page's own client of bob,
   // and only a holder's token opens a stream (tests/browser/tabs.mjs tests sharing).
   const shortLived = mint('bob', 4); // exp is in whole seconds: valid for 3 to 4 s
+  harnessPages.add(bob);
   await bob.evaluate(async (tokens) => {
     const { PgRelayClient } = await import('/v1/client.js');
     const test = { received: [], statuses: [], tokensUsed: 0 };
@@ -414,7 +431,8 @@ async function scenarios(browser) {
   check(offlineAfter >= DEBOUNCE_MS, `bob went offline after ${offlineAfter} ms, within the ${DEBOUNCE_MS} ms debounce`);
 
   // Bob comes back: alice sees him online; his page shows alice online (from GET /v1/presence).
-  // Carol never wrote to bob, so presence needs her consent: his page cannot know about her.
+  // Carol never wrote to bob, so presence needs her consent: his page does not ask the relay
+  // about her (which would answer 403) and says why it shows nothing.
   const openedAt = Date.now();
   const bobAgain = await openPage(browser, 'bob (again)', `${RELAY}/?token=${BOB}`);
   await waitForPresence(alice, 'bob', true, 'alice');
@@ -424,7 +442,9 @@ async function scenarios(browser) {
   await waitForStatus(bobAgain, 'live', 'bob (again)');
   await bobAgain.click('[data-testid="conversation"][data-key="alice,bob,carol"]');
   await waitForPresence(bobAgain, 'alice', true, 'bob (again)');
-  await waitForPresence(bobAgain, 'carol', 'unknown', 'bob (again)');
+  await waitForPresence(bobAgain, 'carol', 'private', 'bob (again)');
+  const why = await bobAgain.getAttribute('[data-testid="presence-carol"]', 'title');
+  check(/carol/.test(why) && /written to you/.test(why), `bob's page gives no reason for carol's hidden presence: ${why}`);
   await bobAgain.click('[data-testid="conversation"][data-key="alice,bob"]');
   await waitForPresence(bobAgain, 'alice', true, 'bob (again)');
 
@@ -512,6 +532,7 @@ async function scenarios(browser) {
   log('(f) passed: room messages reach members only; the broadcast banner shows on every open page');
 
   check(pageErrors.length === 0, `uncaught errors in pages: ${pageErrors.join('; ')}`);
+  check(consoleErrors.length === 0, `console errors in demo pages: ${consoleErrors.join('; ')}`);
 }
 
 main().then(

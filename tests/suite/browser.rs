@@ -3,7 +3,7 @@
 //! Each browser half lives in `tests/browser/*.mjs` (Node + `playwright-core`, driving the
 //! system Chromium). `tabs.mjs` opens many tabs of one participant and checks that they share
 //! one stream, through a closing and a hanging holder, with nothing lost or repeated. For
-//! `e2e.mjs` this half provides what a browser cannot: a real `pgrelay serve --demo`
+//! `e2e.mjs` this half provides what a browser cannot: a real `pgrelay demo`
 //! process that it stops and restarts on the same port mid-test, SQL inserts while it is down,
 //! and a second origin serving the same page bytes so the cross-origin path (CORS on the stream,
 //! preflighted POSTs, a cross-origin module import) is exercised for real.
@@ -58,7 +58,9 @@ const INSTALL_HINT: &str = "install them with `apt-get install -y chromium nodej
 #[ignore = "needs Chromium and Node.js: run .ci/run, or cargo test -- --include-ignored once installed"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_page_in_a_real_browser() {
-    let (root, chromium) = browser_prerequisites().await;
+    let chromium = browser_tools().await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+
     let target = root.join("target");
     std::fs::create_dir_all(&target).unwrap();
     let database_url = fresh_database().await;
@@ -178,7 +180,8 @@ async fn demo_page_in_a_real_browser() {
 #[ignore = "needs Chromium and Node.js: run .ci/run, or cargo test -- --include-ignored once installed"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tabs_share_one_stream_in_a_real_browser() {
-    let (root, chromium) = browser_prerequisites().await;
+    let chromium = browser_tools().await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = root.join("target");
     std::fs::create_dir_all(&target).unwrap();
     let database_url = fresh_database().await;
@@ -233,20 +236,6 @@ async fn tabs_share_one_stream_in_a_real_browser() {
             tail(&relay.log, 40)
         );
     }
-}
-
-/// The repository root and Chromium's path, once Node.js and `playwright-core` are there;
-/// panics saying how to install what is missing.
-async fn browser_prerequisites() -> (&'static Path, PathBuf) {
-    let chromium = chromium_path().unwrap_or_else(|| {
-        panic!("the browser test needs Chromium at /usr/bin/chromium (or PGRELAY_CHROMIUM): {INSTALL_HINT}")
-    });
-    if let Err(problem) = check_node().await {
-        panic!("the browser test needs Node.js 18 or newer ({problem}): {INSTALL_HINT}");
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    install_playwright(&root.join("tests/browser")).await;
-    (root, chromium)
 }
 
 /// The last `lines` lines of a file, for failure messages.
@@ -346,7 +335,7 @@ async fn stop_node(node: &mut tokio::process::Child) {
     let _ = node.kill().await;
 }
 
-/// A `pgrelay serve --demo` child process that can be stopped and started again on the same
+/// A `pgrelay demo` child process (on the test's database) that can be stopped and started again on the same
 /// port (unlike `crate::common::RelayProcess`, which picks a new port per process): the pages keep
 /// their URLs across the restart, as they would behind a load balancer.
 struct RelayChild {
@@ -380,9 +369,11 @@ impl RelayChild {
             .append(true)
             .open(&self.log)
             .unwrap();
+        // `pgrelay demo`, as a new user runs it, on the test's database: it migrates, seeds
+        // the conversation between alice and bob (once: a restart finds it there) and serves
+        // the demo page.
         std::process::Command::new(env!("CARGO_BIN_EXE_pgrelay"))
-            .arg("serve")
-            .arg("--demo")
+            .arg("demo")
             .args(["--allow-origin", "*"])
             .args(["--presence-debounce", PRESENCE_DEBOUNCE])
             .args(["--presence-ttl", PRESENCE_TTL])
@@ -416,13 +407,13 @@ impl RelayChild {
             }
             let child = self.child.as_mut().unwrap();
             if let Ok(Some(status)) = child.try_wait() {
-                eprintln!("pgrelay serve exited during start-up ({status}); starting it again");
+                eprintln!("pgrelay demo exited during start-up ({status}); starting it again");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 self.child = Some(self.spawn());
             }
             assert!(
                 Instant::now() < deadline,
-                "pgrelay serve never became ready on port {}; see {}",
+                "pgrelay demo never became ready on port {}; see {}",
                 self.port,
                 self.log.display()
             );
@@ -444,7 +435,7 @@ impl RelayChild {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("pgrelay serve ignored SIGTERM for {STOP_BUDGET:?}"));
+                return Err(format!("pgrelay demo ignored SIGTERM for {STOP_BUDGET:?}"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -501,6 +492,20 @@ async fn answer(mut socket: TcpStream, page: &[u8]) -> std::io::Result<()> {
     socket.write_all(header.as_bytes()).await?;
     socket.write_all(body).await?;
     socket.shutdown().await
+}
+
+/// What a browser test needs: Chromium (its path is returned), Node.js, and `playwright-core`
+/// in tests/browser (installed with `npm ci` when missing). Fails the test saying what is
+/// missing and how to install it.
+pub(crate) async fn browser_tools() -> PathBuf {
+    let chromium = chromium_path().unwrap_or_else(|| {
+        panic!("the browser test needs Chromium at /usr/bin/chromium (or PGRELAY_CHROMIUM): {INSTALL_HINT}")
+    });
+    if let Err(problem) = check_node().await {
+        panic!("the browser test needs Node.js 18 or newer ({problem}): {INSTALL_HINT}");
+    }
+    install_playwright(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")).await;
+    chromium
 }
 
 /// The Chromium binary: `PGRELAY_CHROMIUM`, else Debian's or Ubuntu's usual path.

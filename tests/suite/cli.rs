@@ -177,14 +177,87 @@ fn demo_runs_and_cleans_up() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let mut demo = Command::new(PGRELAY)
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (mut demo, printed, _) = start_demo(&runtime, |demo| {
+        demo.env_remove("DATABASE_URL").env("TMPDIR", &scratch);
+    });
+    assert!(printed.contains("tail --sub bob"));
+    assert!(printed.contains("INSERT INTO pgrelay.messages"));
+    assert!(
+        std::fs::read_dir(&scratch).unwrap().count() > 0,
+        "the cluster lives in TMPDIR"
+    );
+
+    pgrelay_cluster::signal(demo.id(), libc::SIGTERM).unwrap();
+    let status = demo.wait().unwrap();
+    assert!(status.success(), "demo exited with {status}");
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "the cluster folder is removed"
+    );
+    std::fs::remove_dir(&scratch).unwrap();
+}
+
+/// `pgrelay demo` starts alice and bob with a conversation, so each may see the other's
+/// presence at once (the default audience needs them to have written to each other); started
+/// again on the same database, it writes it no second time.
+#[test]
+fn demo_starts_alice_and_bob_with_a_conversation_once() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database_url = runtime.block_on(fresh_database());
+    let keys = pgrelay::auth::Keys::from_secret_list(SECRET).unwrap();
+    for run in 0..2 {
+        let (mut demo, _, base) = start_demo(&runtime, |demo| {
+            demo.env("DATABASE_URL", &database_url)
+                .env("PGRELAY_SECRET", SECRET);
+        });
+        for (viewer, other) in [("alice", "bob"), ("bob", "alice")] {
+            let token = keys.mint(viewer, Duration::from_secs(60), &[]);
+            let status = runtime.block_on(async {
+                reqwest::Client::new()
+                    .get(format!("{base}/v1/presence?participants={other}"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            });
+            assert_eq!(
+                status, 200,
+                "run {run}: {viewer} may not see {other}'s presence"
+            );
+        }
+        pgrelay_cluster::signal(demo.id(), libc::SIGTERM).unwrap();
+        assert!(demo.wait().unwrap().success());
+    }
+    let shared: i64 = runtime.block_on(async {
+        connect(&database_url)
+            .await
+            .query_one(
+                "SELECT count(*) FROM pgrelay.messages WHERE participants @> '{alice,bob}'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(shared, 2, "the conversation is written once");
+}
+
+/// Starts `pgrelay demo` on a free port, set up by `configure`, and waits until it has printed
+/// its instructions and serves; returns the process, what it printed and its address.
+fn start_demo(
+    runtime: &tokio::runtime::Runtime,
+    configure: impl FnOnce(&mut Command),
+) -> (std::process::Child, String, String) {
+    let mut command = Command::new(PGRELAY);
+    command
         .args(["demo", "--bind", "127.0.0.1:0"])
-        .env_remove("DATABASE_URL")
-        .env("TMPDIR", &scratch)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    configure(&mut command);
+    let mut demo = command.spawn().unwrap();
     let mut stdout = BufReader::new(demo.stdout.take().unwrap());
     let mut printed = String::new();
     let started = Instant::now();
@@ -203,7 +276,6 @@ fn demo_runs_and_cleans_up() {
         .unwrap()
         .trim_end_matches('/')
         .to_owned();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     let ready = runtime.block_on(async {
         for _ in 0..200 {
             if let Ok(response) = reqwest::get(format!("{base}/readyz")).await {
@@ -216,22 +288,7 @@ fn demo_runs_and_cleans_up() {
         false
     });
     assert!(ready, "demo relay never became ready");
-    assert!(printed.contains("tail --sub bob"));
-    assert!(printed.contains("INSERT INTO pgrelay.messages"));
-    assert!(
-        std::fs::read_dir(&scratch).unwrap().count() > 0,
-        "the cluster lives in TMPDIR"
-    );
-
-    pgrelay_cluster::signal(demo.id(), libc::SIGTERM).unwrap();
-    let status = demo.wait().unwrap();
-    assert!(status.success(), "demo exited with {status}");
-    assert_eq!(
-        std::fs::read_dir(&scratch).unwrap().count(),
-        0,
-        "the cluster folder is removed"
-    );
-    std::fs::remove_dir(&scratch).unwrap();
+    (demo, printed, base)
 }
 
 /// Without PostgreSQL server binaries the demo says what is missing instead of panicking.

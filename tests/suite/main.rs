@@ -40,4 +40,5 @@ mod sse_libraries;
 mod stream_wire;
 mod tls;
 mod trust;
+mod tutorial;
 mod writers;

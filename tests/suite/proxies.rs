@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::external::{nginx, pgbouncer};
+use crate::common::external::{nginx, nginx_http2, pgbouncer, require_binary, ScratchDir};
 use crate::common::*;
 use serde_json::json;
 
@@ -138,4 +138,97 @@ async fn streams_through_nginx_unbuffered() {
             "nginx's {log} holds a token: {text}"
         );
     }
+}
+
+/// Through nginx with TLS and HTTP/2 (deploy/nginx-http2-server.conf), more streams than a
+/// browser's six HTTP/1.1 connections per origin share one connection, and each receives its
+/// events as they happen, unbuffered.
+#[ignore = "needs nginx, openssl and curl: run .ci/run, or cargo test -- --include-ignored once installed"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_share_one_http2_connection_through_nginx() {
+    /// More than HTTP/1.1's six connections per origin.
+    const STREAMS: u64 = 8;
+    let db = fresh_database().await;
+    let relay = RelayProcess::start(&db, &[], None).await;
+    let proxy = nginx_http2(relay.base.rsplit(':').next().unwrap().parse().unwrap()).await;
+    let url = format!(
+        "https://127.0.0.1:{}/v1/stream?token={}",
+        proxy.port,
+        relay.token("alice", &[])
+    );
+    let dir = ScratchDir::new("http2-streams");
+    let mut curl = std::process::Command::new(require_binary("curl", "curl"));
+    // One curl, as one browser: its parallel transfers multiplex over one connection when the
+    // server speaks HTTP/2. Each transfer ends at --max-time and then writes its HTTP version
+    // and how many connections it opened.
+    curl.args([
+        "--http2",
+        "--insecure",
+        "--silent",
+        "--no-buffer",
+        "--parallel",
+    ])
+    .args(["--parallel-max", "16", "--max-time", "8"])
+    .args(["--write-out", "%{http_version} %{num_connects}\\n"]);
+    for n in 0..STREAMS {
+        curl.arg("-o")
+            .arg(dir.0.join(format!("stream-{n}")))
+            .arg(&url);
+    }
+    let curl = curl
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&relay.base, "pgrelay_subscribers").await < STREAMS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the streams never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    insert(
+        &connect(&db).await,
+        &["alice"],
+        json!({"text": "through-http2"}),
+    )
+    .await;
+    // Buffered, the event would reach curl only when the transfers end: it must arrive while
+    // they are still open.
+    let received = |n: u64| {
+        std::fs::read_to_string(dir.0.join(format!("stream-{n}")))
+            .unwrap_or_default()
+            .contains("through-http2")
+    };
+    let relay_base = relay.base.clone();
+    while !(0..STREAMS).all(received) {
+        assert_eq!(
+            metric(&relay_base, "pgrelay_subscribers").await,
+            STREAMS,
+            "the streams ended before every one received the event: nginx buffered it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let output = curl.wait_with_output().unwrap();
+    let transfers = String::from_utf8(output.stdout).unwrap();
+    let transfers: Vec<(&str, u64)> = transfers
+        .lines()
+        .map(|line| {
+            let (version, connects) = line.split_once(' ').unwrap();
+            (version, connects.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(transfers.len() as u64, STREAMS, "{transfers:?}");
+    assert!(
+        transfers.iter().all(|(version, _)| *version == "2"),
+        "not every stream spoke HTTP/2: {transfers:?}"
+    );
+    assert_eq!(
+        transfers.iter().map(|(_, connects)| connects).sum::<u64>(),
+        1,
+        "{STREAMS} streams took more than one connection: {transfers:?}"
+    );
 }

@@ -2,33 +2,14 @@
 
 use std::process::Command;
 
-use crate::common::external::ScratchDir;
+use crate::common::external::{self_signed_certificate, ScratchDir};
 use crate::common::*;
 use pgrelay_cluster::TempCluster;
 use serde_json::json;
 
 /// A cluster with TLS on, using a fresh self-signed certificate.
 async fn tls_cluster(dir: &ScratchDir) -> TempCluster {
-    let (key, cert) = (dir.0.join("server.key"), dir.0.join("server.crt"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is needed to make a test certificate");
-    assert!(made.status.success(), "{made:?}");
+    let (key, cert) = self_signed_certificate(&dir.0);
     // PostgreSQL insists that only its own account can read the key.
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     if pgrelay_cluster::is_root() {

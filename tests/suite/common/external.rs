@@ -1,6 +1,6 @@
 //! Real PgBouncer and nginx processes for the tests that put them in front of the relay.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -111,18 +111,66 @@ pub async fn pgbouncer(pg_port: u16) -> Daemon {
 /// nginx proxying to the relay at `relay_port`, configured with deploy/nginx-location.conf,
 /// with nginx's default access log (the `combined` format) written to `access.log`.
 pub async fn nginx(relay_port: u16) -> Daemon {
+    let location = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx-location.conf");
+    nginx_with(|_, port| {
+        format!(
+            "upstream pgrelay {{ server 127.0.0.1:{relay_port}; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    include {location};\n  }}\n"
+        )
+    })
+    .await
+}
+
+/// nginx with TLS and HTTP/2 on its port, proxying to the relay at `relay_port`, configured
+/// with deploy/nginx-http2-server.conf (which includes deploy/nginx-location.conf): the
+/// file's port, certificate, relay address and include path become the test's.
+pub async fn nginx_http2(relay_port: u16) -> Daemon {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    let server = std::fs::read_to_string(format!("{deploy}/nginx-http2-server.conf")).unwrap();
+    nginx_with(|dir, port| {
+        let (key, cert) = self_signed_certificate(&dir.0);
+        [
+            ("127.0.0.1:8080", format!("127.0.0.1:{relay_port}")),
+            ("listen 443 ssl", format!("listen 127.0.0.1:{port} ssl")),
+            (
+                "/etc/ssl/certs/relay.example.com.pem",
+                cert.display().to_string(),
+            ),
+            (
+                "/etc/ssl/private/relay.example.com.key",
+                key.display().to_string(),
+            ),
+            (
+                "/etc/nginx/pgrelay-location.conf",
+                format!("{deploy}/nginx-location.conf"),
+            ),
+        ]
+        .into_iter()
+        .fold(server, |server, (theirs, ours)| {
+            assert!(
+                server.contains(theirs),
+                "nginx-http2-server.conf lost {theirs:?}"
+            );
+            server.replace(theirs, &ours)
+        })
+    })
+    .await
+}
+
+/// nginx on a free port, with `http` (given nginx's folder and that port) inside its `http`
+/// block.
+async fn nginx_with(http: impl FnOnce(&ScratchDir, u16) -> String) -> Daemon {
     let binary = require_binary("nginx", "nginx-light");
     let dir = ScratchDir::new("nginx");
     let port = free_port();
-    let location = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx-location.conf");
     let config = format!(
         "daemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
          events {{ worker_connections 256; }}\n\
          http {{\n  access_log {dir}/access.log;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
            fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
-           upstream pgrelay {{ server 127.0.0.1:{relay_port}; }}\n\
-           server {{\n    listen 127.0.0.1:{port};\n    include {location};\n  }}\n}}\n",
-        dir = dir.0.display()
+           {http}}}\n",
+        dir = dir.0.display(),
+        http = http(&dir, port),
     );
     std::fs::write(dir.0.join("nginx.conf"), config).unwrap();
     let mut child = Command::new(binary)
@@ -135,4 +183,29 @@ pub async fn nginx(relay_port: u16) -> Daemon {
         .unwrap();
     wait_for_port(port, &mut child, "nginx").await;
     Daemon { child, port, dir }
+}
+
+/// A fresh self-signed certificate for `localhost` in `dir`: (key, certificate).
+pub fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (key, cert) = (dir.join("server.key"), dir.join("server.crt"));
+    let made = Command::new(require_binary("openssl", "openssl"))
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    (key, cert)
 }

@@ -71,6 +71,13 @@ fn with_database(url: &str, database: &str) -> String {
 
 /// A fresh, migrated database for one test.
 pub async fn fresh_database() -> String {
+    let url = empty_database().await;
+    pgrelay::migrate::migrate(&url, "pgrelay").await.unwrap();
+    url
+}
+
+/// A fresh database without pgrelay's schema, for tests that migrate it themselves.
+pub async fn empty_database() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "pgrelay_test_{}_{}",
@@ -87,9 +94,7 @@ pub async fn fresh_database() -> String {
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
-    let url = template.replace("{db}", &name);
-    pgrelay::migrate::migrate(&url, "pgrelay").await.unwrap();
-    url
+    template.replace("{db}", &name)
 }
 
 /// A plain client connection, driven in the background.
