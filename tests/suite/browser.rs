@@ -101,7 +101,7 @@ async fn demo_page_in_a_real_browser() {
     let screenshot = target.join("browser-screenshot.png");
     let _ = std::fs::remove_file(&screenshot);
 
-    let mut node = Command::new("node")
+    let node = Command::new("node")
         .arg(root.join("tests/browser/e2e.mjs"))
         .current_dir(root.join("tests/browser"))
         .env("RELAY_URL", relay.base())
@@ -125,51 +125,20 @@ async fn demo_page_in_a_real_browser() {
         .spawn()
         .expect("cannot start node");
 
-    let transcript = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut stderr = node.stderr.take().unwrap();
-    let stderr_task = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
-    let outcome = timeout(
+    finish_script(
+        node,
+        "the browser test",
         NODE_BUDGET,
-        drive(&mut node, &mut relay, &database_url, &transcript),
+        &mut relay,
+        &database_url,
     )
-    .await
-    .unwrap_or_else(|_| Err(format!("the browser test took longer than {NODE_BUDGET:?}")));
-    if outcome.is_err() {
-        stop_node(&mut node).await;
-    }
-    let stderr = timeout(Duration::from_secs(5), stderr_task)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    .await;
     page_server.abort();
-
-    let transcript = transcript.lock().unwrap().join("\n");
-    match outcome {
-        Ok(status) if status.success() => {
-            assert!(
-                screenshot.exists(),
-                "no screenshot at {}",
-                screenshot.display()
-            );
-        }
-        Ok(status) => panic!(
-            "the browser test failed ({status})\n--- node stdout ---\n{transcript}\n\
-             --- node stderr ---\n{stderr}\n--- end of {} ---\n{}",
-            relay.log.display(),
-            tail(&relay.log, 40)
-        ),
-        Err(problem) => panic!(
-            "the browser test failed: {problem}\n--- node stdout ---\n{transcript}\n\
-             --- node stderr ---\n{stderr}\n--- end of {} ---\n{}",
-            relay.log.display(),
-            tail(&relay.log, 40)
-        ),
-    }
+    assert!(
+        screenshot.exists(),
+        "no screenshot at {}",
+        screenshot.display()
+    );
 }
 
 /// Seven tabs of one participant (more than HTTP/1.1's six connections per origin) hold one
@@ -194,7 +163,7 @@ async fn tabs_share_one_stream_in_a_real_browser() {
     );
     relay.start().await;
 
-    let mut node = Command::new("node")
+    let node = Command::new("node")
         .arg(root.join("tests/browser/tabs.mjs"))
         .current_dir(root.join("tests/browser"))
         .env("RELAY_URL", relay.base())
@@ -206,19 +175,35 @@ async fn tabs_share_one_stream_in_a_real_browser() {
         .kill_on_drop(true)
         .spawn()
         .expect("cannot start node");
-    let transcript = Arc::new(Mutex::new(Vec::<String>::new()));
+    finish_script(
+        node,
+        "the tabs test",
+        TABS_BUDGET,
+        &mut relay,
+        &database_url,
+    )
+    .await;
+}
+
+/// Serves a browser script's requests (see [`drive`]) until it exits, within `budget`; panics
+/// with its output and the relay's log unless it succeeded.
+async fn finish_script(
+    mut node: tokio::process::Child,
+    name: &str,
+    budget: Duration,
+    relay: &mut RelayChild,
+    database_url: &str,
+) {
+    let transcript = Mutex::new(Vec::<String>::new());
     let mut stderr = node.stderr.take().unwrap();
     let stderr_task = tokio::spawn(async move {
         let mut text = String::new();
         let _ = stderr.read_to_string(&mut text).await;
         text
     });
-    let outcome = timeout(
-        TABS_BUDGET,
-        drive(&mut node, &mut relay, &database_url, &transcript),
-    )
-    .await
-    .unwrap_or_else(|_| Err(format!("the tabs test took longer than {TABS_BUDGET:?}")));
+    let outcome = timeout(budget, drive(&mut node, relay, database_url, &transcript))
+        .await
+        .unwrap_or_else(|_| Err(format!("{name} took longer than {budget:?}")));
     if outcome.is_err() {
         stop_node(&mut node).await;
     }
@@ -230,7 +215,7 @@ async fn tabs_share_one_stream_in_a_real_browser() {
     let transcript = transcript.lock().unwrap().join("\n");
     if !matches!(outcome, Ok(status) if status.success()) {
         panic!(
-            "the tabs test failed ({outcome:?})\n--- node stdout ---\n{transcript}\n\
+            "{name} failed ({outcome:?})\n--- node stdout ---\n{transcript}\n\
              --- node stderr ---\n{stderr}\n--- end of {} ---\n{}",
             relay.log.display(),
             tail(&relay.log, 40)
