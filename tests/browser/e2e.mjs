@@ -18,18 +18,13 @@
 //
 // Exit status 0 means every scenario passed.
 
-import { createHmac } from 'node:crypto';
 import { createInterface } from 'node:readline';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { launchChromium, mintToken } from './support.mjs';
 
 const RELAY = required('RELAY_URL');
 const OTHER = required('OTHER_ORIGIN_URL');
 const ALICE = required('ALICE_TOKEN');
 const BOB = required('BOB_TOKEN');
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const SCREENSHOT = process.env.SCREENSHOT_PATH || 'browser-screenshot.png';
 const SECRET = required('TOKEN_SECRET');
 const DEBOUNCE_MS = Number(process.env.PRESENCE_DEBOUNCE_MS || 3_000);
@@ -140,10 +135,8 @@ function escapeRegExp(text) {
 
 /** An HS256 token minted here, as any backend's JWT code would: the relay must accept it. */
 function mint(sub, ttlSeconds, secret = SECRET) {
-  const encode = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
   const now = Math.floor(Date.now() / 1000);
-  const input = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode({ sub, iat: now, exp: now + ttlSeconds, scope: 'publish' })}`;
-  return `${input}.${createHmac('sha256', secret).update(input).digest('base64url')}`;
+  return mintToken({ sub, exp: now + ttlSeconds, scope: 'publish' }, secret);
 }
 
 /** POSTs a message as alice from Node (no browser involved); returns its id. */
@@ -180,26 +173,7 @@ async function send(page, text) {
 }
 
 async function main() {
-  const userDataDir = mkdtempSync(join(tmpdir(), 'pgrelay-chromium-'));
-  // Removed on every exit, fail() and the watchdog included.
-  process.on('exit', () => rmSync(userDataDir, { recursive: true, force: true }));
-  // Playwright gives each launch a fresh profile of its own; userDataDir only keeps Chromium's
-  // crash and cache files out of $HOME.
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 20_000,
-    env: { ...process.env, HOME: userDataDir, XDG_CONFIG_HOME: userDataDir, XDG_CACHE_HOME: userDataDir },
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  const browser = await launchChromium();
   try {
     await scenarios(browser);
   } finally {

@@ -16,15 +16,11 @@
 // kept firing in Chromium 156.) Lines starting with `FIGURE` are the measurements
 // BENCHMARKS.md quotes. Exit status 0 means every check passed.
 
-import { createHmac, randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { randomUUID } from 'node:crypto';
+import { launchChromium, mintToken } from './support.mjs';
 
 const RELAY = required('RELAY_URL');
 const SECRET = required('TOKEN_SECRET');
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 
 /** Tabs of the participant that share: more than HTTP/1.1's six connections per origin. */
 const TABS = 7;
@@ -70,11 +66,8 @@ async function until(condition, what, ms = PATIENCE_MS) {
 
 /** An HS256 token for `sub` with scope publish; each call a different one (`jti`). */
 function mint(sub) {
-  const encode = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
-  const now = Math.floor(Date.now() / 1000);
-  const claims = { sub, iat: now, exp: now + 600, scope: 'publish', jti: randomUUID() };
-  const input = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode(claims)}`;
-  return `${input}.${createHmac('sha256', SECRET).update(input).digest('base64url')}`;
+  const exp = Math.floor(Date.now() / 1000) + 600;
+  return mintToken({ sub, exp, scope: 'publish', jti: randomUUID() }, SECRET);
 }
 
 /** The relay's open-stream gauge. */
@@ -172,23 +165,7 @@ async function disruption(tabs, since, window) {
 }
 
 async function main() {
-  const userDataDir = mkdtempSync(join(tmpdir(), 'pgrelay-chromium-'));
-  process.on('exit', () => rmSync(userDataDir, { recursive: true, force: true }));
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 20_000,
-    env: { ...process.env, HOME: userDataDir, XDG_CONFIG_HOME: userDataDir, XDG_CACHE_HOME: userDataDir },
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  const browser = await launchChromium();
   try {
     await scenario(await browser.newContext());
   } finally {

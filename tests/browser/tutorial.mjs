@@ -11,7 +11,7 @@
 // console error.
 
 import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './support.mjs';
 
 const PATIENCE_MS = 10_000;
 const expected = JSON.parse(process.env.TEXTS);
@@ -24,12 +24,7 @@ function fail(message) {
 }
 setTimeout(() => fail('the script took longer than 40 s'), 40_000);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM_PATH,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launchChromium();
 try {
   const page = await browser.newPage();
   const errors = [];
