@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::presence::{self, Presence};
 use crate::publisher::Publisher;
 use crate::registry::Registry;
-use crate::stream::Streams;
+use crate::stream::StreamContext;
 use crate::{attach_skips, migrate, retention, server, store};
 
 /// The sockets a relay serves HTTP on: the public address, and optionally one of its own for
@@ -113,7 +113,7 @@ pub async fn run(
         shutdown: stopping.clone(),
     }));
 
-    let streams = Arc::new(Streams {
+    let streams = Arc::new(StreamContext {
         pool: pool.clone(),
         registry,
         reads: Arc::new(Semaphore::new(history_connections(pool_size))),

@@ -52,7 +52,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// What every stream of this instance shares: where it registers, what it reads from, and
 /// when it must stop.
-pub struct Streams {
+pub struct StreamContext {
     /// Query connections for the opening position and catch-ups.
     pub pool: DbPool,
     /// Where streams register for live events.
@@ -78,7 +78,7 @@ pub struct Streams {
 
 /// One open stream.
 pub struct EventStream {
-    streams: Arc<Streams>,
+    context: Arc<StreamContext>,
     /// Keeps the stream registered until it is dropped (the client disconnected).
     subscription: Subscription,
     /// What the stream hears as of its cursor: the catch-up query's filter and every event's.
@@ -124,7 +124,7 @@ enum Interrupt {
     Expired,
 }
 
-impl Streams {
+impl StreamContext {
     /// Registers a stream with `access` (read when the newest message was `newest`), resuming
     /// after `resume` (or live from `newest` when `None`), valid until `expires_in` has passed.
     pub async fn open(
@@ -164,7 +164,7 @@ impl Streams {
             }
         };
         Ok(EventStream {
-            streams: Arc::clone(self),
+            context: Arc::clone(self),
             keepalive_at: Instant::now() + self.keepalive,
             subscription,
             access,
@@ -185,7 +185,7 @@ impl EventStream {
     pub fn into_body(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
         futures::stream::unfold(self, |mut stream| async move {
             let frame = stream.next_frame().await?;
-            stream.keepalive_at = Instant::now() + stream.streams.keepalive;
+            stream.keepalive_at = Instant::now() + stream.context.keepalive;
             Some((Ok(frame), stream))
         })
     }
@@ -216,7 +216,7 @@ impl EventStream {
                         },
                         None if self.access.hears(&message.participants) => {
                             self.cursor = message.id;
-                            self.streams.metrics.events_delivered.inc();
+                            self.context.metrics.events_delivered.inc();
                             frame::message(&message)
                         }
                         // Not heard at its position: a room removed before it.
@@ -247,7 +247,7 @@ impl EventStream {
                 Delivery::Empty => {
                     let changed = self.subscription.inbox().changed();
                     let quiet = tokio::time::timeout_at(self.keepalive_at, changed);
-                    match interruptible(&self.streams.shutdown, self.expires, quiet).await {
+                    match interruptible(&self.context.shutdown, self.expires, quiet).await {
                         Ok(Ok(())) => None,
                         Ok(Err(_)) => return Some(frame::KEEPALIVE),
                         Err(interrupt) => Some(interrupt),
@@ -269,23 +269,23 @@ impl EventStream {
     /// Reads one page after the cursor into `pending`. On failure it asks for another
     /// catch-up after a backoff, so a database outage delays messages but never loses them.
     async fn catch_up(&mut self) -> Result<(), Interrupt> {
-        self.streams.metrics.catch_up_queries.inc();
-        let streams = &self.streams;
+        self.context.metrics.catch_up_queries.inc();
+        let context = &self.context;
         let query = async {
             // However many streams catch up at once, they hold at most the page budget…
-            let worst = store::page_memory(CATCH_UP_PAGE, CATCH_UP_BYTES, streams.max_event_bytes);
-            let mut reservation = streams.page_budget.reserve(worst).await;
+            let worst = store::page_memory(CATCH_UP_PAGE, CATCH_UP_BYTES, context.max_event_bytes);
+            let mut reservation = context.page_budget.reserve(worst).await;
             // …and a part of the pool, so publishing, presence and /readyz still get a
             // connection.
-            let _permit = streams.reads.acquire().await;
+            let _permit = context.reads.acquire().await;
             let page = store::messages_for(
-                &streams.pool,
+                &context.pool,
                 &self.access.catch_up_addresses(),
                 store::Rows::WithControl,
                 self.cursor,
                 CATCH_UP_PAGE,
                 CATCH_UP_BYTES,
-                streams.max_event_bytes,
+                context.max_event_bytes,
             )
             .await;
             if let Ok(page) = &page {
@@ -294,7 +294,7 @@ impl EventStream {
             (page, reservation)
         };
         let (page, reservation) =
-            interruptible(&self.streams.shutdown, self.expires, query).await?;
+            interruptible(&self.context.shutdown, self.expires, query).await?;
         match page {
             Ok(page) => {
                 self.failures = 0;
@@ -327,7 +327,7 @@ impl EventStream {
                         _ = self.subscription.inbox().changed() => {}
                     }
                 };
-                let waited = interruptible(&self.streams.shutdown, self.expires, wait).await;
+                let waited = interruptible(&self.context.shutdown, self.expires, wait).await;
                 self.subscription.inbox().request_catch_up();
                 waited
             }
@@ -373,7 +373,7 @@ impl EventStream {
     /// Sends `history_truncated` before anything else and moves the cursor past what
     /// retention removed, so the next catch-up does not report it again.
     async fn truncated(&mut self, pruned_through: i64) {
-        let oldest_id = match store::retention_bounds(&self.streams.pool).await {
+        let oldest_id = match store::retention_bounds(&self.context.pool).await {
             Ok(bounds) => bounds.oldest_id,
             Err(_) => pruned_through + 1,
         };
