@@ -332,6 +332,11 @@ impl Registry {
         streams.routed_through = streams.routed_through.max(position);
     }
 
+    /// The highest message id the listener has routed: how recent a stream's cursor is.
+    pub fn routed_through(&self) -> i64 {
+        self.streams.lock().unwrap().routed_through
+    }
+
     /// Hands a message or signal to the open streams of its addresses, once per stream even
     /// when a stream has several of them.
     /// A control row goes to every stream of its participant whose access it changes, which

@@ -29,11 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::access::{Access, Change};
-use crate::budget::{ByteBudget, Reservation};
+use crate::budget::{ByteBudget, SharedReservation};
+use crate::catch_up::{self, Answer, CatchUps, Share};
 use crate::error::Error;
 use crate::frame;
 use crate::message::{Control, Message, REVOKED_EVENT, ROOMS_EVENT};
 use crate::metrics::Metrics;
+use crate::open_reads::OpenReads;
 use crate::registry::{Delivery, Live, Registry, Subscription};
 use crate::store::{self, DbPool};
 
@@ -63,7 +65,7 @@ pub struct StreamContext {
     /// The bytes catch-up and history pages may hold at once on this instance: each page
     /// reserves its worst case before it is read, keeps what it holds until it is sent, and
     /// gives back the rest at once.
-    pub page_budget: ByteBudget,
+    pub page_budget: Arc<ByteBudget>,
     /// Messages larger than this are read as `oversized` stand-ins.
     pub max_event_bytes: i64,
     /// Counters for `/metrics`.
@@ -74,6 +76,10 @@ pub struct StreamContext {
     pub max_per_participant: usize,
     /// Cancelled at shutdown; every stream ends.
     pub shutdown: CancellationToken,
+    /// Where streams whose cursor is recent catch up together, in shared reads.
+    pub catch_ups: CatchUps,
+    /// Where openings read their access and position bounds together.
+    pub open_reads: OpenReads,
 }
 
 /// One open stream.
@@ -89,7 +95,11 @@ pub struct EventStream {
     pending: VecDeque<Live>,
     /// The share of the page budget held by the catch-up page in `pending`; the page's last
     /// frame carries it to the socket.
-    page: Option<Reservation>,
+    page: Option<SharedReservation>,
+    /// The id through which the shared read of the page in `pending` read the log: once the
+    /// page is sent the stream has heard everything it may up to there, and its cursor moves
+    /// on (rows it does not hear must not be read again).
+    page_end: Option<i64>,
     /// Frames to send before anything else: the opening position, and `reset` whenever
     /// retention removed messages after the cursor.
     preamble: VecDeque<Bytes>,
@@ -141,7 +151,7 @@ impl StreamContext {
         let mut preamble = VecDeque::new();
         let cursor = match resume {
             Some(since) => {
-                let bounds = store::retention_bounds(&self.pool).await?;
+                let bounds = self.open_reads.retention_bounds().await?;
                 let (position, reset) = resume_point(since, &bounds);
                 preamble.push_back(frame::opening(position));
                 if let Some(reset) = reset {
@@ -171,6 +181,7 @@ impl StreamContext {
             cursor,
             pending: VecDeque::new(),
             page: None,
+            page_end: None,
             preamble,
             expires: Instant::now() + expires_in,
             finished: false,
@@ -235,6 +246,9 @@ impl EventStream {
             }
             // A page whose tail was already sent holds nothing any more.
             self.page = None;
+            if let Some(end) = self.page_end.take() {
+                self.cursor = self.cursor.max(end);
+            }
             let delivery = self.subscription.inbox().take();
             let interrupted = match delivery {
                 Delivery::Events(events) => {
@@ -266,9 +280,44 @@ impl EventStream {
         }
     }
 
-    /// Reads one page after the cursor into `pending`. On failure it asks for another
-    /// catch-up after a backoff, so a database outage delays messages but never loses them.
+    /// Reads one page after the cursor into `pending`: its part of a shared read when its
+    /// cursor is recent (`catch_up`), else, or when the shared read sends it back, its own.
     async fn catch_up(&mut self) -> Result<(), Interrupt> {
+        let context = Arc::clone(&self.context);
+        if context.registry.routed_through() - self.cursor <= catch_up::SHARED_SPAN {
+            let shared = context
+                .catch_ups
+                .catch_up(self.cursor, self.access.catch_up_addresses());
+            if let Answer::Shared(share) =
+                interruptible(&context.shutdown, self.expires, shared).await?
+            {
+                self.take_share(share).await;
+                return Ok(());
+            }
+        }
+        self.read_alone().await
+    }
+
+    /// Takes its part of a shared read as it takes a page of its own.
+    async fn take_share(&mut self, share: Share) {
+        self.failures = 0;
+        self.page = Some(share.reservation);
+        if share.pruned_through > self.cursor {
+            self.truncated(share.pruned_through, Some(share.oldest_id))
+                .await;
+        }
+        if share.more {
+            self.subscription.inbox().request_catch_up();
+        }
+        self.page_end = Some(share.through);
+        self.pending
+            .extend(share.messages.into_iter().map(Live::Message));
+    }
+
+    /// Reads one page after the cursor into `pending` with its own query. On failure it asks
+    /// for another catch-up after a backoff, so a database outage delays messages but never
+    /// loses them.
+    async fn read_alone(&mut self) -> Result<(), Interrupt> {
         self.context.metrics.catch_up_queries.inc();
         let context = &self.context;
         let query = async {
@@ -298,12 +347,12 @@ impl EventStream {
         match page {
             Ok(page) => {
                 self.failures = 0;
-                self.page = Some(reservation);
+                self.page = Some(reservation.share());
                 if page.pruned_through > self.cursor {
                     // Retention removed messages after the cursor before this stream read them
                     // (it fell behind, or was quiet longer than the retention period): say so
                     // before going on, never skip silently.
-                    self.truncated(page.pruned_through).await;
+                    self.truncated(page.pruned_through, None).await;
                 }
                 if page.more {
                     // Read the next page once this one is sent.
@@ -351,6 +400,7 @@ impl EventStream {
                     // What follows was read, or routed, without the added rooms: read again
                     // from here with them.
                     self.pending.clear();
+                    self.page_end = None;
                     self.subscription.inbox().request_catch_up();
                 }
                 let data = serde_json::json!({"added": added, "removed": removed});
@@ -371,11 +421,15 @@ impl EventStream {
     }
 
     /// Sends `history_truncated` before anything else and moves the cursor past what
-    /// retention removed, so the next catch-up does not report it again.
-    async fn truncated(&mut self, pruned_through: i64) {
-        let oldest_id = match store::retention_bounds(&self.context.pool).await {
-            Ok(bounds) => bounds.oldest_id,
-            Err(_) => pruned_through + 1,
+    /// retention removed, so the next catch-up does not report it again. The oldest id is
+    /// read unless the page's read brought it (`oldest_id`).
+    async fn truncated(&mut self, pruned_through: i64, oldest_id: Option<i64>) {
+        let oldest_id = match oldest_id {
+            Some(oldest_id) => oldest_id,
+            None => match self.context.open_reads.retention_bounds().await {
+                Ok(bounds) => bounds.oldest_id,
+                Err(_) => pruned_through + 1,
+            },
         };
         let reset = serde_json::json!({"reason": "history_truncated", "oldest_id": oldest_id});
         self.preamble
