@@ -119,6 +119,7 @@ pub async fn run(
     let page_budget = Arc::new(ByteBudget::new(settings.catch_up_budget));
     let catch_ups = CatchUps::start(catch_up::Reader {
         pool: pool.clone(),
+        registry: Arc::clone(&registry),
         reads: Arc::clone(&reads),
         page_budget: Arc::clone(&page_budget),
         max_event_bytes: event_limit(&settings),

@@ -4,27 +4,39 @@
 //! `Last-Event-ID`, and the listener's reconnect asks every open stream to catch up at once.
 //! Read one stream at a time, the database reads the same recent rows once per stream (12,000
 //! streams: 2 queries and ~4,000 tuples each, to deliver four rows). So, like group commit for
-//! publishing (`publisher`), streams whose cursor is recent hand their catch-up to one task:
-//! while a read runs, the next requests gather; the next read takes the log's rows after the
-//! smallest of their cursors by the primary key's range alone, whoever they are addressed to
-//! (control rows included), with the retention bounds from the same snapshot; and the task
-//! routes them in memory, each stream getting the rows with an id above its cursor that its
-//! catch-up addresses name, just what its own indexed page query would have returned. The
-//! stream applies them as it applies such a page (control rows at their positions included).
+//! publishing (`publisher`), streams whose cursor is recent hand their catch-up to one task,
+//! which keeps the recent stretch of the log in memory (the *tail*: every row, whoever it is
+//! addressed to, control rows included, in pages of the primary key's range) and answers each
+//! stream with its part of one page: the rows with an id above its cursor that its catch-up
+//! addresses name, just what its own indexed page query would have returned. The stream applies
+//! them as it applies such a page (control rows at their positions included).
 //!
-//! A stream far behind the newest id keeps its own indexed query (see
-//! [`SHARED_SPAN`]): one client back after a day must not make every reader read a day of log.
-//! A request that arrives alone, with nobody to share with, is also sent back to its indexed
-//! query, which for one reader costs less than a range.
+//! While one read runs, the next requests gather. Each round reads the log once, forward from
+//! the tail's end (or, when a cursor lies below the tail, from the lowest cursor, starting a new
+//! tail), with the retention bounds from the same snapshot, and then answers every waiting
+//! stream: one read per round however many streams wait, and streams that join late (a storm's
+//! reconnects arrive over seconds) find their rows already in memory instead of making the
+//! round read them again. The read that answers a request always starts after the request was
+//! made, so a stream learns of every row committed before it asked, exactly as its own query
+//! would; a page that is not the tail's last, or a cut read, says `more`.
 //!
-//! Bounded as the per-stream pages are: a read takes at most [`SHARED_ROWS`] rows and
-//! [`SHARED_BYTES`] bytes, reserves its worst case in the instance's page budget (shared by the
-//! streams it served until the last of them has sent its part) and one of the `reads` permits,
-//! and at most [`MAX_WAITING`] requests wait (past that a stream reads alone). Fair: each read
-//! serves every waiting stream whose cursor lies below its last row, and a stream that a read
-//! cut short of it waits at most [`MAX_ROUNDS`] reads before it reads alone.
+//! Whether a range is worth reading depends on how many streams it serves: it costs the rows
+//! from the oldest cursor it serves to the newest id, while each stream's own indexed query
+//! costs about what [`ROWS_PER_STREAM`] rows of the range cost. So each round serves the most
+//! recent cursors for which the range costs no more than their own queries would (cursors in
+//! the tail cost nothing), and sends the others back to their own queries: a stream far behind
+//! (one client back after a day) never makes every reader read a day of log. No stream joins a
+//! range longer than [`MAX_SHARED_SPAN`].
+//!
+//! Bounded as the per-stream pages are: a page holds at most [`SHARED_ROWS`] rows and
+//! [`SHARED_BYTES`] bytes and reserves its worst case in the instance's page budget (shared by
+//! the streams it served until the last of them has sent its part) and one of the `reads`
+//! permits while it is read; the tail holds at most [`TAIL_PAGES`] pages and is dropped once no
+//! request came for [`TAIL_KEPT`]; at most [`MAX_WAITING`] requests wait (past that a stream
+//! reads alone), and a stream's answer is at most one page. Fair: every round answers every
+//! waiting stream it admits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,33 +45,40 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::budget::{ByteBudget, SharedReservation};
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::store::{self, DbPool};
 
-/// Most rows one shared read takes: the same as a stream's own page, so a stream served by it
-/// holds no more than its own page would.
+/// Most rows one page of the tail holds: the same as a stream's own page, so a stream served
+/// by it holds no more than its own page would.
 pub const SHARED_ROWS: i64 = 1000;
 
-/// Most bytes of payload and participants one shared read takes (plus one message of
+/// Most bytes of payload and participants one page holds (plus one message of
 /// `--max-event-bytes`). The rows are held once for all the streams they serve, so this is
 /// four stream pages' worth.
 const SHARED_BYTES: i64 = 1024 * 1024;
 
+/// Most pages the tail keeps: a storm's streams a minute behind at 200 messages a second.
+const TAIL_PAGES: usize = 16;
+
+/// How long the tail is kept after the last request: a storm's requests come seconds apart
+/// at most; a quiet instance holds no tail.
+const TAIL_KEPT: Duration = Duration::from_secs(1);
+
 /// How far below the listener's position (in ids) a stream's cursor may be for it to join a
-/// shared read. Farther behind, its own indexed query costs what its own messages cost, while
-/// a range would read everyone's rows between: a shared read of 5,000 ids costs about as
-/// much as a dozen streams' own queries, and a storm is hundreds or thousands of streams a
-/// few seconds behind.
-pub const SHARED_SPAN: i64 = 5 * SHARED_ROWS;
+/// shared read at all: fifty pages. Farther behind, its own indexed query costs what its own
+/// messages cost, while the tail would hold every other stream for many rounds.
+pub const MAX_SHARED_SPAN: i64 = 50 * SHARED_ROWS;
+
+/// What a stream's own catch-up query costs the database, in rows of a shared range read:
+/// a range serves `k` streams when it is at most `k` times this long. Measured with
+/// `bench --storm` (`pg_stat_statements`' mean execution times, BENCHMARKS.md): a stream's
+/// own page query took 1–11 ms, a page of 1,000 rows of the range about as long (and costs
+/// the relay one routing pass, not one query's worth of parsing, planning and sorting).
+const ROWS_PER_STREAM: i64 = 1000;
 
 /// How long a request that finds the reader idle waits for others to join it: a reconnect
 /// storm's streams arrive over a second or more, not in the same instant.
 const GATHER: Duration = Duration::from_millis(2);
-
-/// Fewest requests a read is shared by; fewer go back to their own indexed queries.
-const MIN_SHARED: usize = 3;
-
-/// Most reads a stream waits for while reads are cut short below its cursor.
-const MAX_ROUNDS: u32 = 3;
 
 /// Most requests waiting for a shared read; past them streams read alone.
 const MAX_WAITING: usize = 16 * 1024;
@@ -72,6 +91,8 @@ pub struct CatchUps {
 /// What the reading task needs: where to read, what it may hold, what it counts.
 pub struct Reader {
     pub pool: DbPool,
+    /// Where the listener's position is read: how recent a cursor is.
+    pub registry: Arc<Registry>,
     /// The pool connections catch-ups may hold at once (shared with the streams' own queries).
     pub reads: Arc<Semaphore>,
     /// The instance's page budget (shared with the streams' own pages).
@@ -87,8 +108,6 @@ struct Request {
     cursor: i64,
     /// What it reads (`Access::catch_up_addresses`).
     addresses: Vec<String>,
-    /// Reads that were cut short below its cursor.
-    rounds: u32,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -96,24 +115,25 @@ struct Request {
 pub enum Answer {
     /// Its part of a shared read.
     Shared(Share),
-    /// Read alone with your own query: nobody to share with, waited too long, or the read
+    /// Read alone with your own query: the range would cost more than it saves, or the read
     /// failed (the stream's own query then retries and backs off as usual).
     Alone,
 }
 
-/// A stream's part of a shared read: what its own page query would have returned.
+/// A stream's part of a page of the tail: what its own page query would have returned.
 pub struct Share {
     /// The rows after its cursor its addresses name, oldest first.
     pub messages: Vec<Arc<Message>>,
     /// Every row up to this id was read: the stream has heard all it may from there down.
     pub through: i64,
-    /// Whether the read was cut: more may follow right after `through`.
+    /// Whether more may follow right after `through` (a later page, or a cut read).
     pub more: bool,
-    /// The retention bounds of the read's snapshot.
+    /// The retention bounds of the round's read.
     pub pruned_through: i64,
     pub oldest_id: i64,
-    /// The read's share of the page budget, held until the stream has sent these rows.
-    pub reservation: SharedReservation,
+    /// The page's share of the page budget, held until the stream has sent these rows (none
+    /// when it got no page).
+    pub reservation: Option<SharedReservation>,
 }
 
 impl CatchUps {
@@ -131,7 +151,6 @@ impl CatchUps {
         let request = Request {
             cursor,
             addresses,
-            rounds: 0,
             reply,
         };
         if self.queue.try_send(request).is_err() {
@@ -141,13 +160,56 @@ impl CatchUps {
     }
 }
 
-/// Gathers requests and serves them, one read at a time.
+/// One page of the tail: every row of the log with an id in (the previous page's end,
+/// `through`].
+struct TailPage {
+    rows: Vec<Arc<Message>>,
+    /// Address → positions in `rows` naming it, for routing.
+    by_address: HashMap<String, Vec<usize>>,
+    through: i64,
+    reservation: SharedReservation,
+}
+
+/// The recent stretch of the log held in memory: every row with an id in (`from`, the last
+/// page's `through`], in pages.
+#[derive(Default)]
+struct Tail {
+    from: i64,
+    pages: VecDeque<TailPage>,
+    /// Whether the last read was cut (more rows follow the last page right away).
+    cut: bool,
+}
+
+impl Tail {
+    fn through(&self) -> i64 {
+        self.pages.back().map_or(self.from, |page| page.through)
+    }
+
+    /// Whether the tail holds every row after `cursor` up to its end.
+    fn covers(&self, cursor: i64) -> bool {
+        !self.pages.is_empty() && cursor >= self.from
+    }
+}
+
+/// Gathers requests and serves them, one read a round.
 async fn run(reader: Reader, mut requests: mpsc::Receiver<Request>) {
     let mut waiting: Vec<Request> = Vec::new();
+    let mut tail = Tail::default();
     loop {
         if waiting.is_empty() {
-            if requests.recv_many(&mut waiting, MAX_WAITING).await == 0 {
-                return;
+            let came =
+                tokio::time::timeout(TAIL_KEPT, requests.recv_many(&mut waiting, MAX_WAITING))
+                    .await;
+            match came {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(_) => {
+                    // Quiet: give the tail's memory back, and wait for as long as it takes.
+                    tail = Tail::default();
+                    if requests.recv_many(&mut waiting, MAX_WAITING).await == 0 {
+                        return;
+                    }
+                }
             }
             tokio::time::sleep(GATHER).await;
         }
@@ -159,86 +221,142 @@ async fn run(reader: Reader, mut requests: mpsc::Receiver<Request>) {
         }
         // A stream that went away (its client left, shutdown) no longer waits.
         waiting.retain(|request| !request.reply.is_closed());
-        if waiting.len() < MIN_SHARED && waiting.iter().all(|request| request.rounds == 0) {
-            for request in waiting.drain(..) {
-                let _ = request.reply.send(Answer::Alone);
-            }
-            continue;
+        let alone = admit(&mut waiting, &tail, reader.registry.routed_through());
+        for request in alone {
+            let _ = request.reply.send(Answer::Alone);
         }
-        waiting = serve(&reader, waiting).await;
+        if !waiting.is_empty() {
+            serve(&reader, &mut tail, std::mem::take(&mut waiting)).await;
+        }
     }
 }
 
-/// Runs one shared read for `waiting` and answers every request it covers; returns those it
-/// does not cover yet (the read was cut below their cursors).
-async fn serve(reader: &Reader, waiting: Vec<Request>) -> Vec<Request> {
-    let since = waiting
+/// Keeps in `waiting` the requests a shared read serves and returns the others: those whose
+/// cursor the tail covers, and of the rest the `k` most recent cursors, for the largest `k`
+/// whose range (from the `k`-th cursor to `newest`, the listener's position) is at most `k` ×
+/// [`ROWS_PER_STREAM`] and [`MAX_SHARED_SPAN`] long.
+fn admit(waiting: &mut Vec<Request>, tail: &Tail, newest: i64) -> Vec<Request> {
+    waiting.sort_unstable_by_key(|request| std::cmp::Reverse(request.cursor));
+    let mut shared = 0;
+    for (k, request) in waiting.iter().enumerate() {
+        let span = newest.saturating_sub(request.cursor);
+        let streams = k as i64 + 1;
+        if tail.covers(request.cursor)
+            || (span <= MAX_SHARED_SPAN && span <= streams * ROWS_PER_STREAM)
+        {
+            shared = k + 1;
+        }
+    }
+    waiting.split_off(shared)
+}
+
+/// Reads the log once for `waiting` (forward from the tail's end, or a new tail from the
+/// lowest cursor below it) and answers every request with its part of one page.
+async fn serve(reader: &Reader, tail: &mut Tail, waiting: Vec<Request>) {
+    let lowest = waiting
         .iter()
         .map(|request| request.cursor)
         .min()
         .unwrap_or(0);
+    if !tail.covers(lowest) {
+        *tail = Tail {
+            from: lowest,
+            ..Tail::default()
+        };
+    }
+    let bounds = match extend(reader, tail).await {
+        Ok(bounds) => bounds,
+        Err(error) => {
+            tracing::warn!(%error, streams = waiting.len(), "shared catch-up read failed; streams read alone");
+            *tail = Tail::default();
+            for request in waiting {
+                let _ = request.reply.send(Answer::Alone);
+            }
+            return;
+        }
+    };
+    let last = tail.pages.len().saturating_sub(1);
+    for request in waiting {
+        // The first page with rows after the cursor, or none when the tail ends at or below it.
+        let found = tail
+            .pages
+            .iter()
+            .position(|page| page.through > request.cursor);
+        let share = match found {
+            Some(at) => {
+                let page = &tail.pages[at];
+                Share {
+                    messages: part(page, &request),
+                    through: page.through,
+                    more: at < last || tail.cut,
+                    pruned_through: bounds.0,
+                    oldest_id: bounds.1,
+                    reservation: Some(page.reservation.clone()),
+                }
+            }
+            None => Share {
+                messages: Vec::new(),
+                through: request.cursor,
+                more: tail.cut,
+                pruned_through: bounds.0,
+                oldest_id: bounds.1,
+                reservation: None,
+            },
+        };
+        reader.metrics.shared_streams.inc();
+        let _ = request.reply.send(Answer::Shared(share));
+    }
+    while tail.pages.len() > TAIL_PAGES {
+        if let Some(page) = tail.pages.pop_front() {
+            tail.from = page.through;
+        }
+    }
+}
+
+/// Reads the rows after the tail's end into a new page (none when there are none); returns the
+/// retention bounds (pruned through, oldest id) of the read's snapshot.
+async fn extend(reader: &Reader, tail: &mut Tail) -> Result<(i64, i64), crate::error::Error> {
     let worst = store::page_memory(SHARED_ROWS, SHARED_BYTES, reader.max_event_bytes);
     let mut reservation = reader.page_budget.reserve(worst).await;
     let range = {
         let _permit = reader.reads.acquire().await;
         store::log_range(
             &reader.pool,
-            since,
+            tail.through(),
             SHARED_ROWS,
             SHARED_BYTES,
             reader.max_event_bytes,
         )
-        .await
+        .await?
     };
     reader.metrics.catch_up_queries.inc();
     reader.metrics.shared_reads.inc();
-    let range = match range {
-        Ok(range) => range,
-        Err(error) => {
-            tracing::warn!(%error, streams = waiting.len(), "shared catch-up read failed; streams read alone");
-            for request in waiting {
-                let _ = request.reply.send(Answer::Alone);
-            }
-            return Vec::new();
-        }
-    };
-    reservation.shrink_to(range.page.memory());
-    let reservation = reservation.share();
-    let rows = &range.page.messages;
-    reader.metrics.shared_rows.add(rows.len() as u64);
-    let through = rows.last().map_or(since, |row| row.id);
-    let by_address = index(rows);
-    let mut later = Vec::new();
-    for mut request in waiting {
-        if range.page.more && request.cursor >= through {
-            request.rounds += 1;
-            if request.rounds >= MAX_ROUNDS {
-                let _ = request.reply.send(Answer::Alone);
-            } else {
-                later.push(request);
-            }
-            continue;
-        }
-        reader.metrics.shared_streams.inc();
-        let share = Share {
-            messages: part(rows, &by_address, &request),
-            through: through.max(request.cursor),
-            more: range.page.more,
-            pruned_through: range.page.pruned_through,
-            oldest_id: range.oldest_id,
-            reservation: reservation.clone(),
-        };
-        let _ = request.reply.send(Answer::Shared(share));
+    reader
+        .metrics
+        .shared_rows
+        .add(range.page.messages.len() as u64);
+    tail.cut = range.page.more;
+    let bounds = (range.page.pruned_through, range.oldest_id);
+    if let Some(last) = range.page.messages.last() {
+        reservation.shrink_to(range.page.memory());
+        let through = last.id;
+        let rows = range.page.messages;
+        tail.pages.push_back(TailPage {
+            by_address: index(&rows),
+            rows,
+            through,
+            reservation: reservation.share(),
+        });
     }
-    later
+    Ok(bounds)
 }
 
 /// Address → the positions in `rows` of the rows that name it, ascending.
-fn index(rows: &[Arc<Message>]) -> HashMap<&str, Vec<usize>> {
-    let mut by_address: HashMap<&str, Vec<usize>> = HashMap::new();
+fn index(rows: &[Arc<Message>]) -> HashMap<String, Vec<usize>> {
+    let mut by_address: HashMap<String, Vec<usize>> = HashMap::new();
     for (at, row) in rows.iter().enumerate() {
         for address in &row.participants {
-            let positions = by_address.entry(address.as_str()).or_default();
+            let positions = by_address.entry(address.clone()).or_default();
             // A row naming an address twice is listed once.
             if positions.last() != Some(&at) {
                 positions.push(at);
@@ -248,18 +366,15 @@ fn index(rows: &[Arc<Message>]) -> HashMap<&str, Vec<usize>> {
     by_address
 }
 
-/// The rows after `request`'s cursor that name one of its addresses, in id order, each once:
-/// what `participants && addresses AND id > cursor` selects from `rows`.
-fn part(
-    rows: &[Arc<Message>],
-    by_address: &HashMap<&str, Vec<usize>>,
-    request: &Request,
-) -> Vec<Arc<Message>> {
+/// The rows of `page` after `request`'s cursor that name one of its addresses, in id order,
+/// each once: what `participants && addresses AND id > cursor` selects from the page.
+fn part(page: &TailPage, request: &Request) -> Vec<Arc<Message>> {
+    let rows = &page.rows;
     let first = rows.partition_point(|row| row.id <= request.cursor);
     let mut positions: Vec<usize> = request
         .addresses
         .iter()
-        .filter_map(|address| by_address.get(address.as_str()))
+        .filter_map(|address| page.by_address.get(address.as_str()))
         .flat_map(|positions| {
             let start = positions.partition_point(|&at| at < first);
             positions[start..].iter().copied()

@@ -284,7 +284,7 @@ impl EventStream {
     /// cursor is recent (`catch_up`), else, or when the shared read sends it back, its own.
     async fn catch_up(&mut self) -> Result<(), Interrupt> {
         let context = Arc::clone(&self.context);
-        if context.registry.routed_through() - self.cursor <= catch_up::SHARED_SPAN {
+        if context.registry.routed_through() - self.cursor <= catch_up::MAX_SHARED_SPAN {
             let shared = context
                 .catch_ups
                 .catch_up(self.cursor, self.access.catch_up_addresses());
@@ -301,7 +301,7 @@ impl EventStream {
     /// Takes its part of a shared read as it takes a page of its own.
     async fn take_share(&mut self, share: Share) {
         self.failures = 0;
-        self.page = Some(share.reservation);
+        self.page = share.reservation;
         if share.pruned_through > self.cursor {
             self.truncated(share.pruned_through, Some(share.oldest_id))
                 .await;

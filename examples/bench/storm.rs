@@ -31,9 +31,9 @@ const STREAMS: u32 = 12_000;
 /// Messages per second flowing throughout.
 const RATE: u32 = 200;
 
-/// Flow before the crash, and after it.
+/// Flow before the crash, and at least this long after it.
 const BEFORE: Duration = Duration::from_secs(3);
-const AFTER: Duration = Duration::from_secs(15);
+const AFTER: Duration = Duration::from_secs(10);
 
 /// The target: every stream caught up within this of the kill.
 const CATCH_UP_TARGET: Duration = Duration::from_secs(10);
@@ -223,7 +223,25 @@ async fn storm() -> Res<bool> {
     let killed = Instant::now();
     a.stop();
 
-    tokio::time::sleep(AFTER).await;
+    // The flow goes on for AFTER, and until every stream has its missed message (or a minute).
+    let deadline = killed + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let caught_up = {
+            let heard = heard.lock().unwrap();
+            (0..STREAMS)
+                .filter(|p| {
+                    heard
+                        .arrivals
+                        .contains_key(&(*p, MARKER_BASE + i64::from(*p)))
+                })
+                .count()
+        };
+        if (caught_up == STREAMS as usize && killed.elapsed() >= AFTER) || Instant::now() > deadline
+        {
+            break;
+        }
+    }
     stop_flow.store(1, Ordering::Relaxed);
     let written = flow.await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -231,6 +249,13 @@ async fn storm() -> Res<bool> {
     let metrics_after = storm_metrics(b.addr).await;
     let statements = statement_counts(&db).await?;
     let peak_kib = peak_rss_kib(b.pid())?;
+    let busiest = db
+        .query(
+            "SELECT calls, round(mean_exec_time::numeric, 3)::text, left(regexp_replace(query, '\\s+', ' ', 'g'), 100) \
+               FROM pg_stat_statements ORDER BY calls DESC LIMIT 6",
+            &[],
+        )
+        .await?;
     drop(holder.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), holder.wait()).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
@@ -307,6 +332,10 @@ async fn storm() -> Res<bool> {
         statements.catch_up_calls, statements.catch_up_calls as f64 / streams, statements.catch_up_rows
     );
     println!(
+        "- of which streams' own page queries {} (mean {:.3} ms), shared range reads {} (mean {:.3} ms)",
+        statements.single.0, statements.single.1, statements.shared.0, statements.shared.1
+    );
+    println!(
         "- position checks {} ({:.3} per stream), access reads {} ({:.3} per stream); all statements {} ({:.2} per stream)",
         statements.bounds_calls, statements.bounds_calls as f64 / streams,
         statements.access_calls, statements.access_calls as f64 / streams,
@@ -331,11 +360,19 @@ async fn storm() -> Res<bool> {
         peak_kib / 1024
     );
     println!("- load average at the end: {}", load_average());
+    println!("- the statements run most often:");
+    for row in busiest {
+        let (calls, mean, query): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+        println!("  - {calls} × {mean} ms: `{query}`");
+    }
     for problem in heard.problems.iter().take(10) {
         println!("- problem: {problem}");
     }
     drop(cluster);
-    logs.remove();
+    let exact = lost == 0 && repeated == 0 && misrouted == 0 && heard.problems.is_empty();
+    if exact {
+        logs.remove();
+    }
     Ok(lost == 0 && repeated == 0 && misrouted == 0 && heard.problems.is_empty())
 }
 
@@ -375,6 +412,10 @@ struct Statements {
     bounds_calls: i64,
     access_calls: i64,
     all_calls: i64,
+    /// Calls and mean execution time (ms) of the streams' own page queries and of the shared
+    /// range reads.
+    single: (i64, f64),
+    shared: (i64, f64),
 }
 
 async fn statement_counts(db: &Client) -> Res<Statements> {
@@ -384,7 +425,13 @@ async fn statement_counts(db: &Client) -> Res<Statements> {
                     coalesce(sum(rows) FILTER (WHERE query LIKE '%pgrelay.retention r%'), 0)::int8, \
                     coalesce(sum(calls) FILTER (WHERE query LIKE '%message_id_seq%'), 0)::int8, \
                     coalesce(sum(calls) FILTER (WHERE query LIKE '%member_rooms%'), 0)::int8, \
-                    coalesce(sum(calls), 0)::int8 \
+                    coalesce(sum(calls), 0)::int8, \
+                    coalesce(sum(calls) FILTER (WHERE query LIKE '%pgrelay.retention r%' \
+                                                  AND (query LIKE '%participants @>%' OR query LIKE '%participants &&%')), 0)::int8, \
+                    coalesce(sum(total_exec_time) FILTER (WHERE query LIKE '%pgrelay.retention r%' \
+                                                  AND (query LIKE '%participants @>%' OR query LIKE '%participants &&%')), 0)::float8, \
+                    coalesce(sum(calls) FILTER (WHERE query LIKE '%min(id)%page.*%'), 0)::int8, \
+                    coalesce(sum(total_exec_time) FILTER (WHERE query LIKE '%min(id)%page.*%'), 0)::float8 \
                FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database \
                                                       WHERE datname = current_database())",
             &[],
@@ -396,6 +443,14 @@ async fn statement_counts(db: &Client) -> Res<Statements> {
         bounds_calls: row.get(2),
         access_calls: row.get(3),
         all_calls: row.get(4),
+        single: (
+            row.get(5),
+            row.get::<_, f64>(6) / (row.get::<_, i64>(5).max(1) as f64),
+        ),
+        shared: (
+            row.get(7),
+            row.get::<_, f64>(8) / (row.get::<_, i64>(7).max(1) as f64),
+        ),
     })
 }
 
@@ -538,7 +593,10 @@ async fn follow(p: u32, token: String, mut stream: OpenStream, b: SocketAddr) {
                     items = std::mem::take(&mut stream.items);
                     break;
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(error) => {
+                    eprintln!("stream {p}: resuming on B failed, retrying: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
             }
         }
         resumed = true;
