@@ -31,10 +31,11 @@
 //! Bounded as the per-stream pages are: a page holds at most [`SHARED_ROWS`] rows and
 //! [`SHARED_BYTES`] bytes and reserves its worst case in the instance's page budget (shared by
 //! the streams it served until the last of them has sent its part) and one of the `reads`
-//! permits while it is read; the tail holds at most [`TAIL_PAGES`] pages and is dropped once no
-//! request came for [`TAIL_KEPT`]; at most [`MAX_WAITING`] requests wait (past that a stream
-//! reads alone), and a stream's answer is at most one page. Fair: every round answers every
-//! waiting stream it admits.
+//! permits while it is read; the tail holds at most [`TAIL_PAGES`] pages (and never more than
+//! half of the page budget) and is dropped once no request came for [`TAIL_KEPT`]; at most
+//! [`MAX_WAITING`] requests wait (past that a stream reads alone), and a stream's answer holds
+//! at most a stream page's worth of its rows (plus the rest of the page they end in). Fair:
+//! every round answers every waiting stream it admits.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::budget::{ByteBudget, SharedReservation};
+use crate::error::Error;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -57,8 +59,9 @@ pub const SHARED_ROWS: i64 = 1000;
 /// four stream pages' worth.
 const SHARED_BYTES: i64 = 1024 * 1024;
 
-/// Most pages the tail keeps: a storm's streams a minute behind at 200 messages a second.
-const TAIL_PAGES: usize = 16;
+/// Most pages the tail keeps (and at most half of the page budget): as far back as
+/// [`MAX_SHARED_SPAN`] reaches.
+const TAIL_PAGES: usize = 50;
 
 /// How long the tail is kept after the last request: a storm's requests come seconds apart
 /// at most; a quiet instance holds no tail.
@@ -131,9 +134,9 @@ pub struct Share {
     /// The retention bounds of the round's read.
     pub pruned_through: i64,
     pub oldest_id: i64,
-    /// The page's share of the page budget, held until the stream has sent these rows (none
-    /// when it got no page).
-    pub reservation: Option<SharedReservation>,
+    /// The shares of the page budget of the pages its rows came from, held until the stream
+    /// has sent them.
+    pub reservations: Vec<SharedReservation>,
 }
 
 impl CatchUps {
@@ -167,15 +170,19 @@ struct TailPage {
     /// Address → positions in `rows` naming it, for routing.
     by_address: HashMap<String, Vec<usize>>,
     through: i64,
+    /// Its share of the page budget, and how many bytes that is.
     reservation: SharedReservation,
+    bytes: u64,
 }
 
 /// The recent stretch of the log held in memory: every row with an id in (`from`, the last
-/// page's `through`], in pages.
+/// page's `through`], in pages, each starting where the one before ends.
 #[derive(Default)]
 struct Tail {
     from: i64,
     pages: VecDeque<TailPage>,
+    /// The bytes the pages hold (their reservations).
+    bytes: u64,
     /// Whether the last read was cut (more rows follow the last page right away).
     cut: bool,
 }
@@ -250,8 +257,8 @@ fn admit(waiting: &mut Vec<Request>, tail: &Tail, newest: i64) -> Vec<Request> {
     waiting.split_off(shared)
 }
 
-/// Reads the log once for `waiting` (forward from the tail's end, or a new tail from the
-/// lowest cursor below it) and answers every request with its part of one page.
+/// Reads the log for `waiting` once, forward from the tail's end (from the lowest cursor,
+/// as a new tail, when one lies below it), and answers every request with its part of the tail.
 async fn serve(reader: &Reader, tail: &mut Tail, waiting: Vec<Request>) {
     let lowest = waiting
         .iter()
@@ -275,54 +282,59 @@ async fn serve(reader: &Reader, tail: &mut Tail, waiting: Vec<Request>) {
             return;
         }
     };
-    let last = tail.pages.len().saturating_sub(1);
     for request in waiting {
-        // The first page with rows after the cursor, or none when the tail ends at or below it.
-        let found = tail
-            .pages
-            .iter()
-            .position(|page| page.through > request.cursor);
-        let share = match found {
-            Some(at) => {
-                let page = &tail.pages[at];
-                Share {
-                    messages: part(page, &request),
-                    through: page.through,
-                    more: at < last || tail.cut,
-                    pruned_through: bounds.0,
-                    oldest_id: bounds.1,
-                    reservation: Some(page.reservation.clone()),
-                }
-            }
-            None => Share {
-                messages: Vec::new(),
-                through: request.cursor,
-                more: tail.cut,
-                pruned_through: bounds.0,
-                oldest_id: bounds.1,
-                reservation: None,
-            },
+        let mut share = Share {
+            messages: Vec::new(),
+            through: request.cursor,
+            more: tail.cut,
+            pruned_through: bounds.0,
+            oldest_id: bounds.1,
+            reservations: Vec::new(),
         };
+        // Page by page from the first that ends above the cursor.
+        for (at, page) in tail.pages.iter().enumerate() {
+            if page.through <= share.through {
+                continue;
+            }
+            share
+                .messages
+                .extend(part(page, share.through, &request.addresses));
+            share.reservations.push(page.reservation.clone());
+            share.through = page.through;
+            if share.messages.len() as i64 >= SHARED_ROWS && at + 1 < tail.pages.len() {
+                // A stream page's worth: the rest in its next round.
+                share.more = true;
+                break;
+            }
+        }
         reader.metrics.shared_streams.inc();
         let _ = request.reply.send(Answer::Shared(share));
     }
-    while tail.pages.len() > TAIL_PAGES {
-        if let Some(page) = tail.pages.pop_front() {
-            tail.from = page.through;
-        }
-    }
 }
 
-/// Reads the rows after the tail's end into a new page (none when there are none); returns the
-/// retention bounds (pruned through, oldest id) of the read's snapshot.
-async fn extend(reader: &Reader, tail: &mut Tail) -> Result<(i64, i64), crate::error::Error> {
+/// Reads the rows after the tail's end into a new page (none when there are none), first
+/// making room for it; returns the retention bounds (pruned through, oldest id) of the read's
+/// snapshot.
+async fn extend(reader: &Reader, tail: &mut Tail) -> Result<(i64, i64), Error> {
     let worst = store::page_memory(SHARED_ROWS, SHARED_BYTES, reader.max_event_bytes);
+    // The tail keeps at most half of the budget, and never the part its own next page needs,
+    // so its reservation never waits on itself.
+    let room = reader.page_budget.total() / 2;
+    while !tail.pages.is_empty()
+        && (tail.pages.len() >= TAIL_PAGES || tail.bytes + worst.min(room) > room)
+    {
+        if let Some(page) = tail.pages.pop_front() {
+            tail.from = page.through;
+            tail.bytes -= page.bytes;
+        }
+    }
     let mut reservation = reader.page_budget.reserve(worst).await;
+    let since = tail.through();
     let range = {
         let _permit = reader.reads.acquire().await;
         store::log_range(
             &reader.pool,
-            tail.through(),
+            since,
             SHARED_ROWS,
             SHARED_BYTES,
             reader.max_event_bytes,
@@ -338,14 +350,17 @@ async fn extend(reader: &Reader, tail: &mut Tail) -> Result<(i64, i64), crate::e
     tail.cut = range.page.more;
     let bounds = (range.page.pruned_through, range.oldest_id);
     if let Some(last) = range.page.messages.last() {
-        reservation.shrink_to(range.page.memory());
+        let bytes = range.page.memory();
+        reservation.shrink_to(bytes);
         let through = last.id;
         let rows = range.page.messages;
+        tail.bytes += bytes;
         tail.pages.push_back(TailPage {
             by_address: index(&rows),
             rows,
             through,
             reservation: reservation.share(),
+            bytes,
         });
     }
     Ok(bounds)
@@ -366,13 +381,12 @@ fn index(rows: &[Arc<Message>]) -> HashMap<String, Vec<usize>> {
     by_address
 }
 
-/// The rows of `page` after `request`'s cursor that name one of its addresses, in id order,
-/// each once: what `participants && addresses AND id > cursor` selects from the page.
-fn part(page: &TailPage, request: &Request) -> Vec<Arc<Message>> {
+/// The rows of `page` after `cursor` that name one of `addresses`, in id order, each once:
+/// what `participants && addresses AND id > cursor` selects from the page.
+fn part(page: &TailPage, cursor: i64, addresses: &[String]) -> Vec<Arc<Message>> {
     let rows = &page.rows;
-    let first = rows.partition_point(|row| row.id <= request.cursor);
-    let mut positions: Vec<usize> = request
-        .addresses
+    let first = rows.partition_point(|row| row.id <= cursor);
+    let mut positions: Vec<usize> = addresses
         .iter()
         .filter_map(|address| page.by_address.get(address.as_str()))
         .flat_map(|positions| {

@@ -93,9 +93,9 @@ pub struct EventStream {
     cursor: i64,
     /// Events read but not yet sent, oldest first.
     pending: VecDeque<Live>,
-    /// The share of the page budget held by the catch-up page in `pending`; the page's last
-    /// frame carries it to the socket.
-    page: Option<SharedReservation>,
+    /// The shares of the page budget held by the catch-up page in `pending` (one, or one per
+    /// page of a shared read it came from); the page's last frame carries them to the socket.
+    page: Vec<SharedReservation>,
     /// The id through which the shared read of the page in `pending` read the log: once the
     /// page is sent the stream has heard everything it may up to there, and its cursor moves
     /// on (rows it does not hear must not be read again).
@@ -180,7 +180,7 @@ impl StreamContext {
             access,
             cursor,
             pending: VecDeque::new(),
-            page: None,
+            page: Vec::new(),
             page_end: None,
             preamble,
             expires: Instant::now() + expires_in,
@@ -235,17 +235,18 @@ impl EventStream {
                     },
                     Live::Signal(signal) => frame::signal(&signal),
                 };
-                return Some(match self.page.take() {
-                    // The page's last frame: its reservation is given back once it is written.
-                    Some(page) if self.pending.is_empty() => page.held_by(frame),
-                    page => {
-                        self.page = page;
-                        frame
-                    }
-                });
+                // The page's last frame: its reservations are given back once it is written.
+                if self.pending.is_empty() {
+                    return Some(
+                        self.page
+                            .drain(..)
+                            .fold(frame, |frame, held| held.held_by(frame)),
+                    );
+                }
+                return Some(frame);
             }
             // A page whose tail was already sent holds nothing any more.
-            self.page = None;
+            self.page.clear();
             if let Some(end) = self.page_end.take() {
                 self.cursor = self.cursor.max(end);
             }
@@ -301,7 +302,7 @@ impl EventStream {
     /// Takes its part of a shared read as it takes a page of its own.
     async fn take_share(&mut self, share: Share) {
         self.failures = 0;
-        self.page = share.reservation;
+        self.page = share.reservations;
         if share.pruned_through > self.cursor {
             self.truncated(share.pruned_through, Some(share.oldest_id))
                 .await;
@@ -347,7 +348,7 @@ impl EventStream {
         match page {
             Ok(page) => {
                 self.failures = 0;
-                self.page = Some(reservation.share());
+                self.page = vec![reservation.share()];
                 if page.pruned_through > self.cursor {
                     // Retention removed messages after the cursor before this stream read them
                     // (it fell behind, or was quiet longer than the retention period): say so

@@ -540,11 +540,45 @@ async fn storm_streams(args: &[String]) -> Res<()> {
 }
 
 /// Reads participant `p`'s stream; when it ends, resumes on `b` with `Last-Event-ID`.
-async fn follow(p: u32, token: String, mut stream: OpenStream, b: SocketAddr) {
+async fn follow(p: u32, token: String, stream: OpenStream, b: SocketAddr) {
     let mut last_id = stream.position;
+    let mut resumed = false;
+    let mut stream = stream;
+    loop {
+        read_until_end(p, &mut stream, &mut last_id).await;
+        if resumed {
+            println!("problem {p}: the stream on B ended");
+            return;
+        }
+        // The socket to A is closed before the one to B opens: the open-files limit holds
+        // one socket per stream, not two.
+        drop(stream);
+        // A is gone: resume on B at once, as a browser's EventSource does.
+        let request = format!(
+            "GET /v1/stream?token={token} HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {last_id}\r\n\r\n"
+        );
+        stream = loop {
+            let opened = match TcpStream::connect(b).await {
+                Ok(socket) => send_stream_request(socket, &request).await,
+                Err(error) => Err(error.into()),
+            };
+            match opened {
+                Ok(reopened) => break reopened,
+                Err(error) => {
+                    eprintln!("stream {p}: resuming on B failed, retrying: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+            }
+        };
+        resumed = true;
+        println!("resumed {p}");
+    }
+}
+
+/// Reports every message of `stream` (checking ids increase past `last_id`) until it ends.
+async fn read_until_end(p: u32, stream: &mut OpenStream, last_id: &mut i64) {
     let mut buffer = vec![0u8; 4096];
     let mut items = std::mem::take(&mut stream.items);
-    let mut resumed = false;
     loop {
         for item in items.drain(..) {
             let SseItem::Event(event) = item else {
@@ -554,52 +588,23 @@ async fn follow(p: u32, token: String, mut stream: OpenStream, b: SocketAddr) {
                 continue;
             };
             let Some(id) = event_id(&event) else { continue }; // presence
-            if id <= last_id {
+            if id <= *last_id {
                 println!("problem {p}: id {id} after {last_id}");
             }
-            last_id = id;
+            *last_id = id;
             match payload_key(data) {
                 Some(key) if event.event.as_deref() == Some("message") => println!("got {p} {key}"),
                 _ => println!("problem {p}: unexpected {event:?}"),
             }
         }
-        let read = stream.socket.read(&mut buffer).await;
-        match read {
+        match stream.socket.read(&mut buffer).await {
             Ok(read) if read > 0 => {
                 if let Err(error) = stream.decoder.feed(&buffer[..read], &mut items) {
                     println!("problem {p}: {error}");
                     return;
                 }
-                continue;
             }
-            _ if resumed => {
-                println!("problem {p}: the stream on B ended");
-                return;
-            }
-            _ => {}
+            _ => return,
         }
-        // A is gone: resume on B at once, as a browser's EventSource does.
-        let request = format!(
-            "GET /v1/stream?token={token} HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {last_id}\r\n\r\n"
-        );
-        loop {
-            let opened = match TcpStream::connect(b).await {
-                Ok(socket) => send_stream_request(socket, &request).await,
-                Err(error) => Err(error.into()),
-            };
-            match opened {
-                Ok(reopened) => {
-                    stream = reopened;
-                    items = std::mem::take(&mut stream.items);
-                    break;
-                }
-                Err(error) => {
-                    eprintln!("stream {p}: resuming on B failed, retrying: {error}");
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-            }
-        }
-        resumed = true;
-        println!("resumed {p}");
     }
 }
