@@ -45,6 +45,10 @@
 //!   posting 200 a second (ten times the default per-sender limit) payloads `jsonb` refuses or
 //!   rows a CHECK constraint refuses: the honest throughput as a share of alone, and latency.
 //! - **Cold start**: spawn to the first `/readyz` 200, median of 10.
+//! - **Reconnect storm** (`storm.rs`, only with `--storm`): 12,000 streams on one instance with
+//!   200 messages/s flowing; that instance frozen, one message written to every participant, the
+//!   instance killed, and every stream resuming on a second instance with its `Last-Event-ID`:
+//!   time to caught up, exactness, statements counted by `pg_stat_statements`, peak memory.
 //!
 //! Latency runs from the moment a writer's `INSERT` (its own transaction) returns to the moment
 //! the subscriber's socket read that completed the event returns, both on the monotonic clock of

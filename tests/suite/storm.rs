@@ -50,6 +50,21 @@ async fn catch_up_statements(client: &Client) -> i64 {
         .get(0)
 }
 
+/// Statements run since the last reset that read an opening's access (`member_rooms`) and
+/// its position check (the retention bounds, which read the id sequence).
+async fn opening_statements(client: &Client) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(calls) FILTER (WHERE query LIKE '%member_rooms%'), 0)::int8, \
+                    coalesce(sum(calls) FILTER (WHERE query LIKE '%message_id_seq%'), 0)::int8 \
+               FROM pg_stat_statements",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 /// `app.members (member, room)` backs `pgrelay.member_rooms`; participant `u{i}` is in room
 /// `#r{i % 10}`.
 async fn membership(client: &Client) {
@@ -113,7 +128,7 @@ async fn read_through(stream: &mut Subscriber, last: i64) -> (Vec<i64>, Vec<(i64
 }
 
 /// 200 streams resuming at once from recent cursors cost fewer than 20 catch-up queries,
-/// counted by the relay and by PostgreSQL, and each receives exactly its own messages (its
+/// counted by the relay and by PostgreSQL (and fewer than 20 access reads and position checks), and each receives exactly its own messages (its
 /// participant, its room, broadcasts), once, in order; a membership change inside the range
 /// they share is read by the access of now (the rooms of a resuming stream are those it has).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,6 +179,7 @@ async fn resuming_streams_share_their_catch_up_reads() {
     let received = join_all(streams.iter_mut().map(|s| read_through(s, last))).await;
     let relay_queries = metric(&relay.base, "pgrelay_catch_up_queries_total").await - before;
     let database_queries = catch_up_statements(&client).await;
+    let (access_reads, position_checks) = opening_statements(&client).await;
 
     assert!(
         relay_queries < (STREAMS / 10) as u64,
@@ -172,6 +188,11 @@ async fn resuming_streams_share_their_catch_up_reads() {
     assert!(
         database_queries < (STREAMS / 10) as i64,
         "{STREAMS} resuming streams ran {database_queries} catch-up queries (pg_stat_statements)"
+    );
+    assert!(
+        access_reads < (STREAMS / 10) as i64 && position_checks < (STREAMS / 10) as i64,
+        "{STREAMS} openings read their access in {access_reads} statements and checked their \
+         positions in {position_checks}"
     );
     for (i, (ids, rooms)) in received.iter().enumerate() {
         let me = format!("u{i}");
@@ -244,6 +265,133 @@ async fn a_revoked_participant_is_refused_in_a_storm() {
         let answer = answer.unwrap();
         if sub == "p13" {
             assert_json_error(answer, 401, "token_revoked", "p13 resuming").await;
+        } else {
+            assert_eq!(answer.status(), 200, "{sub}");
+        }
+    }
+}
+
+/// Every open stream catching up at once after the listener's reconnect is served by shared
+/// reads, each stream exactly its own messages, and a membership change read in them applies at
+/// its position: `u7` leaves `#r7` for `#x` and gets `event: rooms` there, `#r7`'s messages
+/// before it and `#x`'s after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_reconnect_storm_applies_changes_at_their_positions() {
+    const LIVE: usize = 30;
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    membership(&client).await;
+    let relay = Relay::start(&db).await;
+    let mut streams = Vec::new();
+    let mut opened = Vec::new();
+    for i in 0..LIVE {
+        let mut stream = relay.subscribe(&format!("u{i}"), "", None).await;
+        opened.push(stream.opening_position().await);
+        streams.push(stream);
+    }
+    let shared_before = metric(&relay.base, "pgrelay_shared_catch_up_reads_total").await;
+    // The listener goes away; what commits next is read by the streams' catch-ups once it is
+    // back (or, committed after its LISTEN, routed live too, and dropped as already sent).
+    client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+              WHERE application_name = 'pgrelay-listen'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for i in 0..LIVE {
+        insert(&client, &[&format!("u{i}")], json!({"to": i})).await;
+    }
+    insert(&client, &["#r7"], json!({"r7": "before"})).await;
+    client
+        .batch_execute(
+            "UPDATE app.members SET room = '#x' WHERE member = 'u7';
+             SELECT pgrelay.rooms_changed('u7');",
+        )
+        .await
+        .unwrap();
+    insert(&client, &["#r7"], json!({"r7": "after"})).await;
+    insert(&client, &["#x"], json!({"x": "after"})).await;
+    insert(&client, &["*"], json!({"everyone": "last"})).await;
+    number_pending(&client).await;
+    let last = *ids_for(&client, "*").await.last().unwrap();
+    let change: i64 = client
+        .query_one(
+            "SELECT max(id) FROM pgrelay.messages WHERE control AND participants[1] = 'u7'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let me = format!("u{i}");
+        let (ids, rooms) = read_through(stream, last).await;
+        let expected = if i == 7 {
+            assert_eq!(rooms.len(), 1, "u7 gets one rooms event: {rooms:?}");
+            assert_eq!(rooms[0].0, change, "at the change's position");
+            assert_eq!(rooms[0].1, r##"{"added":["#x"],"removed":["#r7"]}"##);
+            let r7 = [me.clone(), "#r7".into(), "*".into()];
+            let x = [me.clone(), "#x".into(), "*".into()];
+            let mut ids = ids_between(&client, &r7, opened[i], change).await;
+            ids.extend(ids_between(&client, &x, change, last).await);
+            ids
+        } else {
+            assert!(rooms.is_empty(), "{me} got {rooms:?}");
+            let mine = [me.clone(), format!("#r{}", i % 10), "*".into()];
+            ids_between(&client, &mine, opened[i], last).await
+        };
+        assert_eq!(ids, expected, "{me}: its own messages, once, in order");
+    }
+    assert!(
+        metric(&relay.base, "pgrelay_shared_catch_up_reads_total").await > shared_before,
+        "the reconnect's catch-ups went through shared reads"
+    );
+}
+
+/// One participant whose `member_rooms` fails (an app function that raises) is answered 503
+/// when its stream opens among many at once; the others' openings, read in the same gathered
+/// statement, still succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_member_rooms_fails_only_its_own_opening() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION pgrelay.member_rooms(participant text) RETURNS text[]
+             LANGUAGE plpgsql STABLE AS $$
+             BEGIN
+                 IF participant = 'broken' THEN
+                     RAISE EXCEPTION 'member_rooms is broken for this one';
+                 END IF;
+                 RETURN '{}';
+             END $$;",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::start(&db).await;
+    let subs: Vec<String> = (0..40)
+        .map(|i| {
+            if i == 17 {
+                "broken".into()
+            } else {
+                format!("p{i}")
+            }
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let answers = join_all(subs.iter().map(|sub| {
+        let token = relay.token(sub, &[]);
+        http.get(format!("{}/v1/stream?token={token}", relay.base))
+            .header("Last-Event-ID", "0")
+            .send()
+    }))
+    .await;
+    for (sub, answer) in subs.iter().zip(answers) {
+        let answer = answer.unwrap();
+        if sub == "broken" {
+            assert_json_error(answer, 503, "unavailable", "the broken member_rooms").await;
         } else {
             assert_eq!(answer.status(), 200, "{sub}");
         }
