@@ -265,13 +265,17 @@ async fn serve(reader: &Reader, tail: &mut Tail, waiting: Vec<Request>) {
         .map(|request| request.cursor)
         .min()
         .unwrap_or(0);
+    let worst = store::page_memory(SHARED_ROWS, SHARED_BYTES, reader.max_event_bytes);
+    // Room for the next page first, so that what the requests are answered from is what the
+    // tail holds when it is read.
+    make_room(tail, worst, reader.page_budget.total());
     if !tail.covers(lowest) {
         *tail = Tail {
             from: lowest,
             ..Tail::default()
         };
     }
-    let bounds = match extend(reader, tail).await {
+    let bounds = match extend(reader, tail, worst).await {
         Ok(bounds) => bounds,
         Err(error) => {
             tracing::warn!(%error, streams = waiting.len(), "shared catch-up read failed; streams read alone");
@@ -312,14 +316,11 @@ async fn serve(reader: &Reader, tail: &mut Tail, waiting: Vec<Request>) {
     }
 }
 
-/// Reads the rows after the tail's end into a new page (none when there are none), first
-/// making room for it; returns the retention bounds (pruned through, oldest id) of the read's
-/// snapshot.
-async fn extend(reader: &Reader, tail: &mut Tail) -> Result<(i64, i64), Error> {
-    let worst = store::page_memory(SHARED_ROWS, SHARED_BYTES, reader.max_event_bytes);
-    // The tail keeps at most half of the budget, and never the part its own next page needs,
-    // so its reservation never waits on itself.
-    let room = reader.page_budget.total() / 2;
+/// Drops the tail's oldest pages until a page of `worst` bytes fits beside it: the tail keeps
+/// at most [`TAIL_PAGES`] pages and half of the page budget (`budget` bytes), never the part its
+/// own next page needs, so that page's reservation never waits on the tail itself.
+fn make_room(tail: &mut Tail, worst: u64, budget: u64) {
+    let room = budget / 2;
     while !tail.pages.is_empty()
         && (tail.pages.len() >= TAIL_PAGES || tail.bytes + worst.min(room) > room)
     {
@@ -328,6 +329,12 @@ async fn extend(reader: &Reader, tail: &mut Tail) -> Result<(i64, i64), Error> {
             tail.bytes -= page.bytes;
         }
     }
+}
+
+/// Reads the rows after the tail's end into a new page (none when there are none), reserving
+/// `worst` bytes for it first; returns the retention bounds (pruned through, oldest id) of the
+/// read's snapshot.
+async fn extend(reader: &Reader, tail: &mut Tail, worst: u64) -> Result<(i64, i64), Error> {
     let mut reservation = reader.page_budget.reserve(worst).await;
     let since = tail.through();
     let range = {
@@ -400,4 +407,85 @@ fn part(page: &TailPage, cursor: i64, addresses: &[String]) -> Vec<Arc<Message>>
         .into_iter()
         .map(|at| Arc::clone(&rows[at]))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::StoredRow;
+    use serde_json::value::RawValue;
+
+    fn row(id: i64, participants: &[&str]) -> Arc<Message> {
+        let payload = RawValue::from_string("{}".into()).unwrap();
+        let message = Message::from_row(StoredRow {
+            id,
+            kind: "message".into(),
+            sender: None,
+            participants: participants.iter().map(|p| p.to_string()).collect(),
+            payload: Some(&payload),
+            created_at: "2026-12-05T00:00:00.000000Z",
+            bytes: 2,
+            control: false,
+        })
+        .unwrap();
+        Arc::new(message)
+    }
+
+    fn request(cursor: i64) -> Request {
+        Request {
+            cursor,
+            addresses: vec!["alice".into()],
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// A stream's part of a page is what `participants && addresses AND id > cursor` selects:
+    /// after the cursor, any of its addresses, each row once even when it names several.
+    #[tokio::test]
+    async fn a_part_is_what_the_stream_query_would_select() {
+        let rows = vec![
+            row(10, &["alice"]),
+            row(11, &["bob"]),
+            row(12, &["alice", "#a", "alice"]),
+            row(13, &["*"]),
+            row(14, &["#a"]),
+            row(15, &["#b", "bob"]),
+        ];
+        let page = TailPage {
+            by_address: index(&rows),
+            rows,
+            through: 16,
+            reservation: ByteBudget::new(10).reserve(1).await.share(),
+            bytes: 1,
+        };
+        let ids = |cursor, addresses: &[&str]| -> Vec<i64> {
+            let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+            part(&page, cursor, &addresses)
+                .iter()
+                .map(|m| m.id)
+                .collect()
+        };
+        assert_eq!(ids(0, &["alice", "#a", "*"]), [10, 12, 13, 14]);
+        assert_eq!(ids(12, &["alice", "#a", "*"]), [13, 14]);
+        assert_eq!(ids(0, &["#b"]), [15]);
+        assert_eq!(ids(15, &["bob"]), Vec::<i64>::new());
+    }
+
+    /// A round shares the most recent cursors while the range costs no more than their own
+    /// queries; a cursor far behind reads alone, and one the tail covers always shares.
+    #[test]
+    fn the_far_behind_read_alone() {
+        let mut waiting = vec![request(9_990), request(9_995), request(1_000)];
+        let alone = admit(&mut waiting, &Tail::default(), 10_000);
+        let shared: Vec<i64> = waiting.iter().map(|r| r.cursor).collect();
+        assert_eq!(shared, [9_995, 9_990]);
+        assert_eq!(alone.iter().map(|r| r.cursor).collect::<Vec<_>>(), [1_000]);
+
+        // Twenty streams 10,000 ids behind: the range costs less than their own queries.
+        let mut waiting: Vec<Request> = (0..20).map(|_| request(0)).collect();
+        assert!(admit(&mut waiting, &Tail::default(), 10_000).is_empty());
+        // One far behind past the limit never shares, however many wait.
+        let mut waiting: Vec<Request> = (0..100).map(|_| request(0)).collect();
+        assert_eq!(admit(&mut waiting, &Tail::default(), 1_000_000).len(), 100);
+    }
 }
