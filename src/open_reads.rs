@@ -6,15 +6,13 @@
 //! at a time, and the requests that arrive while it runs go together in the next: one
 //! statement reads the access of many participants (`unnest`), one read of the bounds answers
 //! every opening that waits for it. Alone, a request waits for nothing (the task is idle and
-//! reads at once); while a storm is on (the last read served several), a read waits a
-//! millisecond for those arriving right behind. Exact as one query per request: every request is answered by a statement
+//! reads at once). Exact as one query per request: every request is answered by a statement
 //! that started after it was made, so it sees every commit it would have seen alone (a
 //! revocation, a membership change, a prune). One participant's failing `member_rooms` (an app
 //! function that raises) must not fail the others' opens: a batch the database refuses is read
 //! again one request at a time, so only that request fails.
 
 use std::future::Future;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,11 +27,6 @@ const MAX_BOUNDS_BATCH: usize = 16 * 1024;
 
 /// Requests that may wait for each task; more make their callers wait to send (backpressure).
 const QUEUE: usize = 4096;
-
-/// How long a read waits for more requests while a storm is on (the previous read served
-/// several): a storm's openings arrive over a second or more, not in the same instant. A lone
-/// request (a publish's access check in steady traffic) never waits.
-const GATHER: Duration = Duration::from_millis(1);
 
 /// The handle requests and streams read through.
 pub struct OpenReads {
@@ -104,20 +97,7 @@ where
     R: Future<Output = Result<Vec<A>, Error>>,
 {
     let mut batch = Vec::with_capacity(max);
-    let mut gathering = false;
     while jobs.recv_many(&mut batch, max).await > 0 {
-        if gathering {
-            // A storm is on (the last read was shared): let the openings arriving right
-            // behind this one join it.
-            tokio::time::sleep(GATHER).await;
-            while batch.len() < max {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
-        gathering = batch.len() > 1;
         let asked = batch.iter().map(|job| job.query.clone()).collect();
         match read(pool.clone(), asked).await {
             Ok(answers) => {
