@@ -10,15 +10,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::budget::ByteBudget;
+use crate::catch_up::{self, CatchUps};
 use crate::config::{ConnectionLimits, RelayConfig, Settings};
 use crate::error::Error;
 use crate::http::{self, AppState, MetricsAt, RequestLimits};
 use crate::listener::{self, Health, Listener};
 use crate::metrics::Metrics;
+use crate::open_reads::OpenReads;
 use crate::presence::{self, Presence};
 use crate::publisher::Publisher;
 use crate::registry::Registry;
-use crate::stream::Streams;
+use crate::stream::StreamContext;
 use crate::{attach_skips, migrate, retention, server, store};
 
 /// The sockets a relay serves HTTP on: the public address, and optionally one of its own for
@@ -113,16 +115,28 @@ pub async fn run(
         shutdown: stopping.clone(),
     }));
 
-    let streams = Arc::new(Streams {
+    let reads = Arc::new(Semaphore::new(history_connections(pool_size)));
+    let page_budget = Arc::new(ByteBudget::new(settings.catch_up_budget));
+    let catch_ups = CatchUps::start(catch_up::Reader {
+        pool: pool.clone(),
+        registry: Arc::clone(&registry),
+        reads: Arc::clone(&reads),
+        page_budget: Arc::clone(&page_budget),
+        max_event_bytes: event_limit(&settings),
+        metrics: Arc::clone(&metrics),
+    });
+    let streams = Arc::new(StreamContext {
         pool: pool.clone(),
         registry,
-        reads: Arc::new(Semaphore::new(history_connections(pool_size))),
-        page_budget: ByteBudget::new(settings.catch_up_budget),
+        reads,
+        page_budget,
         max_event_bytes: event_limit(&settings),
         metrics: Arc::clone(&metrics),
         keepalive: settings.keepalive,
         max_per_participant: settings.max_streams_per_participant,
         shutdown: stopping.clone(),
+        catch_ups,
+        open_reads: OpenReads::start(pool.clone()),
     });
     let publish_batch = settings.publish_batch;
     let max_body = http::largest_body(&settings);

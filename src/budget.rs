@@ -131,15 +131,41 @@ impl Reservation {
             _reservation: self,
         })
     }
+
+    /// This reservation, to be held by several readers: the rows of a shared catch-up read
+    /// stay in memory until the last stream it served has sent its part of them.
+    pub fn share(self) -> SharedReservation {
+        SharedReservation {
+            _reservation: Arc::new(self),
+        }
+    }
 }
 
-/// Bytes that keep a reservation: [`Reservation::held_by`].
-struct Held {
+/// A [`Reservation`] several readers hold; it is given back when the last of them lets go.
+#[derive(Clone, Debug)]
+pub struct SharedReservation {
+    /// Dropped with the last clone: the bytes go back then.
+    _reservation: Arc<Reservation>,
+}
+
+impl SharedReservation {
+    /// `bytes`, holding this reader's share until their last copy is dropped, as
+    /// [`Reservation::held_by`] does.
+    pub fn held_by(self, bytes: Bytes) -> Bytes {
+        Bytes::from_owner(Held {
+            bytes,
+            _reservation: self,
+        })
+    }
+}
+
+/// Bytes that keep a reservation: [`Reservation::held_by`], [`SharedReservation::held_by`].
+struct Held<R> {
     bytes: Bytes,
-    _reservation: Reservation,
+    _reservation: R,
 }
 
-impl AsRef<[u8]> for Held {
+impl<R> AsRef<[u8]> for Held<R> {
     fn as_ref(&self) -> &[u8] {
         &self.bytes
     }
@@ -174,6 +200,18 @@ mod tests {
         drop(held);
         assert_eq!((&copy[..], budget.in_use()), (&b"frame"[..], 60));
         drop(copy);
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_shared_reservation_is_given_back_by_its_last_holder() {
+        let budget = ByteBudget::new(100);
+        let shared = budget.reserve(60).await.share();
+        let one = shared.clone().held_by(Bytes::from_static(b"one"));
+        let two = shared.held_by(Bytes::from_static(b"two"));
+        drop(one);
+        assert_eq!((&two[..], budget.in_use()), (&b"two"[..], 60));
+        drop(two);
         assert_eq!(budget.in_use(), 0);
     }
 

@@ -23,9 +23,11 @@
 //! 4. **Tasks**: `stream` (one subscriber's SSE stream: catch-up, live, keepalive, expiry),
 //!    `listener` (the LISTEN connection: reconnects, wake-ups, dispatch), `presence` (who
 //!    is online, across instances), [`retention`] (pruning, one instance at a time),
-//!    `attach_skips` (telling operators about attached rows that were not published) and
-//!    `publisher` (group commit for `POST /v1/messages`). Each gets a narrow handle with just
-//!    what it uses.
+//!    `attach_skips` (telling operators about attached rows that were not published),
+//!    `publisher` (group commit for `POST /v1/messages`), `catch_up` (streams that catch up
+//!    at once share reads of the log's recent tail, routed in memory) and `open_reads`
+//!    (openings that come at once read their access and position bounds in one statement).
+//!    Each gets a narrow handle with just what it uses.
 //! 5. **Routing and storage**: `registry` (participant → open streams, each with a bounded
 //!    inbox), [`store`] (the query pool and every query), [`migrate`] (the SQL in `sql/`),
 //!    `tls` (`sslmode` as libpq means it), `frame` (the SSE wire format), `limits`
@@ -59,6 +61,7 @@ mod app;
 mod attach_skips;
 pub mod auth;
 mod budget;
+mod catch_up;
 pub mod config;
 mod error;
 mod frame;
@@ -70,6 +73,7 @@ mod message;
 mod metrics;
 pub mod migrate;
 pub mod open_files;
+mod open_reads;
 mod presence;
 mod publisher;
 mod registry;

@@ -97,8 +97,15 @@ pub struct Metrics {
     pub notifications_received: Counter,
     /// Message events written to streams.
     pub events_delivered: Counter,
-    /// Catch-up queries run by streams (resume, overflow, listener reconnect).
+    /// Catch-up queries run for streams (resume, overflow, listener reconnect): a stream's
+    /// own page query or a shared read, each one query.
     pub catch_up_queries: Counter,
+    /// Shared catch-up reads (`catch_up`), each serving many streams.
+    pub shared_reads: Counter,
+    /// Rows the shared catch-up reads took from the log.
+    pub shared_rows: Counter,
+    /// Stream catch-ups a shared read served (each would otherwise have been a query).
+    pub shared_streams: Counter,
     /// Times the LISTEN connection was lost.
     pub listener_reconnects: Counter,
     /// Pending messages and signals this instance gave ids to.
@@ -164,8 +171,23 @@ impl Metrics {
             ),
             (
                 "pgrelay_catch_up_queries_total",
-                "Catch-up queries run for streams.",
+                "Catch-up queries run for streams: a stream's own page query or a shared read, one each.",
                 &self.catch_up_queries,
+            ),
+            (
+                "pgrelay_shared_catch_up_reads_total",
+                "Shared catch-up reads: one range of the log read for many resuming streams at once.",
+                &self.shared_reads,
+            ),
+            (
+                "pgrelay_shared_catch_up_rows_total",
+                "Rows the shared catch-up reads took from the log.",
+                &self.shared_rows,
+            ),
+            (
+                "pgrelay_shared_catch_up_streams_total",
+                "Stream catch-ups served by a shared read instead of a query of their own.",
+                &self.shared_streams,
             ),
             (
                 "pgrelay_listener_reconnects_total",

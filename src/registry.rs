@@ -37,7 +37,7 @@ pub const INBOX_BYTES: usize = 1024 * 1024;
 #[derive(Default)]
 pub struct Registry {
     /// A std mutex: every critical section is a map lookup or a push, never an await.
-    streams: Mutex<Streams>,
+    streams: Mutex<StreamIndex>,
     /// Bumped whenever a stream opens or closes, so the presence task can skip comparing the
     /// participant sets when nothing changed (with 10,000 idle streams that comparison was
     /// most of the relay's CPU).
@@ -46,7 +46,7 @@ pub struct Registry {
 
 /// The open streams by address and by participant, and how far the listener has routed.
 #[derive(Default)]
-struct Streams {
+struct StreamIndex {
     by_address: HashMap<String, Vec<Arc<Inbox>>>,
     /// Every open stream of each participant, narrowed or not: where its control rows go.
     by_participant: HashMap<String, Vec<Arc<Inbox>>>,
@@ -214,7 +214,7 @@ impl Drop for Subscription {
 
 /// Applies `control` to `inbox`'s route and files it under its new addresses; answers what
 /// changed.
-fn refile(streams: &mut Streams, inbox: &Arc<Inbox>, control: &Control) -> Change {
+fn refile(streams: &mut StreamIndex, inbox: &Arc<Inbox>, control: &Control) -> Change {
     let mut route = inbox.route.lock().unwrap();
     let before = route.addresses();
     let change = route.apply(control);
@@ -239,7 +239,7 @@ fn refile(streams: &mut Streams, inbox: &Arc<Inbox>, control: &Control) -> Chang
 }
 
 /// Takes `inbox` off the list of `address`.
-fn unlist(streams: &mut Streams, address: &str, inbox: &Arc<Inbox>) {
+fn unlist(streams: &mut StreamIndex, address: &str, inbox: &Arc<Inbox>) {
     if let Some(inboxes) = streams.by_address.get_mut(address) {
         // Comparing pointers reads no inbox: `*` lists every stream, and closing 10,000
         // streams must not touch 10,000 inboxes each.
@@ -330,6 +330,11 @@ impl Registry {
         let mut streams = self.streams.lock().unwrap();
         streams.in_pass = false;
         streams.routed_through = streams.routed_through.max(position);
+    }
+
+    /// The highest message id the listener has routed: how recent a stream's cursor is.
+    pub fn routed_through(&self) -> i64 {
+        self.streams.lock().unwrap().routed_through
     }
 
     /// Hands a message or signal to the open streams of its addresses, once per stream even

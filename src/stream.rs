@@ -29,11 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::access::{Access, Change};
-use crate::budget::{ByteBudget, Reservation};
+use crate::budget::{ByteBudget, SharedReservation};
+use crate::catch_up::{self, Answer, CatchUps, Share};
 use crate::error::Error;
 use crate::frame;
 use crate::message::{Control, Message, REVOKED_EVENT, ROOMS_EVENT};
 use crate::metrics::Metrics;
+use crate::open_reads::OpenReads;
 use crate::registry::{Delivery, Live, Registry, Subscription};
 use crate::store::{self, DbPool};
 
@@ -52,7 +54,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// What every stream of this instance shares: where it registers, what it reads from, and
 /// when it must stop.
-pub struct Streams {
+pub struct StreamContext {
     /// Query connections for the opening position and catch-ups.
     pub pool: DbPool,
     /// Where streams register for live events.
@@ -63,7 +65,7 @@ pub struct Streams {
     /// The bytes catch-up and history pages may hold at once on this instance: each page
     /// reserves its worst case before it is read, keeps what it holds until it is sent, and
     /// gives back the rest at once.
-    pub page_budget: ByteBudget,
+    pub page_budget: Arc<ByteBudget>,
     /// Messages larger than this are read as `oversized` stand-ins.
     pub max_event_bytes: i64,
     /// Counters for `/metrics`.
@@ -74,11 +76,15 @@ pub struct Streams {
     pub max_per_participant: usize,
     /// Cancelled at shutdown; every stream ends.
     pub shutdown: CancellationToken,
+    /// Where streams whose cursor is recent catch up together, in shared reads.
+    pub catch_ups: CatchUps,
+    /// Where openings read their access and position bounds together.
+    pub open_reads: OpenReads,
 }
 
 /// One open stream.
 pub struct EventStream {
-    streams: Arc<Streams>,
+    context: Arc<StreamContext>,
     /// Keeps the stream registered until it is dropped (the client disconnected).
     subscription: Subscription,
     /// What the stream hears as of its cursor: the catch-up query's filter and every event's.
@@ -87,9 +93,13 @@ pub struct EventStream {
     cursor: i64,
     /// Events read but not yet sent, oldest first.
     pending: VecDeque<Live>,
-    /// The share of the page budget held by the catch-up page in `pending`; the page's last
-    /// frame carries it to the socket.
-    page: Option<Reservation>,
+    /// The shares of the page budget held by the catch-up page in `pending` (one, or one per
+    /// page of a shared read it came from); the page's last frame carries them to the socket.
+    page: Vec<SharedReservation>,
+    /// The id through which the shared read of the page in `pending` read the log: once the
+    /// page is sent the stream has heard everything it may up to there, and its cursor moves
+    /// on (rows it does not hear must not be read again).
+    page_end: Option<i64>,
     /// Frames to send before anything else: the opening position, and `reset` whenever
     /// retention removed messages after the cursor.
     preamble: VecDeque<Bytes>,
@@ -124,7 +134,7 @@ enum Interrupt {
     Expired,
 }
 
-impl Streams {
+impl StreamContext {
     /// Registers a stream with `access` (read when the newest message was `newest`), resuming
     /// after `resume` (or live from `newest` when `None`), valid until `expires_in` has passed.
     pub async fn open(
@@ -141,7 +151,7 @@ impl Streams {
         let mut preamble = VecDeque::new();
         let cursor = match resume {
             Some(since) => {
-                let bounds = store::retention_bounds(&self.pool).await?;
+                let bounds = self.open_reads.retention_bounds().await?;
                 let (position, reset) = resume_point(since, &bounds);
                 preamble.push_back(frame::opening(position));
                 if let Some(reset) = reset {
@@ -164,13 +174,14 @@ impl Streams {
             }
         };
         Ok(EventStream {
-            streams: Arc::clone(self),
+            context: Arc::clone(self),
             keepalive_at: Instant::now() + self.keepalive,
             subscription,
             access,
             cursor,
             pending: VecDeque::new(),
-            page: None,
+            page: Vec::new(),
+            page_end: None,
             preamble,
             expires: Instant::now() + expires_in,
             finished: false,
@@ -185,7 +196,7 @@ impl EventStream {
     pub fn into_body(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
         futures::stream::unfold(self, |mut stream| async move {
             let frame = stream.next_frame().await?;
-            stream.keepalive_at = Instant::now() + stream.streams.keepalive;
+            stream.keepalive_at = Instant::now() + stream.context.keepalive;
             Some((Ok(frame), stream))
         })
     }
@@ -216,7 +227,7 @@ impl EventStream {
                         },
                         None if self.access.hears(&message.participants) => {
                             self.cursor = message.id;
-                            self.streams.metrics.events_delivered.inc();
+                            self.context.metrics.events_delivered.inc();
                             frame::message(&message)
                         }
                         // Not heard at its position: a room removed before it.
@@ -224,17 +235,21 @@ impl EventStream {
                     },
                     Live::Signal(signal) => frame::signal(&signal),
                 };
-                return Some(match self.page.take() {
-                    // The page's last frame: its reservation is given back once it is written.
-                    Some(page) if self.pending.is_empty() => page.held_by(frame),
-                    page => {
-                        self.page = page;
-                        frame
-                    }
-                });
+                // The page's last frame: its reservations are given back once it is written.
+                if self.pending.is_empty() {
+                    return Some(
+                        self.page
+                            .drain(..)
+                            .fold(frame, |frame, held| held.held_by(frame)),
+                    );
+                }
+                return Some(frame);
             }
             // A page whose tail was already sent holds nothing any more.
-            self.page = None;
+            self.page.clear();
+            if let Some(end) = self.page_end.take() {
+                self.cursor = self.cursor.max(end);
+            }
             let delivery = self.subscription.inbox().take();
             let interrupted = match delivery {
                 Delivery::Events(events) => {
@@ -247,7 +262,7 @@ impl EventStream {
                 Delivery::Empty => {
                     let changed = self.subscription.inbox().changed();
                     let quiet = tokio::time::timeout_at(self.keepalive_at, changed);
-                    match interruptible(&self.streams.shutdown, self.expires, quiet).await {
+                    match interruptible(&self.context.shutdown, self.expires, quiet).await {
                         Ok(Ok(())) => None,
                         Ok(Err(_)) => return Some(frame::KEEPALIVE),
                         Err(interrupt) => Some(interrupt),
@@ -266,26 +281,61 @@ impl EventStream {
         }
     }
 
-    /// Reads one page after the cursor into `pending`. On failure it asks for another
-    /// catch-up after a backoff, so a database outage delays messages but never loses them.
+    /// Reads one page after the cursor into `pending`: its part of a shared read when its
+    /// cursor is recent (`catch_up`), else, or when the shared read sends it back, its own.
     async fn catch_up(&mut self) -> Result<(), Interrupt> {
-        self.streams.metrics.catch_up_queries.inc();
-        let streams = &self.streams;
+        let context = Arc::clone(&self.context);
+        if context.registry.routed_through() - self.cursor <= catch_up::MAX_SHARED_SPAN {
+            let shared = context
+                .catch_ups
+                .catch_up(self.cursor, self.access.catch_up_addresses());
+            if let Answer::Shared(share) =
+                interruptible(&context.shutdown, self.expires, shared).await?
+            {
+                self.take_share(share).await;
+                return Ok(());
+            }
+        }
+        self.read_alone().await
+    }
+
+    /// Takes its part of a shared read as it takes a page of its own.
+    async fn take_share(&mut self, share: Share) {
+        self.failures = 0;
+        self.page = share.reservations;
+        if share.pruned_through > self.cursor {
+            self.truncated(share.pruned_through, Some(share.oldest_id))
+                .await;
+        }
+        if share.more {
+            self.subscription.inbox().request_catch_up();
+        }
+        self.page_end = Some(share.through);
+        self.pending
+            .extend(share.messages.into_iter().map(Live::Message));
+    }
+
+    /// Reads one page after the cursor into `pending` with its own query. On failure it asks
+    /// for another catch-up after a backoff, so a database outage delays messages but never
+    /// loses them.
+    async fn read_alone(&mut self) -> Result<(), Interrupt> {
+        self.context.metrics.catch_up_queries.inc();
+        let context = &self.context;
         let query = async {
             // However many streams catch up at once, they hold at most the page budget…
-            let worst = store::page_memory(CATCH_UP_PAGE, CATCH_UP_BYTES, streams.max_event_bytes);
-            let mut reservation = streams.page_budget.reserve(worst).await;
+            let worst = store::page_memory(CATCH_UP_PAGE, CATCH_UP_BYTES, context.max_event_bytes);
+            let mut reservation = context.page_budget.reserve(worst).await;
             // …and a part of the pool, so publishing, presence and /readyz still get a
             // connection.
-            let _permit = streams.reads.acquire().await;
+            let _permit = context.reads.acquire().await;
             let page = store::messages_for(
-                &streams.pool,
+                &context.pool,
                 &self.access.catch_up_addresses(),
                 store::Rows::WithControl,
                 self.cursor,
                 CATCH_UP_PAGE,
                 CATCH_UP_BYTES,
-                streams.max_event_bytes,
+                context.max_event_bytes,
             )
             .await;
             if let Ok(page) = &page {
@@ -294,16 +344,16 @@ impl EventStream {
             (page, reservation)
         };
         let (page, reservation) =
-            interruptible(&self.streams.shutdown, self.expires, query).await?;
+            interruptible(&self.context.shutdown, self.expires, query).await?;
         match page {
             Ok(page) => {
                 self.failures = 0;
-                self.page = Some(reservation);
+                self.page = vec![reservation.share()];
                 if page.pruned_through > self.cursor {
                     // Retention removed messages after the cursor before this stream read them
                     // (it fell behind, or was quiet longer than the retention period): say so
                     // before going on, never skip silently.
-                    self.truncated(page.pruned_through).await;
+                    self.truncated(page.pruned_through, None).await;
                 }
                 if page.more {
                     // Read the next page once this one is sent.
@@ -327,7 +377,7 @@ impl EventStream {
                         _ = self.subscription.inbox().changed() => {}
                     }
                 };
-                let waited = interruptible(&self.streams.shutdown, self.expires, wait).await;
+                let waited = interruptible(&self.context.shutdown, self.expires, wait).await;
                 self.subscription.inbox().request_catch_up();
                 waited
             }
@@ -351,6 +401,7 @@ impl EventStream {
                     // What follows was read, or routed, without the added rooms: read again
                     // from here with them.
                     self.pending.clear();
+                    self.page_end = None;
                     self.subscription.inbox().request_catch_up();
                 }
                 let data = serde_json::json!({"added": added, "removed": removed});
@@ -371,11 +422,15 @@ impl EventStream {
     }
 
     /// Sends `history_truncated` before anything else and moves the cursor past what
-    /// retention removed, so the next catch-up does not report it again.
-    async fn truncated(&mut self, pruned_through: i64) {
-        let oldest_id = match store::retention_bounds(&self.streams.pool).await {
-            Ok(bounds) => bounds.oldest_id,
-            Err(_) => pruned_through + 1,
+    /// retention removed, so the next catch-up does not report it again. The oldest id is
+    /// read unless the page's read brought it (`oldest_id`).
+    async fn truncated(&mut self, pruned_through: i64, oldest_id: Option<i64>) {
+        let oldest_id = match oldest_id {
+            Some(oldest_id) => oldest_id,
+            None => match self.context.open_reads.retention_bounds().await {
+                Ok(bounds) => bounds.oldest_id,
+                Err(_) => pruned_through + 1,
+            },
         };
         let reset = serde_json::json!({"reason": "history_truncated", "oldest_id": oldest_id});
         self.preamble

@@ -45,6 +45,10 @@
 //!   posting 200 a second (ten times the default per-sender limit) payloads `jsonb` refuses or
 //!   rows a CHECK constraint refuses: the honest throughput as a share of alone, and latency.
 //! - **Cold start**: spawn to the first `/readyz` 200, median of 10.
+//! - **Reconnect storm** (`storm.rs`, only with `--storm`): 12,000 streams on one instance with
+//!   200 messages/s flowing; that instance frozen, one message written to every participant, the
+//!   instance killed, and every stream resuming on a second instance with its `Last-Event-ID`:
+//!   time to caught up, exactness, statements counted by `pg_stat_statements`, peak memory.
 //!
 //! Latency runs from the moment a writer's `INSERT` (its own transaction) returns to the moment
 //! the subscriber's socket read that completed the event returns, both on the monotonic clock of
@@ -74,6 +78,7 @@ mod run;
 mod setup;
 mod sse_client;
 mod steps;
+mod storm;
 mod writers;
 
 use attacks::*;
@@ -92,6 +97,7 @@ use run::*;
 use setup::*;
 use sse_client::*;
 use steps::*;
+use storm::*;
 use writers::*;
 
 use std::collections::HashMap;
@@ -164,7 +170,7 @@ pub(crate) const WANTED_FILES: u64 = 65_536;
 pub(crate) const NEEDED_FILES: u64 = MANY as u64 + 1_000;
 
 pub(crate) const USAGE: &str =
-    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish | --fleet | --streams | --attacks] [-- --no-build]
+    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish | --fleet | --streams | --attacks | --storm] [-- --no-build]
 
   --quick      short smoke run (under 2 minutes): shorter phases, fewer throughput steps
   --throughput only the ceilings and the throughput ladders (with 1,000 subscribers), for
@@ -182,6 +188,9 @@ pub(crate) const USAGE: &str =
   --attacks    only the database-side attacks: how long others wait while a writer holds its
                transaction open (12 s), and what retention deletes after a backdated row and
                a long transaction, and whether a stream behind the pruned point gets reset
+  --storm      only the reconnect storm (storm.rs): 12,000 streams on one instance with
+               messages flowing, that instance killed, every stream resuming on a second one
+               at once; about a minute (PGRELAY_BENCH_RELAY=path runs another relay build)
   --no-build   do not run `cargo build --release --bin pgrelay` first
 
 Starts its own throwaway PostgreSQL and its own `target/release/pgrelay serve` processes on
@@ -315,6 +324,12 @@ pub(crate) fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(HOLD_STREAMS) {
         return hold_streams_main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some(STORM_STREAMS) {
+        return storm_streams_main(&args[1..]);
+    }
+    if args.iter().any(|arg| arg == STORM) {
+        return storm_main();
     }
     let options = match Options::from_args() {
         Ok(options) => options,

@@ -136,12 +136,18 @@ pub(crate) async fn open_stream_from(
 }
 
 /// Sends the stream request on `socket` and reads up to and including the opening block.
-async fn read_opening(mut socket: TcpStream, token: &str, since: Option<i64>) -> Res<OpenStream> {
-    socket.set_nodelay(true)?;
+async fn read_opening(socket: TcpStream, token: &str, since: Option<i64>) -> Res<OpenStream> {
     let since = since
         .map(|id| format!("&since_id={id}"))
         .unwrap_or_default();
     let request = format!("GET /v1/stream?token={token}{since} HTTP/1.1\r\nHost: x\r\n\r\n");
+    send_stream_request(socket, &request).await
+}
+
+/// Sends `request` (a whole `GET /v1/stream` head) on `socket` and reads up to and including
+/// the opening block.
+pub(crate) async fn send_stream_request(mut socket: TcpStream, request: &str) -> Res<OpenStream> {
+    socket.set_nodelay(true)?;
     socket.write_all(request.as_bytes()).await?;
     let mut received = Vec::with_capacity(1024);
     let mut buffer = [0u8; 4096];

@@ -2,9 +2,10 @@
 //! `pgrelay.member_rooms` returns, and everyone (`*`). Streams and history reads listen on
 //! these (or, with `?rooms=`, on some of the rooms); publishing to a room needs it among them.
 //! Every such request reads the caller's access in one query, which also refuses a revoked
-//! token (401 `token_revoked`), so the revocation check costs no round trip of its own. A
-//! message is the exception: `pgrelay.publish_many` refuses a revoked token in the transaction
-//! that would store it, so a direct message needs no query before it joins its batch.
+//! token (401 `token_revoked`), so the revocation check costs no round trip of its own; and
+//! requests that come at once (a reconnect storm) share that query (`open_reads`). A message
+//! is the exception: `pgrelay.publish_many` refuses a revoked token in the transaction that
+//! would store it, so a direct message needs no query before it joins its batch.
 
 use axum::http::StatusCode;
 
@@ -13,7 +14,7 @@ use super::{ApiError, AppState};
 use crate::access::Access;
 use crate::auth::Claims;
 use crate::message::{is_room, valid_room, EVERYONE};
-use crate::store::{self, AccessNow};
+use crate::store::{AccessNow, AccessQuery};
 
 /// Most rooms one `?rooms=` may name.
 const MAX_NARROWED_ROOMS: usize = 100;
@@ -24,7 +25,15 @@ async fn access_now(
     claims: &Claims,
     with_rooms: bool,
 ) -> Result<AccessNow, ApiError> {
-    let now = store::access_now(&state.pool, &claims.sub, claims.iat, with_rooms)
+    let asked = AccessQuery {
+        participant: claims.sub.clone(),
+        issued_at: claims.iat,
+        with_rooms,
+    };
+    let now = state
+        .streams
+        .open_reads
+        .access_now(asked)
         .await
         .map_err(|error| ApiError::internal("pgrelay.member_rooms failed", &error))?;
     if now.revoked {

@@ -49,7 +49,7 @@ use crate::listener::Health;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 use crate::store::DbPool;
-use crate::stream::Streams;
+use crate::stream::StreamContext;
 
 /// What the handlers share.
 pub struct AppState {
@@ -60,7 +60,7 @@ pub struct AppState {
     /// Token keys.
     pub keys: Keys,
     /// Opens streams; its registry and read permits are the ones history reads use too.
-    pub streams: Arc<Streams>,
+    pub streams: Arc<StreamContext>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Whether the LISTEN connection is up and numbering keeps up; `/readyz` reads it.

@@ -126,25 +126,25 @@ impl Page {
     }
 
     /// Reads the rows of [`with_pruned_through`]: column 0 the bound, the message from column
-    /// 1 (all NULL in the one row of an empty page).
-    fn from_rows(rows: &[Row], limit: i64) -> Result<Page, Error> {
+    /// `at` (all NULL in the one row of an empty page).
+    fn from_rows(rows: &[Row], limit: i64, at: usize) -> Result<Page, Error> {
         let pruned_through = match rows.first() {
             Some(row) => row.try_get(0)?,
             None => 0,
         };
         let found: Vec<&Row> = rows
             .iter()
-            .filter(|row| matches!(row.try_get::<_, Option<i64>>(1), Ok(Some(_))))
+            .filter(|row| matches!(row.try_get::<_, Option<i64>>(at), Ok(Some(_))))
             .collect();
         let fetched = match found.first() {
-            Some(row) => row.try_get::<_, i64>(1 + FETCHED)?,
+            Some(row) => row.try_get::<_, i64>(at + FETCHED)?,
             None => 0,
         };
         Ok(Page {
             more: fetched == limit || (found.len() as i64) < fetched,
             messages: found
                 .into_iter()
-                .map(|row| message_from_row(row, 1))
+                .map(|row| message_from_row(row, at))
                 .collect::<Result<_, _>>()?,
             pruned_through,
         })
@@ -245,7 +245,51 @@ pub async fn messages_for(
         );
     }
     let rows = client.query_typed(&sql, &params).await?;
-    Page::from_rows(&rows, limit)
+    Page::from_rows(&rows, limit, 1)
+}
+
+/// A stretch of the log read for many readers at once: see [`log_range`].
+pub struct Range {
+    /// Every row (messages and control rows) after the start, in id order, as a page of
+    /// [`messages_for`] holds them.
+    pub page: Page,
+    /// The oldest id still stored, from the same snapshot: what `history_truncated` names.
+    pub oldest_id: i64,
+}
+
+/// Every row with `id > since`, whoever it is addressed to, oldest first: at most `limit`
+/// rows and `max_bytes` of payload and participants (always one, if there is one), each larger
+/// than `max_event_bytes` as its `oversized` stand-in; with the retention bounds read in the same
+/// snapshot. The primary key's range alone: it costs the rows read, not the readers served.
+pub async fn log_range(
+    pool: &DbPool,
+    since: i64,
+    limit: i64,
+    max_bytes: i64,
+    max_event_bytes: i64,
+) -> Result<Range, Error> {
+    let client = pool.get().await?;
+    let page = page_sql(&matching("id > $1", 2), 3, 4);
+    let sql = format!(
+        "SELECT r.pruned_through, \
+                coalesce((SELECT min(id) FROM pgrelay.messages WHERE id > 0), 0)::int8, page.* \
+           FROM pgrelay.retention r LEFT JOIN ({page}) page ON true ORDER BY page.id"
+    );
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&since, Type::INT8),
+        (&limit, Type::INT8),
+        (&max_bytes, Type::INT8),
+        (&max_event_bytes, Type::INT8),
+    ];
+    let rows = client.query_typed(&sql, &params).await?;
+    let oldest_id = match rows.first() {
+        Some(row) => row.try_get(1)?,
+        None => 0,
+    };
+    Ok(Range {
+        page: Page::from_rows(&rows, limit, 2)?,
+        oldest_id,
+    })
 }
 
 /// Most addresses [`messages_for_sql`] gives a branch of their own.
@@ -299,6 +343,7 @@ fn messages_sql(addresses: usize, rows: Rows) -> String {
 }
 
 /// What a resuming stream checks its position against.
+#[derive(Debug, Clone, Copy)]
 pub struct RetentionBounds {
     /// The highest id removed by retention pruning.
     pub pruned_through: i64,
@@ -417,42 +462,60 @@ pub struct AccessNow {
     pub newest_id: i64,
 }
 
-/// Reads [`AccessNow`] for `participant` holding a token issued at `issued_at` (seconds since
-/// the epoch, `None` without `iat`); `member_rooms` only when `with_rooms` (publishing direct
-/// messages does not need it). The revocation check is a primary-key lookup in the same
-/// statement, so it adds no round trip.
-pub async fn access_now(
-    pool: &DbPool,
-    participant: &str,
-    issued_at: Option<u64>,
-    with_rooms: bool,
-) -> Result<AccessNow, Error> {
+/// Whose access to read: a participant holding a token issued at `issued_at` (seconds since
+/// the epoch, `None` without `iat`), with `member_rooms` only when `with_rooms` (publishing
+/// direct messages does not need it).
+#[derive(Debug, Clone)]
+pub struct AccessQuery {
+    pub participant: String,
+    pub issued_at: Option<u64>,
+    pub with_rooms: bool,
+}
+
+/// Reads [`AccessNow`] for each of `asked`, in order, in one statement (one snapshot, one
+/// round trip however many there are: a reconnect storm's opens read their access together).
+/// The revocation check is a primary-key lookup in the same statement, so it adds nothing.
+/// The newest id comes after `member_rooms` in the select list, as it did for one
+/// participant: an uncorrelated subquery, evaluated once, when the first row reaches it.
+pub async fn access_now(pool: &DbPool, asked: &[AccessQuery]) -> Result<Vec<AccessNow>, Error> {
     let client = pool.get().await?;
-    let issued_at = issued_at.map(|at| at as f64);
-    let row = client
-        .query_typed_one(
-            "SELECT EXISTS (SELECT 1 FROM pgrelay.revocations r WHERE r.participant = $1 \
-                              AND ($2::float8 IS NULL \
-                                   OR $2 < extract(epoch FROM r.issued_before))), \
-                    CASE WHEN $3 THEN coalesce(pgrelay.member_rooms($1), '{}') END, \
+    let participants: Vec<&str> = asked.iter().map(|a| a.participant.as_str()).collect();
+    let issued_at: Vec<Option<f64>> = asked
+        .iter()
+        .map(|a| a.issued_at.map(|at| at as f64))
+        .collect();
+    let with_rooms: Vec<bool> = asked.iter().map(|a| a.with_rooms).collect();
+    let rows = client
+        .query_typed(
+            "SELECT EXISTS (SELECT 1 FROM pgrelay.revocations r WHERE r.participant = a.p \
+                              AND (a.iat IS NULL \
+                                   OR a.iat < extract(epoch FROM r.issued_before))), \
+                    CASE WHEN a.rooms THEN coalesce(pgrelay.member_rooms(a.p), '{}') END, \
                     coalesce((SELECT max((payload ->> 'version')::int8) FROM pgrelay.messages \
                                WHERE control AND kind = 'rooms' \
-                                 AND participants[1] = $1), 0), \
-                    coalesce((SELECT max(id) FROM pgrelay.messages), 0)::int8",
+                                 AND participants[1] = a.p), 0), \
+                    coalesce((SELECT max(id) FROM pgrelay.messages), 0)::int8 \
+               FROM unnest($1::text[], $2::float8[], $3::bool[]) \
+                    WITH ORDINALITY AS a(p, iat, rooms, n) \
+              ORDER BY a.n",
             &[
-                (&participant, Type::TEXT),
-                (&issued_at, Type::FLOAT8),
-                (&with_rooms, Type::BOOL),
+                (&participants, Type::TEXT_ARRAY),
+                (&issued_at, Type::FLOAT8_ARRAY),
+                (&with_rooms, Type::BOOL_ARRAY),
             ],
         )
         .await?;
-    let rooms: Option<Vec<Option<String>>> = row.try_get(1)?;
-    Ok(AccessNow {
-        revoked: row.try_get(0)?,
-        member_rooms: rooms.into_iter().flatten().flatten().collect(),
-        version: row.try_get(2)?,
-        newest_id: row.try_get(3)?,
-    })
+    rows.iter()
+        .map(|row| {
+            let rooms: Option<Vec<Option<String>>> = row.try_get(1)?;
+            Ok(AccessNow {
+                revoked: row.try_get(0)?,
+                member_rooms: rooms.into_iter().flatten().flatten().collect(),
+                version: row.try_get(2)?,
+                newest_id: row.try_get(3)?,
+            })
+        })
+        .collect()
 }
 
 /// Whether the database answers a trivial query within `timeout`.

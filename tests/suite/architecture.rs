@@ -19,6 +19,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "retention",
             "attach_skips",
             "publisher",
+            "catch_up",
+            "open_reads",
         ],
     ),
     (

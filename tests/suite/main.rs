@@ -37,6 +37,7 @@ mod service;
 mod signals;
 mod sql;
 mod sse_libraries;
+mod storm;
 mod stream_wire;
 mod tls;
 mod trust;
