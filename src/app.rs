@@ -57,6 +57,7 @@ pub async fn run(
     let RelayConfig {
         database_url,
         listen_database_url,
+        replica_url,
         pool_size,
         keys,
         settings,
