@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::presence::{self, Presence};
 use crate::publisher::Publisher;
 use crate::registry::Registry;
+use crate::replica::ExactReads;
 use crate::stream::Streams;
 use crate::{attach_skips, migrate, retention, server, store};
 
@@ -75,6 +76,15 @@ pub async fn run(
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     let listener_health = Arc::new(Health::default());
+    let replica = replica_url
+        .as_deref()
+        .map(|url| store::connect_pool(url, pool_size))
+        .transpose()?;
+    let exact = Arc::new(ExactReads::new(pool.clone(), replica));
+    let replica_task = tokio::spawn({
+        let (exact, stopping) = (Arc::clone(&exact), stopping.clone());
+        async move { exact.watch_replica(stopping).await }
+    });
 
     let listener_task = tokio::spawn(listener::run(
         Listener {
@@ -85,6 +95,7 @@ pub async fn run(
             registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&listener_health),
+            marks: exact.marks(),
             shutdown: stopping.clone(),
         },
         listen_database_url,
@@ -116,6 +127,7 @@ pub async fn run(
 
     let streams = Arc::new(Streams {
         pool: pool.clone(),
+        exact,
         registry,
         reads: Arc::new(Semaphore::new(history_connections(pool_size))),
         page_budget: ByteBudget::new(settings.catch_up_budget),
@@ -191,7 +203,13 @@ pub async fn run(
         // It stops at the token, except in a fetch, which its timeout bounds.
         let _ = tokio::time::timeout(grace, jwks_task).await;
     }
-    let _ = tokio::join!(listener_task, pruner_task, skips_task, presence_task);
+    let _ = tokio::join!(
+        listener_task,
+        pruner_task,
+        skips_task,
+        presence_task,
+        replica_task
+    );
     pool.close();
     info!("stopped");
     Ok(())

@@ -27,7 +27,8 @@
 //!    `publisher` (group commit for `POST /v1/messages`). Each gets a narrow handle with just
 //!    what it uses.
 //! 5. **Routing and storage**: `registry` (participant → open streams, each with a bounded
-//!    inbox), [`store`] (the query pool and every query), [`migrate`] (the SQL in `sql/`),
+//!    inbox), [`store`] (the query pool and every query), `replica` (catch-up and history
+//!    reads on a read replica whenever its replay makes them exact), [`migrate`] (the SQL in `sql/`),
 //!    `tls` (`sslmode` as libpq means it), `frame` (the SSE wire format), `limits`
 //!    (per-client rate and concurrency limits), `budget` (the bytes an instance holds for
 //!    readers at once), `metrics` (Prometheus counters) and [`open_files`] (the process's
@@ -73,6 +74,7 @@ pub mod open_files;
 mod presence;
 mod publisher;
 mod registry;
+mod replica;
 pub mod retention;
 mod server;
 pub mod sse;

@@ -35,6 +35,7 @@ use crate::frame;
 use crate::message::{Control, Message, REVOKED_EVENT, ROOMS_EVENT};
 use crate::metrics::Metrics;
 use crate::registry::{Delivery, Live, Registry, Subscription};
+use crate::replica::{ExactReads, Read, Through};
 use crate::store::{self, DbPool};
 
 /// Messages read per catch-up query. The query costs about the same for 100 rows as for 1,000
@@ -53,8 +54,11 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// What every stream of this instance shares: where it registers, what it reads from, and
 /// when it must stop.
 pub struct Streams {
-    /// Query connections for the opening position and catch-ups.
+    /// Query connections for the opening position.
     pub pool: DbPool,
+    /// Where catch-up and history pages are read: a read replica when it has replayed them,
+    /// else the primary.
+    pub exact: Arc<ExactReads>,
     /// Where streams register for live events.
     pub registry: Arc<Registry>,
     /// The pool connections catch-ups (and history reads) may hold at once, so that however
@@ -278,16 +282,23 @@ impl EventStream {
             // …and a part of the pool, so publishing, presence and /readyz still get a
             // connection.
             let _permit = streams.reads.acquire().await;
-            let page = store::messages_for(
-                &streams.pool,
-                &self.access.catch_up_addresses(),
-                store::Rows::WithControl,
-                self.cursor,
-                CATCH_UP_PAGE,
-                CATCH_UP_BYTES,
-                streams.max_event_bytes,
-            )
-            .await;
+            // Found after the inbox asked for this catch-up: it covers what the inbox dropped.
+            let at = streams.exact.position(Through::Routed).await;
+            let args = (self.access.catch_up_addresses(), self.cursor);
+            let page = streams
+                .exact
+                .run(at, Read::CatchUp, &args, |client, (addresses, cursor)| {
+                    Box::pin(store::messages_for(
+                        client,
+                        addresses,
+                        store::Rows::WithControl,
+                        *cursor,
+                        CATCH_UP_PAGE,
+                        CATCH_UP_BYTES,
+                        streams.max_event_bytes,
+                    ))
+                })
+                .await;
             if let Ok(page) = &page {
                 reservation.shrink_to(page.memory());
             }

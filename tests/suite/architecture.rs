@@ -26,6 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "registry",
             "store",
+            "replica",
             "migrate",
             "tls",
             "frame",

@@ -109,8 +109,9 @@ impl Replicated {
     /// A reads counter of `/metrics`: `read` (catch_up, history, message), `source` (replica,
     /// primary) and `reason`.
     async fn reads(&self, read: &str, source: &str, reason: &str) -> u64 {
-        let name =
-            format!("pgrelay_reads_total{{read=\"{read}\",source=\"{source}\",reason=\"{reason}\"}}");
+        let name = format!(
+            "pgrelay_reads_total{{read=\"{read}\",source=\"{source}\",reason=\"{reason}\"}}"
+        );
         metric(&self.relay.base, &name).await
     }
 
