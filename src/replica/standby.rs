@@ -14,7 +14,7 @@
 //! behind a transaction-mode pooler in front of several replicas. The observed position is
 //! what decides; the position this task last saw only says whether trying is worth it.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -62,6 +62,11 @@ pub struct Standby {
     up: AtomicBool,
     /// Checks failed in a row, for the backoff.
     failures: AtomicU32,
+    /// The position a read last waited for in vain (-1 for none): until replay passes it,
+    /// reads that need as much go to the primary at once instead of each waiting in turn
+    /// (a paused replica would otherwise cost every read of a storm the whole wait, holding
+    /// its pool permit).
+    stalled: AtomicI64,
     /// Reads waiting for replay: while any do, the position is read every [`BUSY_CHECK`].
     waiting: AtomicUsize,
     /// Wakes the checking task when a read starts waiting.
@@ -88,6 +93,7 @@ impl Standby {
             replayed_commit: AtomicU64::new(f64::NAN.to_bits()),
             up: AtomicBool::new(false),
             failures: AtomicU32::new(0),
+            stalled: AtomicI64::new(-1),
             waiting: AtomicUsize::new(0),
             wake: Notify::new(),
             reported_down: Mutex::new(false),
@@ -187,15 +193,25 @@ impl Standby {
         });
     }
 
-    /// Whether replay has reached `wal`, waiting at most `patience` for it.
+    /// Whether replay has reached `wal`, waiting at most `patience` for it, unless a wait for
+    /// no more than `wal` has already failed and replay has not moved past that since.
     async fn reached(&self, wal: i64, patience: Duration) -> bool {
-        if *self.replayed.borrow() >= wal {
+        let replayed = *self.replayed.borrow();
+        if replayed >= wal {
             return true;
+        }
+        let stalled = self.stalled.load(Ordering::Relaxed);
+        if stalled >= 0 && wal >= stalled && replayed < stalled {
+            return false;
         }
         let _waiting = Waiting::enter(self);
         let mut replayed = self.replayed.subscribe();
         let reached = tokio::time::timeout(patience, replayed.wait_for(|&at| at >= wal)).await;
-        matches!(reached, Ok(Ok(_)))
+        let reached = matches!(reached, Ok(Ok(_)));
+        if !reached {
+            self.stalled.store(wal, Ordering::Relaxed);
+        }
+        reached
     }
 
     /// Runs `query` (one statement) on the replica if it has replayed `wal`, waiting up to
