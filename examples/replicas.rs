@@ -2,7 +2,7 @@
 //! and that a paused replica loses nothing.
 //!
 //! ```text
-//! cargo run --release --example replicas [-- --streams 2000]
+//! cargo run --release --example replicas [-- --streams 2000] [--no-replica]
 //! ```
 //!
 //! Starts a throwaway primary (committing synchronously, as production servers do), a
@@ -15,6 +15,10 @@
 //!    its messages, and the catch-up reads and rows by source and reason from `/metrics`.
 //! 2. **Paused replica**: replay paused (`pg_wal_replay_pause()`), one more message each,
 //!    all resume at once from their last id. Reports the same, and whether anything was lost.
+//!
+//! For each phase it also reports what the primary ran meanwhile (`pg_stat_statements`,
+//! the writer's inserts left out): statements and the rows they returned, the busiest ones
+//! first. `--no-replica` runs the storm without `--replica-url`, for comparison.
 //!
 //! Figures only: nothing here asserts a timing.
 
@@ -41,13 +45,21 @@ async fn main() -> Result<(), BoxError> {
         Some(n) => n.parse()?,
         None => 2000,
     };
+    let with_replica = !std::env::args().any(|a| a == "--no-replica");
     pgrelay::open_files::raise_limit(4 * streams as u64 + 1024)?;
-    let primary = TempCluster::start_with(&[("synchronous_commit", "on")]).await?;
+    let primary = TempCluster::start_with(&[
+        ("synchronous_commit", "on"),
+        ("shared_preload_libraries", "pg_stat_statements"),
+    ])
+    .await?;
     let url = primary.url("postgres");
     pgrelay::migrate::migrate(&url, "pgrelay").await?;
-    let replica = primary.start_replica().await?;
     let db = connect(&url).await?;
-    let (base, stop, relay) = start_relay(&url, &replica.url("postgres")).await?;
+    db.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await?;
+    let replica = primary.start_replica().await?;
+    let replica_url = replica.url("postgres");
+    let (base, stop, relay) = start_relay(&url, with_replica.then_some(&*replica_url)).await?;
     let writer = tokio::spawn(write_elsewhere(url.clone()));
 
     let people: Vec<String> = (0..streams).map(|n| format!("p{n}")).collect();
@@ -56,20 +68,37 @@ async fn main() -> Result<(), BoxError> {
     }
     let wal = primary_wal(&db).await?;
     wait_replayed(&replica, wal).await?;
-    println!("storm: {streams} streams resume from 0, 3 messages each, replica streaming");
+    println!(
+        "storm: {streams} streams resume from 0, 3 messages each, {}",
+        match with_replica {
+            true => "replica streaming",
+            false => "no replica",
+        }
+    );
     let before = reads(&base).await?;
     storm(&base, &db, &people, |_| 0).await?;
     report(&before, &reads(&base).await?);
+    primary_load(&db, streams).await?;
+    if !with_replica {
+        return Ok(());
+    }
 
     let replica_db = connect(&replica.url("postgres")).await?;
-    replica_db.batch_execute("SELECT pg_wal_replay_pause()").await?;
+    replica_db
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await?;
     let last = newest_ids(&db, &people).await?;
     insert_one_each(&db, &people).await?;
-    println!("paused: replay paused, 1 more message each, {streams} streams resume from their last id");
+    println!(
+        "paused: replay paused, 1 more message each, {streams} streams resume from their last id"
+    );
     let before = reads(&base).await?;
     storm(&base, &db, &people, |n| last[n]).await?;
     report(&before, &reads(&base).await?);
-    replica_db.batch_execute("SELECT pg_wal_replay_resume()").await?;
+    primary_load(&db, streams).await?;
+    replica_db
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await?;
 
     writer.abort();
     let _ = stop.send(());
@@ -86,14 +115,14 @@ async fn connect(url: &str) -> Result<Client, BoxError> {
 /// A relay in this process reading `replica` too; the sender stops it.
 async fn start_relay(
     url: &str,
-    replica: &str,
+    replica: Option<&str>,
 ) -> Result<(String, oneshot::Sender<()>, tokio::task::JoinHandle<()>), BoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let config = RelayConfig {
         database_url: url.to_owned(),
         listen_database_url: url.to_owned(),
-        replica_url: Some(replica.to_owned()),
+        replica_url: replica.map(str::to_owned),
         pool_size: 16,
         keys: Keys::from_secret_list(SECRET)?,
         settings: Settings::default(),
@@ -200,10 +229,9 @@ async fn storm(
 ) -> Result<(), BoxError> {
     let http = reqwest::Client::new();
     let keys = Keys::from_secret_list(SECRET)?;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
+    let mut expected = Vec::new();
     for (n, person) in people.iter().enumerate() {
-        let expected: Vec<i64> = db
+        let ids: Vec<i64> = db
             .query(
                 "SELECT id FROM pgrelay.messages WHERE participants @> ARRAY[$1] AND id > $2 \
                  ORDER BY id",
@@ -213,13 +241,23 @@ async fn storm(
             .iter()
             .map(|row| row.get(0))
             .collect();
+        expected.push(ids);
+    }
+    db.batch_execute("SELECT pg_stat_statements_reset()")
+        .await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for ((n, person), expected) in people.iter().enumerate().zip(expected) {
         let request = http
             .get(format!("{base}/v1/stream"))
             .bearer_auth(keys.mint(person, Duration::from_secs(3600), &[]))
             .header("Last-Event-ID", since(n).to_string());
         tasks.push(tokio::spawn(async move {
             let received = tokio::time::timeout(PATIENCE, receive(request, expected.len())).await;
-            (received.ok().and_then(Result::ok) == Some(expected), started.elapsed())
+            (
+                received.ok().and_then(Result::ok) == Some(expected),
+                started.elapsed(),
+            )
         }));
     }
     let mut wrong = 0;
@@ -255,9 +293,41 @@ async fn receive(request: reqwest::RequestBuilder, count: usize) -> Result<Vec<i
     Ok(ids)
 }
 
+/// What the primary ran since the last reset, the writer's inserts and this example's own
+/// statistics queries left out: statements per resuming stream, rows returned, and the
+/// busiest statements.
+async fn primary_load(db: &Client, streams: usize) -> Result<(), BoxError> {
+    let rows = db
+        .query(
+            "SELECT calls::int8, rows::int8, (shared_blks_hit + shared_blks_read)::int8, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) \
+               FROM pg_stat_statements \
+              WHERE query NOT ILIKE 'INSERT%' AND query NOT ILIKE '%pg_stat_statements%' \
+              ORDER BY calls DESC",
+            &[],
+        )
+        .await?;
+    let calls: i64 = rows.iter().map(|row| row.get::<_, i64>(0)).sum();
+    let returned: i64 = rows.iter().map(|row| row.get::<_, i64>(1)).sum();
+    let buffers: i64 = rows.iter().map(|row| row.get::<_, i64>(2)).sum();
+    println!(
+        "  primary: {calls} statements ({:.2} per resuming stream), {returned} rows returned, \
+         {buffers} buffers touched",
+        calls as f64 / streams as f64
+    );
+    for row in rows.iter().take(6) {
+        let (calls, returned, buffers, query): (i64, i64, i64, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        println!("    {calls:>6} calls {returned:>7} rows {buffers:>8} buffers  {query}");
+    }
+    Ok(())
+}
+
 /// The relay's `pgrelay_reads_total` and `pgrelay_read_rows_total` lines for catch-ups.
 async fn reads(base: &str) -> Result<Vec<(String, f64)>, BoxError> {
-    let text = reqwest::get(format!("{base}/metrics")).await?.text().await?;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
     Ok(text
         .lines()
         .filter(|line| {

@@ -276,14 +276,15 @@ impl EventStream {
         self.streams.metrics.catch_up_queries.inc();
         let streams = &self.streams;
         let query = async {
+            // Found after the inbox asked for this catch-up, so it covers what the inbox
+            // dropped; before the permit, since it may wait for a listener pass.
+            let at = streams.exact.position(Through::Routed).await;
             // However many streams catch up at once, they hold at most the page budget…
             let worst = store::page_memory(CATCH_UP_PAGE, CATCH_UP_BYTES, streams.max_event_bytes);
             let mut reservation = streams.page_budget.reserve(worst).await;
             // …and a part of the pool, so publishing, presence and /readyz still get a
             // connection.
             let _permit = streams.reads.acquire().await;
-            // Found after the inbox asked for this catch-up: it covers what the inbox dropped.
-            let at = streams.exact.position(Through::Routed).await;
             let args = (self.access.catch_up_addresses(), self.cursor);
             let page = streams
                 .exact

@@ -11,8 +11,10 @@
 //! round trip: a statement reads `pg_last_wal_replay_lsn()`, then the read's own statement
 //! takes its snapshot. READ COMMITTED takes a snapshot per statement, so the read sees at least
 //! what was replayed when the first one ran; the transaction keeps both on one server even
-//! behind a transaction-mode pooler in front of several replicas. The observed position is
-//! what decides; the position this task last saw only says whether trying is worth it.
+//! behind a transaction-mode pooler in front of several replicas. The position observed there
+//! is what decides. A read is tried at once; only one that finds the replica behind waits
+//! (for this task's checks to see replay get there) and tries again, and once a wait has
+//! failed, reads needing as much go straight to the primary until replay passes it.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -193,17 +195,16 @@ impl Standby {
         });
     }
 
-    /// Whether replay has reached `wal`, waiting at most `patience` for it, unless a wait for
-    /// no more than `wal` has already failed and replay has not moved past that since.
-    async fn reached(&self, wal: i64, patience: Duration) -> bool {
-        let replayed = *self.replayed.borrow();
-        if replayed >= wal {
-            return true;
-        }
+    /// Whether a wait for no more than `wal` has failed and replay has not passed that since:
+    /// then reads needing `wal` go to the primary at once.
+    fn stalled_for(&self, wal: i64) -> bool {
         let stalled = self.stalled.load(Ordering::Relaxed);
-        if stalled >= 0 && wal >= stalled && replayed < stalled {
-            return false;
-        }
+        stalled >= 0 && wal >= stalled && *self.replayed.borrow() < stalled
+    }
+
+    /// Whether replay reaches `wal` within `patience` (by this task's checks, made every
+    /// [`BUSY_CHECK`] while someone waits); a wait that fails marks `wal` stalled.
+    async fn reached(&self, wal: i64, patience: Duration) -> bool {
         let _waiting = Waiting::enter(self);
         let mut replayed = self.replayed.subscribe();
         let reached = tokio::time::timeout(patience, replayed.wait_for(|&at| at >= wal)).await;
@@ -214,8 +215,13 @@ impl Standby {
         reached
     }
 
-    /// Runs `query` (one statement) on the replica if it has replayed `wal`, waiting up to
-    /// `patience` for that; otherwise says why the primary must read.
+    /// Runs `query` (one statement) on the replica if it has replayed `wal`; otherwise says
+    /// why the primary must read.
+    ///
+    /// The read is tried at once, its replay check with it: a replica that keeps up has
+    /// almost always replayed the position a moment old, and waiting first for a check to
+    /// say so would hold every read (and its pool permit) for a round trip more. Only when
+    /// the check says it is behind does the read wait, up to `patience`, and try once more.
     pub async fn read<A, T>(
         &self,
         wal: i64,
@@ -229,9 +235,34 @@ impl Standby {
         if !self.is_up() {
             return Outcome::Primary(Reason::Unavailable);
         }
-        if !self.reached(wal, patience).await {
+        if self.stalled_for(wal) {
             return Outcome::Primary(Reason::Lagging);
         }
+        match self.attempt(wal, args, query).await {
+            Attempt::Behind if self.reached(wal, patience).await => {
+                match self.attempt(wal, args, query).await {
+                    Attempt::Read(value) => Outcome::Read(value),
+                    // Behind again: another server behind a pooler, further behind.
+                    Attempt::Behind => Outcome::Primary(Reason::Lagging),
+                    Attempt::Failed => Outcome::Primary(Reason::Failed),
+                }
+            }
+            Attempt::Behind => Outcome::Primary(Reason::Lagging),
+            Attempt::Read(value) => Outcome::Read(value),
+            Attempt::Failed => Outcome::Primary(Reason::Failed),
+        }
+    }
+
+    /// One try of `query` on the replica, in the transaction that checks its replay first.
+    async fn attempt<A, T>(
+        &self,
+        wal: i64,
+        args: &A,
+        query: &(impl for<'c> Fn(&'c Client, &'c A) -> BoxFuture<'c, Result<T, Error>> + Sync),
+    ) -> Attempt<T>
+    where
+        A: Sync + ?Sized,
+    {
         let read = async {
             let client = self.pool.get().await?;
             let (begun, state, value, committed) = tokio::join!(
@@ -251,32 +282,40 @@ impl Standby {
         match tokio::time::timeout(PATIENCE, read).await {
             Ok(Ok((false, ..))) => {
                 self.failed("it is not in recovery (promoted?)");
-                Outcome::Primary(Reason::Failed)
+                Attempt::Failed
             }
             Ok(Ok((true, replayed, value))) => {
                 self.observe(replayed);
                 match value {
-                    // Below `wal` although the hint said otherwise: another server behind a
-                    // pooler, further behind.
-                    _ if replayed < wal => Outcome::Primary(Reason::Lagging),
-                    Ok(value) => Outcome::Read(value),
+                    _ if replayed < wal => Attempt::Behind,
+                    Ok(value) => Attempt::Read(value),
                     // A query recovery cancelled (a conflict with replay), say: this read
                     // goes to the primary, the replica stays in use.
-                    Err(_) => Outcome::Primary(Reason::Failed),
+                    Err(_) => Attempt::Failed,
                 }
             }
             Ok(Err(error)) => {
                 if error.is_unreachable() {
                     self.failed(&error.to_string());
                 }
-                Outcome::Primary(Reason::Failed)
+                Attempt::Failed
             }
             Err(_) => {
                 self.failed("a read did not finish in time");
-                Outcome::Primary(Reason::Failed)
+                Attempt::Failed
             }
         }
     }
+}
+
+/// How one try on the replica went.
+enum Attempt<T> {
+    /// Read there, exact.
+    Read(T),
+    /// The replica had not replayed far enough (what was read is dropped).
+    Behind,
+    /// The read failed there.
+    Failed,
 }
 
 /// A read waiting for replay, counted while it waits (also when the wait is dropped).
