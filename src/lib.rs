@@ -52,7 +52,9 @@
 //! registry re-files that participant's streams before it routes the next row, and each
 //! stream applies it to its own addresses when it reaches it, live or in a catch-up. A stream
 //! whose inbox overflowed, or that may have missed notifications while the listener
-//! reconnected, reads the table from its cursor instead. A notification is only a hint: any
+//! reconnected, reads the table from its cursor instead (`replica`: on a read replica when
+//! its replay has reached the WAL position the listener recorded before routing, else on the
+//! primary). A notification is only a hint: any
 //! login may send one, so nothing in it is read.
 
 mod access;

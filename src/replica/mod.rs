@@ -167,8 +167,11 @@ impl ExactReads {
     /// The position a read that must see `through` needs, found now: call it after the
     /// moment the read must cover (a stream's catch-up request, a request's arrival).
     pub async fn position(&self, through: Through) -> Position {
-        if self.standby.is_none() {
-            return Position(Err(Reason::NoReplica));
+        match &self.standby {
+            None => return Position(Err(Reason::NoReplica)),
+            // Neither wait for a pass nor ask the primary for a replica that is down.
+            Some(standby) if !standby.is_up() => return Position(Err(Reason::Unavailable)),
+            Some(_) => {}
         }
         let wal = match through {
             Through::Routed => self.marks.routed(REPLICA_WAIT).await,

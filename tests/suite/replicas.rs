@@ -198,6 +198,12 @@ async fn resuming_streams_and_history_read_from_the_replica() {
         assert!(Instant::now() < deadline, "no history read on the replica");
     }
     assert!(setup.rows("history", "replica").await >= 10);
+    for gauge in ["pgrelay_replica_lag_bytes", "pgrelay_replica_lag_seconds"] {
+        assert!(
+            try_metric(&setup.relay.base, gauge).await.is_some(),
+            "{gauge}"
+        );
+    }
 }
 
 /// With the replica's replay paused, streams resuming after messages it has not replayed
