@@ -17,7 +17,6 @@
 //! failed, reads needing as much go straight to the primary until replay passes it.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -73,9 +72,8 @@ pub struct Standby {
     waiting: AtomicUsize,
     /// Wakes the checking task when a read starts waiting.
     wake: Notify,
-    /// Serialises the log lines of going down and coming back (a std mutex, never held across
-    /// an await).
-    reported_down: Mutex<bool>,
+    /// Whether going down was logged, so it is logged once per outage, with its end.
+    reported_down: AtomicBool,
 }
 
 /// How one read on the replica went.
@@ -98,7 +96,7 @@ impl Standby {
             stalled: AtomicI64::new(-1),
             waiting: AtomicUsize::new(0),
             wake: Notify::new(),
-            reported_down: Mutex::new(false),
+            reported_down: AtomicBool::new(false),
         }
     }
 
@@ -160,8 +158,7 @@ impl Standby {
                     .store(committed.to_bits(), Ordering::Relaxed);
                 self.failures.store(0, Ordering::Relaxed);
                 self.up.store(true, Ordering::Relaxed);
-                let mut reported = self.reported_down.lock().unwrap();
-                if std::mem::take(&mut *reported) {
+                if self.reported_down.swap(false, Ordering::Relaxed) {
                     info!("the read replica is usable again");
                 }
             }
@@ -175,8 +172,7 @@ impl Standby {
     fn failed(&self, why: &str) {
         self.up.store(false, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let mut reported = self.reported_down.lock().unwrap();
-        if !std::mem::replace(&mut *reported, true) {
+        if !self.reported_down.swap(true, Ordering::Relaxed) {
             warn!(
                 why,
                 "the read replica cannot be used; reading the primary and retrying"

@@ -275,6 +275,34 @@ async fn a_stopped_replica_falls_back_and_is_retried() {
     assert_eq!(metric(&setup.relay.base, "pgrelay_replica_up").await, 1);
 }
 
+/// A replica promoted to a primary of its own no longer follows the primary, and may be
+/// written to: it is never read again, even for positions it had replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_is_not_read() {
+    let setup = Replicated::start(quiet_settings()).await;
+    for n in 0..2 {
+        insert(&setup.client, &["alice"], json!({"n": n})).await;
+    }
+    let ids = ids_for(&setup.client, "alice").await;
+    setup.replayed().await;
+    resume_from_replica(&setup, "alice", 0, &ids).await;
+
+    let promoted = setup.replica_client().await;
+    promoted.batch_execute("SELECT pg_promote()").await.unwrap();
+    promoted
+        .execute("DELETE FROM pgrelay.messages WHERE id = $1", &[&ids[0]])
+        .await
+        .unwrap();
+    let before = setup.reads("catch_up", "replica", "replayed").await;
+    assert_eq!(resume_ids(&setup.relay, "alice", 0).await, ids);
+    assert_eq!(resume_ids(&setup.relay, "alice", 0).await, ids);
+    assert_eq!(
+        setup.reads("catch_up", "replica", "replayed").await,
+        before,
+        "nothing read on the promoted server"
+    );
+}
+
 /// A message announced live as `oversized` can be read whole at once, by id and in a history
 /// page, while the replica has not replayed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
