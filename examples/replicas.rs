@@ -36,6 +36,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const SECRET: &str = "replicas-benchmark-secret-0123456789";
 
+/// Requests sent again because they got no answer (see [`receive`]).
+static RETRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// How long one stream may take to catch up before the example calls it lost.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -254,10 +257,22 @@ async fn storm(
             .header("Last-Event-ID", since(n).to_string());
         tasks.push(tokio::spawn(async move {
             let received = tokio::time::timeout(PATIENCE, receive(request, expected.len())).await;
-            (
-                received.ok().and_then(Result::ok) == Some(expected),
-                started.elapsed(),
-            )
+            let exact = match received {
+                Ok(Ok(ids)) if ids == expected => true,
+                Ok(Ok(ids)) => {
+                    eprintln!("  expected {expected:?}, received {ids:?}");
+                    false
+                }
+                Ok(Err(error)) => {
+                    eprintln!("  a stream failed: {error}");
+                    false
+                }
+                Err(_) => {
+                    eprintln!("  a stream did not catch up within {PATIENCE:?}");
+                    false
+                }
+            };
+            (exact, started.elapsed())
         }));
     }
     let mut wrong = 0;
@@ -268,16 +283,36 @@ async fn storm(
         slowest = slowest.max(took);
     }
     println!(
-        "  all {} streams caught up within {:.2} s; lost, duplicated or out of order: {wrong}",
+        "  all {} streams caught up within {:.2} s; lost, duplicated or out of order: {wrong}; \
+         requests the client sent again (no answer: the accept queue was full): {}",
         people.len(),
-        slowest.as_secs_f64()
+        slowest.as_secs_f64(),
+        RETRIED.swap(0, std::sync::atomic::Ordering::Relaxed)
     );
     Ok(())
 }
 
 /// The ids of the first `count` message events of the stream `request` opens.
 async fn receive(request: reqwest::RequestBuilder, count: usize) -> Result<Vec<i64>, BoxError> {
-    let mut body = request.send().await?.bytes_stream();
+    // A request that got no answer (thousands connect at once, and the kernel's accept queue
+    // turns some away) is sent again, as an EventSource would: that is the client's side of
+    // a storm, not the relay's.
+    let mut attempts = 0;
+    let response = loop {
+        let retry = request
+            .try_clone()
+            .ok_or("a request without a body clones")?;
+        match retry.send().await {
+            Ok(response) => break response,
+            Err(_) if attempts < 5 => {
+                attempts += 1;
+                RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    let mut body = response.bytes_stream();
     let mut parser = SseParser::new();
     let mut ids = Vec::new();
     while ids.len() < count {

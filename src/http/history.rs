@@ -72,10 +72,10 @@ pub async fn list_messages(
     // History pages share the catch-ups' budget: they are the same reads.
     let worst = store::page_memory(limit, MAX_PAGE_BYTES, streams.max_event_bytes);
     let mut reservation = streams.page_budget.reserve(worst).await;
+    // Everything committed before the request: the caller may know of any of it.
+    let at = streams.exact.position(Through::Committed).await;
     let page = {
         let _connection = streams.reads.acquire().await;
-        // Everything committed before the request: the caller may know of any of it.
-        let at = streams.exact.position(Through::Committed).await;
         let max_event_bytes = streams.max_event_bytes;
         streams
             .exact

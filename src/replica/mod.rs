@@ -14,9 +14,10 @@
 //!   stand-in for instance): the primary's insert position, read then (one statement that
 //!   reads no table).
 //!
-//! [`ExactReads::run`] runs a read on the replica when its replay position, read in the same
-//! transaction just before the read's snapshot, has reached that position; it waits up to
-//! [`REPLICA_WAIT`] for replay to get there, and otherwise reads the primary. A replica that
+//! [`ExactReads::position`] finds that position and waits up to [`REPLICA_WAIT`] for the
+//! replica's replay to get there; [`ExactReads::run`] then runs the read on the replica if its
+//! replay position, read in the same transaction just before the read's snapshot, has reached
+//! it, and otherwise on the primary. A replica that
 //! fails is skipped until a check finds it usable again. Every read is counted by where it
 //! went and why (`/metrics`). Membership, revocation and position checks never come here:
 //! they stay on the primary.
@@ -165,7 +166,10 @@ impl ExactReads {
     }
 
     /// The position a read that must see `through` needs, found now: call it after the
-    /// moment the read must cover (a stream's catch-up request, a request's arrival).
+    /// moment the read must cover (a stream's catch-up request, a request's arrival), and
+    /// before taking a pool permit: it waits up to [`REPLICA_WAIT`] for the listener's pass
+    /// under way and then for the replica's replay to reach the position (else the read goes
+    /// to the primary).
     pub async fn position(&self, through: Through) -> Position {
         match &self.standby {
             None => return Position(Err(Reason::NoReplica)),
@@ -177,7 +181,17 @@ impl ExactReads {
             Through::Routed => self.marks.routed(REPLICA_WAIT).await,
             Through::Committed => self.committed_now().await,
         };
-        Position(wal.ok_or(Reason::Unknown))
+        let Some(wal) = wal else {
+            return Position(Err(Reason::Unknown));
+        };
+        // Waited for here, before the read holds a pool permit: a storm of reads each
+        // waiting for replay under its permit would hold the pool for the whole wait.
+        match &self.standby {
+            Some(standby) if !standby.reached(wal, REPLICA_WAIT).await => {
+                Position(Err(Reason::Lagging))
+            }
+            _ => Position(Ok(wal)),
+        }
     }
 
     /// The primary's WAL insert position now, if it can be read.
@@ -193,8 +207,8 @@ impl ExactReads {
     }
 
     /// Runs `query`, one statement over `args`, where it is exact through `at`: on the
-    /// replica if it has replayed that far (waiting up to [`REPLICA_WAIT`]), else on the
-    /// primary. Counted as `read` in `/metrics`.
+    /// replica if it has replayed that far, else on the primary. Counted as `read` in
+    /// `/metrics`.
     pub async fn run<A, T>(
         &self,
         at: Position,
@@ -207,7 +221,7 @@ impl ExactReads {
         T: Rows,
     {
         let reason = match (&self.standby, at.0) {
-            (Some(standby), Ok(wal)) => match standby.read(wal, REPLICA_WAIT, args, &query).await {
+            (Some(standby), Ok(wal)) => match standby.read(wal, args, &query).await {
                 Outcome::Read(value) => {
                     self.count(read, Reason::Replayed, &value);
                     return Ok(value);

@@ -12,9 +12,10 @@
 //! takes its snapshot. READ COMMITTED takes a snapshot per statement, so the read sees at least
 //! what was replayed when the first one ran; the transaction keeps both on one server even
 //! behind a transaction-mode pooler in front of several replicas. The position observed there
-//! is what decides. A read is tried at once; only one that finds the replica behind waits
-//! (for this task's checks to see replay get there) and tries again, and once a wait has
-//! failed, reads needing as much go straight to the primary until replay passes it.
+//! is what decides. Before that, while finding a read's position and before the read takes a
+//! pool permit, the reader waits (briefly) for this task's checks to see replay reach it, so
+//! the read itself almost never finds the replica behind; and once such a wait has failed,
+//! reads needing as much go straight to the primary until replay passes it.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -32,7 +33,8 @@ use crate::store::DbPool;
 /// How often the replay position is read while nothing waits for it.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-/// How often it is read while a read waits for replay.
+/// How often it is read while a read waits for replay, or after a wait failed until replay
+/// gets past it.
 const BUSY_CHECK: Duration = Duration::from_millis(5);
 
 /// The first and the longest wait before a failed replica is tried again.
@@ -124,7 +126,11 @@ impl Standby {
                 BACKOFF_MIN
                     .saturating_mul(1 << failures.saturating_sub(1).min(7))
                     .min(BACKOFF_MAX)
-            } else if self.waiting.load(Ordering::Relaxed) > 0 {
+            } else if self.waiting.load(Ordering::Relaxed) > 0
+                || self.stalled.load(Ordering::Relaxed) > *self.replayed.borrow()
+            {
+                // Someone waits, or reads skip the replica until replay passes a failed wait:
+                // find out soon when it does.
                 BUSY_CHECK
             } else {
                 IDLE_CHECK
@@ -191,16 +197,19 @@ impl Standby {
         });
     }
 
-    /// Whether a wait for no more than `wal` has failed and replay has not passed that since:
-    /// then reads needing `wal` go to the primary at once.
-    fn stalled_for(&self, wal: i64) -> bool {
+    /// Whether replay has reached `wal`, as far as this task's checks have seen, waiting up to
+    /// `patience` for them to see it (they run every [`BUSY_CHECK`] while anyone waits). Once
+    /// a wait has failed, later ones for as much give up at once until replay passes it: a
+    /// paused replica costs one wait, not one per read.
+    pub async fn reached(&self, wal: i64, patience: Duration) -> bool {
+        let replayed = *self.replayed.borrow();
+        if replayed >= wal {
+            return true;
+        }
         let stalled = self.stalled.load(Ordering::Relaxed);
-        stalled >= 0 && wal >= stalled && *self.replayed.borrow() < stalled
-    }
-
-    /// Whether replay reaches `wal` within `patience` (by this task's checks, made every
-    /// [`BUSY_CHECK`] while someone waits); a wait that fails marks `wal` stalled.
-    async fn reached(&self, wal: i64, patience: Duration) -> bool {
+        if stalled >= 0 && wal >= stalled && replayed < stalled {
+            return false;
+        }
         let _waiting = Waiting::enter(self);
         let mut replayed = self.replayed.subscribe();
         let reached = tokio::time::timeout(patience, replayed.wait_for(|&at| at >= wal)).await;
@@ -211,17 +220,12 @@ impl Standby {
         reached
     }
 
-    /// Runs `query` (one statement) on the replica if it has replayed `wal`; otherwise says
-    /// why the primary must read.
-    ///
-    /// The read is tried at once, its replay check with it: a replica that keeps up has
-    /// almost always replayed the position a moment old, and waiting first for a check to
-    /// say so would hold every read (and its pool permit) for a round trip more. Only when
-    /// the check says it is behind does the read wait, up to `patience`, and try once more.
+    /// Runs `query` (one statement) on the replica if its replay, read in the same transaction
+    /// just before the query's snapshot, has reached `wal`; otherwise says why the primary must
+    /// read. Call it once [`Standby::reached`] says so: then it almost always has.
     pub async fn read<A, T>(
         &self,
         wal: i64,
-        patience: Duration,
         args: &A,
         query: &(impl for<'c> Fn(&'c Client, &'c A) -> BoxFuture<'c, Result<T, Error>> + Sync),
     ) -> Outcome<T>
@@ -231,20 +235,10 @@ impl Standby {
         if !self.is_up() {
             return Outcome::Primary(Reason::Unavailable);
         }
-        if self.stalled_for(wal) {
-            return Outcome::Primary(Reason::Lagging);
-        }
         match self.attempt(wal, args, query).await {
-            Attempt::Behind if self.reached(wal, patience).await => {
-                match self.attempt(wal, args, query).await {
-                    Attempt::Read(value) => Outcome::Read(value),
-                    // Behind again: another server behind a pooler, further behind.
-                    Attempt::Behind => Outcome::Primary(Reason::Lagging),
-                    Attempt::Failed => Outcome::Primary(Reason::Failed),
-                }
-            }
-            Attempt::Behind => Outcome::Primary(Reason::Lagging),
             Attempt::Read(value) => Outcome::Read(value),
+            // Behind although a check saw it there: another server behind a pooler.
+            Attempt::Behind => Outcome::Primary(Reason::Lagging),
             Attempt::Failed => Outcome::Primary(Reason::Failed),
         }
     }
