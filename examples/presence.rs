@@ -51,6 +51,7 @@ async fn start_relay(url: &str) -> Result<Relay, BoxError> {
     let config = RelayConfig {
         database_url: url.to_owned(),
         listen_database_url: url.to_owned(),
+        replica_url: None,
         pool_size: 16,
         keys: Keys::from_secret_list(SECRET)?,
         settings: Settings::default(),

@@ -20,6 +20,7 @@ use crate::open_reads::OpenReads;
 use crate::presence::{self, Presence};
 use crate::publisher::Publisher;
 use crate::registry::Registry;
+use crate::replica::ExactReads;
 use crate::stream::StreamContext;
 use crate::{attach_skips, migrate, retention, server, store};
 
@@ -59,6 +60,7 @@ pub async fn run(
     let RelayConfig {
         database_url,
         listen_database_url,
+        replica_url,
         pool_size,
         keys,
         settings,
@@ -76,6 +78,15 @@ pub async fn run(
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     let listener_health = Arc::new(Health::default());
+    let replica = replica_url
+        .as_deref()
+        .map(|url| store::connect_pool(url, pool_size))
+        .transpose()?;
+    let exact = Arc::new(ExactReads::new(pool.clone(), replica));
+    let replica_task = tokio::spawn({
+        let (exact, stopping) = (Arc::clone(&exact), stopping.clone());
+        async move { exact.watch_replica(stopping).await }
+    });
 
     let listener_task = tokio::spawn(listener::run(
         Listener {
@@ -86,6 +97,7 @@ pub async fn run(
             registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&listener_health),
+            marks: exact.marks(),
             shutdown: stopping.clone(),
         },
         listen_database_url,
@@ -118,7 +130,7 @@ pub async fn run(
     let reads = Arc::new(Semaphore::new(history_connections(pool_size)));
     let page_budget = Arc::new(ByteBudget::new(settings.catch_up_budget));
     let catch_ups = CatchUps::start(catch_up::Reader {
-        pool: pool.clone(),
+        exact: Arc::clone(&exact),
         registry: Arc::clone(&registry),
         reads: Arc::clone(&reads),
         page_budget: Arc::clone(&page_budget),
@@ -126,7 +138,7 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
     });
     let streams = Arc::new(StreamContext {
-        pool: pool.clone(),
+        exact,
         registry,
         reads,
         page_budget,
@@ -204,7 +216,13 @@ pub async fn run(
         // It stops at the token, except in a fetch, which its timeout bounds.
         let _ = tokio::time::timeout(grace, jwks_task).await;
     }
-    let _ = tokio::join!(listener_task, pruner_task, skips_task, presence_task);
+    let _ = tokio::join!(
+        listener_task,
+        pruner_task,
+        skips_task,
+        presence_task,
+        replica_task
+    );
     pool.close();
     info!("stopped");
     Ok(())

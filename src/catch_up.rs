@@ -48,7 +48,8 @@ use crate::error::Error;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{self, DbPool};
+use crate::replica::{ExactReads, Read, Through};
+use crate::store;
 
 /// Most rows one page of the tail holds: the same as a stream's own page, so a stream served
 /// by it holds no more than its own page would.
@@ -93,7 +94,9 @@ pub struct CatchUps {
 
 /// What the reading task needs: where to read, what it may hold, what it counts.
 pub struct Reader {
-    pub pool: DbPool,
+    /// Where the shared reads go: a read replica when it has replayed what the listener
+    /// routed, else the primary (as a stream's own catch-up).
+    pub exact: Arc<ExactReads>,
     /// Where the listener's position is read: how recent a cursor is.
     pub registry: Arc<Registry>,
     /// The pool connections catch-ups may hold at once (shared with the streams' own queries).
@@ -102,6 +105,7 @@ pub struct Reader {
     pub page_budget: Arc<ByteBudget>,
     /// Messages larger than this are read as `oversized` stand-ins.
     pub max_event_bytes: i64,
+    /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
 }
 
@@ -338,15 +342,22 @@ async fn extend(reader: &Reader, tail: &mut Tail, worst: u64) -> Result<(i64, i6
     let mut reservation = reader.page_budget.reserve(worst).await;
     let since = tail.through();
     let range = {
+        // Found after the requests this read serves were made, so it covers what their inboxes
+        // dropped; before the permit, since it may wait for a listener pass.
+        let at = reader.exact.position(Through::Routed).await;
         let _permit = reader.reads.acquire().await;
-        store::log_range(
-            &reader.pool,
-            since,
-            SHARED_ROWS,
-            SHARED_BYTES,
-            reader.max_event_bytes,
-        )
-        .await?
+        reader
+            .exact
+            .run(at, Read::CatchUp, &since, |client, since| {
+                Box::pin(store::log_range(
+                    client,
+                    *since,
+                    SHARED_ROWS,
+                    SHARED_BYTES,
+                    reader.max_event_bytes,
+                ))
+            })
+            .await?
     };
     reader.metrics.catch_up_queries.inc();
     reader.metrics.shared_reads.inc();

@@ -16,7 +16,11 @@ pub struct RelayConfig {
     pub database_url: String,
     /// Direct session connection for LISTEN and for reading new rows.
     pub listen_database_url: String,
-    /// Size of the query pool.
+    /// A streaming read replica of the database, for catch-ups and history reads whenever
+    /// its replay has reached what the read must see (`crate::replica`); `None` reads the
+    /// primary alone.
+    pub replica_url: Option<String>,
+    /// Size of the query pool (and of the replica's).
     pub pool_size: usize,
     /// Token keys and the policy tokens must meet.
     pub keys: Keys,

@@ -108,6 +108,16 @@ impl Error {
         ))
     }
 
+    /// Whether the server could not be reached or the session broke (no pool connection, a
+    /// closed connection, an I/O failure), rather than PostgreSQL answering with an error.
+    pub fn is_unreachable(&self) -> bool {
+        match &self.kind {
+            Kind::Pool(_) | Kind::Connection(_) => true,
+            Kind::Database(error) => error.is_closed() || error.code().is_none(),
+            _ => false,
+        }
+    }
+
     /// Whether a message id was already taken (SQLSTATE 23505): ids are drawn by pgrelay, so
     /// this means someone inserted ids by hand.
     pub fn is_id_conflict(&self) -> bool {

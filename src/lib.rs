@@ -29,7 +29,8 @@
 //!    (openings that come at once read their access and position bounds in one statement).
 //!    Each gets a narrow handle with just what it uses.
 //! 5. **Routing and storage**: `registry` (participant → open streams, each with a bounded
-//!    inbox), [`store`] (the query pool and every query), [`migrate`] (the SQL in `sql/`),
+//!    inbox), [`store`] (the query pool and every query), `replica` (catch-up and history
+//!    reads on a read replica whenever its replay makes them exact), [`migrate`] (the SQL in `sql/`),
 //!    `tls` (`sslmode` as libpq means it), `frame` (the SSE wire format), `limits`
 //!    (per-client rate and concurrency limits), `budget` (the bytes an instance holds for
 //!    readers at once), `metrics` (Prometheus counters) and [`open_files`] (the process's
@@ -53,7 +54,9 @@
 //! registry re-files that participant's streams before it routes the next row, and each
 //! stream applies it to its own addresses when it reaches it, live or in a catch-up. A stream
 //! whose inbox overflowed, or that may have missed notifications while the listener
-//! reconnected, reads the table from its cursor instead. A notification is only a hint: any
+//! reconnected, reads the table from its cursor instead (`replica`: on a read replica when
+//! its replay has reached the WAL position the listener recorded before routing, else on the
+//! primary). A notification is only a hint: any
 //! login may send one, so nothing in it is read.
 
 mod access;
@@ -77,6 +80,7 @@ mod open_reads;
 mod presence;
 mod publisher;
 mod registry;
+mod replica;
 pub mod retention;
 mod server;
 pub mod sse;

@@ -37,7 +37,8 @@ use crate::message::{Control, Message, REVOKED_EVENT, ROOMS_EVENT};
 use crate::metrics::Metrics;
 use crate::open_reads::OpenReads;
 use crate::registry::{Delivery, Live, Registry, Subscription};
-use crate::store::{self, DbPool};
+use crate::replica::{ExactReads, Read, Through};
+use crate::store;
 
 /// Messages read per catch-up query. The query costs about the same for 100 rows as for 1,000
 /// (PostgreSQL sorts the participant's matching rows either way), so pages are large.
@@ -55,8 +56,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// What every stream of this instance shares: where it registers, what it reads from, and
 /// when it must stop.
 pub struct StreamContext {
-    /// Query connections for the opening position and catch-ups.
-    pub pool: DbPool,
+    /// Where catch-up and history pages are read: a read replica when it has replayed them,
+    /// else the primary.
+    pub exact: Arc<ExactReads>,
     /// Where streams register for live events.
     pub registry: Arc<Registry>,
     /// The pool connections catch-ups (and history reads) may hold at once, so that however
@@ -322,22 +324,30 @@ impl EventStream {
         self.context.metrics.catch_up_queries.inc();
         let context = &self.context;
         let query = async {
+            // Found after the inbox asked for this catch-up, so it covers what the inbox
+            // dropped; before the permit, since it may wait for a listener pass.
+            let at = context.exact.position(Through::Routed).await;
             // However many streams catch up at once, they hold at most the page budget…
             let worst = store::page_memory(CATCH_UP_PAGE, CATCH_UP_BYTES, context.max_event_bytes);
             let mut reservation = context.page_budget.reserve(worst).await;
             // …and a part of the pool, so publishing, presence and /readyz still get a
             // connection.
             let _permit = context.reads.acquire().await;
-            let page = store::messages_for(
-                &context.pool,
-                &self.access.catch_up_addresses(),
-                store::Rows::WithControl,
-                self.cursor,
-                CATCH_UP_PAGE,
-                CATCH_UP_BYTES,
-                context.max_event_bytes,
-            )
-            .await;
+            let args = (self.access.catch_up_addresses(), self.cursor);
+            let page = context
+                .exact
+                .run(at, Read::CatchUp, &args, |client, (addresses, cursor)| {
+                    Box::pin(store::messages_for(
+                        client,
+                        addresses,
+                        store::Rows::WithControl,
+                        *cursor,
+                        CATCH_UP_PAGE,
+                        CATCH_UP_BYTES,
+                        context.max_event_bytes,
+                    ))
+                })
+                .await;
             if let Ok(page) = &page {
                 reservation.shrink_to(page.memory());
             }

@@ -534,7 +534,7 @@ pub(crate) async fn socket_floor(
 /// one transaction), by how many new rows it reads, in microseconds.
 pub(crate) async fn fetch_cost(url: &str, calls: usize) -> Res<Vec<(usize, f64)>> {
     let client = connect(url, "pgrelay-bench").await?;
-    let fetch = pgrelay::store::prepare_news(&client).await?;
+    let fetch = pgrelay::store::prepare_news(&client, false).await?;
     let newest = pgrelay::store::news_position(&client).await?;
     let mut costs = Vec::new();
     for size in [1usize, 10, 100] {

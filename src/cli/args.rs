@@ -62,6 +62,14 @@ pub struct DatabaseArgs {
     /// --database-url]. Poolers in transaction mode cannot LISTEN.
     #[arg(long, env = "LISTEN_DATABASE_URL", hide_env_values = true)]
     pub listen_database_url: Option<String>,
+
+    /// A streaming read replica (a hot standby of --database-url, or a pooler in front of
+    /// several) that serves catch-ups and `GET /v1/messages` whenever it has replayed what the
+    /// read must see, so exactness never depends on its lag: a read it cannot serve yet waits
+    /// up to 100 ms for its replay, then goes to the primary. The primary keeps LISTEN, every
+    /// write, and the membership and revocation checks [default: none].
+    #[arg(long, env = "PGRELAY_REPLICA_URL", hide_env_values = true)]
+    pub replica_url: Option<String>,
 }
 
 /// Settings of a running relay, shared by `serve` and `demo`.
@@ -250,6 +258,7 @@ impl RelayArgs {
                 .listen_database_url
                 .unwrap_or_else(|| database.database_url.clone()),
             database_url: database.database_url,
+            replica_url: database.replica_url,
             pool_size: self.pool_size,
             keys: self.keys(secrets)?.with_policy(self.token_policy()),
             settings: self.settings(demo_page).map_err(Error::setup)?,

@@ -44,6 +44,7 @@ pub async fn demo(args: DemoArgs) -> Result<(), Error> {
     let database = DatabaseArgs {
         database_url: database_url.clone(),
         listen_database_url: None,
+        replica_url: None,
     };
     let config = args.relay.config(database, Some(keys.clone()), true)?;
     migrate::migrate(&database_url, &config.settings.channel).await?;

@@ -26,6 +26,7 @@ use super::addresses;
 use super::extract::{parse_id, Authenticated};
 use super::{ApiError, AppState};
 use crate::error::Error;
+use crate::replica::{Read, Through};
 use crate::store;
 
 /// What a whole read holds beyond the message's size: the row's other columns, the JSON
@@ -56,9 +57,16 @@ pub async fn whole_message(
         .0
         .addresses();
     let failed = |error: Error| ApiError::internal("reading a message failed", &error);
+    let exact = &state.streams.exact;
+    // Everything committed before the request: the message may have been announced as an
+    // `oversized` stand-in by any instance a moment ago.
+    let at = exact.position(Through::Committed).await;
     let size = {
         let _connection = state.streams.reads.acquire().await;
-        store::message_size(&state.pool, id, &addresses)
+        exact
+            .run(at, Read::Message, &addresses, |client, addresses| {
+                Box::pin(store::message_size(client, id, addresses))
+            })
             .await
             .map_err(failed)?
     };
@@ -84,7 +92,10 @@ pub async fn whole_message(
     };
     let message = {
         let _connection = state.streams.reads.acquire().await;
-        store::whole_message(&state.pool, id, &addresses)
+        exact
+            .run(at, Read::Message, &addresses, |client, addresses| {
+                Box::pin(store::whole_message(client, id, addresses))
+            })
             .await
             .map_err(failed)?
     };

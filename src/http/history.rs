@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use super::addresses;
 use super::extract::{parse_id, Authenticated, Params};
 use super::{ApiError, AppState};
+use crate::replica::{Read, Through};
 use crate::store;
 
 /// Most messages one `GET /v1/messages` returns.
@@ -71,19 +72,26 @@ pub async fn list_messages(
     // History pages share the catch-ups' budget: they are the same reads.
     let worst = store::page_memory(limit, MAX_PAGE_BYTES, streams.max_event_bytes);
     let mut reservation = streams.page_budget.reserve(worst).await;
+    // Everything committed before the request: the caller may know of any of it.
+    let at = streams.exact.position(Through::Committed).await;
     let page = {
         let _connection = streams.reads.acquire().await;
-        store::messages_for(
-            &state.pool,
-            &addresses,
-            store::Rows::MessagesOnly,
-            since,
-            limit,
-            MAX_PAGE_BYTES,
-            streams.max_event_bytes,
-        )
-        .await
-        .map_err(|error| ApiError::internal("listing messages failed", &error))?
+        let max_event_bytes = streams.max_event_bytes;
+        streams
+            .exact
+            .run(at, Read::History, &addresses, |client, addresses| {
+                Box::pin(store::messages_for(
+                    client,
+                    addresses,
+                    store::Rows::MessagesOnly,
+                    since,
+                    limit,
+                    MAX_PAGE_BYTES,
+                    max_event_bytes,
+                ))
+            })
+            .await
+            .map_err(|error| ApiError::internal("listing messages failed", &error))?
     };
     let body = serde_json::to_vec(&MessagePage {
         next_since_id: page.messages.last().map_or(since, |message| message.id),

@@ -79,6 +79,7 @@ pub async fn metrics(
             ("fetch", &state.fetch_budget),
         ],
     );
+    state.streams.exact.render(&mut body);
     if let Some(jwks) = state.keys.jwks() {
         metrics::render_jwks(&mut body, jwks);
     }

@@ -50,6 +50,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::registry::{Live, Registry};
+use crate::replica::WalMarks;
 use crate::store::{self, DbPool};
 use crate::tls;
 use heartbeat::Heartbeat;
@@ -71,6 +72,9 @@ pub struct Listener {
     pub metrics: Arc<Metrics>,
     /// What `/readyz` and `/metrics` learn of the listener.
     pub health: Arc<Health>,
+    /// With a read replica: where each pass records how far in the WAL the rows it routed
+    /// reach, before it routes them, so catch-ups know what the replica must have replayed.
+    pub marks: Option<Arc<WalMarks>>,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
 }
@@ -173,6 +177,10 @@ pub async fn run(listener: Listener, listen_url: String) {
             .await;
         listener.health.up.store(false, Ordering::SeqCst);
         listener.health.fell_behind();
+        // A pass cut short routed nothing: what was routed is what the marks say.
+        if let Some(marks) = &listener.marks {
+            marks.pass_abandoned();
+        }
         match result {
             Ok(()) => return,
             Err(error) => warn!(%error, "LISTEN connection lost; reconnecting"),
@@ -213,6 +221,9 @@ struct ListenConnection {
     statements: store::NewsStatements,
     /// The last message and signal read: the next fetch starts after them.
     position: store::NewsPosition,
+    /// The primary's WAL position read after `position` (with a replica): every row up to
+    /// `position` committed below it.
+    position_wal: Option<i64>,
     /// Whether the last pass could not number (its failure is logged once, not every pass).
     numbering_failed: bool,
     /// Reads the socket; ends when the connection does.
@@ -265,7 +276,7 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
     client
         .batch_execute(&format!("LISTEN {}", quote_ident(&listener.channel)))
         .await?;
-    let statements = store::prepare_news(&client).await?;
+    let statements = store::prepare_news(&client, listener.marks.is_some()).await?;
     let backend: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
         .await?
@@ -274,6 +285,7 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
     // Everything committed from here on has a larger id. Streams catch up on what came before
     // from their own positions.
     let position = store::news_position(&client).await?;
+    let position_wal = statements.wal_position(&client).await?;
     // Ready only once a notification has made the round trip: a LISTEN through a
     // transaction-mode pooler "succeeds" and then never hears anything.
     heartbeat.round_trip(listener, &client).await?;
@@ -281,6 +293,7 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
         client,
         statements,
         position,
+        position_wal,
         numbering_failed: false,
         driver,
         _abort_driver: abort_driver,
@@ -304,6 +317,10 @@ async fn session(listener: &Listener, listen_url: &str, attempt: &mut u32) -> Re
     // Notifications that arrived with the LISTEN reply are already queued behind this point,
     // so every stream sees the catch-up request before any of them. Rows up to the session's
     // starting position are never routed: a stream opening from an older position reads them.
+    if let Some(marks) = &listener.marks {
+        marks.pass_begins();
+        marks.pass_read(connection.position_wal);
+    }
     listener.registry.routed(connection.position.message);
     listener.registry.request_catch_up_all();
     // Rows committed while no relay was listening are still pending: number them before
@@ -397,6 +414,9 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
         // Until the pass is routed, a stream that opens cannot know whether it was filed in
         // time for the pass's rows: it reads them from the table.
         listener.registry.begin_pass();
+        if let Some(marks) = &listener.marks {
+            marks.pass_begins();
+        }
         let pass = store::news(
             &connection.client,
             &connection.statements,
@@ -412,6 +432,11 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
                 ))
             })?
             .map_err(|error| Error::connection(format!("reading new messages failed: {error}")))?;
+        // Before any row of the pass reaches a stream: a catch-up asked for after that must
+        // find the pass's position.
+        if let Some(marks) = &listener.marks {
+            marks.pass_read(news.wal);
+        }
         let more_pending = match &news.numbered {
             Ok(numbered) => {
                 listener.metrics.rows_numbered.add(*numbered);

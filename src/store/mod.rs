@@ -14,7 +14,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde_json::value::RawValue;
 use tokio_postgres::types::{Json, ToSql, Type};
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row};
 
 use crate::error::Error;
 use crate::message::{Message, NewMessage, StoredRow};
@@ -24,7 +24,9 @@ mod news;
 mod publish;
 mod whole;
 
-pub use news::{news, news_position, prepare_news, News, NewsPosition, NewsStatements, PassLimits};
+pub use news::{
+    news, news_position, prepare_news, News, NewsPosition, NewsStatements, PassLimits, WAL_POSITION,
+};
 pub use publish::{publish, publish_all, Author, IdempotencyKey, Outgoing, Published};
 pub use whole::{message_size, whole_message, WholeMessage};
 
@@ -217,9 +219,10 @@ pub enum Rows {
 
 /// Rows (as `rows` says) addressed to any of `addresses` with `id > since`, oldest first: at most `limit`
 /// rows and `max_bytes` of payload and participants (but always one, if there is one), each
-/// larger than `max_event_bytes` as its `oversized` stand-in.
+/// larger than `max_event_bytes` as its `oversized` stand-in. One statement, so it may run on a
+/// replica inside the transaction that checks its replay (`crate::replica`).
 pub async fn messages_for(
-    pool: &DbPool,
+    client: &Client,
     addresses: &[String],
     rows: Rows,
     since: i64,
@@ -227,7 +230,6 @@ pub async fn messages_for(
     max_bytes: i64,
     max_event_bytes: i64,
 ) -> Result<Page, Error> {
-    let client = pool.get().await?;
     let sql = with_pruned_through(&messages_sql(addresses.len(), rows));
     let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
         (&since, Type::INT8),
@@ -262,13 +264,12 @@ pub struct Range {
 /// than `max_event_bytes` as its `oversized` stand-in; with the retention bounds read in the same
 /// snapshot. The primary key's range alone: it costs the rows read, not the readers served.
 pub async fn log_range(
-    pool: &DbPool,
+    client: &Client,
     since: i64,
     limit: i64,
     max_bytes: i64,
     max_event_bytes: i64,
 ) -> Result<Range, Error> {
-    let client = pool.get().await?;
     let page = page_sql(&matching("id > $1", 2), 3, 4);
     let sql = format!(
         "SELECT r.pruned_through, \

@@ -12,7 +12,13 @@ use super::{matching, message_from_row, page_sql, COMMITTED_AT, CONTROL, FETCHED
 use crate::error::Error;
 use crate::message::{Message, Signal};
 
-/// The dispatcher's two statements, prepared on the LISTEN connection.
+/// The primary's WAL insert position, as a number of bytes (`pg_lsn` minus zero): every
+/// transaction visible to a statement that ran before this one has its commit record below
+/// it (a commit is written to the WAL before it becomes visible), so a replica whose replay
+/// has reached it shows all of them (`crate::replica`).
+pub const WAL_POSITION: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8";
+
+/// The dispatcher's statements, prepared on the LISTEN connection.
 pub struct NewsStatements {
     /// `pgrelay.sequence($1)`: numbers at most `$1` committed pending messages (and as many
     /// signals); answers how many it numbered.
@@ -21,10 +27,25 @@ pub struct NewsStatements {
     /// bytes without their payload) and every signal after `$4` (at most `$2`). Wake-ups carry
     /// nothing, so this is all the relay knows of what is new.
     read: Statement,
+    /// [`WAL_POSITION`], read after each pass's COMMIT when a read replica needs to know how
+    /// far the rows a pass read reach in the WAL; `None` without a replica (it costs the
+    /// database a statement per pass).
+    wal: Option<Statement>,
 }
 
-/// Prepares the dispatcher's statements on the LISTEN connection.
-pub async fn prepare_news(client: &Client) -> Result<NewsStatements, Error> {
+impl NewsStatements {
+    /// [`WAL_POSITION`] now, if prepared: read after whatever this connection read before.
+    pub async fn wal_position(&self, client: &Client) -> Result<Option<i64>, Error> {
+        Ok(match &self.wal {
+            Some(wal) => Some(client.query_one(wal, &[]).await?.try_get(0)?),
+            None => None,
+        })
+    }
+}
+
+/// Prepares the dispatcher's statements on the LISTEN connection, with [`WAL_POSITION`] when
+/// `with_wal` (a read replica is configured).
+pub async fn prepare_news(client: &Client, with_wal: bool) -> Result<NewsStatements, Error> {
     let messages = page_sql(&matching("id > $1", 2), 3, 5);
     let read = format!(
         "SELECT false, * FROM ({messages}) messages \
@@ -42,6 +63,10 @@ pub async fn prepare_news(client: &Client) -> Result<NewsStatements, Error> {
                 &[Type::INT8, Type::INT8, Type::INT8, Type::INT8, Type::INT8],
             )
             .await?,
+        wal: match with_wal {
+            true => Some(client.prepare_typed(WAL_POSITION, &[]).await?),
+            false => None,
+        },
     })
 }
 
@@ -82,6 +107,9 @@ pub struct News {
     pub more: bool,
     /// How numbering went: how many pending rows this pass numbered, or why it could not.
     pub numbered: Result<u64, Error>,
+    /// The primary's [`WAL_POSITION`] read after the pass committed, with the statements that
+    /// have it: every row this pass read (and numbered) is below it.
+    pub wal: Option<i64>,
 }
 
 /// How much one pass may do.
@@ -128,27 +156,31 @@ pub async fn news(
         &limits.max_event_bytes,
     ];
     let number_params: [&(dyn ToSql + Sync); 1] = [&limits.numbered];
-    let (begun, numbered, read, committed) = tokio::join!(
+    // The WAL position goes last, after the COMMIT, so it covers the numbering too.
+    let (begun, numbered, read, committed, wal) = tokio::join!(
         client.batch_execute(&begin),
         client.query_one(&statements.number, &number_params),
         client.query(&statements.read, &params),
         client.batch_execute("COMMIT"),
+        statements.wal_position(client),
     );
     begun?;
-    let (numbered, found) = match numbered {
+    let (numbered, found, wal) = match numbered {
         Ok(row) => {
             let found = read?;
             committed?;
             let count: i32 = row.try_get(0)?;
-            (Ok(count.max(0) as u64), found)
+            (Ok(count.max(0) as u64), found, wal?)
         }
         // A closed connection fails the session; anything else only this pass's numbering.
         Err(error) if error.is_closed() => return Err(error.into()),
         Err(error) => {
             committed?;
+            let found = client.query(&statements.read, &params).await?;
             (
                 Err(error.into()),
-                client.query(&statements.read, &params).await?,
+                found,
+                statements.wal_position(client).await?,
             )
         }
     };
@@ -158,6 +190,7 @@ pub async fn news(
         position,
         more: false,
         numbered,
+        wal,
     };
     // Column 0 says which part of the UNION a row comes from; the row proper starts at 1.
     let mut message_rows = 0;

@@ -1,24 +1,24 @@
 //! One message read whole, for `GET /v1/messages/{id}` (never a control row: those are
 //! changes of access, not messages): first its size, so the caller can
 //! reserve the memory before anything large is read, then the row, whose payload is sent
-//! from the driver's own buffer without a copy.
+//! from the driver's own buffer without a copy. Each is one statement on a client the caller
+//! chose (the primary's or a replica's, `crate::replica`).
 
 use bytes::Bytes;
 use tokio_postgres::types::Type;
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row};
 
-use super::{DbPool, MESSAGE_SIZE};
+use super::MESSAGE_SIZE;
 use crate::error::Error;
 use crate::message::{served_kind, Message};
 
 /// The size ([`MESSAGE_SIZE`]) of message `id` if it is addressed to one of `addresses`;
 /// `None` when there is no such message, or it is not theirs (the two are not told apart).
 pub async fn message_size(
-    pool: &DbPool,
+    client: &Client,
     id: i64,
     addresses: &[String],
 ) -> Result<Option<i64>, Error> {
-    let client = pool.get().await?;
     let rows = client
         .query_typed(
             &format!(
@@ -36,11 +36,10 @@ pub async fn message_size(
 
 /// Message `id` whole, if it is (still) addressed to one of `addresses`.
 pub async fn whole_message(
-    pool: &DbPool,
+    client: &Client,
     id: i64,
     addresses: &[String],
 ) -> Result<Option<WholeMessage>, Error> {
-    let client = pool.get().await?;
     let mut rows = client
         .query_typed(
             "SELECT id, kind, sender, participants, payload::text, \

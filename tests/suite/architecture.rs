@@ -28,6 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "registry",
             "store",
+            "replica",
             "migrate",
             "tls",
             "frame",

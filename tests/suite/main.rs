@@ -30,6 +30,7 @@ mod oversized;
 mod presence;
 mod proxies;
 mod relay;
+mod replicas;
 mod resume;
 mod rooms;
 mod schema;

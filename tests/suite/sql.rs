@@ -297,6 +297,7 @@ async fn channel_mismatch_is_refused() {
     let config = pgrelay::RelayConfig {
         database_url: db.clone(),
         listen_database_url: db.clone(),
+        replica_url: None,
         pool_size: 2,
         keys: pgrelay::auth::Keys::from_secret_list(SECRET).unwrap(),
         settings: test_settings(),

@@ -27,11 +27,13 @@ pub enum ClusterError {
         /// The underlying error, already part of the message.
         source: io::Error,
     },
-    /// initdb failed.
-    InitDb {
-        /// How initdb exited.
+    /// One of the server's tools (initdb, pg_basebackup) failed.
+    Tool {
+        /// Which tool.
+        program: &'static str,
+        /// How it exited.
         status: ExitStatus,
-        /// What initdb printed on stderr.
+        /// What it printed on stderr.
         stderr: String,
     },
     /// The server exited before accepting connections.
@@ -92,9 +94,11 @@ impl fmt::Display for ClusterError {
                  --user-group postgres`) or run as an ordinary user"
             ),
             ClusterError::Io { action, source } => write!(f, "could not {action}: {source}"),
-            ClusterError::InitDb { status, stderr } => {
-                write!(f, "initdb failed ({status}): {stderr}")
-            }
+            ClusterError::Tool {
+                program,
+                status,
+                stderr,
+            } => write!(f, "{program} failed ({status}): {stderr}"),
             ClusterError::ServerExited { status, log_tail } => write!(
                 f,
                 "postgres exited while starting ({status}); the end of its log:\n{log_tail}"

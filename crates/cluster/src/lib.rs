@@ -112,31 +112,84 @@ impl TempCluster {
     ///
     /// They are passed as `-c name=value` after the defaults, so they can also override those.
     pub async fn start_with(settings: &[(&str, &str)]) -> Result<TempCluster, ClusterError> {
-        let bin_dir = find_server_bin_dir()?;
-        let server_user = ServerUser::for_this_process()?;
-        // From here on the folder exists, and any early return removes it through `Drop`.
-        let mut cluster = TempCluster {
+        let mut cluster = TempCluster::empty(settings)?;
+        cluster.init_data_dir().await?;
+        cluster.launch_on_a_free_port().await?;
+        Ok(cluster)
+    }
+
+    /// Starts a streaming replica of this cluster: a cluster of its own, in its own temporary
+    /// folder and on its own free port, made with `pg_basebackup -R` (which writes
+    /// `primary_conninfo` and `standby.signal`, so the copy starts as a hot standby that
+    /// follows this server's WAL) and started with this cluster's settings.
+    ///
+    /// A standby answers reads but cannot LISTEN or write; `pg_wal_replay_pause()` on it stops
+    /// replay, which is how tests make it lag. This cluster must keep the defaults that allow
+    /// it (`wal_level = replica`, `max_wal_senders` above zero); initdb's `pg_hba.conf` already
+    /// trusts local replication connections. Stopping this cluster leaves the replica running,
+    /// retrying to connect; dropping the replica stops and removes it like any cluster.
+    pub async fn start_replica(&self) -> Result<TempCluster, ClusterError> {
+        let settings: Vec<(&str, &str)> = self
+            .settings
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let mut replica = TempCluster::empty(&settings)?;
+        replica.create_dirs()?;
+        let mut backup = replica.server_command("pg_basebackup");
+        backup
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("-D")
+            .arg(replica.data_dir())
+            // -R: configured as a standby of this server; a fast checkpoint, no fsync (the copy
+            // is as disposable as the original), WAL streamed alongside the copy.
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        let output = run_to_end(backup, "pg_basebackup").await?;
+        if !output.status.success() {
+            return Err(ClusterError::Tool {
+                program: "pg_basebackup",
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        replica.launch_on_a_free_port().await?;
+        Ok(replica)
+    }
+
+    /// A cluster whose folder exists and nothing else yet; any early return from here on
+    /// removes the folder through `Drop`.
+    fn empty(settings: &[(&str, &str)]) -> Result<TempCluster, ClusterError> {
+        Ok(TempCluster {
+            bin_dir: find_server_bin_dir()?,
+            server_user: ServerUser::for_this_process()?,
             dir: create_temp_folder()?,
-            bin_dir,
-            server_user,
             settings: settings
                 .iter()
                 .map(|&(name, value)| (name.to_owned(), value.to_owned()))
                 .collect(),
             port: 0,
             postmaster: None,
-        };
-        cluster.init_data_dir().await?;
+        })
+    }
 
+    /// Launches the server on a free port, trying another when a process takes it first.
+    async fn launch_on_a_free_port(&mut self) -> Result<(), ClusterError> {
         let mut attempt = 1;
         loop {
-            cluster.port = free_port()?;
-            match cluster.launch().await {
+            self.port = free_port()?;
+            match self.launch().await {
                 Err(ClusterError::PortInUse { port, .. }) if attempt < PORT_ATTEMPTS => {
                     tracing::debug!(port, "another process took the port first; trying another");
                     attempt += 1;
                 }
-                result => return result.map(|()| cluster),
+                result => return result,
             }
         }
     }
@@ -209,9 +262,9 @@ impl TempCluster {
         self.dir.join("postgres.log")
     }
 
-    /// Creates the data and socket directories for the server user and runs initdb.
-    async fn init_data_dir(&self) -> Result<(), ClusterError> {
-        // The server user must be able to pass through our folder whatever our umask is.
+    /// Creates the data and socket directories for the server user, which must be able to
+    /// pass through our folder whatever our umask is.
+    fn create_dirs(&self) -> Result<(), ClusterError> {
         fs::set_permissions(&self.dir, Permissions::from_mode(0o755))
             .map_err(io_error(format!("make {} traversable", self.dir.display())))?;
         for dir in [self.data_dir(), self.socket_dir()] {
@@ -226,34 +279,25 @@ impl TempCluster {
                 )?;
             }
         }
+        Ok(())
+    }
 
+    /// Creates the directories and runs initdb.
+    async fn init_data_dir(&self) -> Result<(), ClusterError> {
+        self.create_dirs()?;
         let mut initdb = self.server_command("initdb");
         initdb
             .arg("-D")
             .arg(self.data_dir())
             .args(["-U", "postgres", "-A", "trust", "-E", "UTF8"])
             // The C locale sorts the same everywhere; --no-sync because the data is disposable.
-            .args(["--locale=C", "--no-sync"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            // Like the server, out of reach of the terminal's Ctrl-C.
-            .process_group(0);
-        let initdb = tokio::process::Command::from(initdb)
-            .spawn()
-            .map_err(io_error("run initdb"))?;
-        // If `start` is dropped halfway, initdb must die together with the `postgres --single` it
-        // runs, or they would go on writing into the folder that `Drop` is removing.
-        let mut group = KillGroupOnDrop(initdb.id());
-        let output = initdb
-            .wait_with_output()
-            .await
-            .map_err(io_error("run initdb"))?;
-        // initdb has been reaped, so its pid (and group id) may now belong to someone else.
-        group.0 = None;
+            .args(["--locale=C", "--no-sync"]);
+        let output = run_to_end(initdb, "initdb").await?;
         if output.status.success() {
             Ok(())
         } else {
-            Err(ClusterError::InitDb {
+            Err(ClusterError::Tool {
+                program: "initdb",
                 status: output.status,
                 stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
             })
@@ -262,7 +306,7 @@ impl TempCluster {
 
     /// A command for one of the server binaries, run as the server user with no standard input.
     fn server_command(&self, program: &str) -> Command {
-        let mut command = Command::new(self.bin_dir.join(program));
+        let mut command = Command::new(self.server_binary(program));
         // Our own working directory (say /root) may be closed to the server user.
         command.current_dir(&self.dir).stdin(Stdio::null());
         if let Some(user) = self.server_user {
@@ -270,6 +314,20 @@ impl TempCluster {
             command.uid(user.uid).gid(user.gid);
         }
         command
+    }
+
+    /// Where one of the server's binaries is: in the binary directory, or beside the real
+    /// `postgres` when that directory only links to it (an install that puts `initdb` and
+    /// `postgres` on PATH by symbolic link, and not the other tools).
+    fn server_binary(&self, program: &str) -> PathBuf {
+        let beside = self.bin_dir.join(program);
+        if beside.is_file() {
+            return beside;
+        }
+        fs::canonicalize(self.bin_dir.join("postgres"))
+            .ok()
+            .and_then(|postgres| Some(postgres.parent()?.join(program)))
+            .unwrap_or(beside)
     }
 
     /// Starts the postmaster on `self.port` and waits until it serves connections, stopping it
@@ -452,6 +510,31 @@ impl Drop for TempCluster {
     }
 }
 
+/// Runs one of the server's tools (initdb, pg_basebackup) to its end, out of reach of the
+/// terminal's Ctrl-C like the server, and returns what it printed on stderr with its status.
+async fn run_to_end(
+    mut command: Command,
+    program: &str,
+) -> Result<std::process::Output, ClusterError> {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let child = tokio::process::Command::from(command)
+        .spawn()
+        .map_err(io_error(format!("run {program}")))?;
+    // If `start` is dropped halfway, the tool must die together with what it runs (initdb's
+    // `postgres --single`), or they would go on writing into the folder `Drop` is removing.
+    let mut group = KillGroupOnDrop(child.id());
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(io_error(format!("run {program}")))?;
+    // The tool has been reaped, so its pid (and group id) may now belong to someone else.
+    group.0 = None;
+    Ok(output)
+}
+
 /// Asks the kernel for a free port. Between our releasing it and postgres binding it another
 /// process may take it; `start_with` then tries again with a new one.
 fn free_port() -> Result<u16, ClusterError> {
@@ -520,6 +603,72 @@ mod tests {
 
         cluster.shutdown().await.unwrap();
         assert!(!dir.exists(), "{} should be gone", dir.display());
+    }
+
+    /// A replica follows its primary's writes, answers reads, refuses writes, and stops
+    /// following while its replay is paused.
+    #[tokio::test]
+    async fn a_replica_follows_its_primary() {
+        let primary = TempCluster::start()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let replica = primary
+            .start_replica()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_ne!(replica.port(), primary.port());
+        let (writer, reader) = (connect(&primary).await, connect(&replica).await);
+        let in_recovery: bool = reader
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(in_recovery, "a replica is a standby");
+        assert!(reader
+            .batch_execute("CREATE TABLE t (n int)")
+            .await
+            .is_err());
+
+        writer
+            .batch_execute("CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        wait_for_rows(&reader, 1).await;
+
+        reader
+            .batch_execute("SELECT pg_wal_replay_pause()")
+            .await
+            .unwrap();
+        writer
+            .batch_execute("INSERT INTO t VALUES (2)")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(rows(&reader).await, 1, "paused replay shows nothing new");
+        reader
+            .batch_execute("SELECT pg_wal_replay_resume()")
+            .await
+            .unwrap();
+        wait_for_rows(&reader, 2).await;
+    }
+
+    /// The rows of table `t`, or 0 while it does not exist yet.
+    async fn rows(client: &tokio_postgres::Client) -> i64 {
+        match client.query_one("SELECT count(*) FROM t", &[]).await {
+            Ok(row) => row.get(0),
+            Err(_) => 0,
+        }
+    }
+
+    async fn wait_for_rows(client: &tokio_postgres::Client, expected: i64) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while rows(client).await != expected {
+            assert!(
+                Instant::now() < deadline,
+                "the replica never showed {expected} rows"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     #[test]

@@ -136,6 +136,8 @@ pub struct RelayOptions {
     pub database_url: String,
     /// The LISTEN connection's URL (a proxy, say); the database URL when `None`.
     pub listen_database_url: Option<String>,
+    /// A streaming read replica's URL (`--replica-url`).
+    pub replica_url: Option<String>,
     /// Comma-separated token secrets.
     pub secrets: String,
     /// Keys to verify with instead of `secrets` (an identity provider's key set, a policy).
@@ -149,6 +151,7 @@ impl RelayOptions {
         RelayOptions {
             database_url: database_url.to_owned(),
             listen_database_url: None,
+            replica_url: None,
             secrets: SECRET.to_owned(),
             keys: None,
             settings: test_settings(),
@@ -205,6 +208,7 @@ impl Relay {
                 .listen_database_url
                 .unwrap_or_else(|| options.database_url.clone()),
             database_url: options.database_url,
+            replica_url: options.replica_url,
             pool_size: 8,
             keys: keys.clone(),
             settings: options.settings,

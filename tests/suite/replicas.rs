@@ -1,0 +1,400 @@
+//! Read replicas (`--replica-url`): catch-ups and history pages are read from a streaming
+//! replica whenever its replay has reached what the read must see, and from the primary
+//! otherwise, so a paused, lagging or stopped replica never loses or holds back an event.
+//!
+//! Each test runs its own primary and a real streaming replica of it (`pg_basebackup -R`),
+//! because pausing a replica's replay pauses it for every database of the cluster.
+
+use std::time::Duration;
+
+use crate::common::*;
+use pgrelay::Settings;
+use pgrelay_cluster::TempCluster;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_postgres::Client;
+
+/// A primary with a migrated database, a streaming replica of it, and a relay reading both.
+struct Replicated {
+    /// Kept running for the test's length.
+    _primary: TempCluster,
+    replica: TempCluster,
+    /// Connected to the primary's database as its owner.
+    client: Client,
+    relay: Relay,
+}
+
+impl Replicated {
+    /// Starts the primary (committing synchronously, as a production server does, so what
+    /// commits is streamed at once), the replica and a relay on `settings`.
+    async fn start(settings: Settings) -> Replicated {
+        let primary = TempCluster::start_with(&[("synchronous_commit", "on")])
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        connect(&primary.url("postgres"))
+            .await
+            .batch_execute("CREATE DATABASE relay")
+            .await
+            .unwrap();
+        let db = primary.url("relay");
+        pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+        let replica = primary
+            .start_replica()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let relay = Relay::launch(RelayOptions {
+            replica_url: Some(replica.url("relay")),
+            settings,
+            ..RelayOptions::new(&db)
+        })
+        .await;
+        let client = connect(&db).await;
+        Replicated {
+            _primary: primary,
+            replica,
+            client,
+            relay,
+        }
+    }
+
+    /// A session on the replica's copy of the database.
+    async fn replica_client(&self) -> Client {
+        connect(&self.replica.url("relay")).await
+    }
+
+    /// Waits until the replica has replayed everything the primary has written so far.
+    async fn replayed(&self) {
+        let target: i64 = self
+            .client
+            .query_one(
+                "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let replica = self.replica_client().await;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let replayed: i64 = replica
+                .query_one(
+                    "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if replayed >= target {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the replica never caught up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops (or resumes) the replica's replay: it keeps receiving WAL, and shows nothing new.
+    async fn pause_replay(&self, paused: bool) {
+        let call = if paused {
+            "SELECT pg_wal_replay_pause()"
+        } else {
+            "SELECT pg_wal_replay_resume()"
+        };
+        self.replica_client()
+            .await
+            .batch_execute(call)
+            .await
+            .unwrap();
+    }
+
+    /// A reads counter of `/metrics`: `read` (catch_up, history, message), `source` (replica,
+    /// primary) and `reason`.
+    async fn reads(&self, read: &str, source: &str, reason: &str) -> u64 {
+        let name = format!(
+            "pgrelay_reads_total{{read=\"{read}\",source=\"{source}\",reason=\"{reason}\"}}"
+        );
+        metric(&self.relay.base, &name).await
+    }
+
+    /// The rows `read` took from `source`.
+    async fn rows(&self, read: &str, source: &str) -> u64 {
+        let name = format!("pgrelay_read_rows_total{{read=\"{read}\",source=\"{source}\"}}");
+        metric(&self.relay.base, &name).await
+    }
+}
+
+/// Settings without heartbeat passes during a test (each pass is a new position the replica
+/// would have to replay first), so what a test waited for stays what reads need.
+fn quiet_settings() -> Settings {
+    Settings {
+        heartbeat: Duration::from_secs(60),
+        ..test_settings()
+    }
+}
+
+/// Every message event a stream resuming after `since` receives until it has been quiet for
+/// a moment: their ids, in order.
+async fn resume_ids(relay: &Relay, sub: &str, since: i64) -> Vec<i64> {
+    let mut stream = relay.subscribe(sub, "", Some(since)).await;
+    let mut ids = Vec::new();
+    while let Some(event) = stream.next_within(Duration::from_millis(700)).await {
+        if event.is_opening() || event.data.is_none() {
+            continue;
+        }
+        ids.push(event.id.unwrap().parse().unwrap());
+    }
+    ids
+}
+
+/// Resumes `sub` after `since` until the stream was caught up from the replica (tries until
+/// `PATIENCE`: a replay that takes longer than the relay waits sends a read to the primary),
+/// checking that every attempt receives exactly `expected`.
+async fn resume_from_replica(setup: &Replicated, sub: &str, since: i64, expected: &[i64]) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let before = setup.reads("catch_up", "replica", "replayed").await;
+        assert_eq!(resume_ids(&setup.relay, sub, since).await, expected);
+        if setup.reads("catch_up", "replica", "replayed").await > before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no catch-up was read from the replica"
+        );
+    }
+}
+
+/// Streams that resume are caught up from the replica and receive exactly their messages, and
+/// history pages are read there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_streams_and_history_read_from_the_replica() {
+    let setup = Replicated::start(quiet_settings()).await;
+    for n in 0..30 {
+        let to: &[&str] = if n % 3 == 0 { &["bob"] } else { &["alice"] };
+        insert(&setup.client, to, json!({"n": n})).await;
+    }
+    let alice = ids_for(&setup.client, "alice").await;
+    let bob = ids_for(&setup.client, "bob").await;
+    assert_eq!((alice.len(), bob.len()), (20, 10));
+    setup.replayed().await;
+
+    resume_from_replica(&setup, "alice", 0, &alice).await;
+    resume_from_replica(&setup, "bob", bob[4], &bob[5..]).await;
+    assert!(setup.rows("catch_up", "replica").await >= 5);
+
+    let token = setup.relay.token("bob", &[]);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let page = history_page(&setup.relay.base, &token, "since_id=0").await;
+        let ids: Vec<i64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| message["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, bob);
+        if setup.reads("history", "replica", "replayed").await > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no history read on the replica");
+    }
+    assert!(setup.rows("history", "replica").await >= 10);
+    for gauge in ["pgrelay_replica_lag_bytes", "pgrelay_replica_lag_seconds"] {
+        assert!(
+            try_metric(&setup.relay.base, gauge).await.is_some(),
+            "{gauge}"
+        );
+    }
+}
+
+/// With the replica's replay paused, streams resuming after messages it has not replayed
+/// receive every one of them (from the primary, after the relay's short wait), and so do
+/// live streams; once replay resumes, catch-ups go back to the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_replica_loses_and_holds_back_nothing() {
+    let setup = Replicated::start(quiet_settings()).await;
+    insert(&setup.client, &["alice"], json!({"n": 0})).await;
+    let first = ids_for(&setup.client, "alice").await;
+    setup.replayed().await;
+    resume_from_replica(&setup, "alice", 0, &first).await;
+
+    setup.pause_replay(true).await;
+    let mut live = setup.relay.subscribe("alice", "", None).await;
+    live.opening_position().await;
+    for n in 1..=5 {
+        insert(&setup.client, &["alice"], json!({"n": n})).await;
+    }
+    let all = ids_for(&setup.client, "alice").await;
+    for id in &all[1..] {
+        assert_eq!(live.next_message().await.0, *id, "live delivery goes on");
+    }
+    assert_eq!(resume_ids(&setup.relay, "alice", first[0]).await, all[1..]);
+    assert_eq!(resume_ids(&setup.relay, "alice", 0).await, all);
+    assert!(
+        setup.reads("catch_up", "primary", "lagging").await >= 2,
+        "the catch-ups the replica could not serve went to the primary"
+    );
+    let token = setup.relay.token("alice", &[]);
+    let page = history_page(&setup.relay.base, &token, "since_id=0").await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), all.len());
+
+    setup.pause_replay(false).await;
+    setup.replayed().await;
+    resume_from_replica(&setup, "alice", 0, &all).await;
+}
+
+/// A stopped replica: reads fall back to the primary and nothing is lost, `/readyz` stays
+/// green, and once the replica is back the relay reads from it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_falls_back_and_is_retried() {
+    let mut setup = Replicated::start(quiet_settings()).await;
+    insert(&setup.client, &["alice"], json!({"n": 0})).await;
+    setup.replica.stop().await.unwrap();
+    insert(&setup.client, &["alice"], json!({"n": 1})).await;
+    let ids = ids_for(&setup.client, "alice").await;
+    assert_eq!(resume_ids(&setup.relay, "alice", 0).await, ids);
+    assert_eq!(resume_ids(&setup.relay, "alice", ids[0]).await, ids[1..]);
+    let token = setup.relay.token("alice", &[]);
+    let page = history_page(&setup.relay.base, &token, "since_id=0").await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 2);
+    let http = reqwest::Client::new();
+    assert_eq!(readyz(&http, &setup.relay.base).await, 200);
+    assert_eq!(
+        setup.reads("catch_up", "replica", "replayed").await,
+        0,
+        "nothing was read from a stopped replica"
+    );
+    assert_eq!(
+        metric(&setup.relay.base, "pgrelay_replica_up").await,
+        0,
+        "/metrics says the replica is down"
+    );
+
+    setup.replica.restart().await.unwrap();
+    setup.replayed().await;
+    resume_from_replica(&setup, "alice", 0, &ids).await;
+    assert_eq!(metric(&setup.relay.base, "pgrelay_replica_up").await, 1);
+}
+
+/// A replica promoted to a primary of its own no longer follows the primary, and may be
+/// written to: it is never read again, even for positions it had replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_is_not_read() {
+    let setup = Replicated::start(quiet_settings()).await;
+    for n in 0..2 {
+        insert(&setup.client, &["alice"], json!({"n": n})).await;
+    }
+    let ids = ids_for(&setup.client, "alice").await;
+    setup.replayed().await;
+    resume_from_replica(&setup, "alice", 0, &ids).await;
+
+    let promoted = setup.replica_client().await;
+    promoted.batch_execute("SELECT pg_promote()").await.unwrap();
+    promoted
+        .execute("DELETE FROM pgrelay.messages WHERE id = $1", &[&ids[0]])
+        .await
+        .unwrap();
+    let before = setup.reads("catch_up", "replica", "replayed").await;
+    assert_eq!(resume_ids(&setup.relay, "alice", 0).await, ids);
+    assert_eq!(resume_ids(&setup.relay, "alice", 0).await, ids);
+    assert_eq!(
+        setup.reads("catch_up", "replica", "replayed").await,
+        before,
+        "nothing read on the promoted server"
+    );
+}
+
+/// A message announced live as `oversized` can be read whole at once, by id and in a history
+/// page, while the replica has not replayed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_readable_at_once_while_replay_is_paused() {
+    let settings = Settings {
+        max_event_bytes: 1000,
+        ..quiet_settings()
+    };
+    let setup = Replicated::start(settings).await;
+    let mut live = setup.relay.subscribe("alice", "", None).await;
+    live.opening_position().await;
+    setup.pause_replay(true).await;
+    crate::oversized::insert_blob(&setup.client, &["alice"], 5000).await;
+    let (id, kind, _) = live.next_message().await;
+    assert_eq!(kind, "oversized");
+
+    let token = setup.relay.token("alice", &[]);
+    let whole = reqwest::Client::new()
+        .get(format!("{}/v1/messages/{id}", setup.relay.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whole.status(), 200, "readable at once by id");
+    let whole: Value = whole.json().await.unwrap();
+    assert_eq!(whole["payload"]["blob"].as_str().unwrap().len(), 5000);
+    let page = history_page(&setup.relay.base, &token, &format!("since_id={}", id - 1)).await;
+    assert_eq!(page["messages"][0]["id"], id, "and in a history page");
+    assert!(setup.reads("message", "primary", "lagging").await >= 1);
+
+    setup.pause_replay(false).await;
+    setup.replayed().await;
+    let deadline = Instant::now() + PATIENCE;
+    while setup.reads("message", "replica", "replayed").await == 0 {
+        let response = reqwest::Client::new()
+            .get(format!("{}/v1/messages/{id}", setup.relay.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(Instant::now() < deadline, "no whole read on the replica");
+    }
+}
+
+/// While the replica lags, a revocation and a membership change take effect at once: both are
+/// read on the primary, never on a replica that has not replayed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_and_revocation_are_exact_while_the_replica_lags() {
+    let setup = Replicated::start(quiet_settings()).await;
+    setup
+        .client
+        .batch_execute(
+            "CREATE SCHEMA app;
+             CREATE TABLE app.memberships (member text, room text, PRIMARY KEY (member, room));
+             CREATE OR REPLACE FUNCTION pgrelay.member_rooms(participant text) RETURNS text[]
+             LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+                 SELECT coalesce(array_agg('#' || room), '{}') FROM app.memberships
+                  WHERE member = participant $$;",
+        )
+        .await
+        .unwrap();
+    let mallory = setup.relay.token("mallory", &[]);
+    let dave = setup.relay.token("dave", &[]);
+    setup.replayed().await;
+    setup.pause_replay(true).await;
+
+    setup
+        .client
+        .batch_execute(
+            "INSERT INTO app.memberships VALUES ('dave', 'team');
+             SELECT pgrelay.rooms_changed(VARIADIC ARRAY['dave']);
+             SELECT pgrelay.revoke_tokens('mallory');",
+        )
+        .await
+        .unwrap();
+    insert(&setup.client, &["#team"], json!({"n": 1})).await;
+    let team = ids_for_addresses(&setup.client, &["#team".to_owned()]).await;
+
+    assert_json_error(
+        history(&setup.relay.base, &mallory, "since_id=0").await,
+        401,
+        "token_revoked",
+        "a revoked token's history read",
+    )
+    .await;
+    let page = history_page(&setup.relay.base, &dave, "since_id=0").await;
+    let ids: Vec<i64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, team, "the new member reads the room at once");
+}
