@@ -26,66 +26,19 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use pgrelay::auth::Keys;
 use pgrelay::sse::{SseItem, SseParser};
-use pgrelay::RelayConfig;
-use pgrelay::Settings;
 use pgrelay_cluster::TempCluster;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio_postgres::{Client, NoTls};
+
+#[path = "support/relay_in_process.rs"]
+mod relay_in_process;
+
+use relay_in_process::Relay;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const SECRET: &str = "presence-benchmark-secret-0123456789";
-
-/// A relay running in this process; `stop` shuts it down gracefully.
-struct Relay {
-    base: String,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start_relay(url: &str) -> Result<Relay, BoxError> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let config = RelayConfig {
-        database_url: url.to_owned(),
-        listen_database_url: url.to_owned(),
-        replica_url: None,
-        pool_size: 16,
-        keys: Keys::from_secret_list(SECRET)?,
-        settings: Settings::default(),
-        limits: pgrelay::ConnectionLimits {
-            max_connections: 15_000,
-            ..Default::default()
-        },
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(error) = pgrelay::run(config, listener, shutdown).await {
-            eprintln!("relay failed: {error}");
-        }
-    });
-    for _ in 0..500 {
-        if let Ok(response) = reqwest::get(format!("{base}/readyz")).await {
-            if response.status() == 200 {
-                return Ok(Relay { base, stop, task });
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Err("relay never became ready".into())
-}
-
-impl Relay {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
 
 fn token(sub: &str) -> String {
     Keys::from_secret_list(SECRET)
@@ -199,8 +152,8 @@ async fn main() -> Result<(), BoxError> {
     let url = cluster.url("postgres");
     pgrelay::migrate::migrate(&url, "pgrelay").await?;
     let db = connect(&url).await?;
-    let a = start_relay(&url).await?;
-    let b = start_relay(&url).await?;
+    let a = Relay::start(&url, None, SECRET).await?;
+    let b = Relay::start(&url, None, SECRET).await?;
 
     println!("| figure | p50 | p99 | max | samples |\n|---|---|---|---|---|");
 
@@ -280,7 +233,7 @@ async fn main() -> Result<(), BoxError> {
 
     a.stop().await;
     drop(sockets);
-    let replacement = start_relay(&url).await?;
+    let replacement = Relay::start(&url, None, SECRET).await?;
     let before = audience_calls(&db).await?;
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(streams);

@@ -27,10 +27,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use pgrelay::auth::Keys;
 use pgrelay::sse::{SseItem, SseParser};
-use pgrelay::{RelayConfig, Settings};
 use pgrelay_cluster::TempCluster;
-use tokio::sync::oneshot;
 use tokio_postgres::{Client, NoTls};
+
+#[path = "support/relay_in_process.rs"]
+mod relay_in_process;
+
+use relay_in_process::Relay;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -62,7 +65,8 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     let replica = primary.start_replica().await?;
     let replica_url = replica.url("postgres");
-    let (base, stop, relay) = start_relay(&url, with_replica.then_some(&*replica_url)).await?;
+    let relay = Relay::start(&url, with_replica.then_some(&*replica_url), SECRET).await?;
+    let base = relay.base.clone();
     let writer = tokio::spawn(write_elsewhere(url.clone()));
 
     let people: Vec<String> = (0..streams).map(|n| format!("p{n}")).collect();
@@ -104,8 +108,7 @@ async fn main() -> Result<(), BoxError> {
         .await?;
 
     writer.abort();
-    let _ = stop.send(());
-    let _ = relay.await;
+    relay.stop().await;
     Ok(())
 }
 
@@ -113,45 +116,6 @@ async fn connect(url: &str) -> Result<Client, BoxError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
-}
-
-/// A relay in this process reading `replica` too; the sender stops it.
-async fn start_relay(
-    url: &str,
-    replica: Option<&str>,
-) -> Result<(String, oneshot::Sender<()>, tokio::task::JoinHandle<()>), BoxError> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let config = RelayConfig {
-        database_url: url.to_owned(),
-        listen_database_url: url.to_owned(),
-        replica_url: replica.map(str::to_owned),
-        pool_size: 16,
-        keys: Keys::from_secret_list(SECRET)?,
-        settings: Settings::default(),
-        limits: pgrelay::ConnectionLimits {
-            max_connections: 15_000,
-            ..Default::default()
-        },
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(error) = pgrelay::run(config, listener, shutdown).await {
-            eprintln!("relay failed: {error}");
-        }
-    });
-    for _ in 0..500 {
-        if let Ok(response) = reqwest::get(format!("{base}/readyz")).await {
-            if response.status() == 200 {
-                return Ok((base, stop, task));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Err("relay never became ready".into())
 }
 
 /// 200 messages/s to a participant nobody follows, until aborted.
