@@ -336,10 +336,9 @@ fn report_line(line: &str, hub: &Hub) {
     }
 }
 
-/// The holder's side: `bench --hold-streams RELAY SOURCE FIRST COUNT` opens `COUNT` streams of
-/// participants `FIRST…` to `RELAY` from `SOURCE`, prints `opened COUNT SECONDS`, then a line
-/// per delivery until its stdin closes.
-pub(crate) fn hold_streams_main(args: &[String]) -> ExitCode {
+/// Runs a child process's work on a multi-threaded runtime; a failure is printed as
+/// `failed …` on stdout, where the parent reads the child's reports.
+pub(crate) fn run_child(work: impl std::future::Future<Output = Res<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -350,13 +349,20 @@ pub(crate) fn hold_streams_main(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(hold_streams(args)) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             println!("failed {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The holder's side: `bench --hold-streams RELAY SOURCE FIRST COUNT` opens `COUNT` streams of
+/// participants `FIRST…` to `RELAY` from `SOURCE`, prints `opened COUNT SECONDS`, then a line
+/// per delivery until its stdin closes.
+pub(crate) fn hold_streams_main(args: &[String]) -> ExitCode {
+    run_child(hold_streams(args))
 }
 
 async fn hold_streams(args: &[String]) -> Res<()> {

@@ -483,23 +483,7 @@ fn peak_rss_kib(pid: u32) -> Res<u64> {
 /// `resumed PARTICIPANT` when a stream reopened on B (with `Last-Event-ID`) after A went away;
 /// anything else it prints is a problem. It ends when its stdin closes.
 pub(crate) fn storm_streams_main(args: &[String]) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            println!("failed cannot start tokio: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(storm_streams(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            println!("failed {error}");
-            ExitCode::FAILURE
-        }
-    }
+    run_child(storm_streams(args))
 }
 
 async fn storm_streams(args: &[String]) -> Res<()> {
