@@ -127,27 +127,20 @@ pub async fn run(
         shutdown: stopping.clone(),
     }));
 
-    let reads = Arc::new(Semaphore::new(history_connections(pool_size)));
-    let page_budget = Arc::new(ByteBudget::new(settings.catch_up_budget));
-    let catch_ups = CatchUps::start(catch_up::Reader {
-        exact: Arc::clone(&exact),
-        registry: Arc::clone(&registry),
-        reads: Arc::clone(&reads),
-        page_budget: Arc::clone(&page_budget),
+    let reader = Arc::new(catch_up::Reader {
+        exact,
+        registry,
+        reads: Arc::new(Semaphore::new(history_connections(pool_size))),
+        page_budget: ByteBudget::new(settings.catch_up_budget),
         max_event_bytes: event_limit(&settings),
         metrics: Arc::clone(&metrics),
     });
     let streams = Arc::new(StreamContext {
-        exact,
-        registry,
-        reads,
-        page_budget,
-        max_event_bytes: event_limit(&settings),
-        metrics: Arc::clone(&metrics),
+        catch_ups: CatchUps::start(Arc::clone(&reader)),
+        reader,
         keepalive: settings.keepalive,
         max_per_participant: settings.max_streams_per_participant,
         shutdown: stopping.clone(),
-        catch_ups,
         open_reads: OpenReads::start(pool.clone()),
     });
     let publish_batch = settings.publish_batch;

@@ -92,17 +92,21 @@ pub struct CatchUps {
     queue: mpsc::Sender<Request>,
 }
 
-/// What the reading task needs: where to read, what it may hold, what it counts.
+/// Where an instance reads pages and within what bounds: shared by the catch-up task, every
+/// stream's own catch-up and the history routes.
 pub struct Reader {
     /// Where the shared reads go: a read replica when it has replayed what the listener
     /// routed, else the primary (as a stream's own catch-up).
     pub exact: Arc<ExactReads>,
     /// Where the listener's position is read: how recent a cursor is.
     pub registry: Arc<Registry>,
-    /// The pool connections catch-ups may hold at once (shared with the streams' own queries).
+    /// The pool connections catch-ups (and history reads) may hold at once, so that however
+    /// many readers fall behind, publishing, presence and `/readyz` still get a connection.
     pub reads: Arc<Semaphore>,
-    /// The instance's page budget (shared with the streams' own pages).
-    pub page_budget: Arc<ByteBudget>,
+    /// The bytes catch-up and history pages may hold at once on this instance: each page
+    /// reserves its worst case before it is read, keeps what it holds until it is sent, and
+    /// gives back the rest at once.
+    pub page_budget: ByteBudget,
     /// Messages larger than this are read as `oversized` stand-ins.
     pub max_event_bytes: i64,
     /// Counters for `/metrics`.
@@ -145,7 +149,7 @@ pub struct Share {
 
 impl CatchUps {
     /// Starts the reading task; it ends when the last handle is dropped.
-    pub fn start(reader: Reader) -> CatchUps {
+    pub fn start(reader: Arc<Reader>) -> CatchUps {
         let (queue, requests) = mpsc::channel(MAX_WAITING);
         tokio::spawn(run(reader, requests));
         CatchUps { queue }
@@ -203,7 +207,7 @@ impl Tail {
 }
 
 /// Gathers requests and serves them, one read a round.
-async fn run(reader: Reader, mut requests: mpsc::Receiver<Request>) {
+async fn run(reader: Arc<Reader>, mut requests: mpsc::Receiver<Request>) {
     let mut waiting: Vec<Request> = Vec::new();
     let mut tail = Tail::default();
     loop {

@@ -23,21 +23,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::access::{Access, Change};
-use crate::budget::{ByteBudget, SharedReservation};
-use crate::catch_up::{self, Answer, CatchUps, Share};
+use crate::budget::SharedReservation;
+use crate::catch_up::{self, Answer, CatchUps, Reader, Share};
 use crate::error::Error;
 use crate::frame;
 use crate::message::{Control, Message, REVOKED_EVENT, ROOMS_EVENT};
-use crate::metrics::Metrics;
 use crate::open_reads::OpenReads;
-use crate::registry::{Delivery, Live, Registry, Subscription};
-use crate::replica::{ExactReads, Read, Through};
+use crate::registry::{Delivery, Live, Subscription};
+use crate::replica::{Read, Through};
 use crate::store;
 
 /// Messages read per catch-up query. The query costs about the same for 100 rows as for 1,000
@@ -56,22 +54,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// What every stream of this instance shares: where it registers, what it reads from, and
 /// when it must stop.
 pub struct StreamContext {
-    /// Where catch-up and history pages are read: a read replica when it has replayed them,
-    /// else the primary.
-    pub exact: Arc<ExactReads>,
-    /// Where streams register for live events.
-    pub registry: Arc<Registry>,
-    /// The pool connections catch-ups (and history reads) may hold at once, so that however
-    /// many readers fall behind, publishing, presence and `/readyz` still get a connection.
-    pub reads: Arc<Semaphore>,
-    /// The bytes catch-up and history pages may hold at once on this instance: each page
-    /// reserves its worst case before it is read, keeps what it holds until it is sent, and
-    /// gives back the rest at once.
-    pub page_budget: Arc<ByteBudget>,
-    /// Messages larger than this are read as `oversized` stand-ins.
-    pub max_event_bytes: i64,
-    /// Counters for `/metrics`.
-    pub metrics: Arc<Metrics>,
+    /// Where pages are read and within what bounds, shared with the catch-up task and the
+    /// history routes: the read source, the registry, the pool share, the page budget.
+    pub reader: Arc<Reader>,
     /// Interval of the keepalive comment.
     pub keepalive: Duration,
     /// Most open streams of one participant on this instance.
@@ -147,6 +132,7 @@ impl StreamContext {
         expires_in: Duration,
     ) -> Result<EventStream, OpenError> {
         let (subscription, missed) = self
+            .reader
             .registry
             .subscribe(access.clone(), newest, self.max_per_participant)
             .ok_or(OpenError::TooManyStreams)?;
@@ -229,7 +215,7 @@ impl EventStream {
                         },
                         None if self.access.hears(&message.participants) => {
                             self.cursor = message.id;
-                            self.context.metrics.events_delivered.inc();
+                            self.context.reader.metrics.events_delivered.inc();
                             frame::message(&message)
                         }
                         // Not heard at its position: a room removed before it.
@@ -287,7 +273,7 @@ impl EventStream {
     /// cursor is recent (`catch_up`), else, or when the shared read sends it back, its own.
     async fn catch_up(&mut self) -> Result<(), Interrupt> {
         let context = Arc::clone(&self.context);
-        if context.registry.routed_through() - self.cursor <= catch_up::MAX_SHARED_SPAN {
+        if context.reader.registry.routed_through() - self.cursor <= catch_up::MAX_SHARED_SPAN {
             let shared = context
                 .catch_ups
                 .catch_up(self.cursor, self.access.catch_up_addresses());
@@ -321,20 +307,25 @@ impl EventStream {
     /// for another catch-up after a backoff, so a database outage delays messages but never
     /// loses them.
     async fn read_alone(&mut self) -> Result<(), Interrupt> {
-        self.context.metrics.catch_up_queries.inc();
+        self.context.reader.metrics.catch_up_queries.inc();
         let context = &self.context;
         let query = async {
             // Found after the inbox asked for this catch-up, so it covers what the inbox
             // dropped; before the permit, since it may wait for a listener pass.
-            let at = context.exact.position(Through::Routed).await;
+            let at = context.reader.exact.position(Through::Routed).await;
             // However many streams catch up at once, they hold at most the page budget…
-            let worst = store::page_memory(CATCH_UP_PAGE, CATCH_UP_BYTES, context.max_event_bytes);
-            let mut reservation = context.page_budget.reserve(worst).await;
+            let worst = store::page_memory(
+                CATCH_UP_PAGE,
+                CATCH_UP_BYTES,
+                context.reader.max_event_bytes,
+            );
+            let mut reservation = context.reader.page_budget.reserve(worst).await;
             // …and a part of the pool, so publishing, presence and /readyz still get a
             // connection.
-            let _permit = context.reads.acquire().await;
+            let _permit = context.reader.reads.acquire().await;
             let args = (self.access.catch_up_addresses(), self.cursor);
             let page = context
+                .reader
                 .exact
                 .run(at, Read::CatchUp, &args, |client, (addresses, cursor)| {
                     Box::pin(store::messages_for(
@@ -344,7 +335,7 @@ impl EventStream {
                         *cursor,
                         CATCH_UP_PAGE,
                         CATCH_UP_BYTES,
-                        context.max_event_bytes,
+                        context.reader.max_event_bytes,
                     ))
                 })
                 .await;

@@ -57,12 +57,12 @@ pub async fn whole_message(
         .0
         .addresses();
     let failed = |error: Error| ApiError::internal("reading a message failed", &error);
-    let exact = &state.streams.exact;
+    let exact = &state.streams.reader.exact;
     // Everything committed before the request: the message may have been announced as an
     // `oversized` stand-in by any instance a moment ago.
     let at = exact.position(Through::Committed).await;
     let size = {
-        let _connection = state.streams.reads.acquire().await;
+        let _connection = state.streams.reader.reads.acquire().await;
         exact
             .run(at, Read::Message, &addresses, |client, addresses| {
                 Box::pin(store::message_size(client, id, addresses))
@@ -91,7 +91,7 @@ pub async fn whole_message(
         ));
     };
     let message = {
-        let _connection = state.streams.reads.acquire().await;
+        let _connection = state.streams.reader.reads.acquire().await;
         exact
             .run(at, Read::Message, &addresses, |client, addresses| {
                 Box::pin(store::whole_message(client, id, addresses))

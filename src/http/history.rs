@@ -70,14 +70,15 @@ pub async fn list_messages(
     let addresses = access.addresses();
     let streams = &state.streams;
     // History pages share the catch-ups' budget: they are the same reads.
-    let worst = store::page_memory(limit, MAX_PAGE_BYTES, streams.max_event_bytes);
-    let mut reservation = streams.page_budget.reserve(worst).await;
+    let worst = store::page_memory(limit, MAX_PAGE_BYTES, streams.reader.max_event_bytes);
+    let mut reservation = streams.reader.page_budget.reserve(worst).await;
     // Everything committed before the request: the caller may know of any of it.
-    let at = streams.exact.position(Through::Committed).await;
+    let at = streams.reader.exact.position(Through::Committed).await;
     let page = {
-        let _connection = streams.reads.acquire().await;
-        let max_event_bytes = streams.max_event_bytes;
+        let _connection = streams.reader.reads.acquire().await;
+        let max_event_bytes = streams.reader.max_event_bytes;
         streams
+            .reader
             .exact
             .run(at, Read::History, &addresses, |client, addresses| {
                 Box::pin(store::messages_for(

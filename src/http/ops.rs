@@ -68,18 +68,18 @@ pub async fn metrics(
         }
     }
     let mut body = state.metrics.render(
-        state.streams.registry.stream_count(),
+        state.streams.reader.registry.stream_count(),
         ListenerGauges {
             up: state.listener.is_up(),
             numbering_lag: state.listener.numbering_lag().as_secs_f64(),
             listener_lag: state.listener.listener_lag().as_secs_f64(),
         },
         &[
-            ("catch_up", &state.streams.page_budget),
+            ("catch_up", &state.streams.reader.page_budget),
             ("fetch", &state.fetch_budget),
         ],
     );
-    state.streams.exact.render(&mut body);
+    state.streams.reader.exact.render(&mut body);
     if let Some(jwks) = state.keys.jwks() {
         metrics::render_jwks(&mut body, jwks);
     }
