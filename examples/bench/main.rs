@@ -320,6 +320,25 @@ impl Options {
     }
 }
 
+/// Logs warnings to stderr and starts the runtime a bench run works on; `None` (said on
+/// stderr) when tokio cannot start.
+fn bench_runtime() -> Option<tokio::runtime::Runtime> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("bench: cannot start tokio: {error}");
+            None
+        }
+    }
+}
+
 pub(crate) fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(HOLD_STREAMS) {
@@ -338,19 +357,8 @@ pub(crate) fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("bench: cannot start tokio: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = bench_runtime() else {
+        return ExitCode::FAILURE;
     };
     let mut report = Report::default();
     let limit = options.profile.time_limit;

@@ -42,19 +42,8 @@ const CATCH_UP_TARGET: Duration = Duration::from_secs(10);
 const MARKER_BASE: i64 = 1_000_000_000;
 
 pub(crate) fn storm_main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("bench: cannot start tokio: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = bench_runtime() else {
+        return ExitCode::FAILURE;
     };
     let outcome = runtime.block_on(async {
         tokio::select! {
