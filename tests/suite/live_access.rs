@@ -930,16 +930,6 @@ async fn a_revocation_while_a_message_waits_refuses_it() {
     let (from_mallory, from_bob) = posts.await.unwrap();
     assert_eq!(from_bob.status(), 201);
     assert_json_error(from_mallory, 401, "token_revoked", "publish").await;
-    let stored: Vec<i64> = client
-        .query(
-            "SELECT (payload ->> 'n')::int8 FROM pgrelay.messages \
-              WHERE NOT control ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let stored = stored_numbers(&client).await;
     assert_eq!(stored, [2], "only bob's message is stored");
 }

@@ -184,13 +184,7 @@ async fn resuming_streams_and_history_read_from_the_replica() {
     let token = setup.relay.token("bob", &[]);
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let page = history_page(&setup.relay.base, &token, "since_id=0").await;
-        let ids: Vec<i64> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|message| message["id"].as_i64().unwrap())
-            .collect();
+        let ids = history_ids(&setup.relay.base, &token, "since_id=0").await;
         assert_eq!(ids, bob);
         if setup.reads("history", "replica", "replayed").await > 0 {
             break;
@@ -389,12 +383,6 @@ async fn membership_and_revocation_are_exact_while_the_replica_lags() {
         "a revoked token's history read",
     )
     .await;
-    let page = history_page(&setup.relay.base, &dave, "since_id=0").await;
-    let ids: Vec<i64> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|message| message["id"].as_i64().unwrap())
-        .collect();
+    let ids = history_ids(&setup.relay.base, &dave, "since_id=0").await;
     assert_eq!(ids, team, "the new member reads the room at once");
 }

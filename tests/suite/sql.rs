@@ -707,15 +707,5 @@ async fn publish_many_refuses_revoked_tokens_and_stores_the_rest() {
         .map(|(id, outcome)| (*id, outcome.to_string()))
         .collect();
     assert_eq!(outcomes, expected);
-    let stored: Vec<i64> = client
-        .query(
-            "SELECT (payload ->> 'n')::int8 FROM pgrelay.messages WHERE NOT control ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(stored, [2, 3, 5, 7]);
+    assert_eq!(stored_numbers(&client).await, [2, 3, 5, 7]);
 }

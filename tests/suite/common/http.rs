@@ -47,6 +47,16 @@ pub async fn history_page(base: &str, token: &str, query: &str) -> Value {
         .unwrap()
 }
 
+/// The ids of the messages on the history page `GET /v1/messages?{query}` answers `token`.
+pub async fn history_ids(base: &str, token: &str, query: &str) -> Vec<i64> {
+    history_page(base, token, query).await["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["id"].as_i64().unwrap())
+        .collect()
+}
+
 /// `POST {route}` (`/v1/messages`, `/v1/signals`) as `token` with a JSON `body`.
 pub async fn post(base: &str, route: &str, token: &str, body: Value) -> reqwest::Response {
     reqwest::Client::new()

@@ -500,6 +500,20 @@ pub fn spawn_writer(
     })
 }
 
+/// The payloads' `n` of every stored message (not the relay's control rows), in id order.
+pub async fn stored_numbers(client: &Client) -> Vec<i64> {
+    client
+        .query(
+            "SELECT (payload ->> 'n')::int8 FROM pgrelay.messages WHERE NOT control ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
 /// Gives every committed pending message its id now, as a relay's next pass would (the test
 /// connects as the schema owner, who may run `pgrelay.sequence`).
 pub async fn number_pending(client: &Client) {
