@@ -4,6 +4,7 @@
 //! The server is `DATABASE_URL` when set (each test still gets its own database in it), else one
 //! throwaway cluster for the suite, stopped when the binary exits.
 
+mod cleanup;
 pub mod external;
 mod http;
 pub mod idp;
@@ -76,7 +77,8 @@ pub async fn fresh_database() -> String {
     url
 }
 
-/// A fresh database without pgrelay's schema, for tests that migrate it themselves.
+/// A fresh database without pgrelay's schema, for tests that migrate it themselves; dropped when
+/// the test ends.
 pub async fn empty_database() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let name = format!(
@@ -94,6 +96,7 @@ pub async fn empty_database() -> String {
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
+    cleanup::drop_database_when_thread_exits(name.clone());
     template.replace("{db}", &name)
 }
 
