@@ -1,27 +1,39 @@
-"""pgrelay beside a naive one-LISTEN relay, in one run, on one machine.
+"""pgrelay beside a naive one-LISTEN relay and nginx+Nchan, in one run, on one machine.
 
-    python3 examples/compare/compare.py [--streams 5000] [--subscribers 1000] [--rate 1000] [--seconds 10]
+    ulimit -n 20000; python3 examples/compare/compare.py [--subscribers 10000] [--rate 1000]
+        [--writers 4] [--seconds 10] [--runs 5] [--only pgrelay,naive,nchan,nchan-fed]
 
 Needs the release binary (`cargo build --release`), the PostgreSQL server binaries, `psql`,
-Node.js and npm (it installs the `pg` package into a temporary folder). It starts `pgrelay demo`
-(a throwaway PostgreSQL with pgrelay serving it) and, on the same database, the naive relay of
-naive-relay.mjs (a trigger NOTIFYs each row as JSON; one LISTEN; in-process fan-out). For each
-relay in turn it measures:
+Node.js and npm (it installs the `pg` package into a temporary folder) and, for the third peer,
+nginx with the Nchan module (Debian: `apt-get install nginx libnginx-mod-nchan`; without it
+that peer is reported as not run). It starts `pgrelay demo` (a throwaway PostgreSQL with pgrelay
+serving it); on the same database the naive relay of naive-relay.mjs (a trigger NOTIFYs each
+row as JSON; one LISTEN; in-process fan-out; no auth, resume, catch-up or limits); and an nginx
+whose Nchan publisher location posts one message to the 3 channels of its recipients, measured
+twice: written to by HTTP directly (Nchan as its users run it, no database in the path), and fed
+from PostgreSQL by nchan-feed.mjs (the same trigger and LISTEN as the naive relay, each
+notification posted to Nchan), the path pgrelay and the naive relay take.
 
-- memory: RSS growth per idle stream while `--streams` streams are open;
-- latency: `--subscribers` streams open, `--rate` messages per second for `--seconds` (one per
-  transaction, each to 3 random subscribers, fed to one psql session), each delivery timed from
-  the moment its INSERT was handed to psql to the moment the event was read.
+Each run measures every relay in turn (the order alternates between runs), alone on the machine:
+`--subscribers` streams open (RSS growth per stream is taken then), `--rate` messages per second
+for `--seconds`, each to 3 random subscribers, spread round-robin over `--writers` writers (one
+psql session each, one INSERT per transaction, where PostgreSQL is in the path; one
+keep-alive HTTP connection each posting to Nchan directly), each delivery timed from the moment its
+message was handed to its writer to the moment the event was read, and the relay's CPU time per
+delivered event. The clients are asyncio protocols in this one process (one read callback per
+socket read, no per-stream task), the same for every relay.
 
-It prints a Markdown table with both relays and their ratios. Loopback only; everything it
-starts is stopped at the end.
+It prints one Markdown row per run and relay, then the median of the runs. Loopback only;
+everything it starts is stopped at the end.
 """
-import argparse, asyncio, base64, hashlib, hmac, json, os, random, re, shutil, signal
-import subprocess, sys, tempfile, time
+import argparse, asyncio, base64, hashlib, hmac, json, os, random, re, resource, shutil
+import signal, statistics, subprocess, sys, tempfile, time
 
 SECRET = b"compare-secret-0123456789-abcdefgh"
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+KEY = re.compile(rb'"k":\s*(\d+)')
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def token(sub):
@@ -31,93 +43,181 @@ def token(sub):
     return f"{head}.{body}." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        return int(next(line for line in status if line.startswith("VmRSS")).split()[1])
+def process_tree(pid):
+    """`pid` and its children (nginx's workers), as far as /proc shows them."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return pids
+
+
+def rss_kib(pids):
+    total = 0
+    for one in pids:
+        with open(f"/proc/{one}/status") as status:
+            total += int(next(line for line in status if line.startswith("VmRSS")).split()[1])
+    return total
+
+
+def cpu_seconds(pids):
+    total = 0
+    for one in pids:
+        with open(f"/proc/{one}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
 
 
 class Relay:
-    """How to reach one relay: its name, port, process id and stream request."""
+    """How to reach one relay: its name, port, processes (the relay's own: pgrelay's children
+    are its database), stream request, the bytes that say a stream is open, and how messages
+    reach it."""
 
-    def __init__(self, name, port, pid, request):
-        self.name, self.port, self.pid, self.request = name, port, pid, request
-
-
-async def open_stream(relay, sub, on_event=None):
-    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-    writer.write(relay.request(sub).encode())
-    await writer.drain()
-    await reader.readuntil(b"event: position")
-    if on_event:
-        asyncio.ensure_future(read_events(reader, sub, on_event))
-    return writer
+    def __init__(self, name, port, pids, request, ready, writers):
+        self.name, self.port, self.pids, self.request = name, port, pids, request
+        self.ready, self.writers = ready, writers
 
 
-async def read_events(reader, sub, on_event):
-    # Both relays send chunked or plain streams; payload keys are found by pattern.
-    while True:
-        data = await reader.read(65536)
-        if not data:
-            return
+class Stream(asyncio.Protocol):
+    """One subscriber's connection: reports every complete event's key as it is read."""
+
+    def __init__(self, ready, on_key):
+        self.ready_marker, self.on_key = ready, on_key
+        self.opened = asyncio.get_running_loop().create_future()
+        self.buffer = b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
         now = time.monotonic()
-        for key in re.findall(rb'"k":\s*(\d+)', data):
-            on_event(int(key), sub, now)
+        self.buffer += data
+        if not self.opened.done():
+            if self.ready_marker not in self.buffer:
+                return
+            self.buffer = self.buffer.split(self.ready_marker, 1)[1]
+            self.opened.set_result(None)
+        # Only whole events count; a frame split across reads is read with its end.
+        end = self.buffer.rfind(b"\n\n")
+        if end >= 0:
+            for key in KEY.findall(self.buffer, 0, end):
+                self.on_key(int(key), now)
+            self.buffer = self.buffer[end + 2:]
+
+    def connection_lost(self, exc):
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("the stream closed before it opened"))
 
 
-async def open_many(relay, subs, on_event=None):
-    gate = asyncio.Semaphore(200)
+async def open_streams(relay, subs, on_key):
+    loop, gate = asyncio.get_running_loop(), asyncio.Semaphore(200)
 
     async def one(sub):
         async with gate:
-            return await open_stream(relay, sub, on_event)
+            transport, stream = await loop.create_connection(
+                lambda: Stream(relay.ready, lambda key, now: on_key(key, sub, now)),
+                "127.0.0.1", relay.port)
+            transport.write(relay.request(sub).encode())
+            await asyncio.wait_for(stream.opened, 30)
+            return transport
 
     return await asyncio.gather(*(one(sub) for sub in subs))
 
 
-async def memory(relay, streams):
-    before = rss_kib(relay.pid)
-    writers = await open_many(relay, [f"m{n:05d}" for n in range(streams)])
-    await asyncio.sleep(3)
-    after = rss_kib(relay.pid)
-    for writer in writers:
-        writer.close()
-    await asyncio.sleep(2)
-    return (after - before) / streams
+class PsqlWriters:
+    """`count` psql sessions inserting one message per transaction into `table`."""
+
+    def __init__(self, table, database_url, count):
+        self.table, self.database_url, self.count = table, database_url, count
+
+    async def start(self):
+        self.sessions = [await asyncio.create_subprocess_exec(
+            "psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", self.database_url,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL)
+            for _ in range(self.count)]
+
+    def send(self, key, recipients):
+        participants = "{" + ",".join(recipients) + "}"
+        self.sessions[key % self.count].stdin.write(
+            f"INSERT INTO {self.table} (participants, payload) VALUES ('{participants}', '{{\"k\": {key}}}');\n".encode())
+
+    async def stop(self):
+        for session in self.sessions:
+            session.stdin.close()
+        for session in self.sessions:
+            await session.wait()
 
 
-async def latency(relay, table, database_url, subscribers, rate, seconds):
-    subs = [f"s{n:04d}" for n in range(subscribers)]
+class Discard(asyncio.Protocol):
+    """A publisher's connection: its responses are read and dropped."""
+
+    def data_received(self, data):
+        pass
+
+
+class NchanWriters:
+    """`count` keep-alive HTTP connections, each posting its share of the messages to the
+    channels of their recipients."""
+
+    def __init__(self, port, count):
+        self.port, self.count = port, count
+
+    async def start(self):
+        loop = asyncio.get_running_loop()
+        self.connections = [(await loop.create_connection(Discard, "127.0.0.1", self.port))[0]
+                            for _ in range(self.count)]
+
+    def send(self, key, recipients):
+        body = f'{{"k": {key}}}'
+        a, b, c = recipients
+        self.connections[key % self.count].write(
+            f"POST /pub?a={a}&b={b}&c={c} HTTP/1.1\r\nHost: relay\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+
+    async def stop(self):
+        for connection in self.connections:
+            connection.close()
+
+
+async def measure(relay, subscribers, rate, seconds, seed):
+    subs = [f"s{n:05d}" for n in range(subscribers)]
     sent, latencies = {}, []
 
-    def on_event(key, sub, now):
+    def on_key(key, sub, now):
         if key in sent:
             latencies.append((now - sent[key]) * 1000)
 
-    writers = await open_many(relay, subs, on_event)
-    psql = await asyncio.create_subprocess_exec(
-        "psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", database_url,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL)
-    rng = random.Random(7)
+    before = rss_kib(relay.pids)
+    streams = await open_streams(relay, subs, on_key)
+    await asyncio.sleep(2)
+    kib_per_stream = (rss_kib(relay.pids) - before) / subscribers
+    await relay.writers.start()
+    rng = random.Random(seed)
+    cpu_before = cpu_seconds(relay.pids)
     start = time.monotonic()
     count = int(rate * seconds)
     for key in range(count):
-        due = start + key / rate
-        delay = due - time.monotonic()
+        delay = start + key / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        recipients = "{" + ",".join(rng.sample(subs, 3)) + "}"
-        psql.stdin.write(
-            f"INSERT INTO {table} (participants, payload) VALUES ('{recipients}', '{{\"k\": {key}}}');\n".encode())
+        relay.writers.send(key, rng.sample(subs, 3))
         sent[key] = time.monotonic()
-    await psql.stdin.drain()
-    psql.stdin.close()
-    await psql.wait()
     await asyncio.sleep(2)
-    for writer in writers:
-        writer.close()
+    cpu = cpu_seconds(relay.pids) - cpu_before
+    await relay.writers.stop()
+    for stream in streams:
+        stream.close()
+    await asyncio.sleep(2)
     latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-    return {"delivered": len(latencies), "expected": count * 3, "p50": pick(0.5), "p99": pick(0.99)}
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
+    return {"kib": kib_per_stream, "delivered": len(latencies), "expected": count * 3,
+            "p50": pick(0.5), "p99": pick(0.99), "max": latencies[-1] if latencies else float("nan"),
+            "cpu_us": cpu / max(1, len(latencies)) * 1e6}
 
 
 def start_pgrelay(port):
@@ -132,20 +232,54 @@ def start_pgrelay(port):
     raise SystemExit("pgrelay demo printed no database URL")
 
 
-def start_naive(port, database_url, folder):
-    subprocess.run(["npm", "install", "--silent", "--prefix", folder, "pg@8"], check=True)
-    shutil.copy(os.path.join(HERE, "naive-relay.mjs"), folder)
-    subprocess.run(["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", database_url, "-c", """
-        CREATE TABLE IF NOT EXISTS naive (id bigserial PRIMARY KEY, participants text[] NOT NULL,
-                                          payload jsonb NOT NULL);
-        CREATE OR REPLACE FUNCTION naive_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_notify('naive_relay', json_build_object('id', NEW.id,
+def start_node(script, table, database_url, folder, **env):
+    """Runs `script` (a Node.js process that LISTENs on channel `table`) beside `table`, whose
+    trigger NOTIFYs each row as JSON on that channel."""
+    if not os.path.exists(os.path.join(folder, "node_modules", "pg")):
+        subprocess.run(["npm", "install", "--silent", "--prefix", folder, "pg@8"], check=True)
+    shutil.copy(os.path.join(HERE, script), folder)
+    subprocess.run(["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", database_url, "-c", f"""
+        CREATE TABLE {table} (id bigserial PRIMARY KEY, participants text[] NOT NULL,
+                              payload jsonb NOT NULL);
+        CREATE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('{table}', json_build_object('id', NEW.id,
               'participants', NEW.participants, 'payload', NEW.payload)::text); RETURN NULL; END $$;
-        DROP TRIGGER IF EXISTS naive_notify ON naive;
-        CREATE TRIGGER naive_notify AFTER INSERT ON naive FOR EACH ROW EXECUTE FUNCTION naive_notify();
+        CREATE TRIGGER {table}_notify AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_notify();
     """], check=True)
-    env = dict(os.environ, DATABASE_URL=database_url, PORT=str(port))
-    return subprocess.Popen(["node", os.path.join(folder, "naive-relay.mjs")], cwd=folder, env=env)
+    env = dict(os.environ, DATABASE_URL=database_url, **{k: str(v) for k, v in env.items()})
+    return subprocess.Popen(["node", os.path.join(folder, script)], cwd=folder, env=env)
+
+
+NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+
+
+def start_nchan(port, folder):
+    """nginx with one worker per core, a publisher location that posts one message to up to
+    three channels (`a`, `b`, `c`) and an EventSource subscriber location; None without it."""
+    if not (shutil.which("nginx") and os.path.exists(NCHAN_MODULE)):
+        return None
+    config = os.path.join(folder, "nginx.conf")
+    with open(config, "w") as out:
+        out.write(f"""
+load_module {NCHAN_MODULE};
+daemon off;
+worker_processes auto;
+worker_rlimit_nofile 20000;
+pid {folder}/nginx.pid;
+error_log {folder}/nginx-error.log warn;
+events {{ worker_connections 19000; }}
+http {{
+  access_log off;
+  client_body_temp_path {folder}/body;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /pub {{ nchan_publisher; nchan_channel_id $arg_a $arg_b $arg_c;
+                       nchan_message_buffer_length 16; }}
+    location = /sub {{ nchan_subscriber eventsource; nchan_channel_id $arg_sub; }}
+  }}
+}}
+""")
+    return subprocess.Popen(["nginx", "-c", config, "-p", folder])
 
 
 def wait_port(port):
@@ -159,45 +293,78 @@ def wait_port(port):
     raise SystemExit(f"nothing listens on {port}")
 
 
+def row(name, m):
+    return (f"| {name} | {m['kib']:.1f} KiB | {m['delivered']}/{m['expected']} | "
+            f"{m['p50']:.2f} / {m['p99']:.2f} / {m['max']:.1f} ms | {m['cpu_us']:.1f} µs |")
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--streams", type=int, default=5000)
-    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--subscribers", type=int, default=10000)
     parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", default="pgrelay,naive,nchan,nchan-fed")
     args = parser.parse_args()
+    wanted = args.only.split(",")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     folder = tempfile.mkdtemp(prefix="pgrelay-compare-")
     pgrelay, database_url = start_pgrelay(18090)
-    naive = None
+    others = []
     try:
         wait_port(18090)
-        naive = start_naive(18091, database_url, folder)
-        wait_port(18091)
-        relays = [
-            (Relay("pgrelay", 18090, pgrelay.pid,
-                   lambda sub: f"GET /v1/stream HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token(sub)}\r\n\r\n"),
-             "pgrelay.messages"),
-            (Relay("naive Node relay", 18091, naive.pid,
-                   lambda sub: f"GET /stream?sub={sub} HTTP/1.1\r\nHost: relay\r\n\r\n"),
-             "naive"),
-        ]
-        results = []
-        for relay, table in relays:
-            kib = asyncio.run(memory(relay, args.streams))
-            measured = asyncio.run(latency(relay, table, database_url, args.subscribers, args.rate, args.seconds))
-            results.append((relay.name, kib, measured))
-            print(f"{relay.name}: {kib:.1f} KiB per idle stream; {measured}", file=sys.stderr)
-        print(f"| relay | RSS per idle stream ({args.streams} streams) | delivered | "
-              f"p50 / p99 ({args.rate:.0f} msg/s × 3, {args.subscribers} subscribers) |")
-        print("|---|---|---|---|")
-        for name, kib, m in results:
-            print(f"| {name} | {kib:.1f} KiB | {m['delivered']}/{m['expected']} | {m['p50']:.2f} / {m['p99']:.2f} ms |")
-        (_, kib_a, a), (_, kib_b, b) = results
-        print(f"| ratio pgrelay / naive | {kib_a / kib_b:.2f} | | {a['p50'] / b['p50']:.2f} / {a['p99'] / b['p99']:.2f} |")
+        relays = []
+        if "pgrelay" in wanted:
+            relays.append(Relay(
+                "pgrelay", 18090, [pgrelay.pid],
+                lambda sub: f"GET /v1/stream HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token(sub)}\r\n\r\n",
+                b"event: position", PsqlWriters("pgrelay.messages", database_url, args.writers)))
+        if "naive" in wanted:
+            naive = start_node("naive-relay.mjs", "naive_relay", database_url, folder, PORT=18091)
+            others.append(naive)
+            wait_port(18091)
+            relays.append(Relay(
+                "naive Node relay", 18091, [naive.pid],
+                lambda sub: f"GET /stream?sub={sub} HTTP/1.1\r\nHost: relay\r\n\r\n",
+                b"event: position", PsqlWriters("naive_relay", database_url, args.writers)))
+        if "nchan" in wanted:
+            nchan = start_nchan(18092, folder)
+            if nchan is None:
+                print("nginx+Nchan: not run (nginx or its Nchan module is missing)", file=sys.stderr)
+            else:
+                others.append(nchan)
+                wait_port(18092)
+                subscribe = lambda sub: (f"GET /sub?sub={sub} HTTP/1.1\r\nHost: relay\r\n"
+                                         "Accept: text/event-stream\r\n\r\n")
+                relays.append(Relay("nginx+Nchan", 18092, process_tree(nchan.pid), subscribe,
+                                    b": hi\n\n", NchanWriters(18092, args.writers)))
+                if "nchan-fed" in wanted:
+                    feed = start_node("nchan-feed.mjs", "nchan_feed", database_url, folder, NCHAN_PORT=18092)
+                    others.append(feed)
+                    relays.append(Relay("nginx+Nchan fed from PostgreSQL", 18092,
+                                        process_tree(nchan.pid) + [feed.pid], subscribe,
+                                        b": hi\n\n", PsqlWriters("nchan_feed", database_url, args.writers)))
+        results = {relay.name: [] for relay in relays}
+        print(f"| relay | RSS per stream | delivered | p50 / p99 / max ({args.rate:.0f} msg/s × 3, "
+              f"{args.subscribers} streams, {args.writers} writers) | relay CPU per event |")
+        print("|---|---|---|---|---|")
+        for run in range(args.runs):
+            for relay in (relays if run % 2 == 0 else relays[::-1]):
+                measured = asyncio.run(measure(relay, args.subscribers, args.rate, args.seconds, run))
+                results[relay.name].append(measured)
+                print(row(f"{relay.name}, run {run + 1}", measured), flush=True)
+        for name, runs in results.items():
+            median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            print(row(f"**{name}, median of {len(runs)}**", median))
+        for key in ("p50", "p99"):
+            print(f"{key} ranges: " + "; ".join(
+                f"{name} {min(r[key] for r in runs):.2f}–{max(r[key] for r in runs):.2f} ms"
+                for name, runs in results.items()))
     finally:
-        for process in (naive, pgrelay):
-            if process and process.poll() is None:
-                process.send_signal(signal.SIGINT)
+        for process in others + [pgrelay]:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT if process is pgrelay else signal.SIGTERM)
                 try:
                     process.wait(10)
                 except subprocess.TimeoutExpired:
