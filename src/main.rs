@@ -9,11 +9,18 @@ use tracing_subscriber::EnvFilter;
 
 use cli::args::{Cli, LogFormat};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    match cli::run(cli.command).await {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.worker_threads {
+        runtime.worker_threads(threads.into());
+    }
+    let outcome = match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(cli::run(cli.command)),
+        Err(error) => Err(error.into()),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("pgrelay: {error}");

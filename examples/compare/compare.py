@@ -15,7 +15,9 @@ from PostgreSQL by nchan-feed.mjs (the same trigger and LISTEN as the naive rela
 notification posted to Nchan), the path pgrelay and the naive relay take.
 
 Each run measures every relay in turn (the order alternates between runs), alone on the machine:
-`--subscribers` streams open (RSS growth per stream is taken then), `--rate` messages per second
+`--subscribers` streams open (RSS growth per stream is taken then, only where the process
+is fresh: a relay serves every run, and later runs reuse the memory the first one's streams left;
+the Nchan fed from PostgreSQL shares the nginx measured just before it), `--rate` messages per second
 for `--seconds`, each to 3 random subscribers, spread round-robin over `--writers` writers (one
 psql session each, one INSERT per transaction, where PostgreSQL is in the path; one
 keep-alive HTTP connection each posting to Nchan directly), each delivery timed from the moment its
@@ -184,7 +186,19 @@ class NchanWriters:
             connection.close()
 
 
-async def measure(relay, subscribers, rate, seconds, seed):
+async def settle(pids, most=30):
+    """Waits (at least 2 s, at most `most`) until the relay is idle: what opening the streams
+    set off (pgrelay's presence announcements to the participants' correspondents) is done
+    before the clock starts."""
+    await asyncio.sleep(2)
+    for _ in range(most * 2):
+        before = cpu_seconds(pids)
+        await asyncio.sleep(0.5)
+        if cpu_seconds(pids) - before < 0.025:  # under 5% of a core
+            return
+
+
+async def measure(relay, subscribers, rate, seconds, seed, fresh):
     subs = [f"s{n:05d}" for n in range(subscribers)]
     sent, latencies = {}, []
 
@@ -194,8 +208,9 @@ async def measure(relay, subscribers, rate, seconds, seed):
 
     before = rss_kib(relay.pids)
     streams = await open_streams(relay, subs, on_key)
-    await asyncio.sleep(2)
-    kib_per_stream = (rss_kib(relay.pids) - before) / subscribers
+    await settle(relay.pids)
+    # Only a fresh process grows: later runs reuse the memory the first one's streams left.
+    kib_per_stream = (rss_kib(relay.pids) - before) / subscribers if fresh else float("nan")
     await relay.writers.start()
     rng = random.Random(seed)
     cpu_before = cpu_seconds(relay.pids)
@@ -270,11 +285,15 @@ error_log {folder}/nginx-error.log warn;
 events {{ worker_connections 19000; }}
 http {{
   access_log off;
+  keepalive_requests 10000000;  # the default (1000) closes a writer's connection mid-run
+  # Kept messages fill the shared memory over runs (30,000 each), and Nchan then drops new
+  # ones: keep them briefly (live delivery needs none kept) in room for every run's.
+  nchan_shared_memory_size 256M;
   client_body_temp_path {folder}/body;
   server {{
     listen 127.0.0.1:{port};
     location = /pub {{ nchan_publisher; nchan_channel_id $arg_a $arg_b $arg_c;
-                       nchan_message_buffer_length 16; }}
+                       nchan_message_buffer_length 16; nchan_message_timeout 15s; }}
     location = /sub {{ nchan_subscriber eventsource; nchan_channel_id $arg_sub; }}
   }}
 }}
@@ -294,7 +313,8 @@ def wait_port(port):
 
 
 def row(name, m):
-    return (f"| {name} | {m['kib']:.1f} KiB | {m['delivered']}/{m['expected']} | "
+    kib = "—" if m["kib"] != m["kib"] else f"{m['kib']:.1f} KiB"  # NaN: not a fresh process
+    return (f"| {name} | {kib} | {m['delivered']}/{m['expected']} | "
             f"{m['p50']:.2f} / {m['p99']:.2f} / {m['max']:.1f} ms | {m['cpu_us']:.1f} µs |")
 
 
@@ -349,13 +369,17 @@ def main():
         print(f"| relay | RSS per stream | delivered | p50 / p99 / max ({args.rate:.0f} msg/s × 3, "
               f"{args.subscribers} streams, {args.writers} writers) | relay CPU per event |")
         print("|---|---|---|---|---|")
+        served = set()  # processes that have held streams already
         for run in range(args.runs):
             for relay in (relays if run % 2 == 0 else relays[::-1]):
-                measured = asyncio.run(measure(relay, args.subscribers, args.rate, args.seconds, run))
+                fresh = served.isdisjoint(relay.pids)
+                served.update(relay.pids)
+                measured = asyncio.run(measure(relay, args.subscribers, args.rate, args.seconds, run, fresh))
                 results[relay.name].append(measured)
                 print(row(f"{relay.name}, run {run + 1}", measured), flush=True)
         for name, runs in results.items():
             median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            median["kib"] = next((run["kib"] for run in runs if run["kib"] == run["kib"]), float("nan"))
             print(row(f"**{name}, median of {len(runs)}**", median))
         for key in ("p50", "p99"):
             print(f"{key} ranges: " + "; ".join(

@@ -559,3 +559,31 @@ fn serve_refuses_a_short_secret() {
         assert!(!stderr.contains("short-secret"), "{stderr}");
     }
 }
+
+/// `--worker-threads` sets how many threads run the relay's tasks (tokio names them
+/// `tokio-rt-worker`), and 0 is refused before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sets_the_runtime_size() {
+    let database_url = fresh_database().await;
+    for threads in [1, 3] {
+        let relay = RelayProcess::start(
+            &database_url,
+            &["--worker-threads", &threads.to_string()],
+            None,
+        )
+        .await;
+        let workers = std::fs::read_dir(format!("/proc/{}/task", relay.child.id()))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+            .filter(|name| name.trim_end() == "tokio-rt-worker")
+            .count();
+        assert_eq!(workers, threads, "--worker-threads {threads}");
+    }
+    let output = Command::new(PGRELAY)
+        .args(["serve", "--worker-threads", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
+}
