@@ -138,7 +138,7 @@ CREATE INDEX messages_control_idx ON pgrelay.messages USING btree ((participants
 
 CREATE UNIQUE INDEX messages_idempotency_idx ON pgrelay.messages USING btree (idempotency_subject, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
-CREATE INDEX messages_participants_idx ON pgrelay.messages USING gin (participants);
+CREATE INDEX messages_participants_idx ON pgrelay.messages USING gin (participants) WITH (fastupdate=off);
 
 CREATE UNIQUE INDEX messages_pending_id_idx ON pgrelay.messages USING btree (pending_id) WHERE (pending_id IS NOT NULL);
 

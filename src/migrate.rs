@@ -62,6 +62,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0013_revoked_publishers.sql",
         include_str!("../sql/0013_revoked_publishers.sql"),
     ),
+    (
+        14,
+        "0014_participants_index_without_pending_list.sql",
+        include_str!("../sql/0014_participants_index_without_pending_list.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.
