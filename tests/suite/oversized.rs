@@ -293,8 +293,12 @@ async fn catch_ups_take_turns_within_one_page_budget() {
         )
         .await
         .unwrap();
+    // Whether a cursor counts as recent is measured against what the listener has routed:
+    // the readers open only once it has routed the last message (a live stream has it).
+    let mut probe = relay.subscribe("probe", "", None).await;
     insert(&client, &["*"], json!({"n": "last"})).await;
     let expected = ids_for(&client, "*").await;
+    assert_eq!(probe.next_message().await.0, *expected.last().unwrap());
 
     let mut readers = tokio::task::JoinSet::new();
     for n in 0..16 {
