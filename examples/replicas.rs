@@ -164,7 +164,10 @@ async fn newest_ids(db: &Client, people: &[String]) -> Result<Vec<i64>, BoxError
 
 async fn primary_wal(db: &Client) -> Result<i64, BoxError> {
     Ok(db
-        .query_one(pgrelay::store::WAL_POSITION, &[])
+        .query_one(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8",
+            &[],
+        )
         .await?
         .get(0))
 }

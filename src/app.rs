@@ -105,6 +105,7 @@ pub async fn run(
     let pruner_task = tokio::spawn(retention::run(
         pool.clone(),
         settings.retention,
+        Arc::clone(&metrics),
         stopping.clone(),
     ));
     let skips_task = tokio::spawn(attach_skips::run(

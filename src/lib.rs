@@ -22,24 +22,33 @@
 //!    once and answered straight on its socket, graceful shutdown).
 //! 4. **Tasks**: `stream` (one subscriber's SSE stream: catch-up, live, keepalive, expiry),
 //!    `listener` (the LISTEN connection: reconnects, wake-ups, dispatch), `presence` (who
-//!    is online, across instances), [`retention`] (pruning, one instance at a time),
+//!    is online, across instances), `retention` (pruning, one instance at a time),
 //!    `attach_skips` (telling operators about attached rows that were not published),
 //!    `publisher` (group commit for `POST /v1/messages`), `catch_up` (streams that catch up
 //!    at once share reads of the log's recent tail, routed in memory) and `open_reads`
 //!    (openings that come at once read their access and position bounds in one statement).
 //!    Each gets a narrow handle with just what it uses.
 //! 5. **Routing and storage**: `registry` (participant → open streams, each with a bounded
-//!    inbox), [`store`] (the query pool and every query), `replica` (catch-up and history
-//!    reads on a read replica whenever its replay makes them exact), [`migrate`] (the SQL in `sql/`),
-//!    `tls` (`sslmode` as libpq means it), `frame` (the SSE wire format), `limits`
-//!    (per-client rate and concurrency limits), `budget` (the bytes an instance holds for
-//!    readers at once), `metrics` (Prometheus counters) and [`open_files`] (the process's
-//!    open-files limit).
+//!    inbox), `store` (the query pool and every query), `replica` (catch-up and history
+//!    reads on a read replica whenever its replay makes them exact), [`migrate`] (the SQL in
+//!    `sql/`), `tls` (`sslmode` as libpq means it, and [`connect`]), `frame` (the SSE wire
+//!    format), `limits` (per-client rate and concurrency limits), `budget` (the bytes an
+//!    instance holds for readers at once), `metrics` (Prometheus counters) and [`open_files`]
+//!    (the process's open-files limit).
 //! 6. **Domain**: `message` (what a [`Message`] and a [`Signal`] are, the naming rules, the JSON
 //!    a client sees), `access` (whom a stream hears, and how membership changes and
-//!    revocations change that at their positions), [`jsonb`] (the JSON PostgreSQL's `jsonb` refuses), [`auth`] (HS256
-//!    tokens, and an identity provider's key set, kept fresh), [`config`] (what a relay is configured to do), [`Error`] (the crate's error
-//!    type) and [`sse`] (an event-stream parser for clients: `pgrelay tail` and the tests).
+//!    revocations change that at their positions), `jsonb` (the JSON PostgreSQL's `jsonb`
+//!    refuses), [`auth`] (HS256 tokens, and an identity provider's key set, kept fresh),
+//!    [`config`] (what a relay is configured to do), [`Error`] (the crate's error type) and
+//!    [`sse`] (an event-stream parser for clients: `pgrelay tail` and the tests).
+//!
+//! # What is public
+//!
+//! What the `pgrelay` binary and a program embedding the relay use: [`run`] and its
+//! configuration, [`auth`] (minting and checking tokens), [`migrate`], [`sse`], [`connect`] and
+//! [`open_files`]. Everything else is the relay's own; its tests are `#[cfg(test)]` modules
+//! beside it (those that need PostgreSQL get a database from `testing`), and the benchmark
+//! reads the relay's statements through the `internals` feature.
 //!
 //! # Data flow
 //!
@@ -69,7 +78,7 @@ pub mod config;
 mod error;
 mod frame;
 mod http;
-pub mod jsonb;
+mod jsonb;
 mod limits;
 mod listener;
 mod message;
@@ -81,11 +90,13 @@ mod presence;
 mod publisher;
 mod registry;
 mod replica;
-pub mod retention;
+mod retention;
 mod server;
 pub mod sse;
-pub mod store;
+mod store;
 mod stream;
+#[cfg(test)]
+mod testing;
 mod tls;
 
 pub use app::{run, Listeners};
@@ -94,3 +105,15 @@ pub use error::Error;
 pub use message::{
     valid_kind, valid_name, valid_room, Message, Signal, MAX_NAME_LEN, REFUSED_IN_NAMES,
 };
+pub use tls::connect;
+
+/// The relay's own statements, public only with the `internals` feature, for the benchmark
+/// (`examples/bench`) to time and `EXPLAIN` exactly what the relay runs. Not part of the
+/// library's interface: nothing here is kept stable, and the tests use `#[cfg(test)]` instead.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::store::{
+        messages_for_sql, news, news_position, prepare_news, NewsPosition, PassLimits,
+    };
+}

@@ -32,7 +32,7 @@ pub struct Message {
     pub data: Box<RawValue>,
     /// Whether the message was larger than `--max-event-bytes`, so its payload was never
     /// loaded: `data` is the stand-in `{"id","kind","sender","participants","bytes"}` and the
-    /// event is named [`OVERSIZED_EVENT`]. `GET /v1/messages/{id}` reads it whole.
+    /// event is named `oversized`. `GET /v1/messages/{id}` reads it whole.
     pub oversized: bool,
     /// The SSE frame, rendered by the first stream that sends it and shared by the others.
     pub frame: OnceLock<Bytes>,
@@ -146,8 +146,8 @@ struct Head<'a> {
 
 impl Message {
     /// A message as clients see it, its JSON rendered from `row`; the stand-in when the row
-    /// came without its payload. A stored kind that is not a valid one is served as
-    /// [`DEFAULT_KIND`], in the event name and the JSON alike, so that no row can pass for one
+    /// came without its payload. A stored kind that is not a valid one is served as `message`
+    /// (`DEFAULT_KIND`), in the event name and the JSON alike, so that no row can pass for one
     /// of the relay's own events or break the framing: rows stored before their kind was
     /// reserved (`rooms` before migration 0008, say; a CHECK constraint is not re-checked
     /// against old rows), or while an operator had dropped the constraint.

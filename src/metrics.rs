@@ -115,6 +115,13 @@ pub struct Metrics {
     /// Rows of attached tables committed without being published, as this instance reported
     /// them from `pgrelay.attach_skips` (each is reported by one instance).
     pub attach_skips: Counter,
+    /// Pruning rounds this instance finished, including those that found another instance
+    /// pruning and left the round to it.
+    pub pruning_rounds: Counter,
+    /// Pruning rounds that failed (the database unreachable, a missing grant).
+    pub pruning_failures: Counter,
+    /// Messages this instance deleted for being older than the retention period.
+    pub messages_pruned: Counter,
     /// From the moment a message got its id (at or after its writer's commit) to handing it to
     /// its streams.
     pub commit_to_send: Histogram,
@@ -208,6 +215,21 @@ impl Metrics {
                 "pgrelay_attach_skips_total",
                 "Rows of attached tables committed but not published (see pgrelay.attach_skips), reported by this instance.",
                 &self.attach_skips,
+            ),
+            (
+                "pgrelay_pruning_rounds_total",
+                "Pruning rounds this instance finished (one instance prunes at a time; the others finish at once).",
+                &self.pruning_rounds,
+            ),
+            (
+                "pgrelay_pruning_failures_total",
+                "Pruning rounds that failed (database unreachable, missing grant).",
+                &self.pruning_failures,
+            ),
+            (
+                "pgrelay_messages_pruned_total",
+                "Messages this instance deleted for being older than the retention period.",
+                &self.messages_pruned,
             ),
         ];
         for (name, help, counter) in counters {

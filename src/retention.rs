@@ -13,6 +13,7 @@
 //! a prefix of the ids, up to `pgrelay.retention.pruned_through`, and a stream whose position
 //! is below it is told with a `reset` event that history was truncated.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::types::Type;
@@ -20,20 +21,35 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::store::DbPool;
 
 /// Rows deleted per transaction, so pruning never holds locks or bloats WAL for long.
 const PRUNE_BATCH: i64 = 5000;
 
 /// Prunes once right away and then at a fraction of the retention period (at most hourly,
-/// at least every ten seconds), until shutdown.
-pub async fn run(pool: DbPool, retention: Duration, shutdown: CancellationToken) {
+/// at least every ten seconds), until shutdown; counts each round in `metrics`.
+pub async fn run(
+    pool: DbPool,
+    retention: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let interval = (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(3600));
     loop {
         match prune(&pool, retention).await {
-            Ok(0) => debug!("nothing to prune"),
-            Ok(deleted) => info!(deleted, "pruned messages older than the retention period"),
-            Err(error) => warn!(%error, "pruning failed; will retry"),
+            Ok(deleted) => {
+                metrics.messages_pruned.add(deleted);
+                metrics.pruning_rounds.inc();
+                match deleted {
+                    0 => debug!("nothing to prune"),
+                    _ => info!(deleted, "pruned messages older than the retention period"),
+                }
+            }
+            Err(error) => {
+                metrics.pruning_failures.inc();
+                warn!(%error, "pruning failed; will retry");
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -36,6 +36,19 @@ pub fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsCo
     Ok((config, if verify { verifying() } else { encrypting() }))
 }
 
+/// One connection to `url` as the relay makes them, driven on a task of its own until the
+/// client is dropped: for a program that runs its own statements beside the relay (`pgrelay
+/// demo` seeds its conversation with it).
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, Error> {
+    let (config, tls) = connect_config(url)?;
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|error| Error::from(error).while_connecting(&config))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
 /// The `sslmode` a URL or key=value string asks for, if any.
 fn requested_mode(url: &str) -> Option<&str> {
     url.split(['?', '&', ' '])

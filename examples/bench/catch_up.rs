@@ -133,7 +133,7 @@ pub(crate) async fn catch_up_phase(
     ] {
         let sql = format!(
             "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
-            pgrelay::store::messages_for_sql(addresses.len())
+            pgrelay::internals::messages_for_sql(addresses.len())
         );
         for limit in [100i64, MISSED as i64] {
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =

@@ -529,27 +529,27 @@ pub(crate) async fn socket_floor(
     })
 }
 
-/// Round trip of the dispatcher's pass (`store::news`, the relay's own code, prepared once as on
+/// Round trip of the dispatcher's pass (`internals::news`, the relay's own code, prepared once as on
 /// the relay's LISTEN connection: numbering, which finds nothing pending here, and the read, in
 /// one transaction), by how many new rows it reads, in microseconds.
 pub(crate) async fn fetch_cost(url: &str, calls: usize) -> Res<Vec<(usize, f64)>> {
     let client = connect(url, "pgrelay-bench").await?;
-    let fetch = pgrelay::store::prepare_news(&client, false).await?;
-    let newest = pgrelay::store::news_position(&client).await?;
+    let fetch = pgrelay::internals::prepare_news(&client, false).await?;
+    let newest = pgrelay::internals::news_position(&client).await?;
     let mut costs = Vec::new();
     for size in [1usize, 10, 100] {
-        let position = pgrelay::store::NewsPosition {
+        let position = pgrelay::internals::NewsPosition {
             message: newest.message - size as i64,
             ..newest
         };
-        let limits = pgrelay::store::PassLimits {
+        let limits = pgrelay::internals::PassLimits {
             rows: 500,
             bytes: 4 << 20,
             numbered: 10_000,
             lock_wait: Duration::from_secs(1),
             max_event_bytes: 1 << 20,
         };
-        let read = || pgrelay::store::news(&client, &fetch, position, limits, |_, _| true);
+        let read = || pgrelay::internals::news(&client, &fetch, position, limits, |_, _| true);
         for _ in 0..20 {
             read().await?;
         }

@@ -3,7 +3,7 @@
 //! EdDSA.
 //!
 //! The HS256 side is written by hand; the asymmetric signatures are checked by `ring`
-//! ([`jwk`]). A general JWT library would bring key formats, algorithms and options we
+//! (`jwk`). A general JWT library would bring key formats, algorithms and options we
 //! would then have to switch off again; the classic JWT vulnerabilities (`alg: none`,
 //! algorithm confusion, lenient parsing) live exactly in that flexibility. So this module
 //! accepts one shape of token and refuses everything else:

@@ -88,8 +88,7 @@ const SEEDED_CONVERSATION: &[(&str, &str)] = &[
 /// (a demo started again on the same database, or its own conversation), in one transaction
 /// so its rows keep their order.
 async fn seed_conversation(database_url: &str) -> Result<(), Error> {
-    let pool = pgrelay::store::connect_pool(database_url, 1)?;
-    let mut client = pool.get().await?;
+    let mut client = pgrelay::connect(database_url).await?;
     let transaction = client.transaction().await?;
     let already: bool = transaction
         .query_typed_one(

@@ -25,10 +25,10 @@ mod publish;
 mod whole;
 
 pub use news::{
-    news, news_position, prepare_news, News, NewsPosition, NewsStatements, PassLimits, WAL_POSITION,
+    news, news_position, prepare_news, NewsPosition, NewsStatements, PassLimits, WAL_POSITION,
 };
 pub use publish::{publish, publish_all, Author, IdempotencyKey, Outgoing, Published};
-pub use whole::{message_size, whole_message, WholeMessage};
+pub use whole::{message_size, whole_message};
 
 /// The pool of query connections, shared by every request and stream.
 pub type DbPool = Pool;
@@ -308,7 +308,8 @@ const MAX_ADDRESS_BRANCHES: usize = 64;
 /// rows at all reads the whole table (measured in a 1,000,000-row outbox: 1.4 s for a member
 /// of 20 rooms; a single `participants && $addresses`, 1.9 s). A branch now costs what its
 /// address has after `$1`. (Past 64 addresses, one `&&` keeps the statement small.)
-/// Public for `EXPLAIN` in the tests and the benchmark.
+/// For `EXPLAIN` in the tests and the benchmark (`crate::internals`).
+#[cfg(any(test, feature = "internals"))]
 pub fn messages_for_sql(addresses: usize) -> String {
     messages_sql(addresses, Rows::WithControl)
 }
@@ -526,4 +527,73 @@ pub async fn ping(pool: &DbPool, timeout: Duration) -> bool {
         client.query_typed("SELECT 1", &[]).await.ok()
     };
     matches!(tokio::time::timeout(timeout, check).await, Ok(Some(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{connect, fresh_database};
+
+    /// Catch-up over many addresses probes the GIN index on `participants` once per address: a
+    /// member of 20 quiet rooms must not make PostgreSQL walk the whole table, as a single
+    /// `participants && addresses` did (it estimates the overlap of many rare names as common).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catch_up_over_many_addresses_probes_the_participants_index() {
+        let db = fresh_database().await;
+        let client = connect(&db).await;
+        // 100,000 rows written as the benchmark writes them (ids drawn in order, no trigger):
+        // each to ten of 10,000 people, and one row in 1,000 also to one of 20 rooms.
+        client
+            .batch_execute(
+                "BEGIN;
+                 SET LOCAL session_replication_role = replica;
+                 INSERT INTO pgrelay.messages (id, participants, payload)
+                 SELECT nextval('pgrelay.message_id_seq'),
+                        ARRAY(SELECT 'p' || ((g * 10 + k) % 10000) FROM generate_series(0, 9) AS k)
+                        || CASE WHEN g % 1000 = 500 THEN ARRAY['#r' || ((g / 1000) % 20)]
+                                ELSE '{}'::text[] END,
+                        '{}'
+                 FROM generate_series(1, 100000) AS g ORDER BY g;
+                 COMMIT;
+                 ANALYZE pgrelay.messages;",
+            )
+            .await
+            .unwrap();
+        let mut addresses = vec!["member".to_owned()];
+        addresses.extend((0..20).map(|n| format!("#r{n}")));
+        addresses.push("*".to_owned());
+        let sql = format!(
+            "EXPLAIN (ANALYZE, COSTS OFF) {}",
+            messages_for_sql(addresses.len())
+        );
+        // History reads default to 100 rows, catch-ups to 1,000: both must probe.
+        for limit in [100i64, 1000] {
+            let (since, bytes, max_event) = (0i64, 256 * 1024i64, 1024 * 1024i64);
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                vec![&since, &limit, &bytes, &max_event];
+            params.extend(
+                addresses
+                    .iter()
+                    .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)),
+            );
+            let plan: Vec<String> = client
+                .query(&sql, &params)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            let plan = plan.join("\n");
+            assert!(plan.contains("messages_participants_idx"), "{plan}");
+            let walked: u64 = plan
+                .lines()
+                .filter_map(|line| line.trim().strip_prefix("Rows Removed by Filter: "))
+                .map(|n| n.parse::<u64>().unwrap())
+                .sum();
+            assert!(
+                walked < 10_000,
+                "LIMIT {limit}: {walked} rows read and thrown away:\n{plan}"
+            );
+        }
+    }
 }

@@ -239,3 +239,55 @@ fn signal_from_row(row: &Row, participants: Vec<String>) -> Result<Signal, Error
         payload,
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{connect, fresh_database};
+
+    /// The dispatcher's statements are planned once for the session, not at each pass: left to
+    /// choose, PostgreSQL planned them anew for every execution once the statistics had moved, and
+    /// a pass then cost half again as much (BENCHMARKS.md, "Side by side").
+    #[tokio::test]
+    async fn the_dispatcher_plans_its_pass_once() {
+        let db = fresh_database().await;
+        let client = connect(&db).await;
+        let statements = prepare_news(&client, false).await.unwrap();
+        let mut position = news_position(&client).await.unwrap();
+        let limits = PassLimits {
+            rows: 500,
+            bytes: 1 << 20,
+            max_event_bytes: 1 << 20,
+            numbered: 1000,
+            lock_wait: Duration::from_secs(1),
+        };
+        for pass in 0..12 {
+            client
+                .execute(
+                    "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', $1)",
+                    &[&serde_json::json!({ "pass": pass })],
+                )
+                .await
+                .unwrap();
+            let found = news(&client, &statements, position, limits, |_, _| true)
+                .await
+                .unwrap();
+            assert_eq!(found.messages.len(), 1, "pass {pass}");
+            position = found.position;
+        }
+        let (generic, custom): (i64, i64) = client
+            .query_one(
+                "SELECT coalesce(sum(generic_plans), 0)::int8, coalesce(sum(custom_plans), 0)::int8 \
+                   FROM pg_prepared_statements",
+                &[],
+            )
+            .await
+            .map(|row| (row.get(0), row.get(1)))
+            .unwrap();
+        assert!(generic >= 12, "the passes ran {generic} planned statements");
+        assert_eq!(
+            custom, 0,
+            "statements planned for their parameters at a pass"
+        );
+    }
+}

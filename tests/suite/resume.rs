@@ -225,14 +225,11 @@ async fn resume_below_retained_history_gets_reset() {
         )
         .await
         .unwrap();
-    let pool = pgrelay::store::connect_pool(&db, 2).unwrap();
     // Two instances pruning at once delete each message once between them.
     let week = Duration::from_secs(7 * 24 * 3600);
-    let (first, second) = tokio::join!(
-        pgrelay::retention::prune(&pool, week),
-        pgrelay::retention::prune(&pool, week)
-    );
-    assert_eq!(first.unwrap() + second.unwrap(), 3);
+    let (first, second) =
+        tokio::join!(prune_with_a_relay(&db, week), prune_with_a_relay(&db, week));
+    assert_eq!(first + second, 3);
     assert_eq!(ids_for(&client, "alice").await, ids[3..]);
 
     let mut stream = relay

@@ -29,17 +29,6 @@ fn all_versions() -> Vec<i32> {
         .collect()
 }
 
-/// A fresh database name on the test server, without the migration `fresh_database` applies.
-async fn empty_database() -> String {
-    let migrated = fresh_database().await;
-    let admin = connect(&migrated).await;
-    admin
-        .batch_execute("DROP SCHEMA pgrelay CASCADE")
-        .await
-        .unwrap();
-    migrated
-}
-
 /// A database running the schema before 0009 (ids drawn at commit by a trigger) migrates in
 /// place: its messages keep their ids, a message committed before the migration and resumed
 /// from after it arrives once, and new rows are numbered after the old ones by the relay.
@@ -708,53 +697,6 @@ async fn publish_many_refuses_revoked_tokens_and_stores_the_rest() {
         .collect();
     assert_eq!(outcomes, expected);
     assert_eq!(stored_numbers(&client).await, [2, 3, 5, 7]);
-}
-
-/// The dispatcher's statements are planned once for the session, not at each pass: left to
-/// choose, PostgreSQL planned them anew for every execution once the statistics had moved, and
-/// a pass then cost half again as much (BENCHMARKS.md, "Side by side").
-#[tokio::test]
-async fn the_dispatcher_plans_its_pass_once() {
-    use pgrelay::store::{news, news_position, prepare_news, PassLimits};
-    let db = fresh_database().await;
-    let client = connect(&db).await;
-    let statements = prepare_news(&client, false).await.unwrap();
-    let mut position = news_position(&client).await.unwrap();
-    let limits = PassLimits {
-        rows: 500,
-        bytes: 1 << 20,
-        max_event_bytes: 1 << 20,
-        numbered: 1000,
-        lock_wait: Duration::from_secs(1),
-    };
-    for pass in 0..12 {
-        client
-            .execute(
-                "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', $1)",
-                &[&json!({ "pass": pass })],
-            )
-            .await
-            .unwrap();
-        let found = news(&client, &statements, position, limits, |_, _| true)
-            .await
-            .unwrap();
-        assert_eq!(found.messages.len(), 1, "pass {pass}");
-        position = found.position;
-    }
-    let (generic, custom): (i64, i64) = client
-        .query_one(
-            "SELECT coalesce(sum(generic_plans), 0)::int8, coalesce(sum(custom_plans), 0)::int8 \
-               FROM pg_prepared_statements",
-            &[],
-        )
-        .await
-        .map(|row| (row.get(0), row.get(1)))
-        .unwrap();
-    assert!(generic >= 12, "the passes ran {generic} planned statements");
-    assert_eq!(
-        custom, 0,
-        "statements planned for their parameters at a pass"
-    );
 }
 
 /// A lookup by participant reads a few index pages, however many rows were just inserted. The

@@ -895,12 +895,7 @@ async fn writers_and_strangers_cannot_forge_signals_or_stall_commits() {
     insert(&writer, &["carol"], json!({"text": "not stalled"})).await;
     let (_, _, data) = carol.next_message().await;
     assert_eq!(data["payload"]["text"], "not stalled");
-    let pruned = pgrelay::retention::prune(
-        &pgrelay::store::connect_pool(&db, 1).unwrap(),
-        Duration::ZERO,
-    )
-    .await
-    .unwrap();
+    let pruned = prune_with_a_relay(&db, Duration::ZERO).await;
     assert_eq!(pruned, 1, "pruning ran despite the held lock");
 }
 
@@ -965,13 +960,7 @@ async fn a_relay_role_with_the_documented_grants_works() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let pool = pgrelay::store::connect_pool(&relay_role.url, 1).unwrap();
-    assert_eq!(
-        pgrelay::retention::prune(&pool, Duration::ZERO)
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(prune_with_a_relay(&relay_role.url, Duration::ZERO).await, 2);
 }
 
 /// A message id taken by hand (here by the owner, with triggers switched off) makes the next

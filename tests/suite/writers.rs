@@ -167,9 +167,8 @@ async fn a_backdated_row_prunes_nothing_fresh() {
         .unwrap();
     let owner = connect(&db).await;
     number_pending(&owner).await;
-    let pool = pgrelay::store::connect_pool(&db, 1).unwrap();
     let week = Duration::from_secs(7 * 24 * 3600);
-    let pruned = pgrelay::retention::prune(&pool, week).await.unwrap();
+    let pruned = prune_with_a_relay(&db, week).await;
     assert_eq!(pruned, 0, "fresh messages were pruned");
     assert_eq!(message_count(&owner).await, 501);
 }
@@ -195,12 +194,11 @@ async fn a_long_transaction_is_not_pruned_early() {
     writer.batch_execute("COMMIT").await.unwrap();
     let owner = connect(&db).await;
     number_pending(&owner).await;
-    let pool = pgrelay::store::connect_pool(&db, 1).unwrap();
-    let pruned = pgrelay::retention::prune(&pool, retention).await.unwrap();
+    let pruned = prune_with_a_relay(&db, retention).await;
     assert_eq!(pruned, 0, "messages committed just now were pruned");
 
     tokio::time::sleep(retention + Duration::from_millis(500)).await;
-    let pruned = pgrelay::retention::prune(&pool, retention).await.unwrap();
+    let pruned = prune_with_a_relay(&db, retention).await;
     assert_eq!(
         pruned, 100,
         "once the period has passed since the commit, they go"
@@ -232,9 +230,8 @@ async fn a_stream_behind_the_pruned_point_gets_reset() {
         )
         .await
         .unwrap();
-    let pool = pgrelay::store::connect_pool(&db, 1).unwrap();
     let week = Duration::from_secs(7 * 24 * 3600);
-    assert_eq!(pgrelay::retention::prune(&pool, week).await.unwrap(), 10);
+    assert_eq!(prune_with_a_relay(&db, week).await, 10);
 
     // The LISTEN session is cut: on reconnecting, every stream catches up from its cursor.
     owner

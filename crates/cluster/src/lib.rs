@@ -35,6 +35,7 @@ mod error;
 mod exit;
 mod os;
 mod process;
+pub mod test_server;
 
 pub use bin_dir::find_server_bin_dir;
 pub use error::ClusterError;

@@ -1,10 +1,9 @@
 //! Shared test harness: a real PostgreSQL, a fresh database per test, an in-process relay on
 //! 127.0.0.1:0, and an SSE client.
 //!
-//! The server is `DATABASE_URL` when set (each test still gets its own database in it), else one
-//! throwaway cluster for the suite, stopped when the binary exits.
+//! The server and the databases come from `pgrelay_cluster::test_server`: `DATABASE_URL` when
+//! set (each test still gets its own database in it), else one throwaway cluster for the suite.
 
-mod cleanup;
 pub mod external;
 mod http;
 pub mod idp;
@@ -13,8 +12,6 @@ mod raw;
 pub use http::*;
 pub use raw::*;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,7 +19,7 @@ use pgrelay::auth::Keys;
 use pgrelay::sse::{SseEvent, SseItem, SseParser};
 use pgrelay::RelayConfig;
 use pgrelay::Settings;
-use pgrelay_cluster::TempCluster;
+use pgrelay_cluster::test_server;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -36,38 +33,7 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A URL of the test server with `{db}` where the database name goes.
 pub fn server_url_template() -> &'static str {
-    static TEMPLATE: OnceLock<String> = OnceLock::new();
-    TEMPLATE.get_or_init(|| {
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            return with_database(&url, "{db}");
-        }
-        // Started on its own runtime: each #[tokio::test] has a runtime that ends with the test.
-        let cluster = std::thread::spawn(|| {
-            tokio::runtime::Runtime::new()
-                .unwrap()
-                .block_on(TempCluster::start())
-        })
-        .join()
-        .unwrap()
-        .unwrap_or_else(|error| panic!("cannot start a throwaway PostgreSQL: {error}"));
-        let template = cluster.url("{db}");
-        pgrelay_cluster::stop_at_exit(cluster);
-        template
-    })
-}
-
-/// Replaces the database name in a postgres:// URL.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..].find('/').map(|i| scheme_end + i);
-    let host = path_start.map_or(base, |i| &base[..i]);
-    match query {
-        Some(query) => format!("{host}/{database}?{query}"),
-        None => format!("{host}/{database}"),
-    }
+    test_server::url_template()
 }
 
 /// A fresh, migrated database for one test.
@@ -80,24 +46,7 @@ pub async fn fresh_database() -> String {
 /// A fresh database without pgrelay's schema, for tests that migrate it themselves; dropped when
 /// the test ends.
 pub async fn empty_database() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "pgrelay_test_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let template = server_url_template();
-    let admin = connect(&template.replace("{db}", "postgres")).await;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    cleanup::drop_database_when_thread_exits(name.clone());
-    template.replace("{db}", &name)
+    test_server::empty_database().await
 }
 
 /// A plain client connection, driven in the background.
@@ -284,6 +233,33 @@ impl Drop for Relay {
             let _ = stop.send(());
         }
     }
+}
+
+/// Prunes as a relay does, as the login of `database_url`, with `retention`: starts a relay
+/// (which prunes as it starts), waits for its first round, and answers how many messages that
+/// round deleted.
+pub async fn prune_with_a_relay(database_url: &str, retention: Duration) -> u64 {
+    let settings = Settings {
+        retention,
+        ..test_settings()
+    };
+    let relay = Relay::start_with(database_url, settings).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&relay.base, "pgrelay_pruning_rounds_total").await < 1 {
+        assert_eq!(
+            metric(&relay.base, "pgrelay_pruning_failures_total").await,
+            0,
+            "pruning failed"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pruning round finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pruned = metric(&relay.base, "pgrelay_messages_pruned_total").await;
+    relay.stop().await;
+    pruned
 }
 
 /// An open SSE connection.

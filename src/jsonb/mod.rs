@@ -7,7 +7,7 @@
 //!
 //! [`check`] walks the JSON text once, without building anything. Its rules were read in
 //! PostgreSQL 15's `jsonapi.c` (`json_lex_string`) and `numeric.c` (`set_var_from_str`,
-//! `make_result`) and measured against the server; `tests/suite/jsonb.rs` holds it to
+//! `make_result`) and measured against the server; the tests in `agreement` hold it to
 //! `$1::text::jsonb` on many generated payloads. They assume a UTF-8 database (the relay's
 //! own test clusters and every hosted PostgreSQL we know of), where any other code point
 //! is stored as is. Sizes past jsonb's 256 MiB are left to the payload limit; whatever the
@@ -72,15 +72,6 @@ impl fmt::Display for Refused {
 
 /// Whether PostgreSQL's `jsonb` stores `json`, a text already parsed as JSON (by serde_json);
 /// if not, why. On text that is not JSON the answer means nothing, but it never panics.
-///
-/// ```
-/// use pgrelay::jsonb::{check, Refused};
-/// assert_eq!(check(r#"{"text": "hi \ud83e\udd80", "n": 1e131071}"#), Ok(()));
-/// assert_eq!(check(r#"{"text": "\u0000"}"#), Err(Refused::NulCharacter));
-/// assert_eq!(check(r#"["\ud800"]"#), Err(Refused::LoneSurrogate));
-/// assert_eq!(check("1e131072"), Err(Refused::NumberOutOfRange));
-/// assert_eq!(check("0.5e-16383"), Err(Refused::NumberOutOfRange));
-/// ```
 pub fn check(json: &str) -> Result<(), Refused> {
     let bytes = json.as_bytes();
     let mut depth = 0usize;
@@ -219,8 +210,24 @@ fn digits<'a>(bytes: &'a [u8], at: &mut usize) -> &'a [u8] {
 }
 
 #[cfg(test)]
+mod agreement;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One text of each answer.
+    #[test]
+    fn one_of_each_answer() {
+        assert_eq!(
+            check(r#"{"text": "hi \ud83e\udd80", "n": 1e131071}"#),
+            Ok(())
+        );
+        assert_eq!(check(r#"{"text": "\u0000"}"#), Err(Refused::NulCharacter));
+        assert_eq!(check(r#"["\ud800"]"#), Err(Refused::LoneSurrogate));
+        assert_eq!(check("1e131072"), Err(Refused::NumberOutOfRange));
+        assert_eq!(check("0.5e-16383"), Err(Refused::NumberOutOfRange));
+    }
 
     /// Texts PostgreSQL 15 was seen to store or refuse, at the edges of each rule.
     #[test]
