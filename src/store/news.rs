@@ -290,4 +290,42 @@ mod tests {
             "statements planned for their parameters at a pass"
         );
     }
+
+    /// A pass numbers and reads whatever isolation level the database gives its sessions by
+    /// default: numbering must see what the previous holder of the order lock committed, which
+    /// a REPEATABLE READ or SERIALIZABLE snapshot would not (`pgrelay.sequence()` refuses them).
+    #[tokio::test]
+    async fn a_pass_numbers_under_a_serializable_default() {
+        let db = fresh_database().await;
+        connect(&db)
+            .await
+            .batch_execute(
+                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation \
+                 = serializable', current_database()); END $$",
+            )
+            .await
+            .unwrap();
+        let client = connect(&db).await;
+        let statements = prepare_news(&client, false).await.unwrap();
+        let position = news_position(&client).await.unwrap();
+        client
+            .execute(
+                "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', '{}')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let limits = PassLimits {
+            rows: 500,
+            bytes: 1 << 20,
+            max_event_bytes: 1 << 20,
+            numbered: 1000,
+            lock_wait: Duration::from_secs(1),
+        };
+        let found = news(&client, &statements, position, limits, |_, _| true)
+            .await
+            .unwrap();
+        assert_eq!(found.numbered.map_err(|error| error.to_string()), Ok(1));
+        assert_eq!(found.messages.len(), 1);
+    }
 }

@@ -293,12 +293,20 @@ async fn catch_ups_take_turns_within_one_page_budget() {
         )
         .await
         .unwrap();
-    // Whether a cursor counts as recent is measured against what the listener has routed:
-    // the readers open only once it has routed the last message (a live stream has it).
+    // Whether a cursor counts as recent is measured against what the listener has routed, so
+    // the readers open only once it has routed the last message. The probe may have read that
+    // message from the table (a stream that opens during a pass catches up), but a signal is
+    // only ever routed, and one sent now is numbered in a later pass than the last message.
     let mut probe = relay.subscribe("probe", "", None).await;
     insert(&client, &["*"], json!({"n": "last"})).await;
     let expected = ids_for(&client, "*").await;
     assert_eq!(probe.next_message().await.0, *expected.last().unwrap());
+    client
+        .batch_execute("SELECT pgrelay.signal('{probe}', 'routed')")
+        .await
+        .unwrap();
+    while probe.next().await.event.as_deref() != Some("routed") {}
+    let shared_rows_before = metric(&relay.base, "pgrelay_shared_catch_up_rows_total").await;
 
     let mut readers = tokio::task::JoinSet::new();
     for n in 0..16 {
@@ -320,9 +328,12 @@ async fn catch_ups_take_turns_within_one_page_budget() {
         });
     }
     let streams = readers.join_all().await;
+    // Rows, not reads: a stream whose last page ended at its byte limit asks once more and,
+    // its cursor now recent, may share that read (which finds nothing) with others. (The probe
+    // may have read the last message in a shared read before the readers opened.)
     assert_eq!(
-        metric(&relay.base, "pgrelay_shared_catch_up_reads_total").await,
-        0,
+        metric(&relay.base, "pgrelay_shared_catch_up_rows_total").await,
+        shared_rows_before,
         "each stream read its own pages"
     );
     assert!(
