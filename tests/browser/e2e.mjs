@@ -79,8 +79,9 @@ async function nextStdinLine(timeoutMs) {
 }
 
 /** Opens a page in its own browser context (own connection pool, like a separate device). */
-async function openPage(browser, name, url) {
+async function openPage(browser, name, url, beforeGoto = async () => {}) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
+  await beforeGoto(context);
   const page = await context.newPage();
   page.on('pageerror', (error) => {
     pageErrors.push(`${name}: ${error.message}`);
@@ -466,6 +467,33 @@ async function scenarios(browser) {
   const dots = await alice.$$eval('[data-testid="conversation-presence"]', (nodes) => nodes.map((n) => n.dataset.online));
   check(dots.every((online) => online === 'false'), `alice's conversation list still shows someone online: ${dots}`);
   log('(e) passed: presence online/offline, typing indicator shown, replaced by the message, timed out');
+
+  // (e2) A presence change between a page's question and its stream's opening. Alice opens
+  // another page whose stream the network holds back; bob comes online meanwhile (her first
+  // page sees it), and only then is the stream let through. Presence events are not replayed,
+  // so the late page knows bob is online only if it asked once its stream was open (the demo
+  // page asked as the stream started, was told "offline", and showed that for good).
+  let release;
+  const held = new Promise((resolve) => { release = resolve; });
+  let streamAsked;
+  const streamRequested = new Promise((resolve) => { streamAsked = resolve; });
+  const aliceLate = await openPage(browser, 'alice (late stream)', `${RELAY}/?token=${ALICE}`, async (context) => {
+    await context.route(/\/v1\/stream/, async (route) => {
+      streamAsked();
+      await held;
+      await route.continue();
+    });
+  });
+  await streamRequested;
+  // A page that asks as its stream starts has its answer by now.
+  await aliceLate.waitForResponse(/\/v1\/presence/, { timeout: 1_000 }).catch(() => {});
+  const bobReturns = await openPage(browser, 'bob (returns)', `${RELAY}/?token=${BOB}`);
+  await waitForPresence(alice, 'bob', true, 'alice');
+  release();
+  await waitForStatus(aliceLate, 'live', 'alice (late stream)');
+  await waitForPresence(aliceLate, 'bob', true, 'alice (late stream)');
+  await Promise.all([aliceLate.context().close(), bobReturns.context().close()]);
+  log('(e2) passed: a page whose stream opened late still shows who came online before it');
 
   // (f) Rooms and broadcast. Alice and bob are members of #general through their tokens'
   // rooms claim; carol (a token minted here, no rooms) is not.
