@@ -1,7 +1,7 @@
 """pgrelay beside a naive one-LISTEN relay and nginx+Nchan, in one run, on one machine.
 
     ulimit -n 20000; python3 examples/compare/compare.py [--subscribers 10000] [--rate 1000]
-        [--writers 4] [--seconds 10] [--runs 5] [--only pgrelay,naive,nchan,nchan-fed]
+        [--writers 4] [--seconds 10] [--runs 5] [--only pgrelay,naive,nchan,nchan-fed] [--split]
 
 Needs the release binary (`cargo build --release`), the PostgreSQL server binaries, `psql`,
 Node.js and npm (it installs the `pg` package into a temporary folder) and, for the third peer,
@@ -25,16 +25,20 @@ message was handed to its writer to the moment the event was read, and the relay
 delivered event. The clients are asyncio protocols in this one process (one read callback per
 socket read, no per-stream task), the same for every relay.
 
-It prints one Markdown row per run and relay, then the median of the runs. Loopback only;
-everything it starts is stopped at the end.
+It prints one Markdown row per run and relay, then the median of the runs. With `--split`,
+for events that say when their writer's transaction began (pgrelay's `created_at`), it also
+prints where each delivery's time went: from the handoff to the writer until that moment (the
+load generator, psql and the writer's backend), and from there until the event was read (the
+commit, the relay and the client). Loopback only; everything it starts is stopped at the end.
 """
 import argparse, asyncio, base64, hashlib, hmac, json, os, random, re, resource, shutil
-import signal, statistics, subprocess, sys, tempfile, time
+import datetime, signal, statistics, subprocess, sys, tempfile, time
 
 SECRET = b"compare-secret-0123456789-abcdefgh"
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 KEY = re.compile(rb'"k":\s*(\d+)')
+CREATED_AT = re.compile(rb'"created_at":"([^"]+)"')
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -90,10 +94,11 @@ class Relay:
 
 
 class Stream(asyncio.Protocol):
-    """One subscriber's connection: reports every complete event's key as it is read."""
+    """One subscriber's connection: reports every complete event's key as it is read (and, to
+    split the latency, its `created_at` and the wall-clock time)."""
 
-    def __init__(self, ready, on_key):
-        self.ready_marker, self.on_key = ready, on_key
+    def __init__(self, ready, on_key, split):
+        self.ready_marker, self.on_key, self.split = ready, on_key, split
         self.opened = asyncio.get_running_loop().create_future()
         self.buffer = b""
 
@@ -111,8 +116,15 @@ class Stream(asyncio.Protocol):
         # Only whole events count; a frame split across reads is read with its end.
         end = self.buffer.rfind(b"\n\n")
         if end >= 0:
-            for key in KEY.findall(self.buffer, 0, end):
-                self.on_key(int(key), now)
+            if self.split:
+                wall = time.time()
+                for event in self.buffer[:end].split(b"\n\n"):
+                    key, created = KEY.search(event), CREATED_AT.search(event)
+                    if key:
+                        self.on_key(int(key.group(1)), now, (wall, created and created.group(1)))
+            else:
+                for key in KEY.findall(self.buffer, 0, end):
+                    self.on_key(int(key), now, None)
             self.buffer = self.buffer[end + 2:]
 
     def connection_lost(self, exc):
@@ -120,13 +132,13 @@ class Stream(asyncio.Protocol):
             self.opened.set_exception(ConnectionError("the stream closed before it opened"))
 
 
-async def open_streams(relay, subs, on_key):
+async def open_streams(relay, subs, on_key, split):
     loop, gate = asyncio.get_running_loop(), asyncio.Semaphore(200)
 
     async def one(sub):
         async with gate:
             transport, stream = await loop.create_connection(
-                lambda: Stream(relay.ready, lambda key, now: on_key(key, sub, now)),
+                lambda: Stream(relay.ready, lambda key, now, read: on_key(key, sub, now, read), split),
                 "127.0.0.1", relay.port)
             transport.write(relay.request(sub).encode())
             await asyncio.wait_for(stream.opened, 30)
@@ -217,16 +229,21 @@ async def settle(pids, most=60):
             return
 
 
-async def measure(relay, subscribers, rate, seconds, seed, fresh):
+async def measure(relay, subscribers, rate, seconds, seed, fresh, split):
     subs = [f"s{n:05d}" for n in range(subscribers)]
-    sent, latencies = {}, []
+    sent, sent_wall, latencies, parts = {}, {}, [], []
 
-    def on_key(key, sub, now):
+    def on_key(key, sub, now, read):
         if key in sent:
             latencies.append((now - sent[key]) * 1000)
+            if read and read[1]:
+                wall, created = read
+                began = datetime.datetime.fromisoformat(created.decode().replace("Z", "+00:00"))
+                before_commit = (began.timestamp() - sent_wall[key]) * 1000
+                parts.append((latencies[-1], before_commit, (wall - began.timestamp()) * 1000))
 
     before = rss_kib(relay.pids)
-    streams = await open_streams(relay, subs, on_key)
+    streams = await open_streams(relay, subs, on_key, split)
     await settle(relay.pids)
     # Only a fresh process grows: later runs reuse the memory the first one's streams left.
     kib_per_stream = (rss_kib(relay.pids) - before) / subscribers if fresh else float("nan")
@@ -241,6 +258,7 @@ async def measure(relay, subscribers, rate, seconds, seed, fresh):
             await asyncio.sleep(delay)
         relay.writers.send(key, rng.sample(subs, 3))
         sent[key] = time.monotonic()
+        sent_wall[key] = time.time()
     await asyncio.sleep(2)
     cpu = cpu_seconds(relay.pids) - cpu_before
     await relay.writers.stop()
@@ -251,7 +269,19 @@ async def measure(relay, subscribers, rate, seconds, seed, fresh):
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
     return {"kib": kib_per_stream, "delivered": len(latencies), "expected": count * 3,
             "p50": pick(0.5), "p99": pick(0.99), "max": latencies[-1] if latencies else float("nan"),
-            "cpu_us": cpu / max(1, len(latencies)) * 1e6}
+            "cpu_us": cpu / max(1, len(latencies)) * 1e6}, parts
+
+
+def split_line(name, parts):
+    """Where the time of `parts` (total, before the writer's transaction began, after) went."""
+    quantiles = lambda values: "/".join(
+        f"{sorted(values)[min(len(values) - 1, int(q * len(values)))]:.2f}" for q in (0.5, 0.99, 1.0))
+    slowest = sorted(parts)[int(0.99 * len(parts)):]
+    mean = lambda index: sum(part[index] for part in slowest) / len(slowest)
+    return (f"split {name}: handoff → transaction start p50/p99/max "
+            f"{quantiles([part[1] for part in parts])} ms, transaction start → read "
+            f"{quantiles([part[2] for part in parts])} ms; the slowest 1% spent {mean(1):.1f} ms "
+            f"before and {mean(2):.1f} ms after, on average")
 
 
 def start_pgrelay(port):
@@ -345,6 +375,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", default="pgrelay,naive,nchan,nchan-fed")
+    parser.add_argument("--split", action="store_true",
+                        help="also say where each delivery's time went, for events with created_at")
     args = parser.parse_args()
     wanted = args.only.split(",")
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
@@ -393,9 +425,12 @@ def main():
             for relay in (relays if run % 2 == 0 else relays[::-1]):
                 fresh = served.isdisjoint(relay.pids)
                 served.update(relay.pids)
-                measured = asyncio.run(measure(relay, args.subscribers, args.rate, args.seconds, run, fresh))
+                measured, parts = asyncio.run(measure(
+                    relay, args.subscribers, args.rate, args.seconds, run, fresh, args.split))
                 results[relay.name].append(measured)
                 print(row(f"{relay.name}, run {run + 1}", measured), flush=True)
+                if parts:
+                    print(split_line(f"{relay.name}, run {run + 1}", parts), flush=True)
         for name, runs in results.items():
             median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
             median["kib"] = next((run["kib"] for run in runs if run["kib"] == run["kib"]), float("nan"))
