@@ -245,6 +245,15 @@ mod tests {
     use super::*;
     use crate::testing::{connect, fresh_database};
 
+    /// Room for everything a test writes, and a short wait for the order lock.
+    const LIMITS: PassLimits = PassLimits {
+        rows: 500,
+        bytes: 1 << 20,
+        max_event_bytes: 1 << 20,
+        numbered: 1000,
+        lock_wait: Duration::from_secs(1),
+    };
+
     /// The dispatcher's statements are planned once for the session, not at each pass: left to
     /// choose, PostgreSQL planned them anew for every execution once the statistics had moved, and
     /// a pass then cost half again as much (BENCHMARKS.md, "Side by side").
@@ -254,13 +263,6 @@ mod tests {
         let client = connect(&db).await;
         let statements = prepare_news(&client, false).await.unwrap();
         let mut position = news_position(&client).await.unwrap();
-        let limits = PassLimits {
-            rows: 500,
-            bytes: 1 << 20,
-            max_event_bytes: 1 << 20,
-            numbered: 1000,
-            lock_wait: Duration::from_secs(1),
-        };
         for pass in 0..12 {
             client
                 .execute(
@@ -269,7 +271,7 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            let found = news(&client, &statements, position, limits, |_, _| true)
+            let found = news(&client, &statements, position, LIMITS, |_, _| true)
                 .await
                 .unwrap();
             assert_eq!(found.messages.len(), 1, "pass {pass}");
@@ -315,14 +317,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let limits = PassLimits {
-            rows: 500,
-            bytes: 1 << 20,
-            max_event_bytes: 1 << 20,
-            numbered: 1000,
-            lock_wait: Duration::from_secs(1),
-        };
-        let found = news(&client, &statements, position, limits, |_, _| true)
+        let found = news(&client, &statements, position, LIMITS, |_, _| true)
             .await
             .unwrap();
         assert_eq!(found.numbered.map_err(|error| error.to_string()), Ok(1));
