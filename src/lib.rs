@@ -114,6 +114,6 @@ pub use tls::connect;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::store::{
-        messages_for_sql, news, news_position, prepare_news, NewsPosition, PassLimits,
+        explain_messages_for, news, news_position, prepare_news, NewsPosition, PassLimits,
     };
 }

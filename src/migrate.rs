@@ -75,11 +75,7 @@ const MIGRATE_LOCK_KEY: i64 = 7395514830127704946;
 /// Applies every migration not yet recorded, and points the outbox trigger at `channel`.
 /// Returns the versions applied by this run.
 pub async fn migrate(database_url: &str, channel: &str) -> Result<Vec<i32>, Error> {
-    let (config, tls) = tls::connect_config(database_url)?;
-    let (client, connection) = config
-        .connect(tls)
-        .await
-        .map_err(|error| Error::from(error).while_connecting(&config))?;
+    let (client, connection) = tls::open(database_url).await?;
     let driver = tokio::spawn(connection);
     let result = migrate_with(&client, channel).await;
     drop(client);

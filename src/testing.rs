@@ -1,7 +1,7 @@
 //! What unit tests that need PostgreSQL share: a fresh database on the test server
 //! (`pgrelay_cluster::test_server`, as the integration suite uses), migrated, and a connection.
 
-use tokio_postgres::{Client, NoTls};
+pub use pgrelay_cluster::test_server::connect;
 
 /// A fresh database with pgrelay's schema, dropped when the test ends.
 pub async fn fresh_database() -> String {
@@ -10,13 +10,4 @@ pub async fn fresh_database() -> String {
         .await
         .expect("migrating a test database");
     url
-}
-
-/// A plain connection, driven in the background.
-pub async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .expect("connecting to a test database");
-    tokio::spawn(connection);
-    client
 }

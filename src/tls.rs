@@ -14,6 +14,7 @@
 //! tokio-postgres itself knows only disable/prefer/require, so [`connect_config`] reads the
 //! mode, hands tokio-postgres `require` for the verifying modes, and picks the connector.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -40,13 +41,27 @@ pub fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsCo
 /// client is dropped: for a program that runs its own statements beside the relay (`pgrelay
 /// demo` seeds its conversation with it).
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, Error> {
-    let (config, tls) = connect_config(url)?;
-    let (client, connection) = config
-        .connect(tls)
-        .await
-        .map_err(|error| Error::from(error).while_connecting(&config))?;
+    let (client, connection) = open(url).await?;
     tokio::spawn(connection);
     Ok(client)
+}
+
+/// One connection to `url` and the future that drives it, for a caller that waits for the
+/// session to end (`crate::migrate`, before the process exits).
+pub(crate) async fn open(
+    url: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+    ),
+    Error,
+> {
+    let (config, tls) = connect_config(url)?;
+    config
+        .connect(tls)
+        .await
+        .map_err(|error| Error::from(error).while_connecting(&config))
 }
 
 /// The `sslmode` a URL or key=value string asks for, if any.

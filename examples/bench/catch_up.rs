@@ -126,25 +126,13 @@ pub(crate) async fn catch_up_phase(
     // As the relay asks: the participant's own name, its rooms, and everyone.
     one.push("*".to_owned());
     member.push("*".to_owned());
-    let (bytes, max_event): (i64, i64) = (256 * 1024, 1024 * 1024);
     for (who, addresses, from) in [
         ("one participant", &one, since),
         ("a member of 20 rooms", &member, rooms_since),
     ] {
-        let sql = format!(
-            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
-            pgrelay::internals::messages_for_sql(addresses.len())
-        );
         for limit in [100i64, MISSED as i64] {
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                vec![&from, &limit, &bytes, &max_event];
-            params.extend(
-                addresses
-                    .iter()
-                    .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)),
-            );
-            let explained = db.query(&sql, &params).await?;
-            let lines: Vec<String> = explained.iter().map(|row| row.get(0)).collect();
+            let lines =
+                pgrelay::internals::explain_messages_for(&db, addresses, from, limit).await?;
             let execution = lines
                 .iter()
                 .find(|line| line.starts_with("Execution Time"))

@@ -621,7 +621,7 @@ impl Report {
                 .map(|(size, us)| format!("{size} id(s) {us:.0} µs"))
                 .collect();
             println!(
-                "- Dispatch fetch query (`store::messages_by_id`) round trip: {}.",
+                "- Dispatch fetch query (`store::news`) round trip: {}.",
                 fetch.join(", ")
             );
         }

@@ -29,7 +29,7 @@ async fn postgres_stores(client: &Client, text: &str) -> bool {
     }
 }
 
-/// Texts at the edge of each rule, agreed on one by one (the unit tests in src/jsonb.rs say
+/// Texts at the edge of each rule, agreed on one by one (the unit tests beside `check` say
 /// which way each goes; here PostgreSQL says it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edges_agree_with_postgresql() {

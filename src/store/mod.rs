@@ -293,12 +293,12 @@ pub async fn log_range(
     })
 }
 
-/// Most addresses [`messages_for_sql`] gives a branch of their own.
+/// Most addresses [`messages_sql`] gives a branch of their own.
 const MAX_ADDRESS_BRANCHES: usize = 64;
 
-/// The query of [`messages_for`] for `addresses` addresses, with `$1` the position, `$2` the
-/// row limit, `$3` the byte limit, `$4` the largest message read whole and `$5`… the addresses
-/// (or, past 64 of them, `$5` an array).
+/// The query of [`messages_for`] for `addresses` addresses holding the rows `rows` says, with
+/// `$1` the position, `$2` the row limit, `$3` the byte limit, `$4` the largest message read
+/// whole and `$5`… the addresses (or, past 64 of them, `$5` an array).
 ///
 /// One branch per address, each the first `$2` messages of that address after `$1`, found through
 /// the GIN index on `participants` (or, for a recent `$1`, the primary key's range), planned
@@ -308,13 +308,6 @@ const MAX_ADDRESS_BRANCHES: usize = 64;
 /// rows at all reads the whole table (measured in a 1,000,000-row outbox: 1.4 s for a member
 /// of 20 rooms; a single `participants && $addresses`, 1.9 s). A branch now costs what its
 /// address has after `$1`. (Past 64 addresses, one `&&` keeps the statement small.)
-/// For `EXPLAIN` in the tests and the benchmark (`crate::internals`).
-#[cfg(any(test, feature = "internals"))]
-pub fn messages_for_sql(addresses: usize) -> String {
-    messages_sql(addresses, Rows::WithControl)
-}
-
-/// [`messages_for_sql`], holding the rows `rows` says.
 fn messages_sql(addresses: usize, rows: Rows) -> String {
     let which = match rows {
         Rows::WithControl => "",
@@ -342,6 +335,27 @@ fn messages_sql(addresses: usize, rows: Rows) -> String {
         branches.join(" UNION ALL ")
     );
     page_sql(&source, 3, 4)
+}
+
+/// The plan lines of `EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)` for the page of at most `limit`
+/// messages after `since` for `addresses`, read as a catch-up reads it (256 KiB, messages up
+/// to 1 MiB whole): what the tests and the benchmark check the relay's plans by.
+#[cfg(any(test, feature = "internals"))]
+pub async fn explain_messages_for(
+    client: &Client,
+    addresses: &[String],
+    since: i64,
+    limit: i64,
+) -> Result<Vec<String>, Error> {
+    let sql = format!(
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
+        messages_sql(addresses.len(), Rows::WithControl)
+    );
+    let (bytes, max_event): (i64, i64) = (256 * 1024, 1024 * 1024);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since, &limit, &bytes, &max_event];
+    params.extend(addresses.iter().map(|a| a as &(dyn ToSql + Sync)));
+    let rows = client.query(&sql, &params).await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// What a resuming stream checks its position against.
@@ -562,27 +576,11 @@ mod tests {
         let mut addresses = vec!["member".to_owned()];
         addresses.extend((0..20).map(|n| format!("#r{n}")));
         addresses.push("*".to_owned());
-        let sql = format!(
-            "EXPLAIN (ANALYZE, COSTS OFF) {}",
-            messages_for_sql(addresses.len())
-        );
         // History reads default to 100 rows, catch-ups to 1,000: both must probe.
         for limit in [100i64, 1000] {
-            let (since, bytes, max_event) = (0i64, 256 * 1024i64, 1024 * 1024i64);
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                vec![&since, &limit, &bytes, &max_event];
-            params.extend(
-                addresses
-                    .iter()
-                    .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)),
-            );
-            let plan: Vec<String> = client
-                .query(&sql, &params)
+            let plan = explain_messages_for(&client, &addresses, 0, limit)
                 .await
-                .unwrap()
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
+                .unwrap();
             let plan = plan.join("\n");
             assert!(plan.contains("messages_participants_idx"), "{plan}");
             let walked: u64 = plan

@@ -67,10 +67,7 @@ pub async fn empty_database() -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
     let template = url_template();
-    let (admin, connection) = tokio_postgres::connect(&template.replace("{db}", "postgres"), NoTls)
-        .await
-        .unwrap_or_else(|error| panic!("cannot connect to the test server: {error}"));
-    tokio::spawn(connection);
+    let admin = connect(&template.replace("{db}", "postgres")).await;
     // Two statements: CREATE DATABASE refuses to run in the transaction of a multi-statement
     // query.
     for statement in [
@@ -84,6 +81,15 @@ pub async fn empty_database() -> String {
     }
     drop_database_when_thread_exits(name.clone());
     template.replace("{db}", &name)
+}
+
+/// A plain connection to `url` on the test server, driven in the background.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect to the test server: {error}"));
+    tokio::spawn(connection);
+    client
 }
 
 /// Drops the database `name` of the test server once the current thread exits.

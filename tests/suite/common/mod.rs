@@ -10,6 +10,7 @@ pub mod idp;
 mod raw;
 
 pub use http::*;
+pub use pgrelay_cluster::test_server::connect;
 pub use raw::*;
 
 use std::time::Duration;
@@ -23,7 +24,7 @@ use pgrelay_cluster::test_server;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// The secret every test relay verifies with.
 pub const SECRET: &str = "test-secret-0123456789-0123456789";
@@ -47,13 +48,6 @@ pub async fn fresh_database() -> String {
 /// the test ends.
 pub async fn empty_database() -> String {
     test_server::empty_database().await
-}
-
-/// A plain client connection, driven in the background.
-pub async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 /// The relay settings tests use unless they say otherwise: the defaults, except that a
