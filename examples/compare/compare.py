@@ -266,16 +266,21 @@ async def measure(relay, subscribers, rate, seconds, seed, fresh, split):
         stream.close()
     await asyncio.sleep(2)
     latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
     return {"kib": kib_per_stream, "delivered": len(latencies), "expected": count * 3,
-            "p50": pick(0.5), "p99": pick(0.99), "max": latencies[-1] if latencies else float("nan"),
+            "p50": quantile(latencies, 0.5), "p99": quantile(latencies, 0.99),
+            "max": quantile(latencies, 1.0),
             "cpu_us": cpu / max(1, len(latencies)) * 1e6}, parts
+
+
+def quantile(ordered, q):
+    """The `q` quantile of the ascending list `ordered` (NaN when it is empty)."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def split_line(name, parts):
     """Where the time of `parts` (total, before the writer's transaction began, after) went."""
     quantiles = lambda values: "/".join(
-        f"{sorted(values)[min(len(values) - 1, int(q * len(values)))]:.2f}" for q in (0.5, 0.99, 1.0))
+        f"{quantile(sorted(values), q):.2f}" for q in (0.5, 0.99, 1.0))
     slowest = sorted(parts)[int(0.99 * len(parts)):]
     mean = lambda index: sum(part[index] for part in slowest) / len(slowest)
     return (f"split {name}: handoff → transaction start p50/p99/max "
