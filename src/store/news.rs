@@ -1,12 +1,21 @@
 //! The dispatcher's pass: number what has committed, then read everything after a position,
 //! messages and signals, in one round trip on the LISTEN connection, with the listener's role.
+//!
+//! PostgreSQL flushes its answers at the end of every statement sent on its own, and each flush
+//! wakes the relay: a pass sent as four (BEGIN, the numbering, the read, COMMIT) woke it three
+//! or four times for every message. So the session defines the pass as one function in its own
+//! temporary schema, made from the same statements, and a pass is one statement, one answer,
+//! one wake-up (BENCHMARKS.md, "CPU per event"). A role that may not create temporary objects
+//! runs the four statements instead, pipelined as before.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
+use tracing::info;
 
 use super::{matching, message_from_row, page_sql, COMMITTED_AT, CONTROL, FETCHED};
 use crate::error::Error;
@@ -18,19 +27,33 @@ use crate::message::{Message, Signal};
 /// has reached it shows all of them (`crate::replica`).
 pub const WAL_POSITION: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8";
 
+/// The read's parameters: the last message id read, most rows, most bytes, the last signal id
+/// read, and the size above which a message is read without its payload.
+const READ_TYPES: [Type; 5] = [Type::INT8, Type::INT8, Type::INT8, Type::INT8, Type::INT8];
+
 /// The dispatcher's statements, prepared on the LISTEN connection.
 pub struct NewsStatements {
-    /// `pgrelay.sequence($1)`: numbers at most `$1` committed pending messages (and as many
-    /// signals); answers how many it numbered.
-    number: Statement,
     /// Every message after `$1` (a page of at most `$2` rows and `$3` bytes, messages over `$5`
     /// bytes without their payload) and every signal after `$4` (at most `$2`). Wake-ups carry
     /// nothing, so this is all the relay knows of what is new.
     read: Statement,
-    /// [`WAL_POSITION`], read after each pass's COMMIT when a read replica needs to know how
+    /// How the pass numbers before it reads.
+    numbering: Numbering,
+    /// [`WAL_POSITION`], read after each pass's commit when a read replica needs to know how
     /// far the rows a pass read reach in the WAL; `None` without a replica (it costs the
     /// database a statement per pass).
     wal: Option<Statement>,
+}
+
+/// How a pass numbers committed pending rows and reads, in one transaction.
+enum Numbering {
+    /// `pg_temp.pgrelay_pass(<the read's parameters>, max_rows, lock_timeout)`: one statement
+    /// that runs `pgrelay.sequence(max_rows)`, then the read, and ends with one row whose
+    /// first column is NULL and whose second is how many rows it numbered.
+    OneStatement(Statement),
+    /// `pgrelay.sequence($1)`, sent between BEGIN and COMMIT with the read, where the session
+    /// may not create its temporary function.
+    Transaction(Statement),
 }
 
 impl NewsStatements {
@@ -47,36 +70,77 @@ impl NewsStatements {
 /// `with_wal` (a read replica is configured).
 ///
 /// The session plans them once (`plan_cache_mode`), and so the statements inside
-/// `pgrelay.sequence()`, which it calls: left to choose, PostgreSQL plans a statement anew at
-/// every execution whenever its one-time plan looks costlier than those made for the
-/// parameters, which began once presence churn had moved the statistics, and then each pass
-/// paid for planning (commit → event p50 1.0 ms before, 1.6 ms after; BENCHMARKS.md).
+/// `pgrelay.sequence()` and the pass's function, which it calls: left to choose, PostgreSQL
+/// plans a statement anew at every execution whenever its one-time plan looks costlier than
+/// those made for the parameters, which began once presence churn had moved the statistics,
+/// and then each pass paid for planning (commit → event p50 1.0 ms before, 1.6 ms after;
+/// BENCHMARKS.md). Its transactions are READ COMMITTED whatever the database's default: a pass
+/// must see what the previous holder of the order lock committed.
 pub async fn prepare_news(client: &Client, with_wal: bool) -> Result<NewsStatements, Error> {
     client
-        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .batch_execute(
+            "SET plan_cache_mode = force_generic_plan; \
+             SET default_transaction_isolation = 'read committed'",
+        )
         .await?;
     let messages = page_sql(&matching("id > $1", 2), 3, 5);
-    let read = format!(
+    let read_sql = format!(
         "SELECT false, * FROM ({messages}) messages \
          UNION ALL \
          SELECT true, id, kind, sender, participants, payload, NULL, NULL, NULL, NULL, NULL \
            FROM (SELECT * FROM pgrelay.signals WHERE id > $4 ORDER BY id LIMIT $2) signals"
     );
+    let read = client.prepare_typed(&read_sql, &READ_TYPES).await?;
+    let numbering = match client.batch_execute(&pass_function(&read_sql, &read)).await {
+        Ok(()) => {
+            let call = "SELECT * FROM pg_temp.pgrelay_pass($1, $2, $3, $4, $5, $6, $7)";
+            let types = [&READ_TYPES[..], &[Type::INT4, Type::TEXT]].concat();
+            Numbering::OneStatement(client.prepare_typed(call, &types).await?)
+        }
+        Err(error) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            info!(%error, "the listener may not create its temporary function: each pass is four statements (GRANT TEMPORARY ON DATABASE makes it one)");
+            let number = "SELECT pgrelay.sequence($1)";
+            Numbering::Transaction(client.prepare_typed(number, &[Type::INT4]).await?)
+        }
+        Err(error) => return Err(error.into()),
+    };
     Ok(NewsStatements {
-        number: client
-            .prepare_typed("SELECT pgrelay.sequence($1)", &[Type::INT4])
-            .await?,
-        read: client
-            .prepare_typed(
-                &read,
-                &[Type::INT8, Type::INT8, Type::INT8, Type::INT8, Type::INT8],
-            )
-            .await?,
+        read,
+        numbering,
         wal: match with_wal {
             true => Some(client.prepare_typed(WAL_POSITION, &[]).await?),
             false => None,
         },
     })
+}
+
+/// The pass as one function of this session: its first five parameters are the read's, so the
+/// read's text goes in as it is; the columns it returns are those `read` was prepared with.
+fn pass_function(read_sql: &str, read: &Statement) -> String {
+    let types: Vec<&str> = read.columns().iter().map(|c| c.type_().name()).collect();
+    let columns: Vec<String> = (types.iter().enumerate())
+        .map(|(at, name)| format!("c{at} {name}"))
+        .collect();
+    // The count's row: NULL where a row says whether it is a signal, the count where its id is.
+    let count: Vec<String> = (types.iter().enumerate())
+        .map(|(at, name)| match at {
+            1 => "numbered::int8".to_owned(),
+            _ => format!("NULL::{name}"),
+        })
+        .collect();
+    format!(
+        "CREATE OR REPLACE FUNCTION pg_temp.pgrelay_pass(int8, int8, int8, int8, int8, int4, text) \
+           RETURNS TABLE ({columns}) LANGUAGE plpgsql AS $pass$ \
+         DECLARE numbered int4; \
+         BEGIN \
+           PERFORM set_config('lock_timeout', $7, true); \
+           numbered := pgrelay.sequence($6); \
+           RETURN QUERY {read_sql}; \
+           RETURN QUERY SELECT {count}; \
+         END $pass$",
+        columns = columns.join(", "),
+        count = count.join(", "),
+    )
 }
 
 /// Where the dispatcher has read up to: the last message id and the last signal id.
@@ -140,12 +204,13 @@ pub struct PassLimits {
 /// what is visible after `position`, within `limits`. Rows that `wanted` refuses (given their
 /// participants and whether they are a control row) are skipped before their JSON is rendered.
 ///
-/// Both run in one READ COMMITTED transaction, sent in one round trip (tokio-postgres pipelines
-/// requests that are issued together), so the rows this pass numbered are read by the same
-/// transaction that numbered them and are handed on only once its COMMIT has succeeded. When
-/// numbering fails (the order lock stays taken past `lock_timeout`, or the role may not run
-/// it), the transaction rolls back and the rows are read on their own: what other relays
-/// numbered is still delivered, and [`News::numbered`] says why this pass numbered nothing.
+/// Both run in one READ COMMITTED transaction, sent in one round trip, so the rows this pass
+/// numbered are read by the same transaction that numbered them and are handed on only once
+/// its commit has succeeded (the driver reads a statement's answer up to the end of its
+/// transaction, which reports a failed commit). When numbering fails (the order lock stays
+/// taken past `lock_timeout`, or the role may not run it), the transaction rolls back and the
+/// rows are read on their own: what other relays numbered is still delivered, and
+/// [`News::numbered`] says why this pass numbered nothing.
 pub async fn news(
     client: &Client,
     statements: &NewsStatements,
@@ -153,39 +218,58 @@ pub async fn news(
     limits: PassLimits,
     wanted: impl Fn(&[String], bool) -> bool,
 ) -> Result<News, Error> {
-    let begin = format!(
-        "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {}",
-        limits.lock_wait.as_millis().max(1)
-    );
-    let params: [&(dyn ToSql + Sync); 5] = [
+    let read_params: [&(dyn ToSql + Sync); 5] = [
         &position.message,
         &limits.rows,
         &limits.bytes,
         &position.signal,
         &limits.max_event_bytes,
     ];
-    let number_params: [&(dyn ToSql + Sync); 1] = [&limits.numbered];
-    // The WAL position goes last, after the COMMIT, so it covers the numbering too.
-    let (begun, numbered, read, committed, wal) = tokio::join!(
-        client.batch_execute(&begin),
-        client.query_one(&statements.number, &number_params),
-        client.query(&statements.read, &params),
-        client.batch_execute("COMMIT"),
-        statements.wal_position(client),
-    );
-    begun?;
-    let (numbered, found, wal) = match numbered {
-        Ok(row) => {
-            let found = read?;
-            committed?;
-            let count: i32 = row.try_get(0)?;
-            (Ok(count.max(0) as u64), found, wal?)
+    let lock_timeout = format!("{}ms", limits.lock_wait.as_millis().max(1));
+    // The WAL position goes last, after the commit, so it covers the numbering too.
+    let (attempt, wal) = match &statements.numbering {
+        Numbering::OneStatement(pass) => {
+            let params = [&read_params[..], &[&limits.numbered, &lock_timeout]].concat();
+            let (found, wal) =
+                tokio::join!(client.query(pass, &params), statements.wal_position(client));
+            (found.map(counted), wal)
         }
+        Numbering::Transaction(number) => {
+            let begin = format!(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{lock_timeout}'"
+            );
+            let number_params: [&(dyn ToSql + Sync); 1] = [&limits.numbered];
+            let (begun, numbered, read, committed, wal) = tokio::join!(
+                client.batch_execute(&begin),
+                client.query_one(number, &number_params),
+                client.query(&statements.read, &read_params),
+                client.batch_execute("COMMIT"),
+                statements.wal_position(client),
+            );
+            begun?;
+            let attempt = match numbered {
+                Ok(row) => {
+                    let found = read?;
+                    committed?;
+                    let count: i32 = row.try_get(0)?;
+                    Ok((Ok(i64::from(count)), found))
+                }
+                // A failed numbering aborted the transaction; its COMMIT rolled it back.
+                Err(error) if !error.is_closed() => {
+                    committed?;
+                    Err(error)
+                }
+                Err(error) => Err(error),
+            };
+            (attempt, wal)
+        }
+    };
+    let (numbered, found, wal) = match attempt {
+        Ok((count, found)) => (Ok(count?.max(0) as u64), found, wal?),
         // A closed connection fails the session; anything else only this pass's numbering.
         Err(error) if error.is_closed() => return Err(error.into()),
         Err(error) => {
-            committed?;
-            let found = client.query(&statements.read, &params).await?;
+            let found = client.query(&statements.read, &read_params).await?;
             (
                 Err(error.into()),
                 found,
@@ -227,6 +311,15 @@ pub async fn news(
         }
     }
     Ok(news)
+}
+
+/// The rows of a one-statement pass without its last, and the count that row carries.
+fn counted(mut found: Vec<Row>) -> (Result<i64, Error>, Vec<Row>) {
+    let count = match found.pop() {
+        Some(row) => row.try_get(1).map_err(Error::from),
+        None => Err(Error::connection("a pass answered without its count")),
+    };
+    (count, found)
 }
 
 /// Reads a signal from a [`prepare_news`] row.
@@ -291,6 +384,112 @@ mod tests {
             custom, 0,
             "statements planned for their parameters at a pass"
         );
+    }
+
+    /// A role with the relay's grants and nothing else, connected to `db`; with `temporary`,
+    /// the database lets it create temporary objects (PostgreSQL's default, revoked here when
+    /// false).
+    async fn relay_role(db: &str, temporary: bool) -> Client {
+        let database = db.rsplit('/').next().unwrap();
+        let name = format!("relay_{database}");
+        let revoke = match temporary {
+            true => String::new(),
+            false => format!("REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC;"),
+        };
+        connect(db)
+            .await
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN; {revoke} \
+                 GRANT USAGE ON SCHEMA pgrelay TO {name}; \
+                 GRANT SELECT ON pgrelay.messages, pgrelay.signals TO {name}; \
+                 GRANT EXECUTE ON FUNCTION pgrelay.sequence(integer) TO {name}"
+            ))
+            .await
+            .unwrap();
+        let mut config: tokio_postgres::Config = db.parse().unwrap();
+        let (client, connection) = config
+            .user(&name)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// The relay's role numbers and reads what an app committed, in one statement where the
+    /// database lets it create its temporary function and in four where it does not.
+    #[tokio::test]
+    async fn a_pass_numbers_and_reads_with_or_without_temporary_objects() {
+        for temporary in [true, false] {
+            let db = fresh_database().await;
+            let relay = relay_role(&db, temporary).await;
+            let statements = prepare_news(&relay, false).await.unwrap();
+            assert_eq!(
+                matches!(statements.numbering, Numbering::OneStatement(_)),
+                temporary,
+                "a pass is one statement exactly where temporary objects are allowed"
+            );
+            let position = news_position(&relay).await.unwrap();
+            connect(&db)
+                .await
+                .batch_execute(
+                    "INSERT INTO pgrelay.messages (participants, payload) \
+                     VALUES ('{alice}', '{\"n\": 1}'), ('{bob}', '{\"n\": 2}')",
+                )
+                .await
+                .unwrap();
+            let found = news(&relay, &statements, position, LIMITS, |_, _| true)
+                .await
+                .unwrap();
+            assert_eq!(found.numbered.map_err(|error| error.to_string()), Ok(2));
+            let ids: Vec<i64> = found.messages.iter().map(|(m, _)| m.id).collect();
+            assert_eq!(ids, [position.message + 1, position.message + 2]);
+            assert_eq!(found.position.message, position.message + 2);
+            let again = news(&relay, &statements, found.position, LIMITS, |_, _| true)
+                .await
+                .unwrap();
+            assert_eq!(again.numbered.map_err(|error| error.to_string()), Ok(0));
+            assert!(again.messages.is_empty(), "nothing is read twice");
+        }
+    }
+
+    /// When the order lock stays taken past the pass's wait, the pass numbers nothing, says why,
+    /// and still reads what is numbered; the next pass numbers what waited.
+    #[tokio::test]
+    async fn a_pass_reads_when_the_order_lock_is_taken() {
+        let db = fresh_database().await;
+        let client = connect(&db).await;
+        let statements = prepare_news(&client, false).await.unwrap();
+        let position = news_position(&client).await.unwrap();
+        let owner = connect(&db).await;
+        let insert =
+            "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', '{}')";
+        // One statement at a time: a string of several runs them in one transaction.
+        for statement in [
+            insert,
+            "SELECT pgrelay.sequence()",
+            insert,
+            "BEGIN",
+            "LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE",
+        ] {
+            owner.batch_execute(statement).await.unwrap();
+        }
+        let limits = PassLimits {
+            lock_wait: Duration::from_millis(50),
+            ..LIMITS
+        };
+        let stuck = news(&client, &statements, position, limits, |_, _| true)
+            .await
+            .unwrap();
+        let why = stuck.numbered.expect_err("the lock was taken").to_string();
+        assert!(why.contains("lock timeout"), "{why}");
+        assert_eq!(stuck.messages.len(), 1, "what was numbered is still read");
+        owner.batch_execute("COMMIT").await.unwrap();
+        let after = news(&client, &statements, stuck.position, limits, |_, _| true)
+            .await
+            .unwrap();
+        assert_eq!(after.numbered.map_err(|error| error.to_string()), Ok(1));
+        assert_eq!(after.messages.len(), 1);
     }
 
     /// A pass numbers and reads whatever isolation level the database gives its sessions by
