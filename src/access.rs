@@ -160,25 +160,7 @@ impl Access {
                 if *version <= self.version {
                     return Change::None;
                 }
-                let before = self.rooms();
-                self.version = *version;
-                self.members = rooms_only(rooms.iter().cloned());
-                let after = self.rooms();
-                let added: Vec<String> = after
-                    .iter()
-                    .filter(|r| !before.contains(r))
-                    .cloned()
-                    .collect();
-                let removed: Vec<String> = before
-                    .iter()
-                    .filter(|r| !after.contains(r))
-                    .cloned()
-                    .collect();
-                if added.is_empty() && removed.is_empty() {
-                    Change::None
-                } else {
-                    Change::Rooms { added, removed }
-                }
+                self.set_members(*version, rooms.clone())
             }
             Control::Revoked { issued_before } => {
                 if self.is_revoked_by(*issued_before) {
@@ -188,6 +170,40 @@ impl Access {
                     Change::None
                 }
             }
+        }
+    }
+
+    /// Replaces the member rooms with `rooms`, read as of membership version `version`,
+    /// whatever version the access holds: after retention removed membership sets a stream
+    /// never read, the newest version left may be older than the stream's own, and the rooms
+    /// read now are still the truth.
+    pub fn replace_members(&mut self, version: i64, rooms: Vec<String>) -> Change {
+        if self.revoked {
+            return Change::None;
+        }
+        self.set_members(version.max(self.version), rooms)
+    }
+
+    /// Takes `rooms` as the member rooms as of `version`; answers what that changed.
+    fn set_members(&mut self, version: i64, rooms: Vec<String>) -> Change {
+        let before = self.rooms();
+        self.version = version;
+        self.members = rooms_only(rooms);
+        let after = self.rooms();
+        let added: Vec<String> = after
+            .iter()
+            .filter(|r| !before.contains(r))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = before
+            .iter()
+            .filter(|r| !after.contains(r))
+            .cloned()
+            .collect();
+        if added.is_empty() && removed.is_empty() {
+            Change::None
+        } else {
+            Change::Rooms { added, removed }
         }
     }
 }

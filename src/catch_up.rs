@@ -193,6 +193,11 @@ struct Tail {
     bytes: u64,
     /// Whether the last read was cut (more rows follow the last page right away).
     cut: bool,
+    /// The highest retention bounds (pruned through, oldest id) any of its reads saw. A
+    /// stream's part may come from pages read in earlier rounds, and with a replica a later
+    /// round may read a server that has not replayed the prune yet: the tail holds no rows
+    /// below the highest bounds, so a stream whose cursor lies below them must hear `reset`.
+    pruned: (i64, i64),
 }
 
 impl Tail {
@@ -284,7 +289,10 @@ async fn serve(reader: &Reader, tail: &mut Tail, waiting: Vec<Request>) {
         };
     }
     let bounds = match extend(reader, tail, worst).await {
-        Ok(bounds) => bounds,
+        Ok(bounds) => {
+            tail.pruned = tail.pruned.max(bounds);
+            tail.pruned
+        }
         Err(error) => {
             tracing::warn!(%error, streams = waiting.len(), "shared catch-up read failed; streams read alone");
             *tail = Tail::default();

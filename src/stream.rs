@@ -34,9 +34,9 @@ use crate::error::Error;
 use crate::frame;
 use crate::message::{Control, Message, REVOKED_EVENT, ROOMS_EVENT};
 use crate::open_reads::OpenReads;
-use crate::registry::{Delivery, Live, Subscription};
+use crate::registry::{Delivery, Inbox, Live, Subscription};
 use crate::replica::{Read, Through};
-use crate::store;
+use crate::store::{self, AccessQuery};
 
 /// Messages read per catch-up query. The query costs about the same for 100 rows as for 1,000
 /// (PostgreSQL sorts the participant's matching rows either way), so pages are large.
@@ -98,6 +98,10 @@ pub struct EventStream {
     finished: bool,
     /// Consecutive failed catch-up queries, for backoff.
     failures: u32,
+    /// Set when retention removed rows after the cursor before the stream read them: they may
+    /// have changed its participant's rooms, so its member rooms are read again before it
+    /// sends anything after them.
+    membership_stale: bool,
 }
 
 /// Why a stream could not be opened.
@@ -119,6 +123,8 @@ impl From<Error> for OpenError {
 enum Interrupt {
     Shutdown,
     Expired,
+    /// The token was revoked: the stream ends at once, not after the read it waits for.
+    Revoked,
 }
 
 impl StreamContext {
@@ -174,6 +180,7 @@ impl StreamContext {
             expires: Instant::now() + expires_in,
             finished: false,
             failures: 0,
+            membership_stale: false,
         })
     }
 }
@@ -250,7 +257,7 @@ impl EventStream {
                 Delivery::Empty => {
                     let changed = self.subscription.inbox().changed();
                     let quiet = tokio::time::timeout_at(self.keepalive_at, changed);
-                    match interruptible(&self.context.shutdown, self.expires, quiet).await {
+                    match interruptible(&self.context.shutdown, self.expires, None, quiet).await {
                         Ok(Ok(())) => None,
                         Ok(Err(_)) => return Some(frame::KEEPALIVE),
                         Err(interrupt) => Some(interrupt),
@@ -260,6 +267,8 @@ impl EventStream {
             match interrupted {
                 None => {}
                 Some(Interrupt::Shutdown) => return None,
+                // The loop's next turn sends `revoked`.
+                Some(Interrupt::Revoked) => {}
                 Some(Interrupt::Expired) => {
                     self.finished = true;
                     let data = r#"{"reason":"token_expired"}"#;
@@ -272,13 +281,21 @@ impl EventStream {
     /// Reads one page after the cursor into `pending`: its part of a shared read when its
     /// cursor is recent (`catch_up`), else, or when the shared read sends it back, its own.
     async fn catch_up(&mut self) -> Result<(), Interrupt> {
+        if self.membership_stale && !self.refresh_membership().await? {
+            return Ok(());
+        }
         let context = Arc::clone(&self.context);
         if context.reader.registry.routed_through() - self.cursor <= catch_up::MAX_SHARED_SPAN {
             let shared = context
                 .catch_ups
                 .catch_up(self.cursor, self.access.catch_up_addresses());
-            if let Answer::Shared(share) =
-                interruptible(&context.shutdown, self.expires, shared).await?
+            if let Answer::Shared(share) = interruptible(
+                &context.shutdown,
+                self.expires,
+                Some(self.subscription.inbox()),
+                shared,
+            )
+            .await?
             {
                 self.take_share(share).await;
                 return Ok(());
@@ -294,6 +311,10 @@ impl EventStream {
         if share.pruned_through > self.cursor {
             self.truncated(share.pruned_through, Some(share.oldest_id))
                 .await;
+            // The page was chosen by rooms the removed rows may have changed.
+            self.page.clear();
+            self.subscription.inbox().request_catch_up();
+            return;
         }
         if share.more {
             self.subscription.inbox().request_catch_up();
@@ -344,8 +365,13 @@ impl EventStream {
             }
             (page, reservation)
         };
-        let (page, reservation) =
-            interruptible(&self.context.shutdown, self.expires, query).await?;
+        let (page, reservation) = interruptible(
+            &self.context.shutdown,
+            self.expires,
+            Some(self.subscription.inbox()),
+            query,
+        )
+        .await?;
         match page {
             Ok(page) => {
                 self.failures = 0;
@@ -353,8 +379,12 @@ impl EventStream {
                 if page.pruned_through > self.cursor {
                     // Retention removed messages after the cursor before this stream read them
                     // (it fell behind, or was quiet longer than the retention period): say so
-                    // before going on, never skip silently.
+                    // before going on, never skip silently. The page was chosen by rooms the
+                    // removed rows may have changed: it is read again once they are known.
                     self.truncated(page.pruned_through, None).await;
+                    self.page.clear();
+                    self.subscription.inbox().request_catch_up();
+                    return Ok(());
                 }
                 if page.more {
                     // Read the next page once this one is sent.
@@ -366,23 +396,29 @@ impl EventStream {
             }
             Err(error) => {
                 warn!(%error, participant = %self.subscription.participant(), "catch-up query failed; retrying");
-                let delay = Duration::from_millis(100)
-                    .saturating_mul(1 << self.failures.min(6))
-                    .min(MAX_RETRY_DELAY);
-                self.failures += 1;
-                // Anything new in the inbox (say, the listener reconnected because the database
-                // is back) ends the wait early.
-                let wait = async {
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.subscription.inbox().changed() => {}
-                    }
-                };
-                let waited = interruptible(&self.context.shutdown, self.expires, wait).await;
-                self.subscription.inbox().request_catch_up();
-                waited
+                self.back_off().await
             }
         }
+    }
+
+    /// Waits before the next attempt after a failed read, longer after each, then asks for
+    /// another catch-up: a database outage delays messages but never loses them.
+    async fn back_off(&mut self) -> Result<(), Interrupt> {
+        let delay = Duration::from_millis(100)
+            .saturating_mul(1 << self.failures.min(6))
+            .min(MAX_RETRY_DELAY);
+        self.failures += 1;
+        // Anything new in the inbox (say, the listener reconnected because the database is
+        // back) ends the wait early.
+        let wait = async {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.subscription.inbox().changed() => {}
+            }
+        };
+        let waited = interruptible(&self.context.shutdown, self.expires, None, wait).await;
+        self.subscription.inbox().request_catch_up();
+        waited
     }
 }
 
@@ -390,11 +426,16 @@ impl EventStream {
     /// Applies a control row of the stream's participant at its position; the event to send,
     /// if it changed anything for this stream.
     fn apply(&mut self, row: &Message, control: &Control) -> Option<Bytes> {
+        self.cursor = row.id;
         // The listener may have routed this row before the stream was filed, or while it
         // caught up: its routing takes it now (a second application changes nothing).
         self.subscription.apply(control);
         let change = self.access.apply(control);
-        self.cursor = row.id;
+        self.announce(row.id, change)
+    }
+
+    /// The event that says what `change`, at position `id`, did to the stream, if anything.
+    fn announce(&mut self, id: i64, change: Change) -> Option<Bytes> {
         match change {
             Change::None => None,
             Change::Rooms { added, removed } => {
@@ -406,7 +447,7 @@ impl EventStream {
                     self.subscription.inbox().request_catch_up();
                 }
                 let data = serde_json::json!({"added": added, "removed": removed});
-                Some(frame::change(row.id, ROOMS_EVENT, &data.to_string()))
+                Some(frame::change(id, ROOMS_EVENT, &data.to_string()))
             }
             Change::Revoked => Some(self.revoked()),
         }
@@ -437,6 +478,45 @@ impl EventStream {
         self.preamble
             .push_back(frame::control("reset", &reset.to_string()));
         self.cursor = pruned_through;
+        self.membership_stale = true;
+    }
+
+    /// Reads the participant's member rooms again, on the primary, after retention removed rows
+    /// the stream never read: a change of its rooms among them would otherwise never apply, and
+    /// a room it left would go on reaching it. What is read is the membership now, as when a
+    /// stream opens (a member reads a room's retained history). Whether it was read; if not,
+    /// the stream tries again after a backoff, sending nothing meanwhile.
+    async fn refresh_membership(&mut self) -> Result<bool, Interrupt> {
+        let query = AccessQuery {
+            participant: self.subscription.participant().to_owned(),
+            issued_at: None,
+            with_rooms: true,
+        };
+        let read = self.context.open_reads.access_now(query);
+        match interruptible(
+            &self.context.shutdown,
+            self.expires,
+            Some(self.subscription.inbox()),
+            read,
+        )
+        .await?
+        {
+            Ok(now) => {
+                self.membership_stale = false;
+                // The listener routes by membership sets it applied live, so its filing of the
+                // stream is already current.
+                let change = self.access.replace_members(now.version, now.member_rooms);
+                if let Some(frame) = self.announce(self.cursor, change) {
+                    self.preamble.push_back(frame);
+                }
+                Ok(true)
+            }
+            Err(error) => {
+                warn!(%error, participant = %self.subscription.participant(), "reading member rooms failed; retrying");
+                self.back_off().await?;
+                Ok(false)
+            }
+        }
     }
 }
 
@@ -462,16 +542,29 @@ fn resume_point(since: i64, bounds: &store::RetentionBounds) -> (i64, Option<ser
     }
 }
 
-/// Runs `work` unless shutdown or token expiry comes first.
+/// Runs `work` unless shutdown or token expiry comes first, or, when `inbox` is given, a
+/// revocation of the stream's token. A `work` that waits on the inbox itself must not give
+/// it: each wake-up of the inbox goes to one waiter.
 async fn interruptible<T>(
     shutdown: &CancellationToken,
     expires: Instant,
+    inbox: Option<&Inbox>,
     work: impl Future<Output = T>,
 ) -> Result<T, Interrupt> {
+    let revoked = async {
+        let Some(inbox) = inbox else {
+            return std::future::pending().await;
+        };
+        // Waking here takes no event from the stream: it looks into the inbox after the read.
+        while !inbox.is_revoked() {
+            inbox.changed().await;
+        }
+    };
     tokio::select! {
         biased;
         _ = shutdown.cancelled() => Err(Interrupt::Shutdown),
         _ = tokio::time::sleep_until(expires) => Err(Interrupt::Expired),
+        () = revoked => Err(Interrupt::Revoked),
         value = work => Ok(value),
     }
 }

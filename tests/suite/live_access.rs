@@ -933,3 +933,143 @@ async fn a_revocation_while_a_message_waits_refuses_it() {
     let stored = stored_numbers(&client).await;
     assert_eq!(stored, [2], "only bob's message is stored");
 }
+
+/// A stream whose client stalls falls behind; meanwhile its participant leaves `#a`
+/// (`rooms_changed`), and retention prunes that control row before the stream reads it. After
+/// its `reset` (history_truncated) the stream reads its member rooms again: a message to `#a`
+/// committed after the removal does not reach the former member. (Before, the cursor jumped
+/// past the pruned row, the stream's access kept `#a`, and that message was delivered; found
+/// by an outside review.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_pruned_before_a_stalled_stream_read_it_still_applies() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "CREATE SCHEMA app;
+             CREATE TABLE app.memberships (member text, room text, PRIMARY KEY (member, room));
+             INSERT INTO app.memberships VALUES ('alice', 'a');
+             CREATE OR REPLACE FUNCTION pgrelay.member_rooms(participant text) RETURNS text[]
+             LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+                 SELECT coalesce(array_agg('#' || room), '{}') FROM app.memberships
+                  WHERE member = participant $$;",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::start(&db).await;
+    let token = relay.token("alice", &[]);
+
+    // Alice's client opens her stream and then stops reading.
+    let mut socket = slow_reader(address(&relay.base).parse().unwrap()).await;
+    socket
+        .write_all(
+            format!("GET /v1/stream?token={token} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Enough to fill the socket's buffers and overflow her inbox.
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{alice}', jsonb_build_object('n', g, 'blob', repeat('x', 100000)) \
+               FROM generate_series(1, 80) g",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{alice}', jsonb_build_object('small', g) FROM generate_series(1, 300) g",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Alice leaves #a, and retention passes over all of that, the control row included.
+    client
+        .batch_execute(
+            "DELETE FROM app.memberships WHERE member = 'alice'; \
+             SELECT pgrelay.rooms_changed('alice')",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(prune_with_a_relay(&db, Duration::from_secs(1)).await > 0);
+
+    // After her removal: a message to #a, then one to alice herself as a marker.
+    insert(&client, &["#a"], json!({"secret": "for #a members only"})).await;
+    insert(&client, &["alice"], json!({"marker": "after"})).await;
+    number_pending(&client).await;
+
+    // Alice's client reads again.
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    while let Ok(Ok(read @ 1..)) =
+        tokio::time::timeout(Duration::from_secs(3), socket.read(&mut buffer)).await
+    {
+        received.extend_from_slice(&buffer[..read]);
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("history_truncated"), "the stream was told");
+    assert!(text.contains("\"marker\""), "the stream went on");
+    assert!(
+        text.contains("event: rooms"),
+        "the stream heard that it left #a"
+    );
+    assert!(
+        !text.contains("for #a members only"),
+        "a message to #a committed after alice left #a reached her stream"
+    );
+}
+
+/// A revoked token's stream ends within a second even while its catch-up read is held up:
+/// here the read waits on a lock (a replica that stopped answering, or a storm's queue for
+/// the page budget, hold it the same way). Before, the stream looked at its revocation only
+/// once the read returned (found by an outside review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_stream_ends_while_its_catch_up_waits() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let relay = Relay::start(&db).await;
+    let mut stream = relay.subscribe("alice", "", None).await;
+    stream.opening_position().await;
+
+    // Something holds the retention table (a migration, VACUUM FULL…): catch-up reads wait.
+    let mut locker = connect(&db).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE pgrelay.retention IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // Alice's inbox overflows, so her stream catches up from the table.
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{alice}', jsonb_build_object('n', g) FROM generate_series(1, 400) g",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client
+        .batch_execute("SELECT pgrelay.revoke_tokens('alice')")
+        .await
+        .unwrap();
+    let revoked_at = Instant::now();
+    let mut ended = None;
+    while revoked_at.elapsed() < Duration::from_secs(5) {
+        if let Some(event) = stream.next_within(Duration::from_millis(200)).await {
+            if event.event.as_deref() == Some("revoked") {
+                ended = Some(revoked_at.elapsed());
+                break;
+            }
+        }
+    }
+    lock.rollback().await.unwrap();
+    assert!(
+        ended.is_some_and(|after| after < Duration::from_secs(1)),
+        "the revoked stream did not end within a second: {ended:?}"
+    );
+}

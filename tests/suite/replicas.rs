@@ -386,3 +386,198 @@ async fn membership_and_revocation_are_exact_while_the_replica_lags() {
     let ids = history_ids(&setup.relay.base, &dave, "since_id=0").await;
     assert_eq!(ids, team, "the new member reads the room at once");
 }
+
+/// A stalled client's SSE connection: it sends its request and reads nothing until `drain`.
+async fn stalled_stream(relay: &Relay, sub: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let token = relay.token(sub, &[]);
+    let mut socket = slow_reader(address(&relay.base).parse().unwrap()).await;
+    socket
+        .write_all(
+            format!("GET /v1/stream?token={token} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    socket
+}
+
+/// Reads `socket` until it is quiet for `quiet`; the body's bytes (de-chunked if need be).
+async fn drain(mut socket: tokio::net::TcpStream, quiet: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(quiet, socket.read(&mut buffer)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+            Ok(Err(error)) => panic!("{error}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            out.push_str(&after[..size.min(after.len())]);
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The `id:` of every `event: message` block of an SSE body, in order.
+fn message_ids(body: &str) -> Vec<i64> {
+    body.split("\n\n")
+        .filter(|block| block.lines().any(|line| line == "event: message"))
+        .filter_map(|block| {
+            block
+                .lines()
+                .find_map(|line| line.strip_prefix("id: "))
+                .and_then(|id| id.parse().ok())
+        })
+        .collect()
+}
+
+/// Shared catch-ups answer a stream from the tail, pages read in earlier rounds, and with a
+/// replica the rounds may read different servers: round 1 reads the primary after retention
+/// pruned ids up to P there (so the tail holds nothing at or below P), round 2 the replica,
+/// which has replayed the listener's position but not the prune (its `pruned_through` is still
+/// 0). A stream whose cursor lies below P, answered in round 2, must still hear `reset`: the
+/// tail keeps the highest retention bounds any of its reads saw. (Before, it reported the
+/// latest read's, and the stream skipped the messages up to P in silence; found by an outside
+/// review.) The replica applies commits 6 s late (`recovery_min_apply_delay`); bob's and
+/// alice's clients stop reading and are released at chosen moments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_catch_up_after_a_prune_the_replica_has_not_replayed_says_reset() {
+    let primary = TempCluster::start_with(&[
+        ("synchronous_commit", "on"),
+        ("recovery_min_apply_delay", "6s"),
+    ])
+    .await
+    .unwrap();
+    connect(&primary.url("postgres"))
+        .await
+        .batch_execute("CREATE DATABASE relay")
+        .await
+        .unwrap();
+    let db = primary.url("relay");
+    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+    let replica = primary.start_replica().await.unwrap();
+    let client = connect(&db).await;
+    let relay = Relay::launch(RelayOptions {
+        replica_url: Some(replica.url("relay")),
+        settings: quiet_settings(),
+        ..RelayOptions::new(&db)
+    })
+    .await;
+
+    let w = stalled_stream(&relay, "bob").await;
+    let v = stalled_stream(&relay, "alice").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let big = |who: &str, from: i32, to: i32| {
+        format!(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{{{who}}}', jsonb_build_object('big', g, 'blob', repeat('x', 40000)) \
+               FROM generate_series({from}, {to}) g"
+        )
+    };
+    // Bob's client stalls (its socket is full) early in his rows; alice's in her first batch,
+    // her stream holding its share of it; her second batch arrives while it is stalled.
+    client.batch_execute(&big("bob", 1, 150)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client.batch_execute(&big("alice", 1, 250)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client.batch_execute(&big("alice", 251, 400)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{alice,bob}', jsonb_build_object('small', g) FROM generate_series(1, 50) g",
+        )
+        .await
+        .unwrap();
+    let alice_ids = ids_for(&client, "alice").await;
+    // Retention will prune through the last big message.
+    let pruned_through: i64 = client
+        .query_one(
+            "SELECT max(id) FROM pgrelay.messages WHERE payload ? 'big'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The listener's last pass (its position: M) is done.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+
+    // T+4 s: retention prunes, as pgrelay's pruner does (no listener pass follows); the
+    // replica applies it at T+10 s.
+    tokio::time::sleep_until(t + Duration::from_secs(4)).await;
+    client
+        .batch_execute(&format!(
+            "BEGIN; DELETE FROM pgrelay.messages WHERE id <= {pruned_through}; \
+             UPDATE pgrelay.retention SET pruned_through = greatest(pruned_through, {pruned_through}); \
+             COMMIT"
+        ))
+        .await
+        .unwrap();
+
+    // T+4.5 s: bob's client reads again: round 1, on the primary (the replica has not applied
+    // M yet), builds the tail from bob's cursor.
+    tokio::time::sleep_until(t + Duration::from_millis(4500)).await;
+    let bob = tokio::spawn(drain(w, Duration::from_secs(4)));
+    // Resuming streams of alice keep the tail in use (one at least every second).
+    let keep = {
+        let base = relay.base.clone();
+        let token = relay.token("alice", &[]);
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let mut s = Subscriber::open(&base, &token, "", Some(pruned_through)).await;
+                let _ = s.next_within(Duration::from_millis(300)).await;
+                drop(s);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // T+6.2 s: the replica has applied M (T+~6) but not the prune (T+10): alice's client
+    // reads again; her catch-up is answered in a round read on the replica.
+    tokio::time::sleep_until(t + Duration::from_millis(6200)).await;
+    let alice_body = drain(v, Duration::from_secs(3)).await;
+    let bob_body = bob.await.unwrap();
+    keep.abort();
+
+    let received = message_ids(&alice_body);
+    let replica_reads = metric(
+        &relay.base,
+        "pgrelay_reads_total{read=\"catch_up\",source=\"replica\",reason=\"replayed\"}",
+    )
+    .await;
+    assert!(replica_reads > 0, "no catch-up was read on the replica");
+    assert!(!message_ids(&bob_body).is_empty(), "bob's stream went on");
+    let last_received = received
+        .iter()
+        .copied()
+        .filter(|id| *id <= pruned_through)
+        .max()
+        .unwrap_or(0);
+    let skipped = alice_ids
+        .iter()
+        .filter(|id| **id > last_received && **id <= pruned_through)
+        .count();
+    assert!(
+        alice_body.contains("history_truncated") || skipped == 0,
+        "alice's stream skipped {skipped} messages without a reset"
+    );
+}
