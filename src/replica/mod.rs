@@ -150,8 +150,8 @@ impl ExactReads {
     /// Reads on `primary`, and on `replica` when it is given.
     pub fn new(primary: DbPool, replica: Option<DbPool>) -> ExactReads {
         ExactReads {
+            standby: replica.map(|replica| Standby::new(replica, primary.clone())),
             primary,
-            standby: replica.map(Standby::new),
             marks: Arc::default(),
             committed: AtomicI64::new(-1),
             reads: Default::default(),

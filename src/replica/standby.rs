@@ -46,15 +46,35 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const PATIENCE: Duration = Duration::from_secs(5);
 
 /// What tells a usable replica: in recovery (a promoted replica no longer follows the primary,
-/// and may be written to), its replay position, and when the last transaction it replayed
-/// committed on the primary.
+/// and may be written to), its replay position, when the last transaction it replayed
+/// committed on the primary, and whose WAL it replays: its cluster's system identifier and
+/// its timeline (the one it receives, else that of its last restartpoint; a role without
+/// `pg_read_all_stats` sees only the second). Replay positions compare only within one
+/// cluster's timeline: a replica of another cluster, or one left on the old timeline after a
+/// failover, may be "ahead" of the primary while showing other rows under the same ids.
 const REPLAY_STATE: &str = "SELECT pg_is_in_recovery(), \
      coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8, -1), \
-     extract(epoch FROM pg_last_xact_replay_timestamp())::float8";
+     extract(epoch FROM pg_last_xact_replay_timestamp())::float8, \
+     (SELECT system_identifier FROM pg_control_system())::int8, \
+     coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
+              (SELECT timeline_id FROM pg_control_checkpoint()))::int8";
+
+/// The primary's side of the same: its system identifier and its current timeline (the first
+/// eight hex digits of its current WAL file's name).
+const PRIMARY_IDENTITY: &str = "SELECT (SELECT system_identifier FROM pg_control_system())::int8, \
+     ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8";
+
+/// How often the primary's identity is read again (it changes only when another server
+/// becomes the primary).
+const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 
 /// A streaming replica of the primary.
 pub struct Standby {
     pool: DbPool,
+    /// The primary, whose identity the replica must share.
+    primary: DbPool,
+    /// The primary's system identifier and timeline as last read, and when; `None` until read.
+    primary_identity: std::sync::Mutex<Option<(Identity, std::time::Instant)>>,
     /// The highest replay position observed (-1 before any): a hint that a read is worth
     /// trying, and what waiting reads watch.
     replayed: watch::Sender<i64>,
@@ -87,10 +107,13 @@ pub enum Outcome<T> {
 }
 
 impl Standby {
-    /// A replica reached through `pool`, not known to be usable until its first check.
-    pub fn new(pool: DbPool) -> Standby {
+    /// A replica reached through `pool` of the primary reached through `primary`, not known to
+    /// be usable until its first check.
+    pub fn new(pool: DbPool, primary: DbPool) -> Standby {
         Standby {
             pool,
+            primary,
+            primary_identity: std::sync::Mutex::new(None),
             replayed: watch::Sender::new(-1),
             replayed_commit: AtomicU64::new(f64::NAN.to_bits()),
             up: AtomicBool::new(false),
@@ -148,16 +171,21 @@ impl Standby {
     /// Reads the replay state once; marks the replica up or failed.
     async fn check(&self) {
         let state = async {
+            let primary = self.primary_identity().await?;
             let client = self.pool.get().await?;
             let row = client.query_typed_one(REPLAY_STATE, &[]).await?;
             Ok::<_, Error>((
                 row.try_get::<_, bool>(0)?,
                 row.try_get::<_, i64>(1)?,
                 row.try_get::<_, Option<f64>>(2)?,
+                Identity::of_replica(&row)? == primary,
             ))
         };
         match tokio::time::timeout(PATIENCE, state).await {
-            Ok(Ok((true, replayed, committed))) => {
+            Ok(Ok((_, _, _, false))) => {
+                self.failed("it does not replay the primary's cluster and timeline")
+            }
+            Ok(Ok((true, replayed, committed, true))) => {
                 self.observe(replayed);
                 let committed = committed.unwrap_or(f64::NAN);
                 self.replayed_commit
@@ -172,6 +200,27 @@ impl Standby {
             Ok(Err(error)) => self.failed(&error.to_string()),
             Err(_) => self.failed("it did not answer in time"),
         }
+    }
+
+    /// The primary's identity, read again when the last reading is [`PRIMARY_CHECK`] old.
+    async fn primary_identity(&self) -> Result<Identity, Error> {
+        if let Some((identity, read_at)) = *self.primary_identity.lock().unwrap() {
+            if read_at.elapsed() < PRIMARY_CHECK {
+                return Ok(identity);
+            }
+        }
+        let row = self
+            .primary
+            .get()
+            .await?
+            .query_typed_one(PRIMARY_IDENTITY, &[])
+            .await?;
+        let identity = Identity {
+            system: row.try_get(0)?,
+            timeline: row.try_get(1)?,
+        };
+        *self.primary_identity.lock().unwrap() = Some((identity, std::time::Instant::now()));
+        Ok(identity)
     }
 
     /// The replica cannot be used: reads go to the primary until a check succeeds.
@@ -265,13 +314,16 @@ impl Standby {
             let state = state?;
             let in_recovery: bool = state.try_get(0)?;
             let replayed: i64 = state.try_get(1)?;
+            let ours = Some(Identity::of_replica(&state)?) == self.known_primary();
             // A failed read inside the transaction makes COMMIT a rollback, and that is fine.
             let _ = committed;
-            Ok::<_, Error>((in_recovery, replayed, value))
+            Ok::<_, Error>((in_recovery && ours, replayed, value))
         };
         match tokio::time::timeout(PATIENCE, read).await {
             Ok(Ok((false, ..))) => {
-                self.failed("it is not in recovery (promoted?)");
+                self.failed(
+                    "it is not in recovery (promoted?), or replays another cluster or timeline",
+                );
                 Attempt::Failed
             }
             Ok(Ok((true, replayed, value))) => {
@@ -295,6 +347,36 @@ impl Standby {
                 Attempt::Failed
             }
         }
+    }
+}
+
+impl Standby {
+    /// The primary's identity as last read, if it was.
+    fn known_primary(&self) -> Option<Identity> {
+        self.primary_identity
+            .lock()
+            .unwrap()
+            .map(|(identity, _)| identity)
+    }
+}
+
+/// Whose WAL a server writes or replays: replay positions compare only between servers that
+/// share both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    /// `pg_control_system().system_identifier`: the same on a primary and its replicas.
+    system: i64,
+    /// The timeline: a promotion starts a new one.
+    timeline: i64,
+}
+
+impl Identity {
+    /// Reads it from a [`REPLAY_STATE`] row.
+    fn of_replica(row: &tokio_postgres::Row) -> Result<Identity, Error> {
+        Ok(Identity {
+            system: row.try_get(3)?,
+            timeline: row.try_get(4)?,
+        })
     }
 }
 

@@ -581,3 +581,205 @@ async fn a_shared_catch_up_after_a_prune_the_replica_has_not_replayed_says_reset
         "alice's stream skipped {skipped} messages without a reset"
     );
 }
+
+/// The primary's WAL insert position.
+async fn insert_lsn(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The replica's replay position.
+async fn replay_lsn(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until the replica behind `replica` has replayed what `primary` has written so far.
+async fn wait_replayed(primary: &Client, replica: &Client) {
+    // A record of its own, so that the insert position is not a fresh segment's header (after
+    // a WAL switch), which replay never reports.
+    primary
+        .batch_execute("SELECT pg_logical_emit_message(false, 'review', 'x')")
+        .await
+        .unwrap();
+    let target = insert_lsn(primary).await;
+    let deadline = Instant::now() + PATIENCE;
+    while replay_lsn(replica).await < target {
+        let now = replay_lsn(replica).await;
+        assert!(
+            Instant::now() < deadline,
+            "the replica never caught up: {now} < {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `--replica-url` names a hot standby of another cluster (a staging replica, a replica of
+/// the wrong primary), whose replay position is past the primary's: the relay must not read
+/// there (before, it did, and alice received that cluster's messages instead of her own;
+/// found by an outside review). Replicas are checked for the primary's system identifier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_another_cluster_is_not_read() {
+    // The relay's real database.
+    let primary = TempCluster::start_with(&[("synchronous_commit", "on")])
+        .await
+        .unwrap();
+    connect(&primary.url("postgres"))
+        .await
+        .batch_execute("CREATE DATABASE relay")
+        .await
+        .unwrap();
+    let db = primary.url("relay");
+    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+    let client = connect(&db).await;
+
+    // Another, unrelated cluster with its own pgrelay database, and a standby of it.
+    let other = TempCluster::start_with(&[("synchronous_commit", "on")])
+        .await
+        .unwrap();
+    connect(&other.url("postgres"))
+        .await
+        .batch_execute("CREATE DATABASE relay")
+        .await
+        .unwrap();
+    pgrelay::migrate::migrate(&other.url("relay"), "pgrelay")
+        .await
+        .unwrap();
+    let other_client = connect(&other.url("relay")).await;
+    for n in 0..5 {
+        insert(&other_client, &["alice"], json!({"foreign": n})).await;
+    }
+    number_pending(&other_client).await;
+    // Its WAL is further along than the primary's (any busy cluster's would be).
+    let target = insert_lsn(&client).await + 64 * 1024 * 1024;
+    while insert_lsn(&other_client).await < target {
+        other_client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS filler (x text); INSERT INTO filler VALUES ('x'); \
+                 SELECT pg_switch_wal()",
+            )
+            .await
+            .unwrap();
+    }
+    // A record after the last switch, so that replay can reach the insert position.
+    other_client
+        .batch_execute("INSERT INTO filler VALUES ('y')")
+        .await
+        .unwrap();
+    let other_replica = other.start_replica().await.unwrap();
+    let other_replica_client = connect(&other_replica.url("relay")).await;
+    wait_replayed(&other_client, &other_replica_client).await;
+
+    let relay = Relay::launch(RelayOptions {
+        replica_url: Some(other_replica.url("relay")),
+        settings: quiet_settings(),
+        ..RelayOptions::new(&db)
+    })
+    .await;
+    insert(&client, &["alice"], json!({"own": 0})).await;
+    let own = ids_for(&client, "alice").await;
+    // Let the relay's listener route it and the replica check run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    assert_eq!(
+        resume_ids(&relay, "alice", 0).await,
+        own,
+        "alice receives exactly her messages of the primary"
+    );
+}
+
+/// After an unplanned failover the primary P is gone, standby S1 (which had not received P's
+/// last transactions) is promoted and becomes the relay's database, and standby S2, which had
+/// replayed them, is still in recovery on the old timeline as the relay's `--replica-url`.
+/// S2's replay position is past every position of the new primary, and its rows under the same
+/// ids are the lost ones: the relay must not read there (before, alice received the lost
+/// messages and missed hers; found by an outside review). Replicas are checked for the
+/// primary's timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_left_on_the_old_timeline_after_a_failover_is_not_read() {
+    let mut old_primary = TempCluster::start_with(&[("synchronous_commit", "on")])
+        .await
+        .unwrap();
+    connect(&old_primary.url("postgres"))
+        .await
+        .batch_execute("CREATE DATABASE relay")
+        .await
+        .unwrap();
+    pgrelay::migrate::migrate(&old_primary.url("relay"), "pgrelay")
+        .await
+        .unwrap();
+    let old = connect(&old_primary.url("relay")).await;
+    insert(&old, &["alice"], json!({"before_failover": 0})).await;
+    number_pending(&old).await;
+
+    let mut s1 = old_primary.start_replica().await.unwrap();
+    let s2 = old_primary.start_replica().await.unwrap();
+    wait_replayed(&old, &connect(&s1.url("relay")).await).await;
+    wait_replayed(&old, &connect(&s2.url("relay")).await).await;
+
+    // S1 falls out (stopped); the old primary commits more, which only S2 receives.
+    s1.stop().await.unwrap();
+    for n in 0..3 {
+        insert(&old, &["alice"], json!({"lost_in_failover": n})).await;
+    }
+    number_pending(&old).await;
+    old.batch_execute(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 1000) AS x FROM generate_series(1, 30000) g",
+    )
+    .await
+    .unwrap();
+    let s2_client = connect(&s2.url("relay")).await;
+    wait_replayed(&old, &s2_client).await;
+    drop(old);
+    old_primary.stop().await.unwrap();
+
+    // Failover: S1 is promoted (timeline 2, forked before the lost transactions).
+    s1.restart().await.unwrap();
+    let admin = connect(&s1.url("relay")).await;
+    admin.batch_execute("SELECT pg_promote()").await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let recovering: bool = admin
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if !recovering {
+            break;
+        }
+        assert!(Instant::now() < deadline, "S1 never left recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        replay_lsn(&s2_client).await > insert_lsn(&admin).await,
+        "S2 looks ahead of the new primary"
+    );
+
+    let relay = Relay::launch(RelayOptions {
+        replica_url: Some(s2.url("relay")),
+        settings: quiet_settings(),
+        ..RelayOptions::new(&s1.url("relay"))
+    })
+    .await;
+    insert(&admin, &["alice"], json!({"after_failover": 0})).await;
+    let own = ids_for(&admin, "alice").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    assert_eq!(
+        resume_ids(&relay, "alice", 0).await,
+        own,
+        "alice receives exactly her messages of the primary"
+    );
+}
