@@ -205,9 +205,9 @@ impl Tail {
         self.pages.back().map_or(self.from, |page| page.through)
     }
 
-    /// Whether the tail holds every row after `cursor` up to its end.
+    /// Whether the tail holds every row after `cursor` up to its end, `cursor` within it.
     fn covers(&self, cursor: i64) -> bool {
-        !self.pages.is_empty() && cursor >= self.from
+        !self.pages.is_empty() && cursor >= self.from && cursor <= self.through()
     }
 }
 
@@ -303,6 +303,12 @@ async fn serve(reader: &Reader, tail: &mut Tail, waiting: Vec<Request>) {
         }
     };
     for request in waiting {
+        if tail.cut && request.cursor >= tail.through() {
+            // Its rows lie beyond what the tail has read, which grows a page a round: its own
+            // page is one read away, and it would wait for the tail to crawl up to it.
+            let _ = request.reply.send(Answer::Alone);
+            continue;
+        }
         let mut share = Share {
             messages: Vec::new(),
             through: request.cursor,

@@ -400,3 +400,51 @@ async fn a_failing_member_rooms_fails_only_its_own_opening() {
         }
     }
 }
+
+/// A stream near the head of the log is not held behind a shared tail that a stream far
+/// behind started: the tail grows a page a round, and the recent stream reads its own page
+/// instead of waiting for the tail to crawl up to it. Bob resumes from the start over 600
+/// rows of 60 KB (a page of the tail holds about 17); carol resumes one message behind the
+/// head, and has it while bob still has most of his to go. (Before, carol waited until bob's
+/// tail had read nearly everything; found by an outside review.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recent_stream_does_not_wait_for_a_tail_far_behind() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, sender, payload) \
+             SELECT '{bob}', 'bob', jsonb_build_object('n', g, 'blob', repeat('x', 60000)) \
+               FROM generate_series(1, 600) g",
+        )
+        .await
+        .unwrap();
+    insert(&client, &["carol"], json!({"for": "carol"})).await;
+    let carol_ids = ids_for(&client, "carol").await;
+    let relay = Relay::start(&db).await;
+
+    let mut bob = relay.subscribe("bob", "", Some(0)).await;
+    let bob_received = Arc::new(AtomicUsize::new(0));
+    let counting = Arc::clone(&bob_received);
+    let bob_reader = tokio::spawn(async move {
+        while let Some(event) = bob.next_within(Duration::from_secs(20)).await {
+            if event.data.is_some() && !event.is_opening() {
+                counting.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut carol = relay.subscribe("carol", "", Some(carol_ids[0] - 1)).await;
+    let (id, _, _) = carol.next_message().await;
+    let bob_then = bob_received.load(Ordering::Relaxed);
+    bob_reader.abort();
+    assert_eq!(id, carol_ids[0]);
+    assert!(
+        bob_then < 300,
+        "carol waited until bob had {bob_then} of his 600 messages"
+    );
+}
