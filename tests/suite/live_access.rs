@@ -942,8 +942,6 @@ async fn a_revocation_while_a_message_waits_refuses_it() {
 /// by an outside review.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_membership_change_pruned_before_a_stalled_stream_read_it_still_applies() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let db = fresh_database().await;
     let client = connect(&db).await;
     client
@@ -959,16 +957,8 @@ async fn a_membership_change_pruned_before_a_stalled_stream_read_it_still_applie
         .await
         .unwrap();
     let relay = Relay::start(&db).await;
-    let token = relay.token("alice", &[]);
-
     // Alice's client opens her stream and then stops reading.
-    let mut socket = slow_reader(address(&relay.base).parse().unwrap()).await;
-    socket
-        .write_all(
-            format!("GET /v1/stream?token={token} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+    let socket = stalled_stream(&relay, "alice").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Enough to fill the socket's buffers and overflow her inbox.
     client
@@ -1006,14 +996,7 @@ async fn a_membership_change_pruned_before_a_stalled_stream_read_it_still_applie
     number_pending(&client).await;
 
     // Alice's client reads again.
-    let mut received = Vec::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    while let Ok(Ok(read @ 1..)) =
-        tokio::time::timeout(Duration::from_secs(3), socket.read(&mut buffer)).await
-    {
-        received.extend_from_slice(&buffer[..read]);
-    }
-    let text = String::from_utf8_lossy(&received);
+    let text = drain(socket, Duration::from_secs(3)).await;
     assert!(text.contains("history_truncated"), "the stream was told");
     assert!(text.contains("\"marker\""), "the stream went on");
     assert!(

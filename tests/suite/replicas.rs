@@ -28,16 +28,8 @@ impl Replicated {
     /// Starts the primary (committing synchronously, as a production server does, so what
     /// commits is streamed at once), the replica and a relay on `settings`.
     async fn start(settings: Settings) -> Replicated {
-        let primary = TempCluster::start_with(&[("synchronous_commit", "on")])
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        connect(&primary.url("postgres"))
-            .await
-            .batch_execute("CREATE DATABASE relay")
-            .await
-            .unwrap();
+        let primary = primary_cluster(&[]).await;
         let db = primary.url("relay");
-        pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
         let replica = primary
             .start_replica()
             .await
@@ -120,6 +112,24 @@ impl Replicated {
         let name = format!("pgrelay_read_rows_total{{read=\"{read}\",source=\"{source}\"}}");
         metric(&self.relay.base, &name).await
     }
+}
+
+/// A throwaway primary committing synchronously, as a production server does (so what commits
+/// is streamed at once), with `settings` besides, and a migrated database `relay` in it.
+async fn primary_cluster(settings: &[(&str, &str)]) -> TempCluster {
+    let settings = [&[("synchronous_commit", "on")], settings].concat();
+    let primary = TempCluster::start_with(&settings)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    connect(&primary.url("postgres"))
+        .await
+        .batch_execute("CREATE DATABASE relay")
+        .await
+        .unwrap();
+    pgrelay::migrate::migrate(&primary.url("relay"), "pgrelay")
+        .await
+        .unwrap();
+    primary
 }
 
 /// Settings without heartbeat passes during a test (each pass is a new position the replica
@@ -387,56 +397,6 @@ async fn membership_and_revocation_are_exact_while_the_replica_lags() {
     assert_eq!(ids, team, "the new member reads the room at once");
 }
 
-/// A stalled client's SSE connection: it sends its request and reads nothing until `drain`.
-async fn stalled_stream(relay: &Relay, sub: &str) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let token = relay.token(sub, &[]);
-    let mut socket = slow_reader(address(&relay.base).parse().unwrap()).await;
-    socket
-        .write_all(
-            format!("GET /v1/stream?token={token} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    socket
-}
-
-/// Reads `socket` until it is quiet for `quiet`; the body's bytes (de-chunked if need be).
-async fn drain(mut socket: tokio::net::TcpStream, quiet: Duration) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut received = Vec::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        match tokio::time::timeout(quiet, socket.read(&mut buffer)).await {
-            Ok(Ok(0)) | Err(_) => break,
-            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
-            Ok(Err(error)) => panic!("{error}"),
-        }
-    }
-    let text = String::from_utf8_lossy(&received).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return body.to_owned();
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || after.len() < size {
-            out.push_str(&after[..size.min(after.len())]);
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 /// The `id:` of every `event: message` block of an SSE body, in order.
 fn message_ids(body: &str) -> Vec<i64> {
     body.split("\n\n")
@@ -461,19 +421,8 @@ fn message_ids(body: &str) -> Vec<i64> {
 /// alice's clients stop reading and are released at chosen moments.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_catch_up_after_a_prune_the_replica_has_not_replayed_says_reset() {
-    let primary = TempCluster::start_with(&[
-        ("synchronous_commit", "on"),
-        ("recovery_min_apply_delay", "6s"),
-    ])
-    .await
-    .unwrap();
-    connect(&primary.url("postgres"))
-        .await
-        .batch_execute("CREATE DATABASE relay")
-        .await
-        .unwrap();
+    let primary = primary_cluster(&[("recovery_min_apply_delay", "6s")]).await;
     let db = primary.url("relay");
-    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
     let replica = primary.start_replica().await.unwrap();
     let client = connect(&db).await;
     let relay = Relay::launch(RelayOptions {
@@ -633,30 +582,12 @@ async fn wait_replayed(primary: &Client, replica: &Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_of_another_cluster_is_not_read() {
     // The relay's real database.
-    let primary = TempCluster::start_with(&[("synchronous_commit", "on")])
-        .await
-        .unwrap();
-    connect(&primary.url("postgres"))
-        .await
-        .batch_execute("CREATE DATABASE relay")
-        .await
-        .unwrap();
+    let primary = primary_cluster(&[]).await;
     let db = primary.url("relay");
-    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
     let client = connect(&db).await;
 
     // Another, unrelated cluster with its own pgrelay database, and a standby of it.
-    let other = TempCluster::start_with(&[("synchronous_commit", "on")])
-        .await
-        .unwrap();
-    connect(&other.url("postgres"))
-        .await
-        .batch_execute("CREATE DATABASE relay")
-        .await
-        .unwrap();
-    pgrelay::migrate::migrate(&other.url("relay"), "pgrelay")
-        .await
-        .unwrap();
+    let other = primary_cluster(&[]).await;
     let other_client = connect(&other.url("relay")).await;
     for n in 0..5 {
         insert(&other_client, &["alice"], json!({"foreign": n})).await;
@@ -709,17 +640,7 @@ async fn a_replica_of_another_cluster_is_not_read() {
 /// primary's timeline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_left_on_the_old_timeline_after_a_failover_is_not_read() {
-    let mut old_primary = TempCluster::start_with(&[("synchronous_commit", "on")])
-        .await
-        .unwrap();
-    connect(&old_primary.url("postgres"))
-        .await
-        .batch_execute("CREATE DATABASE relay")
-        .await
-        .unwrap();
-    pgrelay::migrate::migrate(&old_primary.url("relay"), "pgrelay")
-        .await
-        .unwrap();
+    let mut old_primary = primary_cluster(&[]).await;
     let old = connect(&old_primary.url("relay")).await;
     insert(&old, &["alice"], json!({"before_failover": 0})).await;
     number_pending(&old).await;

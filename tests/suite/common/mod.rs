@@ -672,3 +672,53 @@ pub async fn message_count(client: &Client) -> i64 {
         .unwrap()
         .get(0)
 }
+
+/// A stalled client's SSE connection: it sends its request and reads nothing until `drain`.
+pub async fn stalled_stream(relay: &Relay, sub: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let token = relay.token(sub, &[]);
+    let mut socket = slow_reader(address(&relay.base).parse().unwrap()).await;
+    socket
+        .write_all(
+            format!("GET /v1/stream?token={token} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    socket
+}
+
+/// Reads `socket` until it is quiet for `quiet`; the body's bytes (de-chunked if need be).
+pub async fn drain(mut socket: tokio::net::TcpStream, quiet: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(quiet, socket.read(&mut buffer)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+            Ok(Err(error)) => panic!("{error}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            out.push_str(&after[..size.min(after.len())]);
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
