@@ -365,7 +365,8 @@ pub struct RetentionBounds {
     pub pruned_through: i64,
     /// The oldest id still stored (0 if none).
     pub oldest_id: i64,
-    /// The newest visible id (0 if none).
+    /// The newest numbered id (0 if none: a pending row's negative placeholder is no
+    /// position).
     pub newest_id: i64,
     /// The highest id ever drawn (committed or not): no client can have seen a larger one.
     pub highest_issued: i64,
@@ -378,7 +379,7 @@ pub async fn retention_bounds(pool: &DbPool) -> Result<RetentionBounds, Error> {
         .query_typed_one(
             "SELECT pruned_through, \
                     coalesce((SELECT min(id) FROM pgrelay.messages WHERE id > 0), 0)::int8, \
-                    coalesce((SELECT max(id) FROM pgrelay.messages), 0)::int8, \
+                    coalesce((SELECT max(id) FROM pgrelay.messages WHERE id > 0), 0)::int8, \
                     (SELECT CASE WHEN is_called THEN last_value ELSE 0 END \
                        FROM pgrelay.message_id_seq)::int8 \
              FROM pgrelay.retention",
@@ -473,8 +474,9 @@ pub struct AccessNow {
     /// The newest version among the participant's recorded membership sets (0 for none): the
     /// member rooms above already show every change up to it (sql/0010_live_access.sql).
     pub version: i64,
-    /// The newest message id, read before `member_rooms` ran: every change numbered after it
-    /// may be missing from the rooms above, and a stream opening now applies those.
+    /// The newest numbered message id (0 if none), read before `member_rooms` ran: every
+    /// change numbered after it may be missing from the rooms above, and a stream opening now
+    /// applies those.
     pub newest_id: i64,
 }
 
@@ -510,7 +512,7 @@ pub async fn access_now(pool: &DbPool, asked: &[AccessQuery]) -> Result<Vec<Acce
                     coalesce((SELECT max((payload ->> 'version')::int8) FROM pgrelay.messages \
                                WHERE control AND kind = 'rooms' \
                                  AND participants[1] = a.p), 0), \
-                    coalesce((SELECT max(id) FROM pgrelay.messages), 0)::int8 \
+                    coalesce((SELECT max(id) FROM pgrelay.messages WHERE id > 0), 0)::int8 \
                FROM unnest($1::text[], $2::float8[], $3::bool[]) \
                     WITH ORDINALITY AS a(p, iat, rooms, n) \
               ORDER BY a.n",

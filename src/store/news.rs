@@ -152,12 +152,13 @@ pub struct NewsPosition {
     pub signal: i64,
 }
 
-/// The newest committed message and signal ids: where a fresh LISTEN session starts reading.
+/// The newest numbered message and signal ids (pending rows' negative placeholders are no
+/// positions): where a fresh LISTEN session starts reading.
 pub async fn news_position(client: &Client) -> Result<NewsPosition, Error> {
     let row = client
         .query_typed_one(
-            "SELECT coalesce((SELECT max(id) FROM pgrelay.messages), 0)::int8, \
-                    coalesce((SELECT max(id) FROM pgrelay.signals), 0)::int8",
+            "SELECT coalesce((SELECT max(id) FROM pgrelay.messages WHERE id > 0), 0)::int8, \
+                    coalesce((SELECT max(id) FROM pgrelay.signals WHERE id > 0), 0)::int8",
             &[],
         )
         .await?;

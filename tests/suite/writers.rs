@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// docs/security.md's grants for an application role that writes messages, sends signals and
 /// wants ids back.
@@ -306,6 +306,36 @@ async fn a_relay_that_cannot_number_says_so() {
         try_metric(&relay.base, "pgrelay_numbering_lag_seconds").await,
         Some(0.0)
     );
+}
+
+/// A message committed but not yet numbered keeps its negative placeholder id, which is no
+/// position: a stream opened meanwhile starts at 0, a resume from beyond every issued id is
+/// told the newest id is 0, and both get the message once it is numbered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_before_the_first_message_is_numbered_starts_at_zero() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let stuck_peer = connect(&db).await;
+    stuck_peer
+        .batch_execute("BEGIN; LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    insert(&connect(&db).await, &["alice"], json!({"n": "waiting"})).await;
+
+    let mut live = relay.subscribe("alice", "", None).await;
+    assert_eq!(live.opening_position().await, 0);
+    let mut resumed = relay.subscribe("alice", "", Some(7)).await;
+    resumed.opening_position().await;
+    let reset = resumed.next().await;
+    assert_eq!(reset.event.as_deref(), Some("reset"), "{reset:?}");
+    let data: Value = serde_json::from_str(reset.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["newest_id"], 0, "{data}");
+
+    stuck_peer.batch_execute("COMMIT").await.unwrap();
+    for stream in [&mut live, &mut resumed] {
+        let (id, _, data) = stream.next_message().await;
+        assert_eq!((id, &data["payload"]["n"]), (1, &json!("waiting")));
+    }
 }
 
 /// A pending row that no longer passes the kind rule when a relay numbers it (the rule was

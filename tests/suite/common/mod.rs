@@ -393,6 +393,10 @@ impl Subscriber {
             event.retry.is_some(),
             "the first block must carry retry: {event:?}"
         );
+        assert!(
+            data["position"].as_i64() >= Some(0),
+            "a position is never negative: {event:?}"
+        );
         event
             .id
             .expect("the first block carries the position")
