@@ -274,11 +274,7 @@ async fn a_relay_that_cannot_number_says_so() {
     let relay = Relay::start_with(&db, settings).await;
     let mut alice = relay.subscribe("alice", "", None).await;
     alice.opening_position().await;
-    let stuck_peer = connect(&db).await;
-    stuck_peer
-        .batch_execute("BEGIN; LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let stuck_peer = hold_the_order_lock(&db).await;
     insert(&connect(&db).await, &["alice"], json!({"n": "waiting"})).await;
 
     assert!(
@@ -315,11 +311,7 @@ async fn a_relay_that_cannot_number_says_so() {
 async fn a_stream_opened_before_the_first_message_is_numbered_starts_at_zero() {
     let db = fresh_database().await;
     let relay = Relay::start(&db).await;
-    let stuck_peer = connect(&db).await;
-    stuck_peer
-        .batch_execute("BEGIN; LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let stuck_peer = hold_the_order_lock(&db).await;
     insert(&connect(&db).await, &["alice"], json!({"n": "waiting"})).await;
 
     let mut live = relay.subscribe("alice", "", None).await;
