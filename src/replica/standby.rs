@@ -75,8 +75,10 @@ pub struct Standby {
     primary: DbPool,
     /// The primary's system identifier and timeline as last read, and when; `None` until read.
     primary_identity: std::sync::Mutex<Option<(Identity, std::time::Instant)>>,
-    /// The highest replay position observed (-1 before any): a hint that a read is worth
-    /// trying, and what waiting reads watch.
+    /// The replay position last observed (-1 before any): what the last check saw, raised by
+    /// reads that saw more since. A hint that a read is worth trying, what waiting reads watch,
+    /// and the replica's lag. A check may lower it: the server behind `--replica-url` may have
+    /// been replaced by one that has replayed less.
     replayed: watch::Sender<i64>,
     /// When the last replayed transaction committed (seconds since the epoch, as f64 bits;
     /// NaN when unknown), for the lag in seconds.
@@ -130,7 +132,7 @@ impl Standby {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// The highest replay position observed, if any.
+    /// The replay position last observed, if any.
     pub fn replayed(&self) -> Option<i64> {
         Some(*self.replayed.borrow()).filter(|&at| at >= 0)
     }
@@ -186,7 +188,8 @@ impl Standby {
                 self.failed("it does not replay the primary's cluster and timeline")
             }
             Ok(Ok((true, replayed, committed, true))) => {
-                self.observe(replayed);
+                self.replayed
+                    .send_if_modified(|at| std::mem::replace(at, replayed) != replayed);
                 let committed = committed.unwrap_or(f64::NAN);
                 self.replayed_commit
                     .store(committed.to_bits(), Ordering::Relaxed);
@@ -235,7 +238,7 @@ impl Standby {
         }
     }
 
-    /// Raises the observed replay position to `replayed`.
+    /// Raises the observed replay position to `replayed`, which a read saw.
     fn observe(&self, replayed: i64) {
         self.replayed.send_if_modified(|at| {
             let raised = replayed > *at;

@@ -531,6 +531,78 @@ async fn a_shared_catch_up_after_a_prune_the_replica_has_not_replayed_says_reset
     );
 }
 
+/// The replica at `--replica-url` is replaced by one that has replayed less (a standby rebuilt
+/// behind the same address, or a pooler that now leads to another): the lag gauge shows how
+/// far behind the new one is. Before, it reported the highest position any check had seen,
+/// the old replica's, and read 0 bytes behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_replica_that_is_behind_shows_its_lag() {
+    let primary = primary_cluster(&[]).await;
+    let db = primary.url("relay");
+    let client = connect(&db).await;
+    // The replacement, its replay held where the primary is now.
+    let behind = primary.start_replica().await.unwrap();
+    let behind_client = connect(&behind.url("relay")).await;
+    wait_replayed(&client, &behind_client).await;
+    behind_client
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE filler AS SELECT g, repeat('x', 1000) AS x FROM generate_series(1, 2000) g",
+        )
+        .await
+        .unwrap();
+    let current = primary.start_replica().await.unwrap();
+    let proxy = Proxy::start(current.port()).await;
+    let relay = Relay::launch(RelayOptions {
+        replica_url: Some(format!(
+            "postgres://postgres@127.0.0.1:{}/relay",
+            proxy.port
+        )),
+        settings: quiet_settings(),
+        ..RelayOptions::new(&db)
+    })
+    .await;
+    // A pass, which records the primary's position past the filler.
+    insert(&client, &["alice"], json!({"n": 0})).await;
+    wait_replayed(&client, &connect(&current.url("relay")).await).await;
+    let gauge = |name: &'static str| {
+        let base = relay.base.clone();
+        async move { try_metric(&base, name).await }
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while gauge("pgrelay_replica_lag_bytes").await != Some(0.0)
+        || gauge("pgrelay_replica_up").await != Some(1.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the current replica never read as caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The current replica goes away, and its address leads to the one behind.
+    proxy.set_upstream(behind.port());
+    current.shutdown().await.unwrap();
+    let gap = (insert_lsn(&client).await - replay_lsn(&behind_client).await) as f64;
+    assert!(gap > 1e6, "the replacement is {gap} bytes behind");
+    let deadline = Instant::now() + 3 * PATIENCE;
+    loop {
+        let up = gauge("pgrelay_replica_up").await;
+        let lag = gauge("pgrelay_replica_lag_bytes").await.unwrap_or(0.0);
+        if up == Some(1.0) && lag >= gap / 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replacement, {gap} bytes behind, reads up {up:?} and {lag} bytes behind"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The primary's WAL insert position.
 async fn insert_lsn(client: &Client) -> i64 {
     client

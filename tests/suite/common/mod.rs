@@ -7,10 +7,12 @@
 pub mod external;
 mod http;
 pub mod idp;
+mod proxy;
 mod raw;
 
 pub use http::*;
 pub use pgrelay_cluster::test_server::connect;
+pub use proxy::*;
 pub use raw::*;
 
 use std::time::Duration;
