@@ -34,8 +34,10 @@
 //! permits while it is read; the tail holds at most [`TAIL_PAGES`] pages (and never more than
 //! half of the page budget) and is dropped once no request came for [`TAIL_KEPT`]; at most
 //! [`MAX_WAITING`] requests wait (past that a stream reads alone), and a stream's answer holds
-//! at most a stream page's worth of its rows (plus the rest of the page they end in). Fair:
-//! every round answers every waiting stream it admits.
+//! at most a stream page's worth of its rows and of the budget: the reservations of the pages
+//! its rows come from, no more than its own page would reserve (plus the page that reaches it),
+//! so a client that stops reading holds what its own read would, never the tail. Fair: every
+//! round answers every waiting stream it admits.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -51,9 +53,20 @@ use crate::registry::Registry;
 use crate::replica::{ExactReads, Read, Through};
 use crate::store;
 
+/// Messages read per catch-up query of a stream's own. The query costs about the same for 100
+/// rows as for 1,000 (PostgreSQL sorts the participant's matching rows either way), so pages
+/// are large.
+pub const CATCH_UP_PAGE: i64 = 1000;
+
+/// Most bytes of payload and participants one catch-up page of a stream's own holds (the query
+/// cuts the page, so nothing is read twice), plus one message of at most `--max-event-bytes`.
+/// Bounds a stream's memory when payloads are large (1,000 × 64 KiB would be 64 MiB), also
+/// while its reader does not read; the page budget bounds all streams together.
+pub const CATCH_UP_BYTES: i64 = 256 * 1024;
+
 /// Most rows one page of the tail holds: the same as a stream's own page, so a stream served
 /// by it holds no more than its own page would.
-pub const SHARED_ROWS: i64 = 1000;
+pub const SHARED_ROWS: i64 = CATCH_UP_PAGE;
 
 /// Most bytes of payload and participants one page holds (plus one message of
 /// `--max-event-bytes`). The rows are held once for all the streams they serve, so this is
@@ -302,6 +315,8 @@ async fn serve(reader: &Reader, tail: &mut Tail, waiting: Vec<Request>) {
             return;
         }
     };
+    // What a stream's own page may reserve: a share holds no more of the tail's pages.
+    let most_held = store::page_memory(CATCH_UP_PAGE, CATCH_UP_BYTES, reader.max_event_bytes);
     for request in waiting {
         if tail.cut && request.cursor >= tail.through() {
             // Its rows lie beyond what the tail has read, which grows a page a round: its own
@@ -317,17 +332,22 @@ async fn serve(reader: &Reader, tail: &mut Tail, waiting: Vec<Request>) {
             oldest_id: bounds.1,
             reservations: Vec::new(),
         };
-        // Page by page from the first that ends above the cursor.
+        // Page by page from the first that ends above the cursor, holding the pages its rows
+        // come from until they are sent (the others it passes over hold nothing of its).
+        let mut held = 0;
         for (at, page) in tail.pages.iter().enumerate() {
             if page.through <= share.through {
                 continue;
             }
-            share
-                .messages
-                .extend(part(page, share.through, &request.addresses));
-            share.reservations.push(page.reservation.clone());
+            let rows = part(page, share.through, &request.addresses);
+            if !rows.is_empty() {
+                share.messages.extend(rows);
+                share.reservations.push(page.reservation.clone());
+                held += page.bytes;
+            }
             share.through = page.through;
-            if share.messages.len() as i64 >= SHARED_ROWS && at + 1 < tail.pages.len() {
+            let full = share.messages.len() as i64 >= SHARED_ROWS || held >= most_held;
+            if full && at + 1 < tail.pages.len() {
                 // A stream page's worth: the rest in its next round.
                 share.more = true;
                 break;

@@ -29,7 +29,7 @@ use tracing::warn;
 
 use crate::access::{Access, Change};
 use crate::budget::SharedReservation;
-use crate::catch_up::{self, Answer, CatchUps, Reader, Share};
+use crate::catch_up::{self, Answer, CatchUps, Reader, Share, CATCH_UP_BYTES, CATCH_UP_PAGE};
 use crate::error::Error;
 use crate::frame;
 use crate::message::{Control, Message, REVOKED_EVENT, ROOMS_EVENT};
@@ -37,16 +37,6 @@ use crate::open_reads::OpenReads;
 use crate::registry::{Delivery, Inbox, Live, Subscription};
 use crate::replica::{Read, Through};
 use crate::store::{self, AccessQuery};
-
-/// Messages read per catch-up query. The query costs about the same for 100 rows as for 1,000
-/// (PostgreSQL sorts the participant's matching rows either way), so pages are large.
-const CATCH_UP_PAGE: i64 = 1000;
-
-/// Most bytes of payload and participants one catch-up page holds (the query cuts the page,
-/// so nothing is read twice), plus one message of at most `--max-event-bytes`. Bounds a
-/// stream's memory when payloads are large (1,000 × 64 KiB would be 64 MiB), also while its
-/// reader does not read; the page budget bounds all streams together.
-const CATCH_UP_BYTES: i64 = 256 * 1024;
 
 /// Longest wait between catch-up attempts while the database is unreachable.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);

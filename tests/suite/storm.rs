@@ -452,3 +452,59 @@ async fn a_recent_stream_does_not_wait_for_a_tail_far_behind() {
         "carol waited until bob had {bob_then} of his 600 messages"
     );
 }
+
+/// A stalled client's part of a shared read holds no more of the page budget than a page of
+/// its own would. A share used to hold every page of the tail it spanned, whoever their rows
+/// were for, until its last frame was written: one client that stopped reading kept up to the
+/// tail's half of the budget after the tail had let go, for as long as the write timeout, and
+/// two such clients could hold all of it, leaving every catch-up and history read of the
+/// instance waiting (found by an outside review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_holds_no_more_budget_than_its_own_page() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let relay = Relay::launch(RelayOptions {
+        settings: pgrelay::Settings {
+            catch_up_budget: 64 << 20,
+            ..test_settings()
+        },
+        limits: pgrelay::ConnectionLimits {
+            write_timeout: Duration::from_secs(60),
+            ..test_limits()
+        },
+        ..RelayOptions::new(&db)
+    })
+    .await;
+    insert(&client, &["bob"], json!({"start": true})).await;
+    let cursor = *ids_for(&client, "bob").await.last().unwrap();
+    let big = |who: &str, rows: i32| {
+        format!(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{{{who}}}', jsonb_build_object('n', g, 'blob', repeat('x', 40000)) \
+               FROM generate_series(1, {rows}) g"
+        )
+    };
+    // Enough of mallory's rows to fill his socket, eight pages of the tail of bob's, and
+    // mallory's last row after them.
+    client.batch_execute(&big("mallory", 100)).await.unwrap();
+    client.batch_execute(&big("bob", 200)).await.unwrap();
+    insert(&client, &["mallory"], json!({"last": true})).await;
+    let last_bob = *ids_for(&client, "bob").await.last().unwrap();
+
+    // Bob resumes first, and his rounds read the tail a page at a time; mallory resumes from
+    // the same cursor while the tail is kept, and stops reading.
+    let mut bob = relay.subscribe("bob", "", Some(cursor)).await;
+    while bob.next_message().await.0 < last_bob {}
+    let mallory = stalled_stream_from(&relay, "mallory", Some(cursor)).await;
+    // The tail lets go of its pages once no request has come for a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = metric(&relay.base, "pgrelay_catch_up_reserved_bytes").await;
+    drop(mallory);
+
+    // A page of a stream's own holds at most 3 MiB here (1,000 rows, 256 KiB and one message
+    // of 1 MiB, twice); the tail's pages of bob's rows held about 16 MiB.
+    assert!(
+        held < 8 << 20,
+        "a stalled stream holds {held} bytes of the page budget"
+    );
+}

@@ -681,12 +681,23 @@ pub async fn message_count(client: &Client) -> i64 {
 
 /// A stalled client's SSE connection: it sends its request and reads nothing until `drain`.
 pub async fn stalled_stream(relay: &Relay, sub: &str) -> tokio::net::TcpStream {
+    stalled_stream_from(relay, sub, None).await
+}
+
+/// [`stalled_stream`], resuming after `last_event_id` when given.
+pub async fn stalled_stream_from(
+    relay: &Relay,
+    sub: &str,
+    last_event_id: Option<i64>,
+) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let token = relay.token(sub, &[]);
+    let resume = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
     let mut socket = slow_reader(address(&relay.base).parse().unwrap()).await;
     socket
         .write_all(
-            format!("GET /v1/stream?token={token} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes(),
+            format!("GET /v1/stream?token={token} HTTP/1.1\r\nHost: relay\r\n{resume}\r\n")
+                .as_bytes(),
         )
         .await
         .unwrap();
