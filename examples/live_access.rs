@@ -85,7 +85,7 @@ async fn main() -> Result<(), BoxError> {
          CREATE TABLE app.members (member text, room text, PRIMARY KEY (member, room));
          INSERT INTO app.members VALUES ('dave', '#a');
          CREATE OR REPLACE FUNCTION pgrelay.member_rooms(participant text) RETURNS text[]
-         LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+         LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
              SELECT coalesce(array_agg(room), '{}') FROM app.members WHERE member = participant $$;
          SELECT pgrelay.watch_membership('app.members'::regclass,
                                          participant => 'NEW.member', room => 'NEW.room');",

@@ -162,7 +162,7 @@ CREATE OR REPLACE FUNCTION pgrelay.announce_presence(participant text, online bo
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
     audience text[];
@@ -207,7 +207,7 @@ CREATE OR REPLACE FUNCTION pgrelay.attach_skip(source regclass, reason text, det
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
     skip_id bigint;
@@ -277,7 +277,7 @@ END $function$
 CREATE OR REPLACE FUNCTION pgrelay.before_insert()
  RETURNS trigger
  LANGUAGE plpgsql
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 BEGIN
     IF cardinality(NEW.participants) > pgrelay.max_participants() THEN
@@ -326,7 +326,7 @@ AS $function$ SELECT 'pgrelay'::text $function$
 CREATE OR REPLACE FUNCTION pgrelay.clear_foreign_idempotency()
  RETURNS trigger
  LANGUAGE plpgsql
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 BEGIN
     IF current_user <> (SELECT pg_get_userbyid(relowner) FROM pg_class
@@ -353,7 +353,7 @@ CREATE OR REPLACE FUNCTION pgrelay.forbid_id_change()
  RETURNS trigger
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 BEGIN
     IF OLD.id > 0 AND NEW.id IS DISTINCT FROM OLD.id THEN
@@ -448,7 +448,7 @@ CREATE OR REPLACE FUNCTION pgrelay.message_id(pending_id bigint, wait interval D
  RETURNS bigint
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
     deadline timestamptz := clock_timestamp() + least(greatest(wait, '0'), interval '10 s');
@@ -475,7 +475,7 @@ END $function$
 CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, numbered_at timestamp with time zone)
  RETURNS integer
  LANGUAGE plpgsql
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
  SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
@@ -502,7 +502,7 @@ CREATE OR REPLACE FUNCTION pgrelay.pending_key()
  RETURNS bigint
  LANGUAGE sql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$ SELECT -nextval('pgrelay.pending_key_seq') $function$
 ;
 
@@ -522,7 +522,7 @@ CREATE OR REPLACE FUNCTION pgrelay.presence_expire(ttl interval)
  RETURNS integer
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
     who text;
@@ -560,7 +560,7 @@ CREATE OR REPLACE FUNCTION pgrelay.presence_update(relay_instance text, joined t
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
     who text;
@@ -612,7 +612,7 @@ CREATE OR REPLACE FUNCTION pgrelay.publish(participants text[], payload jsonb, k
  RETURNS bigint
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
     pending bigint := pgrelay.pending_key();
@@ -628,7 +628,7 @@ CREATE OR REPLACE FUNCTION pgrelay.publish_many(messages jsonb)
  RETURNS TABLE(id bigint, outcome text)
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
  SET lock_timeout TO '5s'
  SET enable_seqscan TO 'off'
 AS $function$
@@ -732,7 +732,7 @@ CREATE OR REPLACE FUNCTION pgrelay.record_rooms(participant text, source regclas
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
     rooms text[];
@@ -764,7 +764,7 @@ CREATE OR REPLACE FUNCTION pgrelay.revoke_tokens(participant text, issued_before
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
     cutoff timestamptz;
@@ -794,7 +794,7 @@ CREATE OR REPLACE FUNCTION pgrelay.revoked_by(element jsonb, issued_before times
  RETURNS boolean
  LANGUAGE sql
  STABLE
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 SELECT element ->> 'token_issued_at' IS NULL
     OR (element ->> 'token_issued_at')::float8 < extract(epoch FROM issued_before)
@@ -805,7 +805,7 @@ CREATE OR REPLACE FUNCTION pgrelay.rooms_changed(VARIADIC participants text[])
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
     participant text;
@@ -821,7 +821,7 @@ CREATE OR REPLACE FUNCTION pgrelay.rooms_record_touched()
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
     touched record;
@@ -841,7 +841,7 @@ CREATE OR REPLACE FUNCTION pgrelay.rooms_record_trigger()
  RETURNS trigger
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 BEGIN
     PERFORM pgrelay.rooms_record_touched();
@@ -853,7 +853,7 @@ CREATE OR REPLACE FUNCTION pgrelay.rooms_touch(participant text, source regclass
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 BEGIN
     IF participant IS NOT NULL THEN
@@ -867,7 +867,7 @@ CREATE OR REPLACE FUNCTION pgrelay.send_signal(participants text[], kind text, p
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 BEGIN
     IF participants IS NULL OR cardinality(participants) = 0
@@ -887,7 +887,7 @@ CREATE OR REPLACE FUNCTION pgrelay.sequence(max_rows integer DEFAULT 10000)
  RETURNS integer
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
  SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
@@ -940,7 +940,7 @@ CREATE OR REPLACE FUNCTION pgrelay.signal(participants text[], kind text, payloa
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 BEGIN
     IF NOT pgrelay.valid_kind(kind) THEN
@@ -1006,7 +1006,7 @@ END $function$
 CREATE OR REPLACE FUNCTION pgrelay.wake_relays()
  RETURNS trigger
  LANGUAGE plpgsql
- SET search_path TO 'pg_catalog', 'pgrelay'
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 BEGIN
     PERFORM pg_notify(pgrelay.channel(), '');

@@ -67,6 +67,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0014_participants_index_without_pending_list.sql",
         include_str!("../sql/0014_participants_index_without_pending_list.sql"),
     ),
+    (
+        15,
+        "0015_pg_temp_last.sql",
+        include_str!("../sql/0015_pg_temp_last.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -321,3 +321,41 @@ async fn a_writer_cannot_plant_an_idempotency_key() {
     assert_eq!(status, 201, "{answer}");
     assert_eq!(stored(&db).await.len(), 2);
 }
+
+/// The same plant, by a writer that first shadows `pg_class` with a temporary table
+/// ([`PASS_FOR_THE_OWNER`]): the columns must still be cleared, and alice's publish with her
+/// key must still be published and reach bob, not answered with the writer's message (before
+/// migration 15: 409 `idempotency_key_reused`, and nothing published; found by an outside
+/// review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cannot_plant_an_idempotency_key_with_a_temporary_pg_class() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    bob.opening_position().await;
+    let writer = Role::create(
+        &db,
+        "writer",
+        &[
+            "GRANT USAGE ON SCHEMA pgrelay TO {role}",
+            "GRANT INSERT ON pgrelay.messages TO {role}",
+        ],
+    )
+    .await;
+    writer
+        .connect()
+        .await
+        .batch_execute(&format!(
+            "{PASS_FOR_THE_OWNER}; \
+             INSERT INTO pgrelay.messages (participants, payload, idempotency_subject, idempotency_key) \
+             VALUES ('{{nobody}}', '{{\"text\":\"planted\"}}', 'alice', 'k')"
+        ))
+        .await
+        .unwrap();
+    let alice = relay.token("alice", &["publish"]);
+    let body = json!({"participants": ["bob"], "payload": {"text": "from alice"}});
+    let (status, answer) = status_and_json(publish(&relay, &alice, Some("k"), &body).await).await;
+    assert_eq!(status, 201, "alice's first publish with her key: {answer}");
+    let (_, _, data) = bob.next_message().await;
+    assert_eq!(data["payload"]["text"], "from alice");
+}

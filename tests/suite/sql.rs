@@ -732,3 +732,36 @@ async fn a_participant_lookup_reads_no_pending_list() {
         + index_scan["Shared Read Blocks"].as_i64().unwrap();
     assert!(pages <= 10, "the lookup read {pages} index pages: {plan}");
 }
+
+/// Every function of pgrelay that runs as its owner or sets a search_path names `pg_temp`
+/// last: a search_path without it searches the caller's temporary schema first for tables and
+/// types, and a writer's temporary `pg_class` once passed it for the owner of
+/// `pgrelay.messages` in the insert triggers (migration 15; `trust.rs` has the attacks). A file
+/// that re-creates a function must repeat the clause.
+#[tokio::test]
+async fn every_function_names_pg_temp_last() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let unsafe_paths: Vec<(String, Option<String>)> = client
+        .query(
+            "SELECT p.oid::regprocedure::text, \
+                    (SELECT setting FROM unnest(p.proconfig) setting \
+                      WHERE setting LIKE 'search\\_path=%') \
+               FROM pg_proc p \
+              WHERE p.pronamespace = 'pgrelay'::regnamespace \
+                AND (p.prosecdef OR EXISTS (SELECT FROM unnest(p.proconfig) setting \
+                                             WHERE setting LIKE 'search\\_path=%'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .filter(|(_, path): &(String, Option<String>)| {
+            !path
+                .as_deref()
+                .is_some_and(|path| path.ends_with(", pg_temp"))
+        })
+        .collect();
+    assert!(unsafe_paths.is_empty(), "{unsafe_paths:?}");
+}

@@ -1049,3 +1049,148 @@ fn the_nginx_example_logs_no_query_strings() {
     }
     assert!(locations >= 2);
 }
+
+/// The events `stream` receives until the message whose payload is `{"marker": true}`, that
+/// one excluded, as `(event name, data)`; the opening `position` is skipped.
+async fn events_before_marker(stream: &mut Subscriber) -> Vec<(String, Value)> {
+    let mut events = Vec::new();
+    loop {
+        let event = stream.next().await;
+        if event.is_opening() {
+            continue;
+        }
+        let data: Value = serde_json::from_str(event.data.as_deref().unwrap_or("null")).unwrap();
+        if data["payload"] == json!({"marker": true}) {
+            return events;
+        }
+        events.push((event.event.unwrap_or_default(), data));
+    }
+}
+
+/// A writer that shadows `pg_class` with a temporary table ([`PASS_FOR_THE_OWNER`]) cannot
+/// write a control row: a forged `rooms` change for mallory would put her in `#secret`, and
+/// her open stream would receive a message addressed only to `#secret` (and ignore every real
+/// membership change after it, its version being the highest there is). Before migration 15
+/// it did; found by an outside review, as were the two attacks below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cannot_forge_a_rooms_change_with_a_temporary_pg_class() {
+    let db = fresh_database().await;
+    let owner = connect(&db).await;
+    let relay = Relay::start(&db).await;
+    let mut mallory = relay.subscribe("mallory", "", None).await;
+    mallory.opening_position().await;
+
+    let writer = Role::create(&db, "writer", WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    let forged = writer
+        .batch_execute(&format!(
+            "{PASS_FOR_THE_OWNER}; \
+             INSERT INTO pgrelay.messages (participants, kind, payload, control) \
+             VALUES ('{{mallory}}', 'rooms', \
+                     '{{\"version\": 9007199254740991, \"rooms\": [\"#secret\"]}}', true)"
+        ))
+        .await;
+    insert(
+        &owner,
+        &["#secret"],
+        json!({"text": "members of #secret only"}),
+    )
+    .await;
+    insert(&owner, &["mallory"], json!({"marker": true})).await;
+
+    let seen = events_before_marker(&mut mallory).await;
+    assert!(
+        seen.is_empty(),
+        "mallory's stream heard {seen:?} (the writer's forged control row: {forged:?})"
+    );
+}
+
+/// A writer that shadows `pg_class` cannot revoke someone else's tokens either: a forged
+/// `revoked` row would end bob's open stream, and he would miss the message that follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cannot_forge_a_revocation_with_a_temporary_pg_class() {
+    let db = fresh_database().await;
+    let owner = connect(&db).await;
+    let relay = Relay::start(&db).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    bob.opening_position().await;
+
+    let writer = Role::create(&db, "writer", WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    let forged = writer
+        .batch_execute(&format!(
+            "{PASS_FOR_THE_OWNER}; \
+             INSERT INTO pgrelay.messages (participants, kind, payload, control) \
+             VALUES ('{{bob}}', 'revoked', '{{\"issued_before\": 99999999999}}', true)"
+        ))
+        .await;
+    insert(&owner, &["bob"], json!({"marker": true})).await;
+
+    let seen = bob.next().await;
+    let seen = if seen.is_opening() {
+        bob.next().await
+    } else {
+        seen
+    };
+    assert_eq!(
+        seen.event.as_deref(),
+        Some("message"),
+        "bob's stream got {seen:?} instead of his message (the writer's forged row: {forged:?})"
+    );
+}
+
+/// A writer that shadows `pg_class` cannot give its rows explicit placeholder ids: holding
+/// open a transaction with the next placeholders, it would make an attached table's insert
+/// wait for it and then fail with a duplicate key, although the app's writes never fail
+/// because of pgrelay and no writer delays another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cannot_take_the_next_placeholders_with_a_temporary_pg_class() {
+    let db = fresh_database().await;
+    let owner = connect(&db).await;
+    owner
+        .batch_execute(
+            "CREATE TABLE notes (id bigserial PRIMARY KEY, owner_name text NOT NULL, body text); \
+             SELECT pgrelay.attach('public.notes'::regclass, participants => 'ARRAY[NEW.owner_name]')",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::start(&db).await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+
+    let holder = Role::create(&db, "holder", WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    let taken = holder
+        .batch_execute(&format!(
+            "{PASS_FOR_THE_OWNER}; BEGIN; \
+             INSERT INTO pgrelay.messages (id, pending_id, participants, payload) \
+             SELECT -n, -n, '{{holder}}', '{{}}' FROM generate_series(1, 10000) n"
+        ))
+        .await;
+
+    let app = connect(&db).await;
+    let started = std::time::Instant::now();
+    let write = tokio::spawn(async move {
+        let outcome = app
+            .batch_execute("INSERT INTO notes (owner_name, body) VALUES ('alice', 'hello')")
+            .await
+            .map_err(|error| format!("{error:?}"));
+        (outcome, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = holder.batch_execute("COMMIT").await;
+    let (outcome, waited) = write.await.unwrap();
+    assert!(
+        outcome.is_ok() && waited < Duration::from_secs(1),
+        "the app's insert waited {waited:?} for the writer's transaction and ended {outcome:?} \
+         (the writer's placeholders: {taken:?})"
+    );
+    let (_, _, data) = alice.next_message().await;
+    assert_eq!(data["payload"]["body"], "hello");
+}

@@ -679,6 +679,15 @@ pub async fn message_count(client: &Client) -> i64 {
         .get(0)
 }
 
+/// SQL that made a writer's session pass for the owner of `pgrelay.messages` in pgrelay's
+/// insert triggers until migration 15: `before_insert` and `clear_foreign_idempotency` ran
+/// with `search_path = pg_catalog, pgrelay`, which does not name `pg_temp`, so PostgreSQL
+/// searched the session's temporary schema first for tables, and their unqualified `pg_class`
+/// was this table, whose `relowner` for `pgrelay.messages` is the writer itself.
+pub const PASS_FOR_THE_OWNER: &str = "CREATE TEMP TABLE pg_class (oid oid, relowner oid); \
+     INSERT INTO pg_class SELECT 'pgrelay.messages'::regclass::oid, oid \
+       FROM pg_roles WHERE rolname = current_user";
+
 /// A stalled client's SSE connection: it sends its request and reads nothing until `drain`.
 pub async fn stalled_stream(relay: &Relay, sub: &str) -> tokio::net::TcpStream {
     stalled_stream_from(relay, sub, None).await
