@@ -38,6 +38,10 @@ use crate::registry::{Delivery, Inbox, Live, Subscription};
 use crate::replica::{Read, Through};
 use crate::store::{self, AccessQuery};
 
+/// The longest a stream counts on its token: a token without a lifetime bound
+/// (`--max-token-lifetime 0s`) may name an `exp` further ahead than the clock can hold.
+const LONGEST_VALIDITY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Longest wait between catch-up attempts while the database is unreachable.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -167,7 +171,7 @@ impl StreamContext {
             page: Vec::new(),
             page_end: None,
             preamble,
-            expires: Instant::now() + expires_in,
+            expires: Instant::now() + expires_in.min(LONGEST_VALIDITY),
             finished: false,
             failures: 0,
             membership_stale: false,

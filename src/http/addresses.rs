@@ -42,6 +42,12 @@ async fn access_now(
     Ok(now)
 }
 
+/// 401 `token_revoked` when the caller's token is revoked: for a route that needs nothing else
+/// of the caller's access (presence).
+pub async fn check_not_revoked(state: &AppState, claims: &Claims) -> Result<(), ApiError> {
+    access_now(state, claims, false).await.map(|_| ())
+}
+
 /// The answer to a revoked token.
 pub fn token_revoked() -> ApiError {
     unauthorized(
@@ -121,7 +127,7 @@ pub async fn check_may_address(
     }
     if broadcast || claims.is_service() {
         if check_now {
-            access_now(state, claims, false).await?;
+            check_not_revoked(state, claims).await?;
         }
         return Ok(());
     }

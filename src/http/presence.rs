@@ -8,6 +8,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::addresses;
 use super::extract::{comma_list, Authenticated, Params};
 use super::{ApiError, AppState};
 use crate::message::valid_name;
@@ -45,6 +46,7 @@ pub async fn presence(
             "ask about at most {MAX_PRESENCE_QUERY} participants at once"
         )));
     }
+    addresses::check_not_revoked(&state, &claims).await?;
     let states = store::presence(
         &state.pool,
         &claims.sub,

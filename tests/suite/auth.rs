@@ -646,3 +646,26 @@ async fn stream_ends_with_token_expired() {
     .await;
     assert_refused(response, 401, "token_expired", Some(&token), "reconnect").await;
 }
+
+/// A validly signed token whose `exp` lies beyond what the clock can hold (10^19 s), under a
+/// relay that bounds no token's lifetime (`--max-token-lifetime 0s`, as the test relays),
+/// opens its stream; the stream's end at `exp` overflowed the clock and the request panicked
+/// (found by an outside review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exp_beyond_the_clock_opens_a_stream() {
+    use crate::common::idp::{hs256_token, unix_time};
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let token = hs256_token(
+        SECRET.as_bytes(),
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"sub": "alice", "iat": unix_time(0), "exp": 10_000_000_000_000_000_000u64}),
+    );
+    let answer = reqwest::Client::new()
+        .get(format!("{}/v1/stream", relay.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("the relay answers");
+    assert_eq!(answer.status(), 200);
+}

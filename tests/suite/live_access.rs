@@ -1056,3 +1056,34 @@ async fn a_revoked_stream_ends_while_its_catch_up_waits() {
         "the revoked stream did not end within a second: {ended:?}"
     );
 }
+
+/// After `revoke_tokens('mallory')` a token of hers issued before the cutoff is answered 401
+/// `token_revoked` by `GET /v1/presence` as by every other route. The presence route asked
+/// nothing about revocations, and the revoked token kept reading who was online in her
+/// audience (found by an outside review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_by_presence() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let relay = Relay::start(&db).await;
+    // bob wrote to mallory: she is in his presence audience.
+    client
+        .execute(
+            "INSERT INTO pgrelay.messages (participants, sender, payload) \
+             VALUES ('{bob,mallory}', 'bob', '{}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    number_pending(&client).await;
+    let old = relay.token("mallory", &[]);
+    let url = format!("{}/v1/presence?participants=bob", relay.base);
+    let ask = || reqwest::Client::new().get(&url).bearer_auth(&old).send();
+    assert_eq!(ask().await.unwrap().status(), 200, "before the revocation");
+
+    client
+        .batch_execute("SELECT pgrelay.revoke_tokens('mallory')")
+        .await
+        .unwrap();
+    assert_json_error(ask().await.unwrap(), 401, "token_revoked", "presence").await;
+}
