@@ -480,13 +480,20 @@ CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, num
 AS $function$
 DECLARE
     numbered integer;
+    by_commit boolean := current_setting('track_commit_timestamp') = 'on';
 BEGIN
+    -- Placeholders are negated insert counters: descending placeholder is insertion order.
+    -- Each transaction's rows stay together (the same commit, the same inserting xid), in
+    -- commit order where it is recorded, else in the order of each transaction's first insert.
     WITH numbering AS (
         SELECT pending.id AS placeholder, nextval('pgrelay.message_id_seq') AS id
           FROM (SELECT id FROM (
-                    SELECT id, max(id) OVER (PARTITION BY age(xmin)) AS first_insert
+                    SELECT id, max(id) OVER (PARTITION BY age(xmin)) AS first_insert,
+                           CASE WHEN by_commit THEN pg_xact_commit_timestamp(xmin) END
+                               AS commit_time
                       FROM pgrelay.messages WHERE id < 0) committed
-                 ORDER BY first_insert DESC, id DESC LIMIT max_rows) pending)
+                 ORDER BY commit_time NULLS FIRST, first_insert DESC, id DESC
+                 LIMIT max_rows) pending)
     UPDATE pgrelay.messages m
        SET id = numbering.id, committed_at = number_pending_messages.numbered_at,
            kind = CASE WHEN pgrelay.valid_kind(m.kind) OR m.control THEN m.kind

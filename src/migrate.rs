@@ -72,6 +72,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0015_pg_temp_last.sql",
         include_str!("../sql/0015_pg_temp_last.sql"),
     ),
+    (
+        16,
+        "0016_commit_order.sql",
+        include_str!("../sql/0016_commit_order.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -1087,3 +1087,72 @@ async fn a_revoked_token_is_refused_by_presence() {
         .unwrap();
     assert_json_error(ask().await.unwrap(), 401, "token_revoked", "presence").await;
 }
+
+/// Dave's membership changes (`change`, ending with `rooms_changed('dave')`) while a message to
+/// `room`, whose transaction inserted its row before the change, commits after it; both commit
+/// while a peer holds the order lock (a relay in its pass), so one pass numbers them. On a
+/// server recording commit timestamps, as these tests' own is. Returns what dave's open stream
+/// heard until the message to him that follows, and the message's id.
+async fn a_message_committed_after_a_change(change: &str, room: &str) -> (Vec<SseEvent>, i64) {
+    let (_cluster, db) = cluster_with(&[("track_commit_timestamp", "on")]).await;
+    let client = membership(&db, false).await;
+    let relay = Relay::start(&db).await;
+    let mut dave = relay.subscribe("dave", "", None).await;
+    dave.opening_position().await;
+
+    let peer = hold_the_order_lock(&db).await;
+    let late = connect(&db).await;
+    late.batch_execute("BEGIN").await.unwrap();
+    insert(&late, &[room], json!({"late": true})).await;
+    client
+        .batch_execute(&format!("BEGIN; {change}; COMMIT"))
+        .await
+        .unwrap();
+    late.batch_execute("COMMIT").await.unwrap();
+    peer.batch_execute("COMMIT").await.unwrap();
+    insert(&client, &["dave"], json!({"end": true})).await;
+
+    let events = events_until_end(&mut dave).await;
+    number_pending(&client).await;
+    let late_id = client
+        .query_one(
+            "SELECT id FROM pgrelay.messages WHERE payload = '{\"late\": true}'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (events, late_id)
+}
+
+/// A message to `#a` that commits after dave's removal from `#a` has committed does not
+/// reach him, though its transaction inserted first: numbered in one pass with the change, it
+/// got the smaller id (first insert decided), and dave's stream delivered it as if it had
+/// committed before (migration 0016; found by an outside review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_committed_after_a_removal_does_not_reach_the_former_member() {
+    let (events, late) = a_message_committed_after_a_change(
+        "DELETE FROM app.members WHERE member = 'dave' AND room = '#a'; \
+         SELECT pgrelay.rooms_changed('dave')",
+        "#a",
+    )
+    .await;
+    assert_ids(
+        &ids_to(&events, "#a"),
+        &[],
+        &format!("#a ({late}) after dave's removal"),
+    );
+}
+
+/// The other way: a message to `#b` that commits after dave joined `#b` reaches him, though
+/// its transaction inserted first (before migration 0016 his stream dropped it as older than
+/// his joining).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_committed_after_a_join_reaches_the_new_member() {
+    let (events, late) = a_message_committed_after_a_change(
+        "INSERT INTO app.members VALUES ('dave', '#b'); SELECT pgrelay.rooms_changed('dave')",
+        "#b",
+    )
+    .await;
+    assert_ids(&ids_to(&events, "#b"), &[late], "#b after dave joined");
+}

@@ -117,19 +117,9 @@ impl Replicated {
 /// A throwaway primary committing synchronously, as a production server does (so what commits
 /// is streamed at once), with `settings` besides, and a migrated database `relay` in it.
 async fn primary_cluster(settings: &[(&str, &str)]) -> TempCluster {
-    let settings = [&[("synchronous_commit", "on")], settings].concat();
-    let primary = TempCluster::start_with(&settings)
+    cluster_with(&[&[("synchronous_commit", "on")], settings].concat())
         .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    connect(&primary.url("postgres"))
-        .await
-        .batch_execute("CREATE DATABASE relay")
-        .await
-        .unwrap();
-    pgrelay::migrate::migrate(&primary.url("relay"), "pgrelay")
-        .await
-        .unwrap();
-    primary
+        .0
 }
 
 /// Settings without heartbeat passes during a test (each pass is a new position the replica

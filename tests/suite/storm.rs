@@ -21,13 +21,7 @@ const STREAMS: usize = 200;
 /// A cluster with `pg_stat_statements` loaded, and a migrated database in it with the
 /// extension created.
 async fn counted_cluster() -> (TempCluster, String) {
-    let cluster = TempCluster::start_with(&[("shared_preload_libraries", "pg_stat_statements")])
-        .await
-        .unwrap();
-    let admin = connect(&cluster.url("postgres")).await;
-    admin.batch_execute("CREATE DATABASE storm").await.unwrap();
-    let db = cluster.url("storm");
-    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+    let (cluster, db) = cluster_with(&[("shared_preload_libraries", "pg_stat_statements")]).await;
     connect(&db)
         .await
         .batch_execute("CREATE EXTENSION pg_stat_statements")

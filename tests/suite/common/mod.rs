@@ -688,6 +688,23 @@ pub const PASS_FOR_THE_OWNER: &str = "CREATE TEMP TABLE pg_class (oid oid, relow
      INSERT INTO pg_class SELECT 'pgrelay.messages'::regclass::oid, oid \
        FROM pg_roles WHERE rolname = current_user";
 
+/// A throwaway cluster of the test's own with `settings` (for a setting the shared test
+/// server does not have, or a server the test stops or copies), and the URL of a migrated
+/// database `relay` in it.
+pub async fn cluster_with(settings: &[(&str, &str)]) -> (pgrelay_cluster::TempCluster, String) {
+    let cluster = pgrelay_cluster::TempCluster::start_with(settings)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    connect(&cluster.url("postgres"))
+        .await
+        .batch_execute("CREATE DATABASE relay")
+        .await
+        .unwrap();
+    let db = cluster.url("relay");
+    pgrelay::migrate::migrate(&db, "pgrelay").await.unwrap();
+    (cluster, db)
+}
+
 /// A stalled client's SSE connection: it sends its request and reads nothing until `drain`.
 pub async fn stalled_stream(relay: &Relay, sub: &str) -> tokio::net::TcpStream {
     stalled_stream_from(relay, sub, None).await
