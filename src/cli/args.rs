@@ -112,7 +112,7 @@ pub struct RelayArgs {
     #[arg(long, env = "PGRELAY_ALLOW_ORIGIN", default_value = "*")]
     pub allow_origin: String,
 
-    /// Largest accepted message payload, in bytes of JSON.
+    /// Largest accepted message payload, in bytes of JSON as sent and as PostgreSQL prints it back.
     #[arg(long, env = "PGRELAY_MAX_PAYLOAD", default_value_t = 64 * 1024)]
     pub max_payload: usize,
 

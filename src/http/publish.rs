@@ -99,9 +99,11 @@ struct Publication {
 }
 
 /// The largest body of a publish with payloads of at most `max_payload` bytes: room for the
-/// payload plus the largest participant list and the field names.
+/// payload plus the largest participant list and the field names. A name's bytes are limits
+/// once decoded, and JSON may write each in up to six (`\u0041`; a `"` in a name is always
+/// two), so a list the contract allows fits however its client escapes it.
 fn body_limit(max_payload: usize, max_participants: usize) -> usize {
-    max_payload + max_participants * (MAX_NAME_LEN + 8) + 4096
+    max_payload + max_participants * (6 * MAX_NAME_LEN + 8) + 4096
 }
 
 /// The largest request body any route takes (a publish's): the server reads no larger one.
@@ -168,6 +170,13 @@ async fn read_publication(
     // group-commit batch first, and cost every other sender in it a retry.
     jsonb::check(payload.get())
         .map_err(|refused| ApiError::invalid(format!("the payload cannot be stored: {refused}")))?;
+    // What streams and reads serve is the stored text, in which `1e131071` has 131,072 digits.
+    if jsonb::stored_len(payload.get()) > max_payload {
+        return Err(too_large(&format!(
+            "the payload is larger than {max_payload} bytes as stored (numbers written with \
+             an exponent are stored digit by digit)"
+        )));
+    }
     addresses::check_may_address(state, &claims, &participants, revocation).await?;
     Ok(Publication {
         author: Author {

@@ -140,14 +140,25 @@ fn hex_escape(bytes: &[u8], at: usize) -> Option<u32> {
     })
 }
 
-/// Checks the number that starts at `at` against `numeric`'s range; returns where it ends.
-///
-/// `numeric_in` keeps the digits after the decimal point as the display scale, which the
-/// exponent shifts (`1.5e-3` has scale 4, `1.5e3` scale 0), and places the leading nonzero
-/// digit at a decimal exponent. A zero has no leading digit, so only its scale and the
-/// exponent's own limit apply: `0e100000` is stored, `0.0e-16383` is not.
-fn check_number(bytes: &[u8], at: usize) -> Result<usize, Refused> {
-    let mut end = at + usize::from(bytes.get(at) == Some(&b'-'));
+/// A number's text as `numeric_in` reads it.
+struct Number {
+    /// Where its text ends.
+    end: usize,
+    /// Whether it is written with a minus sign.
+    negative: bool,
+    /// The written exponent (0 without one), saturated.
+    exponent: i64,
+    /// The digits `numeric` keeps after the decimal point: the display scale, which the
+    /// exponent shifts (`1.5e-3` has scale 4, `1.5e3` scale 0).
+    scale: i64,
+    /// The decimal exponent of the leading nonzero digit; `None` for a zero.
+    leading: Option<i64>,
+}
+
+/// Reads the number that starts at `at`.
+fn read_number(bytes: &[u8], at: usize) -> Number {
+    let negative = bytes.get(at) == Some(&b'-');
+    let mut end = at + usize::from(negative);
     let integer = digits(bytes, &mut end);
     let fraction = match bytes.get(end) {
         Some(b'.') => {
@@ -163,7 +174,7 @@ fn check_number(bytes: &[u8], at: usize) -> Result<usize, Refused> {
             if matches!(bytes.get(end), Some(b'-' | b'+')) {
                 end += 1;
             }
-            // Saturating, as `strtol` does: anything this large is refused below anyway.
+            // Saturating, as `strtol` does: anything this large is refused anyway.
             let magnitude = digits(bytes, &mut end).iter().fold(0i64, |value, digit| {
                 value
                     .saturating_mul(10)
@@ -178,26 +189,86 @@ fn check_number(bytes: &[u8], at: usize) -> Result<usize, Refused> {
         _ => 0,
     };
     let fraction_len = i64::try_from(fraction.len()).unwrap_or(i64::MAX);
-    let scale = fraction_len.saturating_sub(exponent).max(0);
     let leading = integer
         .iter()
         .chain(fraction)
-        .position(|&digit| digit != b'0');
-    let in_range = exponent.abs() < EXPONENT_LIMIT
-        && scale <= MAX_SCALE
-        && leading.map_or(true, |index| {
-            // The leading digit's decimal exponent: the integer digits count down from
-            // `integer.len() - 1`, and the fraction's continue below zero.
+        .position(|&digit| digit != b'0')
+        .map(|index| {
+            // The integer digits count down from `integer.len() - 1`, and the fraction's
+            // continue below zero.
             let position = i64::try_from(integer.len()).unwrap_or(i64::MAX)
                 - 1
                 - i64::try_from(index).unwrap_or(i64::MAX);
-            position.saturating_add(exponent) <= MAX_LEADING_EXPONENT
+            position.saturating_add(exponent)
         });
+    Number {
+        end,
+        negative,
+        exponent,
+        scale: fraction_len.saturating_sub(exponent).max(0),
+        leading,
+    }
+}
+
+/// Checks the number that starts at `at` against `numeric`'s range; returns where it ends.
+///
+/// `numeric_in` keeps the digits after the decimal point as the display scale and places the
+/// leading nonzero digit at a decimal exponent. A zero has no leading digit, so only its scale
+/// and the exponent's own limit apply: `0e100000` is stored, `0.0e-16383` is not.
+fn check_number(bytes: &[u8], at: usize) -> Result<usize, Refused> {
+    let number = read_number(bytes, at);
+    let in_range = number.exponent.abs() < EXPONENT_LIMIT
+        && number.scale <= MAX_SCALE
+        && number
+            .leading
+            .map_or(true, |leading| leading <= MAX_LEADING_EXPONENT);
     if in_range {
-        Ok(end)
+        Ok(number.end)
     } else {
         Err(Refused::NumberOutOfRange)
     }
+}
+
+/// The length of `json` (a text [`check`] accepts) with each number counted as PostgreSQL
+/// prints it back, digit by digit: `1e5` is `100000`, `1e131071` has 131,072 digits. What
+/// streams and reads serve is that printed text, so a payload's limit applies to it. (The
+/// rest prints at most about as long as written: `jsonb` adds a space after each `,` and `:`
+/// and may shorten escapes.)
+pub fn stored_len(json: &str) -> usize {
+    let bytes = json.as_bytes();
+    let mut len = 0usize;
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        let (next, printed) = match byte {
+            b'"' => {
+                let end = check_string(bytes, at + 1).unwrap_or(bytes.len());
+                (end, end - at)
+            }
+            b'-' | b'0'..=b'9' => {
+                let number = read_number(bytes, at);
+                (number.end, printed_len(&number))
+            }
+            _ => (at + 1, 1),
+        };
+        len = len.saturating_add(printed);
+        at = next;
+    }
+    len
+}
+
+/// How long `numeric_out` prints `number`: its sign, its integer digits (at least `0`), and
+/// its scale's digits after a point.
+fn printed_len(number: &Number) -> usize {
+    let sign = usize::from(number.negative && number.leading.is_some());
+    let integer = number
+        .leading
+        .map_or(1, |leading| leading.max(0).saturating_add(1));
+    let fraction = match number.scale {
+        0 => 0,
+        scale => scale.saturating_add(1),
+    };
+    let digits = usize::try_from(integer.saturating_add(fraction)).unwrap_or(usize::MAX);
+    sign.saturating_add(digits)
 }
 
 /// The run of ASCII digits at `*at`, moving `*at` past it.
@@ -280,6 +351,24 @@ mod tests {
         ];
         for (text, why) in refused {
             assert_eq!(check(text), Err(why), "{text}");
+        }
+    }
+
+    /// Numbers count as PostgreSQL prints them back; the rest as written.
+    #[test]
+    fn stored_length_counts_numbers_digit_by_digit() {
+        let lengths = [
+            ("1e5", 6),      // 100000
+            ("1.50", 4),     // 1.50
+            ("-1.5e-3", 7),  // -0.0015
+            ("-0", 1),       // 0
+            ("0e100000", 1), // 0
+            ("0.000e-3", 8), // 0.000000
+            ("[1e131071]", 131_074),
+            (r#"{"a":"x\"y"}"#, 12),
+        ];
+        for (text, stored) in lengths {
+            assert_eq!(stored_len(text), stored, "{text}");
         }
     }
 

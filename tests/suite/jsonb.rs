@@ -55,3 +55,22 @@ async fn refused_payloads_are_answered_422_with_the_reason() {
     let page = page.text().await.unwrap();
     assert!(page.contains(&format!(r#""payload":{deepest}"#)), "{page}");
 }
+
+/// A payload whose numbers PostgreSQL stores digit by digit is measured as stored: 1,100 times
+/// `1e131071` is 10 KB as sent and 144 MB once `jsonb` renders it, which no stream or whole
+/// read could ever serve. It was taken (201) and could never be read; it is refused 413 now
+/// (found by an outside review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_of_numbers_larger_once_stored_is_refused() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let client = connect(&db).await;
+    let alice = relay.token("alice", &["publish"]);
+    let payload = format!("[{}]", vec!["1e131071"; 1100].join(","));
+    let body = format!(r#"{{"participants":["bob"],"payload":{payload}}}"#);
+    let (status, answer) =
+        status_and_json(post_text(&relay.base, "/v1/messages", &alice, body).await).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"], "too_large", "{answer}");
+    assert_eq!(message_count(&client).await, 0);
+}

@@ -776,3 +776,25 @@ async fn clients_that_never_read_their_answers_cannot_hold_the_slots() {
     drop(non_readers);
     relay.stop().await;
 }
+
+/// A publish within every documented limit (a payload of at most 64 KiB, at most 1,000
+/// participants, each name at most 256 bytes) is taken however its names are written in JSON:
+/// `"` and `\` are allowed in names, and JSON writes each as two bytes. The body's limit
+/// counted a name's 256 bytes once, and this publish was refused 413 (found by an outside
+/// review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_within_the_limits_is_taken_whatever_its_names_escape_to() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    let client = connect(&db).await;
+    let token = relay.token("alice", &["publish"]);
+    // 1,000 names of 256 bytes: 252 quotes and a number.
+    let names: Vec<String> = (0..1000)
+        .map(|n| format!("{}{n:04}", "\"".repeat(252)))
+        .collect();
+    let body = json!({ "participants": names, "payload": {"t": 1} });
+    let (status, answer) =
+        status_and_json(post(&relay.base, "/v1/messages", &token, body).await).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(message_count(&client).await, 1);
+}
