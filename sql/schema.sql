@@ -958,6 +958,10 @@ BEGIN
         RAISE EXCEPTION 'a signal payload is at most 1024 bytes'
             USING ERRCODE = 'program_limit_exceeded';
     END IF;
+    IF octet_length(participants::text) > 32768 THEN
+        RAISE EXCEPTION 'a signal''s participants take at most 32768 bytes'
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
     PERFORM pgrelay.send_signal(participants, kind, payload, sender);
 END $function$
 ;

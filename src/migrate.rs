@@ -77,6 +77,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0016_commit_order.sql",
         include_str!("../sql/0016_commit_order.sql"),
     ),
+    (
+        17,
+        "0017_signal_participants.sql",
+        include_str!("../sql/0017_signal_participants.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -140,3 +140,38 @@ async fn signals_are_rate_limited_and_validated() {
     let (status, _) = post_signal(&relay.base, &relay.token("dave", &[]), &body).await;
     assert_eq!(status, 403, "signals need scope publish");
 }
+
+/// A role granted `pgrelay.signal` sends signals whose participants take at most 32 KiB: one
+/// to bob and 5,000 made-up 200-byte names reached bob's stream as one 1 MB event, past
+/// `--max-event-bytes`, and such signals grew a relay by hundreds of MiB (migration 0017;
+/// found by an outside review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writers_signal_has_at_most_32_kib_of_participants() {
+    let db = fresh_database().await;
+    let writer = Role::create(
+        &db,
+        "signaller",
+        &[
+            "GRANT USAGE ON SCHEMA pgrelay TO {role}",
+            "GRANT EXECUTE ON FUNCTION pgrelay.signal(text[], text, jsonb, text) TO {role}",
+        ],
+    )
+    .await
+    .connect()
+    .await;
+    let signal = |extra: usize| {
+        format!(
+            "SELECT pgrelay.signal(ARRAY['bob'] || ARRAY(SELECT repeat('x', 195) || g \
+                                                     FROM generate_series(1, {extra}) g), \
+                                   'typing', '{{}}')"
+        )
+    };
+    let refused = writer.batch_execute(&signal(5000)).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::PROGRAM_LIMIT_EXCEEDED),
+        "{refused:?}"
+    );
+    // 150 names of about 200 bytes: 30 KB.
+    writer.batch_execute(&signal(150)).await.unwrap();
+}
