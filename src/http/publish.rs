@@ -99,11 +99,12 @@ struct Publication {
 }
 
 /// The largest body of a publish with payloads of at most `max_payload` bytes: room for the
-/// payload plus the largest participant list and the field names. A name's bytes are limits
-/// once decoded, and JSON may write each in up to six (`\u0041`; a `"` in a name is always
-/// two), so a list the contract allows fits however its client escapes it.
+/// payload plus the largest participant list and the field names. A name's bytes are counted
+/// once decoded, and a JSON encoder writes each in at most three (a `"` or `\` in a name is
+/// always two; Python's default writes `é`, two bytes, as `\u00e9`), so a list the contract
+/// allows fits as encoders write it.
 fn body_limit(max_payload: usize, max_participants: usize) -> usize {
-    max_payload + max_participants * (6 * MAX_NAME_LEN + 8) + 4096
+    max_payload + max_participants * (3 * MAX_NAME_LEN + 8) + 4096
 }
 
 /// The largest request body any route takes (a publish's): the server reads no larger one.
