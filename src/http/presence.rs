@@ -46,10 +46,12 @@ pub async fn presence(
             "ask about at most {MAX_PRESENCE_QUERY} participants at once"
         )));
     }
-    addresses::check_not_revoked(&state, &claims).await?;
+    // The addresses its stream would hear (the check refuses a revoked token).
+    let (access, _) = addresses::listening(&state, &claims, None).await?;
     let states = store::presence(
         &state.pool,
         &claims.sub,
+        &access.addresses(),
         &asked,
         state.settings.presence_ttl,
     )

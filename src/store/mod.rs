@@ -414,8 +414,9 @@ pub async fn signal(pool: &DbPool, signal: &NewMessage) -> Result<(), Error> {
 pub struct PresenceState {
     /// The participant asked about.
     pub participant: String,
-    /// Whether the caller may see this participant (in their audience, or themselves):
-    /// `pgrelay.presence_visible`, which answers without computing the audience.
+    /// Whether the caller may see this participant (one of its addresses in their audience,
+    /// or themselves): `pgrelay.presence_visible`, which answers without computing the
+    /// audience.
     pub visible: bool,
     /// Online since (RFC 3339), when online.
     pub since: Option<String>,
@@ -423,24 +424,30 @@ pub struct PresenceState {
     pub last_seen: Option<String>,
 }
 
-/// The presence of `participants` as seen by `caller`, in the order asked.
+/// The presence of `participants` as seen by `caller`, whose stream would hear `addresses`
+/// (its name, its rooms, `*`), in the order asked.
 pub async fn presence(
     pool: &DbPool,
     caller: &str,
+    addresses: &[String],
     participants: &[String],
     ttl: Duration,
 ) -> Result<Vec<PresenceState>, Error> {
     let client = pool.get().await?;
     let ttl = ttl.as_secs_f64();
-    let params: [(&(dyn ToSql + Sync), Type); 3] = [
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
         (&participants, Type::TEXT_ARRAY),
         (&caller, Type::TEXT),
         (&ttl, Type::FLOAT8),
+        (&addresses, Type::TEXT_ARRAY),
     ];
+    // Visible to the caller when any of its addresses is in the audience: a presence change is
+    // addressed to the audience, and reaches every stream with one of those addresses.
     let rows = client
         .query_typed(
             "SELECT p, \
-                    p = $2 OR coalesce(pgrelay.presence_visible(p, $2), false), \
+                    p = $2 OR EXISTS (SELECT 1 FROM unnest($4::text[]) a \
+                                       WHERE coalesce(pgrelay.presence_visible(p, a), false)), \
                     to_char((SELECT min(since) FROM pgrelay.presence x \
                               WHERE x.participant = p \
                                 AND x.heartbeat_at > now() - make_interval(secs => $3)) \

@@ -221,3 +221,39 @@ async fn presence_across_instances_survives_sigkill() {
     drop(alice_on_a);
     drop(dave_on_a);
 }
+
+/// Who receives a participant's changes and who may `GET` them are one rule: alice once wrote
+/// to `#general`, so her audience is `{#general}`, and bob, a member of `#general` by his
+/// token, receives her `presence` events on his stream; `GET /v1/presence` answered him 403
+/// `not_in_audience`, reading only his own name in her audience (found by an outside review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_in_the_audience_lets_its_members_get_presence() {
+    let db = fresh_database().await;
+    connect(&db)
+        .await
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, sender, payload) \
+             VALUES ('{#general,alice}', 'alice', '{}')",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::start_with(&db, quick_presence()).await;
+    let bob_token =
+        relay
+            .keys
+            .mint_with_rooms("bob", Duration::from_secs(3600), &[], &["#general"]);
+    let mut bob = Subscriber::open(&relay.base, &bob_token, "", None).await;
+    bob.keep_presence = true;
+    bob.opening_position().await;
+
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let streamed = next_presence(&mut bob, PATIENCE).await;
+    assert!(streamed.is_some(), "bob's stream heard alice come online");
+    let (status, answer) = get_presence(&relay.base, &bob_token, "alice").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["presence"]["alice"]["online"], true, "{answer}");
+    // carol, in no room of alice's audience, is still refused.
+    let carol = relay.token("carol", &[]);
+    assert_eq!(get_presence(&relay.base, &carol, "alice").await.0, 403);
+}
