@@ -42,12 +42,6 @@ async fn access_now(
     Ok(now)
 }
 
-/// 401 `token_revoked` when the caller's token is revoked: for a route that needs nothing else
-/// of the caller's access (presence).
-pub async fn check_not_revoked(state: &AppState, claims: &Claims) -> Result<(), ApiError> {
-    access_now(state, claims, false).await.map(|_| ())
-}
-
 /// The answer to a revoked token.
 pub fn token_revoked() -> ApiError {
     unauthorized(
@@ -127,7 +121,7 @@ pub async fn check_may_address(
     }
     if broadcast || claims.is_service() {
         if check_now {
-            check_not_revoked(state, claims).await?;
+            access_now(state, claims, false).await?;
         }
         return Ok(());
     }
