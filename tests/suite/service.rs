@@ -291,30 +291,36 @@ async fn a_malformed_idempotency_key_is_a_json_400() {
     assert_eq!(stored(&db).await.len(), 1);
 }
 
-/// A role granted to insert cannot plant a key for someone else's retries: the columns that
-/// record a key are cleared on its rows, so the relay's publish with that key is a new one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_cannot_plant_an_idempotency_key() {
-    let db = fresh_database().await;
-    let relay = Relay::start(&db).await;
-    let writer = Role::create(
-        &db,
+/// A role granted only to insert runs `prelude` in its session, then writes a row to
+/// `participants` that carries alice's idempotency key `k`.
+async fn plant_alices_key(db: &str, prelude: &str, participants: &str) {
+    Role::create(
+        db,
         "writer",
         &[
             "GRANT USAGE ON SCHEMA pgrelay TO {role}",
             "GRANT INSERT ON pgrelay.messages TO {role}",
         ],
     )
-    .await;
-    writer
-        .connect()
-        .await
-        .batch_execute(
-            "INSERT INTO pgrelay.messages (participants, payload, idempotency_subject, idempotency_key)
-             VALUES ('{bob}', '{\"text\":\"planted\"}', 'alice', 'k')",
-        )
-        .await
-        .unwrap();
+    .await
+    .connect()
+    .await
+    .batch_execute(&format!(
+        "{prelude} INSERT INTO pgrelay.messages \
+           (participants, payload, idempotency_subject, idempotency_key) \
+         VALUES ('{participants}', '{{\"text\":\"planted\"}}', 'alice', 'k')"
+    ))
+    .await
+    .unwrap();
+}
+
+/// A role granted to insert cannot plant a key for someone else's retries: the columns that
+/// record a key are cleared on its rows, so the relay's publish with that key is a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cannot_plant_an_idempotency_key() {
+    let db = fresh_database().await;
+    let relay = Relay::start(&db).await;
+    plant_alices_key(&db, "", "{bob}").await;
     let alice = relay.token("alice", &["publish"]);
     let body = json!({"participants": ["bob"], "payload": {"text": "planted"}});
     let (status, answer) = status_and_json(publish(&relay, &alice, Some("k"), &body).await).await;
@@ -333,25 +339,7 @@ async fn a_writer_cannot_plant_an_idempotency_key_with_a_temporary_pg_class() {
     let relay = Relay::start(&db).await;
     let mut bob = relay.subscribe("bob", "", None).await;
     bob.opening_position().await;
-    let writer = Role::create(
-        &db,
-        "writer",
-        &[
-            "GRANT USAGE ON SCHEMA pgrelay TO {role}",
-            "GRANT INSERT ON pgrelay.messages TO {role}",
-        ],
-    )
-    .await;
-    writer
-        .connect()
-        .await
-        .batch_execute(&format!(
-            "{PASS_FOR_THE_OWNER}; \
-             INSERT INTO pgrelay.messages (participants, payload, idempotency_subject, idempotency_key) \
-             VALUES ('{{nobody}}', '{{\"text\":\"planted\"}}', 'alice', 'k')"
-        ))
-        .await
-        .unwrap();
+    plant_alices_key(&db, &format!("{PASS_FOR_THE_OWNER};"), "{nobody}").await;
     let alice = relay.token("alice", &["publish"]);
     let body = json!({"participants": ["bob"], "payload": {"text": "from alice"}});
     let (status, answer) = status_and_json(publish(&relay, &alice, Some("k"), &body).await).await;
