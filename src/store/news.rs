@@ -34,8 +34,8 @@ const READ_TYPES: [Type; 5] = [Type::INT8, Type::INT8, Type::INT8, Type::INT8, T
 /// The dispatcher's statements, prepared on the LISTEN connection.
 pub struct NewsStatements {
     /// Every message after `$1` (a page of at most `$2` rows and `$3` bytes, messages over `$5`
-    /// bytes without their payload) and every signal after `$4` (at most `$2`). Wake-ups carry
-    /// nothing, so this is all the relay knows of what is new.
+    /// bytes without their payload) and every signal after `$4` (a page of the same bounds).
+    /// Wake-ups carry nothing, so this is all the relay knows of what is new.
     read: Statement,
     /// How the pass numbers before it reads.
     numbering: Numbering,
@@ -84,11 +84,18 @@ pub async fn prepare_news(client: &Client, with_wal: bool) -> Result<NewsStateme
         )
         .await?;
     let messages = page_sql(&matching("id > $1", 2), 3, 5);
+    // A signal row has no size limit of its own (presence's may be 32 KiB of participants),
+    // so its page ends at the row that reaches `$3` bytes, as a page of messages does.
     let read_sql = format!(
         "SELECT false, * FROM ({messages}) messages \
          UNION ALL \
-         SELECT true, id, kind, sender, participants, payload, NULL, NULL, NULL, NULL, NULL \
-           FROM (SELECT * FROM pgrelay.signals WHERE id > $4 ORDER BY id LIMIT $2) signals"
+         SELECT true, id, kind, sender, participants, payload, NULL, NULL, fetched, NULL, NULL \
+           FROM (SELECT s.*, sum(s.size) OVER (ORDER BY s.id) AS upto, \
+                        count(*) OVER () AS fetched \
+                   FROM (SELECT *, octet_length(participants::text) \
+                                   + octet_length(payload::text) AS size \
+                           FROM pgrelay.signals WHERE id > $4 ORDER BY id LIMIT $2) s) signals \
+          WHERE upto - size < $3 ORDER BY id"
     );
     let read = client.prepare_typed(&read_sql, &READ_TYPES).await?;
     let numbering = match client.batch_execute(&pass_function(&read_sql, &read)).await {
@@ -177,7 +184,7 @@ pub struct News {
     pub signals: Vec<Arc<Signal>>,
     /// Where the next read starts.
     pub position: NewsPosition,
-    /// Whether more messages may follow (the page hit a limit): read again right away.
+    /// Whether more messages or signals may follow (a page hit a limit): read again right away.
     pub more: bool,
     /// How numbering went: how many pending rows this pass numbered, or why it could not.
     pub numbered: Result<u64, Error>,
@@ -287,13 +294,18 @@ pub async fn news(
         wal,
     };
     // Column 0 says which part of the UNION a row comes from; the row proper starts at 1.
-    let mut message_rows = 0;
+    // Each part is a page: it was cut short when its rows hit the row limit or fewer came
+    // back than it fetched (the byte limit).
+    let (mut message_rows, mut signal_rows) = (0, 0);
+    let (mut messages_fetched, mut signals_fetched) = (0, 0);
     for row in &found {
         let is_signal: bool = row.try_get(0)?;
         let id: i64 = row.try_get(1)?;
         let participants: Vec<String> = row.try_get(4)?;
+        let fetched: i64 = row.try_get(1 + FETCHED)?;
         if is_signal {
             news.position.signal = id;
+            (signal_rows, signals_fetched) = (signal_rows + 1, fetched);
             if wanted(&participants, false) {
                 news.signals
                     .push(Arc::new(signal_from_row(row, participants)?));
@@ -301,9 +313,7 @@ pub async fn news(
             continue;
         }
         news.position.message = id;
-        message_rows += 1;
-        let fetched: i64 = row.try_get(1 + FETCHED)?;
-        news.more = fetched == limits.rows || message_rows < fetched;
+        (message_rows, messages_fetched) = (message_rows + 1, fetched);
         let control: bool = row.try_get(1 + CONTROL)?;
         if wanted(&participants, control) {
             let committed_at: Option<i64> = row.try_get(1 + COMMITTED_AT)?;
@@ -311,6 +321,9 @@ pub async fn news(
                 .push((message_from_row(row, 1)?, committed_at));
         }
     }
+    let cut_short = |rows: i64, fetched: i64| fetched == limits.rows || rows < fetched;
+    news.more =
+        cut_short(message_rows, messages_fetched) || cut_short(signal_rows, signals_fetched);
     Ok(news)
 }
 
@@ -384,6 +397,56 @@ mod tests {
         assert_eq!(
             custom, 0,
             "statements planned for their parameters at a pass"
+        );
+    }
+
+    /// Signals are read in pages of at most `rows` rows and about `bytes` bytes, as messages
+    /// are, and a full page says `more`: 1,200 signals written at once were read 500 to a pass
+    /// with nothing to say the rest were there (they waited for the next wake-up), and a page
+    /// of presence rows held whatever their participants came to.
+    #[tokio::test]
+    async fn signals_are_read_in_bounded_pages() {
+        let db = fresh_database().await;
+        let client = connect(&db).await;
+        let statements = prepare_news(&client, false).await.unwrap();
+        let mut position = news_position(&client).await.unwrap();
+        // 1,200 small signals, then 40 of about 20 KB of participants each (800 KB).
+        client
+            .batch_execute(
+                "SELECT pgrelay.signal('{bob}', 'typing', to_jsonb(n)) \
+                   FROM generate_series(1, 1200) n; \
+                 SELECT pgrelay.signal(ARRAY(SELECT repeat('x', 190) || p \
+                                             FROM generate_series(1, 100) p), 'typing') \
+                   FROM generate_series(1, 40)",
+            )
+            .await
+            .unwrap();
+        let limits = PassLimits {
+            bytes: 100_000,
+            ..LIMITS
+        };
+        // Each page's signals and the bytes of their participants.
+        let mut pages = Vec::new();
+        loop {
+            let found = news(&client, &statements, position, limits, |_, _| true)
+                .await
+                .unwrap();
+            let bytes: usize = (found.signals.iter())
+                .flat_map(|signal| &signal.participants)
+                .map(String::len)
+                .sum();
+            pages.push((found.signals.len(), bytes));
+            position = found.position;
+            if !found.more {
+                break;
+            }
+        }
+        let read: usize = pages.iter().map(|(signals, _)| signals).sum();
+        assert_eq!(read, 1240, "pages: {pages:?}");
+        // A page ends at the row that reaches its bytes, one of 20 KB at most.
+        assert!(
+            (pages.iter()).all(|&(signals, bytes)| signals <= 500 && bytes < 125_000),
+            "pages: {pages:?}"
         );
     }
 
