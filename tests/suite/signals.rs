@@ -175,3 +175,34 @@ async fn a_writers_signal_has_at_most_32_kib_of_participants() {
     // 150 names of about 200 bytes: 30 KB.
     writer.batch_execute(&signal(150)).await.unwrap();
 }
+
+/// More signals than one pass reads (500) written at once all arrive: the dispatcher read the
+/// first page and stopped, and the rest waited for the next wake-up, here the heartbeat's a
+/// minute later. (Bob's 100 come last, within his inbox: a burst past it drops live-only
+/// signals by design.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_signals_past_one_page_arrives_whole() {
+    let db = fresh_database().await;
+    let mut settings = test_settings();
+    settings.heartbeat = Duration::from_secs(60);
+    let relay = Relay::start_with(&db, settings).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    bob.opening_position().await;
+    connect(&db)
+        .await
+        .batch_execute(
+            "SELECT pgrelay.signal(ARRAY[CASE WHEN n > 1100 THEN 'bob' ELSE 'carol' END], \
+                                   'typing', to_jsonb(n)) \
+               FROM generate_series(1, 1200) n",
+        )
+        .await
+        .unwrap();
+    for n in 1101..=1200 {
+        let event = bob
+            .next_within(PATIENCE)
+            .await
+            .unwrap_or_else(|| panic!("signal {n} did not arrive"));
+        let data: Value = serde_json::from_str(&event.data.unwrap()).unwrap();
+        assert_eq!(data["payload"], n, "signals arrive in order");
+    }
+}
