@@ -165,17 +165,41 @@ CREATE OR REPLACE FUNCTION pgrelay.announce_presence(participant text, online bo
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
-    audience text[];
+    chunk text[];
+    change jsonb := jsonb_build_object(
+        'participant', participant,
+        'online', online,
+        'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'));
 BEGIN
-    SELECT coalesce(array_agg(DISTINCT member), '{}') INTO audience
-      FROM unnest(pgrelay.presence_audience(participant)) AS member
-     WHERE member IS NOT NULL AND member <> participant AND pgrelay.valid_name(member);
-    IF cardinality(audience) > 0 THEN
-        PERFORM pgrelay.send_signal(audience, 'presence', jsonb_build_object(
-            'participant', participant,
-            'online', online,
-            'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')), NULL);
-    END IF;
+    FOR chunk IN
+        WITH audience AS (
+            SELECT DISTINCT member
+              FROM unnest(pgrelay.presence_audience(announce_presence.participant)) AS member
+             WHERE member IS NOT NULL AND member <> announce_presence.participant
+               AND pgrelay.valid_name(member)),
+        ranked AS (
+            SELECT member,
+                   CASE WHEN member = '*' OR left(member, 1) = '#' THEN 0
+                        WHEN EXISTS (SELECT 1 FROM pgrelay.presence p
+                                      WHERE p.participant = member) THEN 1
+                        WHEN EXISTS (SELECT 1 FROM pgrelay.presence_last_seen s
+                                      WHERE s.participant = member) THEN 2
+                        ELSE 3 END AS tier,
+                   -- A name's bytes in an array's text: at most two per byte once quoted and
+                   -- escaped, with its quotes and comma.
+                   2 * octet_length(member) + 3 AS size
+              FROM audience),
+        placed AS (
+            SELECT member, sum(size) OVER (ORDER BY tier, member) - size AS starts_at
+              FROM ranked)
+        SELECT array_agg(member ORDER BY member)
+          FROM placed
+         WHERE starts_at < 1048576
+         GROUP BY starts_at / 31744
+         ORDER BY starts_at / 31744
+    LOOP
+        PERFORM pgrelay.send_signal(chunk, 'presence', change, NULL);
+    END LOOP;
 END $function$
 ;
 
@@ -571,16 +595,18 @@ CREATE OR REPLACE FUNCTION pgrelay.presence_update(relay_instance text, joined t
 AS $function$
 DECLARE
     who text;
-    was_online boolean;
+    came_online text[] := '{}';
 BEGIN
     LOCK TABLE pgrelay.presence_order IN SHARE ROW EXCLUSIVE MODE;
     FOR who IN SELECT DISTINCT p FROM unnest(joined) AS p LOOP
-        was_online := pgrelay.presence_online(who, ttl);
+        IF NOT pgrelay.presence_online(who, ttl) THEN
+            came_online := came_online || who;
+        END IF;
         INSERT INTO pgrelay.presence AS p (participant, instance) VALUES (who, relay_instance)
             ON CONFLICT (participant, instance) DO UPDATE SET heartbeat_at = now();
-        IF NOT was_online THEN
-            PERFORM pgrelay.announce_presence(who, true);
-        END IF;
+    END LOOP;
+    FOREACH who IN ARRAY came_online LOOP
+        PERFORM pgrelay.announce_presence(who, true);
     END LOOP;
     FOR who IN SELECT DISTINCT p FROM unnest(left_) AS p LOOP
         DELETE FROM pgrelay.presence p WHERE p.participant = who AND p.instance = relay_instance;

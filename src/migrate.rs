@@ -82,6 +82,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0017_signal_participants.sql",
         include_str!("../sql/0017_signal_participants.sql"),
     ),
+    (
+        18,
+        "0018_presence_bounded_audience.sql",
+        include_str!("../sql/0018_presence_bounded_audience.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -257,3 +257,106 @@ async fn a_room_in_the_audience_lets_its_members_get_presence() {
     let carol = relay.token("carol", &[]);
     assert_eq!(get_presence(&relay.base, &carol, "alice").await.0, 403);
 }
+
+/// An audience padded with made-up names costs its owner, not the relays: eve wrote to bob
+/// and to 40,000 made-up names of 32 bytes, and her next online change wrote all of them into
+/// one signal row that every relay read whole (one of 50 MB grew a relay from 23 to 130 MiB;
+/// found by an outside review). A change now reaches at most 1 MiB of names, in rows of at
+/// most 32 KiB, those who can hear it first: bob, online, is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audience_of_made_up_names_costs_at_most_1_mib_a_change() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, sender, payload) \
+             SELECT ARRAY['eve'] || ARRAY(SELECT 'made-up-' || lpad((m * 500 + n)::text, 24, '0') \
+                                            FROM generate_series(1, 500) n), \
+                    'eve', '{}' \
+               FROM generate_series(0, 79) m; \
+             INSERT INTO pgrelay.messages (participants, sender, payload) \
+             VALUES ('{eve,bob}', 'eve', '{}')",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::start_with(&db, quick_presence()).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    bob.keep_presence = true;
+    bob.opening_position().await;
+    // eve comes online once bob is recorded as online, as anyone who opened a while ago is.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut eve = relay.subscribe("eve", "", None).await;
+    eve.opening_position().await;
+    let change = next_presence(&mut bob, PATIENCE)
+        .await
+        .expect("bob hears eve");
+    assert_eq!(change["participant"], "eve");
+
+    let rows: Vec<(i32, bool)> = client
+        .query(
+            "SELECT octet_length(participants::text), 'bob' = ANY(participants) \
+               FROM pgrelay.signals \
+              WHERE kind = 'presence' AND payload->>'participant' = 'eve'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let total: i32 = rows.iter().map(|&(bytes, _)| bytes).sum();
+    assert!(
+        rows.iter().all(|&(bytes, _)| bytes <= 32768) && total <= 1 << 20,
+        "{} rows, {total} bytes, the largest {:?}",
+        rows.len(),
+        rows.iter().map(|&(bytes, _)| bytes).max()
+    );
+    assert!(rows.iter().any(|&(_, bob)| bob), "bob is in eve's audience");
+}
+
+/// A large audience of real participants is announced in rows of at most 32 KiB of names, the
+/// bound of any signal (`pgrelay.signal`), each name once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_audience_is_announced_in_rows_of_at_most_32_kib() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    // 3,000 participants seen online before, of 40 bytes each: 126 KB of names.
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.presence_last_seen \
+             SELECT 'member-' || lpad(n::text, 33, '0'), now() FROM generate_series(1, 3000) n; \
+             INSERT INTO pgrelay.messages (participants, sender, payload) \
+             SELECT ARRAY['eve'] || ARRAY(SELECT 'member-' || lpad((m * 100 + n)::text, 33, '0') \
+                                            FROM generate_series(1, 100) n), \
+                    'eve', '{}' \
+               FROM generate_series(0, 29) m; \
+             SELECT pgrelay.sequence(); \
+             SELECT pgrelay.announce_presence('eve', true)",
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(i32, i64)> = client
+        .query(
+            "SELECT octet_length(participants::text), cardinality(participants)::int8 \
+               FROM pgrelay.signals WHERE kind = 'presence'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert!(rows.len() >= 4, "{rows:?}");
+    assert!(rows.iter().all(|&(bytes, _)| bytes <= 32768), "{rows:?}");
+    let distinct: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT p) FROM pgrelay.signals, unnest(participants) p \
+              WHERE kind = 'presence'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let named: i64 = rows.iter().map(|&(_, names)| names).sum();
+    assert_eq!((distinct, named), (3000, 3000), "each member once");
+}
