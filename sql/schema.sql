@@ -185,16 +185,16 @@ BEGIN
                         WHEN EXISTS (SELECT 1 FROM pgrelay.presence_last_seen s
                                       WHERE s.participant = member) THEN 2
                         ELSE 3 END AS tier,
-                   -- A name's bytes in an array's text: at most two per byte once quoted and
-                   -- escaped, with its quotes and comma.
-                   2 * octet_length(member) + 3 AS size
+                   -- A name's bytes in an array's text, quoted and escaped as needed, with
+                   -- the comma after it.
+                   octet_length(ARRAY[member]::text) - 1 AS size
               FROM audience),
         placed AS (
-            SELECT member, sum(size) OVER (ORDER BY tier, member) - size AS starts_at
+            SELECT member, size, sum(size) OVER (ORDER BY tier, member) - size AS starts_at
               FROM ranked)
         SELECT array_agg(member ORDER BY member)
           FROM placed
-         WHERE starts_at < 1048576
+         WHERE starts_at + size <= 1047552  -- 1 MiB with room for each row's braces
          GROUP BY starts_at / 31744
          ORDER BY starts_at / 31744
     LOOP
