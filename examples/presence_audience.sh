@@ -1,0 +1,57 @@
+#!/bin/bash
+# A padded presence audience against one relay: what eve's online changes cost it.
+#
+#   bash examples/presence_audience.sh [path/to/pgrelay] [port offset]
+#
+# eve has sent 200 messages to bob and 1,000 made-up names of 250 bytes each, so her default
+# audience (`pgrelay.presence_audience`) is 200,000 names, 50 MB. On a throwaway cluster
+# (PostgreSQL's server binaries from `pg_config --bindir`; as root, run as `postgres`), one
+# relay runs with a 300 ms presence debounce; bob holds a stream while eve opens and closes
+# hers three times. Prints the relay's RSS and peak RSS (VmHWM) before and after each flap,
+# how many of eve's changes bob heard, and the presence signal rows the changes wrote.
+set -euo pipefail
+BIN=${1:-target/release/pgrelay}
+OFFSET=${2:-0}
+PGPORT=$((55490 + OFFSET))
+HTTP=$((8790 + OFFSET))
+BINDIR=$(pg_config --bindir)
+DIR=$(mktemp -d)
+AS=()
+if [ "$(id -u)" = 0 ]; then chown postgres "$DIR"; AS=(runuser -u postgres --); fi
+"${AS[@]}" "$BINDIR/initdb" -D "$DIR/data" -A trust -U postgres > /dev/null
+"${AS[@]}" "$BINDIR/pg_ctl" -D "$DIR/data" -l "$DIR/log" \
+    -o "-p $PGPORT -k $DIR -c listen_addresses=127.0.0.1" start > /dev/null
+URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+SECRET=presence-audience-secret-of-32-bytes
+"$BIN" migrate --database-url "$URL" > "$DIR/migrate.log" 2>&1
+"$BIN" serve --database-url "$URL" --secret "$SECRET" --bind "127.0.0.1:$HTTP" \
+    --presence-debounce 300ms > "$DIR/relay.log" 2>&1 &
+RELAY=$!
+trap 'kill $(jobs -p) 2> /dev/null; "${AS[@]}" "$BINDIR/pg_ctl" -D "$DIR/data" stop -m fast > /dev/null; rm -rf "$DIR"' EXIT
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && break; sleep 0.2; done
+
+psql -q "$URL" -c "INSERT INTO pgrelay.messages (participants, sender, payload)
+  SELECT ARRAY['eve', 'bob'] || ARRAY(SELECT repeat('x', 240) || lpad((m * 1000 + n)::text, 10, '0')
+                                        FROM generate_series(1, 1000) n), 'eve', '{}'
+    FROM generate_series(0, 199) m"
+sleep 2
+BOB=$("$BIN" token --sub bob --secret "$SECRET")
+EVE=$("$BIN" token --sub eve --secret "$SECRET")
+curl -sN -H "Authorization: Bearer $BOB" "http://127.0.0.1:$HTTP/v1/stream" > "$DIR/bob.txt" &
+sleep 1
+rss() { grep -E 'VmRSS|VmHWM' "/proc/$RELAY/status" | tr -s ' \t' ' ' | tr '\n' ' '; }
+echo "before: $(rss)"
+for flap in 1 2 3; do
+    curl -sN -H "Authorization: Bearer $EVE" "http://127.0.0.1:$HTTP/v1/stream" > /dev/null &
+    EVE_STREAM=$!
+    sleep 3
+    kill "$EVE_STREAM"
+    sleep 2
+    echo "after flap $flap: $(rss)"
+done
+sleep 3
+echo "bob heard $(grep -c '"participant": "eve"' "$DIR/bob.txt") of eve's 6 changes"
+psql -qAt "$URL" -F ', ' -c "SELECT count(*), max(octet_length(participants::text)),
+                                    sum(octet_length(participants::text))
+                               FROM pgrelay.signals WHERE kind = 'presence'" \
+    | sed 's/^/presence signal rows, the largest and all (bytes): /'
