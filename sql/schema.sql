@@ -62,6 +62,12 @@ CREATE TABLE pgrelay.messages (
     CONSTRAINT messages_pkey PRIMARY KEY (id)
 );
 
+CREATE TABLE pgrelay.numbering_progress (
+    writer xid NOT NULL,
+    below bigint NOT NULL
+);
+COMMENT ON TABLE pgrelay.numbering_progress IS 'The transaction (its xmin) whose rows the last numbering pass left part of, and the placeholder its rest lies below: the next pass goes on with it.';
+
 CREATE UNLOGGED TABLE pgrelay.presence (
     participant text NOT NULL,
     instance text NOT NULL,
@@ -141,6 +147,8 @@ CREATE UNIQUE INDEX messages_idempotency_idx ON pgrelay.messages USING btree (id
 CREATE INDEX messages_participants_idx ON pgrelay.messages USING gin (participants) WITH (fastupdate=off);
 
 CREATE UNIQUE INDEX messages_pending_id_idx ON pgrelay.messages USING btree (pending_id) WHERE (pending_id IS NOT NULL);
+
+CREATE UNIQUE INDEX numbering_progress_one_row ON pgrelay.numbering_progress USING btree ((true));
 
 CREATE INDEX presence_instance_idx ON pgrelay.presence USING btree (instance);
 
@@ -501,30 +509,76 @@ CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, num
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
  SET enable_seqscan TO 'off'
+ SET enable_bitmapscan TO 'off'
 AS $function$
 DECLARE
-    numbered integer;
-    by_commit boolean := current_setting('track_commit_timestamp') = 'on';
+    numbered integer := 0;
+    sorted integer;
+    unfinished pgrelay.numbering_progress;
+    last_writer xid;
+    last_placeholder bigint;
 BEGIN
+    SELECT * INTO unfinished FROM pgrelay.numbering_progress;
+    IF unfinished.writer IS NOT NULL THEN
+        -- Its rest lies below the last placeholder numbered (a later insert has a smaller
+        -- one), so the scan starts there, past the entries of the rows already numbered.
+        WITH numbering AS (
+            SELECT pending.id AS placeholder, nextval('pgrelay.message_id_seq') AS id
+              FROM (SELECT id FROM pgrelay.messages
+                     WHERE id < unfinished.below AND xmin = unfinished.writer
+                     ORDER BY id DESC LIMIT max_rows) pending),
+        done AS (
+            UPDATE pgrelay.messages m
+               SET id = numbering.id, committed_at = number_pending_messages.numbered_at,
+                   kind = CASE WHEN pgrelay.valid_kind(m.kind) OR m.control THEN m.kind
+                               ELSE 'message' END
+              FROM numbering
+             WHERE m.id = numbering.placeholder
+            RETURNING numbering.placeholder)
+        SELECT count(*), min(done.placeholder) INTO numbered, last_placeholder FROM done;
+        IF numbered = max_rows THEN
+            -- The page is full: whatever is left of it is the next pass's.
+            UPDATE pgrelay.numbering_progress SET below = last_placeholder;
+            RETURN numbered;
+        END IF;
+        DELETE FROM pgrelay.numbering_progress;
+    END IF;
+
     -- Placeholders are negated insert counters: descending placeholder is insertion order.
     -- Each transaction's rows stay together (the same commit, the same inserting xid), in
-    -- commit order where it is recorded, else in the order of each transaction's first insert.
+    -- commit order where it is recorded (0016), else in the order of each transaction's first
+    -- insert.
     WITH numbering AS (
-        SELECT pending.id AS placeholder, nextval('pgrelay.message_id_seq') AS id
-          FROM (SELECT id FROM (
-                    SELECT id, max(id) OVER (PARTITION BY age(xmin)) AS first_insert,
-                           CASE WHEN by_commit THEN pg_xact_commit_timestamp(xmin) END
-                               AS commit_time
+        SELECT pending.id AS placeholder, pending.writer,
+               nextval('pgrelay.message_id_seq') AS id
+          FROM (SELECT id, writer FROM (
+                    SELECT id, xmin AS writer,
+                           max(id) OVER (PARTITION BY age(xmin)) AS first_insert,
+                           CASE WHEN current_setting('track_commit_timestamp') = 'on'
+                                THEN pg_xact_commit_timestamp(xmin) END AS commit_time
                       FROM pgrelay.messages WHERE id < 0) committed
                  ORDER BY commit_time NULLS FIRST, first_insert DESC, id DESC
-                 LIMIT max_rows) pending)
-    UPDATE pgrelay.messages m
-       SET id = numbering.id, committed_at = number_pending_messages.numbered_at,
-           kind = CASE WHEN pgrelay.valid_kind(m.kind) OR m.control THEN m.kind
-                       ELSE 'message' END
-      FROM numbering
-     WHERE m.id = numbering.placeholder;
-    GET DIAGNOSTICS numbered = ROW_COUNT;
+                 LIMIT max_rows - numbered) pending),
+    done AS (
+        UPDATE pgrelay.messages m
+           SET id = numbering.id, committed_at = number_pending_messages.numbered_at,
+               kind = CASE WHEN pgrelay.valid_kind(m.kind) OR m.control THEN m.kind
+                           ELSE 'message' END
+          FROM numbering
+         WHERE m.id = numbering.placeholder
+        RETURNING numbering.id, numbering.placeholder, numbering.writer)
+    SELECT count(*), (array_agg(done.writer ORDER BY done.id DESC))[1],
+           (array_agg(done.placeholder ORDER BY done.id DESC))[1]
+      INTO sorted, last_writer, last_placeholder
+      FROM done;
+    numbered := numbered + sorted;
+    -- A full page that ends inside a transaction: the next pass goes on with its rest.
+    IF numbered = max_rows AND EXISTS (
+           SELECT 1 FROM pgrelay.messages
+            WHERE id < last_placeholder AND xmin = last_writer) THEN
+        INSERT INTO pgrelay.numbering_progress (writer, below)
+            VALUES (last_writer, last_placeholder);
+    END IF;
     RETURN numbered;
 END $function$
 ;

@@ -87,6 +87,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0018_presence_bounded_audience.sql",
         include_str!("../sql/0018_presence_bounded_audience.sql"),
     ),
+    (
+        19,
+        "0019_numbering_large_transactions.sql",
+        include_str!("../sql/0019_numbering_large_transactions.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.
