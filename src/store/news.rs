@@ -86,16 +86,17 @@ pub async fn prepare_news(client: &Client, with_wal: bool) -> Result<NewsStateme
     let messages = page_sql(&matching("id > $1", 2), 3, 5);
     // A signal row has no size limit of its own (presence's may be 32 KiB of participants),
     // so its page ends at the row that reaches `$3` bytes, as a page of messages does.
+    // (Its ORDER BY is inside its own parentheses: outside them it would sort the whole UNION.)
     let read_sql = format!(
         "SELECT false, * FROM ({messages}) messages \
          UNION ALL \
-         SELECT true, id, kind, sender, participants, payload, NULL, NULL, fetched, NULL, NULL \
-           FROM (SELECT s.*, sum(s.size) OVER (ORDER BY s.id) AS upto, \
-                        count(*) OVER () AS fetched \
-                   FROM (SELECT *, octet_length(participants::text) \
-                                   + octet_length(payload::text) AS size \
-                           FROM pgrelay.signals WHERE id > $4 ORDER BY id LIMIT $2) s) signals \
-          WHERE upto - size < $3 ORDER BY id"
+         (SELECT true, id, kind, sender, participants, payload, NULL, NULL, fetched, NULL, NULL \
+            FROM (SELECT s.*, sum(s.size) OVER (ORDER BY s.id) AS upto, \
+                         count(*) OVER () AS fetched \
+                    FROM (SELECT *, octet_length(participants::text) \
+                                    + octet_length(payload::text) AS size \
+                            FROM pgrelay.signals WHERE id > $4 ORDER BY id LIMIT $2) s) signals \
+           WHERE upto - size < $3 ORDER BY id)"
     );
     let read = client.prepare_typed(&read_sql, &READ_TYPES).await?;
     let numbering = match client.batch_execute(&pass_function(&read_sql, &read)).await {
@@ -198,7 +199,8 @@ pub struct News {
 pub struct PassLimits {
     /// Most messages (and, separately, signals) read.
     pub rows: i64,
-    /// Most bytes of messages' payload and participants read (at least one message is).
+    /// Most bytes of messages' payload and participants read (at least one message is), and,
+    /// separately, of signals'.
     pub bytes: i64,
     /// Messages larger than this are read without their payload, as `oversized` stand-ins.
     pub max_event_bytes: i64,
