@@ -11,6 +11,7 @@
 //!
 //! This module depends on no other module of the crate.
 
+use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
@@ -256,6 +257,18 @@ impl Signal {
             participants,
             data,
             frame: OnceLock::new(),
+        })
+    }
+
+    /// For a presence signal, a fingerprint of the change it carries. A change too large for
+    /// one signal row is written as several rows with the same data, one after another, and a
+    /// stream that listens on addresses in two of them (a room in one, its own name in the
+    /// next) must still hear it once.
+    pub fn presence_change(&self) -> Option<u64> {
+        (self.kind == "presence").then(|| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            self.data.get().hash(&mut hasher);
+            hasher.finish()
         })
     }
 }

@@ -96,6 +96,9 @@ pub struct EventStream {
     /// have changed its participant's rooms, so its member rooms are read again before it
     /// sends anything after them.
     membership_stale: bool,
+    /// The presence change last sent ([`crate::message::Signal::presence_change`]): the rows
+    /// of one change are heard once.
+    last_presence: Option<u64>,
 }
 
 /// Why a stream could not be opened.
@@ -175,6 +178,7 @@ impl StreamContext {
             finished: false,
             failures: 0,
             membership_stale: false,
+            last_presence: None,
         })
     }
 }
@@ -222,7 +226,14 @@ impl EventStream {
                         // Not heard at its position: a room removed before it.
                         None => continue,
                     },
-                    Live::Signal(signal) => frame::signal(&signal),
+                    Live::Signal(signal) => match signal.presence_change() {
+                        Some(change) if self.last_presence == Some(change) => continue,
+                        Some(change) => {
+                            self.last_presence = Some(change);
+                            frame::signal(&signal)
+                        }
+                        None => frame::signal(&signal),
+                    },
                 };
                 // The page's last frame: its reservations are given back once it is written.
                 if self.pending.is_empty() {

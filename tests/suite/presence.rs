@@ -360,3 +360,44 @@ async fn a_large_audience_is_announced_in_rows_of_at_most_32_kib() {
     let named: i64 = rows.iter().map(|&(_, names)| names).sum();
     assert_eq!((distinct, named), (3000, 3000), "each member once");
 }
+
+/// A change written as several rows is heard once: alice's audience is `#general`, zoe and
+/// 1,200 colleagues online elsewhere, so her change took two rows, `#general` in the first and
+/// zoe in the second, and zoe, a member of `#general`, heard it twice (an outside review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_in_several_rows_is_heard_once() {
+    let db = fresh_database().await;
+    connect(&db)
+        .await
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, sender, payload) \
+             VALUES ('{alice,#general}', 'alice', '{}'), ('{alice,zoe}', 'alice', '{}'); \
+             INSERT INTO pgrelay.messages (participants, sender, payload) \
+             SELECT ARRAY['alice'] || ARRAY(SELECT 'colleague-' || lpad((m * 600 + n)::text, 20, '0') \
+                                              FROM generate_series(1, 600) n), 'alice', '{}' \
+               FROM generate_series(0, 1) m; \
+             INSERT INTO pgrelay.presence (participant, instance, heartbeat_at) \
+             SELECT 'colleague-' || lpad(n::text, 20, '0'), 'elsewhere', now() + interval '1 hour' \
+               FROM generate_series(1, 1200) n",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::start_with(&db, quick_presence()).await;
+    let zoe_token =
+        relay
+            .keys
+            .mint_with_rooms("zoe", Duration::from_secs(3600), &[], &["#general"]);
+    let mut zoe = Subscriber::open(&relay.base, &zoe_token, "", None).await;
+    zoe.keep_presence = true;
+    zoe.opening_position().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+
+    let mut heard = Vec::new();
+    while let Some(change) = next_presence(&mut zoe, Duration::from_secs(2)).await {
+        heard.push(change);
+    }
+    assert_eq!(heard.len(), 1, "zoe heard {heard:?}");
+    assert_eq!(heard[0]["participant"], "alice");
+}
