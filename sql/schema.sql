@@ -186,23 +186,32 @@ BEGIN
              WHERE member IS NOT NULL AND member <> announce_presence.participant
                AND pgrelay.valid_name(member)),
         ranked AS (
-            SELECT member,
-                   CASE WHEN member = '*' OR left(member, 1) = '#' THEN 0
-                        WHEN EXISTS (SELECT 1 FROM pgrelay.presence p
-                                      WHERE p.participant = member) THEN 1
-                        WHEN EXISTS (SELECT 1 FROM pgrelay.presence_last_seen s
-                                      WHERE s.participant = member) THEN 2
+            SELECT a.member,
+                   -- Who can hear it now: rooms and `*`, which streams listen on, and names
+                   -- online; then names seen online before, then names never seen.
+                   CASE WHEN a.member = '*' OR left(a.member, 1) = '#' THEN 0
+                        WHEN online_now.participant IS NOT NULL THEN 1
+                        WHEN seen.participant IS NOT NULL THEN 2
                         ELSE 3 END AS tier,
                    -- A name's bytes in an array's text, quoted and escaped as needed, with
                    -- the comma after it.
-                   octet_length(ARRAY[member]::text) - 1 AS size
-              FROM audience),
+                   octet_length(ARRAY[a.member]::text) - 1 AS size
+              FROM audience a
+              LEFT JOIN (SELECT DISTINCT p.participant FROM pgrelay.presence p) online_now
+                     ON online_now.participant = a.member
+              LEFT JOIN pgrelay.presence_last_seen seen ON seen.participant = a.member),
+        kept AS (
+            SELECT member, tier, size
+              FROM (SELECT member, tier, size,
+                           sum(size) FILTER (WHERE tier >= 2)
+                               OVER (ORDER BY tier, member) AS offline_upto
+                      FROM ranked) r
+             WHERE tier < 2 OR offline_upto <= 1047552),  -- 1 MiB of names not online
         placed AS (
-            SELECT member, size, sum(size) OVER (ORDER BY tier, member) - size AS starts_at
-              FROM ranked)
+            SELECT member, sum(size) OVER (ORDER BY tier, member) - size AS starts_at
+              FROM kept)
         SELECT array_agg(member ORDER BY member)
           FROM placed
-         WHERE starts_at + size <= 1047552  -- 1 MiB with room for each row's braces
          GROUP BY starts_at / 31744
          ORDER BY starts_at / 31744
     LOOP

@@ -92,6 +92,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0019_numbering_large_transactions.sql",
         include_str!("../sql/0019_numbering_large_transactions.sql"),
     ),
+    (
+        20,
+        "0020_presence_reaches_everyone_online.sql",
+        include_str!("../sql/0020_presence_reaches_everyone_online.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -401,3 +401,37 @@ async fn a_change_in_several_rows_is_heard_once() {
     assert_eq!(heard.len(), 1, "zoe heard {heard:?}");
     assert_eq!(heard[0]["participant"], "alice");
 }
+
+/// Everyone in an audience who is online hears a change, however large the audience: the
+/// bound on names written (1 MiB) counts only names not online now, which cannot hear it.
+/// 40,000 online members of 40 bytes got 25,550 names written and 14,450 never heard (an
+/// outside review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_online_member_of_a_large_audience_hears_a_change() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION pgrelay.presence_audience(participant text) RETURNS text[]
+                 LANGUAGE sql STABLE AS $$
+                 SELECT ARRAY(SELECT 'member-' || lpad(n::text, 33, '0')
+                                FROM generate_series(1, 40000) n) $$;
+             INSERT INTO pgrelay.presence (participant, instance, heartbeat_at)
+             SELECT 'member-' || lpad(n::text, 33, '0'), 'elsewhere', now()
+               FROM generate_series(1, 40000) n;
+             SELECT pgrelay.announce_presence('ceo', true)",
+        )
+        .await
+        .unwrap();
+    let (reached, largest): (i64, i32) = client
+        .query_one(
+            "SELECT (SELECT count(DISTINCT p) FROM pgrelay.signals, unnest(participants) p), \
+                    (SELECT max(octet_length(participants::text)) FROM pgrelay.signals)",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(reached, 40_000);
+    assert!(largest <= 32768, "a row of {largest} bytes");
+}
