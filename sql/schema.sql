@@ -187,10 +187,10 @@ BEGIN
                AND pgrelay.valid_name(member)),
         ranked AS (
             SELECT a.member,
-                   -- Who can hear it now: rooms and `*`, which streams listen on, and names
-                   -- online; then names seen online before, then names never seen.
-                   CASE WHEN a.member = '*' OR left(a.member, 1) = '#' THEN 0
-                        WHEN online_now.participant IS NOT NULL THEN 1
+                   -- Names online now, all of them; then, within the bound, rooms and `*`
+                   -- (streams may listen on them), names seen online before, names never seen.
+                   CASE WHEN a.member = '*' OR left(a.member, 1) = '#' THEN 1
+                        WHEN online_now.participant IS NOT NULL THEN 0
                         WHEN seen.participant IS NOT NULL THEN 2
                         ELSE 3 END AS tier,
                    -- A name's bytes in an array's text, quoted and escaped as needed, with
@@ -203,10 +203,10 @@ BEGIN
         kept AS (
             SELECT member, tier, size
               FROM (SELECT member, tier, size,
-                           sum(size) FILTER (WHERE tier >= 2)
-                               OVER (ORDER BY tier, member) AS offline_upto
+                           sum(size) FILTER (WHERE tier >= 1)
+                               OVER (ORDER BY tier, member) AS bounded_upto
                       FROM ranked) r
-             WHERE tier < 2 OR offline_upto <= 1047552),  -- 1 MiB of names not online
+             WHERE tier = 0 OR bounded_upto <= 1047552),  -- 1 MiB of rooms and names not online
         placed AS (
             SELECT member, sum(size) OVER (ORDER BY tier, member) - size AS starts_at
               FROM kept)
@@ -527,6 +527,9 @@ DECLARE
     last_writer xid;
     last_placeholder bigint;
 BEGIN
+    IF max_rows <= 0 THEN
+        RETURN 0;  -- no page at all; NULL, no bound, goes on
+    END IF;
     SELECT * INTO unfinished FROM pgrelay.numbering_progress;
     IF unfinished.writer IS NOT NULL THEN
         -- Its rest lies below the last placeholder numbered (a later insert has a smaller

@@ -97,6 +97,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0020_presence_reaches_everyone_online.sql",
         include_str!("../sql/0020_presence_reaches_everyone_online.sql"),
     ),
+    (
+        21,
+        "0021_presence_rooms_bounded.sql",
+        include_str!("../sql/0021_presence_rooms_bounded.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

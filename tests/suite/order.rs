@@ -245,6 +245,34 @@ async fn a_transaction_larger_than_a_pass_is_numbered_reading_each_row_once() {
     assert_eq!(left, 0, "nothing left to go on with");
 }
 
+/// A numbering pass of no rows, by hand, while a transaction larger than a pass is half
+/// numbered, numbers nothing and fails nothing; the next pass goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_pass_leaves_a_half_numbered_transaction_to_the_next() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{alice}', jsonb_build_object('n', n) FROM generate_series(1, 30) AS n",
+        )
+        .await
+        .unwrap();
+    let numbered = |rows: i32| {
+        let client = &client;
+        async move {
+            client
+                .query_one("SELECT pgrelay.sequence($1)", &[&rows])
+                .await
+                .unwrap()
+                .get::<_, i32>(0)
+        }
+    };
+    assert_eq!(numbered(10).await, 10);
+    assert_eq!(numbered(0).await, 0);
+    assert_eq!(numbered(100).await, 20);
+}
+
 /// Index entries read so far from the messages table's primary key (its pending range is
 /// where numbering looks), with this session's own reads flushed first.
 async fn pending_range_reads(client: &tokio_postgres::Client) -> i64 {

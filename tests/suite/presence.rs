@@ -435,3 +435,33 @@ async fn every_online_member_of_a_large_audience_hears_a_change() {
     assert_eq!(reached, 40_000);
     assert!(largest <= 32768, "a row of {largest} bytes");
 }
+
+/// Rooms count towards the bound of what a change writes, as names not online do: nothing
+/// knows whether a stream listens on a room. A role that may only INSERT wrote messages
+/// without a sender to alice and 99,900 made-up rooms, and each of alice's changes wrote all of
+/// them, 4 MB in 130 rows (an outside review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_padding_an_audience_are_bounded_too() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT ARRAY['alice'] || ARRAY(SELECT '#padroom-' || lpad((m * 1000 + n)::text, 31, '0') \
+                                              FROM generate_series(1, 999) n), '{}' \
+               FROM generate_series(0, 99) m; \
+             SELECT pgrelay.sequence(100000); \
+             SELECT pgrelay.announce_presence('alice', true)",
+        )
+        .await
+        .unwrap();
+    let written: i64 = client
+        .query_one(
+            "SELECT sum(octet_length(participants::text))::int8 FROM pgrelay.signals",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(written <= 1 << 20, "{written} bytes of rooms written");
+}
