@@ -57,6 +57,7 @@ CREATE TABLE pgrelay.messages (
     control boolean NOT NULL DEFAULT false,
     idempotency_subject text,
     idempotency_key text,
+    inserted_by xid8,
     CONSTRAINT messages_kind_valid CHECK ((pgrelay.valid_kind(kind) OR (control AND (kind = ANY (ARRAY['rooms'::text, 'revoked'::text]))))) NOT VALID,
     CONSTRAINT messages_participants_nonempty CHECK (((cardinality(participants) > 0) AND (array_position(participants, NULL::text) IS NULL))),
     CONSTRAINT messages_pkey PRIMARY KEY (id)
@@ -64,7 +65,8 @@ CREATE TABLE pgrelay.messages (
 
 CREATE TABLE pgrelay.numbering_progress (
     writer xid NOT NULL,
-    below bigint NOT NULL
+    below bigint NOT NULL,
+    inserted_by xid8
 );
 COMMENT ON TABLE pgrelay.numbering_progress IS 'The transaction (its xmin) whose rows the last numbering pass left part of, and the placeholder its rest lies below: the next pass goes on with it.';
 
@@ -321,6 +323,8 @@ CREATE OR REPLACE FUNCTION pgrelay.before_insert()
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 BEGIN
+    -- Whatever the writer set: the numbering groups a transaction's rows by it.
+    NEW.inserted_by := pg_current_xact_id();
     IF cardinality(NEW.participants) > pgrelay.max_participants() THEN
         RAISE EXCEPTION 'a message names at most % participants', pgrelay.max_participants()
             USING ERRCODE = 'program_limit_exceeded';
@@ -525,6 +529,7 @@ DECLARE
     sorted integer;
     unfinished pgrelay.numbering_progress;
     last_writer xid;
+    last_transaction xid8;
     last_placeholder bigint;
 BEGIN
     IF max_rows <= 0 THEN
@@ -537,7 +542,9 @@ BEGIN
         WITH numbering AS (
             SELECT pending.id AS placeholder, nextval('pgrelay.message_id_seq') AS id
               FROM (SELECT id FROM pgrelay.messages
-                     WHERE id < unfinished.below AND xmin = unfinished.writer
+                     WHERE id < unfinished.below
+                       AND inserted_by IS NOT DISTINCT FROM unfinished.inserted_by
+                       AND (inserted_by IS NOT NULL OR xmin = unfinished.writer)
                      ORDER BY id DESC LIMIT max_rows) pending),
         done AS (
             UPDATE pgrelay.messages m
@@ -557,15 +564,17 @@ BEGIN
     END IF;
 
     -- Placeholders are negated insert counters: descending placeholder is insertion order.
-    -- Each transaction's rows stay together (the same commit, the same inserting xid), in
-    -- commit order where it is recorded (0016), else in the order of each transaction's first
-    -- insert.
+    -- Each transaction's rows stay together (the same commit, the same `inserted_by`, or for
+    -- rows from before 0022 the same inserting xid), in commit order where it is recorded
+    -- (0016), else in the order of each transaction's first insert.
     WITH numbering AS (
-        SELECT pending.id AS placeholder, pending.writer,
+        SELECT pending.id AS placeholder, pending.writer, pending.inserted_by,
                nextval('pgrelay.message_id_seq') AS id
-          FROM (SELECT id, writer FROM (
-                    SELECT id, xmin AS writer,
-                           max(id) OVER (PARTITION BY age(xmin)) AS first_insert,
+          FROM (SELECT id, writer, inserted_by FROM (
+                    SELECT id, xmin AS writer, inserted_by,
+                           max(id) OVER (PARTITION BY inserted_by,
+                                         CASE WHEN inserted_by IS NULL THEN age(xmin) END)
+                               AS first_insert,
                            CASE WHEN current_setting('track_commit_timestamp') = 'on'
                                 THEN pg_xact_commit_timestamp(xmin) END AS commit_time
                       FROM pgrelay.messages WHERE id < 0) committed
@@ -578,18 +587,21 @@ BEGIN
                            ELSE 'message' END
           FROM numbering
          WHERE m.id = numbering.placeholder
-        RETURNING numbering.id, numbering.placeholder, numbering.writer)
+        RETURNING numbering.id, numbering.placeholder, numbering.writer, numbering.inserted_by)
     SELECT count(*), (array_agg(done.writer ORDER BY done.id DESC))[1],
+           (array_agg(done.inserted_by ORDER BY done.id DESC))[1],
            (array_agg(done.placeholder ORDER BY done.id DESC))[1]
-      INTO sorted, last_writer, last_placeholder
+      INTO sorted, last_writer, last_transaction, last_placeholder
       FROM done;
     numbered := numbered + sorted;
     -- A full page that ends inside a transaction: the next pass goes on with its rest.
     IF numbered = max_rows AND EXISTS (
            SELECT 1 FROM pgrelay.messages
-            WHERE id < last_placeholder AND xmin = last_writer) THEN
-        INSERT INTO pgrelay.numbering_progress (writer, below)
-            VALUES (last_writer, last_placeholder);
+            WHERE id < last_placeholder
+              AND inserted_by IS NOT DISTINCT FROM last_transaction
+              AND (inserted_by IS NOT NULL OR xmin = last_writer)) THEN
+        INSERT INTO pgrelay.numbering_progress (writer, inserted_by, below)
+            VALUES (last_writer, last_transaction, last_placeholder);
     END IF;
     RETURN numbered;
 END $function$

@@ -102,6 +102,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0021_presence_rooms_bounded.sql",
         include_str!("../sql/0021_presence_rooms_bounded.sql"),
     ),
+    (
+        22,
+        "0022_savepoints_numbered_with_their_transaction.sql",
+        include_str!("../sql/0022_savepoints_numbered_with_their_transaction.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.
