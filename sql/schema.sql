@@ -572,12 +572,16 @@ BEGIN
                nextval('pgrelay.message_id_seq') AS id
           FROM (SELECT id, writer, inserted_by FROM (
                     SELECT id, xmin AS writer, inserted_by,
-                           max(id) OVER (PARTITION BY inserted_by,
-                                         CASE WHEN inserted_by IS NULL THEN age(xmin) END)
-                               AS first_insert,
-                           CASE WHEN current_setting('track_commit_timestamp') = 'on'
-                                THEN pg_xact_commit_timestamp(xmin) END AS commit_time
-                      FROM pgrelay.messages WHERE id < 0) committed
+                           max(id) OVER transaction AS first_insert,
+                           -- The transaction's, not each row's: a row updated since has the
+                           -- xmin of the update.
+                           min(CASE WHEN current_setting('track_commit_timestamp') = 'on'
+                                    THEN pg_xact_commit_timestamp(xmin) END) OVER transaction
+                               AS commit_time
+                      FROM pgrelay.messages WHERE id < 0
+                    WINDOW transaction AS (PARTITION BY inserted_by,
+                                           CASE WHEN inserted_by IS NULL THEN age(xmin) END)
+                   ) committed
                  ORDER BY commit_time NULLS FIRST, first_insert DESC, id DESC
                  LIMIT max_rows - numbered) pending),
     done AS (

@@ -107,6 +107,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0022_savepoints_numbered_with_their_transaction.sql",
         include_str!("../sql/0022_savepoints_numbered_with_their_transaction.sql"),
     ),
+    (
+        23,
+        "0023_commit_time_per_transaction.sql",
+        include_str!("../sql/0023_commit_time_per_transaction.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

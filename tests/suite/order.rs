@@ -321,6 +321,40 @@ async fn rows_inserted_in_savepoints_keep_their_transactions_insert_order() {
     );
 }
 
+/// With commit timestamps recorded, a transaction is ordered by when it committed even when
+/// one of its pending rows was updated since (by the owner, say, mending a kind): each row's
+/// commit time came from its own xmin, the update's, so the transaction split around one
+/// that committed between the two (a third outside review). A cluster of its own, with
+/// `track_commit_timestamp = on`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_with_a_row_updated_since_stays_together() {
+    let (_cluster, db) = cluster_with(&[("track_commit_timestamp", "on")]).await;
+    let client = connect(&db).await;
+    // One transaction each (a string of statements would run as one).
+    for statement in [
+        "BEGIN; \
+         INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', '\"t1\"'); \
+         INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', '\"t2\"'); \
+         COMMIT",
+        "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', '\"w\"')",
+        "UPDATE pgrelay.messages SET kind = 'chat' WHERE payload = '\"t2\"'",
+        "SELECT pgrelay.sequence()",
+    ] {
+        client.batch_execute(statement).await.unwrap();
+    }
+    let order: Vec<String> = client
+        .query(
+            "SELECT payload #>> '{}' FROM pgrelay.messages ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(order, ["t1", "t2", "w"]);
+}
+
 /// Index entries read so far from the messages table's primary key (its pending range is
 /// where numbering looks), with this session's own reads flushed first.
 async fn pending_range_reads(client: &tokio_postgres::Client) -> i64 {
