@@ -222,6 +222,11 @@ pub struct Signal {
     pub data: Box<RawValue>,
     /// The SSE frame, rendered once and shared by every stream that sends it.
     pub frame: OnceLock<Bytes>,
+    /// For a presence signal, a fingerprint of the change it carries. A change too large for
+    /// one signal row is written as several rows with the same data, one after another, and a
+    /// stream that listens on addresses in two of them (a room in one, its own name in the
+    /// next) must still hear it once.
+    pub presence_change: Option<u64>,
 }
 
 /// The JSON shape of a signal event (`data:`), except for presence, whose data is its payload.
@@ -252,23 +257,17 @@ impl Signal {
                 payload: &payload,
             })?
         };
+        let presence_change = (kind == "presence").then(|| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            data.get().hash(&mut hasher);
+            hasher.finish()
+        });
         Ok(Signal {
             kind,
             participants,
             data,
             frame: OnceLock::new(),
-        })
-    }
-
-    /// For a presence signal, a fingerprint of the change it carries. A change too large for
-    /// one signal row is written as several rows with the same data, one after another, and a
-    /// stream that listens on addresses in two of them (a room in one, its own name in the
-    /// next) must still hear it once.
-    pub fn presence_change(&self) -> Option<u64> {
-        (self.kind == "presence").then(|| {
-            let mut hasher = std::hash::DefaultHasher::new();
-            self.data.get().hash(&mut hasher);
-            hasher.finish()
+            presence_change,
         })
     }
 }

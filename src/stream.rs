@@ -96,7 +96,7 @@ pub struct EventStream {
     /// have changed its participant's rooms, so its member rooms are read again before it
     /// sends anything after them.
     membership_stale: bool,
-    /// The presence change last sent ([`crate::message::Signal::presence_change`]): the rows
+    /// The presence change last sent (`Signal::presence_change`): the rows
     /// of one change are heard once.
     last_presence: Option<u64>,
 }
@@ -226,7 +226,7 @@ impl EventStream {
                         // Not heard at its position: a room removed before it.
                         None => continue,
                     },
-                    Live::Signal(signal) => match signal.presence_change() {
+                    Live::Signal(signal) => match signal.presence_change {
                         Some(change) if self.last_presence == Some(change) => continue,
                         Some(change) => {
                             self.last_presence = Some(change);
