@@ -3,26 +3,18 @@
 #
 #   bash examples/large_transaction.sh [path/to/pgrelay] [rows] [port offset]
 #
-# On a throwaway cluster (PostgreSQL's server binaries from `pg_config --bindir`; as root, run
-# as `postgres`), with no relay: one INSERT of `rows` messages (200,000 by default) and then a
-# second writer's message, then `pgrelay.sequence(10000)`, the relay's numbering pass, each in
-# its own transaction until nothing is left. Prints each pass's milliseconds, their count and
+# On a throwaway cluster (examples/support/cluster.sh), with no relay: one INSERT of `rows`
+# messages (200,000 by default) and then a second writer's message, then
+# `pgrelay.sequence(10000)`, the relay's numbering pass, each in its own transaction until
+# nothing is left. Prints each pass's milliseconds, their count and
 # sum, and the id the second writer's message got.
 set -euo pipefail
 BIN=${1:-target/release/pgrelay}
 ROWS=${2:-200000}
 OFFSET=${3:-0}
 PGPORT=$((55590 + OFFSET))
-BINDIR=$(pg_config --bindir)
-DIR=$(mktemp -d)
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$DIR"; AS=(runuser -u postgres --); fi
-"${AS[@]}" "$BINDIR/initdb" -D "$DIR/data" -A trust -U postgres > /dev/null
-"${AS[@]}" "$BINDIR/pg_ctl" -D "$DIR/data" -l "$DIR/log" \
-    -o "-p $PGPORT -k $DIR -c listen_addresses=127.0.0.1" start > /dev/null
-trap '"${AS[@]}" "$BINDIR/pg_ctl" -D "$DIR/data" stop -m fast > /dev/null; rm -rf "$DIR"' EXIT
-URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
-"$BIN" migrate --database-url "$URL" > "$DIR/migrate.log" 2>&1
+source "$(dirname "$0")/support/cluster.sh"
+start_cluster "$PGPORT" "$BIN"
 
 psql -qAt "$URL" <<SQL
 INSERT INTO pgrelay.messages (participants, payload)

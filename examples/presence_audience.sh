@@ -5,29 +5,20 @@
 #
 # eve has sent 200 messages to bob and 1,000 made-up names of 250 bytes each, so her default
 # audience (`pgrelay.presence_audience`) is 200,000 names, 50 MB. On a throwaway cluster
-# (PostgreSQL's server binaries from `pg_config --bindir`; as root, run as `postgres`), one
-# relay runs with a 300 ms presence debounce; bob holds a stream while eve opens and closes
-# hers three times. Prints the relay's RSS and peak RSS (VmHWM) before and after each flap,
+# (examples/support/cluster.sh), one relay runs with a 300 ms presence debounce; bob holds a
+# stream while eve opens and closes hers three times. Prints the relay's RSS and peak RSS (VmHWM) before and after each flap,
 # how many of eve's changes bob heard, and the presence signal rows the changes wrote.
 set -euo pipefail
 BIN=${1:-target/release/pgrelay}
 OFFSET=${2:-0}
 PGPORT=$((55490 + OFFSET))
 HTTP=$((8790 + OFFSET))
-BINDIR=$(pg_config --bindir)
-DIR=$(mktemp -d)
-AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$DIR"; AS=(runuser -u postgres --); fi
-"${AS[@]}" "$BINDIR/initdb" -D "$DIR/data" -A trust -U postgres > /dev/null
-"${AS[@]}" "$BINDIR/pg_ctl" -D "$DIR/data" -l "$DIR/log" \
-    -o "-p $PGPORT -k $DIR -c listen_addresses=127.0.0.1" start > /dev/null
-URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 SECRET=presence-audience-secret-of-32-bytes
-"$BIN" migrate --database-url "$URL" > "$DIR/migrate.log" 2>&1
+source "$(dirname "$0")/support/cluster.sh"
+start_cluster "$PGPORT" "$BIN"
 "$BIN" serve --database-url "$URL" --secret "$SECRET" --bind "127.0.0.1:$HTTP" \
     --presence-debounce 300ms > "$DIR/relay.log" 2>&1 &
 RELAY=$!
-trap 'kill $(jobs -p) 2> /dev/null; "${AS[@]}" "$BINDIR/pg_ctl" -D "$DIR/data" stop -m fast > /dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && break; sleep 0.2; done
 
 psql -q "$URL" -c "INSERT INTO pgrelay.messages (participants, sender, payload)
@@ -49,8 +40,11 @@ for flap in 1 2 3; do
     sleep 2
     echo "after flap $flap: $(rss)"
 done
-sleep 3
-echo "bob heard $(grep -c '"participant": "eve"' "$DIR/bob.txt") of eve's 6 changes"
+# Each padded announcement takes the database about a second, so the last may still be on its
+# way: wait for it, up to 20 s.
+heard() { grep -c '"participant": "eve"' "$DIR/bob.txt" || true; }
+for _ in $(seq 40); do [ "$(heard)" -ge 6 ] && break; sleep 0.5; done
+echo "bob heard $(heard) of eve's 6 changes"
 psql -qAt "$URL" -F ', ' -c "SELECT count(*), max(octet_length(participants::text)),
                                     sum(octet_length(participants::text))
                                FROM pgrelay.signals WHERE kind = 'presence'" \
