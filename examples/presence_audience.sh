@@ -3,11 +3,12 @@
 #
 #   bash examples/presence_audience.sh [path/to/pgrelay] [port offset]
 #
-# eve has sent 200 messages to bob and 1,000 made-up names of 250 bytes each, so her default
-# audience (`pgrelay.presence_audience`) is 200,000 names, 50 MB. On a throwaway cluster
+# eve has sent 200 messages to 1,000 made-up names of 250 bytes each, and one to bob, so her
+# default audience (`pgrelay.presence_audience`) is 200,001 names, 50 MB. On a throwaway cluster
 # (examples/support/cluster.sh), one relay runs with a 300 ms presence debounce; bob holds a
-# stream while eve opens and closes hers three times. Prints the relay's RSS and peak RSS (VmHWM) before and after each flap,
-# how many of eve's changes bob heard, and the presence signal rows the changes wrote.
+# stream while eve opens and closes hers three times. Prints the relay's RSS and peak RSS
+# (VmHWM) before and after each flap, how many of eve's changes bob heard, and the presence
+# signal rows the changes wrote (33 a change).
 set -euo pipefail
 BIN=${1:-target/release/pgrelay}
 OFFSET=${2:-0}
@@ -21,10 +22,13 @@ start_cluster "$PGPORT" "$BIN"
 RELAY=$!
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && break; sleep 0.2; done
 
+# bob is on one message of eve's only: on all 200 his stream would be catching up on 50 MB of
+# them when eve first comes online, and a stream drops live-only signals while it catches up.
 psql -q "$URL" -c "INSERT INTO pgrelay.messages (participants, sender, payload)
-  SELECT ARRAY['eve', 'bob'] || ARRAY(SELECT repeat('x', 240) || lpad((m * 1000 + n)::text, 10, '0')
-                                        FROM generate_series(1, 1000) n), 'eve', '{}'
-    FROM generate_series(0, 199) m"
+  SELECT ARRAY['eve'] || ARRAY(SELECT repeat('x', 240) || lpad((m * 1000 + n)::text, 10, '0')
+                                 FROM generate_series(1, 1000) n), 'eve', '{}'::jsonb
+    FROM generate_series(0, 199) m
+  UNION ALL SELECT '{eve,bob}', 'eve', '{}'"
 sleep 2
 BOB=$("$BIN" token --sub bob --secret "$SECRET")
 EVE=$("$BIN" token --sub eve --secret "$SECRET")
