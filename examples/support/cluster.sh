@@ -14,7 +14,7 @@ start_cluster() {
     "${AS[@]}" "$BINDIR/initdb" -D "$DIR/data" -A trust -U postgres > /dev/null
     "${AS[@]}" "$BINDIR/pg_ctl" -D "$DIR/data" -l "$DIR/log" \
         -o "-p $port -k $DIR -c listen_addresses=127.0.0.1" start > /dev/null
-    trap 'kill $(jobs -p) 2> /dev/null; "${AS[@]}" "$BINDIR/pg_ctl" -D "$DIR/data" stop -m fast > /dev/null; rm -rf "$DIR"' EXIT
+    trap 'kill $(jobs -p) 2> /dev/null || true; "${AS[@]}" "$BINDIR/pg_ctl" -D "$DIR/data" stop -m fast > /dev/null; rm -rf "$DIR"' EXIT
     URL="postgres://postgres@127.0.0.1:$port/postgres"
     "$bin" migrate --database-url "$URL" > "$DIR/migrate.log" 2>&1
 }
