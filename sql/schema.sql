@@ -613,10 +613,13 @@ END $function$
 
 CREATE OR REPLACE FUNCTION pgrelay.pending_key()
  RETURNS bigint
- LANGUAGE sql
+ LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
-AS $function$ SELECT -nextval('pgrelay.pending_key_seq') $function$
+AS $function$
+BEGIN
+    RETURN -nextval('pgrelay.pending_key_seq');
+END $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.presence_audience(participant text)
@@ -1090,11 +1093,14 @@ END $function$
 
 CREATE OR REPLACE FUNCTION pgrelay.valid_kind(kind text)
  RETURNS boolean
- LANGUAGE sql
+ LANGUAGE plpgsql
  IMMUTABLE PARALLEL SAFE
-AS $function$ SELECT kind ~ '^[A-Za-z0-9_.:-]{1,64}$'
-                 AND kind NOT IN ('oversized', 'position', 'presence', 'reset', 'revoked',
-                                  'rooms', 'token_expired') $function$
+AS $function$
+BEGIN
+    RETURN kind ~ '^[A-Za-z0-9_.:-]{1,64}$'
+       AND kind NOT IN ('oversized', 'position', 'presence', 'reset', 'revoked', 'rooms',
+                        'token_expired');
+END $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.valid_name(name text)

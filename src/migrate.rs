@@ -112,6 +112,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0023_commit_time_per_transaction.sql",
         include_str!("../sql/0023_commit_time_per_transaction.sql"),
     ),
+    (
+        24,
+        "0024_write_and_pass_without_reparsing.sql",
+        include_str!("../sql/0024_write_and_pass_without_reparsing.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.
