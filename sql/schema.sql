@@ -1012,7 +1012,8 @@ DECLARE
     messages_numbered integer := 0;
     signals_numbered integer := 0;
     now_numbered timestamptz;
-    highest_signal bigint;
+    highest_message bigint := 0;
+    highest_signal bigint := 0;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pgrelay.messages WHERE id < 0)
        AND NOT EXISTS (SELECT 1 FROM pgrelay.signals WHERE id < 0) THEN
@@ -1027,6 +1028,10 @@ BEGIN
     LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE;
     now_numbered := clock_timestamp();
     messages_numbered := pgrelay.number_pending_messages(max_rows, now_numbered);
+    IF messages_numbered > 0 THEN
+        -- Ids are drawn in ascending order: the last one drawn is the highest.
+        highest_message := currval('pgrelay.message_id_seq');
+    END IF;
 
     WITH numbering AS (
         SELECT pending.id AS placeholder, nextval('pgrelay.signal_id_seq') AS id
@@ -1047,8 +1052,9 @@ BEGIN
         END IF;
     END IF;
     IF messages_numbered + signals_numbered > 0 THEN
-        -- Wakes the relays that did not number these rows.
-        PERFORM pg_notify(pgrelay.channel(), '');
+        -- Wakes the relays that did not number these rows, unless they have read them.
+        PERFORM pg_notify(pgrelay.channel(),
+                          format('numbered %s %s', highest_message, highest_signal));
     END IF;
     RETURN messages_numbered + signals_numbered;
 END $function$

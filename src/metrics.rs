@@ -95,6 +95,8 @@ pub struct ListenerGauges {
 pub struct Metrics {
     /// Notifications read from the LISTEN connection.
     pub notifications_received: Counter,
+    /// The listener's passes: round trips that number and read what is new.
+    pub listener_passes: Counter,
     /// Message events written to streams.
     pub events_delivered: Counter,
     /// Catch-up queries run for streams (resume, overflow, listener reconnect): a stream's
@@ -170,6 +172,11 @@ impl Metrics {
                 "pgrelay_notifications_received_total",
                 "Notifications read from the LISTEN connection.",
                 &self.notifications_received,
+            ),
+            (
+                "pgrelay_listener_passes_total",
+                "The listener's passes, each a round trip that numbers and reads what is new.",
+                &self.listener_passes,
             ),
             (
                 "pgrelay_events_delivered_total",

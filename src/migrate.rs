@@ -117,6 +117,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0024_write_and_pass_without_reparsing.sql",
         include_str!("../sql/0024_write_and_pass_without_reparsing.sql"),
     ),
+    (
+        25,
+        "0025_numbering_says_how_far.sql",
+        include_str!("../sql/0025_numbering_says_how_far.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -23,7 +23,11 @@
 //! for every notification without ever waiting (a listener that stops reading fills
 //! PostgreSQL's notify queue, and then every notifying commit in the cluster fails), and the
 //! dispatcher does the queries. Wake-ups say nothing, so the flag coalesces them: a stranger
-//! flooding the channel costs the relay one fetch per round, never a growing queue.
+//! flooding the channel costs the relay one fetch per round, never a growing queue. One kind
+//! says a little: the wake-up a peer's numbering sends names the highest ids it numbered, and a
+//! dispatcher that has read that far skips it (it had waited for that peer's order lock and
+//! read those rows in the pass the writer's own wake-up caused). A forged one can only cause a
+//! pass or spare one that had nothing to read.
 //!
 //! When the connection is lost, notifications committed meanwhile are gone for good. After
 //! reconnecting and LISTENing again, every open stream is told to catch up from its own cursor
@@ -37,7 +41,7 @@
 
 mod heartbeat;
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -261,8 +265,12 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
                 AsyncMessage::Notification(notification)
                     if driver_heartbeat.is_heartbeat(notification.payload()) => {}
                 AsyncMessage::Notification(notification) => {
-                    let woken = driver_wakeups.raise(notification.process_id());
-                    if woken {
+                    let unnamed =
+                        driver_wakeups.raise(notification.process_id(), notification.payload());
+                    // A peer's numbering is behind only if the dispatcher has not read its
+                    // rows, which it finds when it looks; every row also has its writer's
+                    // wake-up, heard here.
+                    if unnamed {
                         driver_health.fell_behind();
                     }
                 }
@@ -352,10 +360,12 @@ async fn session(listener: &Listener, listen_url: &str, attempt: &mut u32) -> Re
             }
             _ = listener.shutdown.cancelled() => return Ok(()),
         }
-        // Wake-ups say nothing but "something was committed": one fetch answers them all.
+        // Wake-ups say little more than "something was committed": one fetch answers them all.
         let heard = connection.wakeups.heard.swap(0, Ordering::Relaxed);
         listener.metrics.notifications_received.add(heard);
-        dispatch(listener, &mut connection).await?;
+        if connection.wakeups.take().need_pass(connection.position) {
+            dispatch(listener, &mut connection).await?;
+        }
     }
 }
 
@@ -367,6 +377,12 @@ struct Wakeups {
     raised: Notify,
     /// How many arrived since the dispatcher last looked, for `/metrics`.
     heard: AtomicU64,
+    /// Whether a wake-up that names nothing (a writer's commit, or anyone's) arrived since the
+    /// dispatcher last looked.
+    unnamed: AtomicBool,
+    /// The highest message and signal ids peers' numbering wake-ups named since then.
+    numbered_message: AtomicI64,
+    numbered_signal: AtomicI64,
     /// The process id of this session's backend (0 until known). When a pass numbers rows,
     /// `pgrelay.sequence()` notifies to wake the *other* relays; this relay read those rows in
     /// the same pass, so its own notification is no wake-up (heeding it would double the
@@ -375,15 +391,67 @@ struct Wakeups {
 }
 
 impl Wakeups {
-    /// Wakes the dispatcher for a notification from `sender`; false for this session's own.
-    fn raise(&self, sender: i32) -> bool {
+    /// Wakes the dispatcher for a notification from `sender` carrying `payload`, unless it is
+    /// this session's own; true when it names nothing, so a pass must follow.
+    fn raise(&self, sender: i32, payload: &str) -> bool {
         if sender == self.own_backend.load(Ordering::Relaxed) {
             return false;
         }
+        let unnamed = match numbered_through(payload) {
+            Some(numbered) => {
+                self.numbered_message
+                    .fetch_max(numbered.message, Ordering::Relaxed);
+                self.numbered_signal
+                    .fetch_max(numbered.signal, Ordering::Relaxed);
+                false
+            }
+            None => {
+                self.unnamed.store(true, Ordering::Relaxed);
+                true
+            }
+        };
         self.heard.fetch_add(1, Ordering::Relaxed);
         self.raised.notify_one();
-        true
+        unnamed
     }
+
+    /// What arrived since the dispatcher last looked, taken.
+    fn take(&self) -> Heard {
+        Heard {
+            unnamed: self.unnamed.swap(false, Ordering::Relaxed),
+            numbered: store::NewsPosition {
+                message: self.numbered_message.swap(0, Ordering::Relaxed),
+                signal: self.numbered_signal.swap(0, Ordering::Relaxed),
+            },
+        }
+    }
+}
+
+/// The wake-ups the dispatcher takes at once.
+struct Heard {
+    /// A wake-up that names nothing arrived.
+    unnamed: bool,
+    /// The highest ids peers said they numbered (0: none).
+    numbered: store::NewsPosition,
+}
+
+impl Heard {
+    /// Whether a pass may find something after `read`, where the dispatcher has read up to.
+    fn need_pass(&self, read: store::NewsPosition) -> bool {
+        self.unnamed || self.numbered.message > read.message || self.numbered.signal > read.signal
+    }
+}
+
+/// The ids a peer's `pgrelay.sequence()` says it numbered: its wake-up's payload is
+/// `numbered <highest message id> <highest signal id>` (0 for none of a kind). `None` for any
+/// other payload, such as a writer's empty one.
+fn numbered_through(payload: &str) -> Option<store::NewsPosition> {
+    let mut ids = payload.strip_prefix("numbered ")?.split(' ');
+    let message = ids.next()?.parse().ok()?;
+    let signal = ids.next()?.parse().ok()?;
+    ids.next()
+        .is_none()
+        .then_some(store::NewsPosition { message, signal })
 }
 
 /// Aborts the connection driver when the session ends, closing the socket.
@@ -403,6 +471,7 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
     let patience = 2 * listener.heartbeat;
     loop {
         let began = Instant::now();
+        listener.metrics.listener_passes.inc();
         listener.health.pass_begins();
         let limits = store::PassLimits {
             // Well within the pass's patience: a peer relay stuck holding the order lock
@@ -487,4 +556,43 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
 /// Quotes a channel name as an SQL identifier.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_numbering_wake_up_names_its_ids_and_nothing_else_does() {
+        let ids = |message, signal| Some(store::NewsPosition { message, signal });
+        assert_eq!(numbered_through("numbered 42 7"), ids(42, 7));
+        assert_eq!(numbered_through("numbered 42 0"), ids(42, 0));
+        for other in [
+            "",
+            "numbered",
+            "numbered 42",
+            "numbered 42 7 1",
+            "numbered x 7",
+            "42 7",
+        ] {
+            assert_eq!(numbered_through(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_pass_follows_unless_every_named_id_is_read() {
+        let read = store::NewsPosition {
+            message: 10,
+            signal: 5,
+        };
+        let heard = |unnamed, message, signal| Heard {
+            unnamed,
+            numbered: store::NewsPosition { message, signal },
+        };
+        assert!(!heard(false, 10, 5).need_pass(read));
+        assert!(!heard(false, 0, 0).need_pass(read));
+        assert!(heard(false, 11, 0).need_pass(read));
+        assert!(heard(false, 0, 6).need_pass(read));
+        assert!(heard(true, 0, 0).need_pass(read));
+    }
 }

@@ -253,3 +253,96 @@ async fn a_commit_wakes_the_relay_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(wakeups().await - before, 1);
 }
+
+/// Settings without heartbeat passes during a test, so every pass counted answers a wake-up.
+fn no_heartbeat_passes() -> pgrelay::Settings {
+    pgrelay::Settings {
+        heartbeat: Duration::from_secs(60),
+        ..test_settings()
+    }
+}
+
+/// Two relays on one database: each writer's commit wakes both, one numbers the row and the
+/// other reads it once the order lock is free. The wake-up the numbering relay then sends
+/// names what it numbered, and the other relay, which has read that far, skips it: about one
+/// pass per message and relay, not two for the relay that did not number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_numbering_costs_no_second_pass() {
+    let db = fresh_database().await;
+    let first = Relay::start_with(&db, no_heartbeat_passes()).await;
+    let second = Relay::start_with(&db, no_heartbeat_passes()).await;
+    let mut alice = second.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let passes = || async {
+        metric(&first.base, "pgrelay_listener_passes_total").await
+            + metric(&second.base, "pgrelay_listener_passes_total").await
+    };
+    let before = passes().await;
+    let writer = connect(&db).await;
+    let messages: u64 = 30;
+    for n in 0..messages {
+        insert(&writer, &["alice"], json!({ "n": n })).await;
+        let (_, _, data) = alice.next_message().await;
+        assert_eq!(data["payload"]["n"], n);
+        // Both relays' passes for this message end before the next one commits.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let passes = passes().await - before;
+    eprintln!("a_peers_numbering_costs_no_second_pass: {passes} passes for {messages} messages");
+    assert!(
+        passes <= messages * 5 / 2,
+        "{passes} passes for {messages} messages on two relays"
+    );
+}
+
+/// A relay that may not number (its LISTEN role lacks EXECUTE on `pgrelay.sequence`) reads
+/// what a peer numbers at the peer's wake-up, which names ids it has not read yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_may_not_number_reads_at_a_peers_wake_up() {
+    let (cluster, db) = cluster_with(&[]).await;
+    let owner = connect(&db).await;
+    owner
+        .batch_execute(
+            "CREATE ROLE reader LOGIN; \
+             GRANT USAGE ON SCHEMA pgrelay TO reader; \
+             GRANT SELECT ON pgrelay.messages, pgrelay.signals TO reader;",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::launch(RelayOptions {
+        listen_database_url: Some(format!(
+            "postgres://reader@127.0.0.1:{}/relay",
+            cluster.port()
+        )),
+        settings: no_heartbeat_passes(),
+        ..RelayOptions::new(&db)
+    })
+    .await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let failures = metric(&relay.base, "pgrelay_numbering_failures_total").await;
+    insert(&owner, &["alice"], json!({"n": "pending"})).await;
+    // The writer's wake-up came and went: its pass could not number the row.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&relay.base, "pgrelay_numbering_failures_total").await == failures {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pass failed to number"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(alice
+        .next_within(Duration::from_millis(200))
+        .await
+        .is_none());
+
+    // A peer numbers it; the next heartbeat pass is a minute away.
+    owner
+        .batch_execute("SELECT pgrelay.sequence(10000)")
+        .await
+        .unwrap();
+    let (_, _, data) = alice.next_message().await;
+    assert_eq!(data["payload"]["n"], "pending");
+    drop((alice, relay));
+    cluster.shutdown().await.unwrap();
+}
