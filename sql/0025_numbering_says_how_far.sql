@@ -7,9 +7,9 @@
 -- after its pass had read those rows, and each made a second pass that found nothing: about
 -- two passes a message per instance in a fleet (BENCHMARKS.md, "The fleet"). The wake-up's
 -- payload is now `numbered <message id> <signal id>`, the highest ids this call numbered (0
--- for none of a kind). A relay skips it when it has read through both; one that has not (its
--- numbering failed, or its pass read before this commit) reads as before. Any login may send
--- such a payload, and it only ever causes or spares a pass that reads what is committed.
+-- for none of a kind). A relay skips it when its last pass numbered and read through both;
+-- one whose numbering failed, or that has not read that far, reads as before. Any login may
+-- send such a payload: it can cause a pass, never prevent one.
 --
 -- Never edit this file after it has been applied anywhere: add a new numbered file.
 

@@ -1,8 +1,8 @@
 //! The one LISTEN connection per instance, and the dispatch of what it hears.
 //!
-//! A notification is only a wake-up, and an empty one: any login of the database may NOTIFY on
-//! any channel, so nothing in a notification is trusted, and any login may LISTEN, so nothing
-//! private travels in one. On a wake-up the dispatcher makes one pass, with its own role: it
+//! A notification is only a wake-up: any login of the database may NOTIFY on any channel, so
+//! nothing in a notification is trusted, and any login may LISTEN, so nothing private travels
+//! in one. On a wake-up the dispatcher makes one pass, with its own role: it
 //! numbers the messages and signals writers have committed since (`pgrelay.sequence()`: rows
 //! are stored pending and get their ids from the relays, in commit order, in transactions no
 //! writer can hold open), then reads every message and signal after the last ones it read (ids
@@ -22,12 +22,12 @@
 //! Two tasks share the work so the socket is always read: the connection driver raises a flag
 //! for every notification without ever waiting (a listener that stops reading fills
 //! PostgreSQL's notify queue, and then every notifying commit in the cluster fails), and the
-//! dispatcher does the queries. Wake-ups say nothing, so the flag coalesces them: a stranger
-//! flooding the channel costs the relay one fetch per round, never a growing queue. One kind
-//! says a little: the wake-up a peer's numbering sends names the highest ids it numbered, and a
-//! dispatcher that has read that far skips it (it had waited for that peer's order lock and
-//! read those rows in the pass the writer's own wake-up caused). A forged one can only cause a
-//! pass or spare one that had nothing to read.
+//! dispatcher does the queries. Wake-ups say next to nothing, so the flag coalesces them: a
+//! stranger flooding the channel costs the relay one fetch per round, never a growing queue.
+//! The wake-up a peer's numbering sends names the highest ids it numbered, and a dispatcher
+//! whose last pass numbered and read that far skips it (it had waited for that peer's order
+//! lock and read those rows in the pass the writer's own wake-up caused). A forged one can
+//! cause a pass, never prevent one: any other wake-up, or a failed numbering, still makes one.
 //!
 //! When the connection is lost, notifications committed meanwhile are gone for good. After
 //! reconnecting and LISTENing again, every open stream is told to catch up from its own cursor
@@ -363,7 +363,10 @@ async fn session(listener: &Listener, listen_url: &str, attempt: &mut u32) -> Re
         // Wake-ups say little more than "something was committed": one fetch answers them all.
         let heard = connection.wakeups.heard.swap(0, Ordering::Relaxed);
         listener.metrics.notifications_received.add(heard);
-        if connection.wakeups.take().need_pass(connection.position) {
+        // After a failed numbering any wake-up is a retry: rows its pass read past may still
+        // be pending (a peer numbered only some of them, or none and let go of the lock).
+        let heard = connection.wakeups.take();
+        if connection.numbering_failed || heard.need_pass(connection.position) {
             dispatch(listener, &mut connection).await?;
         }
     }

@@ -346,3 +346,57 @@ async fn a_relay_that_may_not_number_reads_at_a_peers_wake_up() {
     drop((alice, relay));
     cluster.shutdown().await.unwrap();
 }
+
+/// A relay whose numbering failed retries at any wake-up, even a peer's naming ids it has
+/// read: rows that peer left pending must not wait for the heartbeat. Here the owner holds
+/// the order lock past the relay's wait (5 s with a 60 s heartbeat), then numbers one row of
+/// three; a second lock holder takes over and lets go without numbering, after the relay's
+/// pass begun meanwhile has given up and read the one numbered row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_numbering_failed_retries_at_a_peers_wake_up() {
+    let db = fresh_database().await;
+    let relay = Relay::start_with(&db, no_heartbeat_passes()).await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let failures = metric(&relay.base, "pgrelay_numbering_failures_total").await;
+    let first_holder = hold_the_order_lock(&db).await;
+    let writer = connect(&db).await;
+    writer
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{alice}', jsonb_build_object('n', n) FROM generate_series(1, 3) n",
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&relay.base, "pgrelay_numbering_failures_total").await == failures {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pass failed to number"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The second holder queues for the lock; a writer's commit starts a pass that queues too.
+    let second_db = db.clone();
+    let second_holder = tokio::spawn(async move {
+        let second = hold_the_order_lock(&second_db).await;
+        // Past the wait of the pass below, which queued 0.2 s after this one.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        second.batch_execute("COMMIT").await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    insert(&writer, &["alice"], json!({"n": 4})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first_holder
+        .batch_execute("SELECT pgrelay.sequence(1); COMMIT")
+        .await
+        .unwrap();
+    let (_, _, data) = alice.next_message().await;
+    assert_eq!(data["payload"]["n"], 1);
+    second_holder.await.unwrap();
+    for n in 2..=4 {
+        let (_, _, data) = alice.next_message().await;
+        assert_eq!(data["payload"]["n"], n);
+    }
+}
