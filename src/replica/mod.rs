@@ -28,9 +28,10 @@ mod standby;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use tokio::sync::Mutex;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -140,6 +141,11 @@ pub struct ExactReads {
     marks: Arc<WalMarks>,
     /// The newest primary position a history read asked for, for the replica's lag.
     committed: AtomicI64,
+    /// The last read of the primary's position: when it began, and what it found. Held while
+    /// a read runs, so reads run one at a time and every request waiting shares the next.
+    last_committed: Mutex<Option<(Instant, i64)>>,
+    /// Reads of the primary's position, for `/metrics`.
+    committed_reads: Counter,
     /// Reads by [`Read`] and [`Reason`].
     reads: [[Counter; REASONS.len()]; READS.len()],
     /// Rows read by [`Read`] and source (replica, primary).
@@ -154,6 +160,8 @@ impl ExactReads {
             primary,
             marks: Arc::default(),
             committed: AtomicI64::new(-1),
+            last_committed: Mutex::new(None),
+            committed_reads: Counter::default(),
             reads: Default::default(),
             rows: Default::default(),
         }
@@ -200,14 +208,27 @@ impl ExactReads {
         }
     }
 
-    /// The primary's WAL insert position now, if it can be read.
+    /// The primary's WAL insert position now, if it can be read. A read that began after
+    /// this call did covers every commit before it, so requests that wait while one runs
+    /// share the next: a flood of history and message reads costs one primary connection for
+    /// their positions, not one each outside the pool permits their reads then take.
     async fn committed_now(&self) -> Option<i64> {
+        let asked = Instant::now();
+        let mut last = self.last_committed.lock().await;
+        if let Some((began, wal)) = *last {
+            if began >= asked {
+                return Some(wal);
+            }
+        }
+        let began = Instant::now();
+        self.committed_reads.inc();
         let client = self.primary.get().await.ok()?;
         let row = client
             .query_typed_one(store::WAL_POSITION, &[])
             .await
             .ok()?;
         let wal: i64 = row.try_get(0).ok()?;
+        *last = Some((began, wal));
         self.committed.fetch_max(wal, Ordering::Relaxed);
         Some(wal)
     }
@@ -282,6 +303,14 @@ impl ExactReads {
             }
         }
         if let Some(standby) = &self.standby {
+            let _ = writeln!(
+                out,
+                "# HELP pgrelay_primary_position_reads_total Reads of the primary's WAL position \
+                 for history and message reads (requests waiting meanwhile share one).\n\
+                 # TYPE pgrelay_primary_position_reads_total counter\n\
+                 pgrelay_primary_position_reads_total {}",
+                self.committed_reads.get()
+            );
             self.render_lag(out, standby);
         }
     }

@@ -766,3 +766,30 @@ async fn a_replica_left_on_the_old_timeline_after_a_failover_is_not_read() {
         "alice receives exactly her messages of the primary"
     );
 }
+
+/// History reads that arrive together share one read of the primary's WAL position: a flood
+/// costs the primary one connection for their positions, not one each before their permits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_arriving_together_share_a_position_read() {
+    let setup = Replicated::start(quiet_settings()).await;
+    let deadline = Instant::now() + PATIENCE;
+    while metric(&setup.relay.base, "pgrelay_replica_up").await != 1 {
+        assert!(Instant::now() < deadline, "the replica never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reads = || metric(&setup.relay.base, "pgrelay_primary_position_reads_total");
+    let before = reads().await;
+    let requests = 40;
+    let pages = (0..requests).map(|n| {
+        let token = setup.relay.token(&format!("reader{n}"), &[]);
+        let base = setup.relay.base.clone();
+        async move { history_page(&base, &token, "since_id=0").await }
+    });
+    futures::future::join_all(pages).await;
+    let position_reads = reads().await - before;
+    eprintln!("reads_arriving_together_share_a_position_read: {position_reads} for {requests}");
+    assert!(
+        (1..requests).contains(&position_reads),
+        "{position_reads} reads of the primary's position for {requests} requests at once"
+    );
+}
