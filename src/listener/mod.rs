@@ -361,8 +361,8 @@ async fn session(listener: &Listener, listen_url: &str, attempt: &mut u32) -> Re
             _ = listener.shutdown.cancelled() => return Ok(()),
         }
         // Wake-ups say little more than "something was committed": one fetch answers them all.
-        let heard = connection.wakeups.heard.swap(0, Ordering::Relaxed);
-        listener.metrics.notifications_received.add(heard);
+        let count = connection.wakeups.heard.swap(0, Ordering::Relaxed);
+        listener.metrics.notifications_received.add(count);
         // After a failed numbering any wake-up is a retry: rows its pass read past may still
         // be pending (a peer numbered only some of them, or none and let go of the lock).
         let heard = connection.wakeups.take();
@@ -383,8 +383,9 @@ struct Wakeups {
     /// Whether a wake-up that names nothing (a writer's commit, or anyone's) arrived since the
     /// dispatcher last looked.
     unnamed: AtomicBool,
-    /// The highest message and signal ids peers' numbering wake-ups named since then.
+    /// The highest message id peers' numbering wake-ups named since then.
     numbered_message: AtomicI64,
+    /// The highest signal id they named.
     numbered_signal: AtomicI64,
     /// The process id of this session's backend (0 until known). When a pass numbers rows,
     /// `pgrelay.sequence()` notifies to wake the *other* relays; this relay read those rows in
