@@ -139,11 +139,12 @@ pub struct ExactReads {
     standby: Option<Standby>,
     /// What the listener has routed; recorded only with a replica.
     marks: Arc<WalMarks>,
-    /// The newest primary position a history read asked for, for the replica's lag.
+    /// The newest primary position a history read asked for, for the replica's lag: what the
+    /// last read of it found, as they run one at a time and the position only grows.
     committed: AtomicI64,
-    /// The last read of the primary's position: when it began, and what it found. Held while
-    /// a read runs, so reads run one at a time and every request waiting shares the next.
-    last_committed: Mutex<Option<(Instant, i64)>>,
+    /// When the last read of the primary's position began. Held while a read runs, so reads
+    /// run one at a time and every request waiting shares the next.
+    last_committed: Mutex<Option<Instant>>,
     /// Reads of the primary's position, for `/metrics`.
     committed_reads: Counter,
     /// Reads by [`Read`] and [`Reason`].
@@ -215,10 +216,8 @@ impl ExactReads {
     async fn committed_now(&self) -> Option<i64> {
         let asked = Instant::now();
         let mut last = self.last_committed.lock().await;
-        if let Some((began, wal)) = *last {
-            if began >= asked {
-                return Some(wal);
-            }
+        if last.is_some_and(|began| began >= asked) {
+            return Some(self.committed.load(Ordering::Relaxed));
         }
         let began = Instant::now();
         self.committed_reads.inc();
@@ -228,8 +227,8 @@ impl ExactReads {
             .await
             .ok()?;
         let wal: i64 = row.try_get(0).ok()?;
-        *last = Some((began, wal));
         self.committed.fetch_max(wal, Ordering::Relaxed);
+        *last = Some(began);
         Some(wal)
     }
 
