@@ -254,14 +254,6 @@ async fn a_commit_wakes_the_relay_once() {
     assert_eq!(wakeups().await - before, 1);
 }
 
-/// Settings without heartbeat passes during a test, so every pass counted answers a wake-up.
-fn no_heartbeat_passes() -> pgrelay::Settings {
-    pgrelay::Settings {
-        heartbeat: Duration::from_secs(60),
-        ..test_settings()
-    }
-}
-
 /// Two relays on one database: each writer's commit wakes both, one numbers the row and the
 /// other reads it once the order lock is free. The wake-up the numbering relay then sends
 /// names what it numbered, and the other relay, which has read that far, skips it: about one

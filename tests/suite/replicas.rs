@@ -3,7 +3,9 @@
 //! otherwise, so a paused, lagging or stopped replica never loses or holds back an event.
 //!
 //! Each test runs its own primary and a real streaming replica of it (`pg_basebackup -R`),
-//! because pausing a replica's replay pauses it for every database of the cluster.
+//! because pausing a replica's replay pauses it for every database of the cluster. Most run
+//! without heartbeat passes: each pass is a new position the replica would have to replay
+//! first, and what a test waited for must stay what reads need.
 
 use std::time::Duration;
 
@@ -122,15 +124,6 @@ async fn primary_cluster(settings: &[(&str, &str)]) -> TempCluster {
         .0
 }
 
-/// Settings without heartbeat passes during a test (each pass is a new position the replica
-/// would have to replay first), so what a test waited for stays what reads need.
-fn quiet_settings() -> Settings {
-    Settings {
-        heartbeat: Duration::from_secs(60),
-        ..test_settings()
-    }
-}
-
 /// Every message event a stream resuming after `since` receives until it has been quiet for
 /// a moment: their ids, in order.
 async fn resume_ids(relay: &Relay, sub: &str, since: i64) -> Vec<i64> {
@@ -167,7 +160,7 @@ async fn resume_from_replica(setup: &Replicated, sub: &str, since: i64, expected
 /// history pages are read there too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_streams_and_history_read_from_the_replica() {
-    let setup = Replicated::start(quiet_settings()).await;
+    let setup = Replicated::start(no_heartbeat_passes()).await;
     for n in 0..30 {
         let to: &[&str] = if n % 3 == 0 { &["bob"] } else { &["alice"] };
         insert(&setup.client, to, json!({"n": n})).await;
@@ -205,7 +198,7 @@ async fn resuming_streams_and_history_read_from_the_replica() {
 /// live streams; once replay resumes, catch-ups go back to the replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_replica_loses_and_holds_back_nothing() {
-    let setup = Replicated::start(quiet_settings()).await;
+    let setup = Replicated::start(no_heartbeat_passes()).await;
     insert(&setup.client, &["alice"], json!({"n": 0})).await;
     let first = ids_for(&setup.client, "alice").await;
     setup.replayed().await;
@@ -240,7 +233,7 @@ async fn a_paused_replica_loses_and_holds_back_nothing() {
 /// green, and once the replica is back the relay reads from it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_replica_falls_back_and_is_retried() {
-    let mut setup = Replicated::start(quiet_settings()).await;
+    let mut setup = Replicated::start(no_heartbeat_passes()).await;
     insert(&setup.client, &["alice"], json!({"n": 0})).await;
     setup.replica.stop().await.unwrap();
     insert(&setup.client, &["alice"], json!({"n": 1})).await;
@@ -273,7 +266,7 @@ async fn a_stopped_replica_falls_back_and_is_retried() {
 /// written to: it is never read again, even for positions it had replayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_replica_is_not_read() {
-    let setup = Replicated::start(quiet_settings()).await;
+    let setup = Replicated::start(no_heartbeat_passes()).await;
     for n in 0..2 {
         insert(&setup.client, &["alice"], json!({"n": n})).await;
     }
@@ -303,7 +296,7 @@ async fn a_promoted_replica_is_not_read() {
 async fn an_oversized_message_is_readable_at_once_while_replay_is_paused() {
     let settings = Settings {
         max_event_bytes: 1000,
-        ..quiet_settings()
+        ..no_heartbeat_passes()
     };
     let setup = Replicated::start(settings).await;
     let mut live = setup.relay.subscribe("alice", "", None).await;
@@ -346,7 +339,7 @@ async fn an_oversized_message_is_readable_at_once_while_replay_is_paused() {
 /// read on the primary, never on a replica that has not replayed them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_and_revocation_are_exact_while_the_replica_lags() {
-    let setup = Replicated::start(quiet_settings()).await;
+    let setup = Replicated::start(no_heartbeat_passes()).await;
     setup
         .client
         .batch_execute(
@@ -417,7 +410,7 @@ async fn a_shared_catch_up_after_a_prune_the_replica_has_not_replayed_says_reset
     let client = connect(&db).await;
     let relay = Relay::launch(RelayOptions {
         replica_url: Some(replica.url("relay")),
-        settings: quiet_settings(),
+        settings: no_heartbeat_passes(),
         ..RelayOptions::new(&db)
     })
     .await;
@@ -551,7 +544,7 @@ async fn a_replaced_replica_that_is_behind_shows_its_lag() {
             "postgres://postgres@127.0.0.1:{}/relay",
             proxy.port
         )),
-        settings: quiet_settings(),
+        settings: no_heartbeat_passes(),
         ..RelayOptions::new(&db)
     })
     .await;
@@ -677,7 +670,7 @@ async fn a_replica_of_another_cluster_is_not_read() {
 
     let relay = Relay::launch(RelayOptions {
         replica_url: Some(other_replica.url("relay")),
-        settings: quiet_settings(),
+        settings: no_heartbeat_passes(),
         ..RelayOptions::new(&db)
     })
     .await;
@@ -752,7 +745,7 @@ async fn a_replica_left_on_the_old_timeline_after_a_failover_is_not_read() {
 
     let relay = Relay::launch(RelayOptions {
         replica_url: Some(s2.url("relay")),
-        settings: quiet_settings(),
+        settings: no_heartbeat_passes(),
         ..RelayOptions::new(&s1.url("relay"))
     })
     .await;
@@ -771,7 +764,7 @@ async fn a_replica_left_on_the_old_timeline_after_a_failover_is_not_read() {
 /// costs the primary one connection for their positions, not one each before their permits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_arriving_together_share_a_position_read() {
-    let setup = Replicated::start(quiet_settings()).await;
+    let setup = Replicated::start(no_heartbeat_passes()).await;
     let deadline = Instant::now() + PATIENCE;
     while metric(&setup.relay.base, "pgrelay_replica_up").await != 1 {
         assert!(Instant::now() < deadline, "the replica never came up");

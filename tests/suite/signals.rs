@@ -183,9 +183,7 @@ async fn a_writers_signal_has_at_most_32_kib_of_participants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_signals_past_one_page_arrives_whole() {
     let db = fresh_database().await;
-    let mut settings = test_settings();
-    settings.heartbeat = Duration::from_secs(60);
-    let relay = Relay::start_with(&db, settings).await;
+    let relay = Relay::start_with(&db, no_heartbeat_passes()).await;
     let mut bob = relay.subscribe("bob", "", None).await;
     bob.opening_position().await;
     connect(&db)

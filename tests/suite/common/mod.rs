@@ -63,6 +63,15 @@ pub fn test_settings() -> Settings {
     }
 }
 
+/// The test settings with heartbeat passes a minute apart: during a test every pass answers a
+/// wake-up, and a row that waits for the heartbeat does not arrive within [`PATIENCE`].
+pub fn no_heartbeat_passes() -> Settings {
+    Settings {
+        heartbeat: Duration::from_secs(60),
+        ..test_settings()
+    }
+}
+
 /// The connection limits tests use unless they say otherwise.
 pub fn test_limits() -> pgrelay::ConnectionLimits {
     pgrelay::ConnectionLimits {
