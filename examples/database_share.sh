@@ -15,19 +15,9 @@ SECONDS_MEASURED=${2:-10}
 OFFSET=${3:-0}
 PGPORT=$((55600 + OFFSET))
 RELAY_PORT=$((18600 + OFFSET))
-CLUSTER_CONF="shared_preload_libraries = 'pg_stat_statements'
-pg_stat_statements.track = all
-fsync = off
-synchronous_commit = off"
 source "$(dirname "$0")/support/cluster.sh"
-start_cluster "$PGPORT" "$BIN"
-psql -qX "$URL" -c "CREATE EXTENSION pg_stat_statements"
-
-PGRELAY_SECRET=0123456789abcdef0123456789abcdef "$BIN" serve --database-url "$URL" \
-    --bind "127.0.0.1:$RELAY_PORT" --metrics-bind "127.0.0.1:$((RELAY_PORT + 1))" \
-    > "$DIR/relay.log" 2>&1 &
-RELAY=$!
-until curl -sf "http://127.0.0.1:$RELAY_PORT/readyz" > /dev/null; do sleep 0.2; done
+start_counting_cluster "$PGPORT" "$BIN"
+start_relay "$RELAY_PORT" --secret 0123456789abcdef0123456789abcdef
 
 cat > "$DIR/insert.sql" <<'SQL'
 \set a random(1, 10000)
@@ -38,7 +28,6 @@ SQL
 pgbench -n -h 127.0.0.1 -p "$PGPORT" -U postgres -c 4 -j 2 -R 1000 -T $((SECONDS_MEASURED + 6)) \
     -f "$DIR/insert.sql" postgres > "$DIR/pgbench.log" 2>&1 &
 sleep 4
-query() { psql -qAtX "$URL" -c "$1"; }
 LISTEN_PID=$(query "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgrelay-listen'")
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 query "SELECT pg_stat_statements_reset()" > /dev/null

@@ -14,22 +14,10 @@ RELAYS=${2:-2}
 RATE=${3:-100}
 SECONDS_MEASURED=${4:-10}
 PGPORT=55610
-CLUSTER_CONF="shared_preload_libraries = 'pg_stat_statements'
-pg_stat_statements.track = all
-fsync = off
-synchronous_commit = off"
 source "$(dirname "$0")/support/cluster.sh"
-start_cluster "$PGPORT" "$BIN"
-query() { psql -qAtX "$URL" -c "$1"; }
-query "CREATE EXTENSION pg_stat_statements"
-
+start_counting_cluster "$PGPORT" "$BIN"
 for n in $(seq 1 "$RELAYS"); do
-    PGRELAY_SECRET=0123456789abcdef0123456789abcdef "$BIN" serve --database-url "$URL" \
-        --bind "127.0.0.1:$((18620 + 2 * n))" --metrics-bind "127.0.0.1:$((18621 + 2 * n))" \
-        > "$DIR/relay$n.log" 2>&1 &
-done
-for n in $(seq 1 "$RELAYS"); do
-    until curl -sf "http://127.0.0.1:$((18620 + 2 * n))/readyz" > /dev/null; do sleep 0.2; done
+    start_relay $((18620 + 2 * n)) --secret 0123456789abcdef0123456789abcdef
 done
 
 cat > "$DIR/insert.sql" <<'SQL'

@@ -17,10 +17,7 @@ HTTP=$((8790 + OFFSET))
 SECRET=presence-audience-secret-of-32-bytes
 source "$(dirname "$0")/support/cluster.sh"
 start_cluster "$PGPORT" "$BIN"
-"$BIN" serve --database-url "$URL" --secret "$SECRET" --bind "127.0.0.1:$HTTP" \
-    --presence-debounce 300ms > "$DIR/relay.log" 2>&1 &
-RELAY=$!
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HTTP/readyz" > /dev/null && break; sleep 0.2; done
+start_relay "$HTTP" --secret "$SECRET" --presence-debounce 300ms
 
 # bob is on one message of eve's only: on all 200 his stream would be catching up on 50 MB of
 # them when eve first comes online, and a stream drops live-only signals while it catches up.
