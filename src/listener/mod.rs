@@ -16,8 +16,10 @@
 //! session of its own, so they survive, and the database neither parses and plans them for
 //! every batch nor wakes a second backend. A read that fails ends the session like any other
 //! connection failure, and the reconnect's catch-up fills the gap. Numbering that fails (a
-//! peer relay stuck holding the order lock, a role without the grant) is retried at the next
-//! wake-up or heartbeat, and [`Health`] reports how long numbering has lagged.
+//! peer relay stuck holding the order lock, a role without the grant) is retried at every
+//! wake-up, and on its own soon after (then less often, up to the heartbeat), since the lock's
+//! holder may let go without numbering and no commit may follow; [`Health`] reports how long
+//! numbering has lagged.
 //!
 //! Two tasks share the work so the socket is always read: the connection driver raises a flag
 //! for every notification without ever waiting (a listener that stops reading fills
@@ -167,7 +169,8 @@ const PASS: store::PassLimits = store::PassLimits {
     max_event_bytes: 0,
 };
 
-/// The first and the longest wait between reconnect attempts.
+/// The first and the longest wait between reconnect attempts (and between retries of numbering
+/// that failed, which the heartbeat caps too).
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -229,8 +232,8 @@ struct ListenConnection {
     /// The primary's WAL position read after `position` (with a replica): every row up to
     /// `position` committed below it.
     position_wal: Option<i64>,
-    /// Whether the last pass could not number (its failure is logged once, not every pass).
-    numbering_failed: bool,
+    /// Set while passes cannot number (the failure is logged once, not every pass).
+    numbering_failed: Option<NumberingRetry>,
     /// Reads the socket; ends when the connection does.
     driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
     /// Aborts the driver (closing the socket) when the connection is dropped.
@@ -303,7 +306,7 @@ async fn open(listener: &Listener, listen_url: &str) -> Result<ListenConnection,
         statements,
         position,
         position_wal,
-        numbering_failed: false,
+        numbering_failed: None,
         driver,
         _abort_driver: abort_driver,
         wakeups,
@@ -358,6 +361,10 @@ async fn session(listener: &Listener, listen_url: &str, attempt: &mut u32) -> Re
                 dispatch(listener, &mut connection).await?;
                 continue;
             }
+            _ = NumberingRetry::due(connection.numbering_failed) => {
+                dispatch(listener, &mut connection).await?;
+                continue;
+            }
             _ = listener.shutdown.cancelled() => return Ok(()),
         }
         // Wake-ups say little more than "something was committed": one fetch answers them all.
@@ -366,8 +373,36 @@ async fn session(listener: &Listener, listen_url: &str, attempt: &mut u32) -> Re
         // After a failed numbering any wake-up is a retry: rows its pass read past may still
         // be pending (a peer numbered only some of them, or none and let go of the lock).
         let heard = connection.wakeups.take();
-        if connection.numbering_failed || heard.need_pass(connection.position) {
+        if connection.numbering_failed.is_some() || heard.need_pass(connection.position) {
             dispatch(listener, &mut connection).await?;
+        }
+    }
+}
+
+/// Passes that could not number, in a row, and when the next one follows though nothing
+/// wakes the dispatcher.
+#[derive(Debug, Clone, Copy)]
+struct NumberingRetry {
+    failures: u32,
+    at: tokio::time::Instant,
+}
+
+impl NumberingRetry {
+    /// After `previous` and one more failure: the wait doubles from [`BACKOFF_MIN`], up to
+    /// `heartbeat`, whose pass would come anyway.
+    fn after(previous: Option<NumberingRetry>, heartbeat: Duration) -> NumberingRetry {
+        let failures = previous.map_or(0, |retry| retry.failures);
+        NumberingRetry {
+            failures: failures.saturating_add(1),
+            at: tokio::time::Instant::now() + backoff(failures).min(heartbeat),
+        }
+    }
+
+    /// Resolves when `retry` is due; never without one.
+    async fn due(retry: Option<NumberingRetry>) {
+        match retry {
+            Some(retry) => tokio::time::sleep_until(retry.at).await,
+            None => std::future::pending().await,
         }
     }
 }
@@ -519,15 +554,18 @@ async fn dispatch(listener: &Listener, connection: &mut ListenConnection) -> Res
             Err(error) => {
                 listener.metrics.numbering_failures.inc();
                 // Once per outage: wake-ups keep coming, and so would the same line.
-                if !connection.numbering_failed {
-                    warn!(%error, "numbering committed messages failed; retrying at every wake-up");
+                if connection.numbering_failed.is_none() {
+                    warn!(%error, "numbering committed messages failed; retrying at every wake-up and on its own");
                 }
-                connection.numbering_failed = true;
+                connection.numbering_failed = Some(NumberingRetry::after(
+                    connection.numbering_failed,
+                    listener.heartbeat,
+                ));
                 false
             }
         };
         if news.numbered.is_ok() {
-            if std::mem::take(&mut connection.numbering_failed) {
+            if connection.numbering_failed.take().is_some() {
                 info!("numbering committed messages works again");
             }
             if !more_pending {
@@ -581,6 +619,22 @@ mod tests {
         ] {
             assert_eq!(numbered_through(other), None, "{other:?}");
         }
+    }
+
+    #[test]
+    fn numbering_retries_soon_then_less_often_up_to_the_heartbeat() {
+        let heartbeat = Duration::from_secs(5);
+        let wait = |retry: NumberingRetry| retry.at - tokio::time::Instant::now();
+        let mut retry = NumberingRetry::after(None, heartbeat);
+        assert!(wait(retry) <= BACKOFF_MIN.mul_f64(1.5), "{retry:?}");
+        let mut waits = vec![wait(retry)];
+        for _ in 0..10 {
+            retry = NumberingRetry::after(Some(retry), heartbeat);
+            waits.push(wait(retry));
+        }
+        assert_eq!(retry.failures, 11);
+        assert!(waits[3] > waits[0], "{waits:?}");
+        assert!(waits.iter().all(|wait| *wait <= heartbeat), "{waits:?}");
     }
 
     #[test]

@@ -339,6 +339,32 @@ async fn a_relay_that_may_not_number_reads_at_a_peers_wake_up() {
     cluster.shutdown().await.unwrap();
 }
 
+/// A relay whose numbering failed tries again by itself, soon after: when the order lock's
+/// holder lets go without numbering and nothing else commits, no wake-up comes, and the row
+/// must not wait for the heartbeat's pass (a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_numbering_failed_retries_without_a_wake_up() {
+    let db = fresh_database().await;
+    let relay = Relay::start_with(&db, no_heartbeat_passes()).await;
+    let mut alice = relay.subscribe("alice", "", None).await;
+    alice.opening_position().await;
+    let failures = metric(&relay.base, "pgrelay_numbering_failures_total").await;
+    let holder = hold_the_order_lock(&db).await;
+    let writer = connect(&db).await;
+    insert(&writer, &["alice"], json!({"n": 1})).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(&relay.base, "pgrelay_numbering_failures_total").await == failures {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pass failed to number"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (_, _, data) = alice.next_message().await;
+    assert_eq!(data["payload"]["n"], 1);
+}
+
 /// A relay whose numbering failed retries at any wake-up, even a peer's naming ids it has
 /// read: rows that peer left pending must not wait for the heartbeat. Here the owner holds
 /// the order lock past the relay's wait (5 s with a 60 s heartbeat), then numbers one row of
