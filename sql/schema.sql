@@ -1103,9 +1103,10 @@ CREATE OR REPLACE FUNCTION pgrelay.valid_kind(kind text)
  IMMUTABLE PARALLEL SAFE
 AS $function$
 BEGIN
-    RETURN kind ~ '^[A-Za-z0-9_.:-]{1,64}$'
-       AND kind NOT IN ('oversized', 'position', 'presence', 'reset', 'revoked', 'rooms',
-                        'token_expired');
+    RETURN kind OPERATOR(pg_catalog.~) '^[A-Za-z0-9_.:-]{1,64}$'
+       AND NOT kind OPERATOR(pg_catalog.=) ANY (ARRAY['oversized', 'position', 'presence',
+                                                      'reset', 'revoked', 'rooms',
+                                                      'token_expired']);
 END $function$
 ;
 

@@ -122,6 +122,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0025_numbering_says_how_far.sql",
         include_str!("../sql/0025_numbering_says_how_far.sql"),
     ),
+    (
+        26,
+        "0026_kind_rule_by_its_own_operators.sql",
+        include_str!("../sql/0026_kind_rule_by_its_own_operators.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -1194,3 +1194,43 @@ async fn a_writer_cannot_take_the_next_placeholders_with_a_temporary_pg_class() 
     let (_, _, data) = alice.next_message().await;
     assert_eq!(data["payload"]["body"], "hello");
 }
+
+/// A writer that owns a schema cannot bend the kind rule with operators of its own first in
+/// its `search_path`: the `messages_kind_valid` CHECK runs `pgrelay.valid_kind` in the
+/// writer's session, and before migration 26 its body took `~` and `<>` from that path, so a
+/// reserved kind (`presence` here) was stored. Numbering rewrote it to `message` before any
+/// relay read it, but the CHECK must hold by itself. Found by an outside review.
+#[tokio::test]
+async fn a_writers_own_operators_cannot_bend_the_kind_rule() {
+    let db = fresh_database().await;
+    let grants = [WRITER_GRANTS, &["CREATE SCHEMA mine AUTHORIZATION {role}"]].concat();
+    let writer = Role::create(&db, "writer", &grants).await.connect().await;
+    writer
+        .batch_execute(
+            "CREATE FUNCTION mine.always(text, text) RETURNS boolean \
+                 LANGUAGE sql IMMUTABLE AS 'SELECT true'; \
+             CREATE FUNCTION mine.never(text, text) RETURNS boolean \
+                 LANGUAGE sql IMMUTABLE AS 'SELECT false'; \
+             CREATE OPERATOR mine.~ (LEFTARG = text, RIGHTARG = text, FUNCTION = mine.always); \
+             CREATE OPERATOR mine.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = mine.always); \
+             CREATE OPERATOR mine.= (LEFTARG = text, RIGHTARG = text, FUNCTION = mine.never); \
+             SET search_path = mine, pg_catalog",
+        )
+        .await
+        .unwrap();
+    for kind in ["presence", "not a kind"] {
+        let stored = writer
+            .execute(
+                "INSERT INTO pgrelay.messages (participants, kind, payload) \
+                 VALUES ('{bob}', $1, '{}')",
+                &[&kind],
+            )
+            .await;
+        let error = stored.expect_err(&format!("the kind {kind:?} was stored"));
+        assert_eq!(
+            error.code(),
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+            "{error}"
+        );
+    }
+}
