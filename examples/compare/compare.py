@@ -22,8 +22,11 @@ for `--seconds`, each to 3 random subscribers, spread round-robin over `--writer
 psql session each, one INSERT per transaction, where PostgreSQL is in the path; one
 keep-alive HTTP connection each posting to Nchan directly), each delivery timed from the moment its
 message was handed to its writer to the moment the event was read, and the relay's CPU time per
-delivered event. The clients are asyncio protocols in this one process (one read callback per
-socket read, no per-stream task), the same for every relay.
+delivered event. Where PostgreSQL is in the path it also times each message from the handoff
+until its writer's psql reports the INSERT's transaction committed: that much of a delivery
+belongs to the database and the load, and no relay that reads from it can take it off. The
+clients are asyncio protocols in this one process (one read callback per socket read, no
+per-stream task), the same for every relay.
 
 It prints one Markdown row per run and relay, then the median of the runs. With `--split`,
 for events that say when their writer's transaction began (pgrelay's `created_at`), it also
@@ -31,7 +34,7 @@ prints where each delivery's time went: from the handoff to the writer until tha
 load generator, psql and the writer's backend), and from there until the event was read (the
 commit, the relay and the client). Loopback only; everything it starts is stopped at the end.
 """
-import argparse, asyncio, base64, hashlib, hmac, json, os, random, re, resource, shutil
+import argparse, asyncio, base64, collections, hashlib, hmac, json, os, random, re, resource, shutil
 import datetime, signal, statistics, subprocess, sys, tempfile, time
 
 SECRET = b"compare-secret-0123456789-abcdefgh"
@@ -148,19 +151,32 @@ async def open_streams(relay, subs, on_key, split):
 
 
 class PsqlWriters:
-    """`count` psql sessions inserting one message per transaction into `table`."""
+    """`count` psql sessions inserting one message per transaction into `table`. Each session
+    prints a statement's tag once its transaction has committed, so `on_commit` learns when
+    each message was committed: the part of a delivery's time no relay reading from PostgreSQL
+    can take off."""
 
     def __init__(self, table, database_url, count):
         self.table, self.database_url, self.count = table, database_url, count
 
-    async def start(self):
+    async def start(self, on_commit):
         self.sessions = [await asyncio.create_subprocess_exec(
-            "psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", self.database_url,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL)
+            "psql", "-X", "-v", "ON_ERROR_STOP=1", self.database_url,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
             for _ in range(self.count)]
+        self.sent = [collections.deque() for _ in self.sessions]
+        self.readers = [asyncio.create_task(self.read_tags(session, sent, on_commit))
+                        for session, sent in zip(self.sessions, self.sent)]
+
+    @staticmethod
+    async def read_tags(session, sent, on_commit):
+        async for line in session.stdout:
+            if line.startswith(b"INSERT"):
+                on_commit(sent.popleft(), time.monotonic())
 
     def send(self, key, recipients):
         participants = "{" + ",".join(recipients) + "}"
+        self.sent[key % self.count].append(key)
         self.sessions[key % self.count].stdin.write(
             f"INSERT INTO {self.table} (participants, payload) VALUES ('{participants}', '{{\"k\": {key}}}');\n".encode())
 
@@ -169,6 +185,7 @@ class PsqlWriters:
             session.stdin.close()
         for session in self.sessions:
             await session.wait()
+        await asyncio.gather(*self.readers)
 
 
 class Discard(asyncio.Protocol):
@@ -185,7 +202,7 @@ class NchanWriters:
     def __init__(self, port, count):
         self.port, self.count = port, count
 
-    async def start(self):
+    async def start(self, on_commit):
         loop = asyncio.get_running_loop()
         self.connections = [(await loop.create_connection(Discard, "127.0.0.1", self.port))[0]
                             for _ in range(self.count)]
@@ -231,7 +248,7 @@ async def settle(pids, most=60):
 
 async def measure(relay, subscribers, rate, seconds, seed, fresh, split):
     subs = [f"s{n:05d}" for n in range(subscribers)]
-    sent, sent_wall, latencies, parts = {}, {}, [], []
+    sent, sent_wall, latencies, parts, commits = {}, {}, [], [], []
 
     def on_key(key, sub, now, read):
         if key in sent:
@@ -247,7 +264,7 @@ async def measure(relay, subscribers, rate, seconds, seed, fresh, split):
     await settle(relay.pids)
     # Only a fresh process grows: later runs reuse the memory the first one's streams left.
     kib_per_stream = (rss_kib(relay.pids) - before) / subscribers if fresh else float("nan")
-    await relay.writers.start()
+    await relay.writers.start(lambda key, now: commits.append((now - sent[key]) * 1000))
     rng = random.Random(seed)
     cpu_before = cpu_seconds(relay.pids)
     start = time.monotonic()
@@ -266,9 +283,11 @@ async def measure(relay, subscribers, rate, seconds, seed, fresh, split):
         stream.close()
     await asyncio.sleep(2)
     latencies.sort()
+    commits.sort()
     return {"kib": kib_per_stream, "delivered": len(latencies), "expected": count * 3,
             "p50": quantile(latencies, 0.5), "p99": quantile(latencies, 0.99),
             "max": quantile(latencies, 1.0),
+            "commit_p50": quantile(commits, 0.5), "commit_p99": quantile(commits, 0.99),
             "cpu_us": cpu / max(1, len(latencies)) * 1e6}, parts
 
 
@@ -368,8 +387,11 @@ def wait_port(port):
 
 def row(name, m):
     kib = "—" if m["kib"] != m["kib"] else f"{m['kib']:.1f} KiB"  # NaN: not a fresh process
+    commit = ("—" if m["commit_p50"] != m["commit_p50"]  # NaN: no database in the path
+              else f"{m['commit_p50']:.2f} / {m['commit_p99']:.2f} ms")
     return (f"| {name} | {kib} | {m['delivered']}/{m['expected']} | "
-            f"{m['p50']:.2f} / {m['p99']:.2f} / {m['max']:.1f} ms | {m['cpu_us']:.1f} µs |")
+            f"{m['p50']:.2f} / {m['p99']:.2f} / {m['max']:.1f} ms | {commit} | "
+            f"{m['cpu_us']:.1f} µs |")
 
 
 def main():
@@ -423,8 +445,9 @@ def main():
                                         b": hi\n\n", PsqlWriters("nchan_feed", database_url, args.writers)))
         results = {relay.name: [] for relay in relays}
         print(f"| relay | RSS per stream | delivered | p50 / p99 / max ({args.rate:.0f} msg/s × 3, "
-              f"{args.subscribers} streams, {args.writers} writers) | relay CPU per event |")
-        print("|---|---|---|---|---|")
+              f"{args.subscribers} streams, {args.writers} writers) | committed p50 / p99 | "
+              "relay CPU per event |")
+        print("|---|---|---|---|---|---|")
         served = set()  # processes that have held streams already
         for run in range(args.runs):
             for relay in (relays if run % 2 == 0 else relays[::-1]):
