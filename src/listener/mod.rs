@@ -17,9 +17,9 @@
 //! every batch nor wakes a second backend. A read that fails ends the session like any other
 //! connection failure, and the reconnect's catch-up fills the gap. Numbering that fails (a
 //! peer relay stuck holding the order lock, a role without the grant) is retried at every
-//! wake-up, and on its own soon after (then less often, up to the heartbeat), since the lock's
-//! holder may let go without numbering and no commit may follow; [`Health`] reports how long
-//! numbering has lagged.
+//! wake-up, and on its own soon after (then less often, up to the heartbeat or 10 s), since the
+//! lock's holder may let go without numbering and no commit may follow; [`Health`] reports how
+//! long numbering has lagged.
 //!
 //! Two tasks share the work so the socket is always read: the connection driver raises a flag
 //! for every notification without ever waiting (a listener that stops reading fills
@@ -388,8 +388,9 @@ struct NumberingRetry {
 }
 
 impl NumberingRetry {
-    /// After `previous` and one more failure: the wait doubles from [`BACKOFF_MIN`], up to
-    /// `heartbeat`, whose pass would come anyway.
+    /// After `previous` and one more failure: the wait of [`backoff`] (from [`BACKOFF_MIN`],
+    /// doubling, with jitter, up to [`BACKOFF_MAX`]), and never past `heartbeat`, whose pass
+    /// would come anyway.
     fn after(previous: Option<NumberingRetry>, heartbeat: Duration) -> NumberingRetry {
         let failures = previous.map_or(0, |retry| retry.failures);
         NumberingRetry {

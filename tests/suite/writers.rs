@@ -298,10 +298,11 @@ async fn a_relay_that_cannot_number_says_so() {
     let (_, _, data) = alice.next_message().await;
     assert_eq!(data["payload"]["n"], "waiting");
     assert!(wait_readyz(&relay.base, 200, PATIENCE).await.is_some());
-    assert_eq!(
-        try_metric(&relay.base, "pgrelay_numbering_lag_seconds").await,
-        Some(0.0)
-    );
+    // Not exactly zero: a heartbeat's pass may be running, and the lag counts from its start.
+    let lag = try_metric(&relay.base, "pgrelay_numbering_lag_seconds")
+        .await
+        .unwrap();
+    assert!(lag < 0.5, "lag {lag} after numbering caught up");
 }
 
 /// A message committed but not yet numbered keeps its negative placeholder id, which is no
