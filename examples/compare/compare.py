@@ -153,39 +153,60 @@ async def open_streams(relay, subs, on_key, split):
 class PsqlWriters:
     """`count` psql sessions inserting one message per transaction into `table`. Each session
     prints a statement's tag once its transaction has committed, so `on_commit` learns when
-    each message was committed: the part of a delivery's time no relay reading from PostgreSQL
-    can take off."""
+    each message was committed, or a little later: the part of a delivery's time that belongs
+    to the database and the load, not to the relay."""
 
     def __init__(self, table, database_url, count):
         self.table, self.database_url, self.count = table, database_url, count
 
     async def start(self, on_commit):
-        self.sessions = [await asyncio.create_subprocess_exec(
-            "psql", "-X", "-v", "ON_ERROR_STOP=1", self.database_url,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-            for _ in range(self.count)]
-        self.sent = [collections.deque() for _ in self.sessions]
-        self.readers = [asyncio.create_task(self.read_tags(session, sent, on_commit))
-                        for session, sent in zip(self.sessions, self.sent)]
-
-    @staticmethod
-    async def read_tags(session, sent, on_commit):
-        async for line in session.stdout:
-            if line.startswith(b"INSERT"):
-                on_commit(sent.popleft(), time.monotonic())
+        loop = asyncio.get_running_loop()
+        self.sessions = [(await loop.subprocess_exec(
+            lambda: PsqlTags(on_commit), "psql", "-X", "-v", "ON_ERROR_STOP=1",
+            self.database_url, stderr=None))[1] for _ in range(self.count)]
 
     def send(self, key, recipients):
         participants = "{" + ",".join(recipients) + "}"
-        self.sent[key % self.count].append(key)
-        self.sessions[key % self.count].stdin.write(
-            f"INSERT INTO {self.table} (participants, payload) VALUES ('{participants}', '{{\"k\": {key}}}');\n".encode())
+        self.sessions[key % self.count].send(
+            key, f"INSERT INTO {self.table} (participants, payload) VALUES ('{participants}', '{{\"k\": {key}}}');\n")
 
     async def stop(self):
         for session in self.sessions:
-            session.stdin.close()
+            session.close_input()
         for session in self.sessions:
-            await session.wait()
-        await asyncio.gather(*self.readers)
+            await session.exited
+            session.transport.close()
+
+
+class PsqlTags(asyncio.SubprocessProtocol):
+    """One psql session: its statements go to its stdin, and each `INSERT` tag on its stdout
+    is timed as its bytes arrive (a protocol callback, as the streams' reads are), then paired
+    with the oldest key sent (psql runs and answers statements in order)."""
+
+    def __init__(self, on_commit):
+        self.on_commit, self.sent, self.buffer = on_commit, collections.deque(), b""
+        self.exited = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def send(self, key, statement):
+        self.sent.append(key)
+        self.transport.get_pipe_transport(0).write(statement.encode())
+
+    def close_input(self):
+        self.transport.get_pipe_transport(0).close()
+
+    def pipe_data_received(self, fd, data):
+        now = time.monotonic()
+        *lines, self.buffer = (self.buffer + data).split(b"\n")
+        for line in lines:
+            if line.startswith(b"INSERT"):
+                self.on_commit(self.sent.popleft(), now)
+
+    def connection_lost(self, exc):
+        # After the process has exited and both pipes are read to their end.
+        self.exited.set_result(None)
 
 
 class Discard(asyncio.Protocol):
