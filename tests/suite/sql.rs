@@ -765,3 +765,93 @@ async fn every_function_names_pg_temp_last() {
         .collect();
     assert!(unsafe_paths.is_empty(), "{unsafe_paths:?}");
 }
+
+/// Every function of pgrelay that runs in a writer's own session while it writes (called by a
+/// constraint, a default, an index or a trigger) either sets a `search_path` or names its
+/// operators and functions by schema: an unqualified `~` or `lower(…)` in such a body is looked
+/// up in the writer's path, and a writer with a schema of its own once bent the kind rule that
+/// way (migration 26; `trust.rs` has the attack). The body is read with its string literals
+/// taken out, so what is left is code.
+#[tokio::test]
+async fn what_a_writer_runs_without_a_search_path_names_its_operators() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let bodies: Vec<(String, String)> = client
+        .query(
+            "SELECT DISTINCT p.oid::regprocedure::text, p.prosrc \
+               FROM pg_depend d \
+               JOIN pg_proc p ON d.refclassid = 'pg_proc'::regclass AND d.refobjid = p.oid \
+              WHERE d.classid IN ('pg_constraint'::regclass, 'pg_attrdef'::regclass, \
+                                  'pg_trigger'::regclass, 'pg_class'::regclass) \
+                AND p.pronamespace = 'pgrelay'::regnamespace \
+                AND NOT EXISTS (SELECT FROM unnest(p.proconfig) setting \
+                                 WHERE setting LIKE 'search\\_path=%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert!(
+        bodies
+            .iter()
+            .any(|(name, _)| name.starts_with("pgrelay.valid_kind")),
+        "the kind rule's function was not found among {bodies:?}"
+    );
+    let unqualified: Vec<(&str, Vec<String>)> = bodies
+        .iter()
+        .map(|(name, body)| (name.as_str(), unqualified_names(body)))
+        .filter(|(_, names)| !names.is_empty())
+        .collect();
+    assert!(unqualified.is_empty(), "{unqualified:?}");
+}
+
+/// The operators, function calls and `IN`/`LIKE` tests `body` names without a schema, its
+/// string literals and its `OPERATOR(pg_catalog.…)` forms left out.
+fn unqualified_names(body: &str) -> Vec<String> {
+    // Words of SQL and PL/pgSQL that take parentheses or brackets but call nothing.
+    const SYNTAX: [&str; 7] = ["ANY", "ALL", "ARRAY", "EXISTS", "RETURN", "AND", "OR"];
+    const OPERATOR_CHARS: &str = "~<>=!";
+    let code: String = body.split('\'').step_by(2).collect::<Vec<_>>().join("''");
+    let mut found = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find(|c: char| OPERATOR_CHARS.contains(c) || c.is_ascii_alphabetic())
+    {
+        rest = &rest[at..];
+        if let Some(qualified) = rest.strip_prefix("OPERATOR(pg_catalog.") {
+            rest = qualified.split_once(')').map_or("", |(_, after)| after);
+            continue;
+        }
+        let operator = rest.starts_with(|c: char| OPERATOR_CHARS.contains(c));
+        let end = rest
+            .find(|c: char| match operator {
+                true => !OPERATOR_CHARS.contains(c),
+                false => !(c.is_ascii_alphanumeric() || c == '_' || c == '.'),
+            })
+            .unwrap_or(rest.len());
+        let word = &rest[..end];
+        let upper = word.to_uppercase();
+        let called = rest[end..].trim_start().starts_with('(')
+            && !word.contains('.')
+            && !SYNTAX.contains(&upper.as_str());
+        if operator || called || upper == "IN" || upper == "LIKE" {
+            found.push(word.to_owned());
+        }
+        rest = &rest[end..];
+    }
+    found
+}
+
+#[test]
+fn unqualified_names_are_found_outside_literals() {
+    assert_eq!(
+        unqualified_names("RETURN k ~ 'a~b' AND k NOT IN ('x') AND lower(k) <> 'y'"),
+        ["~", "IN", "lower", "<>"]
+    );
+    assert!(unqualified_names(
+        "RETURN k OPERATOR(pg_catalog.~) '^a(b)$' AND NOT k OPERATOR(pg_catalog.=) ANY (ARRAY['x'])"
+    )
+    .is_empty());
+    assert_eq!(unqualified_names("RETURN pg_catalog.lower(k) = 'a'"), ["="]);
+}
