@@ -496,6 +496,7 @@ def main():
                     process.wait(10)
                 except subprocess.TimeoutExpired:
                     process.kill()
+        pgrelay.stdout.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
