@@ -174,7 +174,11 @@ class PsqlWriters:
         for session in self.sessions:
             session.close_input()
         for session in self.sessions:
-            await session.exited
+            try:
+                await asyncio.wait_for(asyncio.shield(session.exited), 10)
+            except asyncio.TimeoutError:  # a psql stuck on its server
+                session.transport.kill()
+                await session.exited
             session.transport.close()
 
 
@@ -305,6 +309,10 @@ async def measure(relay, subscribers, rate, seconds, seed, fresh, split):
     await asyncio.sleep(2)
     latencies.sort()
     commits.sort()
+    if isinstance(relay.writers, PsqlWriters) and len(commits) < count:
+        # A psql that stopped on an error (on stderr) times nothing after it.
+        print(f"{relay.name}: only {len(commits)} of {count} commits were timed",
+              file=sys.stderr, flush=True)
     return {"kib": kib_per_stream, "delivered": len(latencies), "expected": count * 3,
             "p50": quantile(latencies, 0.5), "p99": quantile(latencies, 0.99),
             "max": quantile(latencies, 1.0),

@@ -766,17 +766,19 @@ async fn every_function_names_pg_temp_last() {
     assert!(unsafe_paths.is_empty(), "{unsafe_paths:?}");
 }
 
-/// Every function of pgrelay that runs in a writer's own session while it writes (called by a
-/// constraint, a default, an index or a trigger) either sets a `search_path` or names its
-/// operators and functions by schema: an unqualified `~` or `lower(…)` in such a body is looked
-/// up in the writer's path, and a writer with a schema of its own once bent the kind rule that
-/// way (migration 26; `trust.rs` has the attack). The body is read with its string literals
-/// taken out, so what is left is code.
+/// The functions of pgrelay that a writer's own session runs while it writes (called by a
+/// constraint, a default, an index or a trigger) all set a `search_path`, but for
+/// `valid_kind`, which cannot (a change of settings on every row), and which calls no other
+/// function of pgrelay. In a body without a fixed path an unqualified operator, function or
+/// type is looked up in the writer's path, and a writer with a schema of its own once bent
+/// the kind rule that way (migration 26). So a new such function fails here until it names
+/// what it uses by schema, has an attack like
+/// `trust::a_writers_own_operators_cannot_bend_the_kind_rule`, and joins the list.
 #[tokio::test]
-async fn what_a_writer_runs_without_a_search_path_names_its_operators() {
+async fn only_the_kind_rule_runs_in_a_writers_session_without_a_search_path() {
     let db = fresh_database().await;
     let client = connect(&db).await;
-    let bodies: Vec<(String, String)> = client
+    let unfixed: Vec<(String, String)> = client
         .query(
             "SELECT DISTINCT p.oid::regprocedure::text, p.prosrc \
                FROM pg_depend d \
@@ -793,65 +795,9 @@ async fn what_a_writer_runs_without_a_search_path_names_its_operators() {
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
-    assert!(
-        bodies
-            .iter()
-            .any(|(name, _)| name.starts_with("pgrelay.valid_kind")),
-        "the kind rule's function was not found among {bodies:?}"
-    );
-    let unqualified: Vec<(&str, Vec<String>)> = bodies
-        .iter()
-        .map(|(name, body)| (name.as_str(), unqualified_names(body)))
-        .filter(|(_, names)| !names.is_empty())
-        .collect();
-    assert!(unqualified.is_empty(), "{unqualified:?}");
-}
-
-/// The operators, function calls and `IN`/`LIKE` tests `body` names without a schema, its
-/// string literals and its `OPERATOR(pg_catalog.…)` forms left out.
-fn unqualified_names(body: &str) -> Vec<String> {
-    // Words of SQL and PL/pgSQL that take parentheses or brackets but call nothing.
-    const SYNTAX: [&str; 7] = ["ANY", "ALL", "ARRAY", "EXISTS", "RETURN", "AND", "OR"];
-    const OPERATOR_CHARS: &str = "~<>=!";
-    let code: String = body.split('\'').step_by(2).collect::<Vec<_>>().join("''");
-    let mut found = Vec::new();
-    let mut rest = code.as_str();
-    while let Some(at) = rest.find(|c: char| OPERATOR_CHARS.contains(c) || c.is_ascii_alphabetic())
-    {
-        rest = &rest[at..];
-        if let Some(qualified) = rest.strip_prefix("OPERATOR(pg_catalog.") {
-            rest = qualified.split_once(')').map_or("", |(_, after)| after);
-            continue;
-        }
-        let operator = rest.starts_with(|c: char| OPERATOR_CHARS.contains(c));
-        let end = rest
-            .find(|c: char| match operator {
-                true => !OPERATOR_CHARS.contains(c),
-                false => !(c.is_ascii_alphanumeric() || c == '_' || c == '.'),
-            })
-            .unwrap_or(rest.len());
-        let word = &rest[..end];
-        let upper = word.to_uppercase();
-        let called = rest[end..].trim_start().starts_with('(')
-            && !word.contains('.')
-            && !SYNTAX.contains(&upper.as_str());
-        if operator || called || upper == "IN" || upper == "LIKE" {
-            found.push(word.to_owned());
-        }
-        rest = &rest[end..];
-    }
-    found
-}
-
-#[test]
-fn unqualified_names_are_found_outside_literals() {
-    assert_eq!(
-        unqualified_names("RETURN k ~ 'a~b' AND k NOT IN ('x') AND lower(k) <> 'y'"),
-        ["~", "IN", "lower", "<>"]
-    );
-    assert!(unqualified_names(
-        "RETURN k OPERATOR(pg_catalog.~) '^a(b)$' AND NOT k OPERATOR(pg_catalog.=) ANY (ARRAY['x'])"
-    )
-    .is_empty());
-    assert_eq!(unqualified_names("RETURN pg_catalog.lower(k) = 'a'"), ["="]);
+    let names: Vec<&str> = unfixed.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["pgrelay.valid_kind(text)"]);
+    let body = &unfixed[0].1;
+    assert!(!body.contains("pgrelay."), "{body}");
+    assert!(body.contains("OPERATOR(pg_catalog.~)"), "{body}");
 }
