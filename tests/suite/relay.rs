@@ -315,14 +315,13 @@ async fn a_relay_that_may_not_number_reads_at_a_peers_wake_up() {
     let failures = metric(&relay.base, "pgrelay_numbering_failures_total").await;
     insert(&owner, &["alice"], json!({"n": "pending"})).await;
     // The writer's wake-up came and went: its pass could not number the row.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while metric(&relay.base, "pgrelay_numbering_failures_total").await == failures {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no pass failed to number"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_metric(
+        &relay.base,
+        "pgrelay_numbering_failures_total",
+        |now| now > failures,
+        "no pass failed to number",
+    )
+    .await;
     assert!(alice
         .next_within(Duration::from_millis(200))
         .await
@@ -352,14 +351,13 @@ async fn a_relay_whose_numbering_failed_retries_without_a_wake_up() {
     let holder = hold_the_order_lock(&db).await;
     let writer = connect(&db).await;
     insert(&writer, &["alice"], json!({"n": 1})).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while metric(&relay.base, "pgrelay_numbering_failures_total").await == failures {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no pass failed to number"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_metric(
+        &relay.base,
+        "pgrelay_numbering_failures_total",
+        |now| now > failures,
+        "no pass failed to number",
+    )
+    .await;
     holder.batch_execute("COMMIT").await.unwrap();
     let (_, _, data) = alice.next_message().await;
     assert_eq!(data["payload"]["n"], 1);
@@ -386,14 +384,13 @@ async fn a_relay_whose_numbering_failed_retries_at_a_peers_wake_up() {
         )
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while metric(&relay.base, "pgrelay_numbering_failures_total").await == failures {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no pass failed to number"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_metric(
+        &relay.base,
+        "pgrelay_numbering_failures_total",
+        |now| now > failures,
+        "no pass failed to number",
+    )
+    .await;
 
     // The second holder queues for the lock; a writer's commit starts a pass that queues too.
     let second_db = db.clone();

@@ -26,6 +26,20 @@ pub async fn metric(base: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} is not exported")) as u64
 }
 
+/// Waits until the relay's counter or gauge `name` satisfies `reached`, checking every 20 ms;
+/// fails the test, saying `what` did not happen, after `super::PATIENCE`.
+pub async fn wait_for_metric(base: &str, name: &str, reached: impl Fn(u64) -> bool, what: &str) {
+    let deadline = Instant::now() + super::PATIENCE;
+    while !reached(metric(base, name).await) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {:?}",
+            super::PATIENCE
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `GET /v1/messages?{query}` as `token`.
 pub async fn history(base: &str, token: &str, query: &str) -> reqwest::Response {
     reqwest::Client::new()
