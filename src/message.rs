@@ -41,6 +41,8 @@ pub struct Message {
     /// written by pgrelay's own SQL (`rooms_changed`, `revoke_tokens`): streams apply it at
     /// the row's position instead of sending the row.
     pub control: Option<Control>,
+    /// [`Message::memory`], counted once: every inbox that takes the message asks.
+    memory: u64,
 }
 
 /// A change of one participant's access, stored as a `control` row of pgrelay.messages.
@@ -145,6 +147,20 @@ struct Head<'a> {
     participants: &'a [String],
 }
 
+/// What each name of a list costs the relay beyond its bytes: its `String`, and the
+/// allocator's block around the bytes (glibc's has 8 bytes of header and rounds up to 16
+/// bytes, 32 at least, so a name of one letter takes a block of 32).
+pub const NAME_OVERHEAD: usize = std::mem::size_of::<String>() + 32;
+
+/// What a message holds beyond its JSON, its frame and its names: the `Message` itself, its
+/// kind and the frame's `id:` and `event:` lines.
+const MESSAGE_OVERHEAD: usize = 256;
+
+/// The memory a list of names takes: their bytes and [`NAME_OVERHEAD`] each.
+fn names_memory(names: &[String]) -> usize {
+    names.iter().map(|name| name.len() + NAME_OVERHEAD).sum()
+}
+
 impl Message {
     /// A message as clients see it, its JSON rendered from `row`; the stand-in when the row
     /// came without its payload. A stored kind that is not a valid one is served as `message`
@@ -175,6 +191,11 @@ impl Message {
                 bytes: row.bytes,
             })?,
         };
+        let rooms = match &control {
+            Some(Control::Rooms { rooms, .. }) => names_memory(rooms),
+            _ => 0,
+        };
+        let memory = 2 * data.get().len() + names_memory(&row.participants) + rooms;
         Ok(Message {
             id: row.id,
             kind,
@@ -183,7 +204,16 @@ impl Message {
             oversized: row.payload.is_none(),
             frame: OnceLock::new(),
             control,
+            memory: (memory + MESSAGE_OVERHEAD) as u64,
         })
+    }
+
+    /// The bytes the relay holds for this message while streams send it: its event JSON and
+    /// the frame rendered from it, and its participants (a control row, its rooms too) as
+    /// names. Names count for more than their text: a message to 10,000 one-letter names
+    /// has 40 KB of JSON and holds 600 KB.
+    pub fn memory(&self) -> u64 {
+        self.memory
     }
 
     /// The event JSON of a message, in the two parts that go around its payload (the JSON of

@@ -28,9 +28,9 @@ use crate::message::{Control, Message, Signal};
 /// How many live messages a stream may hold before it falls back to the database.
 pub const INBOX_CAPACITY: usize = 256;
 
-/// How many bytes of messages' JSON a stream may hold before it falls back to the database:
-/// messages are shared by their recipients, but a slow reader of 256 distinct messages of up
-/// to `--max-event-bytes` each would otherwise pin 256 of them.
+/// How many bytes of messages ([`Message::memory`]) a stream may hold before it falls back to
+/// the database: messages are shared by their recipients, but a slow reader of 256 distinct
+/// messages of up to `--max-event-bytes` each would otherwise pin 256 of them.
 pub const INBOX_BYTES: usize = 1024 * 1024;
 
 /// The streams open on this instance, keyed by address.
@@ -67,10 +67,10 @@ pub enum Live {
 }
 
 impl Live {
-    /// The bytes of its event JSON, what an inbox holding it pins.
+    /// The bytes an inbox holding it pins: a message's [`Message::memory`], a signal's JSON.
     fn size(&self) -> usize {
         match self {
-            Live::Message(message) => message.data.get().len(),
+            Live::Message(message) => message.memory() as usize,
             Live::Signal(signal) => signal.data.get().len(),
         }
     }
@@ -106,7 +106,7 @@ pub struct Inbox {
 #[derive(Default)]
 struct InboxState {
     queue: VecDeque<Live>,
-    /// The JSON bytes of the messages in `queue`.
+    /// The bytes ([`Live::size`]) of the events in `queue`.
     bytes: usize,
     needs_catch_up: bool,
 }
@@ -468,7 +468,8 @@ mod tests {
     fn an_inbox_is_bounded_in_bytes_too() {
         let registry = Arc::new(Registry::default());
         let stream = inbox_of(&registry);
-        let large = INBOX_BYTES / 4;
+        // A message holds its JSON twice (the event and its frame): a quarter of the bytes each.
+        let large = INBOX_BYTES / 8;
         for id in 1..=4 {
             registry.deliver(&message(id, large));
         }

@@ -17,7 +17,7 @@ use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Client, Row};
 
 use crate::error::Error;
-use crate::message::{Message, NewMessage, StoredRow};
+use crate::message::{Message, NewMessage, StoredRow, NAME_OVERHEAD};
 use crate::tls;
 
 mod news;
@@ -49,6 +49,17 @@ const MESSAGE_COLUMNS: &str = "id, kind, sender, participants, \
 pub(crate) const MESSAGE_SIZE: &str =
     "octet_length(m.payload::text) + octet_length(m.participants::text)";
 
+/// What a message costs the relay beyond [`MESSAGE_SIZE`] once read, in SQL, for a page's
+/// cut: each participant is also a name in the message's list ([`NAME_OVERHEAD`] beyond its
+/// bytes), and the sender, in the event's JSON and its frame, may take two bytes a character
+/// there (`"` and `\` are escaped).
+fn held_beyond_size() -> String {
+    format!(
+        "octet_length(m.participants::text) + {NAME_OVERHEAD} * cardinality(m.participants) \
+         + 2 * coalesce(octet_length(m.sender), 0)"
+    )
+}
+
 /// The messages `source` selects (rows of `pgrelay.messages`, in id order, at most `$rows`
 /// of them), cut to `$bytes` of payload and participants (always at least one row), plus how
 /// many rows the row limit alone would have given. The cut happens in SQL, so a page of large
@@ -63,6 +74,7 @@ pub(crate) fn page_sql(source: &str, bytes: u8, max_event: u8) -> String {
     // Typed here, for clients that let PostgreSQL infer the parameters' types (the sizes are
     // `integer`; the limit is `bigint`).
     let columns = MESSAGE_COLUMNS.replace("$MAX_EVENT", &format!("${max_event}::int8"));
+    let held = held_beyond_size();
     format!(
         "SELECT {columns}, (extract(epoch FROM committed_at) * 1000000)::int8, fetched, \
                 size::int8, control \
@@ -72,7 +84,7 @@ pub(crate) fn page_sql(source: &str, bytes: u8, max_event: u8) -> String {
                       LATERAL (SELECT size, \
                                       CASE WHEN size > ${max_event}::int8 AND NOT m.control \
                                            THEN octet_length(m.participants::text) \
-                                           ELSE size END AS loaded \
+                                           ELSE size END + {held} AS loaded \
                                  FROM (SELECT {MESSAGE_SIZE} AS size) measured) s) page \
          WHERE upto - loaded < ${bytes} ORDER BY id"
     )
@@ -92,14 +104,16 @@ pub(crate) const SIZE: usize = 8;
 /// Column index of the row's `control` flag in a [`page_sql`] row.
 pub(crate) const CONTROL: usize = 9;
 
-/// What the relay holds per message beyond its JSON: the `Message`, its participants, the
+/// What the relay holds per message beyond what a page's cut measures: the `Message`, the
 /// frame's header. An estimate, generous for ordinary rows.
 const MESSAGE_OVERHEAD: u64 = 256;
 
-/// The most memory a page of at most `rows` messages and `bytes` of payload and participants
-/// can take while it is converted and sent, messages over `max_event_bytes` being stand-ins:
-/// twice its size (each message's JSON, then the frame rendered from it; or the rows the
-/// driver read, then the messages made from them).
+/// The most memory a page of at most `rows` messages, cut at `bytes` (their payloads,
+/// participants and names as [`page_sql`] measures them), can take while it is converted and
+/// sent, messages over `max_event_bytes` being stand-ins: twice its size (each message's JSON,
+/// then the frame rendered from it; or the rows the driver read, then the messages made from
+/// them). A page always holds its first row, whatever its size: a stand-in with thousands of
+/// long names can take more than this, and [`Page::memory`] then says so.
 pub fn page_memory(rows: i64, bytes: i64, max_event_bytes: i64) -> u64 {
     let rows = rows.max(1) as u64;
     2 * (bytes.max(0) as u64 + max_event_bytes.max(0) as u64 + rows * MESSAGE_OVERHEAD)
@@ -117,14 +131,9 @@ pub struct Page {
 }
 
 impl Page {
-    /// The memory this page takes while it is sent, estimated as [`page_memory`] does.
+    /// The memory this page takes while it is sent ([`Message::memory`]).
     pub fn memory(&self) -> u64 {
-        let json: u64 = self
-            .messages
-            .iter()
-            .map(|message| message.data.get().len() as u64 + MESSAGE_OVERHEAD)
-            .sum();
-        2 * json
+        self.messages.iter().map(|message| message.memory()).sum()
     }
 
     /// Reads the rows of [`with_pruned_through`]: column 0 the bound, the message from column
