@@ -28,6 +28,8 @@ impl RelayChild {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let stderr = std::fs::File::create(&log)?;
         let mut command = Command::new(bin);
+        // The environment is cleared so the relay runs as configured here, but for the worker
+        // count, which runs can compare (`PGRELAY_WORKER_THREADS=1 bench …`).
         command
             .arg("serve")
             .args(["--bind", &addr.to_string()])
@@ -38,6 +40,10 @@ impl RelayChild {
             .env("DATABASE_URL", url)
             .env("PGRELAY_SECRET", SECRET)
             .env("PGRELAY_LOG", "warn")
+            .envs(
+                std::env::var("PGRELAY_WORKER_THREADS")
+                    .map(|threads| ("PGRELAY_WORKER_THREADS", threads)),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);

@@ -20,8 +20,8 @@ pub struct Cli {
     #[arg(long, env = "PGRELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
-    /// Threads that run the relay's tasks; default, one per core. On a small host shared with
-    /// PostgreSQL, 1 costs less CPU per event (BENCHMARKS.md, "Side by side").
+    /// Threads that run the relay's tasks; default, one on a host of one or two cores, else one
+    /// per core (a second worker on two cores costs more CPU per event than it gives).
     #[arg(long, env = "PGRELAY_WORKER_THREADS", global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
 
