@@ -1,6 +1,6 @@
 //! Byte budgets: how many bytes of stored messages one instance holds for its readers at once.
 //!
-//! A limit per read (a catch-up page of 256 KiB, one message of `--max-event-bytes`) does not
+//! A limit per read (a catch-up page of 1 MiB, one message of `--max-event-bytes`) does not
 //! bound an instance: 12 or 12,000 readers each holding one multiply it. So every read that
 //! loads messages for a client first reserves its worst case from the instance's budget and
 //! gives the reservation back when what it read has been written or dropped. The budget is a

@@ -170,7 +170,7 @@ pub(crate) const WANTED_FILES: u64 = 65_536;
 pub(crate) const NEEDED_FILES: u64 = MANY as u64 + 1_000;
 
 pub(crate) const USAGE: &str =
-    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish | --fleet | --streams | --attacks | --storm] [-- --no-build]
+    "usage: cargo run --release --example bench [-- --quick] [-- --throughput | --latency | --publish | --fleet | --streams | --attacks | --catch-up | --storm] [-- --no-build]
 
   --quick      short smoke run (under 2 minutes): shorter phases, fewer throughput steps
   --throughput only the ceilings and the throughput ladders (with 1,000 subscribers), for
@@ -188,6 +188,8 @@ pub(crate) const USAGE: &str =
   --attacks    only the database-side attacks: how long others wait while a writer holds its
                transaction open (12 s), and what retention deletes after a backdated row and
                a long transaction, and whether a stream behind the pruned point gets reset
+  --catch-up   only the catch-up phase: 1,000 of 1,000,000 rows by stream and by GET, for a
+               participant and for a member of 20 rooms, in about a minute
   --storm      only the reconnect storm (storm.rs): 12,000 streams on one instance with
                messages flowing, that instance killed, every stream resuming on a second one
                at once; about a minute (PGRELAY_BENCH_RELAY=path runs another relay build)
@@ -212,6 +214,8 @@ pub(crate) struct Profile {
     pub(crate) streams_only: bool,
     /// Only the database-side attacks (`--attacks`).
     pub(crate) attacks_only: bool,
+    /// Only the catch-up phase (`--catch-up`).
+    pub(crate) catch_up_only: bool,
     pub(crate) floor: Duration,
     pub(crate) latency: Duration,
     pub(crate) ceiling: Duration,
@@ -236,6 +240,7 @@ impl Profile {
             fleet_only: false,
             streams_only: false,
             attacks_only: false,
+            catch_up_only: false,
             floor: Duration::from_secs(20),
             latency: Duration::from_secs(30),
             ceiling: Duration::from_secs(5),
@@ -260,6 +265,7 @@ impl Profile {
             fleet_only: false,
             streams_only: false,
             attacks_only: false,
+            catch_up_only: false,
             floor: Duration::from_secs(3),
             latency: Duration::from_secs(3),
             ceiling: Duration::from_millis(1500),
@@ -293,6 +299,7 @@ impl Options {
         let mut fleet_only = false;
         let mut streams_only = false;
         let mut attacks_only = false;
+        let mut catch_up_only = false;
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => options.profile = Profile::quick(),
@@ -302,6 +309,7 @@ impl Options {
                 "--fleet" => fleet_only = true,
                 "--streams" => streams_only = true,
                 "--attacks" => attacks_only = true,
+                "--catch-up" => catch_up_only = true,
                 "--no-build" => options.build = false,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -316,6 +324,7 @@ impl Options {
         options.profile.fleet_only = fleet_only;
         options.profile.streams_only = streams_only;
         options.profile.attacks_only = attacks_only;
+        options.profile.catch_up_only = catch_up_only;
         Ok(options)
     }
 }

@@ -14,6 +14,8 @@ pub(crate) async fn run(options: &Options, report: &mut Report) -> Res<()> {
         "streams"
     } else if profile.attacks_only {
         "attacks"
+    } else if profile.catch_up_only {
+        "catch-up"
     } else if profile.quick {
         "quick"
     } else {
@@ -97,6 +99,9 @@ pub(crate) async fn phases(
         report.attacks = Some(attacks_phase(&bench).await?);
         return Ok(());
     }
+    if profile.catch_up_only {
+        return catch_up(&bench, report).await;
+    }
     let main = create_database(cluster, &admin, "bench_main").await?;
     if profile.throughput_only {
         let ceiling_db = create_database(cluster, &admin, "bench_ceiling").await?;
@@ -157,11 +162,24 @@ pub(crate) async fn phases(
 
     publish_phases(&bench, report).await?;
 
-    let catch_up_db = create_database(cluster, &admin, "bench_catch_up").await?;
-    report.catch_up =
-        Some(catch_up_phase(&catch_up_db, relay_bin, profile, logs, &keys, &names).await?);
+    catch_up(&bench, report).await?;
     report.fleet = fleet_phase(&bench).await?;
     many_streams(&bench, report).await
+}
+
+/// The catch-up phase, on a database of its own.
+async fn catch_up(bench: &Bench<'_>, report: &mut Report) -> Res<()> {
+    let database = create_database(bench.cluster, bench.admin, "bench_catch_up").await?;
+    let phase = catch_up_phase(
+        &database,
+        bench.relay_bin,
+        bench.profile,
+        bench.logs,
+        bench.keys,
+        bench.names,
+    );
+    report.catch_up = Some(phase.await?);
+    Ok(())
 }
 
 /// The many-streams phase, its misses recorded as problems.

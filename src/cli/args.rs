@@ -203,9 +203,8 @@ pub struct RelayArgs {
     pub max_event_bytes: u64,
 
     /// Most memory this instance holds for catch-up and history pages at once: each page
-    /// reserves its worst case (twice 256 KiB, or 1 MiB for history, plus one message of
-    /// --max-event-bytes) before it reads, waits its turn while the budget is taken, and gives
-    /// back what it does not hold.
+    /// reserves its worst case (twice 1 MiB and one message of --max-event-bytes) before it
+    /// reads, waits its turn while the budget is taken, and gives back what it does not hold.
     #[arg(long, env = "PGRELAY_CATCH_UP_BUDGET", default_value = "32MiB", value_parser = parse_bytes)]
     pub catch_up_budget: u64,
 

@@ -347,7 +347,7 @@ fn messages_sql(addresses: usize, rows: Rows) -> String {
 }
 
 /// The plan lines of `EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)` for the page of at most `limit`
-/// messages after `since` for `addresses`, read as a catch-up reads it (256 KiB, messages up
+/// messages after `since` for `addresses`, read as a catch-up reads it (1 MiB, messages up
 /// to 1 MiB whole): what the tests and the benchmark check the relay's plans by.
 #[cfg(any(test, feature = "internals"))]
 pub async fn explain_messages_for(
@@ -360,7 +360,7 @@ pub async fn explain_messages_for(
         "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}",
         messages_sql(addresses.len(), Rows::WithControl)
     );
-    let (bytes, max_event): (i64, i64) = (256 * 1024, 1024 * 1024);
+    let (bytes, max_event): (i64, i64) = (1024 * 1024, 1024 * 1024);
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since, &limit, &bytes, &max_event];
     params.extend(addresses.iter().map(|a| a as &(dyn ToSql + Sync)));
     let rows = client.query(&sql, &params).await?;
