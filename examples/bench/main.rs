@@ -176,8 +176,9 @@ pub(crate) const USAGE: &str =
   --throughput only the ceilings and the throughput ladders (with 1,000 subscribers), for
                trying a change to the hot path in about two minutes
   --latency    only the LISTEN floor, memory per idle stream, commit-to-SSE latency with
-               10,000 and 1,000 subscribers and the relay's CPU per event against the socket
-               floor, in about two minutes (add --quick for a shorter run)
+               10,000 and 1,000 subscribers, broadcasts to the 10,000 and the relay's CPU per
+               event against the socket floor, in about two minutes (add --quick for a
+               shorter run)
   --publish    only the 1-row ceiling, POST /v1/messages throughput from 100 publishers,
                with group commit and without (--publish-batch 1), and 50 publishers beside
                one sender posting payloads the database refuses, in about two minutes

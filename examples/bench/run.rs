@@ -211,8 +211,8 @@ pub(crate) fn participant_names() -> Names {
 }
 
 /// `--latency`: the LISTEN floor, memory at 10,000 idle streams, commit-to-SSE latency with
-/// 10,000 and 1,000 subscribers, and the relay's CPU per event against the socket floor;
-/// nothing else. (This was examples/latency.rs, with one in-process subscriber; the relay
+/// 10,000 and 1,000 subscribers, broadcasts to the 10,000, and the relay's CPU per event
+/// against the socket floor; nothing else. (This was examples/latency.rs, with one in-process subscriber; the relay
 /// now runs as its own process, as in every other phase.)
 pub(crate) async fn latency_only(bench: &Bench<'_>, report: &mut Report) -> Res<()> {
     let Bench {
@@ -245,6 +245,7 @@ pub(crate) async fn latency_only(bench: &Bench<'_>, report: &mut Report) -> Res<
     report.memory =
         Some(idle_memory(&ctx, &mut subscribers, &hub, keys, profile, rss_before).await?);
     report.latency_many = Some(latency_step(&ctx, &mut heard, MANY, profile, report).await?);
+    report.broadcast = Some(broadcast_phase(&ctx, &mut heard, MANY).await?);
     subscribers.close_from(FEW);
     report.event_floor = Some(event_floor(profile).await?);
     presence_settled(&db, i64::from(FEW), Duration::from_secs(60)).await?;
