@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 /// per core. Each message wakes the tasks of its recipients; with a second worker idle, every
 /// such wake-up also wakes that worker to take a share, and on two cores that hand-off cost
 /// more than the second worker gave (BENCHMARKS.md, "One worker on small hosts": 3.3 context
-/// switches per message against 2.0, and a tenth to a fifth less CPU per event).
+/// switches per message against 2.0, and a sixth more CPU per event).
 fn worker_threads(asked: Option<u16>) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
     match asked {
