@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 /// A budget of bytes shared by this instance's readers of one kind.
 pub struct ByteBudget {
@@ -126,10 +126,7 @@ impl Reservation {
     /// written to the client's socket, or dropped with its connection. Hand it the last thing
     /// a read sends (bytes written in order are all written by then).
     pub fn held_by(self, bytes: Bytes) -> Bytes {
-        Bytes::from_owner(Held {
-            bytes,
-            _reservation: self,
-        })
+        Bytes::from_owner(Held { bytes, _kept: self })
     }
 
     /// This reservation, to be held by several readers: the rows of a shared catch-up read
@@ -152,20 +149,45 @@ impl SharedReservation {
     /// `bytes`, holding this reader's share until their last copy is dropped, as
     /// [`Reservation::held_by`] does.
     pub fn held_by(self, bytes: Bytes) -> Bytes {
-        Bytes::from_owner(Held {
-            bytes,
-            _reservation: self,
-        })
+        Bytes::from_owner(Held { bytes, _kept: self })
     }
 }
 
-/// Bytes that keep a reservation: [`Reservation::held_by`], [`SharedReservation::held_by`].
-struct Held<R> {
-    bytes: Bytes,
-    _reservation: R,
+/// `bytes`, and a [`Written`] that resolves once their last copy is dropped: written to the
+/// client's socket, or dropped with its connection. A reader waits for it before it reads its
+/// next page: the writer takes every frame that is ready while it writes, so without the wait
+/// a client that stops reading would hold the page in its socket and the next one too.
+pub fn watch_written(bytes: Bytes) -> (Bytes, Written) {
+    let (sender, receiver) = oneshot::channel::<()>();
+    (
+        Bytes::from_owner(Held {
+            bytes,
+            _kept: sender,
+        }),
+        Written(receiver),
+    )
 }
 
-impl<R> AsRef<[u8]> for Held<R> {
+/// Resolves once the bytes [`watch_written`] wrapped are dropped.
+#[derive(Debug)]
+pub struct Written(oneshot::Receiver<()>);
+
+impl Written {
+    /// Waits until the bytes are written or dropped.
+    pub async fn wait(self) {
+        // Nothing is ever sent: the sender's drop is the signal.
+        let _ = self.0.await;
+    }
+}
+
+/// Bytes that keep something until their last copy is dropped: a reservation
+/// ([`Reservation::held_by`], [`SharedReservation::held_by`]) or a [`Written`]'s sender.
+struct Held<K> {
+    bytes: Bytes,
+    _kept: K,
+}
+
+impl<K> AsRef<[u8]> for Held<K> {
     fn as_ref(&self) -> &[u8] {
         &self.bytes
     }
@@ -174,6 +196,17 @@ impl<R> AsRef<[u8]> for Held<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn written_resolves_once_the_last_copy_is_dropped() {
+        let (frame, written) = watch_written(Bytes::from_static(b"data: 1\n\n"));
+        let copy = frame.clone();
+        let mut wait = Box::pin(written.wait());
+        drop(frame);
+        assert!(futures::poll!(&mut wait).is_pending());
+        drop(copy);
+        wait.await;
+    }
 
     #[tokio::test]
     async fn reservations_wait_for_bytes_given_back() {

@@ -36,8 +36,9 @@
 //! [`MAX_WAITING`] requests wait (past that a stream reads alone), and a stream's answer holds
 //! at most a stream page's worth of its rows and of the budget: the reservations of the pages
 //! its rows come from, no more than its own page would reserve (plus the page that reaches it),
-//! so a client that stops reading holds what its own read would, never the tail. Fair: every
-//! round answers every waiting stream it admits.
+//! and a stream asks for its next answer only once its last one is written
+//! (`budget::watch_written`), so a client that stops reading holds what its own read would,
+//! never the tail or two answers. Fair: every round answers every waiting stream it admits.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::access::{Access, Change};
-use crate::budget::SharedReservation;
+use crate::budget::{self, SharedReservation, Written};
 use crate::catch_up::{self, Answer, CatchUps, Reader, Share, CATCH_UP_BYTES, CATCH_UP_PAGE};
 use crate::error::Error;
 use crate::frame;
@@ -81,6 +81,9 @@ pub struct EventStream {
     /// page is sent the stream has heard everything it may up to there, and its cursor moves
     /// on (rows it does not hear must not be read again).
     page_end: Option<i64>,
+    /// Resolves once the last page's last frame is written: the next page is read only then,
+    /// so a client that stops reading holds one page of the budget, not two.
+    page_written: Option<Written>,
     /// Frames to send before anything else: the opening position, and `reset` whenever
     /// retention removed messages after the cursor.
     preamble: VecDeque<Bytes>,
@@ -173,6 +176,7 @@ impl StreamContext {
             pending: VecDeque::new(),
             page: Vec::new(),
             page_end: None,
+            page_written: None,
             preamble,
             expires: Instant::now() + expires_in.min(LONGEST_VALIDITY),
             finished: false,
@@ -236,12 +240,14 @@ impl EventStream {
                     },
                 };
                 // The page's last frame: its reservations are given back once it is written.
-                if self.pending.is_empty() {
-                    return Some(
-                        self.page
-                            .drain(..)
-                            .fold(frame, |frame, held| held.held_by(frame)),
-                    );
+                if self.pending.is_empty() && !self.page.is_empty() {
+                    let held = self
+                        .page
+                        .drain(..)
+                        .fold(frame, |frame, held| held.held_by(frame));
+                    let (frame, written) = budget::watch_written(held);
+                    self.page_written = Some(written);
+                    return Some(frame);
                 }
                 return Some(frame);
             }
@@ -286,6 +292,11 @@ impl EventStream {
     /// Reads one page after the cursor into `pending`: its part of a shared read when its
     /// cursor is recent (`catch_up`), else, or when the shared read sends it back, its own.
     async fn catch_up(&mut self) -> Result<(), Interrupt> {
+        // Only the writer holds that frame, and it drops it once written (or with the
+        // connection), so this wait is as long as the client takes to read it.
+        if let Some(written) = self.page_written.take() {
+            written.wait().await;
+        }
         if self.membership_stale && !self.refresh_membership().await? {
             return Ok(());
         }

@@ -478,11 +478,12 @@ async fn a_stalled_stream_holds_no_more_budget_than_its_own_page() {
                FROM generate_series(1, {rows}) g"
         )
     };
-    // Enough of mallory's rows to fill his socket, eight pages of the tail of bob's, and
-    // mallory's last row after them.
+    // Enough of mallory's rows to fill his socket, eight pages of the tail of bob's, and as
+    // many of mallory's after them: with rows of his on both sides, his share of the tail and
+    // the one after it can both be ready while his socket is full.
     client.batch_execute(&big("mallory", 100)).await.unwrap();
     client.batch_execute(&big("bob", 200)).await.unwrap();
-    insert(&client, &["mallory"], json!({"last": true})).await;
+    client.batch_execute(&big("mallory", 100)).await.unwrap();
     let last_bob = *ids_for(&client, "bob").await.last().unwrap();
 
     // Bob resumes first, and his rounds read the tail a page at a time; mallory resumes from
@@ -497,7 +498,7 @@ async fn a_stalled_stream_holds_no_more_budget_than_its_own_page() {
 
     // A page of a stream's own reserves at most 4.5 MiB here (1,000 rows, 1 MiB and one
     // message of 1 MiB, twice), and a share holds that and the page that reaches it: 9 MiB.
-    // The tail's pages of bob's rows held about 16 MiB.
+    // The tail's pages of bob's rows held about 16 MiB; two shares at once, 13 MB.
     assert!(
         held <= 9 << 20,
         "a stalled stream holds {held} bytes of the page budget"
