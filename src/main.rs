@@ -12,11 +12,11 @@ use cli::args::{Cli, LogFormat};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let outcome = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads(cli.worker_threads))
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads(cli.worker_threads) {
+        runtime.worker_threads(threads);
+    }
+    let outcome = match runtime.enable_all().build() {
         Ok(runtime) => runtime.block_on(cli::run(cli.command)),
         Err(error) => Err(error.into()),
     };
@@ -29,18 +29,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// The runtime's worker threads: as asked, else one on a host of one or two cores, else one
-/// per core. Each message wakes the tasks of its recipients; with a second worker idle, every
-/// such wake-up also wakes that worker to take a share, and on two cores that hand-off cost
-/// more than the second worker gave (BENCHMARKS.md, "One worker on small hosts": 3.3 context
-/// switches per message against 2.0, and a sixth more CPU per event).
-fn worker_threads(asked: Option<u16>) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
-    match asked {
-        Some(threads) => threads.into(),
-        None if cores <= 2 => 1,
-        None => cores,
+/// The runtime's worker threads: as asked, else one on a host of one or two cores, else
+/// tokio's default (`TOKIO_WORKER_THREADS`, or one per core). Each message wakes the tasks of
+/// its recipients; with a second worker idle, every such wake-up also wakes that worker to
+/// take a share, and on two cores that hand-off cost more than the second worker gave
+/// (BENCHMARKS.md, "One worker on small hosts": 3.3 context switches per message against 2.0,
+/// and a sixth more CPU per event).
+fn worker_threads(asked: Option<u16>) -> Option<usize> {
+    if let Some(threads) = asked {
+        return Some(threads.into());
     }
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    (cores <= 2).then_some(1)
 }
 
 fn init_tracing(format: LogFormat) {
