@@ -34,7 +34,7 @@ fn main() -> ExitCode {
 /// its recipients; with a second worker idle, every such wake-up also wakes that worker to
 /// take a share, and on two cores that hand-off cost more than the second worker gave
 /// (BENCHMARKS.md, "One worker on small hosts": 3.3 context switches per message against 2.0,
-/// and a sixth more CPU per event).
+/// and 15% more CPU per event).
 fn worker_threads(asked: Option<u16>) -> Option<usize> {
     if let Some(threads) = asked {
         return Some(threads.into());
