@@ -153,8 +153,8 @@ struct Head<'a> {
 pub const NAME_OVERHEAD: usize = std::mem::size_of::<String>() + 32;
 
 /// What a message holds beyond its JSON, its frame and its names: the `Message` itself, its
-/// kind and the frame's `id:` and `event:` lines.
-const MESSAGE_OVERHEAD: usize = 256;
+/// kind and the frame's `id:` and `event:` lines. An estimate, generous for ordinary rows.
+pub const MESSAGE_OVERHEAD: usize = 256;
 
 /// The memory a list of names takes: their bytes and [`NAME_OVERHEAD`] each.
 fn names_memory(names: &[String]) -> usize {

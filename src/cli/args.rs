@@ -21,8 +21,9 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// Threads that run the relay's tasks; default, `TOKIO_WORKER_THREADS` when set, else one on
-    /// a host of one or two cores, else one per core. On two cores a second worker costs 15% more CPU per event (every message
-    /// wakes it) and writes a broadcast to 10,000 streams 15–50% sooner.
+    /// a host of one or two cores, else one per core. On two cores a second worker costs 15%
+    /// more CPU per event (every message wakes it) and writes a broadcast to 10,000 streams
+    /// 15–50% sooner.
     #[arg(long, env = "PGRELAY_WORKER_THREADS", global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
 

@@ -17,7 +17,7 @@ use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Client, Row};
 
 use crate::error::Error;
-use crate::message::{Message, NewMessage, StoredRow, NAME_OVERHEAD};
+use crate::message::{Message, NewMessage, StoredRow, MESSAGE_OVERHEAD, NAME_OVERHEAD};
 use crate::tls;
 
 mod news;
@@ -104,10 +104,6 @@ pub(crate) const SIZE: usize = 8;
 /// Column index of the row's `control` flag in a [`page_sql`] row.
 pub(crate) const CONTROL: usize = 9;
 
-/// What the relay holds per message beyond what a page's cut measures: the `Message`, the
-/// frame's header. An estimate, generous for ordinary rows.
-const MESSAGE_OVERHEAD: u64 = 256;
-
 /// The most memory a page of at most `rows` messages, cut at `bytes` (their payloads,
 /// participants and names as [`page_sql`] measures them), can take while it is converted and
 /// sent, messages over `max_event_bytes` being stand-ins: twice its size (each message's JSON,
@@ -116,7 +112,7 @@ const MESSAGE_OVERHEAD: u64 = 256;
 /// long names can take more than this, and [`Page::memory`] then says so.
 pub fn page_memory(rows: i64, bytes: i64, max_event_bytes: i64) -> u64 {
     let rows = rows.max(1) as u64;
-    2 * (bytes.max(0) as u64 + max_event_bytes.max(0) as u64 + rows * MESSAGE_OVERHEAD)
+    2 * (bytes.max(0) as u64 + max_event_bytes.max(0) as u64 + rows * MESSAGE_OVERHEAD as u64)
 }
 
 /// A page of messages in id order.
