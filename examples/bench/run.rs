@@ -212,8 +212,8 @@ pub(crate) fn participant_names() -> Names {
 
 /// `--latency`: the LISTEN floor, memory at 10,000 idle streams, commit-to-SSE latency with
 /// 10,000 and 1,000 subscribers, broadcasts to the 10,000, and the relay's CPU per event
-/// against the socket floor; nothing else. (This was examples/latency.rs, with one in-process subscriber; the relay
-/// now runs as its own process, as in every other phase.)
+/// against the socket floor; nothing else. (This was examples/latency.rs, with one in-process
+/// subscriber; the relay now runs as its own process, as in every other phase.)
 pub(crate) async fn latency_only(bench: &Bench<'_>, report: &mut Report) -> Res<()> {
     let Bench {
         cluster,
