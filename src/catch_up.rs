@@ -40,7 +40,7 @@
 //! (`budget::watch_written`), so a client that stops reading holds what its own read would,
 //! never the tail or two answers. Fair: every round answers every waiting stream it admits.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,12 +190,64 @@ impl CatchUps {
 /// `through`].
 struct TailPage {
     rows: Vec<Arc<Message>>,
-    /// Address → positions in `rows` naming it, for routing.
-    by_address: HashMap<String, Vec<usize>>,
+    /// The rows by the addresses they name, for routing.
+    by_address: AddressIndex,
     through: i64,
-    /// Its share of the page budget, and how many bytes that is.
+    /// Its share of the page budget, and how many bytes that is (its rows and its index).
     reservation: SharedReservation,
     bytes: u64,
+}
+
+/// Where each address appears in a page's rows: every (row, name) position, sorted by the name
+/// and then the row, so that the rows naming an address are one run that a binary search
+/// finds. It holds 8 bytes a name and no copy of one: a map from names held each name again,
+/// with a list and a table slot, which outgrew the page itself when no two rows shared a name.
+struct AddressIndex {
+    /// (position in the page's rows, position in that row's participants).
+    entries: Vec<(u32, u32)>,
+}
+
+impl AddressIndex {
+    /// Indexes `rows`, listing a row that names an address twice once. Positions fit `u32`:
+    /// a page holds at most [`SHARED_ROWS`] rows, and a PostgreSQL array far fewer than 2³²
+    /// names.
+    fn new(rows: &[Arc<Message>]) -> AddressIndex {
+        let mut entries: Vec<(u32, u32)> = rows
+            .iter()
+            .enumerate()
+            .flat_map(|(at, row)| (0..row.participants.len()).map(move |n| (at as u32, n as u32)))
+            .collect();
+        entries.sort_unstable_by(|a, b| name(rows, a).cmp(name(rows, b)).then(a.0.cmp(&b.0)));
+        entries.dedup_by(|a, b| a.0 == b.0 && name(rows, a) == name(rows, b));
+        entries.shrink_to_fit();
+        AddressIndex { entries }
+    }
+
+    /// The bytes it holds.
+    fn memory(&self) -> u64 {
+        (self.entries.capacity() * std::mem::size_of::<(u32, u32)>()) as u64
+    }
+
+    /// The positions in `rows` (the rows it was made from) of the rows naming `address`,
+    /// ascending.
+    fn rows_naming<'a>(
+        &'a self,
+        rows: &'a [Arc<Message>],
+        address: &'a str,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let start = self
+            .entries
+            .partition_point(|entry| name(rows, entry) < address);
+        self.entries[start..]
+            .iter()
+            .take_while(move |entry| name(rows, entry) == address)
+            .map(|&(at, _)| at as usize)
+    }
+}
+
+/// The name an [`AddressIndex`] entry points at.
+fn name<'a>(rows: &'a [Arc<Message>], &(at, n): &(u32, u32)) -> &'a str {
+    &rows[at as usize].participants[n as usize]
 }
 
 /// The recent stretch of the log held in memory: every row with an id in (`from`, the last
@@ -408,13 +460,15 @@ async fn extend(reader: &Reader, tail: &mut Tail, worst: u64) -> Result<(i64, i6
     tail.cut = range.page.more;
     let bounds = (range.page.pruned_through, range.oldest_id);
     if let Some(last) = range.page.messages.last() {
-        let bytes = range.page.memory();
-        reservation.shrink_to(bytes);
         let through = last.id;
+        let bytes = range.page.memory();
         let rows = range.page.messages;
+        let by_address = AddressIndex::new(&rows);
+        let bytes = bytes + by_address.memory();
+        reservation.shrink_to(bytes);
         tail.bytes += bytes;
         tail.pages.push_back(TailPage {
-            by_address: index(&rows),
+            by_address,
             rows,
             through,
             reservation: reservation.share(),
@@ -424,21 +478,6 @@ async fn extend(reader: &Reader, tail: &mut Tail, worst: u64) -> Result<(i64, i6
     Ok(bounds)
 }
 
-/// Address → the positions in `rows` of the rows that name it, ascending.
-fn index(rows: &[Arc<Message>]) -> HashMap<String, Vec<usize>> {
-    let mut by_address: HashMap<String, Vec<usize>> = HashMap::new();
-    for (at, row) in rows.iter().enumerate() {
-        for address in &row.participants {
-            let positions = by_address.entry(address.clone()).or_default();
-            // A row naming an address twice is listed once.
-            if positions.last() != Some(&at) {
-                positions.push(at);
-            }
-        }
-    }
-    by_address
-}
-
 /// The rows of `page` after `cursor` that name one of `addresses`, in id order, each once:
 /// what `participants && addresses AND id > cursor` selects from the page.
 fn part(page: &TailPage, cursor: i64, addresses: &[String]) -> Vec<Arc<Message>> {
@@ -446,11 +485,8 @@ fn part(page: &TailPage, cursor: i64, addresses: &[String]) -> Vec<Arc<Message>>
     let first = rows.partition_point(|row| row.id <= cursor);
     let mut positions: Vec<usize> = addresses
         .iter()
-        .filter_map(|address| page.by_address.get(address.as_str()))
-        .flat_map(|positions| {
-            let start = positions.partition_point(|&at| at < first);
-            positions[start..].iter().copied()
-        })
+        .flat_map(|address| page.by_address.rows_naming(rows, address))
+        .filter(|&at| at >= first)
         .collect();
     positions.sort_unstable();
     positions.dedup();
@@ -503,7 +539,7 @@ mod tests {
             row(15, &["#b", "bob"]),
         ];
         let page = TailPage {
-            by_address: index(&rows),
+            by_address: AddressIndex::new(&rows),
             rows,
             through: 16,
             reservation: ByteBudget::new(10).reserve(1).await.share(),

@@ -243,23 +243,40 @@ async fn a_forty_megabyte_row_and_twelve_resuming_streams_do_not_swell_the_relay
 
 /// Names cost the relay more than their text: each is a string in the message's list of
 /// participants besides its bytes in the event's JSON and in its frame, so a page of messages
-/// with many short names holds many times what their text measures. A writer's 100 messages,
-/// each to alice and 9,999 made-up names of 2 to 5 letters, and 40 streams resuming over them
-/// that never read: the pages they hold must fit in `--catch-up-budget` (16 MiB here), and the
-/// relay grows by at most twice that. Counting names by their text, it grew by 47 MiB while
-/// its budget said 11 MB were held; now by 14 MiB, with 8 MB held.
+/// with many short names holds many times what their text measures. Counting names by their
+/// text, the relay grew by 47 MiB while its budget said 11 MB were held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_of_many_short_names_are_held_within_the_budget() {
+    names_are_held_within_the_budget("'n' || g").await;
+}
+
+/// As above, with names no two rows share (`n<row>.<name>`), so that the shared tail's index
+/// of its rows by address has as many keys as the rows have names. Held as a map, with a copy
+/// of each name, a list and a table slot, the index outgrew the page itself outside the
+/// budget: the relay grew by 16.5 MiB, against 5.6 MiB with the index counted and compact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_names_no_rows_share_are_held_within_the_budget() {
+    names_are_held_within_the_budget("'n' || m || '.' || g").await;
+}
+
+/// 100 messages, each to alice and 9,999 names from `name` (an SQL expression of the row's
+/// number `m` and the name's `g`), and 40 streams that resume over them from one cursor and
+/// never read. They share the tail's pages, which hold at most half of the 16 MiB
+/// `--catch-up-budget`: the relay grows by at most three quarters of it, the rest being the
+/// allocator's (5.6 MiB with one worker, 8.3 MiB with four).
+async fn names_are_held_within_the_budget(name: &str) {
     let db = fresh_database().await;
     let client = connect(&db).await;
     insert(&client, &["alice"], json!({"n": "before"})).await;
     let [before] = ids_for(&client, "alice").await.try_into().unwrap();
     client
         .execute(
-            "INSERT INTO pgrelay.messages (participants, payload) \
-             SELECT ARRAY['alice'] || ARRAY(SELECT 'n' || g FROM generate_series(1, 9999) g), \
-                    jsonb_build_object('n', m) \
-               FROM generate_series(1, 100) m",
+            &format!(
+                "INSERT INTO pgrelay.messages (participants, payload) \
+                 SELECT ARRAY['alice'] || ARRAY(SELECT {name} FROM generate_series(1, 9999) g), \
+                        jsonb_build_object('n', m) \
+                   FROM generate_series(1, 100) m"
+            ),
             &[],
         )
         .await
@@ -294,7 +311,7 @@ async fn pages_of_many_short_names_are_held_within_the_budget() {
     eprintln!("relay RSS: {rss_before} KiB before, {peak} KiB at the peak; {held} bytes reserved");
     assert!(held > 0, "no stream was holding a page");
     assert!(
-        peak.saturating_sub(rss_before) <= 2 * budget / 1024,
+        peak.saturating_sub(rss_before) <= 3 * budget / 4 / 1024,
         "pages of short names grew the relay from {rss_before} KiB to {peak} KiB \
          with a budget of {budget} bytes"
     );
