@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::budget::{ByteBudget, SharedReservation};
+use crate::budget::{ByteBudget, Reservation, SharedReservation};
 use crate::error::Error;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -190,64 +190,80 @@ impl CatchUps {
 /// `through`].
 struct TailPage {
     rows: Vec<Arc<Message>>,
-    /// The rows by the addresses they name, for routing.
-    by_address: AddressIndex,
+    /// Where each address appears in `rows`, for routing: every (row, name) position, sorted
+    /// by the name and then the row, so that the rows naming an address from a given row on are
+    /// one run that a binary search finds. It holds 8 bytes a name and no copy of one: a map
+    /// from names held each name again, with a list and a table slot, which outgrew the page
+    /// itself when no two rows shared a name.
+    by_address: Vec<(u32, u32)>,
     through: i64,
     /// Its share of the page budget, and how many bytes that is (its rows and its index).
     reservation: SharedReservation,
     bytes: u64,
 }
 
-/// Where each address appears in a page's rows: every (row, name) position, sorted by the name
-/// and then the row, so that the rows naming an address are one run that a binary search
-/// finds. It holds 8 bytes a name and no copy of one: a map from names held each name again,
-/// with a list and a table slot, which outgrew the page itself when no two rows shared a name.
-struct AddressIndex {
-    /// (position in the page's rows, position in that row's participants).
-    entries: Vec<(u32, u32)>,
-}
-
-impl AddressIndex {
-    /// Indexes `rows`, listing a row that names an address twice once. Positions fit `u32`:
-    /// a page holds at most [`SHARED_ROWS`] rows, and a PostgreSQL array far fewer than 2³²
-    /// names.
-    fn new(rows: &[Arc<Message>]) -> AddressIndex {
-        let mut entries: Vec<(u32, u32)> = rows
-            .iter()
-            .enumerate()
-            .flat_map(|(at, row)| (0..row.participants.len()).map(move |n| (at as u32, n as u32)))
-            .collect();
-        entries.sort_unstable_by(|a, b| name(rows, a).cmp(name(rows, b)).then(a.0.cmp(&b.0)));
-        entries.dedup_by(|a, b| a.0 == b.0 && name(rows, a) == name(rows, b));
-        entries.shrink_to_fit();
-        AddressIndex { entries }
+impl TailPage {
+    /// The page of `rows` (which hold `rows_memory` bytes, [`store::Page::memory`]), up to
+    /// `through`, keeping of `reservation` what the rows and their index hold.
+    fn new(
+        rows: Vec<Arc<Message>>,
+        rows_memory: u64,
+        through: i64,
+        mut reservation: Reservation,
+    ) -> TailPage {
+        let by_address = index(&rows);
+        let bytes = rows_memory + (by_address.capacity() * size_of::<(u32, u32)>()) as u64;
+        reservation.shrink_to(bytes);
+        TailPage {
+            rows,
+            by_address,
+            through,
+            reservation: reservation.share(),
+            bytes,
+        }
     }
 
-    /// The bytes it holds.
-    fn memory(&self) -> u64 {
-        (self.entries.capacity() * std::mem::size_of::<(u32, u32)>()) as u64
-    }
-
-    /// The positions in `rows` (the rows it was made from) of the rows naming `address`,
-    /// ascending.
+    /// The positions of the rows from position `first` on that name `address`, ascending.
     fn rows_naming<'a>(
         &'a self,
-        rows: &'a [Arc<Message>],
         address: &'a str,
+        first: usize,
     ) -> impl Iterator<Item = usize> + 'a {
         let start = self
-            .entries
-            .partition_point(|entry| name(rows, entry) < address);
-        self.entries[start..]
+            .by_address
+            .partition_point(|&entry| (self.name(entry), entry.0 as usize) < (address, first));
+        self.by_address[start..]
             .iter()
-            .take_while(move |entry| name(rows, entry) == address)
+            .take_while(move |&&entry| self.name(entry) == address)
             .map(|&(at, _)| at as usize)
+    }
+
+    /// The name an entry of `by_address` points at.
+    fn name(&self, (at, n): (u32, u32)) -> &str {
+        &self.rows[at as usize].participants[n as usize]
     }
 }
 
-/// The name an [`AddressIndex`] entry points at.
-fn name<'a>(rows: &'a [Arc<Message>], &(at, n): &(u32, u32)) -> &'a str {
-    &rows[at as usize].participants[n as usize]
+/// The (row, name) positions of `rows`' participants, sorted by the name and then the row, a row
+/// naming an address twice listed once: [`TailPage::by_address`].
+fn index(rows: &[Arc<Message>]) -> Vec<(u32, u32)> {
+    let names = rows.iter().map(|row| row.participants.len()).sum();
+    // Sorted with each name beside its positions: reached through its row at each comparison,
+    // the sort took up to twice as long.
+    let mut named: Vec<(&str, u32, u32)> = Vec::with_capacity(names);
+    for (at, row) in rows.iter().enumerate() {
+        let at = u32::try_from(at).expect("a page holds at most SHARED_ROWS rows");
+        for (n, name) in row.participants.iter().enumerate() {
+            let n = u32::try_from(n).expect("a PostgreSQL array holds fewer than 2³² names");
+            named.push((name, at, n));
+        }
+    }
+    named.sort_unstable();
+    named.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+    let mut positions: Vec<(u32, u32)> = named.into_iter().map(|(_, at, n)| (at, n)).collect();
+    // Collected in place, it would keep the larger allocation.
+    positions.shrink_to_fit();
+    positions
 }
 
 /// The recent stretch of the log held in memory: every row with an id in (`from`, the last
@@ -256,7 +272,7 @@ fn name<'a>(rows: &'a [Arc<Message>], &(at, n): &(u32, u32)) -> &'a str {
 struct Tail {
     from: i64,
     pages: VecDeque<TailPage>,
-    /// The bytes the pages hold (their reservations).
+    /// The bytes the pages hold, their rows and indexes (what each keeps of its reservation).
     bytes: u64,
     /// Whether the last read was cut (more rows follow the last page right away).
     cut: bool,
@@ -431,7 +447,7 @@ fn make_room(tail: &mut Tail, worst: u64, budget: u64) {
 /// `worst` bytes for it first; returns the retention bounds (pruned through, oldest id) of the
 /// read's snapshot.
 async fn extend(reader: &Reader, tail: &mut Tail, worst: u64) -> Result<(i64, i64), Error> {
-    let mut reservation = reader.page_budget.reserve(worst).await;
+    let reservation = reader.page_budget.reserve(worst).await;
     let since = tail.through();
     let range = {
         // Found after the requests this read serves were made, so it covers what their inboxes
@@ -461,19 +477,10 @@ async fn extend(reader: &Reader, tail: &mut Tail, worst: u64) -> Result<(i64, i6
     let bounds = (range.page.pruned_through, range.oldest_id);
     if let Some(last) = range.page.messages.last() {
         let through = last.id;
-        let bytes = range.page.memory();
-        let rows = range.page.messages;
-        let by_address = AddressIndex::new(&rows);
-        let bytes = bytes + by_address.memory();
-        reservation.shrink_to(bytes);
-        tail.bytes += bytes;
-        tail.pages.push_back(TailPage {
-            by_address,
-            rows,
-            through,
-            reservation: reservation.share(),
-            bytes,
-        });
+        let rows_memory = range.page.memory();
+        let page = TailPage::new(range.page.messages, rows_memory, through, reservation);
+        tail.bytes += page.bytes;
+        tail.pages.push_back(page);
     }
     Ok(bounds)
 }
@@ -485,8 +492,7 @@ fn part(page: &TailPage, cursor: i64, addresses: &[String]) -> Vec<Arc<Message>>
     let first = rows.partition_point(|row| row.id <= cursor);
     let mut positions: Vec<usize> = addresses
         .iter()
-        .flat_map(|address| page.by_address.rows_naming(rows, address))
-        .filter(|&at| at >= first)
+        .flat_map(|address| page.rows_naming(address, first))
         .collect();
     positions.sort_unstable();
     positions.dedup();
@@ -526,36 +532,86 @@ mod tests {
         }
     }
 
+    async fn page(rows: Vec<Arc<Message>>) -> TailPage {
+        let through = rows.last().map_or(0, |row| row.id);
+        TailPage::new(
+            rows,
+            1,
+            through,
+            ByteBudget::new(1 << 20).reserve(1 << 20).await,
+        )
+    }
+
+    /// Ids of the rows `part` gives for `cursor` and `addresses`.
+    fn ids(page: &TailPage, cursor: i64, addresses: &[&str]) -> Vec<i64> {
+        let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+        part(page, cursor, &addresses)
+            .iter()
+            .map(|m| m.id)
+            .collect()
+    }
+
     /// A stream's part of a page is what `participants && addresses AND id > cursor` selects:
     /// after the cursor, any of its addresses, each row once even when it names several.
     #[tokio::test]
     async fn a_part_is_what_the_stream_query_would_select() {
-        let rows = vec![
+        let page = page(vec![
             row(10, &["alice"]),
             row(11, &["bob"]),
             row(12, &["alice", "#a", "alice"]),
             row(13, &["*"]),
             row(14, &["#a"]),
-            row(15, &["#b", "bob"]),
+            row(15, &["#b", "bob", ""]),
+        ])
+        .await;
+        assert_eq!(ids(&page, 0, &["alice", "#a", "*"]), [10, 12, 13, 14]);
+        assert_eq!(ids(&page, 12, &["alice", "#a", "*"]), [13, 14]);
+        assert_eq!(ids(&page, 0, &["#b"]), [15]);
+        assert_eq!(ids(&page, 15, &["bob"]), Vec::<i64>::new());
+        // A prefix of a name is another name.
+        assert_eq!(ids(&page, 0, &["al", "alicex", "#"]), Vec::<i64>::new());
+        assert_eq!(ids(&page, 0, &[""]), [15]);
+    }
+
+    /// The same against a plain filter over pages of names drawn from a small alphabet (so
+    /// that names repeat, share prefixes and recur within a row), from every cursor.
+    #[tokio::test]
+    async fn a_part_matches_a_plain_filter() {
+        let alphabet = [
+            "", "a", "al", "alice", "Alice", "alié", "*", "#a", "#b", "b",
         ];
-        let page = TailPage {
-            by_address: AddressIndex::new(&rows),
-            rows,
-            through: 16,
-            reservation: ByteBudget::new(10).reserve(1).await.share(),
-            bytes: 1,
+        let mut seed: u64 = 7;
+        let mut next = |below: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % below
         };
-        let ids = |cursor, addresses: &[&str]| -> Vec<i64> {
-            let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
-            part(&page, cursor, &addresses)
+        let rows: Vec<Arc<Message>> = (1..=300)
+            .map(|id| {
+                let names: Vec<&str> = (0..1 + next(4)).map(|_| alphabet[next(10)]).collect();
+                row(id, &names)
+            })
+            .collect();
+        let page = page(rows.clone()).await;
+        for cursor in (0..=300).step_by(7) {
+            let addresses = [alphabet[next(10)], alphabet[next(10)]];
+            let expected: Vec<i64> = rows
                 .iter()
-                .map(|m| m.id)
-                .collect()
-        };
-        assert_eq!(ids(0, &["alice", "#a", "*"]), [10, 12, 13, 14]);
-        assert_eq!(ids(12, &["alice", "#a", "*"]), [13, 14]);
-        assert_eq!(ids(0, &["#b"]), [15]);
-        assert_eq!(ids(15, &["bob"]), Vec::<i64>::new());
+                .filter(|row| row.id > cursor)
+                .filter(|row| {
+                    row.participants
+                        .iter()
+                        .any(|p| addresses.contains(&p.as_str()))
+                })
+                .map(|row| row.id)
+                .collect();
+            assert_eq!(
+                ids(&page, cursor, &addresses),
+                expected,
+                "{addresses:?} after {cursor}"
+            );
+        }
     }
 
     /// A round shares the most recent cursors while the range costs no more than their own
