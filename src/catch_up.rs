@@ -573,8 +573,9 @@ mod tests {
         assert_eq!(ids(&page, 0, &[""]), [15]);
     }
 
-    /// The same against a plain filter over pages of names drawn from a small alphabet (so
-    /// that names repeat, share prefixes and recur within a row), from every cursor.
+    /// The same against a plain filter, over a page of names drawn from a small alphabet (so
+    /// that names repeat, share prefixes and recur within a row), from cursors before, inside
+    /// and after it.
     #[tokio::test]
     async fn a_part_matches_a_plain_filter() {
         let alphabet = [
