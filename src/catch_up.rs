@@ -203,14 +203,11 @@ struct TailPage {
 }
 
 impl TailPage {
-    /// The page of `rows` (which hold `rows_memory` bytes, [`store::Page::memory`]), up to
-    /// `through`, keeping of `reservation` what the rows and their index hold.
-    fn new(
-        rows: Vec<Arc<Message>>,
-        rows_memory: u64,
-        through: i64,
-        mut reservation: Reservation,
-    ) -> TailPage {
+    /// The tail's page of `page`'s rows, up to `through`, keeping of `reservation` what the
+    /// rows and their index hold.
+    fn new(page: store::Page, through: i64, mut reservation: Reservation) -> TailPage {
+        let rows_memory = page.memory();
+        let rows = page.messages;
         let by_address = index(&rows);
         let bytes = rows_memory + (by_address.capacity() * size_of::<(u32, u32)>()) as u64;
         reservation.shrink_to(bytes);
@@ -472,10 +469,8 @@ async fn extend(reader: &Reader, tail: &mut Tail, worst: u64) -> Result<(i64, i6
         .add(range.page.messages.len() as u64);
     tail.cut = range.page.more;
     let bounds = (range.page.pruned_through, range.oldest_id);
-    if let Some(last) = range.page.messages.last() {
-        let through = last.id;
-        let rows_memory = range.page.memory();
-        let page = TailPage::new(range.page.messages, rows_memory, through, reservation);
+    if let Some(through) = range.page.messages.last().map(|last| last.id) {
+        let page = TailPage::new(range.page, through, reservation);
         tail.bytes += page.bytes;
         tail.pages.push_back(page);
     }
@@ -531,11 +526,15 @@ mod tests {
 
     async fn page(rows: Vec<Arc<Message>>) -> TailPage {
         let through = rows.last().map_or(0, |row| row.id);
+        let page = store::Page {
+            messages: rows,
+            more: false,
+            pruned_through: 0,
+        };
         TailPage::new(
-            rows,
-            1,
+            page,
             through,
-            ByteBudget::new(1 << 20).reserve(1 << 20).await,
+            ByteBudget::new(1 << 24).reserve(1 << 24).await,
         )
     }
 
@@ -592,7 +591,11 @@ mod tests {
             })
             .collect();
         let page = page(rows.clone()).await;
-        assert!(page.bytes > 1, "the page counts its index beside its rows");
+        let rows_memory: u64 = rows.iter().map(|row| row.memory()).sum();
+        assert!(
+            page.bytes > rows_memory,
+            "the page counts its index beside its rows"
+        );
         for cursor in (0..=300).step_by(7).chain([300, 301]) {
             let addresses = [alphabet[next(10)], alphabet[next(10)]];
             let expected: Vec<i64> = rows
