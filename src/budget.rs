@@ -9,6 +9,7 @@
 //! others are given back. Nobody waits for a reservation while holding another one, so no
 //! reader can wait on itself.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -24,6 +25,8 @@ pub struct ByteBudget {
     peak: AtomicU64,
     /// Reservations that could not be had at once (they waited, or were refused).
     short: AtomicU64,
+    /// Reads that held more than they had reserved and were done again.
+    reread: AtomicU64,
 }
 
 /// Bytes reserved from a [`ByteBudget`]; dropping it gives them back.
@@ -41,6 +44,7 @@ impl ByteBudget {
             total,
             peak: AtomicU64::new(0),
             short: AtomicU64::new(0),
+            reread: AtomicU64::new(0),
         }
     }
 
@@ -101,6 +105,59 @@ impl ByteBudget {
         self.short.load(Ordering::Relaxed)
     }
 
+    /// Reserves `worst` bytes and runs `read`, whose result holds `held` bytes. A page holds
+    /// its last row whatever that row's size, so a read may hold more than its worst case: it
+    /// then takes the difference at once if the budget has it, or else gives back what it read
+    /// and its reservation, waits for as much as the read held, and reads again (as often as
+    /// the reads grow, never past the whole budget). So a reader never holds more than it has
+    /// reserved, unless it alone has the whole budget, and never waits holding a reservation.
+    /// `make_room(bytes)` runs before each wait for `bytes`: a reader that keeps reads of its
+    /// own (the shared tail) drops what the next one needs, as it would otherwise wait on
+    /// itself. Returns the read's result and a reservation of at least what it holds.
+    pub async fn read_within<T, E, F>(
+        &self,
+        worst: u64,
+        mut make_room: impl FnMut(u64),
+        mut read: impl FnMut() -> F,
+        held: impl Fn(&T) -> u64,
+    ) -> (Result<T, E>, Reservation)
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let mut wanted = worst;
+        loop {
+            make_room(wanted);
+            let mut reservation = self.reserve(wanted).await;
+            let result = read().await;
+            let needed = result.as_ref().map_or(0, &held);
+            let have = reservation.bytes();
+            if needed <= have || have >= self.total() || self.grow(&mut reservation, needed) {
+                return (result, reservation);
+            }
+            self.reread.fetch_add(1, Ordering::Relaxed);
+            drop(result);
+            drop(reservation);
+            wanted = needed;
+        }
+    }
+
+    /// Adds to `reservation` what it lacks of `bytes`, if the budget has it now.
+    fn grow(&self, reservation: &mut Reservation, bytes: u64) -> bool {
+        let lacking = bytes.saturating_sub(reservation.bytes());
+        match self.try_reserve(lacking) {
+            Some(more) => {
+                reservation.permit.merge(more.permit);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads given back and done again under a larger reservation ([`ByteBudget::read_within`]).
+    pub fn reread(&self) -> u64 {
+        self.reread.load(Ordering::Relaxed)
+    }
+
     fn clamp(&self, bytes: u64) -> u32 {
         bytes.clamp(1, u64::from(self.total)) as u32
     }
@@ -112,11 +169,16 @@ impl ByteBudget {
 }
 
 impl Reservation {
+    /// The bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.permit.num_permits() as u64
+    }
+
     /// Gives back everything beyond `bytes` (keeping at least one byte): once a read knows what
     /// it holds, the rest of its worst case is free for others.
     pub fn shrink_to(&mut self, bytes: u64) {
         let keep = bytes.max(1);
-        let held = self.permit.num_permits() as u64;
+        let held = self.bytes();
         if held > keep {
             drop(self.permit.split((held - keep) as usize));
         }
@@ -246,6 +308,62 @@ mod tests {
         assert_eq!((&two[..], budget.in_use()), (&b"two"[..], 60));
         drop(two);
         assert_eq!(budget.in_use(), 0);
+    }
+
+    /// Reads through [`ByteBudget::read_within`] that hold `sizes` in turn, with
+    /// `make_room`'s asks and the reads' count.
+    async fn read_sizes(budget: &ByteBudget, worst: u64, sizes: &[u64]) -> (u64, Vec<u64>, usize) {
+        let mut asked = Vec::new();
+        let mut reads = 0;
+        let (held, reservation) = budget
+            .read_within(
+                worst,
+                |bytes| asked.push(bytes),
+                || {
+                    reads += 1;
+                    std::future::ready(Ok::<u64, ()>(sizes[reads - 1]))
+                },
+                |&held| held,
+            )
+            .await;
+        assert!(reservation.bytes() >= held.unwrap().min(budget.total()));
+        (reservation.bytes(), asked, reads)
+    }
+
+    #[tokio::test]
+    async fn a_read_that_holds_more_than_its_worst_case_takes_the_rest_when_it_is_free() {
+        let budget = ByteBudget::new(1_000);
+        assert_eq!(read_sizes(&budget, 100, &[60]).await, (100, vec![100], 1));
+        assert_eq!(read_sizes(&budget, 100, &[400]).await, (400, vec![100], 1));
+        assert_eq!((budget.in_use(), budget.reread()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_read_that_holds_more_than_the_budget_has_now_gives_back_and_reads_again() {
+        let budget = Arc::new(ByteBudget::new(1_000));
+        let other = budget.reserve(700).await;
+        let reading = {
+            let budget = Arc::clone(&budget);
+            // The second read holds more again, which the budget then has.
+            tokio::spawn(async move { read_sizes(&budget, 100, &[400, 500]).await })
+        };
+        while budget.reread() == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
+        assert!(!reading.is_finished(), "it waits for 400 bytes");
+        drop(other);
+        assert_eq!(reading.await.unwrap(), (500, vec![100, 400], 2));
+        assert_eq!((budget.in_use(), budget.reread()), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_read_that_holds_more_than_the_whole_budget_ends_holding_all_of_it() {
+        let budget = ByteBudget::new(1_000);
+        assert_eq!(
+            read_sizes(&budget, 100, &[5_000, 6_000]).await,
+            (1_000, vec![100, 5_000], 2)
+        );
     }
 
     #[tokio::test]

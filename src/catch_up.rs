@@ -206,10 +206,9 @@ impl TailPage {
     /// The tail's page of `page`'s rows, up to `through`, keeping of `reservation` what the
     /// rows and their index hold.
     fn new(page: store::Page, through: i64, mut reservation: Reservation) -> TailPage {
-        let rows_memory = page.memory();
+        let bytes = TailPage::memory(&page);
         let rows = page.messages;
         let by_address = index(&rows);
-        let bytes = rows_memory + (by_address.capacity() * size_of::<(u32, u32)>()) as u64;
         reservation.shrink_to(bytes);
         TailPage {
             rows,
@@ -218,6 +217,13 @@ impl TailPage {
             reservation: reservation.share(),
             bytes,
         }
+    }
+
+    /// What the tail's page of `page` holds: its rows, and at most one entry of the index for
+    /// each of their names.
+    fn memory(page: &store::Page) -> u64 {
+        let names: usize = page.messages.iter().map(|row| row.participants.len()).sum();
+        page.memory() + (names * size_of::<(u32, u32)>()) as u64
     }
 
     /// The positions of the rows from position `first` on that name `address`, ascending.
@@ -382,6 +388,12 @@ async fn serve(reader: &Reader, tail: &mut Tail, waiting: Vec<Request>) {
     // What a stream's own page may reserve: a share holds no more of the tail's pages.
     let most_held = store::page_memory(CATCH_UP_PAGE, CATCH_UP_BYTES, reader.max_event_bytes);
     for request in waiting {
+        if request.cursor < tail.from {
+            // The tail dropped the pages after its cursor to read a page larger than its
+            // reservation again (`extend`): its rows are no longer all here.
+            let _ = request.reply.send(Answer::Alone);
+            continue;
+        }
         if tail.cut && request.cursor >= tail.through() {
             // Its rows lie beyond what the tail has read, which grows a page a round: its own
             // page is one read away, and it would wait for the tail to crawl up to it.
@@ -441,12 +453,11 @@ fn make_room(tail: &mut Tail, worst: u64, budget: u64) {
 /// `worst` bytes for it first; returns the retention bounds (pruned through, oldest id) of the
 /// read's snapshot.
 async fn extend(reader: &Reader, tail: &mut Tail, worst: u64) -> Result<(i64, i64), Error> {
-    let reservation = reader.page_budget.reserve(worst).await;
     let since = tail.through();
-    let range = {
-        // Found after the requests this read serves were made, so it covers what their inboxes
-        // dropped; before the permit, since it may wait for a listener pass.
-        let at = reader.exact.position(Through::Routed).await;
+    // Found after the requests this read serves were made, so it covers what their inboxes
+    // dropped; before the permit, since it may wait for a listener pass.
+    let at = reader.exact.position(Through::Routed).await;
+    let read = || async move {
         let _permit = reader.reads.acquire().await;
         reader
             .exact
@@ -459,8 +470,21 @@ async fn extend(reader: &Reader, tail: &mut Tail, worst: u64) -> Result<(i64, i6
                     reader.max_event_bytes,
                 ))
             })
-            .await?
+            .await
     };
+    let total = reader.page_budget.total();
+    // A page larger than `worst` (its last row is read whatever its size) may be read again
+    // under a reservation of its size, which the tail's own pages must not keep from it.
+    let (range, reservation) = reader
+        .page_budget
+        .read_within(
+            worst,
+            |bytes| make_room(tail, bytes, total),
+            read,
+            |range| TailPage::memory(&range.page),
+        )
+        .await;
+    let range = range?;
     reader.metrics.catch_up_queries.inc();
     reader.metrics.shared_reads.inc();
     reader

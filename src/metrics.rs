@@ -282,8 +282,9 @@ impl Metrics {
     }
 }
 
-/// A byte budget's gauges and counter: its size, what is reserved now, the most ever reserved
-/// at once, and how many reservations could not be had at once.
+/// A byte budget's gauges and counters: its size, what is reserved now, the most ever reserved
+/// at once, how many reservations could not be had at once, and how many reads were done again
+/// because they held more than they had reserved.
 fn render_budget(out: &mut String, name: &str, budget: &ByteBudget) {
     let gauges = [
         ("budget_bytes", "Size of the budget.", budget.total()),
@@ -301,13 +302,26 @@ fn render_budget(out: &mut String, name: &str, budget: &ByteBudget) {
              pgrelay_{name}_{suffix} {value}"
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP pgrelay_{name}_budget_short_total Reservations that waited, or were refused, \
-         because the budget was taken.\n# TYPE pgrelay_{name}_budget_short_total counter\n\
-         pgrelay_{name}_budget_short_total {}",
-        budget.short()
-    );
+    let counters = [
+        (
+            "budget_short_total",
+            "Reservations that waited, or were refused, because the budget was taken.",
+            budget.short(),
+        ),
+        (
+            "budget_rereads_total",
+            "Reads that held more than their reservation (a page's last row is read whatever \
+             its size) and were done again under a larger one.",
+            budget.reread(),
+        ),
+    ];
+    for (suffix, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP pgrelay_{name}_{suffix} {help}\n# TYPE pgrelay_{name}_{suffix} counter\n\
+             pgrelay_{name}_{suffix} {value}"
+        );
+    }
 }
 
 /// The identity provider's key set (`--jwks-url`): fetches by outcome, and the usable keys

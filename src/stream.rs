@@ -356,25 +356,31 @@ impl EventStream {
                 CATCH_UP_BYTES,
                 context.reader.max_event_bytes,
             );
-            let mut reservation = context.reader.page_budget.reserve(worst).await;
-            // …and a part of the pool, so publishing, presence and /readyz still get a
-            // connection.
-            let _permit = context.reader.reads.acquire().await;
-            let args = (self.access.catch_up_addresses(), self.cursor);
-            let page = context
+            let args = &(self.access.catch_up_addresses(), self.cursor);
+            let read = || async move {
+                // …and a part of the pool, so publishing, presence and /readyz still get a
+                // connection.
+                let _permit = context.reader.reads.acquire().await;
+                context
+                    .reader
+                    .exact
+                    .run(at, Read::CatchUp, args, |client, (addresses, cursor)| {
+                        Box::pin(store::messages_for(
+                            client,
+                            addresses,
+                            store::Rows::WithControl,
+                            *cursor,
+                            CATCH_UP_PAGE,
+                            CATCH_UP_BYTES,
+                            context.reader.max_event_bytes,
+                        ))
+                    })
+                    .await
+            };
+            let (page, mut reservation) = context
                 .reader
-                .exact
-                .run(at, Read::CatchUp, &args, |client, (addresses, cursor)| {
-                    Box::pin(store::messages_for(
-                        client,
-                        addresses,
-                        store::Rows::WithControl,
-                        *cursor,
-                        CATCH_UP_PAGE,
-                        CATCH_UP_BYTES,
-                        context.reader.max_event_bytes,
-                    ))
-                })
+                .page_budget
+                .read_within(worst, |_| {}, read, store::Page::memory)
                 .await;
             if let Ok(page) = &page {
                 reservation.shrink_to(page.memory());

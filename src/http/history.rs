@@ -71,16 +71,16 @@ pub async fn list_messages(
     let streams = &state.streams;
     // History pages share the catch-ups' budget: they are the same reads.
     let worst = store::page_memory(limit, MAX_PAGE_BYTES, streams.reader.max_event_bytes);
-    let mut reservation = streams.reader.page_budget.reserve(worst).await;
     // Everything committed before the request: the caller may know of any of it.
     let at = streams.reader.exact.position(Through::Committed).await;
-    let page = {
+    let addresses = &addresses;
+    let read = || async move {
         let _connection = streams.reader.reads.acquire().await;
         let max_event_bytes = streams.reader.max_event_bytes;
         streams
             .reader
             .exact
-            .run(at, Read::History, &addresses, |client, addresses| {
+            .run(at, Read::History, addresses, |client, addresses| {
                 Box::pin(store::messages_for(
                     client,
                     addresses,
@@ -92,8 +92,13 @@ pub async fn list_messages(
                 ))
             })
             .await
-            .map_err(|error| ApiError::internal("listing messages failed", &error))?
     };
+    let (page, mut reservation) = streams
+        .reader
+        .page_budget
+        .read_within(worst, |_| {}, read, store::Page::memory)
+        .await;
+    let page = page.map_err(|error| ApiError::internal("listing messages failed", &error))?;
     let body = serde_json::to_vec(&MessagePage {
         next_since_id: page.messages.last().map_or(since, |message| message.id),
         messages: page.messages.iter().map(|message| &*message.data).collect(),

@@ -108,8 +108,9 @@ pub(crate) const CONTROL: usize = 9;
 /// participants and names as [`page_sql`] measures them), can take while it is converted and
 /// sent, messages over `max_event_bytes` being stand-ins: twice its size (each message's JSON,
 /// then the frame rendered from it; or the rows the driver read, then the messages made from
-/// them). A page always holds its first row, whatever its size: a stand-in with thousands of
-/// long names can take more than this, and [`Page::memory`] then says so.
+/// them). The cut counts the rows before a row, so a page holds its last row whatever that
+/// row's size: a stand-in with thousands of long names can take more than this, and
+/// [`Page::memory`] then says so (`ByteBudget::read_within` then reserves the rest).
 pub fn page_memory(rows: i64, bytes: i64, max_event_bytes: i64) -> u64 {
     let rows = rows.max(1) as u64;
     2 * (bytes.max(0) as u64 + max_event_bytes.max(0) as u64 + rows * MESSAGE_OVERHEAD as u64)

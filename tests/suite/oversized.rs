@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::*;
 use pgrelay::Settings;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 
 /// Inserts a message for `participants` whose payload is `{"blob": "<bytes hex characters>"}`:
@@ -321,13 +321,191 @@ async fn names_are_held_within_the_budget(name: &str) {
     );
 }
 
-/// The resident set size of process `pid` in KiB, while it runs.
-fn rss_kib_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+/// A page holds its last row whatever its size (the cut counts the rows before it). A row of
+/// 10,000 names of about 256 `"`, which JSON escapes, takes about 13.7 MB once read (its
+/// stand-in's JSON, its frame, its names), against the 4.7 MB a page reserves at the defaults:
+/// the budget said 4.7 MB were held while a stream held the whole row, for each of the readers
+/// at once. Such a page now takes what it lacks if the budget has it (carol's, here), else is
+/// given back and read again under a reservation of its size once the budget has that
+/// (alice's, by her own query: carol's row leaves too little of the 24 MiB budget until she
+/// goes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_with_a_row_larger_than_its_reservation_is_counted_whole() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    // Alice's cursor is far behind: she reads alone.
+    let rows = LargeRows::insert(&client, true).await;
+    let relay = RelayProcess::start(&db, &["--catch-up-budget", "24MiB"], None).await;
+
+    // Carol's stream stalls on her row's frame, which is larger than the sockets' buffers.
+    let carol = rows.open(&relay, "carol", 0).await;
+    rows.assert_counted(&relay, "carol").await;
+
+    let mut alice = rows.open(&relay, "alice", rows.before).await;
+    let rereads = "pgrelay_catch_up_budget_rereads_total";
+    let reread = async {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while try_metric(&relay.base, rereads).await < Some(1.0) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no read was done again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let mut reading = Box::pin(rows.read_up_to_large(&mut alice));
+    // She reads her row again once the budget has room for all of it: once carol goes.
+    let waited = tokio::select! {
+        _ = reread => true,
+        _ = &mut reading => false,
+    };
+    drop(carol);
+    if waited {
+        reading.await;
+    } else {
+        drop(reading);
+    }
+    rows.assert_counted(&relay, "alice").await;
+    assert!(waited, "alice's read was not done again");
+    drop(alice);
+    rows.assert_delivered(&relay).await;
+}
+
+/// As above, through the shared tail (alice's cursor is recent), which holds a page of her
+/// smaller rows when it reads her large one, so that the 14 MiB budget cannot add what the
+/// read lacks. The tail must drop its page to read the row again: otherwise it waits for
+/// budget only it can give back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_page_with_a_row_larger_than_its_reservation_is_counted_whole() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let rows = LargeRows::insert(&client, false).await;
+    let relay = RelayProcess::start(&db, &["--catch-up-budget", "14MiB"], None).await;
+
+    let mut alice = rows.open(&relay, "alice", rows.before).await;
+    tokio::time::timeout(2 * PATIENCE, rows.read_up_to_large(&mut alice))
+        .await
+        .expect("alice's stream reaches her large row");
+    rows.assert_counted(&relay, "alice").await;
+    let rereads = metric(&relay.base, "pgrelay_catch_up_budget_rereads_total").await;
+    assert!(rereads >= 1, "alice's read was not done again");
+    drop(alice);
+    rows.assert_delivered(&relay).await;
+}
+
+/// The rows of the two tests above: carol's large row; then, beyond the 50,000 ids within which
+/// a stream may join a shared read, alice's: `before`, 300 of 4 KB (a page and a bit), her
+/// large one, and one after it. All numbered, so the relay's own pass never reads them: only
+/// the catch-ups do.
+struct LargeRows {
+    before: i64,
+    /// Alice's rows after `before`.
+    ids: Vec<i64>,
+    large: i64,
+}
+
+impl LargeRows {
+    async fn insert(client: &Client, alice_far_behind: bool) -> LargeRows {
+        Self::insert_large(client, "carol").await;
+        number_pending(client).await;
+        let far =
+            "SELECT setval('pgrelay.message_id_seq', nextval('pgrelay.message_id_seq') + 100000)";
+        client.batch_execute(far).await.unwrap();
+        insert(client, &["alice"], json!({"n": "before"})).await;
+        number_pending(client).await;
+        let [before] = ids_for(client, "alice").await.try_into().unwrap();
+        if alice_far_behind {
+            client.batch_execute(far).await.unwrap();
+        }
+        client
+            .batch_execute(
+                "INSERT INTO pgrelay.messages (participants, payload) \
+                 SELECT '{alice}', jsonb_build_object('text', repeat('x', 4000)) \
+                   FROM generate_series(1, 300)",
+            )
+            .await
+            .unwrap();
+        Self::insert_large(client, "alice").await;
+        insert(client, &["alice"], json!({"n": "after"})).await;
+        number_pending(client).await;
+        let ids = ids_for(client, "alice").await[1..].to_vec();
+        let large = ids[ids.len() - 2];
+        LargeRows { before, ids, large }
+    }
+
+    /// `first` and 9,999 names of 250 `"` and a number.
+    fn names(first: &str) -> Vec<String> {
+        let mut names = vec![first.to_owned()];
+        names.extend((1..10_000).map(|g| format!("{}{g}", "\"".repeat(250))));
+        names
+    }
+
+    async fn insert_large(client: &Client, first: &str) {
+        client
+            .execute(
+                "INSERT INTO pgrelay.messages (participants, payload) VALUES ($1, '{}')",
+                &[&Self::names(first)],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A stream of `sub` from `cursor` whose reader reads only when told to.
+    async fn open(&self, relay: &RelayProcess, sub: &str, cursor: i64) -> tokio::net::TcpStream {
+        let mut socket = slow_reader(address(&relay.base).parse().unwrap()).await;
+        let request = format!(
+            "GET /v1/stream HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {}\r\n\
+             Last-Event-ID: {cursor}\r\n\r\n",
+            relay.token(sub, &[])
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        socket
+    }
+
+    /// Reads `stream` until alice's large row's frame begins, and no further: the frame is
+    /// larger than the sockets' buffers, so the stream then holds the row.
+    async fn read_up_to_large(&self, stream: &mut tokio::net::TcpStream) {
+        let frame = format!("id: {}\n", self.large);
+        let mut received = Vec::new();
+        let mut buffer = [0; 4096];
+        while !String::from_utf8_lossy(&received).contains(&frame) {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the relay closed the stream");
+            received.extend_from_slice(&buffer[..n]);
+        }
+    }
+
+    /// Waits for the page budget to count at least what a stream that holds a large row holds
+    /// of it: its event's JSON and its frame, each with every name escaped.
+    async fn assert_counted(&self, relay: &RelayProcess, sub: &str) {
+        let least = 2 * serde_json::to_string(&Self::names(sub)).unwrap().len() as u64;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut held = 0;
+        while held < least && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            held = metric(&relay.base, "pgrelay_catch_up_reserved_bytes").await;
+        }
+        assert!(
+            held >= least,
+            "{sub}'s stream holds a large row, at least {least} bytes, and the budget counts {held}"
+        );
+    }
+
+    /// Every row of alice's after `before` arrives once, in order, the large one as a stand-in
+    /// that names everyone.
+    async fn assert_delivered(&self, relay: &RelayProcess) {
+        let mut stream = relay.subscribe("alice", "", Some(self.before)).await;
+        let mut received = Vec::new();
+        while received.len() < self.ids.len() {
+            let (id, kind, data) = stream.next_message().await;
+            if id == self.large {
+                assert_eq!(kind, "oversized");
+                assert_eq!(data["participants"].as_array().unwrap().len(), 10_000);
+            }
+            received.push(id);
+        }
+        assert_eq!(received, self.ids);
+    }
 }
 
 /// Catch-ups of many streams share one page budget: each reserves its worst case before it
