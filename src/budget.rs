@@ -26,7 +26,7 @@ pub struct ByteBudget {
     /// Reservations that could not be had at once (they waited, or were refused).
     short: AtomicU64,
     /// Reads that held more than they had reserved and were done again.
-    reread: AtomicU64,
+    rereads: AtomicU64,
 }
 
 /// Bytes reserved from a [`ByteBudget`]; dropping it gives them back.
@@ -44,7 +44,7 @@ impl ByteBudget {
             total,
             peak: AtomicU64::new(0),
             short: AtomicU64::new(0),
-            reread: AtomicU64::new(0),
+            rereads: AtomicU64::new(0),
         }
     }
 
@@ -109,8 +109,10 @@ impl ByteBudget {
     /// its last row whatever that row's size, so a read may hold more than its worst case: it
     /// then takes the difference at once if the budget has it, or else gives back what it read
     /// and its reservation, waits for as much as the read held, and reads again (as often as
-    /// the reads grow, never past the whole budget). So a reader never holds more than it has
-    /// reserved, unless it alone has the whole budget, and never waits holding a reservation.
+    /// the reads grow, never past the whole budget). So what a reader keeps is counted whole
+    /// (unless it alone has the whole budget), and it never waits holding a reservation. While
+    /// one read runs, what it loads is not yet counted: that excess lasts until the check
+    /// after it, and is at most one row per read that runs at once (the `reads` permits).
     /// `make_room(bytes)` runs before each wait for `bytes`: a reader that keeps reads of its
     /// own (the shared tail) drops what the next one needs, as it would otherwise wait on
     /// itself. Returns the read's result and a reservation of at least what it holds.
@@ -134,28 +136,31 @@ impl ByteBudget {
             if needed <= have || have >= self.total() || self.grow(&mut reservation, needed) {
                 return (result, reservation);
             }
-            self.reread.fetch_add(1, Ordering::Relaxed);
+            self.rereads.fetch_add(1, Ordering::Relaxed);
             drop(result);
             drop(reservation);
             wanted = needed;
         }
     }
 
-    /// Adds to `reservation` what it lacks of `bytes`, if the budget has it now.
+    /// Adds to `reservation` what it lacks of `bytes` (of the whole budget, if `bytes` is
+    /// more), if the budget has it now. Not counted as short: a read that cannot grow is
+    /// counted as a reread, and its wait then as short.
     fn grow(&self, reservation: &mut Reservation, bytes: u64) -> bool {
-        let lacking = bytes.saturating_sub(reservation.bytes());
-        match self.try_reserve(lacking) {
-            Some(more) => {
-                reservation.permit.merge(more.permit);
+        let lacking = bytes.min(self.total()).saturating_sub(reservation.bytes());
+        match Arc::clone(&self.bytes).try_acquire_many_owned(self.clamp(lacking)) {
+            Ok(more) => {
+                reservation.permit.merge(more);
+                self.peak.fetch_max(self.in_use(), Ordering::Relaxed);
                 true
             }
-            None => false,
+            Err(_) => false,
         }
     }
 
     /// Reads given back and done again under a larger reservation ([`ByteBudget::read_within`]).
-    pub fn reread(&self) -> u64 {
-        self.reread.load(Ordering::Relaxed)
+    pub fn rereads(&self) -> u64 {
+        self.rereads.load(Ordering::Relaxed)
     }
 
     fn clamp(&self, bytes: u64) -> u32 {
@@ -170,7 +175,7 @@ impl ByteBudget {
 
 impl Reservation {
     /// The bytes reserved.
-    pub fn bytes(&self) -> u64 {
+    fn bytes(&self) -> u64 {
         self.permit.num_permits() as u64
     }
 
@@ -335,7 +340,7 @@ mod tests {
         let budget = ByteBudget::new(1_000);
         assert_eq!(read_sizes(&budget, 100, &[60]).await, (100, vec![100], 1));
         assert_eq!(read_sizes(&budget, 100, &[400]).await, (400, vec![100], 1));
-        assert_eq!((budget.in_use(), budget.reread()), (0, 0));
+        assert_eq!((budget.in_use(), budget.rereads()), (0, 0));
     }
 
     #[tokio::test]
@@ -347,23 +352,35 @@ mod tests {
             // The second read holds more again, which the budget then has.
             tokio::spawn(async move { read_sizes(&budget, 100, &[400, 500]).await })
         };
-        while budget.reread() == 0 {
+        while budget.rereads() == 0 {
             tokio::task::yield_now().await;
         }
         tokio::task::yield_now().await;
         assert!(!reading.is_finished(), "it waits for 400 bytes");
         drop(other);
         assert_eq!(reading.await.unwrap(), (500, vec![100, 400], 2));
-        assert_eq!((budget.in_use(), budget.reread()), (0, 1));
+        assert_eq!((budget.in_use(), budget.rereads()), (0, 1));
     }
 
     #[tokio::test]
     async fn a_read_that_holds_more_than_the_whole_budget_ends_holding_all_of_it() {
-        let budget = ByteBudget::new(1_000);
+        let budget = Arc::new(ByteBudget::new(1_000));
         assert_eq!(
-            read_sizes(&budget, 100, &[5_000, 6_000]).await,
-            (1_000, vec![100, 5_000], 2)
+            read_sizes(&budget, 100, &[5_000]).await,
+            (1_000, vec![100], 1)
         );
+        // With part of the budget taken, it gives back and waits for all of it.
+        let other = budget.reserve(500).await;
+        let reading = {
+            let budget = Arc::clone(&budget);
+            tokio::spawn(async move { read_sizes(&budget, 100, &[5_000, 6_000]).await })
+        };
+        while budget.rereads() == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(other);
+        assert_eq!(reading.await.unwrap(), (1_000, vec![100, 5_000], 2));
+        assert_eq!((budget.in_use(), budget.short()), (0, 1));
     }
 
     #[tokio::test]

@@ -474,7 +474,8 @@ async fn extend(reader: &Reader, tail: &mut Tail, worst: u64) -> Result<(i64, i6
     };
     let total = reader.page_budget.total();
     // A page larger than `worst` (its last row is read whatever its size) may be read again
-    // under a reservation of its size, which the tail's own pages must not keep from it.
+    // under a reservation of its size, which the tail's own pages must not keep from it. (The
+    // first `make_room`, for `worst`, finds the room `serve` already made.)
     let (range, reservation) = reader
         .page_budget
         .read_within(

@@ -312,7 +312,7 @@ fn render_budget(out: &mut String, name: &str, budget: &ByteBudget) {
             "budget_rereads_total",
             "Reads that held more than their reservation (a page's last row is read whatever \
              its size) and were done again under a larger one.",
-            budget.reread(),
+            budget.rereads(),
         ),
     ];
     for (suffix, help, value) in counters {

@@ -206,7 +206,9 @@ pub struct RelayArgs {
 
     /// Most memory this instance holds for catch-up and history pages at once: each page
     /// reserves its worst case (twice 1 MiB and one message of --max-event-bytes) before it
-    /// reads, waits its turn while the budget is taken, and gives back what it does not hold.
+    /// reads, waits its turn while the budget is taken, and gives back what it does not hold
+    /// (a page larger than its worst case, by a row naming thousands of long names, takes the
+    /// rest).
     #[arg(long, env = "PGRELAY_CATCH_UP_BUDGET", default_value = "32MiB", value_parser = parse_bytes)]
     pub catch_up_budget: u64,
 

@@ -393,7 +393,52 @@ async fn a_shared_page_with_a_row_larger_than_its_reservation_is_counted_whole()
     rows.assert_delivered(&relay).await;
 }
 
-/// The rows of the two tests above: carol's large row; then, beyond the 50,000 ids within which
+/// As above, with a second stream that resumes inside the tail's first page and asks while
+/// the tail reads its next one. When that read drops the first page to read a large row
+/// again, the request is no longer covered and must read alone: answered from the pages left,
+/// it lost the rows between its cursor and them (45 of 201 arrived). Carol first holds
+/// most of the budget, so the first round waits for her and the second stream's request
+/// joins the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_below_the_pages_a_shared_read_drops_reads_alone() {
+    let db = fresh_database().await;
+    let client = connect(&db).await;
+    let rows = LargeRows::insert(&client, false).await;
+    let relay = RelayProcess::start(&db, &["--catch-up-budget", "14MiB"], None).await;
+    let carol = rows.open(&relay, "carol", 0).await;
+    rows.assert_counted(&relay, "carol").await;
+    let mut first = rows.open(&relay, "alice", rows.before).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cursor = rows.ids[100];
+    let mut second = relay.subscribe("alice", "", Some(cursor)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(carol);
+    let reading = tokio::spawn(async move {
+        rows.read_up_to_large(&mut first).await;
+        (rows, first)
+    });
+    let (rows, first) = reading.await.unwrap();
+    // The first stream holds the large row, and the second's own read needs room too.
+    drop(first);
+    let expected: Vec<i64> = rows.ids.iter().copied().filter(|&id| id > cursor).collect();
+    let mut received = Vec::new();
+    while received.len() < expected.len() {
+        let Some(event) = second.next_within(PATIENCE).await else {
+            break;
+        };
+        if let (false, Some(id)) = (event.is_opening(), event.id) {
+            received.push(id.parse::<i64>().unwrap());
+        }
+    }
+    assert_eq!(
+        received, expected,
+        "every row after its cursor, once, in order"
+    );
+    let rereads = metric(&relay.base, "pgrelay_catch_up_budget_rereads_total").await;
+    assert!(rereads >= 1, "the shared read was not done again");
+}
+
+/// The rows of the three tests above: carol's large row; then, beyond the 50,000 ids within which
 /// a stream may join a shared read, alice's: `before`, 300 of 4 KB (a page and a bit), her
 /// large one, and one after it. All numbered, so the relay's own pass never reads them: only
 /// the catch-ups do.
@@ -462,10 +507,11 @@ impl LargeRows {
         socket
     }
 
-    /// Reads `stream` until alice's large row's frame begins, and no further: the frame is
-    /// larger than the sockets' buffers, so the stream then holds the row.
+    /// Reads alice's `stream` until her large row's frame begins, and no further: the frame is
+    /// larger than the sockets' buffers, so the stream then holds the row. Every row before it
+    /// has arrived once, in order.
     async fn read_up_to_large(&self, stream: &mut tokio::net::TcpStream) {
-        let frame = format!("id: {}\n", self.large);
+        let frame = format!("id: {}\nevent: oversized\n", self.large);
         let mut received = Vec::new();
         let mut buffer = [0; 4096];
         while !String::from_utf8_lossy(&received).contains(&frame) {
@@ -473,6 +519,19 @@ impl LargeRows {
             assert!(n > 0, "the relay closed the stream");
             received.extend_from_slice(&buffer[..n]);
         }
+        let text = String::from_utf8_lossy(&received);
+        let lines: Vec<&str> = text.lines().collect();
+        let ids: Vec<i64> = lines
+            .windows(2)
+            .filter(|pair| pair[1] != "event: position")
+            .filter_map(|pair| pair[0].strip_prefix("id: ")?.parse().ok())
+            .collect();
+        let through_large = self.ids.len() - 1;
+        assert_eq!(
+            ids,
+            self.ids[..through_large],
+            "alice's rows up to the large one"
+        );
     }
 
     /// Waits for the page budget to count at least what a stream that holds a large row holds
