@@ -323,9 +323,9 @@ async fn names_are_held_within_the_budget(name: &str) {
 
 /// A page holds its first row whatever its size (alone, if it is over the cut). A row of
 /// 10,000 names of about 256 `"`, which JSON escapes, takes about 13.7 MB once read (its
-/// stand-in's JSON, its frame, its names), against the 4.7 MB a page reserves at the defaults:
-/// the budget said 4.7 MB were held while a stream held the whole row, for each of the readers
-/// at once. Such a page now takes what it lacks if the budget has it (carol's, here), else is
+/// stand-in's JSON, its frame, its names), against the 2.6 MB a page reserves at the defaults
+/// (4.7 MB before pages ended at their cap): the budget counted the reservation while a stream
+/// held the whole row, for each of the readers at once. Such a page now takes what it lacks if the budget has it (carol's, here), else is
 /// given back and read again under a reservation of its size once the budget has that
 /// (alice's, by her own query: carol's row leaves too little of the 24 MiB budget until she
 /// goes).
