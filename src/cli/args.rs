@@ -205,7 +205,7 @@ pub struct RelayArgs {
     pub max_event_bytes: u64,
 
     /// Most memory this instance holds for catch-up and history pages at once: each page
-    /// reserves its worst case (twice 1 MiB, or twice --max-event-bytes if larger) before it
+    /// reserves its worst case (twice 1 MiB and one message of --max-event-bytes) before it
     /// reads, waits its turn while the budget is taken, and gives back what it does not hold
     /// (a page larger than its worst case, by a row naming thousands of long names, takes the
     /// rest).

@@ -323,9 +323,9 @@ async fn names_are_held_within_the_budget(name: &str) {
 
 /// A page holds its first row whatever its size (alone, if it is over the cut). A row of
 /// 10,000 names of about 256 `"`, which JSON escapes, takes about 13.7 MB once read (its
-/// stand-in's JSON, its frame, its names), against the 2.6 MB a page reserves at the defaults
-/// (4.7 MB before pages ended at their cap): the budget counted the reservation while a stream
-/// held the whole row, for each of the readers at once. Such a page now takes what it lacks if the budget has it (carol's, here), else is
+/// stand-in's JSON, its frame, its names), against the 4.7 MB a page reserves at the defaults:
+/// the budget said 4.7 MB were held while a stream held the whole row, for each of the readers
+/// at once. Such a page now takes what it lacks if the budget has it (carol's, here), else is
 /// given back and read again under a reservation of its size once the budget has that
 /// (alice's, by her own query: carol's row leaves too little of the 24 MiB budget until she
 /// goes).
@@ -569,9 +569,8 @@ impl LargeRows {
 
 /// A page stops before the message that would take it past its byte cap, unless that message
 /// is its first, which then comes alone: so a page holds at most the cap, or one message, and
-/// reserving twice the cap (or twice `--max-event-bytes`, if larger) covers it. The cut used
-/// to take the message that crossed the cap too, so that a page of 1 MiB held up to 2 MiB and
-/// each reserved twice the cap and twice `--max-event-bytes`.
+/// only a lone first row (one naming thousands of long names) can outgrow the page's worst
+/// case. The cut used to take the message that crossed the cap too, whatever its size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_ends_before_the_message_that_would_cross_its_cap() {
     let db = fresh_database().await;

@@ -496,10 +496,9 @@ async fn a_stalled_stream_holds_no_more_budget_than_its_own_page() {
     let held = metric(&relay.base, "pgrelay_catch_up_reserved_bytes").await;
     drop(mallory);
 
-    // A page of a stream's own reserves at most 2.6 MB here (1,000 rows and 1 MiB, twice), and
-    // a share stops once it holds that much; mallory's one share of the tail holds 4.2 MB (the
-    // page that reaches it). The tail's pages of bob's rows held about 16 MiB, and two shares
-    // at once 13 MB.
+    // A page of a stream's own reserves at most 4.5 MiB here (1,000 rows, 1 MiB and one
+    // message of 1 MiB, twice); mallory's one share of the tail holds 6.3 MB of it. The tail's
+    // pages of bob's rows held about 16 MiB, and two shares at once 13 MB.
     assert!(
         held < 8 << 20,
         "a stalled stream holds {held} bytes of the page budget"
