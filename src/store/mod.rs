@@ -111,10 +111,11 @@ pub(crate) const CONTROL: usize = 9;
 /// sent, messages over `max_event_bytes` being stand-ins: twice its size (each message's JSON,
 /// then the frame rendered from it; or the rows the driver read, then the messages made from
 /// them), counting both the cut and one message of `max_event_bytes`. A page holds at most the
-/// larger of the two, but the catch-up's shares of the shared tail are bounded by this figure
-/// too, and with the smaller one a storm's streams took more rounds (BENCHMARKS.md). A page's
-/// first row comes whatever its size: one with thousands of long names can take more than
-/// this, and [`Page::memory`] then says so (`ByteBudget::read_within` then reserves the rest).
+/// larger of the two; the sum is what the budget and the shares of the shared tail (bounded by
+/// the same figure) were measured with, and the storm could not tell the smaller figure from
+/// it (BENCHMARKS.md, "Pages end at their cap"). A page's first row comes whatever its size:
+/// one with thousands of long names can take more than this, and [`Page::memory`] then says so
+/// (`ByteBudget::read_within` then reserves the rest).
 pub fn page_memory(rows: i64, bytes: i64, max_event_bytes: i64) -> u64 {
     let rows = rows.max(1) as u64;
     2 * (bytes.max(0) as u64 + max_event_bytes.max(0) as u64 + rows * MESSAGE_OVERHEAD as u64)
