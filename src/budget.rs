@@ -106,7 +106,7 @@ impl ByteBudget {
     }
 
     /// Reserves `worst` bytes and runs `read`, whose result holds `held` bytes. A page holds
-    /// its first row whatever that row's size, so a read may hold more than its worst case: it
+    /// its last row whatever that row's size, so a read may hold more than its worst case: it
     /// then takes the difference at once if the budget has it, or else gives back what it read
     /// and its reservation, waits for as much as the read held, and reads again (as often as
     /// the reads grow, never past the whole budget). So what a reader keeps is counted whole

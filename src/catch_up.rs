@@ -61,7 +61,7 @@ pub const CATCH_UP_PAGE: i64 = 1000;
 
 /// Most bytes one catch-up page of a stream's own holds, as [`store::page_sql`] counts them
 /// (payload, participants and their names; the query cuts the page, so nothing is read
-/// twice), unless its first row alone is larger. Bounds a stream's memory when
+/// twice), plus one message of at most `--max-event-bytes`. Bounds a stream's memory when
 /// payloads are large (1,000 × 64 KiB would be 64 MiB), also while its reader does not read;
 /// the page budget bounds all streams together. 1 MiB holds 1,000 messages of ten participants
 /// and a few hundred bytes: at 256 KiB such a catch-up took four queries and twice the time.
@@ -71,8 +71,8 @@ pub const CATCH_UP_BYTES: i64 = 1024 * 1024;
 /// by it holds no more than its own page would.
 pub const SHARED_ROWS: i64 = CATCH_UP_PAGE;
 
-/// Most bytes one page of the tail holds (unless its first row alone is larger): as much as a
-/// stream's own page, which its rows then serve for every stream they concern.
+/// Most bytes one page of the tail holds (plus one message of `--max-event-bytes`): as much as
+/// a stream's own page, which its rows then serve for every stream they concern.
 const SHARED_BYTES: i64 = CATCH_UP_BYTES;
 
 /// Most pages the tail keeps (and at most half of the page budget): as far back as
@@ -473,7 +473,7 @@ async fn extend(reader: &Reader, tail: &mut Tail, worst: u64) -> Result<(i64, i6
             .await
     };
     let total = reader.page_budget.total();
-    // A page larger than `worst` (its first row comes whatever its size) may be read again
+    // A page larger than `worst` (its last row is read whatever its size) may be read again
     // under a reservation of its size, which the tail's own pages must not keep from it. (The
     // first `make_room`, for `worst`, finds the room `serve` already made.)
     let (range, reservation) = reader

@@ -310,7 +310,7 @@ fn render_budget(out: &mut String, name: &str, budget: &ByteBudget) {
         ),
         (
             "budget_rereads_total",
-            "Reads that held more than their reservation (a page's first row is read whatever \
+            "Reads that held more than their reservation (a page's last row is read whatever \
              its size) and were done again under a larger one.",
             budget.rereads(),
         ),

@@ -159,8 +159,8 @@ impl Health {
 /// What one pass may do: read at most 500 messages and 4 MiB of them, and as many signals and
 /// bytes of signals, number at most 10,000 pending messages (and as many signals); more follow
 /// right after. The wait for the order lock and the largest message read whole are the relay's
-/// own (set in [`dispatch`]), so a pass holds at most 8 MiB (its first message may be one of
-/// `--max-event-bytes` instead) and one signal (at most 33 KiB).
+/// own (set in [`dispatch`]), so a pass holds at most 8 MiB plus one message of
+/// `--max-event-bytes` and one signal (at most 33 KiB).
 const PASS: store::PassLimits = store::PassLimits {
     rows: 500,
     bytes: 4 * 1024 * 1024,

@@ -61,15 +61,13 @@ fn held_beyond_size() -> String {
 }
 
 /// The messages `source` selects (rows of `pgrelay.messages`, in id order, at most `$rows`
-/// of them), cut to `$bytes` of payload and participants, plus how many rows the row limit
-/// alone would have given. The first row comes whatever its size, alone if it is over the cut;
-/// no other row takes the page past it. The cut happens in SQL, so a page of large messages is
-/// never read only to be thrown away. `$bytes` is the parameter numbered `bytes`.
+/// of them), cut to `$bytes` of payload and participants (always at least one row), plus how
+/// many rows the row limit alone would have given. The cut happens in SQL, so a page of large
+/// messages is never read only to be thrown away. `$bytes` is the parameter numbered `bytes`.
 ///
 /// A message larger than `$max_event` bytes ([`MESSAGE_SIZE`]) comes without its payload: the
 /// relay makes its `oversized` stand-in and never loads the payload, and the page counts only
-/// its participants. So a page holds at most `$bytes`, or one message of `$max_event` bytes
-/// and its names.
+/// its participants. So a page holds at most `$bytes` plus one message of `$max_event` bytes.
 /// A control row ([`crate::message::Control`], written by pgrelay's SQL: a participant's
 /// rooms or a revocation) always comes whole: the relay needs it to apply it.
 pub(crate) fn page_sql(source: &str, bytes: u8, max_event: u8) -> String {
@@ -88,7 +86,7 @@ pub(crate) fn page_sql(source: &str, bytes: u8, max_event: u8) -> String {
                                            THEN octet_length(m.participants::text) \
                                            ELSE size END + {held} AS loaded \
                                  FROM (SELECT {MESSAGE_SIZE} AS size) measured) s) page \
-         WHERE upto <= ${bytes} OR upto = loaded ORDER BY id"
+         WHERE upto - loaded < ${bytes} ORDER BY id"
     )
 }
 
@@ -110,12 +108,9 @@ pub(crate) const CONTROL: usize = 9;
 /// participants and names as [`page_sql`] measures them), can take while it is converted and
 /// sent, messages over `max_event_bytes` being stand-ins: twice its size (each message's JSON,
 /// then the frame rendered from it; or the rows the driver read, then the messages made from
-/// them), counting both the cut and one message of `max_event_bytes`. A page holds at most the
-/// larger of the two; the sum is what the budget and the shares of the shared tail (bounded by
-/// the same figure) were measured with, and the storm could not tell the smaller figure from
-/// it (BENCHMARKS.md, "Pages end at their cap"). A page's first row comes whatever its size:
-/// one with thousands of long names can take more than this, and [`Page::memory`] then says so
-/// (`ByteBudget::read_within` then reserves the rest).
+/// them). The cut counts the rows before a row, so a page holds its last row whatever that
+/// row's size: a stand-in with thousands of long names can take more than this, and
+/// [`Page::memory`] then says so (`ByteBudget::read_within` then reserves the rest).
 pub fn page_memory(rows: i64, bytes: i64, max_event_bytes: i64) -> u64 {
     let rows = rows.max(1) as u64;
     2 * (bytes.max(0) as u64 + max_event_bytes.max(0) as u64 + rows * MESSAGE_OVERHEAD as u64)

@@ -497,7 +497,7 @@ async fn a_stalled_stream_holds_no_more_budget_than_its_own_page() {
     drop(mallory);
 
     // A page of a stream's own reserves at most 4.5 MiB here (1,000 rows, 1 MiB and one
-    // message of 1 MiB, twice); mallory's one share of the tail holds 6.3 MB of it. The tail's
+    // message of 1 MiB, twice); mallory's one share of the tail holds 6.5 MB of it. The tail's
     // pages of bob's rows held about 16 MiB, and two shares at once 13 MB.
     assert!(
         held < 8 << 20,
