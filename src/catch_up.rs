@@ -51,7 +51,7 @@ use crate::error::Error;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::replica::{ExactReads, Read, Through};
+use crate::replica::{ExactReads, Position, Read, Through};
 use crate::store;
 
 /// Messages read per catch-up query of a stream's own. The query costs about the same for 100
@@ -160,6 +160,59 @@ pub struct Share {
     /// The shares of the page budget of the pages its rows came from, held until the stream
     /// has sent them.
     pub reservations: Vec<SharedReservation>,
+}
+
+/// What [`Reader::read_page`] reads: the messages after `since` addressed to `addresses`.
+pub struct PageQuery<'a> {
+    /// Where the read is exact through ([`ExactReads::position`]).
+    pub at: Position,
+    /// What `/metrics` counts it as.
+    pub read: Read,
+    pub addresses: &'a [String],
+    /// Whether control rows come too.
+    pub rows: store::Rows,
+    pub since: i64,
+    /// Most messages, and most bytes as [`store::page_sql`] counts them.
+    pub limit: i64,
+    pub bytes: i64,
+}
+
+impl Reader {
+    /// Reads one page of a stream's catch-up or of `GET /v1/messages`: within the page budget
+    /// (reserving its worst case first, [`ByteBudget::read_within`]) and one of the `reads`
+    /// permits, so that however many read at once they hold at most the budget and a part of
+    /// the pool. Returns the page and a reservation of at least what it holds.
+    pub async fn read_page(
+        &self,
+        query: PageQuery<'_>,
+    ) -> (Result<store::Page, Error>, Reservation) {
+        let worst = store::page_memory(query.limit, query.bytes, self.max_event_bytes);
+        let query = &query;
+        let read = || async move {
+            let _permit = self.reads.acquire().await;
+            self.exact
+                .run(
+                    query.at,
+                    query.read,
+                    query.addresses,
+                    |client, addresses| {
+                        Box::pin(store::messages_for(
+                            client,
+                            addresses,
+                            query.rows,
+                            query.since,
+                            query.limit,
+                            query.bytes,
+                            self.max_event_bytes,
+                        ))
+                    },
+                )
+                .await
+        };
+        self.page_budget
+            .read_within(worst, |_| {}, read, store::Page::memory)
+            .await
+    }
 }
 
 impl CatchUps {

@@ -29,7 +29,9 @@ use tracing::warn;
 
 use crate::access::{Access, Change};
 use crate::budget::{self, SharedReservation, Written};
-use crate::catch_up::{self, Answer, CatchUps, Reader, Share, CATCH_UP_BYTES, CATCH_UP_PAGE};
+use crate::catch_up::{
+    self, Answer, CatchUps, PageQuery, Reader, Share, CATCH_UP_BYTES, CATCH_UP_PAGE,
+};
 use crate::error::Error;
 use crate::frame;
 use crate::message::{Control, Message, REVOKED_EVENT, ROOMS_EVENT};
@@ -350,37 +352,18 @@ impl EventStream {
             // Found after the inbox asked for this catch-up, so it covers what the inbox
             // dropped; before the permit, since it may wait for a listener pass.
             let at = context.reader.exact.position(Through::Routed).await;
-            // However many streams catch up at once, they hold at most the page budget…
-            let worst = store::page_memory(
-                CATCH_UP_PAGE,
-                CATCH_UP_BYTES,
-                context.reader.max_event_bytes,
-            );
-            let args = &(self.access.catch_up_addresses(), self.cursor);
-            let read = || async move {
-                // …and a part of the pool, so publishing, presence and /readyz still get a
-                // connection.
-                let _permit = context.reader.reads.acquire().await;
-                context
-                    .reader
-                    .exact
-                    .run(at, Read::CatchUp, args, |client, (addresses, cursor)| {
-                        Box::pin(store::messages_for(
-                            client,
-                            addresses,
-                            store::Rows::WithControl,
-                            *cursor,
-                            CATCH_UP_PAGE,
-                            CATCH_UP_BYTES,
-                            context.reader.max_event_bytes,
-                        ))
-                    })
-                    .await
-            };
+            let addresses = self.access.catch_up_addresses();
             let (page, mut reservation) = context
                 .reader
-                .page_budget
-                .read_within(worst, |_| {}, read, store::Page::memory)
+                .read_page(PageQuery {
+                    at,
+                    read: Read::CatchUp,
+                    addresses: &addresses,
+                    rows: store::Rows::WithControl,
+                    since: self.cursor,
+                    limit: CATCH_UP_PAGE,
+                    bytes: CATCH_UP_BYTES,
+                })
                 .await;
             if let Ok(page) = &page {
                 reservation.shrink_to(page.memory());

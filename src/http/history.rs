@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use super::addresses;
 use super::extract::{parse_id, Authenticated, Params};
 use super::{ApiError, AppState};
+use crate::catch_up::PageQuery;
 use crate::replica::{Read, Through};
 use crate::store;
 
@@ -69,34 +70,20 @@ pub async fn list_messages(
     let (access, _) = addresses::listening(&state, &claims, params.rooms.as_deref()).await?;
     let addresses = access.addresses();
     let streams = &state.streams;
-    // History pages share the catch-ups' budget: they are the same reads.
-    let worst = store::page_memory(limit, MAX_PAGE_BYTES, streams.reader.max_event_bytes);
     // Everything committed before the request: the caller may know of any of it.
     let at = streams.reader.exact.position(Through::Committed).await;
-    let addresses = &addresses;
-    let read = || async move {
-        let _connection = streams.reader.reads.acquire().await;
-        let max_event_bytes = streams.reader.max_event_bytes;
-        streams
-            .reader
-            .exact
-            .run(at, Read::History, addresses, |client, addresses| {
-                Box::pin(store::messages_for(
-                    client,
-                    addresses,
-                    store::Rows::MessagesOnly,
-                    since,
-                    limit,
-                    MAX_PAGE_BYTES,
-                    max_event_bytes,
-                ))
-            })
-            .await
-    };
+    // History pages share the catch-ups' budget and permits: they are the same reads.
     let (page, mut reservation) = streams
         .reader
-        .page_budget
-        .read_within(worst, |_| {}, read, store::Page::memory)
+        .read_page(PageQuery {
+            at,
+            read: Read::History,
+            addresses: &addresses,
+            rows: store::Rows::MessagesOnly,
+            since,
+            limit,
+            bytes: MAX_PAGE_BYTES,
+        })
         .await;
     let page = page.map_err(|error| ApiError::internal("listing messages failed", &error))?;
     let body = serde_json::to_vec(&MessagePage {
