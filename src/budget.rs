@@ -343,22 +343,35 @@ mod tests {
         assert_eq!((budget.in_use(), budget.rereads()), (0, 0));
     }
 
-    #[tokio::test]
-    async fn a_read_that_holds_more_than_the_budget_has_now_gives_back_and_reads_again() {
-        let budget = Arc::new(ByteBudget::new(1_000));
-        let other = budget.reserve(700).await;
+    /// [`read_sizes`] of a 1,000-byte budget from a worst case of 100, while `taken` bytes
+    /// of it are held elsewhere until the read has given back and waits to read again.
+    async fn read_sizes_beside(
+        budget: &Arc<ByteBudget>,
+        taken: u64,
+        sizes: &'static [u64],
+    ) -> (u64, Vec<u64>, usize) {
+        let other = budget.reserve(taken).await;
         let reading = {
-            let budget = Arc::clone(&budget);
-            // The second read holds more again, which the budget then has.
-            tokio::spawn(async move { read_sizes(&budget, 100, &[400, 500]).await })
+            let budget = Arc::clone(budget);
+            tokio::spawn(async move { read_sizes(&budget, 100, sizes).await })
         };
         while budget.rereads() == 0 {
             tokio::task::yield_now().await;
         }
         tokio::task::yield_now().await;
-        assert!(!reading.is_finished(), "it waits for 400 bytes");
+        assert!(!reading.is_finished(), "it waits for room to read again");
         drop(other);
-        assert_eq!(reading.await.unwrap(), (500, vec![100, 400], 2));
+        reading.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_read_that_holds_more_than_the_budget_has_now_gives_back_and_reads_again() {
+        let budget = Arc::new(ByteBudget::new(1_000));
+        // The second read holds more again, which the budget then has.
+        assert_eq!(
+            read_sizes_beside(&budget, 700, &[400, 500]).await,
+            (500, vec![100, 400], 2)
+        );
         assert_eq!((budget.in_use(), budget.rereads()), (0, 1));
     }
 
@@ -370,16 +383,10 @@ mod tests {
             (1_000, vec![100], 1)
         );
         // With part of the budget taken, it gives back and waits for all of it.
-        let other = budget.reserve(500).await;
-        let reading = {
-            let budget = Arc::clone(&budget);
-            tokio::spawn(async move { read_sizes(&budget, 100, &[5_000, 6_000]).await })
-        };
-        while budget.rereads() == 0 {
-            tokio::task::yield_now().await;
-        }
-        drop(other);
-        assert_eq!(reading.await.unwrap(), (1_000, vec![100, 5_000], 2));
+        assert_eq!(
+            read_sizes_beside(&budget, 500, &[5_000, 6_000]).await,
+            (1_000, vec![100, 5_000], 2)
+        );
         assert_eq!((budget.in_use(), budget.short()), (0, 1));
     }
 

@@ -286,39 +286,43 @@ impl Metrics {
 /// at once, how many reservations could not be had at once, and how many reads were done again
 /// because they held more than they had reserved.
 fn render_budget(out: &mut String, name: &str, budget: &ByteBudget) {
-    let gauges = [
-        ("budget_bytes", "Size of the budget.", budget.total()),
-        ("reserved_bytes", "Bytes reserved now.", budget.in_use()),
+    let figures = [
+        (
+            "budget_bytes",
+            "gauge",
+            "Size of the budget.",
+            budget.total(),
+        ),
+        (
+            "reserved_bytes",
+            "gauge",
+            "Bytes reserved now.",
+            budget.in_use(),
+        ),
         (
             "reserved_bytes_peak",
+            "gauge",
             "Most bytes ever reserved at once.",
             budget.peak(),
         ),
-    ];
-    for (suffix, help, value) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP pgrelay_{name}_{suffix} {help}\n# TYPE pgrelay_{name}_{suffix} gauge\n\
-             pgrelay_{name}_{suffix} {value}"
-        );
-    }
-    let counters = [
         (
             "budget_short_total",
+            "counter",
             "Reservations that waited, or were refused, because the budget was taken.",
             budget.short(),
         ),
         (
             "budget_rereads_total",
+            "counter",
             "Reads that held more than their reservation (a page's last row is read whatever \
              its size) and were done again under a larger one.",
             budget.rereads(),
         ),
     ];
-    for (suffix, help, value) in counters {
+    for (suffix, kind, help, value) in figures {
         let _ = writeln!(
             out,
-            "# HELP pgrelay_{name}_{suffix} {help}\n# TYPE pgrelay_{name}_{suffix} counter\n\
+            "# HELP pgrelay_{name}_{suffix} {help}\n# TYPE pgrelay_{name}_{suffix} {kind}\n\
              pgrelay_{name}_{suffix} {value}"
         );
     }

@@ -331,21 +331,17 @@ async fn names_are_held_within_the_budget(name: &str) {
 /// goes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_with_a_row_larger_than_its_reservation_is_counted_whole() {
-    let db = fresh_database().await;
-    let client = connect(&db).await;
     // Alice's cursor is far behind: she reads alone.
-    let rows = LargeRows::insert(&client, true).await;
-    let relay = RelayProcess::start(&db, &["--catch-up-budget", "24MiB"], None).await;
+    let (rows, relay) = LargeRows::start(true, "24MiB").await;
 
     // Carol's stream stalls on her row's frame, which is larger than the sockets' buffers.
     let carol = rows.open(&relay, "carol", 0).await;
     rows.assert_counted(&relay, "carol").await;
 
     let mut alice = rows.open(&relay, "alice", rows.before).await;
-    let rereads = "pgrelay_catch_up_budget_rereads_total";
     let reread = async {
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        while try_metric(&relay.base, rereads).await < Some(1.0) {
+        while LargeRows::rereads(&relay).await < 1 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "no read was done again"
@@ -377,18 +373,17 @@ async fn a_page_with_a_row_larger_than_its_reservation_is_counted_whole() {
 /// budget only it can give back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_page_with_a_row_larger_than_its_reservation_is_counted_whole() {
-    let db = fresh_database().await;
-    let client = connect(&db).await;
-    let rows = LargeRows::insert(&client, false).await;
-    let relay = RelayProcess::start(&db, &["--catch-up-budget", "14MiB"], None).await;
+    let (rows, relay) = LargeRows::start(false, "14MiB").await;
 
     let mut alice = rows.open(&relay, "alice", rows.before).await;
     tokio::time::timeout(2 * PATIENCE, rows.read_up_to_large(&mut alice))
         .await
         .expect("alice's stream reaches her large row");
     rows.assert_counted(&relay, "alice").await;
-    let rereads = metric(&relay.base, "pgrelay_catch_up_budget_rereads_total").await;
-    assert!(rereads >= 1, "alice's read was not done again");
+    assert!(
+        LargeRows::rereads(&relay).await >= 1,
+        "alice's read was not done again"
+    );
     drop(alice);
     rows.assert_delivered(&relay).await;
 }
@@ -401,10 +396,7 @@ async fn a_shared_page_with_a_row_larger_than_its_reservation_is_counted_whole()
 /// joins the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_below_the_pages_a_shared_read_drops_reads_alone() {
-    let db = fresh_database().await;
-    let client = connect(&db).await;
-    let rows = LargeRows::insert(&client, false).await;
-    let relay = RelayProcess::start(&db, &["--catch-up-budget", "14MiB"], None).await;
+    let (rows, relay) = LargeRows::start(false, "14MiB").await;
     let carol = rows.open(&relay, "carol", 0).await;
     rows.assert_counted(&relay, "carol").await;
     let mut first = rows.open(&relay, "alice", rows.before).await;
@@ -413,11 +405,7 @@ async fn a_request_below_the_pages_a_shared_read_drops_reads_alone() {
     let mut second = relay.subscribe("alice", "", Some(cursor)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(carol);
-    let reading = tokio::spawn(async move {
-        rows.read_up_to_large(&mut first).await;
-        (rows, first)
-    });
-    let (rows, first) = reading.await.unwrap();
+    rows.read_up_to_large(&mut first).await;
     // The first stream holds the large row, and the second's own read needs room too.
     drop(first);
     let expected: Vec<i64> = rows.ids.iter().copied().filter(|&id| id > cursor).collect();
@@ -434,8 +422,10 @@ async fn a_request_below_the_pages_a_shared_read_drops_reads_alone() {
         received, expected,
         "every row after its cursor, once, in order"
     );
-    let rereads = metric(&relay.base, "pgrelay_catch_up_budget_rereads_total").await;
-    assert!(rereads >= 1, "the shared read was not done again");
+    assert!(
+        LargeRows::rereads(&relay).await >= 1,
+        "the shared read was not done again"
+    );
 }
 
 /// The rows of the three tests above: carol's large row; then, beyond the 50,000 ids within which
@@ -450,6 +440,14 @@ struct LargeRows {
 }
 
 impl LargeRows {
+    /// A fresh database with these rows, and a relay on it with a page budget of `budget`.
+    async fn start(alice_far_behind: bool, budget: &str) -> (LargeRows, RelayProcess) {
+        let db = fresh_database().await;
+        let rows = Self::insert(&connect(&db).await, alice_far_behind).await;
+        let relay = RelayProcess::start(&db, &["--catch-up-budget", budget], None).await;
+        (rows, relay)
+    }
+
     async fn insert(client: &Client, alice_far_behind: bool) -> LargeRows {
         Self::insert_large(client, "carol").await;
         number_pending(client).await;
@@ -548,6 +546,11 @@ impl LargeRows {
             held >= least,
             "{sub}'s stream holds a large row, at least {least} bytes, and the budget counts {held}"
         );
+    }
+
+    /// Reads the relay has given back and done again under a larger reservation.
+    async fn rereads(relay: &RelayProcess) -> u64 {
+        metric(&relay.base, "pgrelay_catch_up_budget_rereads_total").await
     }
 
     /// Every row of alice's after `before` arrives once, in order, the large one as a stand-in
