@@ -168,12 +168,15 @@ pub struct PageQuery<'a> {
     pub at: Position,
     /// What `/metrics` counts it as.
     pub read: Read,
+    /// The rows naming any of these.
     pub addresses: &'a [String],
     /// Whether control rows come too.
     pub rows: store::Rows,
+    /// The rows after this id.
     pub since: i64,
-    /// Most messages, and most bytes as [`store::page_sql`] counts them.
+    /// Most messages.
     pub limit: i64,
+    /// Most bytes, as [`store::page_sql`] counts them.
     pub bytes: i64,
 }
 
