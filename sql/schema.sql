@@ -160,7 +160,7 @@ CREATE TRIGGER messages_before_insert BEFORE INSERT ON pgrelay.messages FOR EACH
 
 CREATE TRIGGER messages_clear_foreign_idempotency BEFORE INSERT ON pgrelay.messages FOR EACH ROW WHEN (((new.idempotency_key IS NOT NULL) OR (new.idempotency_subject IS NOT NULL))) EXECUTE FUNCTION pgrelay.clear_foreign_idempotency();
 
-CREATE TRIGGER messages_forbid_id_change BEFORE UPDATE OF id ON pgrelay.messages FOR EACH ROW EXECUTE FUNCTION pgrelay.forbid_id_change();
+CREATE TRIGGER messages_forbid_id_change BEFORE UPDATE OF id ON pgrelay.messages FOR EACH ROW WHEN (((old.id > 0) AND (new.id IS DISTINCT FROM old.id))) EXECUTE FUNCTION pgrelay.forbid_id_change();
 
 CREATE TRIGGER messages_wake_relays AFTER INSERT ON pgrelay.messages FOR EACH STATEMENT EXECUTE FUNCTION pgrelay.wake_relays();
 
@@ -334,10 +334,12 @@ BEGIN
         RAISE EXCEPTION 'participant and sender names must be 1 to 256 bytes with no control or format characters'
             USING ERRCODE = 'check_violation';
     END IF;
-    IF NEW.control AND current_user <> (SELECT pg_get_userbyid(relowner) FROM pg_class
-                                         WHERE oid = 'pgrelay.messages'::regclass) THEN
-        RAISE EXCEPTION 'control rows (kinds rooms and revoked) are written by pgrelay''s own functions'
-            USING ERRCODE = 'check_violation';
+    IF NEW.control THEN
+        IF current_user <> (SELECT pg_get_userbyid(relowner) FROM pg_class
+                             WHERE oid = 'pgrelay.messages'::regclass) THEN
+            RAISE EXCEPTION 'control rows (kinds rooms and revoked) are written by pgrelay''s own functions'
+                USING ERRCODE = 'check_violation';
+        END IF;
     END IF;
     IF NEW.id IS NULL THEN
         NEW.id := pgrelay.pending_key();
@@ -1014,9 +1016,14 @@ DECLARE
     now_numbered timestamptz;
     highest_message bigint := 0;
     highest_signal bigint := 0;
+    messages_pending boolean;
+    signals_pending boolean;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pgrelay.messages WHERE id < 0)
-       AND NOT EXISTS (SELECT 1 FROM pgrelay.signals WHERE id < 0) THEN
+    -- Rows that commit after this look are the next pass's: their writers' wake-ups ask for it.
+    SELECT EXISTS (SELECT 1 FROM pgrelay.messages WHERE id < 0),
+           EXISTS (SELECT 1 FROM pgrelay.signals WHERE id < 0)
+      INTO messages_pending, signals_pending;
+    IF NOT (messages_pending OR signals_pending) THEN
         RETURN 0;
     END IF;
     -- Under REPEATABLE READ the statements below would not see what the previous holder of
@@ -1027,21 +1034,25 @@ BEGIN
     PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
     LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE;
     now_numbered := clock_timestamp();
-    messages_numbered := pgrelay.number_pending_messages(max_rows, now_numbered);
+    IF messages_pending THEN
+        messages_numbered := pgrelay.number_pending_messages(max_rows, now_numbered);
+    END IF;
     IF messages_numbered > 0 THEN
         -- Ids are drawn in ascending order: the last one drawn is the highest.
         highest_message := currval('pgrelay.message_id_seq');
     END IF;
 
-    WITH numbering AS (
-        SELECT pending.id AS placeholder, nextval('pgrelay.signal_id_seq') AS id
-          FROM (SELECT id FROM pgrelay.signals WHERE id < 0
-                 ORDER BY id DESC LIMIT max_rows) pending)
-    UPDATE pgrelay.signals s
-       SET id = numbering.id, numbered_at = now_numbered
-      FROM numbering
-     WHERE s.id = numbering.placeholder;
-    GET DIAGNOSTICS signals_numbered = ROW_COUNT;
+    IF signals_pending THEN
+        WITH numbering AS (
+            SELECT pending.id AS placeholder, nextval('pgrelay.signal_id_seq') AS id
+              FROM (SELECT id FROM pgrelay.signals WHERE id < 0
+                     ORDER BY id DESC LIMIT max_rows) pending)
+        UPDATE pgrelay.signals s
+           SET id = numbering.id, numbered_at = now_numbered
+          FROM numbering
+         WHERE s.id = numbering.placeholder;
+        GET DIAGNOSTICS signals_numbered = ROW_COUNT;
+    END IF;
 
     IF signals_numbered > 0 THEN
         -- Now and then, sweep the signals every relay has long read.

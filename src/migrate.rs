@@ -127,6 +127,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0026_kind_rule_by_its_own_operators.sql",
         include_str!("../sql/0026_kind_rule_by_its_own_operators.sql"),
     ),
+    (
+        27,
+        "0027_no_needless_calls_per_row.sql",
+        include_str!("../sql/0027_no_needless_calls_per_row.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.
