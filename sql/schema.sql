@@ -519,6 +519,47 @@ BEGIN
 END $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgrelay.number_page(pending refcursor, max_rows integer, max_names bigint, numbered_at timestamp with time zone, OUT numbered integer, OUT names bigint, OUT cut boolean, OUT last_writer xid, OUT last_transaction xid8, OUT last_placeholder bigint)
+ RETURNS record
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
+AS $function$
+DECLARE
+    candidate record;
+    page bigint[] := '{}';
+BEGIN
+    names := 0;
+    cut := false;
+    LOOP
+        FETCH pending INTO candidate;
+        EXIT WHEN NOT FOUND;
+        IF cardinality(page) = max_rows
+           OR (cardinality(page) > 0
+               AND names + cardinality(candidate.participants) > max_names) THEN
+            cut := true;
+            EXIT;
+        END IF;
+        page := page || candidate.id;
+        names := names + cardinality(candidate.participants);
+        last_writer := candidate.writer;
+        last_transaction := candidate.inserted_by;
+        last_placeholder := candidate.id;
+    END LOOP;
+    CLOSE pending;
+    -- Ids are drawn in the page's order.
+    WITH numbering AS (
+        SELECT p.placeholder, nextval('pgrelay.message_id_seq') AS id
+          FROM unnest(page) AS p(placeholder))
+    UPDATE pgrelay.messages m
+       SET id = numbering.id, committed_at = number_page.numbered_at,
+           kind = CASE WHEN pgrelay.valid_kind(m.kind) OR m.control THEN m.kind
+                       ELSE 'message' END
+      FROM numbering
+     WHERE m.id = numbering.placeholder;
+    GET DIAGNOSTICS numbered = ROW_COUNT;
+END $function$
+;
+
 CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, numbered_at timestamp with time zone)
  RETURNS integer
  LANGUAGE plpgsql
@@ -527,12 +568,12 @@ CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, num
  SET enable_bitmapscan TO 'off'
 AS $function$
 DECLARE
-    numbered integer := 0;
-    sorted integer;
+    -- A bound on rows comes with one on names (above).
+    max_names bigint := CASE WHEN max_rows IS NOT NULL THEN 50000 END;
     unfinished pgrelay.numbering_progress;
-    last_writer xid;
-    last_transaction xid8;
-    last_placeholder bigint;
+    pending refcursor;
+    page record;
+    continued integer := 0;
 BEGIN
     IF max_rows <= 0 THEN
         RETURN 0;  -- no page at all; NULL, no bound, goes on
@@ -541,75 +582,63 @@ BEGIN
     IF unfinished.writer IS NOT NULL THEN
         -- Its rest lies below the last placeholder numbered (a later insert has a smaller
         -- one), so the scan starts there, past the entries of the rows already numbered.
-        WITH numbering AS (
-            SELECT pending.id AS placeholder, nextval('pgrelay.message_id_seq') AS id
-              FROM (SELECT id FROM pgrelay.messages
-                     WHERE id < unfinished.below
-                       AND inserted_by IS NOT DISTINCT FROM unfinished.inserted_by
-                       AND (inserted_by IS NOT NULL OR xmin = unfinished.writer)
-                     ORDER BY id DESC LIMIT max_rows) pending),
-        done AS (
-            UPDATE pgrelay.messages m
-               SET id = numbering.id, committed_at = number_pending_messages.numbered_at,
-                   kind = CASE WHEN pgrelay.valid_kind(m.kind) OR m.control THEN m.kind
-                               ELSE 'message' END
-              FROM numbering
-             WHERE m.id = numbering.placeholder
-            RETURNING numbering.placeholder)
-        SELECT count(*), min(done.placeholder) INTO numbered, last_placeholder FROM done;
-        IF numbered = max_rows THEN
-            -- The page is full: whatever is left of it is the next pass's.
-            UPDATE pgrelay.numbering_progress SET below = last_placeholder;
-            RETURN numbered;
+        OPEN pending FOR
+            SELECT id, xmin AS writer, inserted_by, participants FROM pgrelay.messages
+             WHERE id < unfinished.below
+               AND inserted_by IS NOT DISTINCT FROM unfinished.inserted_by
+               AND (inserted_by IS NOT NULL OR xmin = unfinished.writer)
+             ORDER BY id DESC LIMIT max_rows + 1;
+        page := pgrelay.number_page(pending, max_rows, max_names, numbered_at);
+        IF page.cut THEN
+            -- Whatever is left of it is the next pass's.
+            UPDATE pgrelay.numbering_progress SET below = page.last_placeholder;
+            IF page.numbered < max_rows THEN
+                PERFORM pg_notify(pgrelay.channel(), '');
+            END IF;
+            RETURN page.numbered;
         END IF;
         DELETE FROM pgrelay.numbering_progress;
+        continued := page.numbered;
+        max_rows := max_rows - continued;
+        max_names := max_names - page.names;
+        IF max_rows = 0 THEN
+            RETURN continued;
+        END IF;
     END IF;
 
     -- Placeholders are negated insert counters: descending placeholder is insertion order.
     -- Each transaction's rows stay together (the same commit, the same `inserted_by`, or for
     -- rows from before 0022 the same inserting xid), in commit order where it is recorded
     -- (0016), else in the order of each transaction's first insert.
-    WITH numbering AS (
-        SELECT pending.id AS placeholder, pending.writer, pending.inserted_by,
-               nextval('pgrelay.message_id_seq') AS id
-          FROM (SELECT id, writer, inserted_by FROM (
-                    SELECT id, xmin AS writer, inserted_by,
-                           max(id) OVER transaction AS first_insert,
-                           -- The transaction's, not each row's: a row updated since has the
-                           -- xmin of the update.
-                           min(CASE WHEN current_setting('track_commit_timestamp') = 'on'
-                                    THEN pg_xact_commit_timestamp(xmin) END) OVER transaction
-                               AS commit_time
-                      FROM pgrelay.messages WHERE id < 0
-                    WINDOW transaction AS (PARTITION BY inserted_by,
-                                           CASE WHEN inserted_by IS NULL THEN age(xmin) END)
-                   ) committed
-                 ORDER BY commit_time NULLS FIRST, first_insert DESC, id DESC
-                 LIMIT max_rows - numbered) pending),
-    done AS (
-        UPDATE pgrelay.messages m
-           SET id = numbering.id, committed_at = number_pending_messages.numbered_at,
-               kind = CASE WHEN pgrelay.valid_kind(m.kind) OR m.control THEN m.kind
-                           ELSE 'message' END
-          FROM numbering
-         WHERE m.id = numbering.placeholder
-        RETURNING numbering.id, numbering.placeholder, numbering.writer, numbering.inserted_by)
-    SELECT count(*), (array_agg(done.writer ORDER BY done.id DESC))[1],
-           (array_agg(done.inserted_by ORDER BY done.id DESC))[1],
-           (array_agg(done.placeholder ORDER BY done.id DESC))[1]
-      INTO sorted, last_writer, last_transaction, last_placeholder
-      FROM done;
-    numbered := numbered + sorted;
-    -- A full page that ends inside a transaction: the next pass goes on with its rest.
-    IF numbered = max_rows AND EXISTS (
+    OPEN pending FOR
+        SELECT id, writer, inserted_by, participants FROM (
+            SELECT id, xmin AS writer, inserted_by, participants,
+                   max(id) OVER transaction AS first_insert,
+                   -- The transaction's, not each row's: a row updated since has the xmin of
+                   -- the update.
+                   min(CASE WHEN current_setting('track_commit_timestamp') = 'on'
+                            THEN pg_xact_commit_timestamp(xmin) END) OVER transaction
+                       AS commit_time
+              FROM pgrelay.messages WHERE id < 0
+            WINDOW transaction AS (PARTITION BY inserted_by,
+                                   CASE WHEN inserted_by IS NULL THEN age(xmin) END)
+           ) committed
+         ORDER BY commit_time NULLS FIRST, first_insert DESC, id DESC
+         LIMIT max_rows + 1;
+    page := pgrelay.number_page(pending, max_rows, max_names, numbered_at);
+    -- A page that ends inside a transaction: the next pass goes on with its rest.
+    IF page.cut AND EXISTS (
            SELECT 1 FROM pgrelay.messages
-            WHERE id < last_placeholder
-              AND inserted_by IS NOT DISTINCT FROM last_transaction
-              AND (inserted_by IS NOT NULL OR xmin = last_writer)) THEN
+            WHERE id < page.last_placeholder
+              AND inserted_by IS NOT DISTINCT FROM page.last_transaction
+              AND (inserted_by IS NOT NULL OR xmin = page.last_writer)) THEN
         INSERT INTO pgrelay.numbering_progress (writer, inserted_by, below)
-            VALUES (last_writer, last_transaction, last_placeholder);
+            VALUES (page.last_writer, page.last_transaction, page.last_placeholder);
     END IF;
-    RETURN numbered;
+    IF page.cut AND page.numbered < max_rows THEN
+        PERFORM pg_notify(pgrelay.channel(), '');
+    END IF;
+    RETURN continued + page.numbered;
 END $function$
 ;
 

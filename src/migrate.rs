@@ -132,6 +132,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0027_no_needless_calls_per_row.sql",
         include_str!("../sql/0027_no_needless_calls_per_row.sql"),
     ),
+    (
+        28,
+        "0028_numbering_pages_bounded_by_names.sql",
+        include_str!("../sql/0028_numbering_pages_bounded_by_names.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use crate::common::*;
-use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 
 /// The grants an application role that writes messages gets (see the README's security model).
 const WRITER_GRANTS: &[&str] = &[
@@ -144,39 +143,6 @@ async fn forged_wakeups_lose_nothing() {
         got, expected,
         "bob's live stream skipped or reordered messages"
     );
-}
-
-/// Collects every notification a connection hears on `channel` for `during`.
-async fn eavesdrop(
-    url: &str,
-    channel: &str,
-    during: impl std::future::Future<Output = ()>,
-) -> Vec<String> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    let (sender, mut heard) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(notification) = message {
-                let _ = sender.send(notification.payload().to_owned());
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("LISTEN {channel}"))
-        .await
-        .unwrap();
-    during.await;
-    // A round trip, so everything sent before it has been read.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    client.batch_execute("SELECT 1").await.unwrap();
-    drop(client);
-    let _ = driver.await;
-    let mut payloads = Vec::new();
-    while let Ok(payload) = heard.try_recv() {
-        payloads.push(payload);
-    }
-    payloads
 }
 
 /// Eavesdropping: a LOGIN-only role that LISTENs on the channel learns no participant, sender

@@ -363,6 +363,112 @@ async fn a_row_whose_kind_became_reserved_does_not_stop_numbering() {
     assert_eq!(kind, "message");
 }
 
+/// Numbering a row writes each of its names into the participants index again, so a row that
+/// names 10,000 participants takes tens of milliseconds to number. A writer commits 100 of them
+/// in one transaction, then another writer a message for bob: it arrives. A pass that numbered
+/// a page of 10,000 rows, whatever they name, outlasted the relay's patience (two heartbeats,
+/// here two seconds), was cut off and rolled back, and so was the next: nothing was numbered
+/// again (an outside review's finding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_that_name_many_participants_do_not_stop_numbering() {
+    let db = fresh_database().await;
+    let settings = pgrelay::Settings {
+        heartbeat: Duration::from_secs(1),
+        ..test_settings()
+    };
+    let relay = Relay::start_with(&db, settings).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    bob.opening_position().await;
+    let wide = Role::create(&db, "wide", APP_WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    wide.batch_execute(
+        "INSERT INTO pgrelay.messages (participants, payload) \
+         SELECT ARRAY(SELECT 'v' || g || '-' || r FROM generate_series(1, 10000) g), '{}' \
+           FROM generate_series(1, 100) r",
+    )
+    .await
+    .unwrap();
+    let other = Role::create(&db, "other", APP_WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    insert(&other, &["bob"], json!({"by": "other"})).await;
+    let event = bob
+        .next_within(3 * PATIENCE)
+        .await
+        .expect("numbering stopped behind the wide rows");
+    let data: Value = serde_json::from_str(event.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["payload"]["by"], "other");
+    let pending: i64 = connect(&db)
+        .await
+        .query_one("SELECT count(*) FROM pgrelay.messages WHERE id < 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0);
+}
+
+/// A numbering page ends before the row that would take it past 50,000 names, and wakes the
+/// relays so that their next pass goes on at once; that pass finishes the transaction the page
+/// cut before anything that committed after it. Twelve rows of 10,000 names in one
+/// transaction, then a row for bob: `sequence()` numbers five, five, then the last two and
+/// bob's, in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbering_page_ends_at_its_names_and_wakes_the_relays() {
+    let db = fresh_database().await;
+    let owner = connect(&db).await;
+    owner
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT ARRAY(SELECT 'v' || g || '-' || r FROM generate_series(1, 10000) g), \
+                    jsonb_build_object('r', r::text) \
+               FROM generate_series(1, 12) r",
+        )
+        .await
+        .unwrap();
+    insert(&owner, &["bob"], json!({"r": "bob's"})).await;
+    let channel: String = owner
+        .query_one("SELECT pgrelay.channel()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut pages = Vec::new();
+    let heard = eavesdrop(&db, &channel, async {
+        loop {
+            let numbered: i32 = owner
+                .query_one("SELECT pgrelay.sequence()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if numbered == 0 {
+                break;
+            }
+            pages.push(numbered);
+        }
+    })
+    .await;
+    assert_eq!(pages, [5, 5, 3]);
+    let wake_ups = heard.iter().filter(|payload| payload.is_empty()).count();
+    assert_eq!(wake_ups, 2, "{heard:?}");
+    let order: Vec<String> = owner
+        .query(
+            "SELECT payload ->> 'r' FROM pgrelay.messages ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let expected: Vec<String> = (1..=12)
+        .map(|r| r.to_string())
+        .chain(["bob's".to_owned()])
+        .collect();
+    assert_eq!(order, expected);
+}
+
 /// A relay whose LISTEN connection is gone runs no passes, so its numbering lag stays zero;
 /// `pgrelay_listener_lag_seconds` is what says it has stopped delivering. Here the database
 /// refuses new connections while the LISTEN session is cut: the lag grows, and returns to zero

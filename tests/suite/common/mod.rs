@@ -788,3 +788,36 @@ pub async fn hold_the_order_lock(db: &str) -> Client {
         .unwrap();
     peer
 }
+
+/// Collects every notification a connection hears on `channel` for `during`.
+pub async fn eavesdrop(
+    url: &str,
+    channel: &str,
+    during: impl std::future::Future<Output = ()>,
+) -> Vec<String> {
+    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    let (sender, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(notification) = message {
+                let _ = sender.send(notification.payload().to_owned());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .unwrap();
+    during.await;
+    // A round trip, so everything sent before it has been read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.batch_execute("SELECT 1").await.unwrap();
+    drop(client);
+    let _ = driver.await;
+    let mut payloads = Vec::new();
+    while let Ok(payload) = heard.try_recv() {
+        payloads.push(payload);
+    }
+    payloads
+}
