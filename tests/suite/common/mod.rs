@@ -795,7 +795,9 @@ pub async fn eavesdrop(
     channel: &str,
     during: impl std::future::Future<Output = ()>,
 ) -> Vec<String> {
-    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     let (sender, mut heard) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
