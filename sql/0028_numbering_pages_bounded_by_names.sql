@@ -1,4 +1,4 @@
--- pgrelay 0028: a numbering page ends at 50,000 names as well as at its rows.
+-- pgrelay 0028: a numbering page ends at five names a row as well as at its rows.
 --
 -- Numbering a row changes its indexed id, so PostgreSQL writes the row again and puts every
 -- name it holds into the participants index again: about 6 µs a name, 60 ms for a row that
@@ -9,13 +9,14 @@
 -- the pass rolled back, and the next one did the same work again. Nothing was numbered again,
 -- for anyone.
 --
--- A page now also ends before the row that would take it past 50,000 names (its first row is
--- always taken), so a pass does at most about a third of a second of this work. A page that
--- ends at its names sends a wake-up, as a writer's commit does, so the relays' next pass goes
--- on at once (a page that ends at its rows says so by its count). Pages end where they did
--- before in every other case; `publish_many`'s numbering, which has no bound, has none now.
--- The order is the same: a transaction cut by a page is finished first by the next pass
--- (numbering_progress, 0019).
+-- A page of at most `max_rows` rows now also ends before the row that would take it past
+-- five names a row, `5 * max_rows` (its first row is always taken): 50,000 names for a
+-- relay's pass of 10,000 rows, at most about a third of a second of this work. Pages of rows
+-- that name five or fewer each end where they did. A page that ends at its names sends a
+-- wake-up, as a writer's commit does, so the relays' next pass goes on at once (a page that
+-- ends at its rows says so by its count). The order is the same: a transaction cut by a page
+-- is finished first by the next pass (numbering_progress, 0019). `publish_many`'s numbering
+-- has no bound on rows, and so none on names.
 --
 -- The page is read through a cursor, so only the rows numbered (and the one after them) have
 -- their names counted.
@@ -82,7 +83,7 @@ CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, num
     AS $$
 DECLARE
     -- A bound on rows comes with one on names (above).
-    max_names bigint := CASE WHEN max_rows IS NOT NULL THEN 50000 END;
+    max_names bigint := 5::bigint * max_rows;
     unfinished pgrelay.numbering_progress;
     pending refcursor;
     page record;

@@ -569,7 +569,7 @@ CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, num
 AS $function$
 DECLARE
     -- A bound on rows comes with one on names (above).
-    max_names bigint := CASE WHEN max_rows IS NOT NULL THEN 50000 END;
+    max_names bigint := 5::bigint * max_rows;
     unfinished pgrelay.numbering_progress;
     pending refcursor;
     page record;

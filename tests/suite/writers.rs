@@ -410,11 +410,11 @@ async fn rows_that_name_many_participants_do_not_stop_numbering() {
     assert_eq!(pending, 0);
 }
 
-/// A numbering page ends before the row that would take it past 50,000 names, and wakes the
-/// relays so that their next pass goes on at once; that pass finishes the transaction the page
-/// cut before anything that committed after it. Twelve rows of 10,000 names in one
-/// transaction, then a row for bob: `sequence()` numbers five, five, then the last two and
-/// bob's, in commit order.
+/// A numbering page of 10,000 rows ends before the row that would take it past 50,000 names
+/// (five a row), and wakes the relays so that their next pass goes on at once; that pass
+/// finishes the transaction the page cut before anything that committed after it. Twelve rows
+/// of 10,000 names in one transaction, then a row for bob: `sequence()` numbers five, five,
+/// then the last two and bob's, in commit order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_numbering_page_ends_at_its_names_and_wakes_the_relays() {
     let db = fresh_database().await;
