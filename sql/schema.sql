@@ -102,9 +102,9 @@ CREATE TABLE pgrelay.revocations (
     CONSTRAINT revocations_pkey PRIMARY KEY (participant)
 );
 
-CREATE TABLE pgrelay.room_versions (
-    participant text NOT NULL,
-    CONSTRAINT room_versions_pkey PRIMARY KEY (participant)
+CREATE TABLE pgrelay.room_locks (
+    bucket integer NOT NULL,
+    CONSTRAINT room_locks_pkey PRIMARY KEY (bucket)
 );
 
 CREATE UNLOGGED TABLE pgrelay.rooms_touched (
@@ -408,6 +408,18 @@ BEGIN
     END IF;
     RETURN NEW;
 END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.holds_room_locks()
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
+AS $function$
+SELECT EXISTS (SELECT 1 FROM pg_locks
+                WHERE pid = pg_backend_pid() AND locktype = 'relation'
+                  AND relation = 'pgrelay.room_locks'::regclass)
+$function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.install_attached(source regclass, participants text, kind text, payload text, sender text)
@@ -877,7 +889,7 @@ BEGIN
 END $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgrelay.record_rooms(participant text, source regclass)
+CREATE OR REPLACE FUNCTION pgrelay.record_rooms(participant text, source regclass, may_wait boolean)
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -886,15 +898,31 @@ AS $function$
 DECLARE
     rooms text[];
     version bigint;
+    deadline timestamptz := clock_timestamp() + interval '1 second';
 BEGIN
     IF participant IS NULL OR NOT pgrelay.valid_name(participant)
        OR participant LIKE '#%' OR participant = '*' THEN
         RETURN;
     END IF;
-    INSERT INTO pgrelay.room_versions AS v (participant) VALUES (record_rooms.participant)
-        ON CONFLICT ON CONSTRAINT room_versions_pkey DO NOTHING;
-    PERFORM 1 FROM pgrelay.room_versions v WHERE v.participant = record_rooms.participant
-        FOR UPDATE;
+    IF may_wait THEN
+        PERFORM 1 FROM pgrelay.room_locks WHERE bucket = pgrelay.room_lock(participant)
+            FOR UPDATE;
+    ELSE
+        LOOP
+            BEGIN
+                PERFORM 1 FROM pgrelay.room_locks WHERE bucket = pgrelay.room_lock(participant)
+                    FOR UPDATE NOWAIT;
+                EXIT;
+            EXCEPTION WHEN lock_not_available THEN
+                IF clock_timestamp() >= deadline THEN
+                    RAISE EXCEPTION 'pgrelay: this transaction recorded membership changes before (SET CONSTRAINTS ALL IMMEDIATE, or an earlier rooms_changed), and %''s lock stayed taken for a second: it ends, so that the transaction holding it does not wait for it',
+                                    participant
+                        USING ERRCODE = 'deadlock_detected';
+                END IF;
+            END;
+            PERFORM pg_sleep(0.01);
+        END LOOP;
+    END IF;
     version := nextval('pgrelay.room_version_seq');
     BEGIN
         rooms := ARRAY(SELECT DISTINCT r FROM unnest(pgrelay.member_rooms(participant)) AS r
@@ -950,6 +978,14 @@ SELECT element ->> 'token_issued_at' IS NULL
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgrelay.room_lock(participant text)
+ RETURNS integer
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
+AS $function$ SELECT hashtext(participant) & 4095 $function$
+;
+
 CREATE OR REPLACE FUNCTION pgrelay.rooms_changed(VARIADIC participants text[])
  RETURNS void
  LANGUAGE plpgsql
@@ -958,10 +994,11 @@ CREATE OR REPLACE FUNCTION pgrelay.rooms_changed(VARIADIC participants text[])
 AS $function$
 DECLARE
     participant text;
+    may_wait boolean := NOT pgrelay.holds_room_locks();
 BEGIN
-    FOR participant IN SELECT DISTINCT p FROM unnest(participants) AS p WHERE p IS NOT NULL
-                        ORDER BY p LOOP
-        PERFORM pgrelay.record_rooms(participant, 'pgrelay.room_versions'::regclass);
+    FOR participant IN SELECT p FROM unnest(participants) AS p WHERE p IS NOT NULL
+                        GROUP BY p ORDER BY pgrelay.room_lock(p), p LOOP
+        PERFORM pgrelay.record_rooms(participant, 'pgrelay.room_locks'::regclass, may_wait);
     END LOOP;
 END $function$
 ;
@@ -974,14 +1011,15 @@ CREATE OR REPLACE FUNCTION pgrelay.rooms_record_touched()
 AS $function$
 DECLARE
     touched record;
+    may_wait boolean := NOT pgrelay.holds_room_locks();
 BEGIN
     FOR touched IN
         WITH gone AS (DELETE FROM pgrelay.rooms_touched
                        WHERE xid = pg_current_xact_id() RETURNING participant, source)
         SELECT participant, min(source::oid)::regclass AS source FROM gone
-         GROUP BY participant ORDER BY participant
+         GROUP BY participant ORDER BY pgrelay.room_lock(participant), participant
     LOOP
-        PERFORM pgrelay.record_rooms(touched.participant, touched.source);
+        PERFORM pgrelay.record_rooms(touched.participant, touched.source, may_wait);
     END LOOP;
 END $function$
 ;

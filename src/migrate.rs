@@ -137,6 +137,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0028_numbering_pages_bounded_by_names.sql",
         include_str!("../sql/0028_numbering_pages_bounded_by_names.sql"),
     ),
+    (
+        29,
+        "0029_membership_locks_that_cannot_fail_the_app.sql",
+        include_str!("../sql/0029_membership_locks_that_cannot_fail_the_app.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -1156,3 +1156,92 @@ async fn a_message_committed_after_a_join_reaches_the_new_member() {
     .await;
     assert_ids(&ids_to(&events, "#b"), &[late], "#b after dave joined");
 }
+
+/// A writer of a watched membership table records its changes at each statement's end with
+/// `SET CONSTRAINTS ALL IMMEDIATE`, so it holds one participant's membership lock while it goes
+/// on. Once another transaction, committing two participants' memberships in the usual order
+/// (the order of their locks), waits for that lock, the writer changes the other participant.
+/// Before, the two deadlocked and PostgreSQL ended the transaction that waited first, the other
+/// one: the app's write failed (an outside review's finding). Now a transaction that already
+/// holds membership locks does not wait for more in the lock manager: it tries for a second
+/// and then fails itself (deadlock_detected, which apps retry), and the other commits with
+/// both changes recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_recording_early_cannot_make_another_membership_change_fail() {
+    let db = fresh_database().await;
+    let owner = membership(&db, true).await;
+    // The usual transaction takes `first`'s lock, then `second`'s.
+    let alice_first: bool = owner
+        .query_one(
+            "SELECT pgrelay.room_lock('alice') < pgrelay.room_lock('bob')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (first, second) = match alice_first {
+        true => ("alice", "bob"),
+        false => ("bob", "alice"),
+    };
+    let grants = [
+        "GRANT USAGE ON SCHEMA app TO {role}",
+        "GRANT INSERT ON app.members TO {role}",
+    ];
+    let early = Role::create(&db, "early", &grants).await.connect().await;
+    let usual = Role::create(&db, "usual", &grants).await.connect().await;
+    early
+        .batch_execute(&format!(
+            "BEGIN; SET CONSTRAINTS ALL IMMEDIATE; \
+             INSERT INTO app.members VALUES ('{second}', '#x')"
+        ))
+        .await
+        .unwrap();
+    let committing = tokio::spawn(async move {
+        usual
+            .batch_execute(
+                "BEGIN; INSERT INTO app.members VALUES ('alice', '#y'), ('bob', '#y'); COMMIT",
+            )
+            .await
+    });
+    let waiting = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                    WHERE usename LIKE 'usual%' AND wait_event_type = 'Lock')";
+    while !owner
+        .query_one(waiting, &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let early_result = early
+        .batch_execute(&format!("INSERT INTO app.members VALUES ('{first}', '#z')"))
+        .await;
+    let _ = early.batch_execute("ROLLBACK").await;
+    let committed = tokio::time::timeout(PATIENCE, committing)
+        .await
+        .expect("the usual transaction still waits")
+        .unwrap();
+    assert!(
+        committed.is_ok(),
+        "the usual transaction failed: {committed:?} (the early one: {early_result:?})"
+    );
+    let early_error = early_result.expect_err("the early transaction went on");
+    assert_eq!(
+        early_error.code(),
+        Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED),
+        "{early_error:?}"
+    );
+    for member in ["alice", "bob"] {
+        let rooms: Value = owner
+            .query_one(
+                "SELECT payload -> 'rooms' FROM pgrelay.messages \
+                  WHERE control AND kind = 'rooms' AND participants = ARRAY[$1] \
+                  ORDER BY id DESC NULLS LAST, pending_id LIMIT 1",
+                &[&member],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rooms, json!(["#y"]), "{member}'s recorded rooms");
+    }
+}
