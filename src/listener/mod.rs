@@ -432,9 +432,12 @@ struct Wakeups {
 
 impl Wakeups {
     /// Wakes the dispatcher for a notification from `sender` carrying `payload`, unless it is
-    /// this session's own; true when it names nothing, so a pass must follow.
+    /// this session's own `numbered` wake-up (its pass read what it numbered); true when it
+    /// names nothing, so a pass must follow. A numbering page that ends at its names sends an
+    /// empty wake-up from this session too, and that one asks for the next pass.
     fn raise(&self, sender: i32, payload: &str) -> bool {
-        if sender == self.own_backend.load(Ordering::Relaxed) {
+        let own = sender == self.own_backend.load(Ordering::Relaxed);
+        if own && numbered_through(payload).is_some() {
             return false;
         }
         let unnamed = match numbered_through(payload) {

@@ -410,6 +410,35 @@ async fn rows_that_name_many_participants_do_not_stop_numbering() {
     assert_eq!(pending, 0);
 }
 
+/// A relay whose pass numbered a page that ended at its names goes on at once: the page's
+/// wake-up comes from the relay's own session, and a relay ignores its own `numbered` wake-ups
+/// but not this one. Fifteen rows of 10,000 names (three pages), then a message for bob, on a
+/// relay whose heartbeat passes are a minute apart: it arrives (an outside review found the
+/// relay dropping its own wake-up, each page waiting for the next heartbeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_ends_at_its_names_is_followed_at_once() {
+    let db = fresh_database().await;
+    let relay = Relay::start_with(&db, no_heartbeat_passes()).await;
+    let mut bob = relay.subscribe("bob", "", None).await;
+    bob.opening_position().await;
+    let owner = connect(&db).await;
+    owner
+        .batch_execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT ARRAY(SELECT 'v' || g || '-' || r FROM generate_series(1, 10000) g), '{}' \
+               FROM generate_series(1, 15) r",
+        )
+        .await
+        .unwrap();
+    insert(&owner, &["bob"], json!({"by": "owner"})).await;
+    let event = bob
+        .next_within(PATIENCE)
+        .await
+        .expect("the pages after the first waited for a heartbeat");
+    let data: Value = serde_json::from_str(event.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["payload"]["by"], "owner");
+}
+
 /// A numbering page of 10,000 rows ends before the row that would take it past 50,000 names
 /// (five a row), and wakes the relays so that their next pass goes on at once; that pass
 /// finishes the transaction the page cut before anything that committed after it. Twelve rows
