@@ -12,10 +12,13 @@
 --
 -- Now a recording that starts while its transaction already holds membership locks (it is
 -- not the transaction's first, so its locks come out of order) never waits in the lock
--- manager: it tries for each lock without waiting, every 10 ms, and after a second ends its
--- own transaction with deadlock_detected (40P01, which apps retry). PostgreSQL's deadlock
--- check never sees it waiting, so a transaction's first recording, which waits as before, is
--- never the one that fails.
+-- manager: it tries for each lock without waiting, every 10 ms, until it gets it. It ends its
+-- own transaction with deadlock_detected (40P01, which apps retry) only when the lock's holder
+-- waits, directly or through others, for this transaction (a cycle PostgreSQL would call a
+-- deadlock), or after ten seconds (two such recordings waiting for each other, which
+-- PostgreSQL cannot see). PostgreSQL's deadlock check never sees it waiting, so a
+-- transaction's first recording, which waits as before, is not the one a cycle through these
+-- locks fails.
 --
 -- Never waiting also means never inserting a participant's lock row, which would wait for a
 -- transaction inserting the same one. So the locks are now 4,096 rows made here, one per hash
@@ -35,6 +38,22 @@ CREATE OR REPLACE FUNCTION pgrelay.room_lock(participant text) RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     SET search_path = pg_catalog, pgrelay, pg_temp
     AS $$ SELECT hashtext(participant) & 4095 $$;
+
+-- Whether the holder of `bucket`'s lock waits, directly or through others, for this
+-- transaction: a row lock's holder is the transaction in the row's xmax.
+CREATE OR REPLACE FUNCTION pgrelay.room_lock_waits_for_me(bucket integer) RETURNS boolean
+    LANGUAGE sql VOLATILE
+    SET search_path = pg_catalog, pgrelay, pg_temp
+    AS $$
+WITH RECURSIVE waiting(pid) AS (
+    SELECT l.pid FROM pgrelay.room_locks r
+      JOIN pg_locks l ON l.locktype = 'transactionid' AND l.transactionid = r.xmax
+                     AND l.mode = 'ExclusiveLock' AND l.granted
+     WHERE r.bucket = room_lock_waits_for_me.bucket
+    UNION
+    SELECT unnest(pg_blocking_pids(waiting.pid)) FROM waiting)
+SELECT pg_backend_pid() IN (SELECT pid FROM waiting)
+$$;
 
 -- Whether this transaction holds membership locks already (a recording started before in
 -- it). The table's lock, which every recording takes with its row lock, lasts until the
@@ -67,7 +86,7 @@ CREATE OR REPLACE FUNCTION pgrelay.record_rooms(participant text, source regclas
 DECLARE
     rooms text[];
     version bigint;
-    deadline timestamptz := clock_timestamp() + interval '1 second';
+    deadline timestamptz := clock_timestamp() + interval '10 seconds';
 BEGIN
     IF participant IS NULL OR NOT pgrelay.valid_name(participant)
        OR participant LIKE '#%' OR participant = '*' THEN
@@ -83,8 +102,9 @@ BEGIN
                     FOR UPDATE NOWAIT;
                 EXIT;
             EXCEPTION WHEN lock_not_available THEN
-                IF clock_timestamp() >= deadline THEN
-                    RAISE EXCEPTION 'pgrelay: this transaction recorded membership changes before (SET CONSTRAINTS ALL IMMEDIATE, or an earlier rooms_changed), and %''s lock stayed taken for a second: it ends, so that the transaction holding it does not wait for it',
+                IF pgrelay.room_lock_waits_for_me(pgrelay.room_lock(participant))
+                   OR clock_timestamp() >= deadline THEN
+                    RAISE EXCEPTION 'pgrelay: this transaction recorded membership changes before (SET CONSTRAINTS ALL IMMEDIATE, or an earlier rooms_changed), and the transaction holding %''s lock waits for it (or it waited ten seconds): it ends, so that the other goes on',
                                     participant
                         USING ERRCODE = 'deadlock_detected';
                 END IF;
@@ -133,7 +153,7 @@ CREATE OR REPLACE FUNCTION pgrelay.rooms_record_touched()
     AS $$
 DECLARE
     touched record;
-    may_wait boolean := NOT pgrelay.holds_room_locks();
+    may_wait boolean;
 BEGIN
     FOR touched IN
         WITH gone AS (DELETE FROM pgrelay.rooms_touched
@@ -141,6 +161,11 @@ BEGIN
         SELECT participant, min(source::oid)::regclass AS source FROM gone
          GROUP BY participant ORDER BY pgrelay.room_lock(participant), participant
     LOOP
+        -- Asked once there is something to record: reading pg_locks costs what every
+        -- session's locks do, and all but the first deferred trigger find nothing.
+        IF may_wait IS NULL THEN
+            may_wait := NOT pgrelay.holds_room_locks();
+        END IF;
         PERFORM pgrelay.record_rooms(touched.participant, touched.source, may_wait);
     END LOOP;
 END $$;
@@ -148,6 +173,7 @@ END $$;
 DROP TABLE IF EXISTS pgrelay.room_versions;
 
 REVOKE EXECUTE ON FUNCTION pgrelay.record_rooms(text, regclass, boolean),
-    pgrelay.holds_room_locks(), pgrelay.room_lock(text) FROM PUBLIC;
+    pgrelay.holds_room_locks(), pgrelay.room_lock(text), pgrelay.room_lock_waits_for_me(integer)
+    FROM PUBLIC;
 
 INSERT INTO pgrelay.schema_migrations (version) VALUES (29) ON CONFLICT DO NOTHING;

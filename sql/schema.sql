@@ -898,7 +898,7 @@ AS $function$
 DECLARE
     rooms text[];
     version bigint;
-    deadline timestamptz := clock_timestamp() + interval '1 second';
+    deadline timestamptz := clock_timestamp() + interval '10 seconds';
 BEGIN
     IF participant IS NULL OR NOT pgrelay.valid_name(participant)
        OR participant LIKE '#%' OR participant = '*' THEN
@@ -914,8 +914,9 @@ BEGIN
                     FOR UPDATE NOWAIT;
                 EXIT;
             EXCEPTION WHEN lock_not_available THEN
-                IF clock_timestamp() >= deadline THEN
-                    RAISE EXCEPTION 'pgrelay: this transaction recorded membership changes before (SET CONSTRAINTS ALL IMMEDIATE, or an earlier rooms_changed), and %''s lock stayed taken for a second: it ends, so that the transaction holding it does not wait for it',
+                IF pgrelay.room_lock_waits_for_me(pgrelay.room_lock(participant))
+                   OR clock_timestamp() >= deadline THEN
+                    RAISE EXCEPTION 'pgrelay: this transaction recorded membership changes before (SET CONSTRAINTS ALL IMMEDIATE, or an earlier rooms_changed), and the transaction holding %''s lock waits for it (or it waited ten seconds): it ends, so that the other goes on',
                                     participant
                         USING ERRCODE = 'deadlock_detected';
                 END IF;
@@ -986,6 +987,22 @@ CREATE OR REPLACE FUNCTION pgrelay.room_lock(participant text)
 AS $function$ SELECT hashtext(participant) & 4095 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgrelay.room_lock_waits_for_me(bucket integer)
+ RETURNS boolean
+ LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
+AS $function$
+WITH RECURSIVE waiting(pid) AS (
+    SELECT l.pid FROM pgrelay.room_locks r
+      JOIN pg_locks l ON l.locktype = 'transactionid' AND l.transactionid = r.xmax
+                     AND l.mode = 'ExclusiveLock' AND l.granted
+     WHERE r.bucket = room_lock_waits_for_me.bucket
+    UNION
+    SELECT unnest(pg_blocking_pids(waiting.pid)) FROM waiting)
+SELECT pg_backend_pid() IN (SELECT pid FROM waiting)
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgrelay.rooms_changed(VARIADIC participants text[])
  RETURNS void
  LANGUAGE plpgsql
@@ -1011,7 +1028,7 @@ CREATE OR REPLACE FUNCTION pgrelay.rooms_record_touched()
 AS $function$
 DECLARE
     touched record;
-    may_wait boolean := NOT pgrelay.holds_room_locks();
+    may_wait boolean;
 BEGIN
     FOR touched IN
         WITH gone AS (DELETE FROM pgrelay.rooms_touched
@@ -1019,6 +1036,11 @@ BEGIN
         SELECT participant, min(source::oid)::regclass AS source FROM gone
          GROUP BY participant ORDER BY pgrelay.room_lock(participant), participant
     LOOP
+        -- Asked once there is something to record: reading pg_locks costs what every
+        -- session's locks do, and all but the first deferred trigger find nothing.
+        IF may_wait IS NULL THEN
+            may_wait := NOT pgrelay.holds_room_locks();
+        END IF;
         PERFORM pgrelay.record_rooms(touched.participant, touched.source, may_wait);
     END LOOP;
 END $function$

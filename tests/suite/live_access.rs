@@ -1245,3 +1245,34 @@ async fn a_writer_recording_early_cannot_make_another_membership_change_fail() {
         assert_eq!(rooms, json!(["#y"]), "{member}'s recorded rooms");
     }
 }
+
+/// A transaction that records membership twice (here two `rooms_changed` calls) and finds the
+/// second participant's lock held by a transaction that is not waiting for it waits, as any
+/// lock waits, until that one commits: only a wait that would close a cycle ends it. With a
+/// flat one-second limit it failed after a second (an outside review's finding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_recording_waits_for_a_holder_that_does_not_wait_for_it() {
+    let db = fresh_database().await;
+    let _owner = membership(&db, false).await;
+    let holder = connect(&db).await;
+    holder
+        .batch_execute("BEGIN; SELECT pgrelay.rooms_changed('bob')")
+        .await
+        .unwrap();
+    let second = connect(&db).await;
+    let recording = tokio::spawn(async move {
+        second
+            .batch_execute(
+                "BEGIN; SELECT pgrelay.rooms_changed('alice'); \
+                 SELECT pgrelay.rooms_changed('bob'); COMMIT",
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let recorded = tokio::time::timeout(PATIENCE, recording)
+        .await
+        .expect("the second recording still waits")
+        .unwrap();
+    assert!(recorded.is_ok(), "{recorded:?}");
+}
