@@ -139,8 +139,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         29,
-        "0029_membership_locks_that_cannot_fail_the_app.sql",
-        include_str!("../sql/0029_membership_locks_that_cannot_fail_the_app.sql"),
+        "0029_membership_deadlocks_end_the_early_recorder.sql",
+        include_str!("../sql/0029_membership_deadlocks_end_the_early_recorder.sql"),
     ),
 ];
 

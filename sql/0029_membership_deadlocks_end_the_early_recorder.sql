@@ -1,4 +1,5 @@
--- pgrelay 0029: recording a membership change can no longer make another transaction fail.
+-- pgrelay 0029: a deadlock on membership locks ends the transaction that recorded early, not
+-- the one that records at its commit.
 --
 -- A change is recorded under a lock that orders the recordings of each participant (0010), so
 -- that a later recording evaluates `member_rooms` after the earlier one committed. The
@@ -18,7 +19,9 @@
 -- deadlock), or after ten seconds (two such recordings waiting for each other, which
 -- PostgreSQL cannot see). PostgreSQL's deadlock check never sees it waiting, so a
 -- transaction's first recording, which waits as before, is not the one a cycle through these
--- locks fails.
+-- locks fails. (A cycle that also runs through a lock of the app's own, such as a writer that
+-- recorded early waiting for a row the other transaction inserted, is still PostgreSQL's to
+-- break: docs/sql.md.)
 --
 -- Never waiting also means never inserting a participant's lock row, which would wait for a
 -- transaction inserting the same one. So the locks are now 4,096 rows made here, one per hash
