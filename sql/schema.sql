@@ -41,9 +41,9 @@ CREATE TABLE pgrelay.attached (
     CONSTRAINT attached_pkey PRIMARY KEY (source)
 );
 
-CREATE TABLE pgrelay.id_order (
+CREATE TABLE pgrelay_order.id_order (
 );
-COMMENT ON TABLE pgrelay.id_order IS 'Never holds rows: locking it orders the numbering of messages and signals.';
+COMMENT ON TABLE pgrelay_order.id_order IS 'Never holds rows: locking it orders the numbering of messages and signals.';
 
 CREATE TABLE pgrelay.messages (
     id bigint NOT NULL,
@@ -84,9 +84,9 @@ CREATE TABLE pgrelay.presence_last_seen (
     CONSTRAINT presence_last_seen_pkey PRIMARY KEY (participant)
 );
 
-CREATE TABLE pgrelay.presence_order (
+CREATE TABLE pgrelay_order.presence_order (
 );
-COMMENT ON TABLE pgrelay.presence_order IS 'Never holds rows: locking it serialises presence changes.';
+COMMENT ON TABLE pgrelay_order.presence_order IS 'Never holds rows: locking it serialises presence changes.';
 
 CREATE TABLE pgrelay.retention (
     singleton boolean NOT NULL DEFAULT true,
@@ -687,7 +687,7 @@ DECLARE
     who text;
     gone integer := 0;
 BEGIN
-    LOCK TABLE pgrelay.presence_order IN SHARE ROW EXCLUSIVE MODE;
+    LOCK TABLE pgrelay_order.presence_order IN SHARE ROW EXCLUSIVE MODE;
     FOR who IN
         WITH stale AS (
             DELETE FROM pgrelay.presence WHERE heartbeat_at <= now() - ttl RETURNING participant)
@@ -725,7 +725,7 @@ DECLARE
     who text;
     came_online text[] := '{}';
 BEGIN
-    LOCK TABLE pgrelay.presence_order IN SHARE ROW EXCLUSIVE MODE;
+    LOCK TABLE pgrelay_order.presence_order IN SHARE ROW EXCLUSIVE MODE;
     FOR who IN SELECT DISTINCT p FROM unnest(joined) AS p LOOP
         IF NOT pgrelay.presence_online(who, ttl) THEN
             came_online := came_online || who;
@@ -796,7 +796,7 @@ AS $function$
 #variable_conflict use_column
 BEGIN
     PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
-    LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE;
+    LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
     IF EXISTS (SELECT 1 FROM pgrelay.messages m WHERE m.id < 0) THEN
         PERFORM pgrelay.number_pending_messages(NULL, clock_timestamp());
     END IF;
@@ -1121,7 +1121,7 @@ BEGIN
         RAISE EXCEPTION 'pgrelay.sequence() must run in a READ COMMITTED transaction';
     END IF;
     PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
-    LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE;
+    LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
     now_numbered := clock_timestamp();
     IF messages_pending THEN
         messages_numbered := pgrelay.number_pending_messages(max_rows, now_numbered);

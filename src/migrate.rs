@@ -142,6 +142,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0029_membership_deadlocks_end_the_early_recorder.sql",
         include_str!("../sql/0029_membership_deadlocks_end_the_early_recorder.sql"),
     ),
+    (
+        30,
+        "0030_order_locks_out_of_writers_reach.sql",
+        include_str!("../sql/0030_order_locks_out_of_writers_reach.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

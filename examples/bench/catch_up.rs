@@ -72,7 +72,7 @@ pub(crate) async fn catch_up_phase(
         transaction
             .batch_execute(
                 "SET LOCAL session_replication_role = replica; \
-                 LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE",
+                 LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE",
             )
             .await?;
         transaction.execute(&fill, &[&first, &last]).await?;

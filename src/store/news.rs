@@ -536,7 +536,7 @@ mod tests {
             "SELECT pgrelay.sequence()",
             insert,
             "BEGIN",
-            "LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE",
+            "LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE",
         ] {
             owner.batch_execute(statement).await.unwrap();
         }

@@ -258,7 +258,7 @@ async fn concurrent_changes_of_one_participant_come_out_right() {
     // Nothing is numbered while the test holds the order lock.
     let holder = connect(&db).await;
     holder
-        .batch_execute("BEGIN; LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE")
+        .batch_execute("BEGIN; LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE")
         .await
         .unwrap();
     let t1 = connect(&db).await;
@@ -887,7 +887,7 @@ async fn a_revocation_while_a_message_waits_refuses_it() {
         relay.token("bob", &["publish"]),
     );
     let peer = connect(&db).await;
-    peer.batch_execute("BEGIN; LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE")
+    peer.batch_execute("BEGIN; LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE")
         .await
         .unwrap();
 

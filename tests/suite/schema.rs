@@ -67,7 +67,7 @@ async fn describe(client: &Client) -> String {
 const SEQUENCES: &str = "
     SELECT format('CREATE SEQUENCE %s AS %s;', c.oid::regclass, format_type(s.seqtypid, NULL))
       FROM pg_class c JOIN pg_sequence s ON s.seqrelid = c.oid
-     WHERE c.relnamespace = 'pgrelay'::regnamespace
+     WHERE c.relnamespace = ANY (ARRAY['pgrelay'::regnamespace, 'pgrelay_order'::regnamespace])
      ORDER BY c.relname";
 
 const TABLES: &str = "
@@ -88,32 +88,32 @@ const TABLES: &str = "
                   coalesce(E'\\nCOMMENT ON TABLE ' || c.oid::regclass || ' IS '
                            || quote_literal(obj_description(c.oid, 'pg_class')) || ';', ''))
       FROM pg_class c
-     WHERE c.relnamespace = 'pgrelay'::regnamespace AND c.relkind = 'r'
+     WHERE c.relnamespace = ANY (ARRAY['pgrelay'::regnamespace, 'pgrelay_order'::regnamespace]) AND c.relkind = 'r'
      ORDER BY c.relname";
 
 const INDEXES: &str = "
     SELECT pg_get_indexdef(i.indexrelid) || ';'
       FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-     WHERE c.relnamespace = 'pgrelay'::regnamespace
+     WHERE c.relnamespace = ANY (ARRAY['pgrelay'::regnamespace, 'pgrelay_order'::regnamespace])
        AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
      ORDER BY c.relname";
 
 const TRIGGERS: &str = "
     SELECT pg_get_triggerdef(t.oid) || ';'
       FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-     WHERE c.relnamespace = 'pgrelay'::regnamespace AND NOT t.tgisinternal
+     WHERE c.relnamespace = ANY (ARRAY['pgrelay'::regnamespace, 'pgrelay_order'::regnamespace]) AND NOT t.tgisinternal
      ORDER BY c.relname, t.tgname";
 
 const FUNCTIONS: &str = "
     SELECT pg_get_functiondef(p.oid) || ';'
       FROM pg_proc p
-     WHERE p.pronamespace = 'pgrelay'::regnamespace
+     WHERE p.pronamespace = ANY (ARRAY['pgrelay'::regnamespace, 'pgrelay_order'::regnamespace])
      ORDER BY p.proname, pg_get_function_identity_arguments(p.oid)";
 
 const PUBLIC_EXECUTE: &str = "
     SELECT '-- ' || string_agg(p.oid::regprocedure::text, E'\\n-- '
                                ORDER BY p.proname, pg_get_function_identity_arguments(p.oid))
       FROM pg_proc p
-     WHERE p.pronamespace = 'pgrelay'::regnamespace
+     WHERE p.pronamespace = ANY (ARRAY['pgrelay'::regnamespace, 'pgrelay_order'::regnamespace])
        AND EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) acl
                     WHERE acl.grantee = 0 AND acl.privilege_type = 'EXECUTE')";

@@ -833,7 +833,7 @@ async fn writers_and_strangers_cannot_forge_signals_or_stall_commits() {
         "SELECT pgrelay.publish('{bob}', '{}')",
         "SELECT * FROM pgrelay.signals",
         "SELECT * FROM pgrelay.messages",
-        "BEGIN; LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE; COMMIT",
+        "BEGIN; LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE; COMMIT",
     ] {
         let result = writer.batch_execute(forbidden).await;
         let _ = writer.batch_execute("ROLLBACK").await;

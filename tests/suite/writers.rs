@@ -221,7 +221,7 @@ async fn a_stream_behind_the_pruned_point_gets_reset() {
     owner
         .batch_execute(
             "BEGIN; SET LOCAL session_replication_role = replica; \
-             LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE; \
+             LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE; \
              INSERT INTO pgrelay.messages (id, participants, payload, committed_at) \
              SELECT nextval('pgrelay.message_id_seq'), '{alice}', jsonb_build_object('n', n), \
                     now() - interval '8 days' \
@@ -496,6 +496,60 @@ async fn a_numbering_page_ends_at_its_names_and_wakes_the_relays() {
         .chain(["bob's".to_owned()])
         .collect();
     assert_eq!(order, expected);
+}
+
+/// PostgreSQL takes a statement's table locks when it parses it, before it checks privileges,
+/// and keeps them until the transaction ends, even when the statement then fails. A writer
+/// that prepares a DELETE from the tables whose locks order numbering and presence, and keeps
+/// its transaction open, held a lock that every pass and every presence change waits for
+/// (an outside review's finding). The order tables now live in a schema writers may not look
+/// in, so the writer's statement fails before it locks anything, and numbering and presence
+/// go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cannot_lock_the_order_tables_by_naming_them() {
+    let db = fresh_database().await;
+    let owner = connect(&db).await;
+    let writer = Role::create(&db, "locker", APP_WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    let mut tries = Vec::new();
+    for table in ["id_order", "presence_order"] {
+        // Wherever the table is, by its qualified name.
+        let name: String = owner
+            .query_one(
+                "SELECT c.oid::regclass::text FROM pg_class c \
+                  JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = $1 AND n.nspname LIKE 'pgrelay%'",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        writer.batch_execute("BEGIN").await.unwrap();
+        let prepared = writer
+            .batch_execute(&format!("PREPARE take AS DELETE FROM {name}"))
+            .await;
+        tries.push(format!("{name}: {:?}", prepared.map_err(|e| e.to_string())));
+        owner
+            .batch_execute(
+                "INSERT INTO pgrelay.messages (participants, payload) VALUES ('{alice}', '{}')",
+            )
+            .await
+            .unwrap();
+        let after_the_writer = owner
+            .batch_execute(
+                "BEGIN; SET LOCAL lock_timeout = '2s'; SELECT pgrelay.sequence(); \
+                 SELECT pgrelay.announce_presence('alice', true); COMMIT",
+            )
+            .await;
+        let _ = owner.batch_execute("ROLLBACK").await;
+        writer.batch_execute("ROLLBACK").await.unwrap();
+        assert!(
+            after_the_writer.is_ok(),
+            "numbering or presence waited for the writer ({tries:?}): {after_the_writer:?}"
+        );
+    }
 }
 
 /// A relay whose LISTEN connection is gone runs no passes, so its numbering lag stays zero;

@@ -783,7 +783,7 @@ pub async fn drain(mut socket: tokio::net::TcpStream, quiet: Duration) -> String
 /// its pass would: nothing is numbered until it commits.
 pub async fn hold_the_order_lock(db: &str) -> Client {
     let peer = connect(db).await;
-    peer.batch_execute("BEGIN; LOCK TABLE pgrelay.id_order IN SHARE ROW EXCLUSIVE MODE")
+    peer.batch_execute("BEGIN; LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE")
         .await
         .unwrap();
     peer
