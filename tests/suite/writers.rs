@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use serde_json::{json, Value};
+use tokio_postgres::Client;
 
 /// docs/security.md's grants for an application role that writes messages, sends signals and
 /// wants ids back.
@@ -363,6 +364,21 @@ async fn a_row_whose_kind_became_reserved_does_not_stop_numbering() {
     assert_eq!(kind, "message");
 }
 
+/// Inserts `rows` messages in one transaction, each naming 10,000 participants (the most a
+/// message may) and with the payload `{"r": "<its number>"}`, from 1.
+async fn insert_wide_rows(client: &Client, rows: i32) {
+    client
+        .execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT ARRAY(SELECT 'v' || g || '-' || r FROM generate_series(1, 10000) g), \
+                    jsonb_build_object('r', r::text) \
+               FROM generate_series(1, $1) r",
+            &[&rows],
+        )
+        .await
+        .unwrap();
+}
+
 /// Numbering a row writes each of its names into the participants index again, so a row that
 /// names 10,000 participants takes tens of milliseconds to number. A writer commits 100 of them
 /// in one transaction, then another writer a message for bob: it arrives. A pass that numbered
@@ -383,13 +399,7 @@ async fn rows_that_name_many_participants_do_not_stop_numbering() {
         .await
         .connect()
         .await;
-    wide.batch_execute(
-        "INSERT INTO pgrelay.messages (participants, payload) \
-         SELECT ARRAY(SELECT 'v' || g || '-' || r FROM generate_series(1, 10000) g), '{}' \
-           FROM generate_series(1, 100) r",
-    )
-    .await
-    .unwrap();
+    insert_wide_rows(&wide, 100).await;
     let other = Role::create(&db, "other", APP_WRITER_GRANTS)
         .await
         .connect()
@@ -422,14 +432,7 @@ async fn a_page_that_ends_at_its_names_is_followed_at_once() {
     let mut bob = relay.subscribe("bob", "", None).await;
     bob.opening_position().await;
     let owner = connect(&db).await;
-    owner
-        .batch_execute(
-            "INSERT INTO pgrelay.messages (participants, payload) \
-             SELECT ARRAY(SELECT 'v' || g || '-' || r FROM generate_series(1, 10000) g), '{}' \
-               FROM generate_series(1, 15) r",
-        )
-        .await
-        .unwrap();
+    insert_wide_rows(&owner, 15).await;
     insert(&owner, &["bob"], json!({"by": "owner"})).await;
     let event = bob
         .next_within(PATIENCE)
@@ -448,15 +451,7 @@ async fn a_page_that_ends_at_its_names_is_followed_at_once() {
 async fn a_numbering_page_ends_at_its_names_and_wakes_the_relays() {
     let db = fresh_database().await;
     let owner = connect(&db).await;
-    owner
-        .batch_execute(
-            "INSERT INTO pgrelay.messages (participants, payload) \
-             SELECT ARRAY(SELECT 'v' || g || '-' || r FROM generate_series(1, 10000) g), \
-                    jsonb_build_object('r', r::text) \
-               FROM generate_series(1, 12) r",
-        )
-        .await
-        .unwrap();
+    insert_wide_rows(&owner, 12).await;
     insert(&owner, &["bob"], json!({"r": "bob's"})).await;
     let channel: String = owner
         .query_one("SELECT pgrelay.channel()", &[])
