@@ -64,11 +64,10 @@ CREATE TABLE pgrelay.messages (
 );
 
 CREATE TABLE pgrelay.numbering_progress (
-    writer xid NOT NULL,
     below bigint NOT NULL,
-    inserted_by xid8
+    inserted_by xid8 NOT NULL
 );
-COMMENT ON TABLE pgrelay.numbering_progress IS 'The transaction (its xmin) whose rows the last numbering pass left part of, and the placeholder its rest lies below: the next pass goes on with it.';
+COMMENT ON TABLE pgrelay.numbering_progress IS 'The transaction whose rows the last numbering pass left part of, and the placeholder its rest lies below: the next pass goes on with it.';
 
 CREATE UNLOGGED TABLE pgrelay.presence (
     participant text NOT NULL,
@@ -128,6 +127,7 @@ CREATE UNLOGGED TABLE pgrelay.signals (
     payload jsonb NOT NULL,
     created_at timestamp with time zone NOT NULL DEFAULT now(),
     numbered_at timestamp with time zone,
+    inserted_by xid8,
     CONSTRAINT signals_pkey PRIMARY KEY (id)
 );
 
@@ -150,9 +150,13 @@ CREATE INDEX messages_participants_idx ON pgrelay.messages USING gin (participan
 
 CREATE UNIQUE INDEX messages_pending_id_idx ON pgrelay.messages USING btree (pending_id) WHERE (pending_id IS NOT NULL);
 
+CREATE INDEX messages_pending_idx ON pgrelay.messages USING btree (inserted_by, id) WHERE (id < 0);
+
 CREATE UNIQUE INDEX numbering_progress_one_row ON pgrelay.numbering_progress USING btree ((true));
 
 CREATE INDEX presence_instance_idx ON pgrelay.presence USING btree (instance);
+
+CREATE INDEX signals_pending_idx ON pgrelay.signals USING btree (inserted_by, id) WHERE (id < 0);
 
 -- Triggers
 
@@ -396,6 +400,31 @@ BEGIN
 END $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgrelay.ended_transactions(since pg_snapshot, OUT above xid8, OUT below xid8)
+ RETURNS SETOF record
+ LANGUAGE sql
+ STABLE
+AS $function$
+    WITH now AS (SELECT pg_current_snapshot() AS snapshot,
+                        pg_current_xact_id_if_assigned() AS own)
+    SELECT gap.above, gap.below
+      FROM (SELECT greatest(lag(bound) OVER (ORDER BY bound),
+                            pgrelay.xid8_plus(pg_snapshot_xmax(since), -1), '0') AS above,
+                   bound AS below
+              FROM now, LATERAL (SELECT pg_snapshot_xip(now.snapshot)
+                                 UNION ALL SELECT pg_snapshot_xmax(now.snapshot)) AS bounds(bound)
+           ) gap
+     WHERE gap.above < gap.below
+    UNION ALL
+    SELECT pgrelay.xid8_plus(ended, -1), pgrelay.xid8_plus(ended, 1)
+      FROM now, LATERAL (SELECT x FROM pg_snapshot_xip(since) AS x
+                          WHERE pg_visible_in_snapshot(x, now.snapshot)
+                         UNION ALL
+                         SELECT now.own
+                          WHERE NOT pg_visible_in_snapshot(now.own, now.snapshot)) AS ended(ended)
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgrelay.forbid_id_change()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -531,7 +560,7 @@ BEGIN
 END $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgrelay.number_page(pending refcursor, max_rows integer, max_names bigint, numbered_at timestamp with time zone, OUT numbered integer, OUT names bigint, OUT cut boolean, OUT last_writer xid, OUT last_transaction xid8, OUT last_placeholder bigint)
+CREATE OR REPLACE FUNCTION pgrelay.number_page(pending refcursor, max_rows integer, max_names bigint, numbered_at timestamp with time zone, OUT numbered integer, OUT names bigint, OUT cut boolean, OUT last_transaction xid8, OUT last_placeholder bigint, OUT seen pg_snapshot)
  RETURNS record
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
@@ -553,9 +582,9 @@ BEGIN
         END IF;
         page := page || candidate.id;
         names := names + cardinality(candidate.participants);
-        last_writer := candidate.writer;
         last_transaction := candidate.inserted_by;
         last_placeholder := candidate.id;
+        seen := candidate.seen;
     END LOOP;
     CLOSE pending;
     -- Ids are drawn in the page's order.
@@ -580,7 +609,7 @@ CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, num
  SET enable_bitmapscan TO 'off'
 AS $function$
 DECLARE
-    -- A bound on rows comes with one on names (above).
+    -- A bound on rows comes with one on names (0028).
     max_names bigint := 5::bigint * max_rows;
     unfinished pgrelay.numbering_progress;
     pending refcursor;
@@ -591,14 +620,12 @@ BEGIN
         RETURN 0;  -- no page at all; NULL, no bound, goes on
     END IF;
     SELECT * INTO unfinished FROM pgrelay.numbering_progress;
-    IF unfinished.writer IS NOT NULL THEN
+    IF unfinished.inserted_by IS NOT NULL THEN
         -- Its rest lies below the last placeholder numbered (a later insert has a smaller
         -- one), so the scan starts there, past the entries of the rows already numbered.
         OPEN pending FOR
-            SELECT id, xmin AS writer, inserted_by, participants FROM pgrelay.messages
-             WHERE id < unfinished.below
-               AND inserted_by IS NOT DISTINCT FROM unfinished.inserted_by
-               AND (inserted_by IS NOT NULL OR xmin = unfinished.writer)
+            SELECT id, inserted_by, participants, NULL::pg_snapshot AS seen FROM pgrelay.messages
+             WHERE id < 0 AND inserted_by = unfinished.inserted_by AND id < unfinished.below
              ORDER BY id DESC LIMIT max_rows + 1;
         page := pgrelay.number_page(pending, max_rows, max_names, numbered_at);
         IF page.cut THEN
@@ -619,39 +646,40 @@ BEGIN
     END IF;
 
     -- Placeholders are negated insert counters: descending placeholder is insertion order.
-    -- Each transaction's rows stay together (the same commit, the same `inserted_by`, or for
-    -- rows from before 0022 the same inserting xid), in commit order where it is recorded
-    -- (0016), else in the order of each transaction's first insert.
+    -- Each transaction's rows stay together, in commit order where it is recorded (0016), else
+    -- in the order of each transaction's first insert.
     OPEN pending FOR
-        SELECT id, writer, inserted_by, participants FROM (
-            SELECT id, xmin AS writer, inserted_by, participants,
-                   max(id) OVER transaction AS first_insert,
-                   -- The transaction's, not each row's: a row updated since has the xmin of
-                   -- the update.
-                   min(CASE WHEN current_setting('track_commit_timestamp') = 'on'
-                            THEN pg_xact_commit_timestamp(xmin) END) OVER transaction
-                       AS commit_time
-              FROM pgrelay.messages WHERE id < 0
-            WINDOW transaction AS (PARTITION BY inserted_by,
-                                   CASE WHEN inserted_by IS NULL THEN age(xmin) END)
-           ) committed
-         ORDER BY commit_time NULLS FIRST, first_insert DESC, id DESC
+        SELECT id, inserted_by, participants, pg_current_snapshot() AS seen FROM (
+            SELECT id, inserted_by, participants,
+                   max(id) OVER (PARTITION BY inserted_by) AS first_insert
+              FROM pgrelay.pending_messages()) committed
+         ORDER BY CASE WHEN current_setting('track_commit_timestamp') = 'on'
+                       THEN pg_xact_commit_timestamp(inserted_by::xid) END NULLS FIRST,
+                  first_insert DESC, id DESC
          LIMIT max_rows + 1;
     page := pgrelay.number_page(pending, max_rows, max_names, numbered_at);
     -- A page that ends inside a transaction: the next pass goes on with its rest.
     IF page.cut AND EXISTS (
            SELECT 1 FROM pgrelay.messages
-            WHERE id < page.last_placeholder
-              AND inserted_by IS NOT DISTINCT FROM page.last_transaction
-              AND (inserted_by IS NOT NULL OR xmin = page.last_writer)) THEN
-        INSERT INTO pgrelay.numbering_progress (writer, inserted_by, below)
-            VALUES (page.last_writer, page.last_transaction, page.last_placeholder);
+            WHERE id < 0 AND inserted_by = page.last_transaction
+              AND id < page.last_placeholder) THEN
+        INSERT INTO pgrelay.numbering_progress (inserted_by, below)
+            VALUES (page.last_transaction, page.last_placeholder);
     END IF;
     IF page.cut AND page.numbered < max_rows THEN
         PERFORM pg_notify(pgrelay.channel(), '');
+    ELSIF NOT page.cut AND page.numbered > 0 THEN
+        PERFORM pgrelay.record_numbered_through('messages', page.seen);
     END IF;
     RETURN continued + page.numbered;
 END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.numbered_through(tbl text)
+ RETURNS pg_snapshot
+ LANGUAGE sql
+ STABLE
+AS $function$ SELECT nullif(current_setting('pgrelay.' || tbl || '_numbered_through', true), '')::pg_snapshot $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.pending_key()
@@ -663,6 +691,34 @@ AS $function$
 BEGIN
     RETURN -nextval('pgrelay.pending_key_seq');
 END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.pending_messages()
+ RETURNS SETOF pgrelay.messages
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT m.*
+      FROM pgrelay.ended_transactions(pgrelay.numbered_through('messages')) AS ended
+     CROSS JOIN LATERAL (
+            SELECT * FROM pgrelay.messages m
+             WHERE m.id < 0 AND m.inserted_by > ended.above AND m.inserted_by < ended.below
+            OFFSET 0) m
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.pending_signals()
+ RETURNS SETOF pgrelay.signals
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT s.*
+      FROM pgrelay.ended_transactions(pgrelay.numbered_through('signals')) AS ended
+     CROSS JOIN LATERAL (
+            SELECT * FROM pgrelay.signals s
+             WHERE s.id < 0 AND s.inserted_by > ended.above AND s.inserted_by < ended.below
+            OFFSET 0) s
+$function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.presence_audience(participant text)
@@ -794,11 +850,18 @@ CREATE OR REPLACE FUNCTION pgrelay.publish_many(messages jsonb)
  SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
+DECLARE
+    pending boolean;
+    looked pg_snapshot;
 BEGIN
     PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
     LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
-    IF EXISTS (SELECT 1 FROM pgrelay.messages m WHERE m.id < 0) THEN
+    SELECT EXISTS (SELECT 1 FROM pgrelay.pending_messages()), pg_current_snapshot()
+      INTO pending, looked;
+    IF pending THEN
         PERFORM pgrelay.number_pending_messages(NULL, clock_timestamp());
+    ELSE
+        PERFORM pgrelay.record_numbered_through('messages', looked);
     END IF;
     -- No keys and no revoked token (revocations are rare: the probe is one primary-key lookup
     -- per element, usually of an empty table), the usual batch: 0009's insert as it was. The
@@ -887,6 +950,15 @@ BEGIN
       FROM request r LEFT JOIN stored s ON s.n = r.first AND NOT r.revoked
      ORDER BY r.n;
 END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.record_numbered_through(tbl text, seen pg_snapshot)
+ RETURNS void
+ LANGUAGE sql
+AS $function$
+    SELECT set_config('pgrelay.' || tbl || '_numbered_through', seen::text, false)
+     WHERE NOT coalesce(pg_visible_in_snapshot(pg_current_xact_id_if_assigned(), seen), false)
+$function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.record_rooms(participant text, source regclass, may_wait boolean)
@@ -1087,8 +1159,9 @@ BEGIN
         RAISE EXCEPTION 'participant and sender names must be 1 to 256 bytes with no control or format characters'
             USING ERRCODE = 'check_violation';
     END IF;
-    INSERT INTO pgrelay.signals (id, participants, kind, sender, payload)
-        VALUES (pgrelay.pending_key(), participants, kind, sender, coalesce(payload, 'null'));
+    INSERT INTO pgrelay.signals (id, participants, kind, sender, payload, inserted_by)
+        VALUES (pgrelay.pending_key(), participants, kind, sender, coalesce(payload, 'null'),
+                pg_current_xact_id());
 END $function$
 ;
 
@@ -1107,11 +1180,20 @@ DECLARE
     highest_signal bigint := 0;
     messages_pending boolean;
     signals_pending boolean;
+    looked pg_snapshot;
+    signals_seen pg_snapshot;
 BEGIN
     -- Rows that commit after this look are the next pass's: their writers' wake-ups ask for it.
-    SELECT EXISTS (SELECT 1 FROM pgrelay.messages WHERE id < 0),
-           EXISTS (SELECT 1 FROM pgrelay.signals WHERE id < 0)
-      INTO messages_pending, signals_pending;
+    SELECT EXISTS (SELECT 1 FROM pgrelay.pending_messages()),
+           EXISTS (SELECT 1 FROM pgrelay.pending_signals()), pg_current_snapshot()
+      INTO messages_pending, signals_pending, looked;
+    -- Where the look found nothing pending, the next one starts from it.
+    IF NOT messages_pending THEN
+        PERFORM pgrelay.record_numbered_through('messages', looked);
+    END IF;
+    IF NOT signals_pending THEN
+        PERFORM pgrelay.record_numbered_through('signals', looked);
+    END IF;
     IF NOT (messages_pending OR signals_pending) THEN
         RETURN 0;
     END IF;
@@ -1134,13 +1216,18 @@ BEGIN
     IF signals_pending THEN
         WITH numbering AS (
             SELECT pending.id AS placeholder, nextval('pgrelay.signal_id_seq') AS id
-              FROM (SELECT id FROM pgrelay.signals WHERE id < 0
-                     ORDER BY id DESC LIMIT max_rows) pending)
-        UPDATE pgrelay.signals s
-           SET id = numbering.id, numbered_at = now_numbered
-          FROM numbering
-         WHERE s.id = numbering.placeholder;
-        GET DIAGNOSTICS signals_numbered = ROW_COUNT;
+              FROM (SELECT id FROM pgrelay.pending_signals()
+                     ORDER BY id DESC LIMIT max_rows) pending),
+        numbered AS (
+            UPDATE pgrelay.signals s
+               SET id = numbering.id, numbered_at = now_numbered
+              FROM numbering
+             WHERE s.id = numbering.placeholder
+            RETURNING 1)
+        SELECT count(*), pg_current_snapshot() INTO signals_numbered, signals_seen FROM numbered;
+        IF signals_numbered < max_rows THEN
+            PERFORM pgrelay.record_numbered_through('signals', signals_seen);
+        END IF;
     END IF;
 
     IF signals_numbered > 0 THEN
@@ -1361,6 +1448,13 @@ CREATE OR REPLACE FUNCTION pgrelay.watched_function_name(source regclass)
 AS $function$ SELECT format('pgrelay.%I', 'watch_' || source::oid) $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgrelay.xid8_plus(x xid8, n integer)
+ RETURNS xid8
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$ SELECT (x::text::numeric + n)::text::xid8 $function$
+;
+
 -- Functions everyone may execute
 
 -- pgrelay.channel()
@@ -1370,3 +1464,4 @@ AS $function$ SELECT format('pgrelay.%I', 'watch_' || source::oid) $function$
 -- pgrelay.valid_name(text)
 -- pgrelay.valid_names(text[])
 -- pgrelay.watched_function_name(regclass)
+-- pgrelay.xid8_plus(xid8,integer)

@@ -147,6 +147,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0030_order_locks_out_of_writers_reach.sql",
         include_str!("../sql/0030_order_locks_out_of_writers_reach.sql"),
     ),
+    (
+        31,
+        "0031_passes_skip_open_transactions.sql",
+        include_str!("../sql/0031_passes_skip_open_transactions.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.
