@@ -127,7 +127,7 @@ CREATE UNLOGGED TABLE pgrelay.signals (
     payload jsonb NOT NULL,
     created_at timestamp with time zone NOT NULL DEFAULT now(),
     numbered_at timestamp with time zone,
-    inserted_by xid8,
+    inserted_by xid8 DEFAULT pg_current_xact_id(),
     CONSTRAINT signals_pkey PRIMARY KEY (id)
 );
 
@@ -150,13 +150,13 @@ CREATE INDEX messages_participants_idx ON pgrelay.messages USING gin (participan
 
 CREATE UNIQUE INDEX messages_pending_id_idx ON pgrelay.messages USING btree (pending_id) WHERE (pending_id IS NOT NULL);
 
-CREATE INDEX messages_pending_idx ON pgrelay.messages USING btree (inserted_by, id) WHERE (id < 0);
+CREATE INDEX messages_pending_idx ON pgrelay.messages USING btree (inserted_by, id) WHERE (committed_at IS NULL);
 
 CREATE UNIQUE INDEX numbering_progress_one_row ON pgrelay.numbering_progress USING btree ((true));
 
 CREATE INDEX presence_instance_idx ON pgrelay.presence USING btree (instance);
 
-CREATE INDEX signals_pending_idx ON pgrelay.signals USING btree (inserted_by, id) WHERE (id < 0);
+CREATE INDEX signals_pending_idx ON pgrelay.signals USING btree (inserted_by, id) WHERE (numbered_at IS NULL);
 
 -- Triggers
 
@@ -400,28 +400,28 @@ BEGIN
 END $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgrelay.ended_transactions(since pg_snapshot, OUT above xid8, OUT below xid8)
- RETURNS SETOF record
+CREATE OR REPLACE FUNCTION pgrelay.ended_transactions(since pg_snapshot)
+ RETURNS TABLE(above xid8[], below xid8[])
  LANGUAGE sql
  STABLE
 AS $function$
-    WITH now AS (SELECT pg_current_snapshot() AS snapshot,
-                        pg_current_xact_id_if_assigned() AS own)
-    SELECT gap.above, gap.below
-      FROM (SELECT greatest(lag(bound) OVER (ORDER BY bound),
-                            pgrelay.xid8_plus(pg_snapshot_xmax(since), -1), '0') AS above,
-                   bound AS below
-              FROM now, LATERAL (SELECT pg_snapshot_xip(now.snapshot)
-                                 UNION ALL SELECT pg_snapshot_xmax(now.snapshot)) AS bounds(bound)
-           ) gap
-     WHERE gap.above < gap.below
-    UNION ALL
-    SELECT pgrelay.xid8_plus(ended, -1), pgrelay.xid8_plus(ended, 1)
-      FROM now, LATERAL (SELECT x FROM pg_snapshot_xip(since) AS x
-                          WHERE pg_visible_in_snapshot(x, now.snapshot)
-                         UNION ALL
-                         SELECT now.own
-                          WHERE NOT pg_visible_in_snapshot(now.own, now.snapshot)) AS ended(ended)
+    SELECT array_agg(ended.above), array_agg(ended.below) FROM (
+        SELECT greatest(gap.above, pgrelay.xid8_plus(pg_snapshot_xmax(since), -1)), gap.below
+          FROM pg_current_snapshot() AS now,
+               unnest('{0}' || ARRAY(SELECT pg_snapshot_xip(now)),
+                      ARRAY(SELECT pg_snapshot_xip(now)) || pg_snapshot_xmax(now))
+                   AS gap(above, below)
+         WHERE greatest(gap.above, pgrelay.xid8_plus(pg_snapshot_xmax(since), -1)) < gap.below
+        UNION ALL
+        SELECT pgrelay.xid8_plus(one, -1), pgrelay.xid8_plus(one, 1)
+          FROM pg_current_snapshot() AS now,
+               LATERAL (SELECT x FROM pg_snapshot_xip(since) AS x
+                         WHERE pg_visible_in_snapshot(x, now)
+                        UNION ALL
+                        SELECT pg_current_xact_id_if_assigned()
+                         WHERE NOT pg_visible_in_snapshot(pg_current_xact_id_if_assigned(), now)
+                       ) AS ended(one)
+    ) AS ended(above, below)
 $function$
 ;
 
@@ -560,7 +560,7 @@ BEGIN
 END $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgrelay.number_page(pending refcursor, max_rows integer, max_names bigint, numbered_at timestamp with time zone, OUT numbered integer, OUT names bigint, OUT cut boolean, OUT last_transaction xid8, OUT last_placeholder bigint, OUT seen pg_snapshot)
+CREATE OR REPLACE FUNCTION pgrelay.number_page(pending refcursor, max_rows integer, max_names bigint, numbered_at timestamp with time zone, OUT numbered integer, OUT names bigint, OUT cut boolean, OUT last_transaction xid8, OUT last_placeholder bigint)
  RETURNS record
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
@@ -584,7 +584,6 @@ BEGIN
         names := names + cardinality(candidate.participants);
         last_transaction := candidate.inserted_by;
         last_placeholder := candidate.id;
-        seen := candidate.seen;
     END LOOP;
     CLOSE pending;
     -- Ids are drawn in the page's order.
@@ -601,12 +600,13 @@ BEGIN
 END $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, numbered_at timestamp with time zone)
- RETURNS integer
+CREATE OR REPLACE FUNCTION pgrelay.number_pending_messages(max_rows integer, numbered_at timestamp with time zone, above xid8[], below xid8[], OUT numbered integer, OUT finished boolean)
+ RETURNS record
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
  SET enable_seqscan TO 'off'
  SET enable_bitmapscan TO 'off'
+ SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 DECLARE
     -- A bound on rows comes with one on names (0028).
@@ -614,34 +614,37 @@ DECLARE
     unfinished pgrelay.numbering_progress;
     pending refcursor;
     page record;
-    continued integer := 0;
 BEGIN
+    numbered := 0;
+    finished := false;
     IF max_rows <= 0 THEN
-        RETURN 0;  -- no page at all; NULL, no bound, goes on
+        RETURN;  -- no page at all; NULL, no bound, goes on
     END IF;
     SELECT * INTO unfinished FROM pgrelay.numbering_progress;
     IF unfinished.inserted_by IS NOT NULL THEN
         -- Its rest lies below the last placeholder numbered (a later insert has a smaller
-        -- one), so the scan starts there, past the entries of the rows already numbered.
+        -- one), so the scan starts there, past the entries of the rows already numbered (by
+        -- row comparison, which only the pending index can serve).
         OPEN pending FOR
-            SELECT id, inserted_by, participants, NULL::pg_snapshot AS seen FROM pgrelay.messages
-             WHERE id < 0 AND inserted_by = unfinished.inserted_by AND id < unfinished.below
-             ORDER BY id DESC LIMIT max_rows + 1;
+            SELECT id, inserted_by, participants FROM pgrelay.messages
+             WHERE committed_at IS NULL AND inserted_by = unfinished.inserted_by
+               AND (inserted_by, id) < (unfinished.inserted_by, unfinished.below)
+             ORDER BY inserted_by DESC, id DESC LIMIT max_rows + 1;
         page := pgrelay.number_page(pending, max_rows, max_names, numbered_at);
+        numbered := page.numbered;
         IF page.cut THEN
             -- Whatever is left of it is the next pass's.
             UPDATE pgrelay.numbering_progress SET below = page.last_placeholder;
             IF page.numbered < max_rows THEN
                 PERFORM pg_notify(pgrelay.channel(), '');
             END IF;
-            RETURN page.numbered;
+            RETURN;
         END IF;
         DELETE FROM pgrelay.numbering_progress;
-        continued := page.numbered;
-        max_rows := max_rows - continued;
+        max_rows := max_rows - numbered;
         max_names := max_names - page.names;
         IF max_rows = 0 THEN
-            RETURN continued;
+            RETURN;
         END IF;
     END IF;
 
@@ -649,37 +652,36 @@ BEGIN
     -- Each transaction's rows stay together, in commit order where it is recorded (0016), else
     -- in the order of each transaction's first insert.
     OPEN pending FOR
-        SELECT id, inserted_by, participants, pg_current_snapshot() AS seen FROM (
+        SELECT id, inserted_by, participants FROM (
             SELECT id, inserted_by, participants,
                    max(id) OVER (PARTITION BY inserted_by) AS first_insert
-              FROM pgrelay.pending_messages()) committed
+              FROM pgrelay.pending_messages(above, below)) committed
          ORDER BY CASE WHEN current_setting('track_commit_timestamp') = 'on'
                        THEN pg_xact_commit_timestamp(inserted_by::xid) END NULLS FIRST,
                   first_insert DESC, id DESC
          LIMIT max_rows + 1;
     page := pgrelay.number_page(pending, max_rows, max_names, numbered_at);
+    numbered := numbered + page.numbered;
+    finished := NOT page.cut;
     -- A page that ends inside a transaction: the next pass goes on with its rest.
     IF page.cut AND EXISTS (
            SELECT 1 FROM pgrelay.messages
-            WHERE id < 0 AND inserted_by = page.last_transaction
-              AND id < page.last_placeholder) THEN
+            WHERE committed_at IS NULL AND inserted_by = page.last_transaction
+              AND (inserted_by, id) < (page.last_transaction, page.last_placeholder)) THEN
         INSERT INTO pgrelay.numbering_progress (inserted_by, below)
             VALUES (page.last_transaction, page.last_placeholder);
     END IF;
     IF page.cut AND page.numbered < max_rows THEN
         PERFORM pg_notify(pgrelay.channel(), '');
-    ELSIF NOT page.cut AND page.numbered > 0 THEN
-        PERFORM pgrelay.record_numbered_through('messages', page.seen);
     END IF;
-    RETURN continued + page.numbered;
 END $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgrelay.numbered_through(tbl text)
+CREATE OR REPLACE FUNCTION pgrelay.numbered_through()
  RETURNS pg_snapshot
  LANGUAGE sql
  STABLE
-AS $function$ SELECT nullif(current_setting('pgrelay.' || tbl || '_numbered_through', true), '')::pg_snapshot $function$
+AS $function$ SELECT nullif(current_setting('pgrelay.numbered_through', true), '')::pg_snapshot $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.pending_key()
@@ -693,30 +695,32 @@ BEGIN
 END $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgrelay.pending_messages()
- RETURNS SETOF pgrelay.messages
+CREATE OR REPLACE FUNCTION pgrelay.pending_messages(above xid8[], below xid8[])
+ RETURNS TABLE(id bigint, inserted_by xid8, participants text[])
  LANGUAGE sql
  STABLE
 AS $function$
-    SELECT m.*
-      FROM pgrelay.ended_transactions(pgrelay.numbered_through('messages')) AS ended
+    SELECT m.id, m.inserted_by, m.participants
+      FROM unnest(above, below) AS ended(above, below)
      CROSS JOIN LATERAL (
-            SELECT * FROM pgrelay.messages m
-             WHERE m.id < 0 AND m.inserted_by > ended.above AND m.inserted_by < ended.below
+            SELECT m.id, m.inserted_by, m.participants FROM pgrelay.messages m
+             WHERE m.committed_at IS NULL
+               AND m.inserted_by > ended.above AND m.inserted_by < ended.below
             OFFSET 0) m
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgrelay.pending_signals()
- RETURNS SETOF pgrelay.signals
+CREATE OR REPLACE FUNCTION pgrelay.pending_signals(above xid8[], below xid8[])
+ RETURNS TABLE(id bigint)
  LANGUAGE sql
  STABLE
 AS $function$
-    SELECT s.*
-      FROM pgrelay.ended_transactions(pgrelay.numbered_through('signals')) AS ended
+    SELECT s.id
+      FROM unnest(above, below) AS ended(above, below)
      CROSS JOIN LATERAL (
-            SELECT * FROM pgrelay.signals s
-             WHERE s.id < 0 AND s.inserted_by > ended.above AND s.inserted_by < ended.below
+            SELECT s.id FROM pgrelay.signals s
+             WHERE s.numbered_at IS NULL
+               AND s.inserted_by > ended.above AND s.inserted_by < ended.below
             OFFSET 0) s
 $function$
 ;
@@ -848,20 +852,19 @@ CREATE OR REPLACE FUNCTION pgrelay.publish_many(messages jsonb)
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
  SET lock_timeout TO '5s'
  SET enable_seqscan TO 'off'
+ SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 #variable_conflict use_column
 DECLARE
-    pending boolean;
-    looked pg_snapshot;
+    above xid8[];
+    below xid8[];
 BEGIN
     PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
     LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
-    SELECT EXISTS (SELECT 1 FROM pgrelay.pending_messages()), pg_current_snapshot()
-      INTO pending, looked;
-    IF pending THEN
-        PERFORM pgrelay.number_pending_messages(NULL, clock_timestamp());
-    ELSE
-        PERFORM pgrelay.record_numbered_through('messages', looked);
+    SELECT ended.above, ended.below INTO above, below
+      FROM pgrelay.ended_transactions(pgrelay.numbered_through()) AS ended;
+    IF EXISTS (SELECT 1 FROM pgrelay.pending_messages(above, below)) THEN
+        PERFORM pgrelay.number_pending_messages(NULL, clock_timestamp(), above, below);
     END IF;
     -- No keys and no revoked token (revocations are rare: the probe is one primary-key lookup
     -- per element, usually of an empty table), the usual batch: 0009's insert as it was. The
@@ -952,13 +955,20 @@ BEGIN
 END $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgrelay.record_numbered_through(tbl text, seen pg_snapshot)
+CREATE OR REPLACE FUNCTION pgrelay.record_numbered_through(seen pg_snapshot)
  RETURNS void
- LANGUAGE sql
+ LANGUAGE plpgsql
 AS $function$
-    SELECT set_config('pgrelay.' || tbl || '_numbered_through', seen::text, false)
-     WHERE NOT coalesce(pg_visible_in_snapshot(pg_current_xact_id_if_assigned(), seen), false)
-$function$
+DECLARE
+    own xid8 := pg_current_xact_id_if_assigned();
+BEGIN
+    IF pg_visible_in_snapshot(own, seen) THEN
+        seen := format('%s:%s:%s', pg_snapshot_xmin(seen), pg_snapshot_xmax(seen),
+                       array_to_string(ARRAY(SELECT x FROM pg_snapshot_xip(seen) AS x
+                                             UNION ALL SELECT own ORDER BY 1), ','));
+    END IF;
+    PERFORM set_config('pgrelay.numbered_through', seen::text, false);
+END $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.record_rooms(participant text, source regclass, may_wait boolean)
@@ -1171,6 +1181,7 @@ CREATE OR REPLACE FUNCTION pgrelay.sequence(max_rows integer DEFAULT 10000)
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
  SET enable_seqscan TO 'off'
+ SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 DECLARE
     messages_numbered integer := 0;
@@ -1180,21 +1191,19 @@ DECLARE
     highest_signal bigint := 0;
     messages_pending boolean;
     signals_pending boolean;
+    messages_finished boolean := true;
     looked pg_snapshot;
-    signals_seen pg_snapshot;
+    above xid8[];
+    below xid8[];
 BEGIN
     -- Rows that commit after this look are the next pass's: their writers' wake-ups ask for it.
-    SELECT EXISTS (SELECT 1 FROM pgrelay.pending_messages()),
-           EXISTS (SELECT 1 FROM pgrelay.pending_signals()), pg_current_snapshot()
-      INTO messages_pending, signals_pending, looked;
-    -- Where the look found nothing pending, the next one starts from it.
-    IF NOT messages_pending THEN
-        PERFORM pgrelay.record_numbered_through('messages', looked);
-    END IF;
-    IF NOT signals_pending THEN
-        PERFORM pgrelay.record_numbered_through('signals', looked);
-    END IF;
+    SELECT ended.above, ended.below, pg_current_snapshot() INTO above, below, looked
+      FROM pgrelay.ended_transactions(pgrelay.numbered_through()) AS ended;
+    SELECT EXISTS (SELECT 1 FROM pgrelay.pending_messages(above, below)),
+           EXISTS (SELECT 1 FROM pgrelay.pending_signals(above, below))
+      INTO messages_pending, signals_pending;
     IF NOT (messages_pending OR signals_pending) THEN
+        PERFORM pgrelay.record_numbered_through(looked);
         RETURN 0;
     END IF;
     -- Under REPEATABLE READ the statements below would not see what the previous holder of
@@ -1206,7 +1215,8 @@ BEGIN
     LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
     now_numbered := clock_timestamp();
     IF messages_pending THEN
-        messages_numbered := pgrelay.number_pending_messages(max_rows, now_numbered);
+        SELECT numbered, finished INTO messages_numbered, messages_finished
+          FROM pgrelay.number_pending_messages(max_rows, now_numbered, above, below);
     END IF;
     IF messages_numbered > 0 THEN
         -- Ids are drawn in ascending order: the last one drawn is the highest.
@@ -1216,18 +1226,17 @@ BEGIN
     IF signals_pending THEN
         WITH numbering AS (
             SELECT pending.id AS placeholder, nextval('pgrelay.signal_id_seq') AS id
-              FROM (SELECT id FROM pgrelay.pending_signals()
-                     ORDER BY id DESC LIMIT max_rows) pending),
-        numbered AS (
-            UPDATE pgrelay.signals s
-               SET id = numbering.id, numbered_at = now_numbered
-              FROM numbering
-             WHERE s.id = numbering.placeholder
-            RETURNING 1)
-        SELECT count(*), pg_current_snapshot() INTO signals_numbered, signals_seen FROM numbered;
-        IF signals_numbered < max_rows THEN
-            PERFORM pgrelay.record_numbered_through('signals', signals_seen);
-        END IF;
+              FROM (SELECT id FROM pgrelay.pending_signals(above, below)
+                     ORDER BY id DESC LIMIT max_rows) pending)
+        UPDATE pgrelay.signals s
+           SET id = numbering.id, numbered_at = now_numbered
+          FROM numbering
+         WHERE s.id = numbering.placeholder;
+        GET DIAGNOSTICS signals_numbered = ROW_COUNT;
+    END IF;
+    IF messages_finished AND signals_numbered < max_rows THEN
+        -- All the look saw ended is numbered: the next pass starts from it.
+        PERFORM pgrelay.record_numbered_through(looked);
     END IF;
 
     IF signals_numbered > 0 THEN
