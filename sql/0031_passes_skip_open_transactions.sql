@@ -363,6 +363,10 @@ BEGIN
     PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
     LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
     now_numbered := clock_timestamp();
+    -- Looked at again under the lock: what committed while it was awaited is numbered in
+    -- this pass, in order with the rest, as before 0031.
+    SELECT ended.above, ended.below, pg_current_snapshot() INTO above, below, looked
+      FROM pgrelay.ended_transactions(pgrelay.numbered_through()) AS ended;
     IF messages_pending THEN
         SELECT numbered, finished INTO messages_numbered, messages_finished
           FROM pgrelay.number_pending_messages(max_rows, now_numbered, above, below);
@@ -384,7 +388,7 @@ BEGIN
         GET DIAGNOSTICS signals_numbered = ROW_COUNT;
     END IF;
     IF messages_finished AND signals_numbered < max_rows THEN
-        -- All the look saw ended is numbered: the next pass starts from it.
+        -- All the second look saw ended is numbered: the next pass starts from it.
         PERFORM pgrelay.record_numbered_through(looked);
     END IF;
 
@@ -417,13 +421,19 @@ AS $function$
 DECLARE
     above xid8[];
     below xid8[];
+    looked pg_snapshot;
 BEGIN
     PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
     LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
-    SELECT ended.above, ended.below INTO above, below
+    SELECT ended.above, ended.below, pg_current_snapshot() INTO above, below, looked
       FROM pgrelay.ended_transactions(pgrelay.numbered_through()) AS ended;
     IF EXISTS (SELECT 1 FROM pgrelay.pending_messages(above, below)) THEN
         PERFORM pgrelay.number_pending_messages(NULL, clock_timestamp(), above, below);
+    END IF;
+    -- It numbers messages without a bound, but not signals: it may record the look only when
+    -- none of them is pending either.
+    IF NOT EXISTS (SELECT 1 FROM pgrelay.pending_signals(above, below)) THEN
+        PERFORM pgrelay.record_numbered_through(looked);
     END IF;
     -- No keys and no revoked token (revocations are rare: the probe is one primary-key lookup
     -- per element, usually of an empty table), the usual batch: 0009's insert as it was. The
