@@ -12,8 +12,14 @@
 -- from its `xmax` on (`pg_current_snapshot()`). Every pending row names its transaction
 -- (`inserted_by`, 0022; signals get it here), so an index of the pending rows by transaction
 -- lets a pass read only the gaps between the transactions in progress: one index descent per
--- open writing transaction, none per row it holds. The gaps come from the snapshot of the
--- statement that reads them, so what is skipped is exactly what that statement cannot see.
+-- open writing transaction, none per row it holds. A pass takes the gaps from one statement's
+-- snapshot and reads by them in later ones, which see at least as much ended: what they see
+-- besides committed later, and is the next pass's.
+--
+-- A snapshot held open anywhere keeps the row versions numbering leaves behind, and the
+-- gaps would hold them all. So each session also remembers the snapshot of its last pass
+-- that left nothing pending (`pgrelay.numbered_through`), and looks only at transactions
+-- that ended since.
 --
 -- A transaction's placeholders now come from its `inserted_by` alone: the commit time is
 -- its top-level transaction's (savepoints' xids commit with it), and rows from before 0022,
