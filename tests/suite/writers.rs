@@ -703,6 +703,37 @@ async fn a_held_snapshot_does_not_slow_numbering() {
     );
 }
 
+/// A pass remembers, per session, the snapshot of its last pass that left nothing pending,
+/// and later passes skip every transaction it saw ended. A pass run inside a transaction that
+/// has already written (the owner's, here) sees its own transaction as ended once a later one
+/// has committed; it must remember it as still open, or the rows that transaction inserts
+/// after the pass would never be numbered (an outside review's reading of 0031).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_a_transaction_inserts_after_its_own_pass_are_numbered() {
+    let db = fresh_database().await;
+    let owner = connect(&db).await;
+    owner.batch_execute("BEGIN").await.unwrap();
+    insert(&owner, &["alice"], json!({"n": 1})).await;
+    // A transaction that began after the owner's commits first.
+    insert(&connect(&db).await, &["bob"], json!({"n": 2})).await;
+    owner
+        .batch_execute("SELECT pgrelay.sequence()")
+        .await
+        .unwrap();
+    insert(&owner, &["alice"], json!({"n": 3})).await;
+    owner.batch_execute("COMMIT").await.unwrap();
+    owner
+        .batch_execute("SELECT pgrelay.sequence()")
+        .await
+        .unwrap();
+    let pending: i64 = owner
+        .query_one("SELECT count(*) FROM pgrelay.messages WHERE id < 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0, "the row inserted after the pass stayed pending");
+}
+
 /// Index entries this session's scans of the messages and signals tables have returned,
 /// visible or not, since its counts were last reported: PostgreSQL's count of what a scan
 /// stepped over. Two readings in one transaction bracket what ran between them (counts are
