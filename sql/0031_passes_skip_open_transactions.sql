@@ -370,9 +370,13 @@ BEGIN
     LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
     now_numbered := clock_timestamp();
     -- Looked at again under the lock: what committed while it was awaited is numbered in
-    -- this pass, in order with the rest, as before 0031.
+    -- this pass, in order with the rest, as before 0031. Of either table: the pass records
+    -- this look as done with everything it saw.
     SELECT ended.above, ended.below, pg_current_snapshot() INTO above, below, looked
       FROM pgrelay.ended_transactions(pgrelay.numbered_through()) AS ended;
+    SELECT EXISTS (SELECT 1 FROM pgrelay.pending_messages(above, below)),
+           EXISTS (SELECT 1 FROM pgrelay.pending_signals(above, below))
+      INTO messages_pending, signals_pending;
     IF messages_pending THEN
         SELECT numbered, finished INTO messages_numbered, messages_finished
           FROM pgrelay.number_pending_messages(max_rows, now_numbered, above, below);

@@ -734,6 +734,65 @@ async fn rows_a_transaction_inserts_after_its_own_pass_are_numbered() {
     assert_eq!(pending, 0, "the row inserted after the pass stayed pending");
 }
 
+/// A pass looks for pending rows, waits for the order lock, and looks again: what committed
+/// while it waited is numbered too. A pass that found only a signal pending at its first look,
+/// while a message committed during its wait, must not remember the second look as done with
+/// that message: the same session's next pass must number it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_committed_while_a_pass_waits_for_the_lock_is_numbered() {
+    let db = fresh_database().await;
+    let owner = connect(&db).await;
+    owner
+        .batch_execute("SELECT pgrelay.signal('{bob}', 'typing')")
+        .await
+        .unwrap();
+    let holder = connect(&db).await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let pass = tokio::spawn(async move {
+        owner
+            .batch_execute("SELECT pgrelay.sequence()")
+            .await
+            .unwrap();
+        owner
+    });
+    // The pass has looked and waits for the lock.
+    let waiting = connect(&db).await;
+    for _ in 0..100 {
+        let waits: i64 = waiting
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                  WHERE wait_event_type = 'Lock' AND query LIKE '%sequence%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waits > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    insert(&waiting, &["bob"], json!({"during": "the wait"})).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let owner = pass.await.unwrap();
+    owner
+        .batch_execute("SELECT pgrelay.sequence()")
+        .await
+        .unwrap();
+    let pending: i64 = owner
+        .query_one("SELECT count(*) FROM pgrelay.messages WHERE id < 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        pending, 0,
+        "the message committed during the wait stayed pending"
+    );
+}
+
 /// Index entries this session's scans of the messages and signals tables have returned,
 /// visible or not, since its counts were last reported: PostgreSQL's count of what a scan
 /// stepped over. Two readings in one transaction bracket what ran between them (counts are
