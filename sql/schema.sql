@@ -172,6 +172,59 @@ CREATE TRIGGER signals_wake_relays AFTER INSERT ON pgrelay.signals FOR EACH STAT
 
 -- Functions
 
+CREATE OR REPLACE FUNCTION pgrelay.adopt_strays()
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    through pg_snapshot := pgrelay.numbered_through();
+    messages bigint[];
+    signals bigint[];
+BEGIN
+    PERFORM set_config('pgrelay.strays_due',
+        (clock_timestamp()
+         + coalesce(nullif(current_setting('pgrelay.stray_check_interval', true), ''),
+                    '1 minute')::interval)::text,
+        false);
+    -- Looked for without the order lock: this reads every pending row's index entry. Rows
+    -- from before 0009 are numbered and have no `committed_at` either: only negative ids are
+    -- pending (tested on what the scan returns: named in its conditions, `id < 0` may be
+    -- planned on the primary key, as 0031 says).
+    SELECT ARRAY(SELECT id FROM (
+                    SELECT m.id FROM pgrelay.messages m, pg_current_snapshot() AS now
+                     WHERE m.committed_at IS NULL
+                       AND pgrelay.is_stray(m.inserted_by, now, through)
+                    OFFSET 0) pending
+                  WHERE id < 0),
+           ARRAY(SELECT id FROM (
+                    SELECT s.id FROM pgrelay.signals s, pg_current_snapshot() AS now
+                     WHERE s.numbered_at IS NULL
+                       AND pgrelay.is_stray(s.inserted_by, now, through)
+                    OFFSET 0) pending
+                  WHERE id < 0)
+      INTO messages, signals;
+    IF cardinality(messages) + cardinality(signals) = 0 THEN
+        RETURN;
+    END IF;
+    -- Adopted under the order lock: a pass numbering one of them meanwhile (a session that
+    -- still looks at its stamp) would wait for this row lock while holding the order lock,
+    -- which this pass takes next.
+    LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
+    UPDATE pgrelay.messages m SET inserted_by = pg_current_xact_id()
+      FROM pg_current_snapshot() AS now
+     WHERE m.id = ANY (messages) AND m.committed_at IS NULL
+       AND pgrelay.is_stray(m.inserted_by, now, through);
+    UPDATE pgrelay.signals s SET inserted_by = pg_current_xact_id()
+      FROM pg_current_snapshot() AS now
+     WHERE s.id = ANY (signals) AND s.numbered_at IS NULL
+       AND pgrelay.is_stray(s.inserted_by, now, through);
+    RAISE LOG 'pgrelay: adopted % messages and % signals pending with no transaction a pass looks at',
+        cardinality(messages), cardinality(signals);
+END $function$
+;
+
 CREATE OR REPLACE FUNCTION pgrelay.announce_presence(participant text, online boolean)
  RETURNS void
  LANGUAGE plpgsql
@@ -516,6 +569,18 @@ $body$, participants, kind_expression, payload, sender);
                payload = excluded.payload, sender = excluded.sender,
                search_path = excluded.search_path, attached_at = now();
 END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.is_stray(inserted_by xid8, now pg_snapshot, through pg_snapshot)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT inserted_by IS NULL
+        OR (NOT pg_visible_in_snapshot(inserted_by, now)
+            AND inserted_by IS DISTINCT FROM pg_current_xact_id_if_assigned())
+        OR coalesce(pg_visible_in_snapshot(inserted_by, through), false)
+$function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.max_participants()
@@ -1202,6 +1267,10 @@ DECLARE
     above xid8[];
     below xid8[];
 BEGIN
+    IF clock_timestamp() >= coalesce(nullif(current_setting('pgrelay.strays_due', true), ''),
+                                     '-infinity')::timestamptz THEN
+        PERFORM pgrelay.adopt_strays();
+    END IF;
     -- Rows that commit after this look are the next pass's: their writers' wake-ups ask for it.
     SELECT ended.above, ended.below, pg_current_snapshot() INTO above, below, looked
       FROM pgrelay.ended_transactions(pgrelay.numbered_through()) AS ended;

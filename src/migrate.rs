@@ -152,6 +152,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0031_passes_skip_open_transactions.sql",
         include_str!("../sql/0031_passes_skip_open_transactions.sql"),
     ),
+    (
+        32,
+        "0032_strays_copied_in_are_numbered.sql",
+        include_str!("../sql/0032_strays_copied_in_are_numbered.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -584,6 +584,61 @@ async fn numbering_never_reads_the_whole_table() {
     }
 }
 
+/// Rows copied in with the outbox's triggers off keep whatever `inserted_by` the copy carries:
+/// `pg_restore` loads the data before it creates the triggers (or disables them), and a
+/// logical subscriber applies with `session_replication_role = replica`. Since 0031 a pass
+/// finds pending rows only by the transaction that stamped them, so a row stamped with
+/// nothing, with a transaction this cluster has not reached (another cluster's), or with one
+/// this session's last pass saw ended, was never numbered. A pass adopts such rows now and
+/// then (here, at every pass), and leaves numbered ones alone.
+#[tokio::test]
+async fn rows_copied_in_with_triggers_off_are_numbered() {
+    let db = fresh_database().await;
+    let owner = connect(&db).await;
+    owner
+        .batch_execute("SET pgrelay.stray_check_interval = '0s'")
+        .await
+        .unwrap();
+    insert(&owner, &["alice"], json!({"n": "numbered"})).await;
+    // Its transaction has ended in the look this pass records.
+    owner.batch_execute("SELECT pgrelay.sequence()").await.unwrap();
+    owner
+        .batch_execute(
+            "SET session_replication_role = replica;
+             INSERT INTO pgrelay.messages (id, participants, payload, inserted_by)
+             SELECT pgrelay.pending_key(), '{alice}', jsonb_build_object('stamp', stamp),
+                    stamp::xid8
+               FROM (VALUES (NULL), ('99999999999'),
+                            ((SELECT inserted_by::text FROM pgrelay.messages WHERE id = 1)))
+                    AS copied(stamp);
+             INSERT INTO pgrelay.signals (id, participants, kind, payload, inserted_by)
+             SELECT pgrelay.pending_key(), '{alice}', 'typing', 'null', stamp::xid8
+               FROM (VALUES (NULL), ('99999999999')) AS copied(stamp);
+             -- Numbered, as rows from before 0009 are, with no commit time or stamp.
+             INSERT INTO pgrelay.messages (id, participants, payload) VALUES (1000, '{alice}', '{}');
+             RESET session_replication_role;
+             SELECT pgrelay.sequence();",
+        )
+        .await
+        .unwrap();
+    let pending: (i64, i64) = owner
+        .query_one(
+            "SELECT (SELECT count(*) FROM pgrelay.messages WHERE id < 0), \
+                    (SELECT count(*) FROM pgrelay.signals WHERE id < 0)",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(pending, (0, 0), "messages and signals copied in stayed pending");
+    let kept: i64 = owner
+        .query_one("SELECT count(*) FROM pgrelay.messages WHERE id = 1000", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "a numbered row was numbered again");
+}
+
 /// Migration 11 remakes `pgrelay.publish_many` (its answer gains a column): a relay role
 /// granted it before keeps the grant, and can publish with an idempotency key right after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
