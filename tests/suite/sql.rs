@@ -601,7 +601,10 @@ async fn rows_copied_in_with_triggers_off_are_numbered() {
         .unwrap();
     insert(&owner, &["alice"], json!({"n": "numbered"})).await;
     // Its transaction has ended in the look this pass records.
-    owner.batch_execute("SELECT pgrelay.sequence()").await.unwrap();
+    owner
+        .batch_execute("SELECT pgrelay.sequence()")
+        .await
+        .unwrap();
     owner
         .batch_execute(
             "SET session_replication_role = replica;
@@ -630,7 +633,11 @@ async fn rows_copied_in_with_triggers_off_are_numbered() {
         .await
         .map(|row| (row.get(0), row.get(1)))
         .unwrap();
-    assert_eq!(pending, (0, 0), "messages and signals copied in stayed pending");
+    assert_eq!(
+        pending,
+        (0, 0),
+        "messages and signals copied in stayed pending"
+    );
     let kept: i64 = owner
         .query_one("SELECT count(*) FROM pgrelay.messages WHERE id = 1000", &[])
         .await

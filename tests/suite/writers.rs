@@ -634,7 +634,10 @@ async fn a_transaction_holding_many_pending_rows_does_not_slow_numbering() {
     let owner = connect(&db).await;
     // A session's first pass looks at every pending row once, for rows copied in with the
     // triggers off (0032), as it then does once a minute.
-    owner.batch_execute("SELECT pgrelay.sequence()").await.unwrap();
+    owner
+        .batch_execute("SELECT pgrelay.sequence()")
+        .await
+        .unwrap();
     insert(&other, &["bob"], json!({"by": "other", "n": 2})).await;
     owner.batch_execute("BEGIN").await.unwrap();
     let before = index_entries_read(&owner).await;
