@@ -9,11 +9,11 @@
 -- transaction, with one this cluster has not reached (another cluster's), or with one the
 -- session's last look saw ended, stayed pending for good; before 0031 `id < 0` found it.
 --
--- So now and then (once a minute, or as `pgrelay.stray_check_interval` says, and at a
--- session's first pass) a pass looks at every pending row, and takes the strays it finds
--- into its own transaction, which numbers them with the rest. The look reads every pending
--- row's index entry, an open transaction's included: the cost 0031 took out of every pass,
--- paid once a minute.
+-- So now and then (once a minute in each database, or as `pgrelay.stray_check_interval`
+-- says in the session that looks) a pass looks at every pending row, and takes up to a page of
+-- the strays it finds into its own transaction, which numbers them with the rest. The look
+-- reads every pending row's index entry, an open transaction's included: the cost 0031 took
+-- out of every pass, paid once a minute, without the order lock.
 --
 -- Never edit this file after it has been applied anywhere: add a new numbered file.
 
@@ -32,49 +32,71 @@ CREATE OR REPLACE FUNCTION pgrelay.is_stray(inserted_by xid8, now pg_snapshot, t
         OR coalesce(pg_visible_in_snapshot(inserted_by, through), false)
 $$;
 
--- Takes the pending messages and signals no pass would look at into this transaction, so the
--- pass that called it numbers them; says when it should look again.
-CREATE OR REPLACE FUNCTION pgrelay.adopt_strays()
+-- When a pass next looks for strays, in seconds since the epoch. A sequence, not a setting or
+-- a row: `setval` is never rolled back, so a pass that fails after its look (at the order
+-- lock's timeout, say) does not look again at its retry (an outside review's finding), and
+-- one look a minute serves every session.
+CREATE SEQUENCE IF NOT EXISTS pgrelay.stray_look_due MINVALUE 0 START 0;
+
+-- Takes up to `max_rows` pending messages and as many signals that no pass would look at into
+-- this transaction, so the pass that called it numbers them, if the database's look is due;
+-- tells the session when to ask next.
+CREATE OR REPLACE FUNCTION pgrelay.adopt_strays(max_rows integer)
     RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pgrelay, pg_temp
     SET enable_seqscan = off  -- pending rows by index (0012)
     AS $$
 DECLARE
+    due bigint := (SELECT last_value FROM pgrelay.stray_look_due);
+    now_seconds bigint := floor(extract(epoch FROM clock_timestamp()));
+    every bigint := extract(epoch FROM
+        coalesce(nullif(current_setting('pgrelay.stray_check_interval', true), ''),
+                 '1 minute')::interval);
     through pg_snapshot := pgrelay.numbered_through();
     messages bigint[];
     signals bigint[];
 BEGIN
-    PERFORM set_config('pgrelay.strays_due',
-        (clock_timestamp()
-         + coalesce(nullif(current_setting('pgrelay.stray_check_interval', true), ''),
-                    '1 minute')::interval)::text,
-        false);
+    IF now_seconds < due THEN
+        PERFORM set_config('pgrelay.stray_look_due', to_timestamp(due)::text, false);
+        RETURN;
+    END IF;
+    PERFORM setval('pgrelay.stray_look_due', now_seconds + every);
+    PERFORM set_config('pgrelay.stray_look_due', to_timestamp(now_seconds + every)::text, false);
     -- Looked for without the order lock: this reads every pending row's index entry. Rows
     -- from before 0009 are numbered and have no `committed_at` either: only negative ids are
     -- pending (tested on what the scan returns: named in its conditions, `id < 0` may be
-    -- planned on the primary key, as 0031 says).
+    -- planned on the primary key, as 0031 says). The earliest inserted first.
     SELECT ARRAY(SELECT id FROM (
                     SELECT m.id FROM pgrelay.messages m, pg_current_snapshot() AS now
                      WHERE m.committed_at IS NULL
                        AND pgrelay.is_stray(m.inserted_by, now, through)
                     OFFSET 0) pending
-                  WHERE id < 0),
+                  WHERE id < 0 ORDER BY id DESC LIMIT max_rows),
            ARRAY(SELECT id FROM (
                     SELECT s.id FROM pgrelay.signals s, pg_current_snapshot() AS now
                      WHERE s.numbered_at IS NULL
                        AND pgrelay.is_stray(s.inserted_by, now, through)
                     OFFSET 0) pending
-                  WHERE id < 0)
+                  WHERE id < 0 ORDER BY id DESC LIMIT max_rows)
       INTO messages, signals;
     IF cardinality(messages) + cardinality(signals) = 0 THEN
         RETURN;
     END IF;
+    IF greatest(cardinality(messages), cardinality(signals)) = max_rows THEN
+        -- A page is adopted at a time: the next pass looks again.
+        PERFORM setval('pgrelay.stray_look_due', now_seconds);
+        PERFORM set_config('pgrelay.stray_look_due', '', false);
+    END IF;
     -- Adopted under the order lock: a pass numbering one of them meanwhile (a session that
     -- still looks at its stamp) would wait for this row lock while holding the order lock,
-    -- which this pass takes next.
+    -- which this pass takes next. A copied row may break the kind rule, which an UPDATE
+    -- checks: it is made a `message`, as numbering does.
     LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
-    UPDATE pgrelay.messages m SET inserted_by = pg_current_xact_id()
+    UPDATE pgrelay.messages m
+       SET inserted_by = pg_current_xact_id(),
+           kind = CASE WHEN pgrelay.valid_kind(m.kind) OR m.control THEN m.kind
+                       ELSE 'message' END
       FROM pg_current_snapshot() AS now
      WHERE m.id = ANY (messages) AND m.committed_at IS NULL
        AND pgrelay.is_stray(m.inserted_by, now, through);
@@ -86,10 +108,10 @@ BEGIN
         cardinality(messages), cardinality(signals);
 END $$;
 
-REVOKE EXECUTE ON FUNCTION pgrelay.is_stray(xid8, pg_snapshot, pg_snapshot), pgrelay.adopt_strays()
+REVOKE EXECUTE ON FUNCTION pgrelay.is_stray(xid8, pg_snapshot, pg_snapshot), pgrelay.adopt_strays(integer)
     FROM PUBLIC;
 
--- 0031's pass, which now and then first adopts the strays.
+-- 0031's pass, which first adopts strays when they are due.
 CREATE OR REPLACE FUNCTION pgrelay.sequence(max_rows integer DEFAULT 10000)
  RETURNS integer
  LANGUAGE plpgsql
@@ -113,9 +135,11 @@ DECLARE
     above xid8[];
     below xid8[];
 BEGIN
-    IF clock_timestamp() >= coalesce(nullif(current_setting('pgrelay.strays_due', true), ''),
+    -- The session's copy of when the database's look for strays is due: a setting, read in
+    -- microseconds, where the sequence would take a scan at every pass.
+    IF clock_timestamp() >= coalesce(nullif(current_setting('pgrelay.stray_look_due', true), ''),
                                      '-infinity')::timestamptz THEN
-        PERFORM pgrelay.adopt_strays();
+        PERFORM pgrelay.adopt_strays(max_rows);
     END IF;
     -- Rows that commit after this look are the next pass's: their writers' wake-ups ask for it.
     SELECT ended.above, ended.below, pg_current_snapshot() INTO above, below, looked

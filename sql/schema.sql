@@ -18,6 +18,8 @@ CREATE SEQUENCE pgrelay.room_version_seq AS bigint;
 
 CREATE SEQUENCE pgrelay.signal_id_seq AS bigint;
 
+CREATE SEQUENCE pgrelay.stray_look_due AS bigint;
+
 -- Tables
 
 CREATE TABLE pgrelay.attach_skips (
@@ -172,47 +174,62 @@ CREATE TRIGGER signals_wake_relays AFTER INSERT ON pgrelay.signals FOR EACH STAT
 
 -- Functions
 
-CREATE OR REPLACE FUNCTION pgrelay.adopt_strays()
+CREATE OR REPLACE FUNCTION pgrelay.adopt_strays(max_rows integer)
  RETURNS void
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
  SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
+    due bigint := (SELECT last_value FROM pgrelay.stray_look_due);
+    now_seconds bigint := floor(extract(epoch FROM clock_timestamp()));
+    every bigint := extract(epoch FROM
+        coalesce(nullif(current_setting('pgrelay.stray_check_interval', true), ''),
+                 '1 minute')::interval);
     through pg_snapshot := pgrelay.numbered_through();
     messages bigint[];
     signals bigint[];
 BEGIN
-    PERFORM set_config('pgrelay.strays_due',
-        (clock_timestamp()
-         + coalesce(nullif(current_setting('pgrelay.stray_check_interval', true), ''),
-                    '1 minute')::interval)::text,
-        false);
+    IF now_seconds < due THEN
+        PERFORM set_config('pgrelay.stray_look_due', to_timestamp(due)::text, false);
+        RETURN;
+    END IF;
+    PERFORM setval('pgrelay.stray_look_due', now_seconds + every);
+    PERFORM set_config('pgrelay.stray_look_due', to_timestamp(now_seconds + every)::text, false);
     -- Looked for without the order lock: this reads every pending row's index entry. Rows
     -- from before 0009 are numbered and have no `committed_at` either: only negative ids are
     -- pending (tested on what the scan returns: named in its conditions, `id < 0` may be
-    -- planned on the primary key, as 0031 says).
+    -- planned on the primary key, as 0031 says). The earliest inserted first.
     SELECT ARRAY(SELECT id FROM (
                     SELECT m.id FROM pgrelay.messages m, pg_current_snapshot() AS now
                      WHERE m.committed_at IS NULL
                        AND pgrelay.is_stray(m.inserted_by, now, through)
                     OFFSET 0) pending
-                  WHERE id < 0),
+                  WHERE id < 0 ORDER BY id DESC LIMIT max_rows),
            ARRAY(SELECT id FROM (
                     SELECT s.id FROM pgrelay.signals s, pg_current_snapshot() AS now
                      WHERE s.numbered_at IS NULL
                        AND pgrelay.is_stray(s.inserted_by, now, through)
                     OFFSET 0) pending
-                  WHERE id < 0)
+                  WHERE id < 0 ORDER BY id DESC LIMIT max_rows)
       INTO messages, signals;
     IF cardinality(messages) + cardinality(signals) = 0 THEN
         RETURN;
     END IF;
+    IF greatest(cardinality(messages), cardinality(signals)) = max_rows THEN
+        -- A page is adopted at a time: the next pass looks again.
+        PERFORM setval('pgrelay.stray_look_due', now_seconds);
+        PERFORM set_config('pgrelay.stray_look_due', '', false);
+    END IF;
     -- Adopted under the order lock: a pass numbering one of them meanwhile (a session that
     -- still looks at its stamp) would wait for this row lock while holding the order lock,
-    -- which this pass takes next.
+    -- which this pass takes next. A copied row may break the kind rule, which an UPDATE
+    -- checks: it is made a `message`, as numbering does.
     LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
-    UPDATE pgrelay.messages m SET inserted_by = pg_current_xact_id()
+    UPDATE pgrelay.messages m
+       SET inserted_by = pg_current_xact_id(),
+           kind = CASE WHEN pgrelay.valid_kind(m.kind) OR m.control THEN m.kind
+                       ELSE 'message' END
       FROM pg_current_snapshot() AS now
      WHERE m.id = ANY (messages) AND m.committed_at IS NULL
        AND pgrelay.is_stray(m.inserted_by, now, through);
@@ -924,15 +941,23 @@ DECLARE
     above xid8[];
     below xid8[];
     looked pg_snapshot;
+    caught_up boolean;
 BEGIN
     PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
     LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
     SELECT ended.above, ended.below, pg_current_snapshot() INTO above, below, looked
       FROM pgrelay.ended_transactions(pgrelay.numbered_through()) AS ended;
     IF EXISTS (SELECT 1 FROM pgrelay.pending_messages(above, below)) THEN
-        PERFORM pgrelay.number_pending_messages(NULL, clock_timestamp(), above, below);
+        -- A pass's page (sequence()'s default).
+        SELECT finished INTO caught_up
+          FROM pgrelay.number_pending_messages(10000, clock_timestamp(), above, below);
+        IF NOT caught_up THEN
+            PERFORM pg_notify(pgrelay.channel(), '');
+            RETURN QUERY SELECT NULL::bigint, 'numbering_behind';
+            RETURN;
+        END IF;
     END IF;
-    -- It numbers messages without a bound, but not signals: it may record the look only when
+    -- It has numbered every message it saw, but not signals: it may record the look only when
     -- none of them is pending either.
     IF NOT EXISTS (SELECT 1 FROM pgrelay.pending_signals(above, below)) THEN
         PERFORM pgrelay.record_numbered_through(looked);
@@ -1267,9 +1292,11 @@ DECLARE
     above xid8[];
     below xid8[];
 BEGIN
-    IF clock_timestamp() >= coalesce(nullif(current_setting('pgrelay.strays_due', true), ''),
+    -- The session's copy of when the database's look for strays is due: a setting, read in
+    -- microseconds, where the sequence would take a scan at every pass.
+    IF clock_timestamp() >= coalesce(nullif(current_setting('pgrelay.stray_look_due', true), ''),
                                      '-infinity')::timestamptz THEN
-        PERFORM pgrelay.adopt_strays();
+        PERFORM pgrelay.adopt_strays(max_rows);
     END IF;
     -- Rows that commit after this look are the next pass's: their writers' wake-ups ask for it.
     SELECT ended.above, ended.below, pg_current_snapshot() INTO above, below, looked

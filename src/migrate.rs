@@ -157,6 +157,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0032_strays_copied_in_are_numbered.sql",
         include_str!("../sql/0032_strays_copied_in_are_numbered.sql"),
     ),
+    (
+        33,
+        "0033_publish_numbers_one_page_at_a_time.sql",
+        include_str!("../sql/0033_publish_numbers_one_page_at_a_time.sql"),
+    ),
 ];
 
 /// Serialises migration runs across every process connected to the database.

@@ -1,7 +1,10 @@
 //! Storing what `POST /v1/messages` publishes: one transaction per batch (group commit), each
 //! message once per idempotency key, none from a revoked token.
 
+use std::time::Duration;
+
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 use tokio_postgres::types::{Json, Type};
 
 use super::DbPool;
@@ -56,6 +59,22 @@ pub enum Published {
     TokenRevoked,
 }
 
+/// One element of `pgrelay.publish_many`'s argument.
+#[derive(Debug, serde::Serialize)]
+struct Row<'a> {
+    participants: &'a [String],
+    payload: &'a RawValue,
+    kind: &'a str,
+    sender: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+    token_subject: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_issued_at: Option<u64>,
+}
+
 /// Stores a message (with its key, if any) and says what came of it.
 pub async fn publish(pool: &DbPool, outgoing: Outgoing<'_>) -> Result<Published, Error> {
     let outcomes = publish_all(pool, &[outgoing]).await?;
@@ -63,27 +82,14 @@ pub async fn publish(pool: &DbPool, outgoing: Outgoing<'_>) -> Result<Published,
 }
 
 /// Stores `messages` in one transaction, one call of `pgrelay.publish_many` (one lock, one
-/// commit, ids in this order), and returns each one's outcome in that order. A key repeated in
+/// commit, ids in this order), and returns each one's outcome in that order. Behind more
+/// pending messages than a page, earlier calls number a page each and store nothing. A key repeated in
 /// the batch, or stored by an earlier transaction, fails nothing: that element is answered
 /// with the first message's id. Nor does a revoked token: its message is not stored.
 pub async fn publish_all(
     pool: &DbPool,
     messages: &[Outgoing<'_>],
 ) -> Result<Vec<Published>, Error> {
-    #[derive(Debug, serde::Serialize)]
-    struct Row<'a> {
-        participants: &'a [String],
-        payload: &'a RawValue,
-        kind: &'a str,
-        sender: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        idempotency_subject: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        idempotency_key: Option<&'a str>,
-        token_subject: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        token_issued_at: Option<u64>,
-    }
     let rows: Vec<Row> = messages
         .iter()
         .map(|outgoing| Row {
@@ -98,14 +104,47 @@ pub async fn publish_all(
         })
         .collect();
     let batch = Json(rows);
+    // Each call gives ids only after numbering everything committed before it, one page of
+    // it under the order lock; with more pending it stores nothing and is called again.
+    let deadline = Instant::now() + NUMBERING_PATIENCE;
+    loop {
+        if let Some(outcomes) = publish_once(pool, &batch, messages.len()).await? {
+            return Ok(outcomes);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::connection(format!(
+                "the messages committed before this publish were still being numbered after \
+                 {NUMBERING_PATIENCE:?}; nothing was stored"
+            )));
+        }
+    }
+}
+
+/// How long a publish goes on numbering, a page per call, what committed before it.
+const NUMBERING_PATIENCE: Duration = Duration::from_secs(10);
+
+/// One call of `pgrelay.publish_many`, committed: each message's outcome, or `None` when it
+/// numbered a page of what committed before and stored nothing.
+async fn publish_once(
+    pool: &DbPool,
+    batch: &Json<Vec<Row<'_>>>,
+    count: usize,
+) -> Result<Option<Vec<Published>>, Error> {
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
-    let outcomes = transaction
+    let answer = transaction
         .query_typed(
             "SELECT id, outcome FROM pgrelay.publish_many($1)",
-            &[(&batch, Type::JSONB)],
+            &[(batch, Type::JSONB)],
         )
-        .await?
+        .await?;
+    if let [row] = answer.as_slice() {
+        if row.try_get::<_, &str>(1)? == "numbering_behind" {
+            transaction.commit().await?;
+            return Ok(None);
+        }
+    }
+    let outcomes = answer
         .iter()
         .map(|row| {
             let id: Option<i64> = row.try_get(0)?;
@@ -119,15 +158,14 @@ pub async fn publish_all(
         })
         .collect::<Result<Vec<Published>, Error>>()?;
     // Checked before the commit: dropping the transaction rolls it back.
-    if outcomes.len() != messages.len() {
+    if outcomes.len() != count {
         return Err(schema_mismatch(&format!(
-            "{} rows for {} messages",
+            "{} rows for {count} messages",
             outcomes.len(),
-            messages.len()
         )));
     }
     transaction.commit().await?;
-    Ok(outcomes)
+    Ok(Some(outcomes))
 }
 
 /// The error of a `pgrelay.publish_many` whose answer this relay does not understand: the
