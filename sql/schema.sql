@@ -18,8 +18,6 @@ CREATE SEQUENCE pgrelay.room_version_seq AS bigint;
 
 CREATE SEQUENCE pgrelay.signal_id_seq AS bigint;
 
-CREATE SEQUENCE pgrelay.stray_look_due AS bigint;
-
 -- Tables
 
 CREATE TABLE pgrelay.attach_skips (
@@ -175,27 +173,16 @@ CREATE TRIGGER signals_wake_relays AFTER INSERT ON pgrelay.signals FOR EACH STAT
 -- Functions
 
 CREATE OR REPLACE FUNCTION pgrelay.adopt_strays(max_rows integer)
- RETURNS void
+ RETURNS integer
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
  SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
-    due bigint := (SELECT last_value FROM pgrelay.stray_look_due);
-    now_seconds bigint := floor(extract(epoch FROM clock_timestamp()));
-    every bigint := extract(epoch FROM
-        coalesce(nullif(current_setting('pgrelay.stray_check_interval', true), ''),
-                 '1 minute')::interval);
     through pg_snapshot := pgrelay.numbered_through();
     messages bigint[];
     signals bigint[];
 BEGIN
-    IF now_seconds < due THEN
-        PERFORM set_config('pgrelay.stray_look_due', to_timestamp(due)::text, false);
-        RETURN;
-    END IF;
-    PERFORM setval('pgrelay.stray_look_due', now_seconds + every);
-    PERFORM set_config('pgrelay.stray_look_due', to_timestamp(now_seconds + every)::text, false);
     -- Looked for without the order lock: this reads every pending row's index entry. Rows
     -- from before 0009 are numbered and have no `committed_at` either: only negative ids are
     -- pending (tested on what the scan returns: named in its conditions, `id < 0` may be
@@ -214,22 +201,19 @@ BEGIN
                   WHERE id < 0 ORDER BY id DESC LIMIT max_rows)
       INTO messages, signals;
     IF cardinality(messages) + cardinality(signals) = 0 THEN
-        RETURN;
-    END IF;
-    IF greatest(cardinality(messages), cardinality(signals)) = max_rows THEN
-        -- A page is adopted at a time: the next pass looks again.
-        PERFORM setval('pgrelay.stray_look_due', now_seconds);
-        PERFORM set_config('pgrelay.stray_look_due', '', false);
+        RETURN 0;
     END IF;
     -- Adopted under the order lock: a pass numbering one of them meanwhile (a session that
-    -- still looks at its stamp) would wait for this row lock while holding the order lock,
-    -- which this pass takes next. A copied row may break the kind rule, which an UPDATE
-    -- checks: it is made a `message`, as numbering does.
+    -- still looks at its stamp) would wait for this row lock while holding the order lock. A
+    -- copied row may break the kind rule, which an UPDATE checks (it was added NOT VALID,
+    -- after the data): such a row becomes a plain `message`.
     LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
     UPDATE pgrelay.messages m
        SET inserted_by = pg_current_xact_id(),
-           kind = CASE WHEN pgrelay.valid_kind(m.kind) OR m.control THEN m.kind
-                       ELSE 'message' END
+           (kind, control) = (
+               SELECT CASE WHEN allowed THEN m.kind ELSE 'message' END, m.control AND allowed
+                 FROM (SELECT pgrelay.valid_kind(m.kind)
+                              OR (m.control AND m.kind = ANY ('{rooms,revoked}'))) AS rule(allowed))
       FROM pg_current_snapshot() AS now
      WHERE m.id = ANY (messages) AND m.committed_at IS NULL
        AND pgrelay.is_stray(m.inserted_by, now, through);
@@ -239,6 +223,7 @@ BEGIN
        AND pgrelay.is_stray(s.inserted_by, now, through);
     RAISE LOG 'pgrelay: adopted % messages and % signals pending with no transaction a pass looks at',
         cardinality(messages), cardinality(signals);
+    RETURN greatest(cardinality(messages), cardinality(signals));
 END $function$
 ;
 
@@ -598,6 +583,40 @@ AS $function$
             AND inserted_by IS DISTINCT FROM pg_current_xact_id_if_assigned())
         OR coalesce(pg_visible_in_snapshot(inserted_by, through), false)
 $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.look_for_strays(max_rows integer)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
+AS $function$
+DECLARE
+    every interval := '1 minute';
+    adopted integer := 0;
+BEGIN
+    BEGIN
+        every := greatest(coalesce(nullif(current_setting('pgrelay.stray_check_interval', true),
+                                          ''), '1 minute')::interval,
+                          '0');
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'pgrelay.stray_check_interval is not an interval: looking once a minute';
+    END;
+    -- Seconds since the epoch: a time's text would follow the session's DateStyle and TimeZone
+    -- (an outside review saw one read back three hours off).
+    PERFORM set_config('pgrelay.stray_look_due',
+                       extract(epoch FROM clock_timestamp() + every)::text, false);
+    BEGIN
+        adopted := pgrelay.adopt_strays(max_rows);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'pgrelay: adopting rows copied in with the triggers off failed: %', SQLERRM;
+    END;
+    IF adopted = max_rows THEN
+        PERFORM set_config('pgrelay.stray_look_due', '', false);  -- more: look again next time
+    END IF;
+    IF adopted > 0 THEN
+        PERFORM pg_notify(pgrelay.channel(), '');
+    END IF;
+END $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.max_participants()
@@ -1292,12 +1311,6 @@ DECLARE
     above xid8[];
     below xid8[];
 BEGIN
-    -- The session's copy of when the database's look for strays is due: a setting, read in
-    -- microseconds, where the sequence would take a scan at every pass.
-    IF clock_timestamp() >= coalesce(nullif(current_setting('pgrelay.stray_look_due', true), ''),
-                                     '-infinity')::timestamptz THEN
-        PERFORM pgrelay.adopt_strays(max_rows);
-    END IF;
     -- Rows that commit after this look are the next pass's: their writers' wake-ups ask for it.
     SELECT ended.above, ended.below, pg_current_snapshot() INTO above, below, looked
       FROM pgrelay.ended_transactions(pgrelay.numbered_through()) AS ended;
@@ -1306,61 +1319,66 @@ BEGIN
       INTO messages_pending, signals_pending;
     IF NOT (messages_pending OR signals_pending) THEN
         PERFORM pgrelay.record_numbered_through(looked);
-        RETURN 0;
-    END IF;
-    -- Under REPEATABLE READ the statements below would not see what the previous holder of
-    -- the lock committed: the relay reading in the same transaction would skip those ids.
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'pgrelay.sequence() must run in a READ COMMITTED transaction';
-    END IF;
-    PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
-    LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
-    now_numbered := clock_timestamp();
-    -- Looked at again under the lock: what committed while it was awaited is numbered in
-    -- this pass, in order with the rest, as before 0031. Of either table: the pass records
-    -- this look as done with everything it saw.
-    SELECT ended.above, ended.below, pg_current_snapshot() INTO above, below, looked
-      FROM pgrelay.ended_transactions(pgrelay.numbered_through()) AS ended;
-    SELECT EXISTS (SELECT 1 FROM pgrelay.pending_messages(above, below)),
-           EXISTS (SELECT 1 FROM pgrelay.pending_signals(above, below))
-      INTO messages_pending, signals_pending;
-    IF messages_pending THEN
-        SELECT numbered, finished INTO messages_numbered, messages_finished
-          FROM pgrelay.number_pending_messages(max_rows, now_numbered, above, below);
-    END IF;
-    IF messages_numbered > 0 THEN
-        -- Ids are drawn in ascending order: the last one drawn is the highest.
-        highest_message := currval('pgrelay.message_id_seq');
-    END IF;
+    ELSE
+        -- Under REPEATABLE READ the statements below would not see what the previous holder of
+        -- the lock committed: the relay reading in the same transaction would skip those ids.
+        IF current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION 'pgrelay.sequence() must run in a READ COMMITTED transaction';
+        END IF;
+        PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
+        LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
+        now_numbered := clock_timestamp();
+        -- Looked at again under the lock: what committed while it was awaited is numbered in
+        -- this pass, in order with the rest, as before 0031. Of either table: the pass records
+        -- this look as done with everything it saw.
+        SELECT ended.above, ended.below, pg_current_snapshot() INTO above, below, looked
+          FROM pgrelay.ended_transactions(pgrelay.numbered_through()) AS ended;
+        SELECT EXISTS (SELECT 1 FROM pgrelay.pending_messages(above, below)),
+               EXISTS (SELECT 1 FROM pgrelay.pending_signals(above, below))
+          INTO messages_pending, signals_pending;
+        IF messages_pending THEN
+            SELECT numbered, finished INTO messages_numbered, messages_finished
+              FROM pgrelay.number_pending_messages(max_rows, now_numbered, above, below);
+        END IF;
+        IF messages_numbered > 0 THEN
+            -- Ids are drawn in ascending order: the last one drawn is the highest.
+            highest_message := currval('pgrelay.message_id_seq');
+        END IF;
 
-    IF signals_pending THEN
-        WITH numbering AS (
-            SELECT pending.id AS placeholder, nextval('pgrelay.signal_id_seq') AS id
-              FROM (SELECT id FROM pgrelay.pending_signals(above, below)
-                     ORDER BY id DESC LIMIT max_rows) pending)
-        UPDATE pgrelay.signals s
-           SET id = numbering.id, numbered_at = now_numbered
-          FROM numbering
-         WHERE s.id = numbering.placeholder;
-        GET DIAGNOSTICS signals_numbered = ROW_COUNT;
-    END IF;
-    IF messages_finished AND signals_numbered < max_rows THEN
-        -- All the second look saw ended is numbered: the next pass starts from it.
-        PERFORM pgrelay.record_numbered_through(looked);
-    END IF;
+        IF signals_pending THEN
+            WITH numbering AS (
+                SELECT pending.id AS placeholder, nextval('pgrelay.signal_id_seq') AS id
+                  FROM (SELECT id FROM pgrelay.pending_signals(above, below)
+                         ORDER BY id DESC LIMIT max_rows) pending)
+            UPDATE pgrelay.signals s
+               SET id = numbering.id, numbered_at = now_numbered
+              FROM numbering
+             WHERE s.id = numbering.placeholder;
+            GET DIAGNOSTICS signals_numbered = ROW_COUNT;
+        END IF;
+        IF messages_finished AND signals_numbered < max_rows THEN
+            -- All the second look saw ended is numbered: the next pass starts from it.
+            PERFORM pgrelay.record_numbered_through(looked);
+        END IF;
 
-    IF signals_numbered > 0 THEN
-        -- Now and then, sweep the signals every relay has long read.
-        highest_signal := currval('pgrelay.signal_id_seq');
-        IF highest_signal / 1000 <> (highest_signal - signals_numbered) / 1000 THEN
-            DELETE FROM pgrelay.signals
-             WHERE id > 0 AND numbered_at < now_numbered - interval '1 minute';
+        IF signals_numbered > 0 THEN
+            -- Now and then, sweep the signals every relay has long read.
+            highest_signal := currval('pgrelay.signal_id_seq');
+            IF highest_signal / 1000 <> (highest_signal - signals_numbered) / 1000 THEN
+                DELETE FROM pgrelay.signals
+                 WHERE id > 0 AND numbered_at < now_numbered - interval '1 minute';
+            END IF;
+        END IF;
+        IF messages_numbered + signals_numbered > 0 THEN
+            -- Wakes the relays that did not number these rows, unless they have read them.
+            PERFORM pg_notify(pgrelay.channel(),
+                              format('numbered %s %s', highest_message, highest_signal));
         END IF;
     END IF;
-    IF messages_numbered + signals_numbered > 0 THEN
-        -- Wakes the relays that did not number these rows, unless they have read them.
-        PERFORM pg_notify(pgrelay.channel(),
-                          format('numbered %s %s', highest_message, highest_signal));
+    -- When it is due (seconds since the epoch, a setting: read in microseconds at every pass).
+    IF extract(epoch FROM clock_timestamp())
+       >= coalesce(nullif(current_setting('pgrelay.stray_look_due', true), ''), '0')::numeric THEN
+        PERFORM pgrelay.look_for_strays(max_rows);
     END IF;
     RETURN messages_numbered + signals_numbered;
 END $function$
