@@ -177,11 +177,14 @@ CREATE OR REPLACE FUNCTION pgrelay.adopt_strays(max_rows integer)
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
  SET enable_seqscan TO 'off'
+ SET lock_timeout TO '100ms'
 AS $function$
 DECLARE
     through pg_snapshot := pgrelay.numbered_through();
     messages bigint[];
     signals bigint[];
+    messages_adopted integer;
+    signals_adopted integer;
 BEGIN
     -- Looked for without the order lock: this reads every pending row's index entry. Rows
     -- from before 0009 are numbered and have no `committed_at` either: only negative ids are
@@ -207,6 +210,8 @@ BEGIN
     -- still looks at its stamp) would wait for this row lock while holding the order lock. A
     -- copied row may break the kind rule, which an UPDATE checks (it was added NOT VALID,
     -- after the data): such a row becomes a plain `message`.
+    -- Held until this transaction ends, as a numbering pass holds it (0009).
+    PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
     LOCK TABLE pgrelay_order.id_order IN SHARE ROW EXCLUSIVE MODE;
     UPDATE pgrelay.messages m
        SET inserted_by = pg_current_xact_id(),
@@ -217,13 +222,16 @@ BEGIN
       FROM pg_current_snapshot() AS now
      WHERE m.id = ANY (messages) AND m.committed_at IS NULL
        AND pgrelay.is_stray(m.inserted_by, now, through);
+    GET DIAGNOSTICS messages_adopted = ROW_COUNT;
     UPDATE pgrelay.signals s SET inserted_by = pg_current_xact_id()
       FROM pg_current_snapshot() AS now
      WHERE s.id = ANY (signals) AND s.numbered_at IS NULL
        AND pgrelay.is_stray(s.inserted_by, now, through);
+    GET DIAGNOSTICS signals_adopted = ROW_COUNT;
     RAISE LOG 'pgrelay: adopted % messages and % signals pending with no transaction a pass looks at',
-        cardinality(messages), cardinality(signals);
-    RETURN greatest(cardinality(messages), cardinality(signals));
+        messages_adopted, signals_adopted;
+    -- What this look took (another session's may have taken some first).
+    RETURN greatest(messages_adopted, signals_adopted);
 END $function$
 ;
 
@@ -591,26 +599,29 @@ CREATE OR REPLACE FUNCTION pgrelay.look_for_strays(max_rows integer)
  SET search_path TO 'pg_catalog', 'pgrelay', 'pg_temp'
 AS $function$
 DECLARE
-    every interval := '1 minute';
+    page integer := least(coalesce(max_rows, 10000), 10000);  -- NULL, no bound, numbers all
+    next_look timestamptz;
     adopted integer := 0;
 BEGIN
     BEGIN
-        every := greatest(coalesce(nullif(current_setting('pgrelay.stray_check_interval', true),
-                                          ''), '1 minute')::interval,
-                          '0');
+        next_look := clock_timestamp()
+            + greatest(coalesce(nullif(current_setting('pgrelay.stray_check_interval', true),
+                                       ''), '1 minute')::interval,
+                       '0');
     EXCEPTION WHEN OTHERS THEN
-        RAISE WARNING 'pgrelay.stray_check_interval is not an interval: looking once a minute';
+        RAISE WARNING 'pgrelay.stray_check_interval is not a usable interval: looking once a minute';
+        next_look := clock_timestamp() + interval '1 minute';
     END;
-    -- Seconds since the epoch: a time's text would follow the session's DateStyle and TimeZone
-    -- (an outside review saw one read back three hours off).
-    PERFORM set_config('pgrelay.stray_look_due',
-                       extract(epoch FROM clock_timestamp() + every)::text, false);
+    PERFORM set_config('pgrelay.stray_look_due', pgrelay.stray_clock(next_look), false);
+    IF page <= 0 THEN
+        RETURN;
+    END IF;
     BEGIN
-        adopted := pgrelay.adopt_strays(max_rows);
+        adopted := pgrelay.adopt_strays(page);
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'pgrelay: adopting rows copied in with the triggers off failed: %', SQLERRM;
     END;
-    IF adopted = max_rows THEN
+    IF adopted = page THEN
         PERFORM set_config('pgrelay.stray_look_due', '', false);  -- more: look again next time
     END IF;
     IF adopted > 0 THEN
@@ -1375,9 +1386,10 @@ BEGIN
                               format('numbered %s %s', highest_message, highest_signal));
         END IF;
     END IF;
-    -- When it is due (seconds since the epoch, a setting: read in microseconds at every pass).
-    IF extract(epoch FROM clock_timestamp())
-       >= coalesce(nullif(current_setting('pgrelay.stray_look_due', true), ''), '0')::numeric THEN
+    -- When it is due (a setting, read in microseconds at every pass; compared as text, so that
+    -- no value of it can fail the pass).
+    IF pgrelay.stray_clock(clock_timestamp())
+       >= coalesce(current_setting('pgrelay.stray_look_due', true), '') COLLATE "C" THEN
         PERFORM pgrelay.look_for_strays(max_rows);
     END IF;
     RETURN messages_numbered + signals_numbered;
@@ -1405,6 +1417,13 @@ BEGIN
     END IF;
     PERFORM pgrelay.send_signal(participants, kind, payload, sender);
 END $function$
+;
+
+CREATE OR REPLACE FUNCTION pgrelay.stray_clock(at timestamp with time zone)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+AS $function$ SELECT lpad(floor(extract(epoch FROM at))::bigint::text, 12, '0') $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgrelay.unwatch_membership(source regclass)

@@ -736,6 +736,18 @@ async fn a_look_for_strays_that_fails_fails_alone() {
     .map(|pass| pass.unwrap().get(0))
     .collect();
     assert_eq!(numbered, [0, 1], "adopted, then numbered");
+    // Nor can the session's settings fail a pass (an outside review's finding: an interval too
+    // long for a timestamp did).
+    for settings in [
+        "SET pgrelay.stray_look_due = ''; SET pgrelay.stray_check_interval = '100000000 years'",
+        "SET pgrelay.stray_look_due = 'soon'",
+    ] {
+        owner.batch_execute(settings).await.unwrap();
+        owner
+            .batch_execute("SELECT pgrelay.sequence()")
+            .await
+            .unwrap_or_else(|error| panic!("{settings}: {error}"));
+    }
 }
 
 /// Migration 11 remakes `pgrelay.publish_many` (its answer gains a column): a relay role
