@@ -711,15 +711,7 @@ async fn a_transaction_holding_many_pending_rows_does_not_slow_numbering() {
         .await
         .unwrap();
     insert(&other, &["bob"], json!({"by": "other", "n": 2})).await;
-    owner.batch_execute("BEGIN").await.unwrap();
-    let before = index_entries_read(&owner).await;
-    let numbered: i32 = owner
-        .query_one("SELECT pgrelay.sequence()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let entries = index_entries_read(&owner).await - before;
-    owner.batch_execute("COMMIT").await.unwrap();
+    let (numbered, entries) = pass_counting_entries(&owner).await;
     assert_eq!(numbered, 1, "the other writer's second message");
     assert!(
         entries < 1000,
@@ -764,15 +756,7 @@ async fn a_held_snapshot_does_not_slow_numbering() {
             .unwrap();
     }
     insert(&owner, &["bob"], json!({"by": "owner"})).await;
-    owner.batch_execute("BEGIN").await.unwrap();
-    let before = index_entries_read(&owner).await;
-    let numbered: i32 = owner
-        .query_one("SELECT pgrelay.sequence()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let entries = index_entries_read(&owner).await - before;
-    owner.batch_execute("COMMIT").await.unwrap();
+    let (numbered, entries) = pass_counting_entries(&owner).await;
     stranger.batch_execute("COMMIT").await.unwrap();
     assert_eq!(numbered, 1);
     assert!(
@@ -791,18 +775,7 @@ async fn a_held_snapshot_does_not_slow_numbering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_that_fails_at_the_order_lock_does_not_look_for_strays() {
     let db = fresh_database().await;
-    let holder = Role::create(&db, "holder", APP_WRITER_GRANTS)
-        .await
-        .connect()
-        .await;
-    holder
-        .batch_execute(
-            "BEGIN; \
-             INSERT INTO pgrelay.messages (participants, payload) \
-             SELECT '{w}', '{}' FROM generate_series(1, 20000);",
-        )
-        .await
-        .unwrap();
+    let _holder = hold_pending_messages(&db, 20_000).await;
     insert(&connect(&db).await, &["bob"], json!({"n": 1})).await;
     let stuck_peer = hold_the_order_lock(&db).await;
     let relay = connect(&db).await;
@@ -837,33 +810,14 @@ async fn a_pass_that_fails_at_the_order_lock_does_not_look_for_strays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_that_numbers_leaves_the_look_for_strays_to_one_that_does_not() {
     let db = fresh_database().await;
-    let holder = Role::create(&db, "holder", APP_WRITER_GRANTS)
-        .await
-        .connect()
-        .await;
-    holder
-        .batch_execute(
-            "BEGIN; \
-             INSERT INTO pgrelay.messages (participants, payload) \
-             SELECT '{w}', '{}' FROM generate_series(1, 20000);",
-        )
-        .await
-        .unwrap();
+    let _holder = hold_pending_messages(&db, 20_000).await;
     let relay = connect(&db).await;
     relay
         .batch_execute("SET pgrelay.stray_check_interval = '0s'; SELECT pgrelay.sequence()")
         .await
         .unwrap();
     insert(&connect(&db).await, &["bob"], json!({"n": 1})).await;
-    relay.batch_execute("BEGIN").await.unwrap();
-    let before = index_entries_read(&relay).await;
-    let numbered: i32 = relay
-        .query_one("SELECT pgrelay.sequence()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let entries = index_entries_read(&relay).await - before;
-    relay.batch_execute("COMMIT").await.unwrap();
+    let (numbered, entries) = pass_counting_entries(&relay).await;
     assert_eq!(numbered, 1);
     assert!(
         entries < 1000,
@@ -959,6 +913,40 @@ async fn a_message_committed_while_a_pass_waits_for_the_lock_is_numbered() {
         pending, 0,
         "the message committed during the wait stayed pending"
     );
+}
+
+/// A writer with docs/security.md's grants that inserts `count` messages and keeps its
+/// transaction open; the rows stay pending while the returned session lives.
+async fn hold_pending_messages(db: &str, count: i32) -> Client {
+    let holder = Role::create(db, "holder", APP_WRITER_GRANTS)
+        .await
+        .connect()
+        .await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute(
+            "INSERT INTO pgrelay.messages (participants, payload) \
+             SELECT '{w}', '{}' FROM generate_series(1, $1)",
+            &[&count],
+        )
+        .await
+        .unwrap();
+    holder
+}
+
+/// One `pgrelay.sequence()` in a transaction of its own: how many rows it numbered, and how
+/// many index entries its scans stepped over ([`index_entries_read`]).
+async fn pass_counting_entries(client: &Client) -> (i32, i64) {
+    client.batch_execute("BEGIN").await.unwrap();
+    let before = index_entries_read(client).await;
+    let numbered: i32 = client
+        .query_one("SELECT pgrelay.sequence()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let entries = index_entries_read(client).await - before;
+    client.batch_execute("COMMIT").await.unwrap();
+    (numbered, entries)
 }
 
 /// Index entries this session's scans of the messages and signals tables have returned,
