@@ -83,9 +83,9 @@ pub async fn publish(pool: &DbPool, outgoing: Outgoing<'_>) -> Result<Published,
 
 /// Stores `messages` in one transaction, one call of `pgrelay.publish_many` (one lock, one
 /// commit, ids in this order), and returns each one's outcome in that order. Behind more
-/// pending messages than a page, earlier calls number a page each and store nothing. A key repeated in
-/// the batch, or stored by an earlier transaction, fails nothing: that element is answered
-/// with the first message's id. Nor does a revoked token: its message is not stored.
+/// pending messages than a page, earlier calls number a page each and store nothing. A key
+/// repeated in the batch, or stored by an earlier transaction, fails nothing: that element is
+/// answered with the first message's id. Nor does a revoked token: its message is not stored.
 pub async fn publish_all(
     pool: &DbPool,
     messages: &[Outgoing<'_>],
